@@ -1,0 +1,337 @@
+//! The tamper-evident audit log: append-only, one hash chain per tenant.
+//!
+//! Each record's `hash` is HMAC-SHA-256, under a platform audit key wrapped by the root key, of the
+//! previous record's hash and this record's fields. A per-tenant head (last sequence number and hash,
+//! itself MACed) is updated in the same transaction, so [`Core::verify_audit`] detects an edited,
+//! dropped, reordered or appended record, a truncated tail, and a rewound head. Records hold ids and
+//! action names, never customer content.
+
+use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::Serialize;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::auth::Principal;
+use crate::clock::Millis;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::ids::{ApiKeyId, TenantId};
+
+/// Who did something.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum Actor {
+    /// The platform itself (sweeps, workers).
+    System,
+    /// The operator, through the embedding application or an admin tool.
+    Operator,
+    /// A request authenticated with this API key.
+    ApiKey(ApiKeyId),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::System => f.write_str("system"),
+            Actor::Operator => f.write_str("operator"),
+            Actor::ApiKey(id) => write!(f, "key:{id}"),
+        }
+    }
+}
+
+impl From<Actor> for String {
+    fn from(a: Actor) -> String {
+        a.to_string()
+    }
+}
+
+/// A security-relevant action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "&'static str")]
+#[allow(missing_docs)]
+pub enum Action {
+    TenantCreated,
+    TierChanged,
+    TenantUnlocked,
+    TenantDeleted,
+    TenantKeyRotated,
+    TenantKeysRewrapped,
+    TenantKeysRetired,
+    ApiKeyCreated,
+    ApiKeyRotated,
+    ApiKeyRevoked,
+    DatasetUploaded,
+    DatasetDownloaded,
+    DatasetDeleted,
+    SecretWritten,
+    SecretRead,
+    SecretDeleted,
+    JobSubmitted,
+    JobStarted,
+    JobFinished,
+    JobCancelled,
+    CreditsGranted,
+    ModelAccessed,
+    AdminAccess,
+}
+
+impl Action {
+    /// The stored name, `noun.verb`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::TenantCreated => "tenant.created",
+            Action::TierChanged => "tenant.tier_changed",
+            Action::TenantUnlocked => "tenant.unlocked",
+            Action::TenantDeleted => "tenant.deleted",
+            Action::TenantKeyRotated => "tenant_key.rotated",
+            Action::TenantKeysRewrapped => "tenant_key.rewrapped",
+            Action::TenantKeysRetired => "tenant_key.retired",
+            Action::ApiKeyCreated => "api_key.created",
+            Action::ApiKeyRotated => "api_key.rotated",
+            Action::ApiKeyRevoked => "api_key.revoked",
+            Action::DatasetUploaded => "dataset.uploaded",
+            Action::DatasetDownloaded => "dataset.downloaded",
+            Action::DatasetDeleted => "dataset.deleted",
+            Action::SecretWritten => "secret.written",
+            Action::SecretRead => "secret.read",
+            Action::SecretDeleted => "secret.deleted",
+            Action::JobSubmitted => "job.submitted",
+            Action::JobStarted => "job.started",
+            Action::JobFinished => "job.finished",
+            Action::JobCancelled => "job.cancelled",
+            Action::CreditsGranted => "credits.granted",
+            Action::ModelAccessed => "model.accessed",
+            Action::AdminAccess => "admin.access",
+        }
+    }
+}
+
+impl From<Action> for &'static str {
+    fn from(a: Action) -> &'static str {
+        a.as_str()
+    }
+}
+
+/// One stored audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// Position in the tenant's chain, from 1.
+    pub seq: u64,
+    /// When, in Unix milliseconds.
+    pub at: Millis,
+    /// Who (`system`, `operator`, `key:<id>`).
+    pub actor: String,
+    /// What (`dataset.uploaded`, ...).
+    pub action: String,
+    /// The id acted on.
+    pub target: String,
+    /// Extra, content-free detail as JSON (ids, counts, states).
+    pub detail: String,
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AuditReport {
+    /// Records verified.
+    pub records: u64,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The key the chain is MACed with.
+pub(crate) struct AuditKey(pub(crate) Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
+
+impl AuditKey {
+    fn mac(&self) -> Result<HmacSha256> {
+        <HmacSha256 as KeyInit>::new_from_slice(&self.0).map_err(|_| Error::Integrity)
+    }
+
+    fn record_hash(&self, tenant: &TenantId, r: &AuditRecord, prev: &[u8]) -> Result<Vec<u8>> {
+        let mut mac = self.mac()?;
+        mac.update(b"soramai audit record v1");
+        for field in [
+            tenant.as_str().as_bytes(),
+            r.actor.as_bytes(),
+            r.action.as_bytes(),
+            r.target.as_bytes(),
+            r.detail.as_bytes(),
+            prev,
+        ] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field);
+        }
+        mac.update(&r.seq.to_be_bytes());
+        mac.update(&r.at.to_be_bytes());
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+
+    fn head_tag(&self, tenant: &TenantId, seq: u64, hash: &[u8]) -> Result<Vec<u8>> {
+        let mut mac = self.mac()?;
+        mac.update(b"soramai audit head v1");
+        mac.update(&(tenant.as_str().len() as u64).to_be_bytes());
+        mac.update(tenant.as_str().as_bytes());
+        mac.update(&seq.to_be_bytes());
+        mac.update(hash);
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+}
+
+const GENESIS: [u8; 32] = [0u8; 32];
+
+/// Appends one record inside the caller's transaction.
+pub(crate) fn append(
+    tx: &Transaction<'_>,
+    key: &AuditKey,
+    tenant: &TenantId,
+    at: Millis,
+    actor: &Actor,
+    action: Action,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    let head: Option<(u64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1",
+            [tenant.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_vec()));
+    let record = AuditRecord {
+        seq: prev_seq + 1,
+        at,
+        actor: actor.to_string(),
+        action: action.as_str().to_string(),
+        target: target.to_string(),
+        detail: detail.to_string(),
+    };
+    let hash = key.record_hash(tenant, &record, &prev_hash)?;
+    tx.execute(
+        "INSERT INTO audit_log (tenant_id, seq, at, actor, action, target, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            tenant.as_str(),
+            record.seq,
+            record.at,
+            record.actor,
+            record.action,
+            record.target,
+            record.detail,
+            prev_hash,
+            hash
+        ],
+    )?;
+    let tag = key.head_tag(tenant, record.seq, &hash)?;
+    tx.execute(
+        "INSERT INTO audit_heads (tenant_id, seq, hash, tag) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, tag = excluded.tag",
+        params![tenant.as_str(), record.seq, hash, tag],
+    )?;
+    Ok(())
+}
+
+impl Core {
+    /// The tenant's audit records, oldest first. Needs the admin scope and a tier with audit-log
+    /// access (Org and Enterprise); the operator can always read them.
+    pub fn audit_log(&self, principal: &Principal) -> Result<Vec<AuditRecord>> {
+        principal.require(crate::auth::Scope::Admin)?;
+        let tenant = principal.tenant();
+        let t = self.tenant(tenant)?;
+        if !principal.is_operator() && !t.tier.policy().audit_log_access {
+            return Err(Error::NotAllowed {
+                tier: t.tier,
+                what: "reading the audit log",
+            });
+        }
+        self.audit_records(tenant)
+    }
+
+    fn audit_records(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
+        self.meta.read(|c| {
+            let mut st = c.prepare(
+                "SELECT seq, at, actor, action, target, detail FROM audit_log WHERE tenant_id = ?1 ORDER BY seq",
+            )?;
+            let rows = st.query_map([tenant.as_str()], |r| {
+                Ok(AuditRecord { seq: r.get(0)?, at: r.get(1)?, actor: r.get(2)?, action: r.get(3)?, target: r.get(4)?, detail: r.get(5)? })
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Verifies the tenant's whole chain and its head. Any edited, dropped, inserted or reordered
+    /// record yields [`Error::AuditChainBroken`] naming the first bad position.
+    pub fn verify_audit(&self, tenant: &TenantId) -> Result<AuditReport> {
+        let (rows, head) = self.meta.read(|c| {
+            let mut st = c.prepare(
+                "SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log
+                 WHERE tenant_id = ?1 ORDER BY rowid",
+            )?;
+            let rows = st
+                .query_map([tenant.as_str()], |r| {
+                    Ok((
+                        AuditRecord {
+                            seq: r.get(0)?,
+                            at: r.get(1)?,
+                            actor: r.get(2)?,
+                            action: r.get(3)?,
+                            target: r.get(4)?,
+                            detail: r.get(5)?,
+                        },
+                        r.get::<_, Vec<u8>>(6)?,
+                        r.get::<_, Vec<u8>>(7)?,
+                    ))
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let head: Option<(u64, Vec<u8>, Vec<u8>)> = c
+                .query_row(
+                    "SELECT seq, hash, tag FROM audit_heads WHERE tenant_id = ?1",
+                    [tenant.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            Ok((rows, head))
+        })?;
+        let mut prev = GENESIS.to_vec();
+        // Walk in sequence order; a record out of place breaks the expected sequence number.
+        let mut sorted = rows;
+        sorted.sort_by_key(|(r, _, _)| r.seq);
+        for (i, (record, prev_hash, hash)) in sorted.iter().enumerate() {
+            let expected_seq = i as u64 + 1;
+            let computed = self.audit_key.record_hash(tenant, record, &prev)?;
+            let ok = record.seq == expected_seq
+                && subtle::ConstantTimeEq::ct_eq(&prev_hash[..], &prev[..]).into()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(&computed[..], &hash[..]));
+            if !ok {
+                return Err(Error::AuditChainBroken { seq: expected_seq });
+            }
+            prev = hash.clone();
+        }
+        let count = sorted.len() as u64;
+        match head {
+            None if count == 0 => Ok(AuditReport { records: 0 }),
+            None => Err(Error::AuditChainBroken { seq: 1 }),
+            Some((seq, hash, tag)) => {
+                let expected_tag = self.audit_key.head_tag(tenant, seq, &hash)?;
+                let ok = seq == count
+                    && bool::from(subtle::ConstantTimeEq::ct_eq(&hash[..], &prev[..]))
+                    && bool::from(subtle::ConstantTimeEq::ct_eq(&tag[..], &expected_tag[..]));
+                if ok {
+                    Ok(AuditReport { records: count })
+                } else {
+                    Err(Error::AuditChainBroken {
+                        seq: count.min(seq) + 1,
+                    })
+                }
+            }
+        }
+    }
+}

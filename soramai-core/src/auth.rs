@@ -1,0 +1,518 @@
+//! API keys: `sk-<key id>-<secret>` with a 256-bit random secret of which only a SHA-256 hash is
+//! kept; scoped, optionally expiring, rotated with a grace period, revoked at once.
+//!
+//! [`Core::authenticate`] looks the key up by its id, compares the hash in constant time, and only
+//! then looks at revocation, expiry and the tenant's state; every failure is the same
+//! [`Error::Unauthenticated`]. The result is a [`Principal`] bound to the key's own tenant, which the
+//! rest of the API takes, so a key can never act for another tenant.
+
+use std::fmt;
+use std::time::Duration;
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::audit::{Action, Actor};
+use crate::clock::{Millis, millis};
+use crate::core::Core;
+use crate::crypto::keys::random_bytes;
+use crate::error::{Error, Result};
+use crate::ids::{ApiKeyId, PoolId, TenantId};
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Chat, completions, embeddings.
+    Inference,
+    /// Datasets and fine-tuning jobs.
+    Train,
+    /// RAG corpora and grounded chat.
+    Rag,
+    /// Keys, secrets, audit log, usage, tenant settings.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 4] = [Scope::Inference, Scope::Train, Scope::Rag, Scope::Admin];
+
+    /// The scope's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Inference => "inference",
+            Scope::Train => "train",
+            Scope::Rag => "rag",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Scope::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown scope {s:?}")))
+    }
+}
+
+fn scopes_to_text(scopes: &[Scope]) -> String {
+    let mut v: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v.join(",")
+}
+
+fn scopes_from_text(s: &str) -> Result<Vec<Scope>> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(str::parse)
+        .collect()
+}
+
+/// Who is acting, for which tenant, with which scopes: the result of authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    tenant: TenantId,
+    actor: Actor,
+    scopes: Vec<Scope>,
+    pool: Option<PoolId>,
+}
+
+impl Principal {
+    /// The operator acting on a tenant's behalf with every scope (embedding applications, admin
+    /// tools). Recorded as `operator` in the audit log.
+    pub fn operator(tenant: &TenantId) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            actor: Actor::Operator,
+            scopes: Scope::ALL.to_vec(),
+            pool: None,
+        }
+    }
+
+    /// The tenant the principal acts for.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// The actor recorded in the audit log.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// The scopes held.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// The dedicated pool the key is bound to, if any.
+    pub fn pool(&self) -> Option<&PoolId> {
+        self.pool.as_ref()
+    }
+
+    /// Whether this is the operator rather than a tenant's key.
+    pub fn is_operator(&self) -> bool {
+        self.actor == Actor::Operator
+    }
+
+    /// Fails with [`Error::MissingScope`] unless the principal holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<()> {
+        if self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(Error::MissingScope(scope))
+        }
+    }
+}
+
+/// Options for a new key.
+#[derive(Debug, Clone)]
+pub struct KeyOptions {
+    /// A label for people (not secret, not content). At most 64 characters.
+    pub name: String,
+    /// The scopes granted; at least one.
+    pub scopes: Vec<Scope>,
+    /// Lifetime from creation; `None` for no expiry.
+    pub expires_in: Option<Duration>,
+    /// Bind the key to a dedicated pool (Org and Enterprise).
+    pub pool: Option<PoolId>,
+}
+
+impl KeyOptions {
+    /// A key with the given scopes, no expiry, no pool binding.
+    pub fn new(name: impl Into<String>, scopes: &[Scope]) -> Self {
+        Self {
+            name: name.into(),
+            scopes: scopes.to_vec(),
+            expires_in: None,
+            pool: None,
+        }
+    }
+}
+
+/// A newly created key. The secret is shown this once and never stored; drop it after handing it
+/// over (it is zeroized).
+pub struct IssuedKey {
+    /// The key's metadata.
+    pub info: ApiKeyInfo,
+    secret: Zeroizing<String>,
+}
+
+impl fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedKey")
+            .field("info", &self.info)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl IssuedKey {
+    /// The full key, `sk-<id>-<secret>`, to give to the user once.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+}
+
+/// A key as listed: never the secret, nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyInfo {
+    /// The key id (the part after `sk-`).
+    pub id: ApiKeyId,
+    /// The owning tenant.
+    pub tenant: TenantId,
+    /// The label.
+    pub name: String,
+    /// Scopes granted.
+    pub scopes: Vec<Scope>,
+    /// Pool binding.
+    pub pool: Option<PoolId>,
+    /// Created, Unix ms.
+    pub created_at: Millis,
+    /// Expires, Unix ms (also set by rotation to the end of the grace period).
+    pub expires_at: Option<Millis>,
+    /// Revoked, Unix ms.
+    pub revoked_at: Option<Millis>,
+    /// The key that replaced this one in a rotation.
+    pub replaced_by: Option<ApiKeyId>,
+}
+
+fn hash_secret(secret: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"soramai api key v1\0");
+    h.update(secret);
+    h.finalize().into()
+}
+
+/// Splits `sk-<id>-<secret>`; the secret is 64 lowercase hex digits.
+fn parse_token(token: &str) -> Option<(ApiKeyId, &str)> {
+    let rest = token.strip_prefix("sk-")?;
+    let (id, secret) = rest.split_once('-')?;
+    if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((ApiKeyId::new(id).ok()?, secret))
+}
+
+type KeyRow = (
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    Option<String>,
+    Millis,
+    Option<Millis>,
+    Option<Millis>,
+    Option<String>,
+);
+
+const KEY_COLUMNS: &str = "id, tenant_id, name, secret_hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by";
+
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+fn key_info(row: KeyRow) -> Result<(ApiKeyInfo, Vec<u8>)> {
+    let (id, tenant, name, hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by) =
+        row;
+    Ok((
+        ApiKeyInfo {
+            id: ApiKeyId::new(id)?,
+            tenant: TenantId::new(tenant)?,
+            name,
+            scopes: scopes_from_text(&scopes)?,
+            pool: pool.map(PoolId::new).transpose()?,
+            created_at,
+            expires_at,
+            revoked_at,
+            replaced_by: replaced_by.map(ApiKeyId::new).transpose()?,
+        },
+        hash,
+    ))
+}
+
+impl Core {
+    /// Creates a key for the principal's tenant (admin scope). The secret is in the returned value
+    /// only.
+    pub fn create_api_key(&self, principal: &Principal, options: KeyOptions) -> Result<IssuedKey> {
+        principal.require(Scope::Admin)?;
+        self.issue_key(principal, options, None)
+    }
+
+    fn issue_key(
+        &self,
+        principal: &Principal,
+        options: KeyOptions,
+        replaces: Option<&ApiKeyId>,
+    ) -> Result<IssuedKey> {
+        let tenant = self.tenant(principal.tenant())?;
+        if options.scopes.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a key needs at least one scope".into(),
+            ));
+        }
+        if options.name.chars().count() > 64 || options.name.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "a key name is at most 64 printable characters".into(),
+            ));
+        }
+        // A key never holds more than its creator.
+        if let Some(s) = options
+            .scopes
+            .iter()
+            .find(|s| !principal.scopes().contains(s))
+        {
+            return Err(Error::MissingScope(*s));
+        }
+        if let Some(pool) = &options.pool {
+            if !tenant.tier.policy().keys_bindable_to_pool {
+                return Err(Error::NotAllowed {
+                    tier: tenant.tier,
+                    what: "binding keys to a dedicated pool",
+                });
+            }
+            if pool.is_shared() {
+                return Err(Error::InvalidArgument(
+                    "a key can only be bound to a dedicated pool".into(),
+                ));
+            }
+        }
+        let now = self.now();
+        let id = ApiKeyId::generate();
+        let mut raw = Zeroizing::new([0u8; 32]);
+        random_bytes(&mut raw[..]);
+        let secret_hex = Zeroizing::new(hex::encode(&raw[..]));
+        let hash = hash_secret(secret_hex.as_bytes());
+        let expires_at = options.expires_in.map(|d| now.saturating_add(millis(d)));
+        let info = ApiKeyInfo {
+            id: id.clone(),
+            tenant: tenant.id.clone(),
+            name: options.name,
+            scopes: scopes_from_text(&scopes_to_text(&options.scopes))?,
+            pool: options.pool,
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+            replaced_by: None,
+        };
+        self.meta.write(|tx| {
+            tx.execute(
+                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL)"),
+                params![id.as_str(), tenant.id.as_str(), info.name, &hash[..], scopes_to_text(&info.scopes), info.pool.as_ref().map(|p| p.as_str()), now, expires_at],
+            )?;
+            let (action, detail) = match replaces {
+                Some(old) => (Action::ApiKeyRotated, serde_json::json!({"replaces": old.as_str(), "scopes": info.scopes})),
+                None => (Action::ApiKeyCreated, serde_json::json!({"scopes": info.scopes})),
+            };
+            self.audit_tx(tx, &tenant.id, principal.actor(), action, id.as_str(), detail)
+        })?;
+        let secret = Zeroizing::new(format!("sk-{}-{}", id.as_str(), secret_hex.as_str()));
+        Ok(IssuedKey { info, secret })
+    }
+
+    /// Authenticates a bearer token. Malformed, unknown, wrong, revoked and expired keys, and keys
+    /// of closed tenants, all fail with the same [`Error::Unauthenticated`].
+    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        let (id, secret) = parse_token(token).ok_or(Error::Unauthenticated)?;
+        let row = self.meta.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE id = ?1 AND EXISTS (SELECT 1 FROM tenants t WHERE t.id = k.tenant_id AND t.status = 'active')"),
+                [id.as_str()],
+                key_row,
+            )
+            .optional()?)
+        })?;
+        let presented = hash_secret(secret.as_bytes());
+        let Some(row) = row else {
+            // Spend the same comparison on unknown ids as on known ones.
+            let _ = presented.ct_eq(&[0u8; 32]);
+            return Err(Error::Unauthenticated);
+        };
+        let (info, stored) = key_info(row)?;
+        if !bool::from(presented.ct_eq(&stored[..])) {
+            return Err(Error::Unauthenticated);
+        }
+        let now = self.now();
+        if info.revoked_at.is_some() || info.expires_at.is_some_and(|e| now >= e) {
+            return Err(Error::Unauthenticated);
+        }
+        self.meta.write(|tx| {
+            tx.execute(
+                "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1",
+                params![info.id.as_str(), now],
+            )?;
+            Ok(())
+        })?;
+        Ok(Principal {
+            tenant: info.tenant,
+            actor: Actor::ApiKey(info.id),
+            scopes: info.scopes,
+            pool: info.pool,
+        })
+    }
+
+    /// Authenticates and checks a scope in one step.
+    pub fn authorize(&self, token: &str, scope: Scope) -> Result<Principal> {
+        let p = self.authenticate(token)?;
+        p.require(scope)?;
+        Ok(p)
+    }
+
+    /// The tenant's keys (admin scope). Never includes secrets or hashes.
+    pub fn list_api_keys(&self, principal: &Principal) -> Result<Vec<ApiKeyInfo>> {
+        principal.require(Scope::Admin)?;
+        self.tenant(principal.tenant())?;
+        let rows = self.meta.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"
+            ))?;
+            let rows = st
+                .query_map([principal.tenant().as_str()], key_row)?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|r| key_info(r).map(|(i, _)| i))
+            .collect()
+    }
+
+    fn own_key(&self, principal: &Principal, id: &ApiKeyId) -> Result<ApiKeyInfo> {
+        let row = self.meta.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND tenant_id = ?2"),
+                params![id.as_str(), principal.tenant().as_str()],
+                key_row,
+            )
+            .optional()?)
+        })?;
+        Ok(key_info(row.ok_or(Error::NotFound { kind: "api key" })?)?.0)
+    }
+
+    /// Revokes a key of the principal's tenant; effective for the very next request.
+    pub fn revoke_api_key(&self, principal: &Principal, id: &ApiKeyId) -> Result<()> {
+        principal.require(Scope::Admin)?;
+        let key = self.own_key(principal, id)?;
+        if key.revoked_at.is_some() {
+            return Ok(());
+        }
+        let now = self.now();
+        self.meta.write(|tx| {
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
+                params![id.as_str(), now],
+            )?;
+            self.audit_tx(
+                tx,
+                principal.tenant(),
+                principal.actor(),
+                Action::ApiKeyRevoked,
+                id.as_str(),
+                serde_json::json!({}),
+            )
+        })
+    }
+
+    /// Rotates a key: issues a new one with the same name, scopes, pool and lifetime, and lets the old
+    /// one work for `grace` more (never past its own expiry). Returns the new key, shown once.
+    pub fn rotate_api_key(
+        &self,
+        principal: &Principal,
+        id: &ApiKeyId,
+        grace: Duration,
+    ) -> Result<IssuedKey> {
+        principal.require(Scope::Admin)?;
+        let old = self.own_key(principal, id)?;
+        let now = self.now();
+        if old.revoked_at.is_some() || old.expires_at.is_some_and(|e| now >= e) {
+            return Err(Error::InvalidArgument(
+                "a revoked or expired key cannot be rotated".into(),
+            ));
+        }
+        let lifetime = old
+            .expires_at
+            .map(|e| Duration::from_millis(u64::try_from(e - old.created_at).unwrap_or(0)));
+        let options = KeyOptions {
+            name: old.name.clone(),
+            scopes: old.scopes.clone(),
+            expires_in: lifetime,
+            pool: old.pool.clone(),
+        };
+        let new = self.issue_key(principal, options, Some(id))?;
+        let grace_end = now.saturating_add(millis(grace));
+        let expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
+        self.meta.write(|tx| {
+            tx.execute(
+                "UPDATE api_keys SET expires_at = ?2, replaced_by = ?3 WHERE id = ?1",
+                params![id.as_str(), expires, new.info.id.as_str()],
+            )?;
+            Ok(())
+        })?;
+        Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_strictly() {
+        let secret = "a".repeat(64);
+        assert!(parse_token(&format!("sk-0123abcd-{secret}")).is_some());
+        for bad in [
+            "",
+            "sk-",
+            "sk--",
+            "pk-0123-aa",
+            &format!("sk-0123-{}", "a".repeat(63)),
+            &format!("sk-01/3-{secret}"),
+            &format!("sk-0123-{}g", "a".repeat(63)),
+        ] {
+            assert!(parse_token(bad).is_none(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,956 @@
+//! [`Core`]: one handle on a data directory — tenants, tenant keys and encrypted objects. The other
+//! capabilities (keys, datasets, vault, jobs, audit, metering, retention) extend it in their modules.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::audit::{self, Action, Actor, AuditKey};
+use crate::clock::{Clock, Millis, SystemClock};
+use crate::crypto::chunked::{RandomAccess, ReadAt};
+use crate::crypto::envelope;
+use crate::crypto::keys::{KEY_LEN, KeyProvider, LocalRootKey, TenantKey, random_bytes};
+use crate::error::{Error, Result};
+use crate::ids::{ObjectPath, TenantId, random_hex};
+use crate::store::blob::set_private_dir;
+use crate::store::{BlobKey, BlobStore, LocalBlobStore, MetaStore};
+use crate::tier::Tier;
+
+/// Size limits applied to customer input.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest dataset upload, in bytes.
+    pub max_dataset_bytes: u64,
+    /// Longest dataset line, in bytes.
+    pub max_dataset_line_bytes: usize,
+    /// Largest vault secret, in bytes.
+    pub max_secret_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_dataset_bytes: 512 << 20,
+            max_dataset_line_bytes: 1 << 20,
+            max_secret_bytes: 64 << 10,
+        }
+    }
+}
+
+/// How to open a [`Core`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory (created with mode 0700).
+    pub data_dir: PathBuf,
+    /// The root key provider.
+    pub root: Arc<dyn KeyProvider>,
+    /// The blob store; `None` uses `<data_dir>/blobs`.
+    pub blobs: Option<Arc<dyn BlobStore>>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Input size limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// The embedded default: SQLite and local blobs in `data_dir`, and the root key from the
+    /// `SORAMAI_ROOT_KEY` environment variable (64 hex digits) when set, else from
+    /// `<data_dir>/root.key` (mode 0600, created on first use). Production deployments should keep
+    /// the root key off the data disk (environment, KMS or Vault).
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Result<Self> {
+        let data_dir = data_dir.into();
+        std::fs::create_dir_all(&data_dir)?;
+        set_private_dir(&data_dir)?;
+        let root: Arc<dyn KeyProvider> = if std::env::var_os("SORAMAI_ROOT_KEY").is_some() {
+            Arc::new(LocalRootKey::from_env("SORAMAI_ROOT_KEY")?)
+        } else {
+            Arc::new(LocalRootKey::open_or_create_file(
+                &data_dir.join("root.key"),
+            )?)
+        };
+        Ok(Self::new(data_dir, root))
+    }
+
+    /// A config with the given directory and root, local blobs, the system clock, default limits.
+    pub fn new(data_dir: impl Into<PathBuf>, root: Arc<dyn KeyProvider>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            root,
+            blobs: None,
+            clock: Arc::new(SystemClock),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A tenant's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    /// In service.
+    Active,
+    /// Closed: keys destroyed, data purged.
+    Deleted,
+}
+
+/// Who holds the root key that wraps a tenant's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyCustody {
+    /// The platform's root key.
+    Operator,
+    /// A key only the customer holds (Enterprise); the operator cannot decrypt without it.
+    Customer,
+}
+
+/// A tenant as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    /// The id.
+    pub id: TenantId,
+    /// The plan.
+    pub tier: Tier,
+    /// Active or deleted.
+    pub status: TenantStatus,
+    /// Who holds the wrapping root key.
+    pub key_custody: KeyCustody,
+    /// Creation time, Unix milliseconds.
+    pub created_at: Millis,
+}
+
+/// Metadata of a stored object (never its content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectInfo {
+    /// The logical path within the tenant.
+    pub path: String,
+    /// Plaintext length in bytes.
+    pub len: u64,
+    /// The tenant key version it is sealed under.
+    pub key_version: u32,
+}
+
+/// The security core over one data directory. Cheap to share behind an `Arc`; every method is safe
+/// to call from many threads.
+pub struct Core {
+    pub(crate) meta: MetaStore,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    root: Arc<dyn KeyProvider>,
+    customer_roots: RwLock<HashMap<TenantId, Arc<dyn KeyProvider>>>,
+    key_cache: RwLock<HashMap<(TenantId, u32), TenantKey>>,
+    pub(crate) audit_key: AuditKey,
+    pub(crate) clock: Arc<dyn Clock>,
+    data_dir: PathBuf,
+    pub(crate) limits: Limits,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("data_dir", &self.data_dir)
+            .field("blobs", &self.blobs)
+            .finish_non_exhaustive()
+    }
+}
+
+const AUDIT_KEY_AAD: &[u8] = b"soramai system key\0audit";
+
+fn tenant_from_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, String, String, String, Millis)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn parse_tenant(row: (String, String, String, String, Millis)) -> Result<Tenant> {
+    let (id, tier, status, custody, created_at) = row;
+    Ok(Tenant {
+        id: TenantId::new(id)?,
+        tier: tier.parse()?,
+        status: if status == "active" {
+            TenantStatus::Active
+        } else {
+            TenantStatus::Deleted
+        },
+        key_custody: if custody == "customer" {
+            KeyCustody::Customer
+        } else {
+            KeyCustody::Operator
+        },
+        created_at,
+    })
+}
+
+/// Where a sealed object's bytes live, readable at any offset.
+struct BlobSource {
+    blobs: Arc<dyn BlobStore>,
+    key: BlobKey,
+    len: u64,
+}
+
+impl ReadAt for BlobSource {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.len)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        let bytes = self
+            .blobs
+            .get_range(&self.key, offset..end)
+            .map_err(std::io::Error::other)?;
+        if bytes.len() != buf.len() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+}
+
+/// Random-access reads of one encrypted object: only the chunks a range touches are fetched and
+/// decrypted, after the object's length has been authenticated.
+pub struct ObjectReader {
+    inner: RandomAccess<BlobSource>,
+}
+
+impl fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("len", &self.inner.plaintext_len())
+            .finish()
+    }
+}
+
+impl ObjectReader {
+    /// The authenticated plaintext length.
+    pub fn len(&self) -> u64 {
+        self.inner.plaintext_len()
+    }
+    /// Whether the object is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads `len` plaintext bytes at `offset`.
+    pub fn read_range(&self, offset: u64, len: usize) -> Result<Zeroizing<Vec<u8>>> {
+        Ok(self.inner.read_range(offset, len)?)
+    }
+    /// Decrypts chunk `index` of the object (16 KiB plaintext chunks).
+    pub fn chunk(&self, index: u64) -> Result<Zeroizing<Vec<u8>>> {
+        Ok(self.inner.chunk(index)?)
+    }
+}
+
+/// An object sealed and written to the blob store but not yet committed to the metadata.
+pub(crate) struct StagedObject {
+    blob: BlobKey,
+    key_version: u32,
+    len: u64,
+}
+
+impl Core {
+    /// Opens (creating if needed) a data directory.
+    pub fn open(config: Config) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        set_private_dir(&config.data_dir)?;
+        let meta = MetaStore::open(&config.data_dir.join("meta.sqlite3"))?;
+        let blobs: Arc<dyn BlobStore> = match config.blobs {
+            Some(b) => b,
+            None => Arc::new(LocalBlobStore::open(config.data_dir.join("blobs"))?),
+        };
+        let audit_key = Self::system_key(&meta, config.root.as_ref())?;
+        std::fs::create_dir_all(config.data_dir.join("scratch"))?;
+        set_private_dir(&config.data_dir.join("scratch"))?;
+        Ok(Self {
+            meta,
+            blobs,
+            root: config.root,
+            customer_roots: RwLock::new(HashMap::new()),
+            key_cache: RwLock::new(HashMap::new()),
+            audit_key,
+            clock: config.clock,
+            data_dir: config.data_dir,
+            limits: config.limits,
+        })
+    }
+
+    /// Opens the embedded default in `data_dir` (see [`Config::embedded`]).
+    pub fn open_embedded(data_dir: impl Into<PathBuf>) -> Result<Self> {
+        Self::open(Config::embedded(data_dir)?)
+    }
+
+    fn system_key(meta: &MetaStore, root: &dyn KeyProvider) -> Result<AuditKey> {
+        let existing: Option<(Vec<u8>, String)> = meta.read(|c| {
+            Ok(c.query_row(
+                "SELECT wrapped, root_fingerprint FROM system_keys WHERE name = 'audit'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })?;
+        match existing {
+            Some((wrapped, _)) => {
+                root.unwrap(AUDIT_KEY_AAD, &wrapped)
+                    .map(AuditKey)
+                    .map_err(|_| {
+                        Error::KeyProvider("the root key does not match this data directory".into())
+                    })
+            }
+            None => {
+                let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
+                random_bytes(&mut key);
+                let wrapped = root.wrap(AUDIT_KEY_AAD, &key)?;
+                meta.write(|tx| {
+                    tx.execute(
+                        "INSERT INTO system_keys (name, wrapped, root_fingerprint) VALUES ('audit', ?1, ?2)",
+                        params![wrapped, root.fingerprint()],
+                    )?;
+                    Ok(())
+                })?;
+                Ok(AuditKey(key))
+            }
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The clock in use.
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    pub(crate) fn scratch_root(&self) -> PathBuf {
+        self.data_dir.join("scratch")
+    }
+
+    /// Appends an audit record in its own transaction.
+    pub(crate) fn audit(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        action: Action,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        let now = self.now();
+        self.meta.write(|tx| {
+            audit::append(
+                tx,
+                &self.audit_key,
+                tenant,
+                now,
+                actor,
+                action,
+                target,
+                detail,
+            )
+        })
+    }
+
+    pub(crate) fn audit_tx(
+        &self,
+        tx: &Transaction<'_>,
+        tenant: &TenantId,
+        actor: &Actor,
+        action: Action,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        audit::append(
+            tx,
+            &self.audit_key,
+            tenant,
+            self.now(),
+            actor,
+            action,
+            target,
+            detail,
+        )
+    }
+
+    // ---- tenants ----------------------------------------------------------------------------
+
+    /// Creates a tenant whose keys the operator's root wraps. Enterprise tenants need a
+    /// customer-held key: use [`Core::create_tenant_with_customer_key`].
+    pub fn create_tenant(&self, id: &TenantId, tier: Tier) -> Result<Tenant> {
+        if tier.policy().customer_held_root_key {
+            return Err(Error::NotAllowed {
+                tier,
+                what: "creating the tenant without a customer-held root key",
+            });
+        }
+        self.insert_tenant(id, tier, KeyCustody::Operator, self.root.clone())
+    }
+
+    /// Creates a tenant whose keys are wrapped by a key the customer holds. The operator stores only
+    /// the wrapped keys; after a restart the tenant's data stays unreadable until
+    /// [`Core::unlock_tenant`] is given the customer's key again.
+    pub fn create_tenant_with_customer_key(
+        &self,
+        id: &TenantId,
+        tier: Tier,
+        customer_root: Arc<dyn KeyProvider>,
+    ) -> Result<Tenant> {
+        let t = self.insert_tenant(id, tier, KeyCustody::Customer, customer_root.clone())?;
+        self.write_lock_roots().insert(id.clone(), customer_root);
+        Ok(t)
+    }
+
+    fn write_lock_roots(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<TenantId, Arc<dyn KeyProvider>>> {
+        self.customer_roots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert_tenant(
+        &self,
+        id: &TenantId,
+        tier: Tier,
+        custody: KeyCustody,
+        root: Arc<dyn KeyProvider>,
+    ) -> Result<Tenant> {
+        let now = self.now();
+        let key = TenantKey::generate(1);
+        let wrapped = key.wrap(root.as_ref(), id)?;
+        self.meta.write(|tx| {
+            let exists: bool = tx
+                .query_row("SELECT 1 FROM tenants WHERE id = ?1", [id.as_str()], |_| Ok(true))
+                .optional()?
+                .unwrap_or(false);
+            if exists {
+                return Err(Error::AlreadyExists { kind: "tenant" });
+            }
+            let custody_s = if custody == KeyCustody::Customer { "customer" } else { "operator" };
+            tx.execute(
+                "INSERT INTO tenants (id, tier, status, key_custody, created_at) VALUES (?1, ?2, 'active', ?3, ?4)",
+                params![id.as_str(), tier.as_str(), custody_s, now],
+            )?;
+            tx.execute(
+                "INSERT INTO tenant_keys (tenant_id, version, state, wrapped, root_fingerprint, created_at)
+                 VALUES (?1, 1, 'primary', ?2, ?3, ?4)",
+                params![id.as_str(), wrapped, root.fingerprint(), now],
+            )?;
+            self.audit_tx(tx, id, &Actor::Operator, Action::TenantCreated, id.as_str(), serde_json::json!({"tier": tier.as_str(), "key_custody": custody_s}))
+        })?;
+        self.cache_key(id, key);
+        Ok(Tenant {
+            id: id.clone(),
+            tier,
+            status: TenantStatus::Active,
+            key_custody: custody,
+            created_at: now,
+        })
+    }
+
+    /// Supplies the customer-held root key of an Enterprise tenant (checked against the stored
+    /// wrapped keys) so its data can be read and written until the process exits.
+    pub fn unlock_tenant(&self, id: &TenantId, customer_root: Arc<dyn KeyProvider>) -> Result<()> {
+        let t = self.tenant(id)?;
+        if t.key_custody != KeyCustody::Customer {
+            return Err(Error::InvalidArgument(
+                "the tenant's keys are not customer-held".into(),
+            ));
+        }
+        let version = self.primary_version(id)?;
+        let wrapped = self.wrapped_key(id, version)?;
+        let key = TenantKey::unwrap(customer_root.as_ref(), id, version, &wrapped)
+            .map_err(|_| Error::Unauthenticated)?;
+        self.cache_key(id, key);
+        self.write_lock_roots().insert(id.clone(), customer_root);
+        self.audit(
+            id,
+            &Actor::Operator,
+            Action::TenantUnlocked,
+            id.as_str(),
+            serde_json::json!({}),
+        )
+    }
+
+    /// An active tenant. A deleted or unknown tenant is [`Error::NotFound`].
+    pub fn tenant(&self, id: &TenantId) -> Result<Tenant> {
+        let row = self.meta.read(|c| {
+            Ok(c.query_row(
+                "SELECT id, tier, status, key_custody, created_at FROM tenants WHERE id = ?1 AND status = 'active'",
+                [id.as_str()],
+                tenant_from_row,
+            )
+            .optional()?)
+        })?;
+        parse_tenant(row.ok_or(Error::NotFound { kind: "tenant" })?)
+    }
+
+    /// All active tenants.
+    pub fn tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = self.meta.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id, tier, status, key_custody, created_at FROM tenants WHERE status = 'active' ORDER BY id",
+            )?;
+            let rows = st.query_map([], tenant_from_row)?.collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter().map(parse_tenant).collect()
+    }
+
+    /// Changes a tenant's tier (audited). Moving to Enterprise needs customer-held keys.
+    pub fn set_tier(&self, id: &TenantId, tier: Tier) -> Result<Tenant> {
+        let t = self.tenant(id)?;
+        if tier.policy().customer_held_root_key && t.key_custody != KeyCustody::Customer {
+            return Err(Error::NotAllowed {
+                tier,
+                what: "moving a tenant with operator-held keys to Enterprise",
+            });
+        }
+        self.meta.write(|tx| {
+            tx.execute(
+                "UPDATE tenants SET tier = ?2 WHERE id = ?1",
+                params![id.as_str(), tier.as_str()],
+            )?;
+            self.audit_tx(
+                tx,
+                id,
+                &Actor::Operator,
+                Action::TierChanged,
+                id.as_str(),
+                serde_json::json!({"from": t.tier.as_str(), "to": tier.as_str()}),
+            )
+        })?;
+        Ok(Tenant { tier, ..t })
+    }
+
+    /// Closes a tenant: destroys every version of its keys (crypto-shredding all its data wherever
+    /// copies of the ciphertext live), revokes its API keys, cancels its jobs, deletes its metadata
+    /// and usage logs, and purges its blobs. Billing records stay (7 years); the audit log keeps a
+    /// record of the closure. Irreversible.
+    pub fn delete_tenant(&self, id: &TenantId) -> Result<()> {
+        self.tenant(id)?;
+        let now = self.now();
+        let blobs: Vec<String> = self.meta.write(|tx| {
+            let blobs: Vec<String> = {
+                let mut st = tx.prepare("SELECT blob FROM objects WHERE tenant_id = ?1")?;
+                st.query_map([id.as_str()], |r| r.get(0))?
+                    .collect::<std::result::Result<Vec<_>, _>>()?
+            };
+            tx.execute(
+                "DELETE FROM tenant_keys WHERE tenant_id = ?1",
+                [id.as_str()],
+            )?;
+            tx.execute("DELETE FROM objects WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM datasets WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM secrets WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE tenant_id = ?1 AND revoked_at IS NULL",
+                params![id.as_str(), now],
+            )?;
+            tx.execute(
+                "DELETE FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE tenant_id = ?1)",
+                [id.as_str()],
+            )?;
+            tx.execute("DELETE FROM jobs WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute(
+                "DELETE FROM usage_events WHERE tenant_id = ?1",
+                [id.as_str()],
+            )?;
+            tx.execute(
+                "UPDATE tenants SET status = 'deleted', deleted_at = ?2 WHERE id = ?1",
+                params![id.as_str(), now],
+            )?;
+            self.audit_tx(
+                tx,
+                id,
+                &Actor::Operator,
+                Action::TenantDeleted,
+                id.as_str(),
+                serde_json::json!({"objects_purged": blobs.len()}),
+            )?;
+            Ok(blobs)
+        })?;
+        {
+            let mut cache = self.key_cache.write().unwrap_or_else(|e| e.into_inner());
+            cache.retain(|(t, _), _| t != id);
+        }
+        self.write_lock_roots().remove(id);
+        self.meta.checkpoint()?;
+        for b in blobs {
+            if let Ok(k) = BlobKey::new(b) {
+                self.blobs.delete(&k)?;
+            }
+        }
+        // Anything else under the tenant's prefix (orphans of interrupted writes) goes too.
+        for k in self.blobs.list(&format!("t/{}/", id.as_str()))? {
+            self.blobs.delete(&k)?;
+        }
+        Ok(())
+    }
+
+    // ---- tenant keys ------------------------------------------------------------------------
+
+    fn cache_key(&self, tenant: &TenantId, key: TenantKey) {
+        let mut cache = self.key_cache.write().unwrap_or_else(|e| e.into_inner());
+        cache.insert((tenant.clone(), key.version()), key);
+    }
+
+    fn primary_version(&self, tenant: &TenantId) -> Result<u32> {
+        self.meta
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT k.version FROM tenant_keys k JOIN tenants t ON t.id = k.tenant_id
+                     WHERE k.tenant_id = ?1 AND k.state = 'primary' AND t.status = 'active'",
+                    [tenant.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })?
+            .ok_or(Error::NotFound { kind: "tenant" })
+    }
+
+    fn wrapped_key(&self, tenant: &TenantId, version: u32) -> Result<Vec<u8>> {
+        self.meta
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT wrapped FROM tenant_keys WHERE tenant_id = ?1 AND version = ?2 AND wrapped IS NOT NULL",
+                    params![tenant.as_str(), version],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .optional()?)
+            })?
+            // A destroyed (retired or shredded) version: its data can no longer be decrypted.
+            .ok_or(Error::Integrity)
+    }
+
+    fn root_for(&self, tenant: &TenantId) -> Result<Arc<dyn KeyProvider>> {
+        let custody: Option<String> = self.meta.read(|c| {
+            Ok(c.query_row(
+                "SELECT key_custody FROM tenants WHERE id = ?1 AND status = 'active'",
+                [tenant.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })?;
+        match custody.as_deref() {
+            None => Err(Error::NotFound { kind: "tenant" }),
+            Some("customer") => self
+                .customer_roots
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(tenant)
+                .cloned()
+                .ok_or(Error::TenantLocked),
+            Some(_) => Ok(self.root.clone()),
+        }
+    }
+
+    /// Version `version` of the tenant's key.
+    pub(crate) fn tenant_key(&self, tenant: &TenantId, version: u32) -> Result<TenantKey> {
+        if let Some(k) = self
+            .key_cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(tenant.clone(), version))
+        {
+            return Ok(k.clone());
+        }
+        let root = self.root_for(tenant)?;
+        let wrapped = self.wrapped_key(tenant, version)?;
+        let key = TenantKey::unwrap(root.as_ref(), tenant, version, &wrapped)?;
+        self.cache_key(tenant, key.clone());
+        Ok(key)
+    }
+
+    fn primary_key(&self, tenant: &TenantId) -> Result<TenantKey> {
+        let v = self.primary_version(tenant)?;
+        self.tenant_key(tenant, v)
+    }
+
+    /// Makes a new key version primary for new writes (Vault-style rotation). Existing objects stay
+    /// readable under their version until [`Core::rewrap_tenant_objects`] rewrites them.
+    pub fn rotate_tenant_key(&self, tenant: &TenantId) -> Result<u32> {
+        let root = self.root_for(tenant)?;
+        let now = self.now();
+        let version = self.meta.write(|tx| {
+            let max: u32 = tx.query_row("SELECT MAX(version) FROM tenant_keys WHERE tenant_id = ?1", [tenant.as_str()], |r| r.get(0))?;
+            let key = TenantKey::generate(max + 1);
+            let wrapped = key.wrap(root.as_ref(), tenant)?;
+            tx.execute("UPDATE tenant_keys SET state = 'active' WHERE tenant_id = ?1 AND state = 'primary'", [tenant.as_str()])?;
+            tx.execute(
+                "INSERT INTO tenant_keys (tenant_id, version, state, wrapped, root_fingerprint, created_at)
+                 VALUES (?1, ?2, 'primary', ?3, ?4, ?5)",
+                params![tenant.as_str(), key.version(), wrapped, root.fingerprint(), now],
+            )?;
+            self.audit_tx(tx, tenant, &Actor::Operator, Action::TenantKeyRotated, tenant.as_str(), serde_json::json!({"version": key.version()}))?;
+            Ok(key.version())
+        })?;
+        Ok(version)
+    }
+
+    /// Rewrites every object sealed under an older key version with the primary one (the rewrap
+    /// job of a rotation). Returns how many objects were rewritten.
+    pub fn rewrap_tenant_objects(&self, tenant: &TenantId) -> Result<usize> {
+        let primary = self.primary_version(tenant)?;
+        let stale: Vec<String> = self.meta.read(|c| {
+            let mut st =
+                c.prepare("SELECT path FROM objects WHERE tenant_id = ?1 AND key_version != ?2")?;
+            let rows = st
+                .query_map(params![tenant.as_str(), primary], |r| r.get(0))?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
+        for path in &stale {
+            let path = ObjectPath::new(path.clone())?;
+            let data = self.get_object(tenant, &path)?;
+            self.put_object_with(tenant, &path, &data, |_| Ok(()))?;
+        }
+        self.audit(
+            tenant,
+            &Actor::System,
+            Action::TenantKeysRewrapped,
+            tenant.as_str(),
+            serde_json::json!({"objects": stale.len(), "version": primary}),
+        )?;
+        Ok(stale.len())
+    }
+
+    /// Destroys every non-primary key version no object uses any more. Returns the versions retired.
+    pub fn retire_tenant_keys(&self, tenant: &TenantId) -> Result<Vec<u32>> {
+        let retired = self.meta.write(|tx| {
+            let versions: Vec<u32> = {
+                let mut st = tx.prepare(
+                    "SELECT version FROM tenant_keys k WHERE tenant_id = ?1 AND state = 'active'
+                     AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.tenant_id = k.tenant_id AND o.key_version = k.version)",
+                )?;
+                st.query_map([tenant.as_str()], |r| r.get(0))?.collect::<std::result::Result<Vec<_>, _>>()?
+            };
+            for v in &versions {
+                tx.execute(
+                    "UPDATE tenant_keys SET state = 'retired', wrapped = NULL WHERE tenant_id = ?1 AND version = ?2",
+                    params![tenant.as_str(), v],
+                )?;
+            }
+            if !versions.is_empty() {
+                self.audit_tx(tx, tenant, &Actor::System, Action::TenantKeysRetired, tenant.as_str(), serde_json::json!({"versions": versions}))?;
+            }
+            Ok(versions)
+        })?;
+        let mut cache = self.key_cache.write().unwrap_or_else(|e| e.into_inner());
+        for v in &retired {
+            cache.remove(&(tenant.clone(), *v));
+        }
+        drop(cache);
+        self.meta.checkpoint()?;
+        Ok(retired)
+    }
+
+    // ---- encrypted objects ------------------------------------------------------------------
+
+    /// Seals `data` under the tenant's primary key and writes it to a fresh blob. Nothing is visible
+    /// until [`Core::commit_object`] records it.
+    pub(crate) fn stage_object(
+        &self,
+        tenant: &TenantId,
+        path: &ObjectPath,
+        data: &[u8],
+    ) -> Result<StagedObject> {
+        let key = self.primary_key(tenant)?;
+        let sealed = envelope::seal(&key, tenant, path, data)?;
+        let blob = BlobKey::new(format!("t/{}/o/{}", tenant.as_str(), random_hex(16)))?;
+        self.blobs.put(&blob, &sealed)?;
+        Ok(StagedObject {
+            blob,
+            key_version: key.version(),
+            len: data.len() as u64,
+        })
+    }
+
+    /// Records a staged object in the caller's transaction; returns the blob it replaces, if any,
+    /// to be deleted after the commit.
+    pub(crate) fn commit_object(
+        &self,
+        tx: &Transaction<'_>,
+        tenant: &TenantId,
+        path: &ObjectPath,
+        staged: &StagedObject,
+    ) -> Result<Option<BlobKey>> {
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT blob FROM objects WHERE tenant_id = ?1 AND path = ?2",
+                params![tenant.as_str(), path.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.execute(
+            "INSERT INTO objects (tenant_id, path, blob, key_version, plaintext_len, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(tenant_id, path) DO UPDATE SET blob = excluded.blob, key_version = excluded.key_version,
+             plaintext_len = excluded.plaintext_len, created_at = excluded.created_at",
+            params![tenant.as_str(), path.as_str(), staged.blob.as_str(), staged.key_version, staged.len, self.now()],
+        )?;
+        Ok(old.and_then(|b| BlobKey::new(b).ok()))
+    }
+
+    /// Stages, then commits together with `extra` in one transaction; cleans up either way.
+    pub(crate) fn put_object_with<T>(
+        &self,
+        tenant: &TenantId,
+        path: &ObjectPath,
+        data: &[u8],
+        extra: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let staged = self.stage_object(tenant, path, data)?;
+        let committed = self.meta.write(|tx| {
+            let old = self.commit_object(tx, tenant, path, &staged)?;
+            Ok((extra(tx)?, old))
+        });
+        match committed {
+            Ok((out, old)) => {
+                if let Some(old) = old {
+                    self.blobs.delete(&old)?;
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = self.blobs.delete(&staged.blob);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores an object in the tenant's space, encrypted under its primary key, replacing any object
+    /// at the same path atomically. Low-level: for engine crates (RAG index files, artifacts).
+    pub fn put_object(
+        &self,
+        tenant: &TenantId,
+        path: &ObjectPath,
+        data: &[u8],
+    ) -> Result<ObjectInfo> {
+        self.tenant(tenant)?;
+        let info = self.put_object_with(tenant, path, data, |_| Ok(()))?;
+        let _ = info;
+        self.object_info(tenant, path)
+    }
+
+    fn object_row(&self, tenant: &TenantId, path: &ObjectPath) -> Result<(BlobKey, ObjectInfo)> {
+        let row: Option<(String, u32, u64)> = self.meta.read(|c| {
+            Ok(c.query_row(
+                "SELECT o.blob, o.key_version, o.plaintext_len FROM objects o JOIN tenants t ON t.id = o.tenant_id
+                 WHERE o.tenant_id = ?1 AND o.path = ?2 AND t.status = 'active'",
+                params![tenant.as_str(), path.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+        })?;
+        let (blob, key_version, len) = row.ok_or(Error::NotFound { kind: "object" })?;
+        Ok((
+            BlobKey::new(blob)?,
+            ObjectInfo {
+                path: path.as_str().to_string(),
+                len,
+                key_version,
+            },
+        ))
+    }
+
+    /// Metadata of one object.
+    pub fn object_info(&self, tenant: &TenantId, path: &ObjectPath) -> Result<ObjectInfo> {
+        Ok(self.object_row(tenant, path)?.1)
+    }
+
+    /// Reads and decrypts a whole object.
+    pub fn get_object(&self, tenant: &TenantId, path: &ObjectPath) -> Result<Zeroizing<Vec<u8>>> {
+        let (blob, _) = self.object_row(tenant, path)?;
+        let sealed = self.blobs.get(&blob)?;
+        let version = envelope::key_version(&sealed)?;
+        let key = self.tenant_key(tenant, version)?;
+        Ok(envelope::open(&key, tenant, path, &sealed)?)
+    }
+
+    /// Opens an object for random-access reads.
+    pub fn open_object(&self, tenant: &TenantId, path: &ObjectPath) -> Result<ObjectReader> {
+        let (blob, _) = self.object_row(tenant, path)?;
+        let len = self.blobs.size(&blob)?;
+        let source = BlobSource {
+            blobs: self.blobs.clone(),
+            key: blob,
+            len,
+        };
+        let mut prefix = [0u8; envelope::PREFIX_LEN];
+        source
+            .read_exact_at(&mut prefix, 0)
+            .map_err(|_| Error::Integrity)?;
+        let key = self.tenant_key(tenant, envelope::key_version(&prefix)?)?;
+        Ok(ObjectReader {
+            inner: envelope::open_random_access(&key, tenant, path, source)?,
+        })
+    }
+
+    /// Deletes an object (metadata first, then its blob).
+    pub fn delete_object(&self, tenant: &TenantId, path: &ObjectPath) -> Result<()> {
+        self.delete_object_with(tenant, path, |_| Ok(()))
+    }
+
+    pub(crate) fn delete_object_with(
+        &self,
+        tenant: &TenantId,
+        path: &ObjectPath,
+        extra: impl FnOnce(&Transaction<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let (blob, _) = self.object_row(tenant, path)?;
+        self.meta.write(|tx| {
+            tx.execute(
+                "DELETE FROM objects WHERE tenant_id = ?1 AND path = ?2",
+                params![tenant.as_str(), path.as_str()],
+            )?;
+            extra(tx)
+        })?;
+        self.blobs.delete(&blob)
+    }
+
+    /// Lists the tenant's objects whose path starts with `prefix`.
+    pub fn list_objects(&self, tenant: &TenantId, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.tenant(tenant)?;
+        self.meta.read(|c| {
+            let mut st = c.prepare(
+                "SELECT path, plaintext_len, key_version FROM objects WHERE tenant_id = ?1 AND substr(path, 1, length(?2)) = ?2 ORDER BY path",
+            )?;
+            let rows = st
+                .query_map(params![tenant.as_str(), prefix], |r| Ok(ObjectInfo { path: r.get(0)?, len: r.get(1)?, key_version: r.get(2)? }))?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Deletes blobs that no metadata row references (left by a crash between a blob write and its
+    /// commit). Only blobs older than `min_age` are touched, so in-flight writes are safe.
+    pub fn collect_orphan_blobs(&self, min_age: std::time::Duration) -> Result<usize> {
+        let referenced: std::collections::HashSet<String> = self.meta.read(|c| {
+            let mut st = c.prepare("SELECT blob FROM objects")?;
+            let rows = st
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
+        })?;
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(min_age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut removed = 0;
+        for key in self.blobs.list("t/")? {
+            if referenced.contains(key.as_str()) {
+                continue;
+            }
+            let old_enough = std::fs::metadata(self.data_dir.join("blobs").join(key.as_str()))
+                .and_then(|m| m.modified())
+                .map(|t| t <= cutoff)
+                .unwrap_or(true);
+            if old_enough {
+                self.blobs.delete(&key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,513 @@
+//! Jobs: records, the state machine `queued -> running -> succeeded | failed | cancelled`, progress
+//! and metric events, leases with heartbeats (an expired lease requeues the job), cancellation, and
+//! pools (a dedicated-pool tenant's jobs are never claimed by a shared-pool worker).
+//!
+//! [`Worker`] runs each claimed job in a child process; see [`worker`].
+
+pub mod runner;
+pub mod worker;
+
+use std::fmt;
+use std::time::Duration;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+use crate::audit::{Action, Actor};
+use crate::auth::{Principal, Scope};
+use crate::clock::{Millis, millis};
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::ids::{DatasetId, JobId, PoolId, TenantId};
+use crate::tier::ComputePool;
+
+pub use worker::{RunnerCommand, Worker};
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a worker.
+    Queued,
+    /// Claimed by a worker holding a lease.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished with an error (or out of attempts).
+    Failed,
+    /// Cancelled before finishing.
+    Cancelled,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => return Err(Error::InvalidArgument(format!("unknown job state {s:?}"))),
+        })
+    }
+
+    /// Whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobSpec {
+    /// Checksums a dataset (SHA-256, lines, bytes): the test job that proves the machinery.
+    /// `pace_ms` (at most 1000) sleeps between 64 KiB steps, for demonstrations and crash tests.
+    Checksum {
+        /// The dataset to read.
+        dataset: DatasetId,
+        /// Milliseconds to pause per step.
+        pace_ms: u64,
+    },
+}
+
+impl JobSpec {
+    fn kind(&self) -> &'static str {
+        match self {
+            JobSpec::Checksum { .. } => "checksum",
+        }
+    }
+
+    fn from_stored(kind: &str, spec: &str) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(spec)?;
+        match kind {
+            "checksum" => Ok(JobSpec::Checksum {
+                dataset: DatasetId::new(
+                    v.get("dataset")
+                        .and_then(|d| d.as_str())
+                        .unwrap_or_default(),
+                )?,
+                pace_ms: v.get("pace_ms").and_then(|p| p.as_u64()).unwrap_or(0),
+            }),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown job kind {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    /// `job-<hex>`.
+    pub id: JobId,
+    /// Owner.
+    pub tenant: TenantId,
+    /// What it does.
+    pub spec: JobSpec,
+    /// Where it may run.
+    pub pool: PoolId,
+    /// State.
+    pub state: JobState,
+    /// 0..=1.
+    pub progress: f64,
+    /// Claims so far.
+    pub attempts: u32,
+    /// Claims allowed before an expired lease fails the job.
+    pub max_attempts: u32,
+    /// Whether cancellation was asked for while running.
+    pub cancel_requested: bool,
+    /// The result, when succeeded.
+    pub result: Option<serde_json::Value>,
+    /// The error, when failed.
+    pub error: Option<String>,
+    /// Submitted, Unix ms.
+    pub created_at: Millis,
+    /// Ended, Unix ms.
+    pub finished_at: Option<Millis>,
+}
+
+/// A progress or metric event of a job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobEvent {
+    /// 1-based order.
+    pub seq: u64,
+    /// When, Unix ms.
+    pub at: Millis,
+    /// `progress`, `metric`, `state`.
+    pub kind: String,
+    /// Event data (numbers and states; never content).
+    pub data: serde_json::Value,
+}
+
+const JOB_COLUMNS: &str = "id, tenant_id, kind, spec, pool, state, progress, attempts, max_attempts, cancel_requested, result, error, created_at, finished_at";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job>> {
+    let id: String = r.get(0)?;
+    let tenant: String = r.get(1)?;
+    let kind: String = r.get(2)?;
+    let spec: String = r.get(3)?;
+    let pool: String = r.get(4)?;
+    let state: String = r.get(5)?;
+    let result: Option<String> = r.get(10)?;
+    let progress: f64 = r.get(6)?;
+    let attempts: u32 = r.get(7)?;
+    let max_attempts: u32 = r.get(8)?;
+    let cancel: bool = r.get(9)?;
+    let error: Option<String> = r.get(11)?;
+    let created_at: Millis = r.get(12)?;
+    let finished_at: Option<Millis> = r.get(13)?;
+    Ok((|| {
+        Ok(Job {
+            id: JobId::new(id)?,
+            tenant: TenantId::new(tenant)?,
+            spec: JobSpec::from_stored(&kind, &spec)?,
+            pool: PoolId::new(pool)?,
+            state: JobState::parse(&state)?,
+            progress,
+            attempts,
+            max_attempts,
+            cancel_requested: cancel,
+            result: result.map(|s| serde_json::from_str(&s)).transpose()?,
+            error,
+            created_at,
+            finished_at,
+        })
+    })())
+}
+
+/// A worker's claim on a job: the job and the inputs it may see.
+#[derive(Debug)]
+pub struct Claim {
+    /// The job.
+    pub job: Job,
+    /// The lease's expiry, Unix ms.
+    pub lease_expires_at: Millis,
+}
+
+/// How a job ended, as a worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Success with a result.
+    Succeeded(serde_json::Value),
+    /// Failure with a message (no content).
+    Failed(String),
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl Core {
+    /// Submits a job (train scope). Its pool follows the tenant's tier, or the key's pool binding.
+    pub fn submit_job(&self, principal: &Principal, spec: JobSpec) -> Result<Job> {
+        principal.require(Scope::Train)?;
+        let tenant = self.tenant(principal.tenant())?;
+        match &spec {
+            JobSpec::Checksum { dataset, pace_ms } => {
+                // The input must be the submitter's own.
+                self.dataset(principal, dataset)?;
+                if *pace_ms > 1000 {
+                    return Err(Error::InvalidArgument("pace_ms is at most 1000".into()));
+                }
+            }
+        }
+        let pool = match (principal.pool(), tenant.tier.policy().compute) {
+            (Some(p), _) => p.clone(),
+            (None, ComputePool::Shared) => PoolId::shared(),
+            (None, ComputePool::Dedicated) => PoolId::dedicated_for(&tenant.id),
+        };
+        let id = JobId::generate();
+        let now = self.now();
+        let spec_json = match &spec {
+            JobSpec::Checksum { dataset, pace_ms } => {
+                serde_json::json!({"dataset": dataset.as_str(), "pace_ms": pace_ms})
+            }
+        };
+        self.meta.write(|tx| {
+            tx.execute(
+                "INSERT INTO jobs (id, tenant_id, kind, spec, pool, state, max_attempts, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 3, ?6)",
+                params![id.as_str(), tenant.id.as_str(), spec.kind(), spec_json.to_string(), pool.as_str(), now],
+            )?;
+            self.audit_tx(tx, &tenant.id, principal.actor(), Action::JobSubmitted, id.as_str(), serde_json::json!({"kind": spec.kind(), "pool": pool.as_str()}))
+        })?;
+        self.job_by_id(&id)
+    }
+
+    pub(crate) fn job_by_id(&self, id: &JobId) -> Result<Job> {
+        self.meta
+            .read(|c| {
+                Ok(c.query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                    [id.as_str()],
+                    job_from_row,
+                )
+                .optional()?)
+            })?
+            .ok_or(Error::NotFound { kind: "job" })?
+    }
+
+    /// One of the principal's tenant's jobs.
+    pub fn job(&self, principal: &Principal, id: &JobId) -> Result<Job> {
+        principal.require(Scope::Train)?;
+        let job = self.job_by_id(id)?;
+        if &job.tenant != principal.tenant() {
+            return Err(Error::NotFound { kind: "job" });
+        }
+        Ok(job)
+    }
+
+    /// The principal's tenant's jobs, newest first.
+    pub fn list_jobs(&self, principal: &Principal) -> Result<Vec<Job>> {
+        principal.require(Scope::Train)?;
+        self.meta.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = ?1 ORDER BY created_at DESC, id"
+            ))?;
+            let rows = st
+                .query_map([principal.tenant().as_str()], job_from_row)?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            rows.into_iter().collect()
+        })
+    }
+
+    /// A job's events, oldest first.
+    pub fn job_events(&self, principal: &Principal, id: &JobId) -> Result<Vec<JobEvent>> {
+        self.job(principal, id)?;
+        self.meta.read(|c| {
+            let mut st = c.prepare(
+                "SELECT seq, at, kind, data FROM job_events WHERE job_id = ?1 ORDER BY seq",
+            )?;
+            let rows = st
+                .query_map([id.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(seq, at, kind, data)| {
+                    Ok(JobEvent {
+                        seq,
+                        at,
+                        kind,
+                        data: serde_json::from_str(&data)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Cancels a job: a queued one at once, a running one as soon as its worker's next heartbeat
+    /// sees the request (or its lease expires).
+    pub fn cancel_job(&self, principal: &Principal, id: &JobId) -> Result<Job> {
+        let job = self.job(principal, id)?;
+        if job.state.is_terminal() {
+            return Err(Error::InvalidJobState {
+                state: job.state,
+                action: "cancel",
+            });
+        }
+        let now = self.now();
+        self.meta.write(|tx| {
+            if job.state == JobState::Queued {
+                tx.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 AND state = 'queued'", params![id.as_str(), now])?;
+                self.audit_tx(tx, &job.tenant, principal.actor(), Action::JobCancelled, id.as_str(), serde_json::json!({}))?;
+            } else {
+                tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id.as_str()])?;
+            }
+            Ok(())
+        })?;
+        self.job_by_id(id)
+    }
+
+    fn add_event(
+        &self,
+        tx: &Transaction<'_>,
+        job: &JobId,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<()> {
+        tx.execute(
+            "INSERT INTO job_events (job_id, seq, at, kind, data)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = ?1), ?2, ?3, ?4)",
+            params![job.as_str(), self.now(), kind, data.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Requeues running jobs whose lease has expired (their worker died), or fails them once out of
+    /// attempts, or cancels them if cancellation was asked for. Returns how many were handled.
+    pub fn reap_expired_leases(&self) -> Result<usize> {
+        let now = self.now();
+        self.meta.write(|tx| {
+            let expired: Vec<(String, String, u32, u32, bool)> = {
+                let mut st = tx.prepare(
+                    "SELECT id, tenant_id, attempts, max_attempts, cancel_requested FROM jobs WHERE state = 'running' AND lease_expires_at < ?1",
+                )?;
+                st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                    .collect::<std::result::Result<Vec<_>, _>>()?
+            };
+            for (id, tenant, attempts, max, cancel) in &expired {
+                let job = JobId::new(id.clone())?;
+                let tenant = TenantId::new(tenant.clone())?;
+                let (state, action) = if *cancel {
+                    ("cancelled", Some(Action::JobCancelled))
+                } else if attempts >= max {
+                    ("failed", Some(Action::JobFinished))
+                } else {
+                    ("queued", None)
+                };
+                let finished = (state != "queued").then_some(now);
+                tx.execute(
+                    "UPDATE jobs SET state = ?2, lease_owner = NULL, lease_expires_at = NULL, finished_at = ?3,
+                     error = CASE WHEN ?2 = 'failed' THEN 'the worker stopped responding too many times' ELSE error END WHERE id = ?1",
+                    params![id, state, finished],
+                )?;
+                self.add_event(tx, &job, "state", &serde_json::json!({"state": state, "reason": "lease expired"}))?;
+                if let Some(action) = action {
+                    self.audit_tx(tx, &tenant, &Actor::System, action, id, serde_json::json!({"state": state, "reason": "lease expired"}))?;
+                }
+            }
+            Ok(expired.len())
+        })
+    }
+
+    /// Claims the oldest queued job of `pool` for `worker` with a lease of `lease`.
+    pub fn claim_job(&self, worker: &str, pool: &PoolId, lease: Duration) -> Result<Option<Claim>> {
+        self.reap_expired_leases()?;
+        let now = self.now();
+        let expires = now.saturating_add(millis(lease));
+        let id: Option<String> = self.meta.write(|tx| {
+            let id: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT j.id, j.tenant_id FROM jobs j JOIN tenants t ON t.id = j.tenant_id
+                     WHERE j.state = 'queued' AND j.pool = ?1 AND t.status = 'active' ORDER BY j.created_at, j.id LIMIT 1",
+                    [pool.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((id, tenant)) = id else { return Ok(None) };
+            tx.execute(
+                "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_expires_at = ?3, attempts = attempts + 1,
+                 started_at = COALESCE(started_at, ?4) WHERE id = ?1",
+                params![id, worker, expires, now],
+            )?;
+            let job = JobId::new(id.clone())?;
+            self.add_event(tx, &job, "state", &serde_json::json!({"state": "running"}))?;
+            self.audit_tx(tx, &TenantId::new(tenant)?, &Actor::System, Action::JobStarted, &id, serde_json::json!({"pool": pool.as_str()}))?;
+            Ok(Some(id))
+        })?;
+        match id {
+            None => Ok(None),
+            Some(id) => Ok(Some(Claim {
+                job: self.job_by_id(&JobId::new(id)?)?,
+                lease_expires_at: expires,
+            })),
+        }
+    }
+
+    fn check_lease(tx: &Transaction<'_>, job: &JobId, worker: &str) -> Result<bool> {
+        let row: Option<(String, Option<String>, bool)> = tx
+            .query_row(
+                "SELECT state, lease_owner, cancel_requested FROM jobs WHERE id = ?1",
+                [job.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        match row {
+            Some((state, Some(owner), cancel)) if state == "running" && owner == worker => {
+                Ok(cancel)
+            }
+            _ => Err(Error::LeaseLost),
+        }
+    }
+
+    /// Extends a lease. Returns whether cancellation was requested; fails with
+    /// [`Error::LeaseLost`] if the worker no longer holds the job.
+    pub fn heartbeat(&self, job: &JobId, worker: &str, lease: Duration) -> Result<bool> {
+        let expires = self.now().saturating_add(millis(lease));
+        self.meta.write(|tx| {
+            let cancel = Self::check_lease(tx, job, worker)?;
+            tx.execute(
+                "UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1",
+                params![job.as_str(), expires],
+            )?;
+            Ok(cancel)
+        })
+    }
+
+    /// Records a progress or metric event from the job holding the lease.
+    pub fn report_job_event(
+        &self,
+        job: &JobId,
+        worker: &str,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<()> {
+        if !matches!(kind, "progress" | "metric") {
+            return Err(Error::InvalidArgument(
+                "job events are progress or metric".into(),
+            ));
+        }
+        self.meta.write(|tx| {
+            Self::check_lease(tx, job, worker)?;
+            if kind == "progress" {
+                if let Some(p) = data.get("fraction").and_then(|f| f.as_f64()) {
+                    tx.execute(
+                        "UPDATE jobs SET progress = ?2 WHERE id = ?1",
+                        params![job.as_str(), p.clamp(0.0, 1.0)],
+                    )?;
+                }
+            }
+            self.add_event(tx, job, kind, data)
+        })
+    }
+
+    /// Ends a job the worker holds.
+    pub fn finish_job(&self, job: &JobId, worker: &str, outcome: Outcome) -> Result<Job> {
+        let now = self.now();
+        let current = self.job_by_id(job)?;
+        self.meta.write(|tx| {
+            Self::check_lease(tx, job, worker)?;
+            let (state, result, error) = match &outcome {
+                Outcome::Succeeded(v) => ("succeeded", Some(v.to_string()), None),
+                Outcome::Failed(e) => ("failed", None, Some(e.clone())),
+                Outcome::Cancelled => ("cancelled", None, None),
+            };
+            tx.execute(
+                "UPDATE jobs SET state = ?2, result = ?3, error = ?4, finished_at = ?5, lease_owner = NULL, lease_expires_at = NULL,
+                 progress = CASE WHEN ?2 = 'succeeded' THEN 1.0 ELSE progress END WHERE id = ?1",
+                params![job.as_str(), state, result, error, now],
+            )?;
+            self.add_event(tx, job, "state", &serde_json::json!({"state": state}))?;
+            let action = if state == "cancelled" { Action::JobCancelled } else { Action::JobFinished };
+            self.audit_tx(tx, &current.tenant, &Actor::System, action, job.as_str(), serde_json::json!({"state": state}))
+        })?;
+        self.job_by_id(job)
+    }
+
+    /// The decrypted input of a claimed job, for the worker holding its lease only.
+    pub(crate) fn job_input(&self, job: &Job, worker: &str) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        self.meta
+            .write(|tx| Self::check_lease(tx, &job.id, worker).map(|_| ()))?;
+        match &job.spec {
+            JobSpec::Checksum { dataset, .. } => self.dataset_bytes(&job.tenant, dataset),
+        }
+    }
+}

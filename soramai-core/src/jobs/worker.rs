@@ -1,0 +1,225 @@
+//! The worker: claims jobs of one pool and runs each in a dedicated child process.
+//!
+//! Per job: a private scratch directory (mode 0700) that is removed at the end whatever happens; a
+//! child started with a cleared environment, the scratch directory as its working directory and
+//! resource limits it applies to itself before reading any input; the job's decrypted input passed
+//! through a pipe (never written to disk); events read back as JSON lines. The worker heartbeats the
+//! lease while the child runs and kills the child when the job is cancelled or the lease is lost.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::ids::PoolId;
+use crate::jobs::{Job, JobSpec, Outcome};
+
+/// How to start the job runner process (the `soramai-job-runner` binary, or the `soramai` CLI's
+/// `job-runner` subcommand), and the limits it is given.
+#[derive(Debug, Clone)]
+pub struct RunnerCommand {
+    /// The program.
+    pub program: PathBuf,
+    /// Arguments before the runner's own.
+    pub args: Vec<String>,
+    /// Address-space limit in bytes.
+    pub max_memory_bytes: u64,
+    /// CPU-time limit in seconds.
+    pub max_cpu_seconds: u64,
+    /// Open-file limit.
+    pub max_open_files: u64,
+}
+
+impl RunnerCommand {
+    /// A runner at `program` with default limits (4 GiB, 1 hour CPU, 64 files).
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            max_memory_bytes: 4 << 30,
+            max_cpu_seconds: 3600,
+            max_open_files: 64,
+        }
+    }
+}
+
+/// A worker bound to one pool.
+#[derive(Debug)]
+pub struct Worker {
+    core: Arc<Core>,
+    id: String,
+    pool: PoolId,
+    runner: RunnerCommand,
+    lease: Duration,
+}
+
+enum ChildMsg {
+    Event(serde_json::Value),
+    Closed,
+}
+
+impl Worker {
+    /// A worker named `id` serving `pool`.
+    pub fn new(
+        core: Arc<Core>,
+        id: impl Into<String>,
+        pool: PoolId,
+        runner: RunnerCommand,
+    ) -> Self {
+        Self {
+            core,
+            id: id.into(),
+            pool,
+            runner,
+            lease: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the lease length (heartbeats happen every third of it).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Claims and runs one job; `None` when the pool's queue is empty.
+    pub fn run_once(&self) -> Result<Option<Job>> {
+        let Some(claim) = self.core.claim_job(&self.id, &self.pool, self.lease)? else {
+            return Ok(None);
+        };
+        let job = claim.job;
+        let scratch =
+            self.core
+                .scratch_root()
+                .join(format!("{}-{}", job.id.as_str(), job.attempts));
+        let outcome = self.run_in_scratch(&job, &scratch);
+        // The scratch directory goes whatever happened.
+        let _ = std::fs::remove_dir_all(&scratch);
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(Error::LeaseLost) => return Err(Error::LeaseLost),
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        Ok(Some(self.core.finish_job(&job.id, &self.id, outcome)?))
+    }
+
+    fn run_in_scratch(&self, job: &Job, scratch: &std::path::Path) -> Result<Outcome> {
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(scratch)?;
+        }
+        let input = self.core.job_input(job, &self.id)?;
+        let header = match &job.spec {
+            JobSpec::Checksum { pace_ms, .. } => {
+                serde_json::json!({"kind": "checksum", "pace_ms": pace_ms, "input_len": input.len()})
+            }
+        };
+        let mut child = Command::new(&self.runner.program)
+            .args(&self.runner.args)
+            .arg("--max-memory-bytes")
+            .arg(self.runner.max_memory_bytes.to_string())
+            .arg("--max-cpu-seconds")
+            .arg(self.runner.max_cpu_seconds.to_string())
+            .arg("--max-open-files")
+            .arg(self.runner.max_open_files.to_string())
+            .env_clear()
+            .current_dir(scratch)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::Runner(format!("cannot start the job runner: {e}")))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Runner("no stdin".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Runner("no stdout".into()))?;
+        let feeder = std::thread::spawn(move || -> std::io::Result<()> {
+            stdin.write_all(header.to_string().as_bytes())?;
+            stdin.write_all(b"\n")?;
+            stdin.write_all(&input)?;
+            stdin.flush()
+        });
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.len() > 64 << 10 {
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(ChildMsg::Event(v)).is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = tx.send(ChildMsg::Closed);
+        });
+
+        let beat = self.lease / 3;
+        let mut next_beat = Instant::now() + beat;
+        let mut result: Option<serde_json::Value> = None;
+        let mut cancelled = false;
+        let mut closed = false;
+        let status = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(ChildMsg::Event(ev)) => match ev.get("type").and_then(|t| t.as_str()) {
+                    Some("result") => result = ev.get("data").cloned(),
+                    Some(kind @ ("progress" | "metric")) => {
+                        let data = ev.get("data").cloned().unwrap_or(serde_json::Value::Null);
+                        if let Err(e) = self.core.report_job_event(&job.id, &self.id, kind, &data) {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Err(e);
+                        }
+                    }
+                    _ => {}
+                },
+                Ok(ChildMsg::Closed) => closed = true,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+            }
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + beat;
+                match self.core.heartbeat(&job.id, &self.id, self.lease) {
+                    Ok(true) => {
+                        cancelled = true;
+                        let _ = child.kill();
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(e);
+                    }
+                }
+            }
+            if closed {
+                if let Some(status) = child.try_wait()? {
+                    break status;
+                }
+            }
+        };
+        let _ = feeder.join();
+        let _ = reader.join();
+        if cancelled {
+            return Ok(Outcome::Cancelled);
+        }
+        match (status.success(), result) {
+            (true, Some(r)) => Ok(Outcome::Succeeded(r)),
+            (true, None) => Ok(Outcome::Failed(
+                "the job runner ended without a result".into(),
+            )),
+            (false, _) => Ok(Outcome::Failed(match status.code() {
+                Some(c) => format!("the job runner exited with status {c}"),
+                None => "the job runner was killed by a signal (resource limit?)".into(),
+            })),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! # soramai-core
+//!
+//! The security core of Soramai: tenants and tiers, API keys, envelope encryption, storage, jobs,
+//! the audit log, metering and retention. No ML lives here.
+//!
+//! Every byte of customer data is sealed under its tenant's key in the C2SP chunked-encryption
+//! format (Cobblestone-256) before it reaches the blob store; tenant keys are stored only wrapped by
+//! a root key; every security-relevant action is appended to a per-tenant hash chain.
+//!
+//! ```
+//! use soramai_core::{Core, Principal, Tier, TenantId};
+//!
+//! # fn main() -> soramai_core::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let core = Core::open_embedded(dir.path().join("data"))?;
+//! let acme = TenantId::new("acme")?;
+//! core.create_tenant(&acme, Tier::Pro)?;
+//! let admin = Principal::operator(&acme);
+//! let data = br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#;
+//! let ds = core.upload_dataset(&admin, "greetings.jsonl", data)?;
+//! assert_eq!(&core.download_dataset(&admin, &ds.id)?[..], &data[..]);
+//! assert_eq!(core.verify_audit(&acme)?.records, 3); // created, uploaded, downloaded
+//! # Ok(()) }
+//! ```
+//!
+//! The byte layout of stored objects is in `FORMAT.md` beside this crate.
+
+pub mod audit;
+pub mod auth;
+pub mod clock;
+mod core;
+pub mod crypto;
+pub mod datasets;
+pub mod error;
+pub mod ids;
+pub mod jobs;
+pub mod metering;
+pub mod retention;
+pub mod store;
+pub mod tier;
+mod vault;
+
+pub use crate::audit::{Action, Actor, AuditRecord, AuditReport};
+pub use crate::auth::{ApiKeyInfo, IssuedKey, KeyOptions, Principal, Scope};
+pub use crate::clock::{Clock, ManualClock, Millis, SystemClock};
+pub use crate::core::{
+    Config, Core, KeyCustody, Limits, ObjectInfo, ObjectReader, Tenant, TenantStatus,
+};
+pub use crate::crypto::keys::{KeyProvider, LocalRootKey};
+pub use crate::datasets::{DatasetInfo, DatasetStats};
+pub use crate::error::{Error, Result};
+pub use crate::ids::{
+    ApiKeyId, DatasetId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId,
+};
+pub use crate::jobs::{Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker};
+pub use crate::metering::{Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary};
+pub use crate::retention::SweepReport;
+pub use crate::tier::{ComputePool, Policy, RagIsolation, Tier};

@@ -1,0 +1,243 @@
+//! Usage metrics without content, and the credit ledger.
+//!
+//! A [`UsageEvent`] has only ids, counts, a latency and a status: there is no field a prompt or a
+//! completion could be put in, so inference logs hold metrics only by construction.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use crate::audit::Action;
+use crate::auth::{Principal, Scope};
+use crate::clock::Millis;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::ids::{ModelId, TenantId, random_hex};
+
+/// What was metered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageKind {
+    /// Chat or completion.
+    Inference,
+    /// Embedding.
+    Embedding,
+    /// Fine-tuning (tokens trained).
+    Training,
+    /// RAG retrieval.
+    Retrieval,
+}
+
+impl UsageKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            UsageKind::Inference => "inference",
+            UsageKind::Embedding => "embedding",
+            UsageKind::Training => "training",
+            UsageKind::Retrieval => "retrieval",
+        }
+    }
+}
+
+/// How a metered request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageStatus {
+    /// Completed.
+    Ok,
+    /// Failed with an error.
+    Error,
+    /// Cancelled by the client.
+    Cancelled,
+}
+
+/// One metered request: ids and numbers only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageEvent {
+    /// What kind of work.
+    pub kind: UsageKind,
+    /// The base model id.
+    pub model: ModelId,
+    /// The adapter id, if any.
+    pub adapter: Option<ModelId>,
+    /// Input (prompt) tokens.
+    pub input_tokens: u64,
+    /// Output (completion or trained) tokens.
+    pub output_tokens: u64,
+    /// Wall time in milliseconds.
+    pub latency_ms: u64,
+    /// Outcome.
+    pub status: UsageStatus,
+}
+
+/// Aggregated usage over a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UsageSummary {
+    /// Requests.
+    pub requests: u64,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+}
+
+/// One ledger entry; its `receipt` id is what a customer quotes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// `rcpt-<hex>`.
+    pub receipt: String,
+    /// `grant`, `usage` or `refund`.
+    pub kind: String,
+    /// Credits added (positive) or used (negative).
+    pub amount: i64,
+    /// Balance after this entry.
+    pub balance_after: i64,
+    /// What it was for (a job id, a request id, an invoice number).
+    pub reference: String,
+    /// When, Unix ms.
+    pub at: Millis,
+}
+
+fn check_reference(r: &str) -> Result<()> {
+    if r.len() > 128 || r.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(
+            "a ledger reference is at most 128 printable characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Core {
+    /// Records one metered request for a tenant.
+    pub fn record_usage(&self, tenant: &TenantId, event: &UsageEvent) -> Result<()> {
+        self.tenant(tenant)?;
+        let now = self.now();
+        self.meta.write(|tx| {
+            tx.execute(
+                "INSERT INTO usage_events (tenant_id, at, kind, model, adapter, input_tokens, output_tokens, latency_ms, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    tenant.as_str(),
+                    now,
+                    event.kind.as_str(),
+                    event.model.as_str(),
+                    event.adapter.as_ref().map(|a| a.as_str()),
+                    event.input_tokens,
+                    event.output_tokens,
+                    event.latency_ms,
+                    serde_json::to_value(event.status)?.as_str().unwrap_or("ok"),
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Usage of the principal's tenant since `since` (admin scope).
+    pub fn usage_summary(&self, principal: &Principal, since: Millis) -> Result<UsageSummary> {
+        principal.require(Scope::Admin)?;
+        self.tenant(principal.tenant())?;
+        self.meta.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) FROM usage_events WHERE tenant_id = ?1 AND at >= ?2",
+                params![principal.tenant().as_str(), since],
+                |r| Ok(UsageSummary { requests: r.get(0)?, input_tokens: r.get(1)?, output_tokens: r.get(2)? }),
+            )?)
+        })
+    }
+
+    /// The tenant's credit balance.
+    pub fn balance(&self, tenant: &TenantId) -> Result<i64> {
+        self.tenant(tenant)?;
+        self.meta.read(|c| Ok(Self::balance_in(c, tenant)?))
+    }
+
+    fn balance_in(c: &rusqlite::Connection, tenant: &TenantId) -> rusqlite::Result<i64> {
+        Ok(c.query_row(
+            "SELECT balance_after FROM ledger WHERE tenant_id = ?1 ORDER BY id DESC LIMIT 1",
+            [tenant.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+    }
+
+    fn ledger_entry(
+        &self,
+        tenant: &TenantId,
+        kind: &str,
+        amount: i64,
+        reference: &str,
+    ) -> Result<Receipt> {
+        check_reference(reference)?;
+        self.tenant(tenant)?;
+        let now = self.now();
+        self.meta.write(|tx| {
+            let balance = Self::balance_in(tx, tenant)?;
+            let after = balance.checked_add(amount).ok_or_else(|| Error::InvalidArgument("credit amount overflows".into()))?;
+            if after < 0 {
+                return Err(Error::InsufficientCredits { balance, needed: -amount });
+            }
+            let receipt = format!("rcpt-{}", random_hex(10));
+            tx.execute(
+                "INSERT INTO ledger (receipt, tenant_id, at, kind, amount, balance_after, reference) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![receipt, tenant.as_str(), now, kind, amount, after, reference],
+            )?;
+            if kind == "grant" {
+                self.audit_tx(tx, tenant, &crate::audit::Actor::Operator, Action::CreditsGranted, &receipt, serde_json::json!({"amount": amount}))?;
+            }
+            Ok(Receipt { receipt, kind: kind.to_string(), amount, balance_after: after, reference: reference.to_string(), at: now })
+        })
+    }
+
+    /// Adds credits (a purchase, a promotion).
+    pub fn grant_credits(
+        &self,
+        tenant: &TenantId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<Receipt> {
+        if amount <= 0 {
+            return Err(Error::InvalidArgument("a grant must be positive".into()));
+        }
+        self.ledger_entry(tenant, "grant", amount, reference)
+    }
+
+    /// Charges credits for usage; refuses with [`Error::InsufficientCredits`] (charging nothing)
+    /// when the balance cannot cover it.
+    pub fn charge_credits(
+        &self,
+        tenant: &TenantId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<Receipt> {
+        if amount <= 0 {
+            return Err(Error::InvalidArgument("a charge must be positive".into()));
+        }
+        self.ledger_entry(tenant, "usage", -amount, reference)
+    }
+
+    /// Returns credits (a failed job).
+    pub fn refund_credits(
+        &self,
+        tenant: &TenantId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<Receipt> {
+        if amount <= 0 {
+            return Err(Error::InvalidArgument("a refund must be positive".into()));
+        }
+        self.ledger_entry(tenant, "refund", amount, reference)
+    }
+
+    /// The tenant's ledger, oldest first (the billing records).
+    pub fn receipts(&self, tenant: &TenantId) -> Result<Vec<Receipt>> {
+        self.meta.read(|c| {
+            let mut st = c.prepare("SELECT receipt, kind, amount, balance_after, reference, at FROM ledger WHERE tenant_id = ?1 ORDER BY id")?;
+            let rows = st
+                .query_map([tenant.as_str()], |r| {
+                    Ok(Receipt { receipt: r.get(0)?, kind: r.get(1)?, amount: r.get(2)?, balance_after: r.get(3)?, reference: r.get(4)?, at: r.get(5)? })
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+}

@@ -1,0 +1,317 @@
+//! Blob storage. Blobs only ever hold ciphertext (the envelope of `crypto::envelope`).
+//!
+//! [`LocalBlobStore`] (the embedded default) writes each blob to a temporary file, fsyncs it, renames
+//! it into place and fsyncs the directory, so a crash leaves either the old blob or the new one,
+//! never a half-written one. [`ObjectBlobStore`] (feature `object-store`) stores blobs in any
+//! `object_store` backend, S3-compatible storage included, for several nodes.
+
+use std::fmt;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A blob's key: `/`-separated segments of `A-Za-z0-9._-`, none empty, `.` or `..`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobKey(String);
+
+impl BlobKey {
+    /// Validates a key.
+    pub fn new(s: impl Into<String>) -> Result<Self> {
+        let s = s.into();
+        // The same rules as an object path, which guarantees the key stays inside the store.
+        crate::ids::ObjectPath::new(s.clone())?;
+        if s.ends_with(".tmp") {
+            return Err(Error::InvalidArgument(
+                "blob keys may not end in .tmp".into(),
+            ));
+        }
+        Ok(Self(s))
+    }
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BlobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobKey({:?})", self.0)
+    }
+}
+
+/// Where encrypted blobs live.
+pub trait BlobStore: Send + Sync + fmt::Debug {
+    /// Stores `data` under `key` atomically, replacing any previous blob.
+    fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()>;
+    /// Reads a whole blob.
+    fn get(&self, key: &BlobKey) -> Result<Vec<u8>>;
+    /// Reads a byte range of a blob; a range past the end is an error.
+    fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Vec<u8>>;
+    /// The blob's length.
+    fn size(&self, key: &BlobKey) -> Result<u64>;
+    /// Deletes a blob; deleting a missing blob succeeds.
+    fn delete(&self, key: &BlobKey) -> Result<()>;
+    /// Lists the keys under `prefix` (a key prefix ending at a segment boundary, or empty).
+    fn list(&self, prefix: &str) -> Result<Vec<BlobKey>>;
+}
+
+fn not_found(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::NotFound { kind: "object" }
+    } else {
+        Error::Io(e)
+    }
+}
+
+/// Blobs as files under one directory.
+#[derive(Debug)]
+pub struct LocalBlobStore {
+    root: PathBuf,
+}
+
+impl LocalBlobStore {
+    /// Opens (creating if needed, mode 0700) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)?;
+        set_private_dir(&root)?;
+        Ok(Self { root })
+    }
+
+    fn path(&self, key: &BlobKey) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+}
+
+pub(crate) fn set_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// fsyncs a directory so a rename or unlink in it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl BlobStore for LocalBlobStore {
+    fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()> {
+        let path = self.path(key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        if !dir.exists() {
+            fs::create_dir_all(&dir)?;
+            // Make every newly created directory level durable.
+            let mut d = dir.as_path();
+            while let Some(parent) = d.parent() {
+                sync_dir(parent)?;
+                if parent == self.root {
+                    break;
+                }
+                d = parent;
+            }
+        }
+        let mut suffix = [0u8; 8];
+        crate::crypto::keys::random_bytes(&mut suffix);
+        let tmp = path.with_file_name(format!(
+            "{}.{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("blob"),
+            hex::encode(suffix)
+        ));
+        let result = (|| -> Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(&dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn get(&self, key: &BlobKey) -> Result<Vec<u8>> {
+        fs::read(self.path(key)).map_err(not_found)
+    }
+
+    fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Vec<u8>> {
+        let len = usize::try_from(
+            range
+                .end
+                .checked_sub(range.start)
+                .ok_or_else(|| Error::InvalidArgument("reversed range".into()))?,
+        )
+        .map_err(|_| Error::InvalidArgument("range too large".into()))?;
+        let mut f = fs::File::open(self.path(key)).map_err(not_found)?;
+        f.seek(SeekFrom::Start(range.start))?;
+        let mut buf = vec![0u8; len];
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn size(&self, key: &BlobKey) -> Result<u64> {
+        Ok(fs::metadata(self.path(key)).map_err(not_found)?.len())
+    }
+
+    fn delete(&self, key: &BlobKey) -> Result<()> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<BlobKey>> {
+        let mut out = Vec::new();
+        let start = if prefix.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(prefix.trim_end_matches('/'))
+        };
+        if prefix.split('/').any(|s| s == "..") {
+            return Err(Error::InvalidArgument("invalid prefix".into()));
+        }
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let ty = entry.file_type()?;
+                if ty.is_dir() {
+                    stack.push(entry.path());
+                } else if ty.is_file() {
+                    let rel = entry.path();
+                    let Ok(rel) = rel.strip_prefix(&self.root) else {
+                        continue;
+                    };
+                    if let Some(s) = rel.to_str() {
+                        if let Ok(k) = BlobKey::new(s) {
+                            out.push(k);
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Blobs in any `object_store` backend (S3-compatible storage, GCS, Azure, a local directory or
+/// memory), for deployments of several nodes.
+#[cfg(feature = "object-store")]
+pub struct ObjectBlobStore {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+}
+
+#[cfg(feature = "object-store")]
+impl fmt::Debug for ObjectBlobStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectBlobStore")
+            .field("store", &self.store.to_string())
+            .finish()
+    }
+}
+
+#[cfg(feature = "object-store")]
+impl ObjectBlobStore {
+    /// Wraps an object store (for S3: `object_store::aws::AmazonS3Builder`, enabled through
+    /// `object_store`'s `aws` feature in the embedding application).
+    pub fn new(store: std::sync::Arc<dyn object_store::ObjectStore>) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        Ok(Self { store, runtime })
+    }
+
+    fn path(key: &BlobKey) -> object_store::path::Path {
+        object_store::path::Path::from(key.as_str())
+    }
+}
+
+#[cfg(feature = "object-store")]
+fn os_err(e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::NotFound { kind: "object" },
+        other => Error::Io(std::io::Error::other(other)),
+    }
+}
+
+#[cfg(feature = "object-store")]
+impl BlobStore for ObjectBlobStore {
+    fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()> {
+        // A single PUT is atomic in object stores: readers see the old object or the new one.
+        let payload = object_store::PutPayload::from(data.to_vec());
+        self.runtime
+            .block_on(self.store.put(&Self::path(key), payload))
+            .map_err(os_err)?;
+        Ok(())
+    }
+
+    fn get(&self, key: &BlobKey) -> Result<Vec<u8>> {
+        self.runtime.block_on(async {
+            let r = self.store.get(&Self::path(key)).await.map_err(os_err)?;
+            Ok(r.bytes().await.map_err(os_err)?.to_vec())
+        })
+    }
+
+    fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Vec<u8>> {
+        if range.start > range.end {
+            return Err(Error::InvalidArgument("reversed range".into()));
+        }
+        if range.start == range.end {
+            return Ok(Vec::new());
+        }
+        let want = range.end - range.start;
+        let bytes = self
+            .runtime
+            .block_on(self.store.get_range(&Self::path(key), range))
+            .map_err(os_err)?;
+        if bytes.len() as u64 != want {
+            return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    fn size(&self, key: &BlobKey) -> Result<u64> {
+        Ok(self
+            .runtime
+            .block_on(self.store.head(&Self::path(key)))
+            .map_err(os_err)?
+            .size)
+    }
+
+    fn delete(&self, key: &BlobKey) -> Result<()> {
+        match self.runtime.block_on(self.store.delete(&Self::path(key))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<BlobKey>> {
+        use futures_util::TryStreamExt;
+        let p = (!prefix.is_empty())
+            .then(|| object_store::path::Path::from(prefix.trim_end_matches('/')));
+        let metas: Vec<object_store::ObjectMeta> = self
+            .runtime
+            .block_on(self.store.list(p.as_ref()).try_collect())
+            .map_err(os_err)?;
+        let mut keys: Vec<BlobKey> = metas
+            .into_iter()
+            .filter_map(|m| BlobKey::new(m.location.to_string()).ok())
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}

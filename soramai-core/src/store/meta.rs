@@ -1,0 +1,220 @@
+//! The metadata store: SQLite in WAL mode with `synchronous=FULL`, `secure_delete` (a deleted
+//! wrapped key leaves no copy in free pages) and numbered migrations.
+//!
+//! It holds ids, states, counters, hashes and wrapped keys, never customer content: datasets,
+//! secrets and artifacts live encrypted in the blob store.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, Transaction};
+
+use crate::error::{Error, Result};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema
+    r#"
+    CREATE TABLE system_keys (
+        name TEXT PRIMARY KEY,
+        wrapped BLOB NOT NULL,
+        root_fingerprint TEXT NOT NULL
+    );
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        tier TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'deleted')),
+        key_custody TEXT NOT NULL CHECK (key_custody IN ('operator', 'customer')),
+        created_at INTEGER NOT NULL,
+        deleted_at INTEGER
+    );
+    CREATE TABLE tenant_keys (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        version INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('primary', 'active', 'retired')),
+        wrapped BLOB,
+        root_fingerprint TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, version)
+    );
+    CREATE TABLE objects (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        path TEXT NOT NULL,
+        blob TEXT NOT NULL,
+        key_version INTEGER NOT NULL,
+        plaintext_len INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, path)
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        secret_hash BLOB NOT NULL,
+        scopes TEXT NOT NULL,
+        pool TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER,
+        replaced_by TEXT,
+        last_used_at INTEGER
+    );
+    CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        examples INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX datasets_tenant ON datasets(tenant_id);
+    CREATE TABLE secrets (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        kind TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        state TEXT NOT NULL,
+        progress REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_expires_at INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER
+    );
+    CREATE INDEX jobs_claim ON jobs(state, pool, created_at);
+    CREATE INDEX jobs_tenant ON jobs(tenant_id);
+    CREATE TABLE job_events (
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    );
+    CREATE TABLE audit_log (
+        tenant_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (tenant_id, seq)
+    );
+    CREATE TABLE audit_heads (
+        tenant_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        tag BLOB NOT NULL
+    );
+    CREATE TABLE usage_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        model TEXT NOT NULL,
+        adapter TEXT,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        status TEXT NOT NULL
+    );
+    CREATE INDEX usage_tenant_at ON usage_events(tenant_id, at);
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        receipt TEXT NOT NULL UNIQUE,
+        tenant_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('grant', 'usage', 'refund')),
+        amount INTEGER NOT NULL,
+        balance_after INTEGER NOT NULL,
+        reference TEXT NOT NULL
+    );
+    CREATE INDEX ledger_tenant ON ledger(tenant_id, id);
+    "#,
+];
+
+/// The SQLite metadata database.
+#[derive(Debug)]
+pub struct MetaStore {
+    conn: Mutex<Connection>,
+}
+
+impl MetaStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(Error::InvalidArgument(format!(
+                "the metadata database is at schema version {version}, newer than this build's {known}"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Locks the connection (a poisoned lock is recovered: SQLite's own transactions keep the data
+    /// consistent even if a thread panicked mid-way).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` in one immediate (write-locking) transaction, committed only if `f` succeeds.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs a read-only closure on the connection.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.lock();
+        f(&conn)
+    }
+
+    /// Checkpoints the WAL into the main file and truncates it (after deletions of key material).
+    pub(crate) fn checkpoint(&self) -> Result<()> {
+        let conn = self.lock();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,9 @@
+//! Storage: the SQLite metadata store and the blob stores.
+
+pub mod blob;
+pub mod meta;
+
+#[cfg(feature = "object-store")]
+pub use blob::ObjectBlobStore;
+pub use blob::{BlobKey, BlobStore, LocalBlobStore};
+pub use meta::MetaStore;
