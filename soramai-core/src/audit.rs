@@ -187,17 +187,28 @@ impl AuditKey {
 
 const GENESIS: [u8; 32] = [0u8; 32];
 
+/// One record to append: who did what to which id, with content-free detail.
+pub(crate) struct Entry<'a> {
+    pub(crate) actor: &'a Actor,
+    pub(crate) action: Action,
+    pub(crate) target: &'a str,
+    pub(crate) detail: serde_json::Value,
+}
+
 /// Appends one record inside the caller's transaction.
 pub(crate) fn append(
     tx: &Transaction<'_>,
     key: &AuditKey,
     tenant: &TenantId,
     at: Millis,
-    actor: &Actor,
-    action: Action,
-    target: &str,
-    detail: serde_json::Value,
+    entry: Entry<'_>,
 ) -> Result<()> {
+    let Entry {
+        actor,
+        action,
+        target,
+        detail,
+    } = entry;
     let head: Option<(u64, Vec<u8>)> = tx
         .query_row(
             "SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1",

@@ -256,7 +256,15 @@ impl Core {
     pub fn open(config: Config) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
         set_private_dir(&config.data_dir)?;
-        let meta = MetaStore::open(&config.data_dir.join("meta.sqlite3"))?;
+        let meta_path = config.data_dir.join("meta.sqlite3");
+        let meta = MetaStore::open(&meta_path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let f = PathBuf::from(format!("{}{suffix}", meta_path.display()));
+            if f.exists() {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
         let blobs: Arc<dyn BlobStore> = match config.blobs {
             Some(b) => b,
             None => Arc::new(LocalBlobStore::open(config.data_dir.join("blobs"))?),
@@ -340,16 +348,13 @@ impl Core {
     ) -> Result<()> {
         let now = self.now();
         self.meta.write(|tx| {
-            audit::append(
-                tx,
-                &self.audit_key,
-                tenant,
-                now,
+            let entry = audit::Entry {
                 actor,
                 action,
                 target,
                 detail,
-            )
+            };
+            audit::append(tx, &self.audit_key, tenant, now, entry)
         })
     }
 
@@ -362,16 +367,13 @@ impl Core {
         target: &str,
         detail: serde_json::Value,
     ) -> Result<()> {
-        audit::append(
-            tx,
-            &self.audit_key,
-            tenant,
-            self.now(),
+        let entry = audit::Entry {
             actor,
             action,
             target,
             detail,
-        )
+        };
+        audit::append(tx, &self.audit_key, tenant, self.now(), entry)
     }
 
     // ---- tenants ----------------------------------------------------------------------------
@@ -829,8 +831,7 @@ impl Core {
         data: &[u8],
     ) -> Result<ObjectInfo> {
         self.tenant(tenant)?;
-        let info = self.put_object_with(tenant, path, data, |_| Ok(()))?;
-        let _ = info;
+        self.put_object_with(tenant, path, data, |_| Ok(()))?;
         self.object_info(tenant, path)
     }
 

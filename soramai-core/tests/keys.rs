@@ -32,7 +32,7 @@ fn secret_is_shown_once_and_never_stored() {
     );
     for f in files_under(&env.data_dir()) {
         assert!(
-            !contains(&std::fs::read(&f).expect("read"), secret[20..].as_bytes()),
+            !contains(&std::fs::read(&f).expect("read"), &secret.as_bytes()[20..]),
             "{}",
             f.display()
         );

@@ -83,10 +83,7 @@ fn tier_changes_are_audited_and_change_policy() {
         env.core.set_tier(&t, Tier::Org).expect("upgrade").tier,
         Tier::Org
     );
-    assert_eq!(
-        env.core.tenant(&t).expect("t").tier.policy().access_log,
-        true
-    );
+    assert!(env.core.tenant(&t).expect("t").tier.policy().access_log);
     let log = env.core.audit_log(&p).expect("audit");
     let change = log
         .iter()

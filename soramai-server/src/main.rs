@@ -1,1 +1,246 @@
-fn main() {}
+//! The `soramai` command-line tool.
+//!
+//! - `soramai quickstart [--data-dir DIR]`: runs what exists of the pipeline on the embedded
+//!   default (SQLite + local encrypted blobs) in a data directory it creates.
+//! - `soramai job-runner [limits]`: the child process a worker runs each job in.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use soramai::core::crypto::envelope;
+use soramai::{
+    Core, JobSpec, KeyOptions, ModelId, PoolId, Principal, RunnerCommand, Scope, SecretName,
+    TenantId, Tier, Worker,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "soramai",
+    version,
+    about = "Soramai: a private fine-tune-and-serve platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a tenant and a key, store a dataset encrypted and read it back, run a job in an
+    /// isolated child process, meter usage, and verify the audit log.
+    Quickstart {
+        /// Data directory (created, mode 0700).
+        #[arg(long, default_value = ".soramai-data")]
+        data_dir: PathBuf,
+    },
+    /// Run one job from stdin (started by a worker; not for interactive use).
+    #[command(hide = true, disable_help_flag = true)]
+    JobRunner {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::JobRunner { args } => {
+            ExitCode::from(u8::try_from(soramai::core::jobs::runner::main(&args)).unwrap_or(2))
+        }
+        Command::Quickstart { data_dir } => match quickstart(&data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("quickstart failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+const SAMPLE: &[u8] = include_bytes!("../assets/quickstart.jsonl");
+
+fn step(n: usize, what: &str) {
+    println!("[{n}/8] {what}");
+}
+
+fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let core = Arc::new(Core::open_embedded(data_dir)?);
+    println!(
+        "data directory: {} (embedded default: SQLite + encrypted local blobs)",
+        data_dir.display()
+    );
+
+    step(1, "create a tenant");
+    let tenant = TenantId::new(format!("quickstart-{}", &hex_suffix()))?;
+    core.create_tenant(&tenant, Tier::Pro)?;
+    let policy = Tier::Pro.policy();
+    println!(
+        "      tenant {tenant} on tier {} (compute {:?}, RAG {:?})",
+        Tier::Pro,
+        policy.compute,
+        policy.rag
+    );
+
+    step(2, "issue an API key (shown once; only its hash is stored)");
+    let issued = core.create_api_key(
+        &Principal::operator(&tenant),
+        KeyOptions::new(
+            "quickstart",
+            &[Scope::Train, Scope::Admin, Scope::Inference],
+        ),
+    )?;
+    println!("      {}", issued.secret());
+    let me = core.authenticate(issued.secret())?;
+
+    step(
+        3,
+        "upload a chat dataset (validated, sealed under the tenant key)",
+    );
+    let ds = core.upload_dataset(&me, "support.jsonl", SAMPLE)?;
+    println!(
+        "      {} {} bytes, {} examples",
+        ds.id, ds.bytes, ds.examples
+    );
+
+    step(4, "read it back and check nothing is plaintext at rest");
+    let back = core.download_dataset(&me, &ds.id)?;
+    if back[..] != SAMPLE[..] {
+        return Err("the dataset did not round-trip".into());
+    }
+    core.put_secret(
+        &me,
+        &SecretName::new("hf-token")?,
+        b"hf_quickstart_secret_value",
+    )?;
+    let probe = b"sealed under your tenant's own key";
+    let leaked = scan_for(data_dir, probe)?;
+    println!("      round trip ok; files holding dataset text in plaintext: {leaked}");
+    if leaked > 0 {
+        return Err("plaintext found at rest".into());
+    }
+    let objects = core.list_objects(&tenant, "")?;
+    println!(
+        "      {} objects, each {} + Cobblestone-256 (AES-256-GCM, 16 KiB chunks), key version {}",
+        objects.len(),
+        String::from_utf8_lossy(&envelope::MAGIC),
+        objects.first().map_or(0, |o| o.key_version)
+    );
+
+    step(
+        5,
+        "run a job in a dedicated child process (cleared env, private scratch, rlimits)",
+    );
+    let job = core.submit_job(
+        &me,
+        JobSpec::Checksum {
+            dataset: ds.id.clone(),
+            pace_ms: 0,
+        },
+    )?;
+    let runner = RunnerCommand {
+        args: vec!["job-runner".into()],
+        ..RunnerCommand::new(std::env::current_exe()?)
+    };
+    let worker = Worker::new(
+        core.clone(),
+        "quickstart-worker",
+        PoolId::dedicated_for(&tenant),
+        runner,
+    );
+    let done = worker.run_once()?.ok_or("the job was not claimed")?;
+    let result = done.result.clone().unwrap_or_default();
+    println!(
+        "      {} {} in pool {}: sha256 {} over {} lines",
+        done.id,
+        done.state,
+        done.pool,
+        result["sha256"].as_str().unwrap_or("?"),
+        result["lines"]
+    );
+    if done.id != job.id || done.state != soramai::JobState::Succeeded {
+        return Err(format!("the job ended {}: {:?}", done.state, done.error).into());
+    }
+
+    step(6, "meter usage (ids and counts only) and charge credits");
+    core.grant_credits(&tenant, 10_000, "quickstart-grant")?;
+    core.record_usage(
+        &tenant,
+        &soramai::UsageEvent {
+            kind: soramai::UsageKind::Inference,
+            model: ModelId::new("smollm2-135m-instruct")?,
+            adapter: None,
+            input_tokens: 42,
+            output_tokens: 17,
+            latency_ms: 85,
+            status: soramai::UsageStatus::Ok,
+        },
+    )?;
+    let receipt = core.charge_credits(&tenant, 59, "quickstart-usage")?;
+    let usage = core.usage_summary(&me, 0)?;
+    println!(
+        "      {} requests, {} + {} tokens; receipt {} leaves {} credits",
+        usage.requests,
+        usage.input_tokens,
+        usage.output_tokens,
+        receipt.receipt,
+        receipt.balance_after
+    );
+
+    step(7, "rotate the key (grace 60 s) and revoke the old one");
+    let rotated = core.rotate_api_key(&me, &issued.info.id, Duration::from_secs(60))?;
+    core.revoke_api_key(&me, &issued.info.id)?;
+    let old_refused = core.authenticate(issued.secret()).is_err();
+    let new_works = core.authenticate(rotated.secret()).is_ok();
+    println!("      old key refused: {old_refused}; new key works: {new_works}");
+    if !old_refused || !new_works {
+        return Err("key rotation did not behave".into());
+    }
+
+    step(8, "verify the tamper-evident audit log");
+    let report = core.verify_audit(&tenant)?;
+    for r in core.audit_log(&Principal::operator(&tenant))? {
+        println!(
+            "      #{:<2} {:<20} {:<18} {}",
+            r.seq, r.action, r.actor, r.target
+        );
+    }
+    println!("      audit chain verified: {} records", report.records);
+    println!(
+        "quickstart finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn hex_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{:06x}", (nanos ^ std::process::id()) & 0xff_ffff)
+}
+
+/// Counts the files under `dir` that contain `needle`.
+fn scan_for(dir: &std::path::Path, needle: &[u8]) -> std::io::Result<usize> {
+    let mut found = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)?
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                found += 1;
+            }
+        }
+    }
+    Ok(found)
+}

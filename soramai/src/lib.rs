@@ -1,1 +1,28 @@
-//! SDK
+//! # soramai
+//!
+//! The Soramai SDK: a private, multi-tenant fine-tune-and-serve platform as a library. This crate is
+//! the facade users `cargo add`; today it exposes the security core (tenants, keys, encrypted
+//! datasets, jobs, audit, metering), and it grows the `Platform` that ties in the inference engine
+//! (`soramai-kernels`) and retrieval (`soramai-rag`) as those land.
+//!
+//! ```
+//! # fn main() -> soramai::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let core = soramai::Core::open_embedded(dir.path())?;
+//! let acme = soramai::TenantId::new("acme")?;
+//! core.create_tenant(&acme, soramai::Tier::Basic)?;
+//! let key = core.create_api_key(&soramai::Principal::operator(&acme), soramai::KeyOptions::new("ci", &[soramai::Scope::Inference]))?;
+//! assert_eq!(core.authenticate(key.secret())?.tenant(), &acme);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub use soramai_core::{
+    ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, Config, Core, DatasetId, DatasetInfo, Error,
+    IssuedKey, Job, JobEvent, JobId, JobSpec, JobState, KeyOptions, KeyProvider, LocalRootKey,
+    ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand, Scope, SecretName,
+    Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
+};
+
+/// The security core's full API (storage, crypto, audit, metering, retention).
+pub use soramai_core as core;

@@ -183,9 +183,7 @@ impl MessageCipher {
 
 fn random_salt() -> [u8; SALT_SIZE] {
     let mut salt = [0u8; SALT_SIZE];
-    // The OS CSPRNG failing is unrecoverable: there is no safe way to go on encrypting.
-    #[allow(clippy::expect_used)]
-    getrandom::fill(&mut salt).expect("the operating system's random number generator failed");
+    super::random_bytes(&mut salt);
     salt
 }
 

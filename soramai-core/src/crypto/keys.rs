@@ -14,6 +14,7 @@ use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
+pub(crate) use super::random_bytes;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
 
@@ -47,13 +48,6 @@ impl fmt::Debug for LocalRootKey {
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
     }
-}
-
-/// Fills `buf` from the OS CSPRNG.
-pub(crate) fn random_bytes(buf: &mut [u8]) {
-    // Without randomness no key, nonce or secret can be made safely: stop rather than go on.
-    #[allow(clippy::expect_used)]
-    getrandom::fill(buf).expect("the operating system's random number generator failed");
 }
 
 fn parse_key_text(text: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>> {

@@ -467,13 +467,13 @@ impl Core {
         }
         self.meta.write(|tx| {
             Self::check_lease(tx, job, worker)?;
-            if kind == "progress" {
-                if let Some(p) = data.get("fraction").and_then(|f| f.as_f64()) {
-                    tx.execute(
-                        "UPDATE jobs SET progress = ?2 WHERE id = ?1",
-                        params![job.as_str(), p.clamp(0.0, 1.0)],
-                    )?;
-                }
+            if kind == "progress"
+                && let Some(p) = data.get("fraction").and_then(|f| f.as_f64())
+            {
+                tx.execute(
+                    "UPDATE jobs SET progress = ?2 WHERE id = ?1",
+                    params![job.as_str(), p.clamp(0.0, 1.0)],
+                )?;
             }
             self.add_event(tx, job, kind, data)
         })

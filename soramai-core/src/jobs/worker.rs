@@ -153,10 +153,10 @@ impl Worker {
                 if line.len() > 64 << 10 {
                     continue;
                 }
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(ChildMsg::Event(v)).is_err() {
-                        break;
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && tx.send(ChildMsg::Event(v)).is_err()
+                {
+                    break;
                 }
             }
             let _ = tx.send(ChildMsg::Closed);
@@ -200,10 +200,8 @@ impl Worker {
                     }
                 }
             }
-            if closed {
-                if let Some(status) = child.try_wait()? {
-                    break status;
-                }
+            if closed && let Some(status) = child.try_wait()? {
+                break status;
             }
         };
         let _ = feeder.join();

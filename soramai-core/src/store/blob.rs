@@ -196,10 +196,8 @@ impl BlobStore for LocalBlobStore {
                     let Ok(rel) = rel.strip_prefix(&self.root) else {
                         continue;
                     };
-                    if let Some(s) = rel.to_str() {
-                        if let Ok(k) = BlobKey::new(s) {
-                            out.push(k);
-                        }
+                    if let Some(k) = rel.to_str().and_then(|s| BlobKey::new(s).ok()) {
+                        out.push(k);
                     }
                 }
             }
@@ -239,6 +237,9 @@ impl ObjectBlobStore {
         object_store::path::Path::from(key.as_str())
     }
 }
+
+#[cfg(feature = "object-store")]
+use object_store::ObjectStoreExt as _;
 
 #[cfg(feature = "object-store")]
 fn os_err(e: object_store::Error) -> Error {

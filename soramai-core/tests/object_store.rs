@@ -1,0 +1,67 @@
+//! The `object_store` blob backend (S3-compatible storage for several nodes), run against the
+//! in-memory store and a local-filesystem store, through the whole core.
+#![cfg(feature = "object-store")]
+
+use std::sync::Arc;
+
+use soramai_core::store::{BlobKey, BlobStore, ObjectBlobStore};
+use soramai_core::{Config, Core, Error, LocalRootKey, ObjectPath, Principal, TenantId, Tier};
+
+fn contract(store: &dyn BlobStore) {
+    let k = BlobKey::new("t/acme/o/one").expect("key");
+    assert!(matches!(store.get(&k), Err(Error::NotFound { .. })));
+    store.put(&k, b"0123456789").expect("put");
+    assert_eq!(store.get(&k).expect("get"), b"0123456789");
+    assert_eq!(store.get_range(&k, 2..5).expect("range"), b"234");
+    assert_eq!(store.size(&k).expect("size"), 10);
+    assert!(store.get_range(&k, 5..50).is_err());
+    store.put(&k, b"replaced").expect("replace");
+    assert_eq!(store.get(&k).expect("get"), b"replaced");
+    store
+        .put(&BlobKey::new("t/other/o/two").expect("key"), b"x")
+        .expect("put");
+    assert_eq!(store.list("t/acme/").expect("list"), vec![k.clone()]);
+    store.delete(&k).expect("delete");
+    store.delete(&k).expect("idempotent");
+    assert!(store.list("t/acme/").expect("list").is_empty());
+}
+
+#[test]
+fn object_blob_store_passes_the_blob_contract() {
+    contract(
+        &ObjectBlobStore::new(Arc::new(object_store::memory::InMemory::new())).expect("store"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    contract(&soramai_core::store::LocalBlobStore::open(dir.path()).expect("local"));
+}
+
+#[test]
+fn core_runs_on_an_object_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let mut config = Config::new(dir.path().join("meta"), Arc::new(LocalRootKey::generate()));
+    config.blobs = Some(Arc::new(ObjectBlobStore::new(memory).expect("store")));
+    let core = Core::open(config).expect("open");
+    let t = TenantId::new("acme").expect("id");
+    core.create_tenant(&t, Tier::Basic).expect("tenant");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    let path = ObjectPath::new("docs/a").expect("path");
+    core.put_object(&t, &path, &data).expect("put");
+    assert_eq!(&core.get_object(&t, &path).expect("get")[..], &data[..]);
+    let r = core.open_object(&t, &path).expect("open");
+    assert_eq!(
+        &r.read_range(40_000, 3_000).expect("range")[..],
+        &data[40_000..43_000]
+    );
+    let p = Principal::operator(&t);
+    let line = r#"{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}"#;
+    let ds = core
+        .upload_dataset(&p, "d.jsonl", line.as_bytes())
+        .expect("upload");
+    assert_eq!(
+        &core.download_dataset(&p, &ds.id).expect("download")[..],
+        line.as_bytes()
+    );
+    core.delete_tenant(&t).expect("delete");
+    assert!(core.get_object(&t, &path).is_err());
+}
