@@ -867,7 +867,7 @@ impl Core {
         let sealed = self.blobs.get(&blob)?;
         let version = envelope::key_version(&sealed)?;
         let key = self.tenant_key(tenant, version)?;
-        Ok(envelope::open(&key, tenant, path, &sealed)?)
+        Ok(envelope::open_owned(&key, tenant, path, sealed)?)
     }
 
     /// Opens an object for random-access reads.

@@ -282,14 +282,156 @@ impl<W: Write> Write for Encryptor<W> {
     }
 }
 
-/// Encrypts a whole message.
+/// Messages at least this long are sealed and opened on several threads.
+const PARALLEL_THRESHOLD: usize = 1 << 20;
+
+/// Runs `f` over `(chunk index, sealed chunk slot)` pairs, on as many threads as the machine has
+/// for large messages. Each slot is independent, so the work splits cleanly.
+fn for_each_chunk<F>(body: &mut [u8], f: F) -> Result<(), CryptoError>
+where
+    F: Fn(u64, &mut [u8]) -> Result<(), CryptoError> + Sync,
+{
+    let threads = if body.len() >= PARALLEL_THRESHOLD {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8)
+    } else {
+        1
+    };
+    let chunks_total = body.len().div_ceil(SEALED_CHUNK_SIZE);
+    if threads <= 1 || chunks_total < 2 {
+        for (i, slot) in body.chunks_mut(SEALED_CHUNK_SIZE).enumerate() {
+            f(i as u64, slot)?;
+        }
+        return Ok(());
+    }
+    let per_thread = chunks_total.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = body
+            .chunks_mut(per_thread * SEALED_CHUNK_SIZE)
+            .enumerate()
+            .map(|(t, part)| {
+                let f = &f;
+                scope.spawn(move || {
+                    for (j, slot) in part.chunks_mut(SEALED_CHUNK_SIZE).enumerate() {
+                        f((t * per_thread + j) as u64, slot)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or(Err(CryptoError)))
+    })
+}
+
+/// Encrypts a whole message into one buffer (chunks sealed in parallel for large messages).
 pub fn encrypt(input_key: &[u8], context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let capacity =
-        usize::try_from(ciphertext_len(plaintext.len() as u64)).map_err(|_| CryptoError)?;
-    let mut enc = Encryptor::new(input_key, context, Vec::with_capacity(capacity))
-        .map_err(|_| CryptoError)?;
-    enc.write_all(plaintext).map_err(|_| CryptoError)?;
-    enc.finish().map_err(|_| CryptoError)
+    let mut out = Vec::new();
+    encrypt_into(input_key, context, plaintext, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the encryption of `plaintext` to `out` (which may already hold a prefix).
+pub fn encrypt_into(
+    input_key: &[u8],
+    context: &[u8],
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CryptoError> {
+    let total = usize::try_from(ciphertext_len(plaintext.len() as u64)).map_err(|_| CryptoError)?;
+    let salt = random_salt();
+    let (cipher, commitment) = MessageCipher::derive(input_key, &salt, context)?;
+    let start = out.len();
+    out.resize(start + total, 0);
+    let message = &mut out[start..];
+    message[..SALT_SIZE].copy_from_slice(&salt);
+    message[SALT_SIZE..HEADER_SIZE].copy_from_slice(&commitment);
+    for_each_chunk(&mut message[HEADER_SIZE..], |index, slot| {
+        let from = index as usize * CHUNK_SIZE;
+        let body_len = slot.len() - TAG_SIZE;
+        let (body, tag_slot) = slot.split_at_mut(body_len);
+        body.copy_from_slice(&plaintext[from..from + body_len]);
+        let nonce = cipher.nonce(index)?;
+        let tag = cipher
+            .aead
+            .encrypt_inout_detached(&nonce, &[], body.into())
+            .map_err(|_| CryptoError)?;
+        tag_slot.copy_from_slice(&tag);
+        Ok(())
+    })
+}
+
+/// Decrypts a whole message in place: the chunks are opened where they lie (in parallel for
+/// large messages) and the plaintext is compacted to the front of the same buffer, so no second
+/// buffer of the message's size is allocated. On failure the buffer is wiped.
+pub fn decrypt_owned(
+    input_key: &[u8],
+    context: &[u8],
+    message: Vec<u8>,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    decrypt_owned_at(input_key, context, message, 0)
+}
+
+/// [`decrypt_owned`] for a message that starts at `start` within `buffer` (after a prefix); the
+/// plaintext ends up at the front of the buffer.
+pub fn decrypt_owned_at(
+    input_key: &[u8],
+    context: &[u8],
+    mut buffer: Vec<u8>,
+    start: usize,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let result = (|| {
+        let message = buffer.get_mut(start..).ok_or(CryptoError)?;
+        let plain_len =
+            usize::try_from(plaintext_len(message.len() as u64)?).map_err(|_| CryptoError)?;
+        let cipher = open_header(
+            input_key,
+            context,
+            message.get(..HEADER_SIZE).ok_or(CryptoError)?,
+        )?;
+        let last_index = (plain_len / CHUNK_SIZE) as u64;
+        for_each_chunk(&mut message[HEADER_SIZE..], |index, slot| {
+            let is_final = index == last_index;
+            let body_len = slot.len().checked_sub(TAG_SIZE).ok_or(CryptoError)?;
+            let size_ok = if is_final {
+                body_len < CHUNK_SIZE
+            } else {
+                body_len == CHUNK_SIZE
+            };
+            if !size_ok {
+                return Err(CryptoError);
+            }
+            let (body, tag) = slot.split_at_mut(body_len);
+            let tag = Tag::from(<[u8; TAG_SIZE]>::try_from(&tag[..]).map_err(|_| CryptoError)?);
+            cipher
+                .aead
+                .decrypt_inout_detached(&cipher.nonce(index)?, &[], body.into(), &tag)
+                .map_err(|_| CryptoError)
+        })?;
+        // Compact: chunk i's plaintext moves to offset i * CHUNK_SIZE (always leftwards).
+        for index in 0..=last_index as usize {
+            let src = start + HEADER_SIZE + index * SEALED_CHUNK_SIZE;
+            let n = if index as u64 == last_index {
+                plain_len % CHUNK_SIZE
+            } else {
+                CHUNK_SIZE
+            };
+            buffer.copy_within(src..src + n, index * CHUNK_SIZE);
+        }
+        Ok(plain_len)
+    })();
+    match result {
+        Ok(len) => {
+            buffer.truncate(len);
+            Ok(Zeroizing::new(buffer))
+        }
+        Err(e) => {
+            buffer.zeroize();
+            Err(e)
+        }
+    }
 }
 
 /// Checks the header and returns the message cipher. Fails before any chunk is touched.
@@ -317,10 +459,7 @@ pub fn decrypt(
     context: &[u8],
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let mut reader = StreamDecryptor::new(input_key, context, ciphertext)?;
-    let mut out = Zeroizing::new(Vec::with_capacity(ciphertext.len()));
-    reader.read_to_end(&mut out).map_err(|_| CryptoError)?;
-    Ok(out)
+    decrypt_owned(input_key, context, ciphertext.to_vec())
 }
 
 /// Streaming decryption from any reader. Plaintext is released one authenticated chunk at a time;

@@ -82,10 +82,15 @@ pub fn seal(
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let capacity = usize::try_from(sealed_len(plaintext.len() as u64)).map_err(|_| CryptoError)?;
-    let mut enc =
-        seal_writer(key, tenant, path, Vec::with_capacity(capacity)).map_err(|_| CryptoError)?;
-    enc.write_all(plaintext).map_err(|_| CryptoError)?;
-    enc.finish().map_err(|_| CryptoError)
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(&prefix(key.version()));
+    chunked::encrypt_into(
+        key.bytes(),
+        &context(tenant, path, key.version()),
+        plaintext,
+        &mut out,
+    )?;
+    Ok(out)
 }
 
 /// Opens a whole sealed object. `key` must be the version named in its prefix.
@@ -102,6 +107,24 @@ pub fn open(
         key.bytes(),
         &context(tenant, path, key.version()),
         &sealed[PREFIX_LEN..],
+    )
+}
+
+/// Opens a whole sealed object in its own buffer (no second allocation of its size).
+pub fn open_owned(
+    key: &TenantKey,
+    tenant: &TenantId,
+    path: &ObjectPath,
+    sealed: Vec<u8>,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    if key_version(&sealed)? != key.version() {
+        return Err(CryptoError);
+    }
+    chunked::decrypt_owned_at(
+        key.bytes(),
+        &context(tenant, path, key.version()),
+        sealed,
+        PREFIX_LEN,
     )
 }
 
