@@ -301,8 +301,7 @@ fn a_failing_runner_fails_the_job_and_cleans_up() {
     let done = missing.run_once().expect("run").expect("job");
     assert_eq!(done.state, JobState::Failed);
     assert!(done.error.expect("error").contains("cannot start"));
-    // The child applies its resource limits to itself before touching input: an address-space
-    // limit too small to work in makes the job fail rather than run unbounded.
+    // The child applies the configured resource limits to itself before touching input.
     env.core
         .submit_job(
             &p,
@@ -312,13 +311,18 @@ fn a_failing_runner_fails_the_job_and_cleans_up() {
             },
         )
         .expect("submit");
-    let mut tiny = runner();
-    tiny.max_memory_bytes = 1 << 20;
-    let done = Worker::new(env.core.clone(), "w", PoolId::shared(), tiny)
+    let mut limited = runner();
+    limited.max_memory_bytes = 3 << 30;
+    limited.max_cpu_seconds = 120;
+    limited.max_open_files = 32;
+    let done = Worker::new(env.core.clone(), "w", PoolId::shared(), limited)
         .run_once()
         .expect("run")
         .expect("job");
-    assert_eq!(done.state, JobState::Failed, "{:?}", done.result);
+    let limits = &done.result.expect("result")["rlimits"];
+    assert_eq!(limits["address_space_bytes"], 3u64 << 30);
+    assert_eq!(limits["cpu_seconds"], 120);
+    assert_eq!(limits["open_files"], 32);
     assert_eq!(
         std::fs::read_dir(env.data_dir().join("scratch"))
             .expect("scratch")

@@ -21,6 +21,16 @@ fn emit(out: &mut impl Write, kind: &str, data: serde_json::Value) -> std::io::R
     out.flush()
 }
 
+/// The soft limits this process runs under, for the job's record.
+fn limits_in_force() -> serde_json::Value {
+    let get = |r: Resource| r.get().map(|(soft, _)| soft).ok();
+    serde_json::json!({
+        "address_space_bytes": get(Resource::AS),
+        "cpu_seconds": get(Resource::CPU),
+        "open_files": get(Resource::NOFILE),
+    })
+}
+
 /// Runs one job from stdin; returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
     match run(args) {
@@ -113,6 +123,7 @@ fn run(args: &[String]) -> Result<(), String> {
                     "bytes": bytes,
                     "lines": lines,
                     "environment_variables": std::env::vars_os().count(),
+                    "rlimits": limits_in_force(),
                     "scratch_mode": format!("{scratch_mode:o}"),
                 }),
             )
