@@ -926,8 +926,11 @@ impl Core {
     }
 
     /// Deletes blobs that no metadata row references (left by a crash between a blob write and its
-    /// commit). Only blobs older than `min_age` are touched, so in-flight writes are safe.
+    /// commit) and leftovers of interrupted writes. Only what is older than `min_age` is touched,
+    /// and a blob whose age the store cannot tell is kept, so in-flight writes are safe.
     pub fn collect_orphan_blobs(&self, min_age: std::time::Duration) -> Result<usize> {
+        let mut removed = self.blobs.sweep_incomplete(min_age)?;
+        let listed = self.blobs.list("t/")?;
         let referenced: std::collections::HashSet<String> = self.meta.read(|c| {
             let mut st = c.prepare("SELECT blob FROM objects")?;
             let rows = st
@@ -935,18 +938,16 @@ impl Core {
                 .collect::<std::result::Result<_, _>>()?;
             Ok(rows)
         })?;
-        let cutoff = std::time::SystemTime::now()
-            .checked_sub(min_age)
-            .unwrap_or(std::time::UNIX_EPOCH);
-        let mut removed = 0;
-        for key in self.blobs.list("t/")? {
+        for key in listed {
             if referenced.contains(key.as_str()) {
                 continue;
             }
-            let old_enough = std::fs::metadata(self.data_dir.join("blobs").join(key.as_str()))
-                .and_then(|m| m.modified())
-                .map(|t| t <= cutoff)
-                .unwrap_or(true);
+            let old_enough = match self.blobs.age(&key) {
+                Ok(Some(age)) => age >= min_age,
+                Ok(None) => false,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             if old_enough {
                 self.blobs.delete(&key)?;
                 removed += 1;

@@ -120,6 +120,17 @@ fn writer_killed_mid_upload_loses_nothing_committed() {
     assert!(core.verify_audit(&tenant).is_ok());
     // Orphans of the interrupted writes are collected; committed objects are not.
     core.collect_orphan_blobs(Duration::ZERO).expect("gc");
+    let leftovers: Vec<_> = files_under(&dir.path().join("data/blobs"))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let referenced = core.list_objects(&tenant, "").expect("objects").len();
+    assert_eq!(
+        files_under(&dir.path().join("data/blobs")).len(),
+        referenced,
+        "only referenced blobs remain"
+    );
     assert_eq!(core.list_datasets(&p).expect("list").len(), listed.len());
     for info in &listed {
         core.download_dataset(&p, &info.id)

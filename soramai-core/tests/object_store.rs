@@ -14,6 +14,12 @@ fn contract(store: &dyn BlobStore) {
     assert_eq!(store.get(&k).expect("get"), b"0123456789");
     assert_eq!(store.get_range(&k, 2..5).expect("range"), b"234");
     assert_eq!(store.size(&k).expect("size"), 10);
+    assert!(
+        store
+            .age(&k)
+            .expect("age")
+            .is_some_and(|a| a < std::time::Duration::from_secs(60))
+    );
     assert!(store.get_range(&k, 5..50).is_err());
     store.put(&k, b"replaced").expect("replace");
     assert_eq!(store.get(&k).expect("get"), b"replaced");
