@@ -25,6 +25,8 @@
 //!
 //! The byte layout of stored objects is in `FORMAT.md` beside this crate.
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod auth;
 pub mod clock;

@@ -167,6 +167,12 @@ impl Core {
         amount: i64,
         reference: &str,
     ) -> Result<Receipt> {
+        if amount <= 0 {
+            return Err(Error::InvalidArgument(format!(
+                "a {kind} amount must be positive"
+            )));
+        }
+        let amount = if kind == "usage" { -amount } else { amount };
         check_reference(reference)?;
         self.tenant(tenant)?;
         let now = self.now();
@@ -195,9 +201,6 @@ impl Core {
         amount: i64,
         reference: &str,
     ) -> Result<Receipt> {
-        if amount <= 0 {
-            return Err(Error::InvalidArgument("a grant must be positive".into()));
-        }
         self.ledger_entry(tenant, "grant", amount, reference)
     }
 
@@ -209,10 +212,7 @@ impl Core {
         amount: i64,
         reference: &str,
     ) -> Result<Receipt> {
-        if amount <= 0 {
-            return Err(Error::InvalidArgument("a charge must be positive".into()));
-        }
-        self.ledger_entry(tenant, "usage", -amount, reference)
+        self.ledger_entry(tenant, "usage", amount, reference)
     }
 
     /// Returns credits (a failed job).
@@ -222,9 +222,6 @@ impl Core {
         amount: i64,
         reference: &str,
     ) -> Result<Receipt> {
-        if amount <= 0 {
-            return Err(Error::InvalidArgument("a refund must be positive".into()));
-        }
         self.ledger_entry(tenant, "refund", amount, reference)
     }
 
