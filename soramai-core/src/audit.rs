@@ -74,6 +74,10 @@ pub enum Action {
     JobFinished,
     JobCancelled,
     CreditsGranted,
+    CorpusCreated,
+    CorpusDeleted,
+    DocumentsIndexed,
+    DocumentsDeleted,
     ModelAccessed,
     AdminAccess,
 }
@@ -103,6 +107,10 @@ impl Action {
             Action::JobFinished => "job.finished",
             Action::JobCancelled => "job.cancelled",
             Action::CreditsGranted => "credits.granted",
+            Action::CorpusCreated => "corpus.created",
+            Action::CorpusDeleted => "corpus.deleted",
+            Action::DocumentsIndexed => "documents.indexed",
+            Action::DocumentsDeleted => "documents.deleted",
             Action::ModelAccessed => "model.accessed",
             Action::AdminAccess => "admin.access",
         }
@@ -251,6 +259,28 @@ pub(crate) fn append(
 }
 
 impl Core {
+    /// Appends a record for an action an engine crate performed on the principal's behalf (RAG
+    /// ingestion, model access). `detail` must be content-free: ids, counts, states.
+    pub fn record_audit(
+        &self,
+        principal: &Principal,
+        action: Action,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        self.tenant(principal.tenant())?;
+        if target.len() > 200 || target.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument("invalid audit target".into()));
+        }
+        self.audit(
+            principal.tenant(),
+            principal.actor(),
+            action,
+            target,
+            detail,
+        )
+    }
+
     /// The tenant's audit records, oldest first. Needs the admin scope and a tier with audit-log
     /// access (Org and Enterprise); the operator can always read them.
     pub fn audit_log(&self, principal: &Principal) -> Result<Vec<AuditRecord>> {

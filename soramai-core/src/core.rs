@@ -238,6 +238,12 @@ impl ObjectReader {
     pub fn read_range(&self, offset: u64, len: usize) -> Result<Zeroizing<Vec<u8>>> {
         Ok(self.inner.read_range(offset, len)?)
     }
+    /// An opaque id of this stored version of the object: a new write of the same path gets a
+    /// new one, so it can key caches of decrypted chunks.
+    pub fn version_id(&self) -> &str {
+        self.inner.source().key.as_str()
+    }
+
     /// Decrypts chunk `index` of the object (16 KiB plaintext chunks).
     pub fn chunk(&self, index: u64) -> Result<Zeroizing<Vec<u8>>> {
         Ok(self.inner.chunk(index)?)

@@ -55,6 +55,8 @@ pub use crate::ids::{
     ApiKeyId, DatasetId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId,
 };
 pub use crate::jobs::{Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker};
-pub use crate::metering::{Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary};
+pub use crate::metering::{
+    AccessRecord, Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary,
+};
 pub use crate::retention::SweepReport;
 pub use crate::tier::{ComputePool, Policy, RagIsolation, Tier};

@@ -238,3 +238,70 @@ impl Core {
         })
     }
 }
+
+/// One access-log entry: who read which resource, when. `detail` holds query text only when the
+/// tenant opted in to storing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessRecord {
+    /// When, Unix ms.
+    pub at: Millis,
+    /// `operator` or `key:<id>`.
+    pub actor: String,
+    /// What was accessed (`rag:<corpus>`).
+    pub resource: String,
+    /// What was done (`search`, `ingest`, `delete`).
+    pub action: String,
+    /// Opt-in detail.
+    pub detail: Option<String>,
+}
+
+impl Core {
+    /// Records an access when the tenant's tier keeps an access log (Org, Enterprise); a no-op
+    /// otherwise. Returns whether a record was written.
+    pub fn record_access(
+        &self,
+        principal: &Principal,
+        resource: &str,
+        action: &str,
+        detail: Option<&str>,
+    ) -> Result<bool> {
+        let t = self.tenant(principal.tenant())?;
+        if !t.tier.policy().access_log {
+            return Ok(false);
+        }
+        for (what, v) in [("resource", resource), ("action", action)] {
+            if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) {
+                return Err(Error::InvalidArgument(format!("invalid access-log {what}")));
+            }
+        }
+        let now = self.now();
+        self.meta.write(|tx| {
+            tx.execute(
+                "INSERT INTO access_log (tenant_id, at, actor, resource, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![t.id.as_str(), now, principal.actor().to_string(), resource, action, detail],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// The tenant's access log, oldest first (admin scope; tiers with an access log).
+    pub fn access_log(&self, principal: &Principal) -> Result<Vec<AccessRecord>> {
+        principal.require(Scope::Admin)?;
+        let t = self.tenant(principal.tenant())?;
+        if !t.tier.policy().access_log {
+            return Err(Error::NotAllowed {
+                tier: t.tier,
+                what: "the access log",
+            });
+        }
+        self.meta.read(|c| {
+            let mut st = c.prepare("SELECT at, actor, resource, action, detail FROM access_log WHERE tenant_id = ?1 ORDER BY id")?;
+            let rows = st
+                .query_map([t.id.as_str()], |r| {
+                    Ok(AccessRecord { at: r.get(0)?, actor: r.get(1)?, resource: r.get(2)?, action: r.get(3)?, detail: r.get(4)? })
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+}

@@ -19,6 +19,8 @@ pub struct SweepReport {
     pub usage_events: usize,
     /// Job events deleted.
     pub job_events: usize,
+    /// Access-log entries deleted (90 days).
+    pub access_log: usize,
     /// Ledger rows past billing retention deleted.
     pub ledger_entries: usize,
     /// Audit records of closed tenants deleted.
@@ -38,6 +40,8 @@ impl Core {
         let mut report = self.meta.write(|tx| {
             let usage_events = tx.execute("DELETE FROM usage_events WHERE at < ?1", [log_cutoff])?;
             let job_events = tx.execute("DELETE FROM job_events WHERE at < ?1", [log_cutoff])?;
+            let access_cutoff = now - millis(policy.access_log_retention);
+            let access_log = tx.execute("DELETE FROM access_log WHERE at < ?1", [access_cutoff])?;
             let ledger_entries = tx.execute("DELETE FROM ledger WHERE at < ?1", [billing_cutoff])?;
             let audit_records = tx.execute(
                 "DELETE FROM audit_log WHERE tenant_id IN (SELECT id FROM tenants WHERE status = 'deleted' AND deleted_at < ?1)",
@@ -47,7 +51,7 @@ impl Core {
                 "DELETE FROM audit_heads WHERE tenant_id IN (SELECT id FROM tenants WHERE status = 'deleted' AND deleted_at < ?1)",
                 params![log_cutoff],
             )?;
-            Ok(SweepReport { usage_events, job_events, ledger_entries, audit_records, orphan_blobs: 0 })
+            Ok(SweepReport { usage_events, job_events, access_log, ledger_entries, audit_records, orphan_blobs: 0 })
         })?;
         report.orphan_blobs = self.collect_orphan_blobs(Duration::from_secs(3600))?;
         Ok(report)

@@ -718,6 +718,11 @@ impl<S: ReadAt> RandomAccess<S> {
         Ok(out)
     }
 
+    /// The source being read.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
     /// Gives the source back.
     pub fn into_inner(self) -> S {
         self.source

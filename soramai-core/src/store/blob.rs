@@ -274,6 +274,17 @@ impl ObjectBlobStore {
         Ok(Self { store, runtime })
     }
 
+    /// An S3 (or S3-compatible) bucket configured from the standard `AWS_*` environment variables
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT` for MinIO or R2).
+    #[cfg(feature = "s3")]
+    pub fn s3_from_env(bucket: &str) -> Result<Self> {
+        let s3 = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("S3 configuration: {e}")))?;
+        Self::new(std::sync::Arc::new(s3))
+    }
+
     fn path(key: &BlobKey) -> object_store::path::Path {
         object_store::path::Path::from(key.as_str())
     }

@@ -146,6 +146,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX ledger_tenant ON ledger(tenant_id, id);
     "#,
+    // 2: the access log (who read which resource when; Org and Enterprise)
+    r#"
+    CREATE TABLE access_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX access_log_tenant_at ON access_log(tenant_id, at);
+    "#,
 ];
 
 /// The SQLite metadata database.

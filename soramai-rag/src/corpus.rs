@@ -1,0 +1,582 @@
+//! Corpora, documents and BM25 search over [`EncryptedDirectory`] indexes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use soramai_core::{Action, Core, ObjectPath, Principal, RagIsolation, Scope, TenantId};
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, STORED, STRING, Schema, TantivyDocument, TextFieldIndexing,
+    TextOptions, Value,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+
+use crate::directory::{ChunkCache, EncryptedDirectory};
+use crate::error::{Error, Result};
+use crate::text::{self, ChunkingOptions, Format};
+
+/// A corpus id: `a-z0-9`, `-`, `_`, 1-64 characters, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct CorpusId(String);
+
+impl CorpusId {
+    /// Validates a corpus id.
+    pub fn new(s: impl Into<String>) -> Result<Self> {
+        let s = s.into();
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && s.as_bytes()[0].is_ascii_alphanumeric();
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(Error::InvalidArgument("invalid corpus id".into()))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A document to index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// The caller's id for the document; adding the same id again replaces it.
+    pub id: String,
+    /// A title (searched, stored).
+    pub title: String,
+    /// The body.
+    pub body: String,
+    /// How to read the body.
+    pub format: Format,
+    /// Metadata to filter on: keys `a-z0-9_.-`, values printable.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Document {
+    /// A plain-text document with no metadata.
+    pub fn text(id: impl Into<String>, title: impl Into<String>, body: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            title: title.into(),
+            body: body.into(),
+            format: Format::Text,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// A search request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchRequest {
+    /// Query text (tantivy query syntax, parsed leniently: a malformed query still searches).
+    pub query: String,
+    /// How many hits, 1..=100.
+    pub top_k: usize,
+    /// Metadata filters `(key, value)`, all of which must match.
+    pub filters: Vec<(String, String)>,
+}
+
+impl SearchRequest {
+    /// `top_k` hits for `query`, no filters.
+    pub fn new(query: impl Into<String>, top_k: usize) -> Self {
+        Self {
+            query: query.into(),
+            top_k,
+            filters: Vec::new(),
+        }
+    }
+}
+
+/// One search hit: a chunk of a document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    /// `<document id>#<ordinal>`: what grounded answers cite.
+    pub chunk_id: String,
+    /// The document id.
+    pub doc_id: String,
+    /// The document title.
+    pub title: String,
+    /// The section heading of the chunk.
+    pub heading: String,
+    /// The chunk text.
+    pub text: String,
+    /// The best fragment, with matches between `<b>` and `</b>`.
+    pub snippet: String,
+    /// BM25 score.
+    pub score: f32,
+}
+
+/// What an ingestion did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IngestReport {
+    /// Documents added or replaced.
+    pub documents: usize,
+    /// Chunks indexed.
+    pub chunks: usize,
+}
+
+/// Limits on what a tenant may send.
+#[derive(Debug, Clone)]
+pub struct RagOptions {
+    /// How documents are cut.
+    pub chunking: ChunkingOptions,
+    /// Largest document body, in bytes.
+    pub max_document_bytes: usize,
+    /// Documents per ingestion call.
+    pub max_documents_per_call: usize,
+    /// Indexing memory budget per writer, in bytes.
+    pub writer_memory_bytes: usize,
+}
+
+impl Default for RagOptions {
+    fn default() -> Self {
+        Self {
+            chunking: ChunkingOptions::default(),
+            max_document_bytes: 8 << 20,
+            max_documents_per_call: 10_000,
+            writer_memory_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    chunk_id: Field,
+    doc_id: Field,
+    title: Field,
+    heading: Field,
+    text: Field,
+    tags: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let stemmed = TextOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("en_stem")
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        )
+        .set_stored();
+    let fields = Fields {
+        chunk_id: b.add_text_field("chunk_id", STRING | STORED),
+        doc_id: b.add_text_field("doc_id", STRING | STORED),
+        title: b.add_text_field("title", stemmed.clone()),
+        heading: b.add_text_field("heading", stemmed.clone()),
+        text: b.add_text_field("text", stemmed),
+        tags: b.add_text_field("tags", STRING | STORED),
+    };
+    (b.build(), fields)
+}
+
+struct OpenCorpus {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+    writer: Mutex<()>,
+}
+
+/// Retrieval for every tenant of a [`Core`]: corpora, documents and search, each index stored
+/// encrypted under its tenant's key.
+pub struct Rag {
+    core: Arc<Core>,
+    cache: Arc<ChunkCache>,
+    options: RagOptions,
+    open: Mutex<HashMap<(TenantId, CorpusId), Arc<OpenCorpus>>>,
+}
+
+impl std::fmt::Debug for Rag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rag")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+fn prefix(corpus: &CorpusId) -> String {
+    format!("rag/{}", corpus.as_str())
+}
+
+fn check_doc(doc: &Document, options: &RagOptions) -> Result<()> {
+    let printable = |s: &str| !s.chars().any(char::is_control);
+    if doc.id.is_empty() || doc.id.len() > 128 || !printable(&doc.id) || doc.id.contains('#') {
+        return Err(Error::InvalidArgument(
+            "a document id is 1-128 printable characters without '#'".into(),
+        ));
+    }
+    if doc.title.len() > 1024 {
+        return Err(Error::InvalidArgument(format!(
+            "document {:?}: the title is over 1024 bytes",
+            doc.id
+        )));
+    }
+    if doc.body.len() > options.max_document_bytes {
+        return Err(Error::TooLarge {
+            what: "document",
+            limit: options.max_document_bytes as u64,
+        });
+    }
+    if doc.metadata.len() > 32 {
+        return Err(Error::InvalidArgument(format!(
+            "document {:?}: at most 32 metadata entries",
+            doc.id
+        )));
+    }
+    for (k, v) in &doc.metadata {
+        let key_ok = !k.is_empty()
+            && k.len() <= 64
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+        if !key_ok || v.len() > 256 || !printable(v) {
+            return Err(Error::InvalidArgument(format!(
+                "document {:?}: invalid metadata entry",
+                doc.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Rag {
+    /// Retrieval over `core`, with a shared decrypted-chunk cache of `cache_bytes`.
+    pub fn new(core: Arc<Core>, cache_bytes: usize) -> Self {
+        Self::with_options(core, cache_bytes, RagOptions::default())
+    }
+
+    /// Retrieval with explicit options.
+    pub fn with_options(core: Arc<Core>, cache_bytes: usize, options: RagOptions) -> Self {
+        Self {
+            core,
+            cache: Arc::new(ChunkCache::new(cache_bytes)),
+            options,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The shared chunk cache (for statistics).
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    /// Checks scope and tier: RAG needs the `rag` scope and a tier that has RAG.
+    fn admit(&self, principal: &Principal) -> Result<()> {
+        principal.require(Scope::Rag)?;
+        let tenant = self.core.tenant(principal.tenant())?;
+        if tenant.tier.policy().rag == RagIsolation::None {
+            return Err(soramai_core::Error::NotAllowed {
+                tier: tenant.tier,
+                what: "RAG",
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn directory(&self, tenant: &TenantId, corpus: &CorpusId) -> Result<EncryptedDirectory> {
+        Ok(EncryptedDirectory::new(
+            self.core.clone(),
+            tenant.clone(),
+            &prefix(corpus),
+            self.cache.clone(),
+        )?)
+    }
+
+    fn exists(&self, tenant: &TenantId, corpus: &CorpusId) -> Result<bool> {
+        let meta = ObjectPath::new(format!("{}/meta.json", prefix(corpus)))?;
+        match self.core.object_info(tenant, &meta) {
+            Ok(_) => Ok(true),
+            Err(soramai_core::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn handle(&self, tenant: &TenantId, corpus: &CorpusId) -> Result<Arc<OpenCorpus>> {
+        let key = (tenant.clone(), corpus.clone());
+        if let Some(h) = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(h.clone());
+        }
+        if !self.exists(tenant, corpus)? {
+            return Err(Error::CorpusNotFound);
+        }
+        let index = Index::open(self.directory(tenant, corpus)?)?;
+        let (expected, fields) = schema();
+        if index.schema() != expected {
+            return Err(Error::Integrity);
+        }
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let h = Arc::new(OpenCorpus {
+            index,
+            reader,
+            fields,
+            writer: Mutex::new(()),
+        });
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, h.clone());
+        Ok(h)
+    }
+
+    /// Creates an empty corpus for the principal's tenant.
+    pub fn create_corpus(&self, principal: &Principal, corpus: &CorpusId) -> Result<()> {
+        self.admit(principal)?;
+        let tenant = principal.tenant();
+        if self.exists(tenant, corpus)? {
+            return Err(Error::CorpusExists);
+        }
+        let (schema, _) = schema();
+        Index::create(
+            self.directory(tenant, corpus)?,
+            schema,
+            tantivy::IndexSettings::default(),
+        )?;
+        self.core.record_audit(
+            principal,
+            Action::CorpusCreated,
+            corpus.as_str(),
+            serde_json::json!({}),
+        )?;
+        Ok(())
+    }
+
+    /// The principal's tenant's corpora.
+    pub fn list_corpora(&self, principal: &Principal) -> Result<Vec<CorpusId>> {
+        self.admit(principal)?;
+        let objects = self.core.list_objects(principal.tenant(), "rag/")?;
+        Ok(objects
+            .iter()
+            .filter_map(|o| o.path.strip_prefix("rag/")?.strip_suffix("/meta.json"))
+            .filter_map(|c| CorpusId::new(c).ok())
+            .collect())
+    }
+
+    /// Deletes a corpus: every index file is purged.
+    pub fn delete_corpus(&self, principal: &Principal, corpus: &CorpusId) -> Result<()> {
+        self.admit(principal)?;
+        let tenant = principal.tenant();
+        if !self.exists(tenant, corpus)? {
+            return Err(Error::CorpusNotFound);
+        }
+        let handle = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(tenant.clone(), corpus.clone()));
+        let _guard = handle
+            .as_ref()
+            .map(|h| h.writer.lock().unwrap_or_else(|e| e.into_inner()));
+        // meta.json first: from then on the corpus no longer exists, even if purging stops midway.
+        let meta = ObjectPath::new(format!("{}/meta.json", prefix(corpus)))?;
+        self.core.delete_object(tenant, &meta)?;
+        let files = self
+            .core
+            .list_objects(tenant, &format!("{}/", prefix(corpus)))?;
+        for f in &files {
+            match self
+                .core
+                .delete_object(tenant, &ObjectPath::new(f.path.clone())?)
+            {
+                Ok(()) | Err(soramai_core::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.core.record_audit(
+            principal,
+            Action::CorpusDeleted,
+            corpus.as_str(),
+            serde_json::json!({"files": files.len() + 1}),
+        )?;
+        Ok(())
+    }
+
+    /// Adds (or replaces, by id) documents, chunked and indexed in one commit.
+    pub fn add_documents(
+        &self,
+        principal: &Principal,
+        corpus: &CorpusId,
+        docs: &[Document],
+    ) -> Result<IngestReport> {
+        self.admit(principal)?;
+        if docs.len() > self.options.max_documents_per_call {
+            return Err(Error::InvalidArgument(format!(
+                "at most {} documents per call",
+                self.options.max_documents_per_call
+            )));
+        }
+        for d in docs {
+            check_doc(d, &self.options)?;
+        }
+        let h = self.handle(principal.tenant(), corpus)?;
+        let _guard = h.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer: IndexWriter = h
+            .index
+            .writer_with_num_threads(1, self.options.writer_memory_bytes)?;
+        let f = h.fields;
+        let mut chunks = 0;
+        for d in docs {
+            writer.delete_term(Term::from_field_text(f.doc_id, &d.id));
+            for c in text::chunk(&d.body, d.format, self.options.chunking) {
+                let mut doc = TantivyDocument::default();
+                doc.add_text(f.chunk_id, format!("{}#{}", d.id, c.ordinal));
+                doc.add_text(f.doc_id, &d.id);
+                doc.add_text(f.title, &d.title);
+                doc.add_text(f.heading, &c.heading);
+                doc.add_text(f.text, &c.text);
+                for (k, v) in &d.metadata {
+                    doc.add_text(f.tags, format!("{k}={v}"));
+                }
+                writer.add_document(doc)?;
+                chunks += 1;
+            }
+        }
+        writer.commit()?;
+        writer.wait_merging_threads()?;
+        h.reader.reload()?;
+        self.core.record_access(
+            principal,
+            &format!("rag:{}", corpus.as_str()),
+            "ingest",
+            None,
+        )?;
+        self.core.record_audit(
+            principal,
+            Action::DocumentsIndexed,
+            corpus.as_str(),
+            serde_json::json!({"documents": docs.len(), "chunks": chunks}),
+        )?;
+        Ok(IngestReport {
+            documents: docs.len(),
+            chunks,
+        })
+    }
+
+    /// Deletes documents by id (absent ids are ignored).
+    pub fn delete_documents(
+        &self,
+        principal: &Principal,
+        corpus: &CorpusId,
+        ids: &[String],
+    ) -> Result<()> {
+        self.admit(principal)?;
+        let h = self.handle(principal.tenant(), corpus)?;
+        let _guard = h.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer: IndexWriter = h
+            .index
+            .writer_with_num_threads(1, self.options.writer_memory_bytes)?;
+        for id in ids {
+            writer.delete_term(Term::from_field_text(h.fields.doc_id, id));
+        }
+        writer.commit()?;
+        writer.wait_merging_threads()?;
+        h.reader.reload()?;
+        self.core.record_audit(
+            principal,
+            Action::DocumentsDeleted,
+            corpus.as_str(),
+            serde_json::json!({"documents": ids.len()}),
+        )?;
+        Ok(())
+    }
+
+    /// The ids of the corpus's documents.
+    pub fn list_documents(&self, principal: &Principal, corpus: &CorpusId) -> Result<Vec<String>> {
+        self.admit(principal)?;
+        let h = self.handle(principal.tenant(), corpus)?;
+        let searcher = h.reader.searcher();
+        let all = searcher.search(&AllQuery, &DocSetCollector)?;
+        let mut ids = HashSet::new();
+        for addr in all {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            if let Some(id) = doc.get_first(h.fields.doc_id).and_then(|v| v.as_str()) {
+                ids.insert(id.to_string());
+            }
+        }
+        let mut ids: Vec<String> = ids.into_iter().collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// BM25 search with metadata filters; returns up to `top_k` chunks with snippets.
+    pub fn search(
+        &self,
+        principal: &Principal,
+        corpus: &CorpusId,
+        request: &SearchRequest,
+    ) -> Result<Vec<Hit>> {
+        self.admit(principal)?;
+        if request.top_k == 0 || request.top_k > 100 {
+            return Err(Error::InvalidArgument("top_k is 1..=100".into()));
+        }
+        if request.query.len() > 4096 || request.filters.len() > 16 {
+            return Err(Error::InvalidArgument(
+                "the query is over 4096 bytes or has over 16 filters".into(),
+            ));
+        }
+        let h = self.handle(principal.tenant(), corpus)?;
+        let f = h.fields;
+        let mut parser = QueryParser::for_index(&h.index, vec![f.title, f.heading, f.text]);
+        parser.set_field_boost(f.title, 1.5);
+        parser.set_field_boost(f.heading, 1.2);
+        let (parsed, _errors) = parser.parse_query_lenient(&request.query);
+        let query: Box<dyn Query> = if request.filters.is_empty() {
+            parsed
+        } else {
+            let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, parsed)];
+            for (k, v) in &request.filters {
+                let term = Term::from_field_text(f.tags, &format!("{k}={v}"));
+                clauses.push((
+                    Occur::Must,
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+                ));
+            }
+            Box::new(BooleanQuery::new(clauses))
+        };
+        let searcher = h.reader.searcher();
+        let top = searcher.search(
+            &*query,
+            &TopDocs::with_limit(request.top_k).order_by_score(),
+        )?;
+        let snippets = SnippetGenerator::create(&searcher, &*query, f.text)?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            let get = |field: Field| {
+                doc.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            hits.push(Hit {
+                chunk_id: get(f.chunk_id),
+                doc_id: get(f.doc_id),
+                title: get(f.title),
+                heading: get(f.heading),
+                text: get(f.text),
+                snippet: snippets.snippet_from_doc(&doc).to_html(),
+                score,
+            });
+        }
+        self.core.record_access(
+            principal,
+            &format!("rag:{}", corpus.as_str()),
+            "search",
+            None,
+        )?;
+        Ok(hits)
+    }
+}

@@ -1,0 +1,272 @@
+//! Turning documents into indexable chunks: HTML stripped to text, Markdown split at headings, and
+//! sections cut into overlapping windows of words that keep their heading.
+//!
+//! Chunk sizes are counted in words until the serving model's tokenizer lands in
+//! `soramai-kernels`; the window and overlap are parameters so token counts can replace them.
+
+/// The format of a document's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Plain text.
+    Text,
+    /// Markdown: `#` headings start sections.
+    Markdown,
+    /// HTML: tags are stripped, `<script>`/`<style>` dropped, `<h1>`..`<h6>` start sections.
+    Html,
+}
+
+/// A piece of a document ready to index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The heading of the section the chunk belongs to (empty before the first heading).
+    pub heading: String,
+    /// The chunk text.
+    pub text: String,
+    /// Position of the chunk within its document.
+    pub ordinal: usize,
+}
+
+/// How documents are cut.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkingOptions {
+    /// Words per chunk.
+    pub window: usize,
+    /// Words shared with the previous chunk.
+    pub overlap: usize,
+}
+
+impl Default for ChunkingOptions {
+    fn default() -> Self {
+        Self {
+            window: 160,
+            overlap: 32,
+        }
+    }
+}
+
+fn decode_entity(entity: &str) -> Option<char> {
+    Some(match entity {
+        "amp" => '&',
+        "lt" => '<',
+        "gt" => '>',
+        "quot" => '"',
+        "apos" | "#39" => '\'',
+        "nbsp" => ' ',
+        e if e.starts_with("#x") || e.starts_with("#X") => {
+            char::from_u32(u32::from_str_radix(&e[2..], 16).ok()?)?
+        }
+        e if e.starts_with('#') => char::from_u32(e[1..].parse().ok()?)?,
+        _ => return None,
+    })
+}
+
+/// Strips HTML to Markdown-like text: headings become `#` lines, block elements line breaks,
+/// scripts, styles and comments vanish, entities are decoded. Never fails: malformed markup is
+/// treated as text as far as it can be.
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len() / 2);
+    let mut rest = html;
+    while let Some(lt) = rest.find('<') {
+        push_text(&mut out, &rest[..lt]);
+        rest = &rest[lt..];
+        if let Some(after) = rest.strip_prefix("<!--") {
+            rest = after.find("-->").map_or("", |e| &after[e + 3..]);
+            continue;
+        }
+        let Some(gt) = rest.find('>') else {
+            push_text(&mut out, rest);
+            rest = "";
+            break;
+        };
+        let tag = rest[1..gt].trim();
+        rest = &rest[gt + 1..];
+        let closing = tag.starts_with('/');
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if !closing && (name == "script" || name == "style") {
+            let end = format!("</{name}");
+            let lower = rest.to_ascii_lowercase();
+            rest = match lower.find(&end) {
+                Some(i) => rest[i..].find('>').map_or("", |g| &rest[i + g + 1..]),
+                None => "",
+            };
+            continue;
+        }
+        match name.as_str() {
+            "h1" | "h2" | "h3" | "h4" | "h5" | "h6" if !closing => {
+                let level = name[1..].parse::<usize>().unwrap_or(1);
+                out.push('\n');
+                out.push_str(&"#".repeat(level));
+                out.push(' ');
+            }
+            "p" | "div" | "br" | "li" | "tr" | "section" | "article" | "h1" | "h2" | "h3"
+            | "h4" | "h5" | "h6" | "ul" | "ol" | "table" | "pre" | "blockquote" => out.push('\n'),
+            _ => out.push(' '),
+        }
+    }
+    push_text(&mut out, rest);
+    out
+}
+
+fn push_text(out: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        match after
+            .find(';')
+            .filter(|&i| i <= 10)
+            .and_then(|i| decode_entity(&after[..i]).map(|c| (i, c)))
+        {
+            Some((i, c)) => {
+                out.push(c);
+                rest = &after[i + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+}
+
+/// Splits Markdown-like text into (heading, body) sections.
+fn sections(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vec![(String::new(), String::new())];
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let hashes = trimmed.chars().take_while(|&c| c == '#').count();
+        if (1..=6).contains(&hashes) && trimmed[hashes..].starts_with(' ') {
+            out.push((trimmed[hashes..].trim().to_string(), String::new()));
+        } else if let Some(last) = out.last_mut() {
+            last.1.push_str(line);
+            last.1.push('\n');
+        }
+    }
+    out.retain(|(h, b)| !h.is_empty() || !b.trim().is_empty());
+    out
+}
+
+/// Cuts a document into chunks.
+pub fn chunk(body: &str, format: Format, options: ChunkingOptions) -> Vec<Chunk> {
+    let window = options.window.max(1);
+    let step = window
+        .saturating_sub(options.overlap.min(window - 1))
+        .max(1);
+    let text = match format {
+        Format::Html => html_to_text(body),
+        Format::Markdown => body.to_string(),
+        Format::Text => body.to_string(),
+    };
+    let parts = if format == Format::Text {
+        vec![(String::new(), text)]
+    } else {
+        sections(&text)
+    };
+    let mut out = Vec::new();
+    for (heading, body) in parts {
+        let words: Vec<&str> = body.split_whitespace().collect();
+        if words.is_empty() {
+            if !heading.is_empty() {
+                out.push(Chunk {
+                    heading: heading.clone(),
+                    text: String::new(),
+                    ordinal: out.len(),
+                });
+            }
+            continue;
+        }
+        let mut start = 0;
+        loop {
+            let end = (start + window).min(words.len());
+            out.push(Chunk {
+                heading: heading.clone(),
+                text: words[start..end].join(" "),
+                ordinal: out.len(),
+            });
+            if end == words.len() {
+                break;
+            }
+            start += step;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_stripped_with_headings_kept() {
+        let html = "<html><head><style>p{color:red}</style><script>alert('x<y')</script></head>\
+                    <body><h2>Rotation &amp; keys</h2><p>Keys rotate&nbsp;daily &lt;3 &#x41;&#66;</p><!-- hidden --></body></html>";
+        let text = html_to_text(html);
+        assert!(text.contains("## Rotation & keys"), "{text}");
+        assert!(text.contains("Keys rotate daily <3 AB"), "{text}");
+        assert!(
+            !text.contains("alert") && !text.contains("color") && !text.contains("hidden"),
+            "{text}"
+        );
+        let chunks = chunk(html, Format::Html, ChunkingOptions::default());
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].heading, "Rotation & keys");
+    }
+
+    #[test]
+    fn hostile_markup_does_not_panic() {
+        for s in [
+            "<",
+            "<<<>>>",
+            "&",
+            "&#xFFFFFFFF;",
+            "&#99999999999;",
+            "<script>",
+            "<!--",
+            "<h9>x",
+            "<é>",
+            "&;&#;&#x;",
+        ] {
+            let _ = html_to_text(s);
+            let _ = chunk(
+                s,
+                Format::Html,
+                ChunkingOptions {
+                    window: 1,
+                    overlap: 5,
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn windows_overlap_and_keep_headings() {
+        let body: String = (0..25).map(|i| format!("w{i} ")).collect();
+        let md = format!("intro words\n# First\n{body}\n## Second\nshort\n");
+        let c = chunk(
+            &md,
+            Format::Markdown,
+            ChunkingOptions {
+                window: 10,
+                overlap: 3,
+            },
+        );
+        assert_eq!(c[0].heading, "");
+        assert_eq!(c[1].heading, "First");
+        assert!(
+            c[1].text.starts_with("w0 ") && c[2].text.starts_with("w7 "),
+            "{c:?}"
+        );
+        assert_eq!(
+            c.last().map(|x| (x.heading.as_str(), x.text.as_str())),
+            Some(("Second", "short"))
+        );
+        assert!(c.iter().enumerate().all(|(i, x)| x.ordinal == i));
+    }
+}
