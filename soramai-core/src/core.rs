@@ -250,6 +250,38 @@ impl ObjectReader {
     }
 }
 
+/// A streaming write of one object: sealed chunk by chunk straight into a new blob as it is
+/// written (memory stays at one chunk), invisible until [`Core::finish_object`] commits it.
+/// Dropping it uncommitted discards it.
+pub struct ObjectWriter {
+    tenant: TenantId,
+    path: ObjectPath,
+    blob: BlobKey,
+    key_version: u32,
+    len: u64,
+    sealer: crate::crypto::chunked::Encryptor<Box<dyn crate::store::BlobWrite>>,
+}
+
+impl fmt::Debug for ObjectWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectWriter")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::io::Write for ObjectWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.sealer.write(data)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An object sealed and written to the blob store but not yet committed to the metadata.
 pub(crate) struct StagedObject {
     blob: BlobKey,
@@ -765,14 +797,20 @@ impl Core {
         path: &ObjectPath,
         data: &[u8],
     ) -> Result<StagedObject> {
-        let key = self.primary_key(tenant)?;
-        let sealed = envelope::seal(&key, tenant, path, data)?;
-        let blob = BlobKey::new(format!("t/{}/o/{}", tenant.as_str(), random_hex(16)))?;
-        self.blobs.put(&blob, &sealed)?;
+        let mut w = self.object_writer(tenant, path)?;
+        std::io::Write::write_all(&mut w, data)?;
+        let ObjectWriter {
+            blob,
+            key_version,
+            len,
+            sealer,
+            ..
+        } = w;
+        sealer.finish()?.commit(self.blobs.as_ref())?;
         Ok(StagedObject {
             blob,
-            key_version: key.version(),
-            len: data.len() as u64,
+            key_version,
+            len,
         })
     }
 
@@ -836,9 +874,64 @@ impl Core {
         path: &ObjectPath,
         data: &[u8],
     ) -> Result<ObjectInfo> {
+        let mut w = self.object_writer(tenant, path)?;
+        std::io::Write::write_all(&mut w, data)?;
+        self.finish_object(w)
+    }
+
+    /// Starts a streaming write of an object (see [`ObjectWriter`]).
+    pub fn object_writer(&self, tenant: &TenantId, path: &ObjectPath) -> Result<ObjectWriter> {
         self.tenant(tenant)?;
-        self.put_object_with(tenant, path, data, |_| Ok(()))?;
-        self.object_info(tenant, path)
+        let key = self.primary_key(tenant)?;
+        let blob = BlobKey::new(format!("t/{}/o/{}", tenant.as_str(), random_hex(16)))?;
+        let out = self.blobs.put_stream(&blob)?;
+        let sealer = envelope::seal_writer(&key, tenant, path, out)?;
+        Ok(ObjectWriter {
+            tenant: tenant.clone(),
+            path: path.clone(),
+            blob,
+            key_version: key.version(),
+            len: 0,
+            sealer,
+        })
+    }
+
+    /// Seals the final chunk, makes the blob durable and switches the object to it in one metadata
+    /// transaction (replacing any previous version atomically).
+    pub fn finish_object(&self, writer: ObjectWriter) -> Result<ObjectInfo> {
+        let ObjectWriter {
+            tenant,
+            path,
+            blob,
+            key_version,
+            len,
+            sealer,
+        } = writer;
+        sealer.finish()?.commit(self.blobs.as_ref())?;
+        let staged = StagedObject {
+            blob,
+            key_version,
+            len,
+        };
+        let committed = self
+            .meta
+            .write(|tx| self.commit_object(tx, &tenant, &path, &staged));
+        match committed {
+            Ok(old) => {
+                if let Some(old) = old {
+                    self.blobs.delete(&old)?;
+                }
+                Ok(ObjectInfo {
+                    path: path.as_str().to_string(),
+                    len,
+                    key_version,
+                })
+            }
+            Err(e) => {
+                let _ = self.blobs.delete(&staged.blob);
+                Err(e)
+            }
+        }
     }
 
     fn object_row(&self, tenant: &TenantId, path: &ObjectPath) -> Result<(BlobKey, ObjectInfo)> {

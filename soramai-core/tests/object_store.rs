@@ -27,6 +27,14 @@ fn contract(store: &dyn BlobStore) {
         .put(&BlobKey::new("t/other/o/two").expect("key"), b"x")
         .expect("put");
     assert_eq!(store.list("t/acme/").expect("list"), vec![k.clone()]);
+    let streamed = BlobKey::new("t/acme/o/streamed").expect("key");
+    let mut w = store.put_stream(&streamed).expect("stream");
+    std::io::Write::write_all(&mut w, b"part one, ").expect("write");
+    std::io::Write::write_all(&mut w, b"part two").expect("write");
+    assert!(store.get(&streamed).is_err(), "invisible until committed");
+    w.commit(store).expect("commit");
+    assert_eq!(store.get(&streamed).expect("get"), b"part one, part two");
+    store.delete(&streamed).expect("delete");
     store.delete(&k).expect("delete");
     store.delete(&k).expect("idempotent");
     assert!(store.list("t/acme/").expect("list").is_empty());

@@ -5,8 +5,9 @@
 //!   object's version id and chunk index: encryption bypasses the OS page cache, so without it every
 //!   posting-list read would decrypt again. A range read decrypts only the chunks it touches, after
 //!   the file's length was authenticated on open.
-//! - Writes are write-once: `open_write` refuses an existing file; the data is sealed and stored
-//!   atomically at `terminate`, so a crash before it leaves no file at all.
+//! - Writes are write-once: `open_write` refuses an existing file; the data is sealed chunk by
+//!   chunk into a fresh blob as tantivy writes it and committed atomically at `terminate`, so a
+//!   crash before it leaves no file at all.
 //! - `atomic_write` replaces a file in one metadata transaction (readers see the old or the new
 //!   `meta.json`, never a mix) and wakes the `watch` callbacks.
 //! - Locks are held in-process (one writer per index within a process).
@@ -21,7 +22,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use soramai_core::{Core, Error as CoreError, ObjectPath, ObjectReader, TenantId};
+use soramai_core::{Core, Error as CoreError, ObjectPath, ObjectReader, ObjectWriter, TenantId};
 use tantivy::HasLen;
 use tantivy::directory::error::{DeleteError, LockError, OpenReadError, OpenWriteError};
 use tantivy::directory::{
@@ -225,21 +226,20 @@ impl Drop for LockGuard {
     }
 }
 
+/// A file being written: sealed chunk by chunk into a new blob as tantivy writes (memory stays
+/// at one chunk), committed at `terminate`; dropped unterminated, it leaves nothing.
 struct EncryptedWriter {
     dir: EncryptedDirectory,
     path: PathBuf,
-    object: ObjectPath,
-    buffer: Zeroizing<Vec<u8>>,
-    terminated: bool,
+    object: Option<ObjectWriter>,
 }
 
 impl Write for EncryptedWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.terminated {
-            return Err(io::Error::other("write after terminate"));
-        }
-        self.buffer.extend_from_slice(data);
-        Ok(data.len())
+        self.object
+            .as_mut()
+            .ok_or_else(|| io::Error::other("write after terminate"))?
+            .write(data)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -249,22 +249,24 @@ impl Write for EncryptedWriter {
 
 impl TerminatingWrite for EncryptedWriter {
     fn terminate_ref(&mut self, _: AntiCallToken) -> io::Result<()> {
-        if self.terminated {
+        let Some(object) = self.object.take() else {
             return Ok(());
-        }
-        let s = &self.dir.shared;
-        s.core
-            .put_object(&s.tenant, &self.object, &self.buffer)
-            .map_err(integrity_io)?;
-        self.terminated = true;
+        };
+        let result = self
+            .dir
+            .shared
+            .core
+            .finish_object(object)
+            .map(|_| ())
+            .map_err(integrity_io);
         self.dir.pending().remove(&self.path);
-        Ok(())
+        result
     }
 }
 
 impl Drop for EncryptedWriter {
     fn drop(&mut self) {
-        if !self.terminated {
+        if self.object.take().is_some() {
             self.dir.pending().remove(&self.path);
         }
     }
@@ -383,12 +385,18 @@ impl Directory for EncryptedDirectory {
         if !self.pending().insert(path.to_path_buf()) {
             return Err(OpenWriteError::FileAlreadyExists(path.to_path_buf()));
         }
+        let s = &self.shared;
+        let object = match s.core.object_writer(&s.tenant, &object) {
+            Ok(w) => w,
+            Err(e) => {
+                self.pending().remove(path);
+                return Err(io_err(integrity_io(e)));
+            }
+        };
         let writer = EncryptedWriter {
             dir: self.clone(),
             path: path.to_path_buf(),
-            object,
-            buffer: Zeroizing::new(Vec::new()),
-            terminated: false,
+            object: Some(object),
         };
         Ok(io::BufWriter::with_capacity(64 << 10, Box::new(writer)))
     }

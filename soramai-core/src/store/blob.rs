@@ -42,10 +42,47 @@ impl fmt::Debug for BlobKey {
     }
 }
 
+/// A blob being written: bytes go in through `Write`, and nothing is visible under the key until
+/// [`BlobWrite::commit`]. Dropping it uncommitted discards what was written.
+pub trait BlobWrite: Write + Send + Sync {
+    /// Makes the blob durable and visible, atomically, in `store` (the store that started it).
+    fn commit(self: Box<Self>, store: &dyn BlobStore) -> Result<()>;
+}
+
+/// A streaming write that buffers in memory and stores the blob with one `put` at commit: the
+/// default for stores whose single writes are atomic (object stores).
+struct BufferedBlobWrite {
+    key: BlobKey,
+    buffer: Vec<u8>,
+}
+
+impl Write for BufferedBlobWrite {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BlobWrite for BufferedBlobWrite {
+    fn commit(self: Box<Self>, store: &dyn BlobStore) -> Result<()> {
+        store.put(&self.key, &self.buffer)
+    }
+}
+
 /// Where encrypted blobs live.
 pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Stores `data` under `key` atomically, replacing any previous blob.
     fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()>;
+    /// Starts a streaming write of `key` (see [`BlobWrite`]).
+    fn put_stream(&self, key: &BlobKey) -> Result<Box<dyn BlobWrite>> {
+        Ok(Box::new(BufferedBlobWrite {
+            key: key.clone(),
+            buffer: Vec::new(),
+        }))
+    }
     /// Reads a whole blob.
     fn get(&self, key: &BlobKey) -> Result<Vec<u8>>;
     /// Reads a byte range of a blob; a range past the end is an error.
@@ -112,13 +149,54 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-impl BlobStore for LocalBlobStore {
-    fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()> {
+/// A local streaming write: a temporary file in the blob's directory, fsync'd and renamed into
+/// place at commit; removed if dropped uncommitted.
+struct LocalBlobWrite {
+    file: Option<std::io::BufWriter<fs::File>>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Write for LocalBlobWrite {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("blob already committed"))?
+            .write(data)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+impl BlobWrite for LocalBlobWrite {
+    fn commit(mut self: Box<Self>, _store: &dyn BlobStore) -> Result<()> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::Io(std::io::Error::other("blob already committed")))?;
+        let file = file.into_inner().map_err(|e| Error::Io(e.into_error()))?;
+        file.sync_all()?;
+        fs::rename(&self.tmp, &self.path)?;
+        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+impl Drop for LocalBlobWrite {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl LocalBlobStore {
+    /// Creates the blob's directory (durably) and a fresh temporary file beside the blob.
+    fn create_tmp(&self, key: &BlobKey) -> Result<(fs::File, PathBuf, PathBuf)> {
         let path = self.path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         if !dir.exists() {
             fs::create_dir_all(&dir)?;
-            // Make every newly created directory level durable.
             let mut d = dir.as_path();
             while let Some(parent) = d.parent() {
                 sync_dir(parent)?;
@@ -135,20 +213,28 @@ impl BlobStore for LocalBlobStore {
             path.file_name().and_then(|n| n.to_str()).unwrap_or("blob"),
             hex::encode(suffix)
         ));
-        let result = (|| -> Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            sync_dir(&dir)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        Ok((file, tmp, path))
+    }
+}
+
+impl BlobStore for LocalBlobStore {
+    fn put_stream(&self, key: &BlobKey) -> Result<Box<dyn BlobWrite>> {
+        let (file, tmp, path) = self.create_tmp(key)?;
+        Ok(Box::new(LocalBlobWrite {
+            file: Some(std::io::BufWriter::with_capacity(256 << 10, file)),
+            tmp,
+            path,
+        }))
+    }
+
+    fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()> {
+        let mut w = self.put_stream(key)?;
+        w.write_all(data)?;
+        w.commit(self)
     }
 
     fn get(&self, key: &BlobKey) -> Result<Vec<u8>> {

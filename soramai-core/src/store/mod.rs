@@ -5,5 +5,5 @@ pub mod meta;
 
 #[cfg(feature = "object-store")]
 pub use blob::ObjectBlobStore;
-pub use blob::{BlobKey, BlobStore, LocalBlobStore};
+pub use blob::{BlobKey, BlobStore, BlobWrite, LocalBlobStore};
 pub use meta::MetaStore;
