@@ -21,11 +21,7 @@ use soramai_core::{Config, Core, LocalRootKey, ObjectPath, TenantId, Tier};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -37,10 +33,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 11
     }
 }
@@ -57,9 +50,7 @@ fn main() {
     let reads = 20_000usize;
     let len = mib << 20;
     let dir = tempfile::tempdir().expect("tempdir");
-    let data: Vec<u8> = (0..len)
-        .map(|i| ((i as u64).wrapping_mul(0x9E3779B97F4A7C15) >> 56) as u8)
-        .collect();
+    let data: Vec<u8> = (0..len).map(|i| ((i as u64).wrapping_mul(0x9E3779B97F4A7C15) >> 56) as u8).collect();
     let key = [7u8; 32];
     let ctx = b"bench";
     let plain_path = dir.path().join("plain");
@@ -92,8 +83,7 @@ fn main() {
         });
         let (e, _) = time(|| {
             let f = File::create(&enc_path).expect("create");
-            let mut enc =
-                Encryptor::new(&key, ctx, BufWriter::with_capacity(1 << 20, f)).expect("enc");
+            let mut enc = Encryptor::new(&key, ctx, BufWriter::with_capacity(1 << 20, f)).expect("enc");
             enc.write_all(&data).expect("write");
             let f = enc.finish().expect("finish").into_inner().expect("flush");
             f.sync_all().expect("sync");
@@ -105,19 +95,13 @@ fn main() {
         let mut buf = Vec::with_capacity(len + 1);
         let (p, _) = time(|| {
             buf.clear();
-            File::open(&plain_path)
-                .expect("open")
-                .read_to_end(&mut buf)
-                .expect("read");
+            File::open(&plain_path).expect("open").read_to_end(&mut buf).expect("read");
         });
         assert_eq!(buf.len(), len);
         let (e, _) = time(|| {
             buf.clear();
             let r = BufReader::with_capacity(1 << 20, File::open(&enc_path).expect("open"));
-            StreamDecryptor::new(&key, ctx, r)
-                .expect("header")
-                .read_to_end(&mut buf)
-                .expect("decrypt");
+            StreamDecryptor::new(&key, ctx, r).expect("header").read_to_end(&mut buf).expect("decrypt");
         });
         assert!(buf == data, "round trip");
         rows[1].2.push(mbs(p));
@@ -134,8 +118,7 @@ fn main() {
                 plain_file.read_exact_at(&mut page, o).expect("pread");
             }
         });
-        let ra =
-            RandomAccess::open(&key, ctx, File::open(&enc_path).expect("open"), 0).expect("ra");
+        let ra = RandomAccess::open(&key, ctx, File::open(&enc_path).expect("open"), 0).expect("ra");
         let (e, _) = time(|| {
             for &o in &offsets {
                 let got = ra.read_range(o, 4096).expect("range");
@@ -166,13 +149,8 @@ fn main() {
         rows[5].3.push(reads as f64 / e);
     }
 
-    println!(
-        "soramai-core crypto_io: {mib} MiB object, {rounds} rounds (medians), {reads} random reads per round"
-    );
-    println!(
-        "{:<30} {:>8} {:>14} {:>14} {:>8}",
-        "operation", "unit", "plain file", "encrypted", "ratio"
-    );
+    println!("soramai-core crypto_io: {mib} MiB object, {rounds} rounds (medians), {reads} random reads per round");
+    println!("{:<30} {:>8} {:>14} {:>14} {:>8}", "operation", "unit", "plain file", "encrypted", "ratio");
     for (name, unit, plain, enc) in rows {
         let (p, e) = (median(plain), median(enc));
         println!("{name:<30} {unit:>8} {p:>14.0} {e:>14.0} {:>7.2}x", e / p);

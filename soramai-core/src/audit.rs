@@ -211,18 +211,11 @@ pub(crate) fn append(
     at: Millis,
     entry: Entry<'_>,
 ) -> Result<()> {
-    let Entry {
-        actor,
-        action,
-        target,
-        detail,
-    } = entry;
+    let Entry { actor, action, target, detail } = entry;
     let head: Option<(u64, Vec<u8>)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1",
-            [tenant.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1", [tenant.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_vec()));
     let record = AuditRecord {
@@ -272,13 +265,7 @@ impl Core {
         if target.len() > 200 || target.chars().any(char::is_control) {
             return Err(Error::InvalidArgument("invalid audit target".into()));
         }
-        self.audit(
-            principal.tenant(),
-            principal.actor(),
-            action,
-            target,
-            detail,
-        )
+        self.audit(principal.tenant(), principal.actor(), action, target, detail)
     }
 
     /// The tenant's audit records, oldest first. Needs the admin scope and a tier with audit-log
@@ -288,10 +275,7 @@ impl Core {
         let tenant = principal.tenant();
         let t = self.tenant(tenant)?;
         if !principal.is_operator() && !t.tier.policy().audit_log_access {
-            return Err(Error::NotAllowed {
-                tier: t.tier,
-                what: "reading the audit log",
-            });
+            return Err(Error::NotAllowed { tier: t.tier, what: "reading the audit log" });
         }
         self.audit_records(tenant)
     }
@@ -302,7 +286,14 @@ impl Core {
                 "SELECT seq, at, actor, action, target, detail FROM audit_log WHERE tenant_id = ?1 ORDER BY seq",
             )?;
             let rows = st.query_map([tenant.as_str()], |r| {
-                Ok(AuditRecord { seq: r.get(0)?, at: r.get(1)?, actor: r.get(2)?, action: r.get(3)?, target: r.get(4)?, detail: r.get(5)? })
+                Ok(AuditRecord {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: r.get(5)?,
+                })
             })?;
             Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
@@ -333,11 +324,9 @@ impl Core {
                 })?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let head: Option<(u64, Vec<u8>, Vec<u8>)> = c
-                .query_row(
-                    "SELECT seq, hash, tag FROM audit_heads WHERE tenant_id = ?1",
-                    [tenant.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
+                .query_row("SELECT seq, hash, tag FROM audit_heads WHERE tenant_id = ?1", [tenant.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()?;
             Ok((rows, head))
         })?;
@@ -368,9 +357,7 @@ impl Core {
                 if ok {
                     Ok(AuditReport { records: count })
                 } else {
-                    Err(Error::AuditChainBroken {
-                        seq: count.min(seq) + 1,
-                    })
+                    Err(Error::AuditChainBroken { seq: count.min(seq) + 1 })
                 }
             }
         }

@@ -75,10 +75,7 @@ fn scopes_to_text(scopes: &[Scope]) -> String {
 }
 
 fn scopes_from_text(s: &str) -> Result<Vec<Scope>> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .map(str::parse)
-        .collect()
+    s.split(',').filter(|x| !x.is_empty()).map(str::parse).collect()
 }
 
 /// Who is acting, for which tenant, with which scopes: the result of authentication.
@@ -94,12 +91,7 @@ impl Principal {
     /// The operator acting on a tenant's behalf with every scope (embedding applications, admin
     /// tools). Recorded as `operator` in the audit log.
     pub fn operator(tenant: &TenantId) -> Self {
-        Self {
-            tenant: tenant.clone(),
-            actor: Actor::Operator,
-            scopes: Scope::ALL.to_vec(),
-            pool: None,
-        }
+        Self { tenant: tenant.clone(), actor: Actor::Operator, scopes: Scope::ALL.to_vec(), pool: None }
     }
 
     /// The tenant the principal acts for.
@@ -129,11 +121,7 @@ impl Principal {
 
     /// Fails with [`Error::MissingScope`] unless the principal holds `scope`.
     pub fn require(&self, scope: Scope) -> Result<()> {
-        if self.scopes.contains(&scope) {
-            Ok(())
-        } else {
-            Err(Error::MissingScope(scope))
-        }
+        if self.scopes.contains(&scope) { Ok(()) } else { Err(Error::MissingScope(scope)) }
     }
 }
 
@@ -153,12 +141,7 @@ pub struct KeyOptions {
 impl KeyOptions {
     /// A key with the given scopes, no expiry, no pool binding.
     pub fn new(name: impl Into<String>, scopes: &[Scope]) -> Self {
-        Self {
-            name: name.into(),
-            scopes: scopes.to_vec(),
-            expires_in: None,
-            pool: None,
-        }
+        Self { name: name.into(), scopes: scopes.to_vec(), expires_in: None, pool: None }
     }
 }
 
@@ -172,10 +155,7 @@ pub struct IssuedKey {
 
 impl fmt::Debug for IssuedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IssuedKey")
-            .field("info", &self.info)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("IssuedKey").field("info", &self.info).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -226,39 +206,18 @@ fn parse_token(token: &str) -> Option<(ApiKeyId, &str)> {
     Some((ApiKeyId::new(id).ok()?, secret))
 }
 
-type KeyRow = (
-    String,
-    String,
-    String,
-    Vec<u8>,
-    String,
-    Option<String>,
-    Millis,
-    Option<Millis>,
-    Option<Millis>,
-    Option<String>,
-);
+type KeyRow =
+    (String, String, String, Vec<u8>, String, Option<String>, Millis, Option<Millis>, Option<Millis>, Option<String>);
 
-const KEY_COLUMNS: &str = "id, tenant_id, name, secret_hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by";
+const KEY_COLUMNS: &str =
+    "id, tenant_id, name, secret_hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by";
 
 fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-    ))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
 }
 
 fn key_info(row: KeyRow) -> Result<(ApiKeyInfo, Vec<u8>)> {
-    let (id, tenant, name, hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by) =
-        row;
+    let (id, tenant, name, hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by) = row;
     Ok((
         ApiKeyInfo {
             id: ApiKeyId::new(id)?,
@@ -283,42 +242,24 @@ impl Core {
         self.issue_key(principal, options, None)
     }
 
-    fn issue_key(
-        &self,
-        principal: &Principal,
-        options: KeyOptions,
-        replaces: Option<&ApiKeyId>,
-    ) -> Result<IssuedKey> {
+    fn issue_key(&self, principal: &Principal, options: KeyOptions, replaces: Option<&ApiKeyId>) -> Result<IssuedKey> {
         let tenant = self.tenant(principal.tenant())?;
         if options.scopes.is_empty() {
-            return Err(Error::InvalidArgument(
-                "a key needs at least one scope".into(),
-            ));
+            return Err(Error::InvalidArgument("a key needs at least one scope".into()));
         }
         if options.name.chars().count() > 64 || options.name.chars().any(char::is_control) {
-            return Err(Error::InvalidArgument(
-                "a key name is at most 64 printable characters".into(),
-            ));
+            return Err(Error::InvalidArgument("a key name is at most 64 printable characters".into()));
         }
         // A key never holds more than its creator.
-        if let Some(s) = options
-            .scopes
-            .iter()
-            .find(|s| !principal.scopes().contains(s))
-        {
+        if let Some(s) = options.scopes.iter().find(|s| !principal.scopes().contains(s)) {
             return Err(Error::MissingScope(*s));
         }
         if let Some(pool) = &options.pool {
             if !tenant.tier.policy().keys_bindable_to_pool {
-                return Err(Error::NotAllowed {
-                    tier: tenant.tier,
-                    what: "binding keys to a dedicated pool",
-                });
+                return Err(Error::NotAllowed { tier: tenant.tier, what: "binding keys to a dedicated pool" });
             }
             if pool.is_shared() {
-                return Err(Error::InvalidArgument(
-                    "a key can only be bound to a dedicated pool".into(),
-                ));
+                return Err(Error::InvalidArgument("a key can only be bound to a dedicated pool".into()));
             }
         }
         let now = self.now();
@@ -342,10 +283,21 @@ impl Core {
         self.meta.write(|tx| {
             tx.execute(
                 &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL)"),
-                params![id.as_str(), tenant.id.as_str(), info.name, &hash[..], scopes_to_text(&info.scopes), info.pool.as_ref().map(|p| p.as_str()), now, expires_at],
+                params![
+                    id.as_str(),
+                    tenant.id.as_str(),
+                    info.name,
+                    &hash[..],
+                    scopes_to_text(&info.scopes),
+                    info.pool.as_ref().map(|p| p.as_str()),
+                    now,
+                    expires_at
+                ],
             )?;
             let (action, detail) = match replaces {
-                Some(old) => (Action::ApiKeyRotated, serde_json::json!({"replaces": old.as_str(), "scopes": info.scopes})),
+                Some(old) => {
+                    (Action::ApiKeyRotated, serde_json::json!({"replaces": old.as_str(), "scopes": info.scopes}))
+                }
                 None => (Action::ApiKeyCreated, serde_json::json!({"scopes": info.scopes})),
             };
             self.audit_tx(tx, &tenant.id, principal.actor(), action, id.as_str(), detail)
@@ -381,18 +333,10 @@ impl Core {
             return Err(Error::Unauthenticated);
         }
         self.meta.write(|tx| {
-            tx.execute(
-                "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1",
-                params![info.id.as_str(), now],
-            )?;
+            tx.execute("UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1", params![info.id.as_str(), now])?;
             Ok(())
         })?;
-        Ok(Principal {
-            tenant: info.tenant,
-            actor: Actor::ApiKey(info.id),
-            scopes: info.scopes,
-            pool: info.pool,
-        })
+        Ok(Principal { tenant: info.tenant, actor: Actor::ApiKey(info.id), scopes: info.scopes, pool: info.pool })
     }
 
     /// Authenticates and checks a scope in one step.
@@ -407,17 +351,13 @@ impl Core {
         principal.require(Scope::Admin)?;
         self.tenant(principal.tenant())?;
         let rows = self.meta.read(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"
-            ))?;
-            let rows = st
-                .query_map([principal.tenant().as_str()], key_row)?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut st =
+                c.prepare(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"))?;
+            let rows =
+                st.query_map([principal.tenant().as_str()], key_row)?.collect::<std::result::Result<Vec<_>, _>>()?;
             Ok(rows)
         })?;
-        rows.into_iter()
-            .map(|r| key_info(r).map(|(i, _)| i))
-            .collect()
+        rows.into_iter().map(|r| key_info(r).map(|(i, _)| i)).collect()
     }
 
     fn own_key(&self, principal: &Principal, id: &ApiKeyId) -> Result<ApiKeyInfo> {
@@ -441,10 +381,7 @@ impl Core {
         }
         let now = self.now();
         self.meta.write(|tx| {
-            tx.execute(
-                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
-                params![id.as_str(), now],
-            )?;
+            tx.execute("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1", params![id.as_str(), now])?;
             self.audit_tx(
                 tx,
                 principal.tenant(),
@@ -458,23 +395,14 @@ impl Core {
 
     /// Rotates a key: issues a new one with the same name, scopes, pool and lifetime, and lets the old
     /// one work for `grace` more (never past its own expiry). Returns the new key, shown once.
-    pub fn rotate_api_key(
-        &self,
-        principal: &Principal,
-        id: &ApiKeyId,
-        grace: Duration,
-    ) -> Result<IssuedKey> {
+    pub fn rotate_api_key(&self, principal: &Principal, id: &ApiKeyId, grace: Duration) -> Result<IssuedKey> {
         principal.require(Scope::Admin)?;
         let old = self.own_key(principal, id)?;
         let now = self.now();
         if old.revoked_at.is_some() || old.expires_at.is_some_and(|e| now >= e) {
-            return Err(Error::InvalidArgument(
-                "a revoked or expired key cannot be rotated".into(),
-            ));
+            return Err(Error::InvalidArgument("a revoked or expired key cannot be rotated".into()));
         }
-        let lifetime = old
-            .expires_at
-            .map(|e| Duration::from_millis(u64::try_from(e - old.created_at).unwrap_or(0)));
+        let lifetime = old.expires_at.map(|e| Duration::from_millis(u64::try_from(e - old.created_at).unwrap_or(0)));
         let options = KeyOptions {
             name: old.name.clone(),
             scopes: old.scopes.clone(),

@@ -18,9 +18,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Millis {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
     }
 }
@@ -36,10 +34,7 @@ impl ManualClock {
     }
     /// Moves the clock forward.
     pub fn advance(&self, by: std::time::Duration) {
-        self.0.fetch_add(
-            i64::try_from(by.as_millis()).unwrap_or(i64::MAX),
-            Ordering::SeqCst,
-        );
+        self.0.fetch_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX), Ordering::SeqCst);
     }
 }
 

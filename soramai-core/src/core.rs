@@ -34,11 +34,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_dataset_bytes: 512 << 20,
-            max_dataset_line_bytes: 1 << 20,
-            max_secret_bytes: 64 << 10,
-        }
+        Self { max_dataset_bytes: 512 << 20, max_dataset_line_bytes: 1 << 20, max_secret_bytes: 64 << 10 }
     }
 }
 
@@ -69,22 +65,14 @@ impl Config {
         let root: Arc<dyn KeyProvider> = if std::env::var_os("SORAMAI_ROOT_KEY").is_some() {
             Arc::new(LocalRootKey::from_env("SORAMAI_ROOT_KEY")?)
         } else {
-            Arc::new(LocalRootKey::open_or_create_file(
-                &data_dir.join("root.key"),
-            )?)
+            Arc::new(LocalRootKey::open_or_create_file(&data_dir.join("root.key"))?)
         };
         Ok(Self::new(data_dir, root))
     }
 
     /// A config with the given directory and root, local blobs, the system clock, default limits.
     pub fn new(data_dir: impl Into<PathBuf>, root: Arc<dyn KeyProvider>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            root,
-            blobs: None,
-            clock: Arc::new(SystemClock),
-            limits: Limits::default(),
-        }
+        Self { data_dir: data_dir.into(), root, blobs: None, clock: Arc::new(SystemClock), limits: Limits::default() }
     }
 }
 
@@ -150,18 +138,13 @@ pub struct Core {
 
 impl fmt::Debug for Core {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Core")
-            .field("data_dir", &self.data_dir)
-            .field("blobs", &self.blobs)
-            .finish_non_exhaustive()
+        f.debug_struct("Core").field("data_dir", &self.data_dir).field("blobs", &self.blobs).finish_non_exhaustive()
     }
 }
 
 const AUDIT_KEY_AAD: &[u8] = b"soramai system key\0audit";
 
-fn tenant_from_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(String, String, String, String, Millis)> {
+fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, String, Millis)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
@@ -170,16 +153,8 @@ fn parse_tenant(row: (String, String, String, String, Millis)) -> Result<Tenant>
     Ok(Tenant {
         id: TenantId::new(id)?,
         tier: tier.parse()?,
-        status: if status == "active" {
-            TenantStatus::Active
-        } else {
-            TenantStatus::Deleted
-        },
-        key_custody: if custody == "customer" {
-            KeyCustody::Customer
-        } else {
-            KeyCustody::Operator
-        },
+        status: if status == "active" { TenantStatus::Active } else { TenantStatus::Deleted },
+        key_custody: if custody == "customer" { KeyCustody::Customer } else { KeyCustody::Operator },
         created_at,
     })
 }
@@ -196,13 +171,8 @@ impl ReadAt for BlobSource {
         Ok(self.len)
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        let bytes = self
-            .blobs
-            .get_range(&self.key, offset..end)
-            .map_err(std::io::Error::other)?;
+        let end = offset.checked_add(buf.len() as u64).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        let bytes = self.blobs.get_range(&self.key, offset..end).map_err(std::io::Error::other)?;
         if bytes.len() != buf.len() {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -219,9 +189,7 @@ pub struct ObjectReader {
 
 impl fmt::Debug for ObjectReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectReader")
-            .field("len", &self.inner.plaintext_len())
-            .finish()
+        f.debug_struct("ObjectReader").field("len", &self.inner.plaintext_len()).finish()
     }
 }
 
@@ -256,6 +224,7 @@ impl ObjectReader {
 pub struct ObjectWriter {
     tenant: TenantId,
     path: ObjectPath,
+    scope: String,
     blob: BlobKey,
     key_version: u32,
     len: u64,
@@ -264,10 +233,7 @@ pub struct ObjectWriter {
 
 impl fmt::Debug for ObjectWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectWriter")
-            .field("path", &self.path)
-            .field("len", &self.len)
-            .finish_non_exhaustive()
+        f.debug_struct("ObjectWriter").field("path", &self.path).field("len", &self.len).finish_non_exhaustive()
     }
 }
 
@@ -284,6 +250,7 @@ impl std::io::Write for ObjectWriter {
 
 /// An object sealed and written to the blob store but not yet committed to the metadata.
 pub(crate) struct StagedObject {
+    scope: String,
     blob: BlobKey,
     key_version: u32,
     len: u64,
@@ -330,21 +297,16 @@ impl Core {
 
     fn system_key(meta: &MetaStore, root: &dyn KeyProvider) -> Result<AuditKey> {
         let existing: Option<(Vec<u8>, String)> = meta.read(|c| {
-            Ok(c.query_row(
-                "SELECT wrapped, root_fingerprint FROM system_keys WHERE name = 'audit'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            Ok(c.query_row("SELECT wrapped, root_fingerprint FROM system_keys WHERE name = 'audit'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
         })?;
         match existing {
-            Some((wrapped, _)) => {
-                root.unwrap(AUDIT_KEY_AAD, &wrapped)
-                    .map(AuditKey)
-                    .map_err(|_| {
-                        Error::KeyProvider("the root key does not match this data directory".into())
-                    })
-            }
+            Some((wrapped, _)) => root
+                .unwrap(AUDIT_KEY_AAD, &wrapped)
+                .map(AuditKey)
+                .map_err(|_| Error::KeyProvider("the root key does not match this data directory".into())),
             None => {
                 let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
                 random_bytes(&mut key);
@@ -386,12 +348,7 @@ impl Core {
     ) -> Result<()> {
         let now = self.now();
         self.meta.write(|tx| {
-            let entry = audit::Entry {
-                actor,
-                action,
-                target,
-                detail,
-            };
+            let entry = audit::Entry { actor, action, target, detail };
             audit::append(tx, &self.audit_key, tenant, now, entry)
         })
     }
@@ -405,12 +362,7 @@ impl Core {
         target: &str,
         detail: serde_json::Value,
     ) -> Result<()> {
-        let entry = audit::Entry {
-            actor,
-            action,
-            target,
-            detail,
-        };
+        let entry = audit::Entry { actor, action, target, detail };
         audit::append(tx, &self.audit_key, tenant, self.now(), entry)
     }
 
@@ -420,10 +372,7 @@ impl Core {
     /// customer-held key: use [`Core::create_tenant_with_customer_key`].
     pub fn create_tenant(&self, id: &TenantId, tier: Tier) -> Result<Tenant> {
         if tier.policy().customer_held_root_key {
-            return Err(Error::NotAllowed {
-                tier,
-                what: "creating the tenant without a customer-held root key",
-            });
+            return Err(Error::NotAllowed { tier, what: "creating the tenant without a customer-held root key" });
         }
         self.insert_tenant(id, tier, KeyCustody::Operator, self.root.clone())
     }
@@ -442,12 +391,8 @@ impl Core {
         Ok(t)
     }
 
-    fn write_lock_roots(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<TenantId, Arc<dyn KeyProvider>>> {
-        self.customer_roots
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+    fn write_lock_roots(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TenantId, Arc<dyn KeyProvider>>> {
+        self.customer_roots.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn insert_tenant(
@@ -478,16 +423,17 @@ impl Core {
                  VALUES (?1, 1, 'primary', ?2, ?3, ?4)",
                 params![id.as_str(), wrapped, root.fingerprint(), now],
             )?;
-            self.audit_tx(tx, id, &Actor::Operator, Action::TenantCreated, id.as_str(), serde_json::json!({"tier": tier.as_str(), "key_custody": custody_s}))
+            self.audit_tx(
+                tx,
+                id,
+                &Actor::Operator,
+                Action::TenantCreated,
+                id.as_str(),
+                serde_json::json!({"tier": tier.as_str(), "key_custody": custody_s}),
+            )
         })?;
         self.cache_key(id, key);
-        Ok(Tenant {
-            id: id.clone(),
-            tier,
-            status: TenantStatus::Active,
-            key_custody: custody,
-            created_at: now,
-        })
+        Ok(Tenant { id: id.clone(), tier, status: TenantStatus::Active, key_custody: custody, created_at: now })
     }
 
     /// Supplies the customer-held root key of an Enterprise tenant (checked against the stored
@@ -495,23 +441,15 @@ impl Core {
     pub fn unlock_tenant(&self, id: &TenantId, customer_root: Arc<dyn KeyProvider>) -> Result<()> {
         let t = self.tenant(id)?;
         if t.key_custody != KeyCustody::Customer {
-            return Err(Error::InvalidArgument(
-                "the tenant's keys are not customer-held".into(),
-            ));
+            return Err(Error::InvalidArgument("the tenant's keys are not customer-held".into()));
         }
         let version = self.primary_version(id)?;
         let wrapped = self.wrapped_key(id, version)?;
-        let key = TenantKey::unwrap(customer_root.as_ref(), id, version, &wrapped)
-            .map_err(|_| Error::Unauthenticated)?;
+        let key =
+            TenantKey::unwrap(customer_root.as_ref(), id, version, &wrapped).map_err(|_| Error::Unauthenticated)?;
         self.cache_key(id, key);
         self.write_lock_roots().insert(id.clone(), customer_root);
-        self.audit(
-            id,
-            &Actor::Operator,
-            Action::TenantUnlocked,
-            id.as_str(),
-            serde_json::json!({}),
-        )
+        self.audit(id, &Actor::Operator, Action::TenantUnlocked, id.as_str(), serde_json::json!({}))
     }
 
     /// An active tenant. A deleted or unknown tenant is [`Error::NotFound`].
@@ -543,16 +481,10 @@ impl Core {
     pub fn set_tier(&self, id: &TenantId, tier: Tier) -> Result<Tenant> {
         let t = self.tenant(id)?;
         if tier.policy().customer_held_root_key && t.key_custody != KeyCustody::Customer {
-            return Err(Error::NotAllowed {
-                tier,
-                what: "moving a tenant with operator-held keys to Enterprise",
-            });
+            return Err(Error::NotAllowed { tier, what: "moving a tenant with operator-held keys to Enterprise" });
         }
         self.meta.write(|tx| {
-            tx.execute(
-                "UPDATE tenants SET tier = ?2 WHERE id = ?1",
-                params![id.as_str(), tier.as_str()],
-            )?;
+            tx.execute("UPDATE tenants SET tier = ?2 WHERE id = ?1", params![id.as_str(), tier.as_str()])?;
             self.audit_tx(
                 tx,
                 id,
@@ -575,13 +507,10 @@ impl Core {
         let blobs: Vec<String> = self.meta.write(|tx| {
             let blobs: Vec<String> = {
                 let mut st = tx.prepare("SELECT blob FROM objects WHERE tenant_id = ?1")?;
-                st.query_map([id.as_str()], |r| r.get(0))?
-                    .collect::<std::result::Result<Vec<_>, _>>()?
+                st.query_map([id.as_str()], |r| r.get(0))?.collect::<std::result::Result<Vec<_>, _>>()?
             };
-            tx.execute(
-                "DELETE FROM tenant_keys WHERE tenant_id = ?1",
-                [id.as_str()],
-            )?;
+            tx.execute("DELETE FROM tenant_keys WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM scope_keys WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM objects WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM datasets WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM secrets WHERE tenant_id = ?1", [id.as_str()])?;
@@ -594,10 +523,7 @@ impl Core {
                 [id.as_str()],
             )?;
             tx.execute("DELETE FROM jobs WHERE tenant_id = ?1", [id.as_str()])?;
-            tx.execute(
-                "DELETE FROM usage_events WHERE tenant_id = ?1",
-                [id.as_str()],
-            )?;
+            tx.execute("DELETE FROM usage_events WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute(
                 "UPDATE tenants SET status = 'deleted', deleted_at = ?2 WHERE id = ?1",
                 params![id.as_str(), now],
@@ -689,12 +615,7 @@ impl Core {
 
     /// Version `version` of the tenant's key.
     pub(crate) fn tenant_key(&self, tenant: &TenantId, version: u32) -> Result<TenantKey> {
-        if let Some(k) = self
-            .key_cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(tenant.clone(), version))
-        {
+        if let Some(k) = self.key_cache.read().unwrap_or_else(|e| e.into_inner()).get(&(tenant.clone(), version)) {
             return Ok(k.clone());
         }
         let root = self.root_for(tenant)?;
@@ -714,17 +635,50 @@ impl Core {
     pub fn rotate_tenant_key(&self, tenant: &TenantId) -> Result<u32> {
         let root = self.root_for(tenant)?;
         let now = self.now();
+        // Scope keys are rewrapped under the new version (small keys, not data).
+        let scopes: Vec<(String, Vec<u8>, u32)> = self.meta.read(|c| {
+            let mut st = c.prepare("SELECT scope, wrapped, tenant_key_version FROM scope_keys WHERE tenant_id = ?1")?;
+            let rows = st
+                .query_map([tenant.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
+        let mut scope_keys = Vec::with_capacity(scopes.len());
+        for (scope, wrapped, version) in scopes {
+            let old = self.tenant_key(tenant, version)?;
+            scope_keys.push((scope.clone(), old.unwrap_scope_key(tenant, &scope, &wrapped)?));
+        }
         let version = self.meta.write(|tx| {
-            let max: u32 = tx.query_row("SELECT MAX(version) FROM tenant_keys WHERE tenant_id = ?1", [tenant.as_str()], |r| r.get(0))?;
+            let max: u32 =
+                tx.query_row("SELECT MAX(version) FROM tenant_keys WHERE tenant_id = ?1", [tenant.as_str()], |r| {
+                    r.get(0)
+                })?;
             let key = TenantKey::generate(max + 1);
             let wrapped = key.wrap(root.as_ref(), tenant)?;
-            tx.execute("UPDATE tenant_keys SET state = 'active' WHERE tenant_id = ?1 AND state = 'primary'", [tenant.as_str()])?;
+            tx.execute(
+                "UPDATE tenant_keys SET state = 'active' WHERE tenant_id = ?1 AND state = 'primary'",
+                [tenant.as_str()],
+            )?;
             tx.execute(
                 "INSERT INTO tenant_keys (tenant_id, version, state, wrapped, root_fingerprint, created_at)
                  VALUES (?1, ?2, 'primary', ?3, ?4, ?5)",
                 params![tenant.as_str(), key.version(), wrapped, root.fingerprint(), now],
             )?;
-            self.audit_tx(tx, tenant, &Actor::Operator, Action::TenantKeyRotated, tenant.as_str(), serde_json::json!({"version": key.version()}))?;
+            for (scope, scope_key) in &scope_keys {
+                tx.execute(
+                    "UPDATE scope_keys SET wrapped = ?3, tenant_key_version = ?4 WHERE tenant_id = ?1 AND scope = ?2",
+                    params![tenant.as_str(), scope, key.wrap_scope_key(scope_key, tenant, scope)?, key.version()],
+                )?;
+            }
+            self.audit_tx(
+                tx,
+                tenant,
+                &Actor::Operator,
+                Action::TenantKeyRotated,
+                tenant.as_str(),
+                serde_json::json!({"version": key.version(), "scopes_rewrapped": scope_keys.len()}),
+            )?;
+            self.cache_key(tenant, key.clone());
             Ok(key.version())
         })?;
         Ok(version)
@@ -736,7 +690,7 @@ impl Core {
         let primary = self.primary_version(tenant)?;
         let stale: Vec<String> = self.meta.read(|c| {
             let mut st =
-                c.prepare("SELECT path FROM objects WHERE tenant_id = ?1 AND key_version != ?2")?;
+                c.prepare("SELECT path FROM objects WHERE tenant_id = ?1 AND key_version != ?2 AND scope = ''")?;
             let rows = st
                 .query_map(params![tenant.as_str(), primary], |r| r.get(0))?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -763,7 +717,8 @@ impl Core {
             let versions: Vec<u32> = {
                 let mut st = tx.prepare(
                     "SELECT version FROM tenant_keys k WHERE tenant_id = ?1 AND state = 'active'
-                     AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.tenant_id = k.tenant_id AND o.key_version = k.version)",
+                     AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.tenant_id = k.tenant_id AND o.key_version = k.version)
+                     AND NOT EXISTS (SELECT 1 FROM scope_keys s WHERE s.tenant_id = k.tenant_id AND s.tenant_key_version = k.version)",
                 )?;
                 st.query_map([tenant.as_str()], |r| r.get(0))?.collect::<std::result::Result<Vec<_>, _>>()?
             };
@@ -791,27 +746,12 @@ impl Core {
 
     /// Seals `data` under the tenant's primary key and writes it to a fresh blob. Nothing is visible
     /// until [`Core::commit_object`] records it.
-    pub(crate) fn stage_object(
-        &self,
-        tenant: &TenantId,
-        path: &ObjectPath,
-        data: &[u8],
-    ) -> Result<StagedObject> {
+    pub(crate) fn stage_object(&self, tenant: &TenantId, path: &ObjectPath, data: &[u8]) -> Result<StagedObject> {
         let mut w = self.object_writer(tenant, path)?;
         std::io::Write::write_all(&mut w, data)?;
-        let ObjectWriter {
-            blob,
-            key_version,
-            len,
-            sealer,
-            ..
-        } = w;
+        let ObjectWriter { scope, blob, key_version, len, sealer, .. } = w;
         sealer.finish()?.commit(self.blobs.as_ref())?;
-        Ok(StagedObject {
-            blob,
-            key_version,
-            len,
-        })
+        Ok(StagedObject { scope, blob, key_version, len })
     }
 
     /// Records a staged object in the caller's transaction; returns the blob it replaces, if any,
@@ -831,10 +771,10 @@ impl Core {
             )
             .optional()?;
         tx.execute(
-            "INSERT INTO objects (tenant_id, path, blob, key_version, plaintext_len, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO objects (tenant_id, path, blob, key_version, plaintext_len, created_at, scope) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(tenant_id, path) DO UPDATE SET blob = excluded.blob, key_version = excluded.key_version,
-             plaintext_len = excluded.plaintext_len, created_at = excluded.created_at",
-            params![tenant.as_str(), path.as_str(), staged.blob.as_str(), staged.key_version, staged.len, self.now()],
+             plaintext_len = excluded.plaintext_len, created_at = excluded.created_at, scope = excluded.scope",
+            params![tenant.as_str(), path.as_str(), staged.blob.as_str(), staged.key_version, staged.len, self.now(), staged.scope],
         )?;
         Ok(old.and_then(|b| BlobKey::new(b).ok()))
     }
@@ -868,12 +808,7 @@ impl Core {
 
     /// Stores an object in the tenant's space, encrypted under its primary key, replacing any object
     /// at the same path atomically. Low-level: for engine crates (RAG index files, artifacts).
-    pub fn put_object(
-        &self,
-        tenant: &TenantId,
-        path: &ObjectPath,
-        data: &[u8],
-    ) -> Result<ObjectInfo> {
+    pub fn put_object(&self, tenant: &TenantId, path: &ObjectPath, data: &[u8]) -> Result<ObjectInfo> {
         let mut w = self.object_writer(tenant, path)?;
         std::io::Write::write_all(&mut w, data)?;
         self.finish_object(w)
@@ -882,13 +817,17 @@ impl Core {
     /// Starts a streaming write of an object (see [`ObjectWriter`]).
     pub fn object_writer(&self, tenant: &TenantId, path: &ObjectPath) -> Result<ObjectWriter> {
         self.tenant(tenant)?;
-        let key = self.primary_key(tenant)?;
+        let (scope, key) = match self.scope_for_path(tenant, path)? {
+            Some((scope, key)) => (scope, key),
+            None => (String::new(), self.primary_key(tenant)?),
+        };
         let blob = BlobKey::new(format!("t/{}/o/{}", tenant.as_str(), random_hex(16)))?;
         let out = self.blobs.put_stream(&blob)?;
         let sealer = envelope::seal_writer(&key, tenant, path, out)?;
         Ok(ObjectWriter {
             tenant: tenant.clone(),
             path: path.clone(),
+            scope,
             blob,
             key_version: key.version(),
             len: 0,
@@ -896,36 +835,110 @@ impl Core {
         })
     }
 
+    /// The key scope covering `path`, if any (the longest registered prefix), with its key.
+    fn scope_for_path(&self, tenant: &TenantId, path: &ObjectPath) -> Result<Option<(String, TenantKey)>> {
+        let row: Option<(String, Vec<u8>, u32)> = self.meta.read(|c| {
+            Ok(c.query_row(
+                "SELECT scope, wrapped, tenant_key_version FROM scope_keys
+                 WHERE tenant_id = ?1 AND substr(?2, 1, length(scope) + 1) = scope || '/'
+                 ORDER BY length(scope) DESC LIMIT 1",
+                params![tenant.as_str(), path.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+        })?;
+        match row {
+            None => Ok(None),
+            Some((scope, wrapped, version)) => {
+                let tk = self.tenant_key(tenant, version)?;
+                let key = tk.unwrap_scope_key(tenant, &scope, &wrapped)?;
+                Ok(Some((scope, key)))
+            }
+        }
+    }
+
+    /// The key that opens an object: its scope's key (prefix version 0) or a tenant key version.
+    fn key_for_object(&self, tenant: &TenantId, path: &ObjectPath, scope: &str, version: u32) -> Result<TenantKey> {
+        if version != 0 {
+            return self.tenant_key(tenant, version);
+        }
+        match self.scope_for_path(tenant, path)? {
+            Some((s, key)) if s == scope => Ok(key),
+            // The scope was shredded (or the object relabelled): nothing can open it.
+            _ => Err(Error::Integrity),
+        }
+    }
+
+    /// Gives every object under `scope/` (an object-path prefix, e.g. a RAG corpus) a key of its
+    /// own, wrapped by the tenant key, so that [`Core::shred_key_scope`] can destroy exactly those
+    /// objects. Must be created before the first object under the prefix is written.
+    pub fn create_key_scope(&self, tenant: &TenantId, scope: &ObjectPath) -> Result<()> {
+        self.tenant(tenant)?;
+        if !self.list_objects(tenant, &format!("{}/", scope.as_str()))?.is_empty() {
+            return Err(Error::InvalidArgument("objects already exist under this scope".into()));
+        }
+        let primary = self.primary_key(tenant)?;
+        let key = TenantKey::generate_scoped();
+        let wrapped = primary.wrap_scope_key(&key, tenant, scope.as_str())?;
+        let now = self.now();
+        self.meta.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO scope_keys (tenant_id, scope, wrapped, tenant_key_version, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![tenant.as_str(), scope.as_str(), wrapped, primary.version(), now],
+            )?;
+            if inserted == 0 {
+                return Err(Error::AlreadyExists { kind: "key scope" });
+            }
+            Ok(())
+        })
+    }
+
+    /// Crypto-shreds a key scope: destroys its key and the metadata of every object under it, then
+    /// purges their blobs. Copies of those blobs anywhere (backups included) become undecryptable.
+    /// Returns how many objects were shredded.
+    pub fn shred_key_scope(&self, tenant: &TenantId, scope: &ObjectPath) -> Result<usize> {
+        self.tenant(tenant)?;
+        let blobs: Vec<String> = self.meta.write(|tx| {
+            let deleted = tx.execute(
+                "DELETE FROM scope_keys WHERE tenant_id = ?1 AND scope = ?2",
+                params![tenant.as_str(), scope.as_str()],
+            )?;
+            if deleted == 0 {
+                return Err(Error::NotFound { kind: "key scope" });
+            }
+            let blobs: Vec<String> = {
+                let mut st = tx.prepare("SELECT blob FROM objects WHERE tenant_id = ?1 AND scope = ?2")?;
+                st.query_map(params![tenant.as_str(), scope.as_str()], |r| r.get(0))?
+                    .collect::<std::result::Result<Vec<_>, _>>()?
+            };
+            tx.execute(
+                "DELETE FROM objects WHERE tenant_id = ?1 AND scope = ?2",
+                params![tenant.as_str(), scope.as_str()],
+            )?;
+            Ok(blobs)
+        })?;
+        self.meta.checkpoint()?;
+        for b in &blobs {
+            if let Ok(k) = BlobKey::new(b.clone()) {
+                self.blobs.delete(&k)?;
+            }
+        }
+        Ok(blobs.len())
+    }
+
     /// Seals the final chunk, makes the blob durable and switches the object to it in one metadata
     /// transaction (replacing any previous version atomically).
     pub fn finish_object(&self, writer: ObjectWriter) -> Result<ObjectInfo> {
-        let ObjectWriter {
-            tenant,
-            path,
-            blob,
-            key_version,
-            len,
-            sealer,
-        } = writer;
+        let ObjectWriter { tenant, path, scope, blob, key_version, len, sealer } = writer;
         sealer.finish()?.commit(self.blobs.as_ref())?;
-        let staged = StagedObject {
-            blob,
-            key_version,
-            len,
-        };
-        let committed = self
-            .meta
-            .write(|tx| self.commit_object(tx, &tenant, &path, &staged));
+        let staged = StagedObject { scope, blob, key_version, len };
+        let committed = self.meta.write(|tx| self.commit_object(tx, &tenant, &path, &staged));
         match committed {
             Ok(old) => {
                 if let Some(old) = old {
                     self.blobs.delete(&old)?;
                 }
-                Ok(ObjectInfo {
-                    path: path.as_str().to_string(),
-                    len,
-                    key_version,
-                })
+                Ok(ObjectInfo { path: path.as_str().to_string(), len, key_version })
             }
             Err(e) => {
                 let _ = self.blobs.delete(&staged.blob);
@@ -935,24 +948,22 @@ impl Core {
     }
 
     fn object_row(&self, tenant: &TenantId, path: &ObjectPath) -> Result<(BlobKey, ObjectInfo)> {
-        let row: Option<(String, u32, u64)> = self.meta.read(|c| {
+        self.object_row_scoped(tenant, path).map(|(b, i, _)| (b, i))
+    }
+
+    /// The object's blob, metadata and key scope ("" for the tenant key).
+    fn object_row_scoped(&self, tenant: &TenantId, path: &ObjectPath) -> Result<(BlobKey, ObjectInfo, String)> {
+        let row: Option<(String, u32, u64, String)> = self.meta.read(|c| {
             Ok(c.query_row(
-                "SELECT o.blob, o.key_version, o.plaintext_len FROM objects o JOIN tenants t ON t.id = o.tenant_id
+                "SELECT o.blob, o.key_version, o.plaintext_len, o.scope FROM objects o JOIN tenants t ON t.id = o.tenant_id
                  WHERE o.tenant_id = ?1 AND o.path = ?2 AND t.status = 'active'",
                 params![tenant.as_str(), path.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?)
         })?;
-        let (blob, key_version, len) = row.ok_or(Error::NotFound { kind: "object" })?;
-        Ok((
-            BlobKey::new(blob)?,
-            ObjectInfo {
-                path: path.as_str().to_string(),
-                len,
-                key_version,
-            },
-        ))
+        let (blob, key_version, len, scope) = row.ok_or(Error::NotFound { kind: "object" })?;
+        Ok((BlobKey::new(blob)?, ObjectInfo { path: path.as_str().to_string(), len, key_version }, scope))
     }
 
     /// Metadata of one object.
@@ -962,30 +973,21 @@ impl Core {
 
     /// Reads and decrypts a whole object.
     pub fn get_object(&self, tenant: &TenantId, path: &ObjectPath) -> Result<Zeroizing<Vec<u8>>> {
-        let (blob, _) = self.object_row(tenant, path)?;
+        let (blob, _, scope) = self.object_row_scoped(tenant, path)?;
         let sealed = self.blobs.get(&blob)?;
-        let version = envelope::key_version(&sealed)?;
-        let key = self.tenant_key(tenant, version)?;
+        let key = self.key_for_object(tenant, path, &scope, envelope::key_version(&sealed)?)?;
         Ok(envelope::open_owned(&key, tenant, path, sealed)?)
     }
 
     /// Opens an object for random-access reads.
     pub fn open_object(&self, tenant: &TenantId, path: &ObjectPath) -> Result<ObjectReader> {
-        let (blob, _) = self.object_row(tenant, path)?;
+        let (blob, _, scope) = self.object_row_scoped(tenant, path)?;
         let len = self.blobs.size(&blob)?;
-        let source = BlobSource {
-            blobs: self.blobs.clone(),
-            key: blob,
-            len,
-        };
+        let source = BlobSource { blobs: self.blobs.clone(), key: blob, len };
         let mut prefix = [0u8; envelope::PREFIX_LEN];
-        source
-            .read_exact_at(&mut prefix, 0)
-            .map_err(|_| Error::Integrity)?;
-        let key = self.tenant_key(tenant, envelope::key_version(&prefix)?)?;
-        Ok(ObjectReader {
-            inner: envelope::open_random_access(&key, tenant, path, source)?,
-        })
+        source.read_exact_at(&mut prefix, 0).map_err(|_| Error::Integrity)?;
+        let key = self.key_for_object(tenant, path, &scope, envelope::key_version(&prefix)?)?;
+        Ok(ObjectReader { inner: envelope::open_random_access(&key, tenant, path, source)? })
     }
 
     /// Deletes an object (metadata first, then its blob).
@@ -1032,9 +1034,7 @@ impl Core {
         let listed = self.blobs.list("t/")?;
         let referenced: std::collections::HashSet<String> = self.meta.read(|c| {
             let mut st = c.prepare("SELECT blob FROM objects")?;
-            let rows = st
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<std::result::Result<_, _>>()?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?.collect::<std::result::Result<_, _>>()?;
             Ok(rows)
         })?;
         for key in listed {

@@ -42,54 +42,34 @@ pub struct DatasetStats {
 }
 
 fn bad(line: usize, reason: impl Into<String>) -> Error {
-    Error::InvalidDataset {
-        line,
-        reason: reason.into(),
-    }
+    Error::InvalidDataset { line, reason: reason.into() }
 }
 
 /// Validates a chat fine-tuning JSONL file. Errors name the 1-based line.
 pub fn validate_chat_jsonl(data: &[u8], max_line_bytes: usize) -> Result<DatasetStats> {
-    let mut stats = DatasetStats {
-        examples: 0,
-        messages: 0,
-        trained_turns: 0,
-    };
+    let mut stats = DatasetStats { examples: 0, messages: 0, trained_turns: 0 };
     for (i, raw) in data.split(|&b| b == b'\n').enumerate() {
         let line_no = i + 1;
         if raw.len() > max_line_bytes {
-            return Err(bad(
-                line_no,
-                format!("line is longer than {max_line_bytes} bytes"),
-            ));
+            return Err(bad(line_no, format!("line is longer than {max_line_bytes} bytes")));
         }
-        let text = std::str::from_utf8(raw).map_err(|e| {
-            bad(
-                line_no,
-                format!("not valid UTF-8 (byte {})", e.valid_up_to()),
-            )
-        })?;
+        let text = std::str::from_utf8(raw)
+            .map_err(|e| bad(line_no, format!("not valid UTF-8 (byte {})", e.valid_up_to())))?;
         let text = text.strip_suffix('\r').unwrap_or(text);
         if text.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| bad(line_no, format!("not valid JSON (column {})", e.column())))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| bad(line_no, "each line must be a JSON object"))?;
-        let messages = obj
-            .get("messages")
-            .and_then(|m| m.as_array())
-            .ok_or_else(|| bad(line_no, "missing \"messages\" array"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(line_no, format!("not valid JSON (column {})", e.column())))?;
+        let obj = value.as_object().ok_or_else(|| bad(line_no, "each line must be a JSON object"))?;
+        let messages =
+            obj.get("messages").and_then(|m| m.as_array()).ok_or_else(|| bad(line_no, "missing \"messages\" array"))?;
         if messages.is_empty() {
             return Err(bad(line_no, "\"messages\" is empty"));
         }
         let (mut users, mut assistants) = (0, 0);
         for (j, m) in messages.iter().enumerate() {
-            let m = m
-                .as_object()
-                .ok_or_else(|| bad(line_no, format!("message {j} is not an object")))?;
+            let m = m.as_object().ok_or_else(|| bad(line_no, format!("message {j} is not an object")))?;
             let role = m
                 .get("role")
                 .and_then(|r| r.as_str())
@@ -100,17 +80,12 @@ pub fn validate_chat_jsonl(data: &[u8], max_line_bytes: usize) -> Result<Dataset
                     let shown: String = other.chars().take(24).collect();
                     return Err(bad(
                         line_no,
-                        format!(
-                            "message {j} has unsupported role {shown:?} (use system, user or assistant)"
-                        ),
+                        format!("message {j} has unsupported role {shown:?} (use system, user or assistant)"),
                     ));
                 }
             }
             if !m.get("content").is_some_and(|c| c.is_string()) {
-                return Err(bad(
-                    line_no,
-                    format!("message {j} needs a string \"content\""),
-                ));
+                return Err(bad(line_no, format!("message {j} needs a string \"content\"")));
             }
             match m.get("weight") {
                 None => {
@@ -120,19 +95,13 @@ pub fn validate_chat_jsonl(data: &[u8], max_line_bytes: usize) -> Result<Dataset
                 }
                 Some(w) if role != "assistant" => {
                     let _ = w;
-                    return Err(bad(
-                        line_no,
-                        format!("message {j}: \"weight\" is only allowed on assistant messages"),
-                    ));
+                    return Err(bad(line_no, format!("message {j}: \"weight\" is only allowed on assistant messages")));
                 }
                 Some(w) => match w.as_u64() {
                     Some(0) => {}
                     Some(1) => stats.trained_turns += 1,
                     _ => {
-                        return Err(bad(
-                            line_no,
-                            format!("message {j}: \"weight\" must be 0 or 1"),
-                        ));
+                        return Err(bad(line_no, format!("message {j}: \"weight\" must be 0 or 1")));
                     }
                 },
             }
@@ -143,10 +112,7 @@ pub fn validate_chat_jsonl(data: &[u8], max_line_bytes: usize) -> Result<Dataset
             return Err(bad(line_no, "an example needs at least one user message"));
         }
         if assistants == 0 {
-            return Err(bad(
-                line_no,
-                "an example needs at least one assistant message",
-            ));
+            return Err(bad(line_no, "an example needs at least one assistant message"));
         }
         stats.examples += 1;
         stats.messages += messages.len() as u64;
@@ -162,12 +128,7 @@ fn dataset_path(id: &DatasetId) -> Result<ObjectPath> {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.chars().count() > 255
-        || name
-            .chars()
-            .any(|c| c.is_control() || c == '/' || c == '\\')
-    {
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(|c| c.is_control() || c == '/' || c == '\\') {
         return Err(Error::InvalidArgument(
             "a dataset name is 1-255 characters without control characters or slashes".into(),
         ));
@@ -178,21 +139,13 @@ fn check_name(name: &str) -> Result<()> {
 impl Core {
     /// Validates and stores a dataset, encrypted under the tenant's key (train scope). On any error
     /// nothing is stored.
-    pub fn upload_dataset(
-        &self,
-        principal: &Principal,
-        name: &str,
-        data: &[u8],
-    ) -> Result<DatasetInfo> {
+    pub fn upload_dataset(&self, principal: &Principal, name: &str, data: &[u8]) -> Result<DatasetInfo> {
         principal.require(Scope::Train)?;
         let tenant = principal.tenant();
         self.tenant(tenant)?;
         check_name(name)?;
         if data.len() as u64 > self.limits.max_dataset_bytes {
-            return Err(Error::TooLarge {
-                what: "dataset",
-                limit: self.limits.max_dataset_bytes,
-            });
+            return Err(Error::TooLarge { what: "dataset", limit: self.limits.max_dataset_bytes });
         }
         let stats = validate_chat_jsonl(data, self.limits.max_dataset_line_bytes)?;
         let id = DatasetId::generate();
@@ -226,13 +179,7 @@ impl Core {
         })?;
         rows.into_iter()
             .map(|(id, name, bytes, examples, created_at)| {
-                Ok(DatasetInfo {
-                    id: DatasetId::new(id)?,
-                    name,
-                    bytes,
-                    examples,
-                    created_at,
-                })
+                Ok(DatasetInfo { id: DatasetId::new(id)?, name, bytes, examples, created_at })
             })
             .collect()
     }
@@ -250,21 +197,11 @@ impl Core {
             .optional()?)
         })?;
         let (name, bytes, examples, created_at) = row.ok_or(Error::NotFound { kind: "dataset" })?;
-        Ok(DatasetInfo {
-            id: id.clone(),
-            name,
-            bytes,
-            examples,
-            created_at,
-        })
+        Ok(DatasetInfo { id: id.clone(), name, bytes, examples, created_at })
     }
 
     /// Decrypts and returns a dataset's content (audited).
-    pub fn download_dataset(
-        &self,
-        principal: &Principal,
-        id: &DatasetId,
-    ) -> Result<Zeroizing<Vec<u8>>> {
+    pub fn download_dataset(&self, principal: &Principal, id: &DatasetId) -> Result<Zeroizing<Vec<u8>>> {
         self.dataset(principal, id)?;
         let data = self.get_object(principal.tenant(), &dataset_path(id)?)?;
         self.audit(
@@ -278,11 +215,7 @@ impl Core {
     }
 
     /// Internal read for jobs: the dataset of exactly this tenant.
-    pub(crate) fn dataset_bytes(
-        &self,
-        tenant: &crate::ids::TenantId,
-        id: &DatasetId,
-    ) -> Result<Zeroizing<Vec<u8>>> {
+    pub(crate) fn dataset_bytes(&self, tenant: &crate::ids::TenantId, id: &DatasetId) -> Result<Zeroizing<Vec<u8>>> {
         self.dataset(&Principal::operator(tenant), id)?;
         self.get_object(tenant, &dataset_path(id)?)
     }
@@ -292,18 +225,8 @@ impl Core {
         self.dataset(principal, id)?;
         let tenant = principal.tenant();
         self.delete_object_with(tenant, &dataset_path(id)?, |tx| {
-            tx.execute(
-                "DELETE FROM datasets WHERE id = ?1 AND tenant_id = ?2",
-                params![id.as_str(), tenant.as_str()],
-            )?;
-            self.audit_tx(
-                tx,
-                tenant,
-                principal.actor(),
-                Action::DatasetDeleted,
-                id.as_str(),
-                serde_json::json!({}),
-            )
+            tx.execute("DELETE FROM datasets WHERE id = ?1 AND tenant_id = ?2", params![id.as_str(), tenant.as_str()])?;
+            self.audit_tx(tx, tenant, principal.actor(), Action::DatasetDeleted, id.as_str(), serde_json::json!({}))
         })
     }
 }
@@ -330,8 +253,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        let ok =
-            r#"{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}"#;
+        let ok = r#"{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}"#;
         let cases: Vec<(Vec<u8>, &str)> = vec![
             ([ok.as_bytes(), b"\n", b"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}"].concat(), "UTF-8"),
             (format!("{ok}\n{{\"messages\":[{{\"role\":\"wizard\",\"content\":\"x\"}}]}}").into_bytes(), "role"),
@@ -351,13 +273,7 @@ mod tests {
             }
         }
         let long = format!("{ok}\n{}", "x".repeat(2000));
-        assert!(matches!(
-            validate_chat_jsonl(long.as_bytes(), 1000),
-            Err(Error::InvalidDataset { line: 2, .. })
-        ));
-        assert!(matches!(
-            validate_chat_jsonl(b"\n\n", 1000),
-            Err(Error::InvalidDataset { line: 1, .. })
-        ));
+        assert!(matches!(validate_chat_jsonl(long.as_bytes(), 1000), Err(Error::InvalidDataset { line: 2, .. })));
+        assert!(matches!(validate_chat_jsonl(b"\n\n", 1000), Err(Error::InvalidDataset { line: 1, .. })));
     }
 }

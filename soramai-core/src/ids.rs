@@ -12,20 +12,14 @@ use crate::error::{Error, Result};
 fn check_token(kind: &'static str, s: &str, max: usize, extra: &[u8]) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || extra.contains(&b))
-        && s.as_bytes()
-            .first()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || extra.contains(&b))
+        && s.as_bytes().first().is_some_and(|b| b.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
             "invalid {kind}: use 1-{max} characters from a-z, 0-9{}, starting with a letter or digit",
-            extra
-                .iter()
-                .map(|b| format!(", '{}'", *b as char))
-                .collect::<String>()
+            extra.iter().map(|b| format!(", '{}'", *b as char)).collect::<String>()
         )))
     }
 }
@@ -168,15 +162,9 @@ impl ObjectPath {
                 !seg.is_empty()
                     && seg != "."
                     && seg != ".."
-                    && seg
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                    && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             });
-        if ok {
-            Ok(Self(s))
-        } else {
-            Err(Error::InvalidArgument("invalid object path".into()))
-        }
+        if ok { Ok(Self(s)) } else { Err(Error::InvalidArgument("invalid object path".into())) }
     }
     /// The path as text.
     pub fn as_str(&self) -> &str {
@@ -202,17 +190,7 @@ mod tests {
 
     #[test]
     fn hostile_ids_are_refused() {
-        for bad in [
-            "",
-            "../x",
-            "a/b",
-            "A",
-            "a b",
-            "a\0",
-            "-lead",
-            &"x".repeat(65),
-            "é",
-        ] {
+        for bad in ["", "../x", "a/b", "A", "a b", "a\0", "-lead", &"x".repeat(65), "é"] {
             assert!(TenantId::new(bad).is_err(), "{bad:?}");
         }
         assert!(TenantId::new("acme-co_1").is_ok());

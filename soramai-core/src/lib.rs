@@ -45,18 +45,12 @@ mod vault;
 pub use crate::audit::{Action, Actor, AuditRecord, AuditReport};
 pub use crate::auth::{ApiKeyInfo, IssuedKey, KeyOptions, Principal, Scope};
 pub use crate::clock::{Clock, ManualClock, Millis, SystemClock};
-pub use crate::core::{
-    Config, Core, KeyCustody, Limits, ObjectInfo, ObjectReader, ObjectWriter, Tenant, TenantStatus,
-};
+pub use crate::core::{Config, Core, KeyCustody, Limits, ObjectInfo, ObjectReader, ObjectWriter, Tenant, TenantStatus};
 pub use crate::crypto::keys::{KeyProvider, LocalRootKey};
 pub use crate::datasets::{DatasetInfo, DatasetStats};
 pub use crate::error::{Error, Result};
-pub use crate::ids::{
-    ApiKeyId, DatasetId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId,
-};
+pub use crate::ids::{ApiKeyId, DatasetId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId};
 pub use crate::jobs::{Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker};
-pub use crate::metering::{
-    AccessRecord, Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary,
-};
+pub use crate::metering::{AccessRecord, Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary};
 pub use crate::retention::SweepReport;
 pub use crate::tier::{ComputePool, Policy, RagIsolation, Tier};

@@ -99,9 +99,7 @@ pub struct Receipt {
 
 fn check_reference(r: &str) -> Result<()> {
     if r.len() > 128 || r.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(
-            "a ledger reference is at most 128 printable characters".into(),
-        ));
+        return Err(Error::InvalidArgument("a ledger reference is at most 128 printable characters".into()));
     }
     Ok(())
 }
@@ -160,17 +158,9 @@ impl Core {
         .unwrap_or(0))
     }
 
-    fn ledger_entry(
-        &self,
-        tenant: &TenantId,
-        kind: &str,
-        amount: i64,
-        reference: &str,
-    ) -> Result<Receipt> {
+    fn ledger_entry(&self, tenant: &TenantId, kind: &str, amount: i64, reference: &str) -> Result<Receipt> {
         if amount <= 0 {
-            return Err(Error::InvalidArgument(format!(
-                "a {kind} amount must be positive"
-            )));
+            return Err(Error::InvalidArgument(format!("a {kind} amount must be positive")));
         }
         let amount = if kind == "usage" { -amount } else { amount };
         check_reference(reference)?;
@@ -195,33 +185,18 @@ impl Core {
     }
 
     /// Adds credits (a purchase, a promotion).
-    pub fn grant_credits(
-        &self,
-        tenant: &TenantId,
-        amount: i64,
-        reference: &str,
-    ) -> Result<Receipt> {
+    pub fn grant_credits(&self, tenant: &TenantId, amount: i64, reference: &str) -> Result<Receipt> {
         self.ledger_entry(tenant, "grant", amount, reference)
     }
 
     /// Charges credits for usage; refuses with [`Error::InsufficientCredits`] (charging nothing)
     /// when the balance cannot cover it.
-    pub fn charge_credits(
-        &self,
-        tenant: &TenantId,
-        amount: i64,
-        reference: &str,
-    ) -> Result<Receipt> {
+    pub fn charge_credits(&self, tenant: &TenantId, amount: i64, reference: &str) -> Result<Receipt> {
         self.ledger_entry(tenant, "usage", amount, reference)
     }
 
     /// Returns credits (a failed job).
-    pub fn refund_credits(
-        &self,
-        tenant: &TenantId,
-        amount: i64,
-        reference: &str,
-    ) -> Result<Receipt> {
+    pub fn refund_credits(&self, tenant: &TenantId, amount: i64, reference: &str) -> Result<Receipt> {
         self.ledger_entry(tenant, "refund", amount, reference)
     }
 
@@ -289,16 +264,21 @@ impl Core {
         principal.require(Scope::Admin)?;
         let t = self.tenant(principal.tenant())?;
         if !t.tier.policy().access_log {
-            return Err(Error::NotAllowed {
-                tier: t.tier,
-                what: "the access log",
-            });
+            return Err(Error::NotAllowed { tier: t.tier, what: "the access log" });
         }
         self.meta.read(|c| {
-            let mut st = c.prepare("SELECT at, actor, resource, action, detail FROM access_log WHERE tenant_id = ?1 ORDER BY id")?;
+            let mut st = c.prepare(
+                "SELECT at, actor, resource, action, detail FROM access_log WHERE tenant_id = ?1 ORDER BY id",
+            )?;
             let rows = st
                 .query_map([t.id.as_str()], |r| {
-                    Ok(AccessRecord { at: r.get(0)?, actor: r.get(1)?, resource: r.get(2)?, action: r.get(3)?, detail: r.get(4)? })
+                    Ok(AccessRecord {
+                        at: r.get(0)?,
+                        actor: r.get(1)?,
+                        resource: r.get(2)?,
+                        action: r.get(3)?,
+                        detail: r.get(4)?,
+                    })
                 })?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             Ok(rows)

@@ -25,13 +25,7 @@ pub enum Tier {
 
 impl Tier {
     /// Every tier, cheapest first.
-    pub const ALL: [Tier; 5] = [
-        Tier::Free,
-        Tier::Basic,
-        Tier::Pro,
-        Tier::Org,
-        Tier::Enterprise,
-    ];
+    pub const ALL: [Tier; 5] = [Tier::Free, Tier::Basic, Tier::Pro, Tier::Org, Tier::Enterprise];
 
     /// The tier's name as stored and shown.
     pub fn as_str(self) -> &'static str {
@@ -48,51 +42,11 @@ impl Tier {
     pub fn policy(self) -> Policy {
         let day = 24 * 3600;
         let (compute, rag, custom_gguf, audit, access, rpm, conc) = match self {
-            Tier::Free => (
-                ComputePool::Shared,
-                RagIsolation::None,
-                false,
-                false,
-                false,
-                20,
-                1,
-            ),
-            Tier::Basic => (
-                ComputePool::Shared,
-                RagIsolation::SharedStoreTenantKey,
-                false,
-                false,
-                false,
-                60,
-                2,
-            ),
-            Tier::Pro => (
-                ComputePool::Dedicated,
-                RagIsolation::DedicatedStore,
-                true,
-                false,
-                false,
-                600,
-                8,
-            ),
-            Tier::Org => (
-                ComputePool::Dedicated,
-                RagIsolation::DedicatedStore,
-                true,
-                true,
-                true,
-                3000,
-                32,
-            ),
-            Tier::Enterprise => (
-                ComputePool::Dedicated,
-                RagIsolation::DedicatedStore,
-                true,
-                true,
-                true,
-                10_000,
-                128,
-            ),
+            Tier::Free => (ComputePool::Shared, RagIsolation::None, false, false, false, 20, 1),
+            Tier::Basic => (ComputePool::Shared, RagIsolation::SharedStoreTenantKey, false, false, false, 60, 2),
+            Tier::Pro => (ComputePool::Dedicated, RagIsolation::DedicatedStore, true, false, false, 600, 8),
+            Tier::Org => (ComputePool::Dedicated, RagIsolation::DedicatedStore, true, true, true, 3000, 32),
+            Tier::Enterprise => (ComputePool::Dedicated, RagIsolation::DedicatedStore, true, true, true, 10_000, 128),
         };
         Policy {
             tier: self,
@@ -194,14 +148,9 @@ mod tests {
         assert_eq!(Tier::Pro.policy().rag, RagIsolation::DedicatedStore);
         assert!(Tier::Pro.policy().custom_gguf_upload && !Tier::Basic.policy().custom_gguf_upload);
         assert!(Tier::Org.policy().audit_log_access && Tier::Org.policy().access_log);
-        assert!(
-            Tier::Org.policy().keys_bindable_to_pool && !Tier::Pro.policy().keys_bindable_to_pool
-        );
+        assert!(Tier::Org.policy().keys_bindable_to_pool && !Tier::Pro.policy().keys_bindable_to_pool);
         assert!(Tier::Enterprise.policy().customer_held_root_key);
-        assert_eq!(
-            Tier::Org.policy().access_log_retention,
-            Duration::from_secs(90 * 86400)
-        );
+        assert_eq!(Tier::Org.policy().access_log_retention, Duration::from_secs(90 * 86400));
         for t in Tier::ALL {
             assert_eq!(t.as_str().parse::<Tier>().expect("parse"), t);
         }

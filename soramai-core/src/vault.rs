@@ -21,10 +21,7 @@ impl Core {
         let tenant = principal.tenant();
         self.tenant(tenant)?;
         if value.len() > self.limits.max_secret_bytes {
-            return Err(Error::TooLarge {
-                what: "secret",
-                limit: self.limits.max_secret_bytes as u64,
-            });
+            return Err(Error::TooLarge { what: "secret", limit: self.limits.max_secret_bytes as u64 });
         }
         let now = self.now();
         self.put_object_with(tenant, &secret_path(name)?, value, |tx| {
@@ -33,39 +30,20 @@ impl Core {
                  ON CONFLICT(tenant_id, name) DO UPDATE SET updated_at = excluded.updated_at",
                 params![tenant.as_str(), name.as_str(), now],
             )?;
-            self.audit_tx(
-                tx,
-                tenant,
-                principal.actor(),
-                Action::SecretWritten,
-                name.as_str(),
-                serde_json::json!({}),
-            )
+            self.audit_tx(tx, tenant, principal.actor(), Action::SecretWritten, name.as_str(), serde_json::json!({}))
         })
     }
 
     /// Reads a secret (admin scope, audited).
-    pub fn get_secret(
-        &self,
-        principal: &Principal,
-        name: &SecretName,
-    ) -> Result<Zeroizing<Vec<u8>>> {
+    pub fn get_secret(&self, principal: &Principal, name: &SecretName) -> Result<Zeroizing<Vec<u8>>> {
         principal.require(Scope::Admin)?;
         let tenant = principal.tenant();
         self.tenant(tenant)?;
-        let value = self
-            .get_object(tenant, &secret_path(name)?)
-            .map_err(|e| match e {
-                Error::NotFound { .. } => Error::NotFound { kind: "secret" },
-                other => other,
-            })?;
-        self.audit(
-            tenant,
-            principal.actor(),
-            Action::SecretRead,
-            name.as_str(),
-            serde_json::json!({}),
-        )?;
+        let value = self.get_object(tenant, &secret_path(name)?).map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound { kind: "secret" },
+            other => other,
+        })?;
+        self.audit(tenant, principal.actor(), Action::SecretRead, name.as_str(), serde_json::json!({}))?;
         Ok(value)
     }
 
@@ -74,8 +52,7 @@ impl Core {
         principal.require(Scope::Admin)?;
         self.tenant(principal.tenant())?;
         let names: Vec<String> = self.meta.read(|c| {
-            let mut st =
-                c.prepare("SELECT name FROM secrets WHERE tenant_id = ?1 ORDER BY name")?;
+            let mut st = c.prepare("SELECT name FROM secrets WHERE tenant_id = ?1 ORDER BY name")?;
             let rows = st
                 .query_map([principal.tenant().as_str()], |r| r.get(0))?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -94,14 +71,7 @@ impl Core {
                 "DELETE FROM secrets WHERE tenant_id = ?1 AND name = ?2",
                 params![tenant.as_str(), name.as_str()],
             )?;
-            self.audit_tx(
-                tx,
-                tenant,
-                principal.actor(),
-                Action::SecretDeleted,
-                name.as_str(),
-                serde_json::json!({}),
-            )
+            self.audit_tx(tx, tenant, principal.actor(), Action::SecretDeleted, name.as_str(), serde_json::json!({}))
         })
         .map_err(|e| match e {
             Error::NotFound { .. } => Error::NotFound { kind: "secret" },

@@ -12,9 +12,8 @@ fn base64(data: &[u8]) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..=c.len() {
             out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
         }
@@ -26,18 +25,8 @@ fn base64(data: &[u8]) -> String {
 /// three alignments (the stable middle part of the encoding).
 fn forms() -> Vec<Vec<u8>> {
     let mut forms = vec![CANARY.as_bytes().to_vec()];
-    forms.push(
-        CANARY
-            .encode_utf16()
-            .flat_map(|u| u.to_le_bytes())
-            .collect(),
-    );
-    forms.push(
-        CANARY
-            .encode_utf16()
-            .flat_map(|u| u.to_be_bytes())
-            .collect(),
-    );
+    forms.push(CANARY.encode_utf16().flat_map(|u| u.to_le_bytes()).collect());
+    forms.push(CANARY.encode_utf16().flat_map(|u| u.to_be_bytes()).collect());
     for pad in 0..3 {
         let mut d = vec![b'x'; pad];
         d.extend_from_slice(CANARY.as_bytes());
@@ -54,86 +43,39 @@ fn canary_never_reaches_disk() {
     let core = &env.core;
     let (t, p) = env.tenant("canary-co", Tier::Pro);
     let data: Vec<u8> = (0..200)
-        .map(|i| {
-            chat_line(
-                &format!("tell me the code {i}"),
-                &format!("the code is {CANARY} {i}"),
-            ) + "\n"
-        })
+        .map(|i| chat_line(&format!("tell me the code {i}"), &format!("the code is {CANARY} {i}")) + "\n")
         .collect::<String>()
         .into_bytes();
-    let ds = core
-        .upload_dataset(&p, "train.jsonl", &data)
-        .expect("upload");
-    core.put_secret(
-        &p,
-        &SecretName::new("hf-token").expect("name"),
-        CANARY.as_bytes(),
-    )
-    .expect("secret");
+    let ds = core.upload_dataset(&p, "train.jsonl", &data).expect("upload");
+    core.put_secret(&p, &SecretName::new("hf-token").expect("name"), CANARY.as_bytes()).expect("secret");
     core.put_object(
         &t,
         &soramai_core::ObjectPath::new("artifacts/adapter").expect("path"),
         CANARY.repeat(1000).as_bytes(),
     )
     .expect("object");
-    let key = core
-        .create_api_key(&p, KeyOptions::new("ci", &Scope::ALL))
-        .expect("key");
+    let key = core.create_api_key(&p, KeyOptions::new("ci", &Scope::ALL)).expect("key");
 
     // Run a job over the dataset: the worker must not leave the plaintext in scratch either.
     let runner = RunnerCommand::new(env!("CARGO_BIN_EXE_soramai-job-runner"));
-    let job = core
-        .submit_job(
-            &p,
-            JobSpec::Checksum {
-                dataset: ds.id.clone(),
-                pace_ms: 0,
-            },
-        )
-        .expect("job");
-    let worker = Worker::new(
-        core.clone(),
-        "w1",
-        soramai_core::PoolId::dedicated_for(&t),
-        runner,
-    );
+    let job = core.submit_job(&p, JobSpec::Checksum { dataset: ds.id.clone(), pace_ms: 0 }).expect("job");
+    let worker = Worker::new(core.clone(), "w1", soramai_core::PoolId::dedicated_for(&t), runner);
     let done = worker.run_once().expect("run").expect("a job");
     assert_eq!(done.id, job.id);
 
     // Reads still work, and the data directory holds no plaintext.
-    assert_eq!(
-        &core.download_dataset(&p, &ds.id).expect("download")[..],
-        &data[..]
-    );
+    assert_eq!(&core.download_dataset(&p, &ds.id).expect("download")[..], &data[..]);
     let secret_text = key.secret().to_string();
     let files = files_under(&env.data_dir());
     assert!(files.iter().any(|f| f.ends_with("meta.sqlite3")));
-    assert!(
-        files
-            .iter()
-            .any(|f| f.to_string_lossy().contains("/blobs/"))
-    );
+    assert!(files.iter().any(|f| f.to_string_lossy().contains("/blobs/")));
     for f in &files {
         let bytes = std::fs::read(f).expect("read");
         for form in forms() {
-            assert!(
-                !contains(&bytes, &form),
-                "{} holds the canary in some form",
-                f.display()
-            );
+            assert!(!contains(&bytes, &form), "{} holds the canary in some form", f.display());
         }
-        assert!(
-            !contains(&bytes, secret_text.as_bytes()),
-            "{} holds an API key secret",
-            f.display()
-        );
+        assert!(!contains(&bytes, secret_text.as_bytes()), "{} holds an API key secret", f.display());
     }
     // No scratch directory is left behind.
-    assert_eq!(
-        std::fs::read_dir(env.data_dir().join("scratch"))
-            .expect("scratch")
-            .count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(env.data_dir().join("scratch")).expect("scratch").count(), 0);
 }

@@ -34,18 +34,11 @@ fn malformed_jsonl_names_the_line_and_stores_nothing() {
         match env.core.upload_dataset(&p, "bad.jsonl", &data) {
             Err(Error::InvalidDataset { line: l, reason }) => {
                 assert_eq!(l, line, "{reason}");
-                assert!(
-                    !reason.contains("only a question"),
-                    "errors must not echo content: {reason}"
-                );
+                assert!(!reason.contains("only a question"), "errors must not echo content: {reason}");
             }
             other => panic!("expected a line-{line} error, got {other:?}"),
         }
-        assert_eq!(
-            state_snapshot(&env, &t),
-            before,
-            "a refused upload changed something"
-        );
+        assert_eq!(state_snapshot(&env, &t), before, "a refused upload changed something");
     }
 }
 
@@ -53,34 +46,18 @@ fn malformed_jsonl_names_the_line_and_stores_nothing() {
 fn size_limits_and_hostile_names_are_refused() {
     let env = Env::new();
     let mut config = Config::new(env.dir.path().join("small"), env.root.clone());
-    config.limits = Limits {
-        max_dataset_bytes: 1000,
-        max_dataset_line_bytes: 500,
-        max_secret_bytes: 10,
-    };
+    config.limits = Limits { max_dataset_bytes: 1000, max_dataset_line_bytes: 500, max_secret_bytes: 10 };
     let core = Core::open(config).expect("open");
     let t = TenantId::new("acme").expect("id");
     core.create_tenant(&t, Tier::Basic).expect("create");
     let p = soramai_core::Principal::operator(&t);
     assert!(matches!(
         core.upload_dataset(&p, "big.jsonl", &dataset(100, "x")),
-        Err(Error::TooLarge {
-            what: "dataset",
-            ..
-        })
+        Err(Error::TooLarge { what: "dataset", .. })
     ));
-    assert!(matches!(
-        core.put_secret(&p, &SecretName::new("s").expect("n"), &[0u8; 11]),
-        Err(Error::TooLarge { .. })
-    ));
+    assert!(matches!(core.put_secret(&p, &SecretName::new("s").expect("n"), &[0u8; 11]), Err(Error::TooLarge { .. })));
     for name in ["", "a/b", "..\\x", "nul\0byte", &"n".repeat(300)] {
-        assert!(
-            matches!(
-                core.upload_dataset(&p, name, &dataset(1, "x")),
-                Err(Error::InvalidArgument(_))
-            ),
-            "{name:?}"
-        );
+        assert!(matches!(core.upload_dataset(&p, name, &dataset(1, "x")), Err(Error::InvalidArgument(_))), "{name:?}");
     }
     for id in ["../etc", "A", "x/y", "", "tenant id"] {
         assert!(TenantId::new(id).is_err());
@@ -96,35 +73,16 @@ fn operations_on_unknown_or_wrong_state_things_fail_cleanly() {
     let env = Env::new();
     let (t, p) = env.tenant("acme", Tier::Basic);
     let ghost = TenantId::new("ghost").expect("id");
-    assert!(matches!(
-        env.core.tenant(&ghost),
-        Err(Error::NotFound { .. })
-    ));
-    assert!(matches!(
-        env.core.delete_tenant(&ghost),
-        Err(Error::NotFound { .. })
-    ));
-    assert!(matches!(
-        env.core.create_tenant(&t, Tier::Pro),
-        Err(Error::AlreadyExists { .. })
-    ));
+    assert!(matches!(env.core.tenant(&ghost), Err(Error::NotFound { .. })));
+    assert!(matches!(env.core.delete_tenant(&ghost), Err(Error::NotFound { .. })));
+    assert!(matches!(env.core.create_tenant(&t, Tier::Pro), Err(Error::AlreadyExists { .. })));
     let missing = soramai_core::DatasetId::new("file-000000000000000000000000").expect("id");
+    assert!(matches!(env.core.download_dataset(&p, &missing), Err(Error::NotFound { .. })));
     assert!(matches!(
-        env.core.download_dataset(&p, &missing),
-        Err(Error::NotFound { .. })
-    ));
-    assert!(matches!(
-        env.core
-            .get_secret(&p, &SecretName::new("nope").expect("n")),
+        env.core.get_secret(&p, &SecretName::new("nope").expect("n")),
         Err(Error::NotFound { kind: "secret" })
     ));
-    assert!(matches!(
-        env.core.grant_credits(&t, 0, "x"),
-        Err(Error::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        env.core.grant_credits(&t, 1, "bad\nref"),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(env.core.grant_credits(&t, 0, "x"), Err(Error::InvalidArgument(_))));
+    assert!(matches!(env.core.grant_credits(&t, 1, "bad\nref"), Err(Error::InvalidArgument(_))));
     assert!("platinum".parse::<Tier>().is_err());
 }

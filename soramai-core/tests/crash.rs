@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use sha2::{Digest, Sha256};
 use soramai_core::{
-    Config, Core, JobSpec, JobState, LocalRootKey, PoolId, Principal, RunnerCommand, TenantId,
-    Tier, Worker,
+    Config, Core, JobSpec, JobState, LocalRootKey, PoolId, Principal, RunnerCommand, TenantId, Tier, Worker,
 };
 
 const DIR_VAR: &str = "SORAMAI_CRASH_DIR";
@@ -27,13 +26,7 @@ fn child_core(dir: &std::path::Path) -> Core {
 
 fn spawn_child(test: &str, dir: &std::path::Path) -> std::process::Child {
     Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--ignored",
-            "--exact",
-            test,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
         .env(DIR_VAR, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -61,9 +54,7 @@ fn crash_child_uploader() {
     let core = child_core(std::path::Path::new(&dir));
     let p = Principal::operator(&TenantId::new("crashy").expect("id"));
     for i in 0.. {
-        let info = core
-            .upload_dataset(&p, &format!("d{i}.jsonl"), &example_payload(i))
-            .expect("upload");
+        let info = core.upload_dataset(&p, &format!("d{i}.jsonl"), &example_payload(i)).expect("upload");
         println!("committed {} {i}", info.id);
     }
 }
@@ -74,9 +65,7 @@ fn writer_killed_mid_upload_loses_nothing_committed() {
     let root = LocalRootKey::create_file(&dir.path().join("root.key")).expect("root");
     drop(root);
     let tenant = TenantId::new("crashy").expect("id");
-    child_core(dir.path())
-        .create_tenant(&tenant, Tier::Basic)
-        .expect("tenant");
+    child_core(dir.path()).create_tenant(&tenant, Tier::Basic).expect("tenant");
 
     let mut committed: Vec<(String, usize)> = Vec::new();
     for round in 0..3 {
@@ -101,18 +90,11 @@ fn writer_killed_mid_upload_loses_nothing_committed() {
     // Every committed upload is listed and intact.
     for (id, i) in &committed {
         let ds = soramai_core::DatasetId::new(id.clone()).expect("id");
-        assert_eq!(
-            &core
-                .download_dataset(&p, &ds)
-                .expect("committed data readable")[..],
-            &example_payload(*i)[..]
-        );
+        assert_eq!(&core.download_dataset(&p, &ds).expect("committed data readable")[..], &example_payload(*i)[..]);
     }
     // Nothing partial is visible: everything listed reads back whole and valid.
     for info in &listed {
-        let data = core
-            .download_dataset(&p, &info.id)
-            .expect("listed data readable");
+        let data = core.download_dataset(&p, &info.id).expect("listed data readable");
         assert_eq!(data.len() as u64, info.bytes);
         soramai_core::datasets::validate_chat_jsonl(&data, 1 << 20).expect("whole dataset");
     }
@@ -126,15 +108,10 @@ fn writer_killed_mid_upload_loses_nothing_committed() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let referenced = core.list_objects(&tenant, "").expect("objects").len();
-    assert_eq!(
-        files_under(&dir.path().join("data/blobs")).len(),
-        referenced,
-        "only referenced blobs remain"
-    );
+    assert_eq!(files_under(&dir.path().join("data/blobs")).len(), referenced, "only referenced blobs remain");
     assert_eq!(core.list_datasets(&p).expect("list").len(), listed.len());
     for info in &listed {
-        core.download_dataset(&p, &info.id)
-            .expect("still readable after gc");
+        core.download_dataset(&p, &info.id).expect("still readable after gc");
     }
 }
 
@@ -146,8 +123,7 @@ fn crash_child_worker() {
     };
     let core = Arc::new(child_core(std::path::Path::new(&dir)));
     let runner = RunnerCommand::new(env!("CARGO_BIN_EXE_soramai-job-runner"));
-    let worker = Worker::new(core, "doomed", PoolId::shared(), runner)
-        .with_lease(Duration::from_millis(900));
+    let worker = Worker::new(core, "doomed", PoolId::shared(), runner).with_lease(Duration::from_millis(900));
     println!("started");
     let _ = worker.run_once();
 }
@@ -163,15 +139,7 @@ fn worker_killed_mid_job_is_requeued_and_finished() {
     let data = dataset(3000, "slow");
     let ds = core.upload_dataset(&p, "d.jsonl", &data).expect("upload");
     // About 5 steps of 64 KiB at 300 ms each: seconds of work.
-    let job = core
-        .submit_job(
-            &p,
-            JobSpec::Checksum {
-                dataset: ds.id,
-                pace_ms: 300,
-            },
-        )
-        .expect("submit");
+    let job = core.submit_job(&p, JobSpec::Checksum { dataset: ds.id, pace_ms: 300 }).expect("submit");
 
     let mut child = spawn_child("crash_child_worker", dir.path());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -181,19 +149,12 @@ fn worker_killed_mid_job_is_requeued_and_finished() {
         if j.state == JobState::Running && events.iter().any(|e| e.kind == "progress") {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the child worker never started the job"
-        );
+        assert!(Instant::now() < deadline, "the child worker never started the job");
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().expect("kill");
     child.wait().expect("wait");
-    assert_eq!(
-        core.job(&p, &job.id).expect("job").state,
-        JobState::Running,
-        "still leased to the dead worker"
-    );
+    assert_eq!(core.job(&p, &job.id).expect("job").state, JobState::Running, "still leased to the dead worker");
 
     // Once the dead worker's lease expires, the job goes back to the queue.
     std::thread::sleep(Duration::from_millis(1000));
@@ -203,24 +164,14 @@ fn worker_killed_mid_job_is_requeued_and_finished() {
     assert_eq!(requeued.attempts, 1);
 
     let runner = RunnerCommand::new(env!("CARGO_BIN_EXE_soramai-job-runner"));
-    let done = Worker::new(core.clone(), "survivor", PoolId::shared(), runner)
-        .run_once()
-        .expect("run")
-        .expect("job");
+    let done = Worker::new(core.clone(), "survivor", PoolId::shared(), runner).run_once().expect("run").expect("job");
     assert_eq!(done.id, job.id);
     assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
     assert_eq!(done.attempts, 2);
-    assert_eq!(
-        done.result.expect("result")["sha256"],
-        hex::encode(Sha256::digest(&data))
-    );
+    assert_eq!(done.result.expect("result")["sha256"], hex::encode(Sha256::digest(&data)));
     // The dead worker's scratch directory is the only thing it could have left; nothing of the
     // dataset is in it in plaintext (input arrives through a pipe).
     for f in files_under(&dir.path().join("data")) {
-        assert!(
-            !contains(&std::fs::read(&f).expect("read"), b"slow"),
-            "{}",
-            f.display()
-        );
+        assert!(!contains(&std::fs::read(&f).expect("read"), b"slow"), "{}", f.display());
     }
 }

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use sha2::{Digest, Sha256};
-use soramai_core::{
-    Error, JobSpec, JobState, KeyOptions, PoolId, RunnerCommand, Scope, Tier, Worker,
-};
+use soramai_core::{Error, JobSpec, JobState, KeyOptions, PoolId, RunnerCommand, Scope, Tier, Worker};
 
 fn runner() -> RunnerCommand {
     RunnerCommand::new(env!("CARGO_BIN_EXE_soramai-job-runner"))
@@ -20,20 +18,8 @@ fn checksum_job_runs_in_an_isolated_child() {
     let env = Env::new();
     let (_, p) = env.tenant("basic-co", Tier::Basic);
     let data = dataset(2000, "job");
-    let ds = env
-        .core
-        .upload_dataset(&p, "d.jsonl", &data)
-        .expect("upload");
-    let job = env
-        .core
-        .submit_job(
-            &p,
-            JobSpec::Checksum {
-                dataset: ds.id,
-                pace_ms: 0,
-            },
-        )
-        .expect("submit");
+    let ds = env.core.upload_dataset(&p, "d.jsonl", &data).expect("upload");
+    let job = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id, pace_ms: 0 }).expect("submit");
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(job.pool, PoolId::shared());
     let worker = Worker::new(env.core.clone(), "w-shared", PoolId::shared(), runner());
@@ -43,29 +29,14 @@ fn checksum_job_runs_in_an_isolated_child() {
     assert_eq!(result["sha256"], hex::encode(Sha256::digest(&data)));
     assert_eq!(result["bytes"], data.len());
     assert_eq!(result["lines"], 2000);
-    assert_eq!(
-        result["environment_variables"], 0,
-        "the child's environment is cleared"
-    );
-    assert_eq!(
-        result["scratch_mode"], "700",
-        "the scratch directory is private"
-    );
+    assert_eq!(result["environment_variables"], 0, "the child's environment is cleared");
+    assert_eq!(result["scratch_mode"], "700", "the scratch directory is private");
     assert_eq!(done.progress, 1.0);
-    assert_eq!(
-        std::fs::read_dir(env.data_dir().join("scratch"))
-            .expect("scratch")
-            .count(),
-        0,
-        "scratch removed"
-    );
+    assert_eq!(std::fs::read_dir(env.data_dir().join("scratch")).expect("scratch").count(), 0, "scratch removed");
     let events = env.core.job_events(&p, &done.id).expect("events");
     assert!(events.iter().any(|e| e.kind == "progress"));
     assert!(events.iter().any(|e| e.kind == "metric"));
-    assert_eq!(
-        events.last().map(|e| e.data["state"].clone()),
-        Some(serde_json::json!("succeeded"))
-    );
+    assert_eq!(events.last().map(|e| e.data["state"].clone()), Some(serde_json::json!("succeeded")));
     assert!(worker.run_once().expect("run").is_none(), "queue is empty");
     let actions: Vec<String> = env
         .core
@@ -84,66 +55,23 @@ fn dedicated_pool_jobs_never_run_in_the_shared_pool() {
     let env = Env::new();
     let (pro, pp) = env.tenant("pro-co", Tier::Pro);
     let (org, po) = env.tenant("org-co", Tier::Org);
-    let ds = env
-        .core
-        .upload_dataset(&pp, "d.jsonl", &dataset(3, "p"))
-        .expect("upload");
-    let job = env
-        .core
-        .submit_job(
-            &pp,
-            JobSpec::Checksum {
-                dataset: ds.id,
-                pace_ms: 0,
-            },
-        )
-        .expect("submit");
+    let ds = env.core.upload_dataset(&pp, "d.jsonl", &dataset(3, "p")).expect("upload");
+    let job = env.core.submit_job(&pp, JobSpec::Checksum { dataset: ds.id, pace_ms: 0 }).expect("submit");
     assert_eq!(job.pool, PoolId::dedicated_for(&pro));
     let shared = Worker::new(env.core.clone(), "shared-1", PoolId::shared(), runner());
-    assert!(
-        shared.run_once().expect("run").is_none(),
-        "a shared worker must not take a Pro job"
-    );
-    let other = Worker::new(
-        env.core.clone(),
-        "org-1",
-        PoolId::dedicated_for(&org),
-        runner(),
-    );
-    assert!(
-        other.run_once().expect("run").is_none(),
-        "another tenant's dedicated worker must not take it"
-    );
-    let mine = Worker::new(
-        env.core.clone(),
-        "pro-1",
-        PoolId::dedicated_for(&pro),
-        runner(),
-    );
-    assert_eq!(
-        mine.run_once().expect("run").expect("job").state,
-        JobState::Succeeded
-    );
+    assert!(shared.run_once().expect("run").is_none(), "a shared worker must not take a Pro job");
+    let other = Worker::new(env.core.clone(), "org-1", PoolId::dedicated_for(&org), runner());
+    assert!(other.run_once().expect("run").is_none(), "another tenant's dedicated worker must not take it");
+    let mine = Worker::new(env.core.clone(), "pro-1", PoolId::dedicated_for(&pro), runner());
+    assert_eq!(mine.run_once().expect("run").expect("job").state, JobState::Succeeded);
 
     // An Org key bound to a named pool routes its jobs there.
     let mut opts = KeyOptions::new("gpu", &[Scope::Train]);
     opts.pool = Some(PoolId::new("dedicated:org-co-h100").expect("pool"));
     let key = env.core.create_api_key(&po, opts).expect("key");
     let principal = env.core.authenticate(key.secret()).expect("auth");
-    let ds = env
-        .core
-        .upload_dataset(&principal, "o.jsonl", &dataset(3, "o"))
-        .expect("upload");
-    let job = env
-        .core
-        .submit_job(
-            &principal,
-            JobSpec::Checksum {
-                dataset: ds.id,
-                pace_ms: 0,
-            },
-        )
-        .expect("submit");
+    let ds = env.core.upload_dataset(&principal, "o.jsonl", &dataset(3, "o")).expect("upload");
+    let job = env.core.submit_job(&principal, JobSpec::Checksum { dataset: ds.id, pace_ms: 0 }).expect("submit");
     assert_eq!(job.pool.as_str(), "dedicated:org-co-h100");
 }
 
@@ -151,65 +79,25 @@ fn dedicated_pool_jobs_never_run_in_the_shared_pool() {
 fn leases_expire_and_requeue_then_fail_after_max_attempts() {
     let env = Env::new();
     let (_, p) = env.tenant("acme", Tier::Basic);
-    let ds = env
-        .core
-        .upload_dataset(&p, "d.jsonl", &dataset(3, "x"))
-        .expect("upload");
-    let job = env
-        .core
-        .submit_job(
-            &p,
-            JobSpec::Checksum {
-                dataset: ds.id,
-                pace_ms: 0,
-            },
-        )
-        .expect("submit");
+    let ds = env.core.upload_dataset(&p, "d.jsonl", &dataset(3, "x")).expect("upload");
+    let job = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id, pace_ms: 0 }).expect("submit");
     let pool = PoolId::shared();
     for attempt in 1..=3 {
-        let claim = env
-            .core
-            .claim_job("dying-worker", &pool, Duration::from_secs(30))
-            .expect("claim")
-            .expect("job");
+        let claim = env.core.claim_job("dying-worker", &pool, Duration::from_secs(30)).expect("claim").expect("job");
         assert_eq!(claim.job.attempts, attempt);
         assert_eq!(claim.job.state, JobState::Running);
         env.clock.advance(Duration::from_secs(20));
-        assert!(
-            !env.core
-                .heartbeat(&job.id, "dying-worker", Duration::from_secs(30))
-                .expect("beat")
-        );
+        assert!(!env.core.heartbeat(&job.id, "dying-worker", Duration::from_secs(30)).expect("beat"));
         // Another worker cannot touch it while the lease holds.
-        assert!(matches!(
-            env.core
-                .heartbeat(&job.id, "intruder", Duration::from_secs(30)),
-            Err(Error::LeaseLost)
-        ));
-        assert!(
-            env.core
-                .claim_job("other", &pool, Duration::from_secs(30))
-                .expect("claim")
-                .is_none()
-        );
+        assert!(matches!(env.core.heartbeat(&job.id, "intruder", Duration::from_secs(30)), Err(Error::LeaseLost)));
+        assert!(env.core.claim_job("other", &pool, Duration::from_secs(30)).expect("claim").is_none());
         env.clock.advance(Duration::from_secs(31));
         assert_eq!(env.core.reap_expired_leases().expect("reap"), 1);
         let state = env.core.job(&p, &job.id).expect("job").state;
-        assert_eq!(
-            state,
-            if attempt < 3 {
-                JobState::Queued
-            } else {
-                JobState::Failed
-            }
-        );
+        assert_eq!(state, if attempt < 3 { JobState::Queued } else { JobState::Failed });
         // The dead worker's late report is refused.
         assert!(matches!(
-            env.core.finish_job(
-                &job.id,
-                "dying-worker",
-                soramai_core::Outcome::Succeeded(serde_json::json!({}))
-            ),
+            env.core.finish_job(&job.id, "dying-worker", soramai_core::Outcome::Succeeded(serde_json::json!({}))),
             Err(Error::LeaseLost)
         ));
     }
@@ -220,46 +108,18 @@ fn leases_expire_and_requeue_then_fail_after_max_attempts() {
 fn cancellation_of_queued_and_running_jobs() {
     let env = Env::new();
     let (_, p) = env.tenant("acme", Tier::Basic);
-    let ds = env
-        .core
-        .upload_dataset(&p, "d.jsonl", &dataset(3000, "c"))
-        .expect("upload");
-    let queued = env
-        .core
-        .submit_job(
-            &p,
-            JobSpec::Checksum {
-                dataset: ds.id.clone(),
-                pace_ms: 0,
-            },
-        )
-        .expect("submit");
-    assert_eq!(
-        env.core.cancel_job(&p, &queued.id).expect("cancel").state,
-        JobState::Cancelled
-    );
+    let ds = env.core.upload_dataset(&p, "d.jsonl", &dataset(3000, "c")).expect("upload");
+    let queued = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id.clone(), pace_ms: 0 }).expect("submit");
+    assert_eq!(env.core.cancel_job(&p, &queued.id).expect("cancel").state, JobState::Cancelled);
     assert!(matches!(
         env.core.cancel_job(&p, &queued.id),
-        Err(Error::InvalidJobState {
-            state: JobState::Cancelled,
-            ..
-        })
+        Err(Error::InvalidJobState { state: JobState::Cancelled, .. })
     ));
 
     // A running job: the worker sees the request at its next heartbeat and kills the child.
-    let slow = env
-        .core
-        .submit_job(
-            &p,
-            JobSpec::Checksum {
-                dataset: ds.id,
-                pace_ms: 200,
-            },
-        )
-        .expect("submit");
+    let slow = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id, pace_ms: 200 }).expect("submit");
     let core = env.core.clone();
-    let worker = Worker::new(env.core.clone(), "w", PoolId::shared(), runner())
-        .with_lease(Duration::from_millis(300));
+    let worker = Worker::new(env.core.clone(), "w", PoolId::shared(), runner()).with_lease(Duration::from_millis(300));
     let handle = std::thread::spawn(move || worker.run_once());
     while core.job(&p, &slow.id).expect("job").state != JobState::Running {
         std::thread::sleep(Duration::from_millis(10));
@@ -267,66 +127,29 @@ fn cancellation_of_queued_and_running_jobs() {
     core.cancel_job(&p, &slow.id).expect("cancel");
     let done = handle.join().expect("thread").expect("run").expect("job");
     assert_eq!(done.state, JobState::Cancelled);
-    assert_eq!(
-        std::fs::read_dir(env.data_dir().join("scratch"))
-            .expect("scratch")
-            .count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(env.data_dir().join("scratch")).expect("scratch").count(), 0);
 }
 
 #[test]
 fn a_failing_runner_fails_the_job_and_cleans_up() {
     let env = Env::new();
     let (_, p) = env.tenant("acme", Tier::Basic);
-    let ds = env
-        .core
-        .upload_dataset(&p, "d.jsonl", &dataset(3, "f"))
-        .expect("upload");
-    env.core
-        .submit_job(
-            &p,
-            JobSpec::Checksum {
-                dataset: ds.id.clone(),
-                pace_ms: 0,
-            },
-        )
-        .expect("submit");
-    let missing = Worker::new(
-        env.core.clone(),
-        "w",
-        PoolId::shared(),
-        RunnerCommand::new("/nonexistent/runner"),
-    );
+    let ds = env.core.upload_dataset(&p, "d.jsonl", &dataset(3, "f")).expect("upload");
+    env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id.clone(), pace_ms: 0 }).expect("submit");
+    let missing = Worker::new(env.core.clone(), "w", PoolId::shared(), RunnerCommand::new("/nonexistent/runner"));
     let done = missing.run_once().expect("run").expect("job");
     assert_eq!(done.state, JobState::Failed);
     assert!(done.error.expect("error").contains("cannot start"));
     // The child applies the configured resource limits to itself before touching input.
-    env.core
-        .submit_job(
-            &p,
-            JobSpec::Checksum {
-                dataset: ds.id,
-                pace_ms: 0,
-            },
-        )
-        .expect("submit");
+    env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id, pace_ms: 0 }).expect("submit");
     let mut limited = runner();
     limited.max_memory_bytes = 3 << 30;
     limited.max_cpu_seconds = 120;
     limited.max_open_files = 32;
-    let done = Worker::new(env.core.clone(), "w", PoolId::shared(), limited)
-        .run_once()
-        .expect("run")
-        .expect("job");
+    let done = Worker::new(env.core.clone(), "w", PoolId::shared(), limited).run_once().expect("run").expect("job");
     let limits = &done.result.expect("result")["rlimits"];
     assert_eq!(limits["address_space_bytes"], 3u64 << 30);
     assert_eq!(limits["cpu_seconds"], 120);
     assert_eq!(limits["open_files"], 32);
-    assert_eq!(
-        std::fs::read_dir(env.data_dir().join("scratch"))
-            .expect("scratch")
-            .count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(env.data_dir().join("scratch")).expect("scratch").count(), 0);
 }

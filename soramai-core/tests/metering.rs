@@ -26,39 +26,21 @@ fn ledger_grants_charges_refuses_at_zero_and_keeps_receipts() {
     assert_eq!(env.core.balance(&t).expect("balance"), 0);
     assert!(matches!(
         env.core.charge_credits(&t, 1, "req-1"),
-        Err(Error::InsufficientCredits {
-            balance: 0,
-            needed: 1
-        })
+        Err(Error::InsufficientCredits { balance: 0, needed: 1 })
     ));
-    let g = env
-        .core
-        .grant_credits(&t, 1000, "invoice-42")
-        .expect("grant");
+    let g = env.core.grant_credits(&t, 1000, "invoice-42").expect("grant");
     assert!(g.receipt.starts_with("rcpt-"));
     env.core.charge_credits(&t, 600, "job-1").expect("charge");
     assert!(matches!(
         env.core.charge_credits(&t, 401, "job-2"),
-        Err(Error::InsufficientCredits {
-            balance: 400,
-            needed: 401
-        })
+        Err(Error::InsufficientCredits { balance: 400, needed: 401 })
     ));
-    assert_eq!(
-        env.core.balance(&t).expect("balance"),
-        400,
-        "a refused charge charges nothing"
-    );
+    assert_eq!(env.core.balance(&t).expect("balance"), 400, "a refused charge charges nothing");
     env.core.refund_credits(&t, 100, "job-1").expect("refund");
-    env.core
-        .charge_credits(&t, 500, "job-3")
-        .expect("exact balance");
+    env.core.charge_credits(&t, 500, "job-3").expect("exact balance");
     assert_eq!(env.core.balance(&t).expect("balance"), 0);
     let receipts = env.core.receipts(&t).expect("receipts");
-    assert_eq!(
-        receipts.iter().map(|r| r.amount).collect::<Vec<_>>(),
-        vec![1000, -600, 100, -500]
-    );
+    assert_eq!(receipts.iter().map(|r| r.amount).collect::<Vec<_>>(), vec![1000, -600, 100, -500]);
     assert_eq!(receipts.last().map(|r| r.balance_after), Some(0));
 }
 
@@ -79,34 +61,17 @@ fn usage_is_metrics_only_and_summarised() {
 fn tier_changes_are_audited_and_change_policy() {
     let env = Env::new();
     let (t, p) = env.tenant("acme", Tier::Free);
-    assert_eq!(
-        env.core.set_tier(&t, Tier::Org).expect("upgrade").tier,
-        Tier::Org
-    );
+    assert_eq!(env.core.set_tier(&t, Tier::Org).expect("upgrade").tier, Tier::Org);
     assert!(env.core.tenant(&t).expect("t").tier.policy().access_log);
     let log = env.core.audit_log(&p).expect("audit");
-    let change = log
-        .iter()
-        .find(|r| r.action == "tenant.tier_changed")
-        .expect("audited");
+    let change = log.iter().find(|r| r.action == "tenant.tier_changed").expect("audited");
     assert!(change.detail.contains("free") && change.detail.contains("org"));
     // Reading the audit log with a key is an Org-and-up feature; the operator can always.
     env.core.set_tier(&t, Tier::Basic).expect("downgrade");
-    let key = env
-        .core
-        .create_api_key(
-            &p,
-            soramai_core::KeyOptions::new("adm", &[soramai_core::Scope::Admin]),
-        )
-        .expect("key");
+    let key =
+        env.core.create_api_key(&p, soramai_core::KeyOptions::new("adm", &[soramai_core::Scope::Admin])).expect("key");
     let kp = env.core.authenticate(key.secret()).expect("auth");
-    assert!(matches!(
-        env.core.audit_log(&kp),
-        Err(Error::NotAllowed {
-            tier: Tier::Basic,
-            ..
-        })
-    ));
+    assert!(matches!(env.core.audit_log(&kp), Err(Error::NotAllowed { tier: Tier::Basic, .. })));
     assert!(env.core.audit_log(&p).is_ok());
 }
 
@@ -115,14 +80,9 @@ fn retention_sweep_applies_the_rules() {
     let env = Env::new();
     let (t, p) = env.tenant("acme", Tier::Basic);
     let (gone, _) = env.tenant("gone", Tier::Basic);
-    env.core
-        .grant_credits(&t, 10, "old-invoice")
-        .expect("grant");
+    env.core.grant_credits(&t, 10, "old-invoice").expect("grant");
     env.core.record_usage(&t, &event(1)).expect("old usage");
-    let ds = env
-        .core
-        .upload_dataset(&p, "keep.jsonl", &dataset(2, "k"))
-        .expect("upload");
+    let ds = env.core.upload_dataset(&p, "keep.jsonl", &dataset(2, "k")).expect("upload");
     env.core.delete_tenant(&gone).expect("close");
 
     env.clock.advance(Duration::from_secs(91 * 86400));
@@ -130,23 +90,11 @@ fn retention_sweep_applies_the_rules() {
     let r = env.core.sweep_retention().expect("sweep");
     assert_eq!(r.usage_events, 1, "usage older than 90 days goes");
     assert_eq!(env.core.usage_summary(&p, 0).expect("s").requests, 1);
-    assert!(
-        r.audit_records > 0,
-        "a closed tenant's audit trail goes 90 days after closure"
-    );
-    assert!(
-        env.core
-            .verify_audit(&t)
-            .expect("live tenants keep theirs")
-            .records
-            > 0
-    );
+    assert!(r.audit_records > 0, "a closed tenant's audit trail goes 90 days after closure");
+    assert!(env.core.verify_audit(&t).expect("live tenants keep theirs").records > 0);
     assert_eq!(r.ledger_entries, 0, "billing records stay");
     assert_eq!(env.core.receipts(&t).expect("r").len(), 1);
-    assert!(
-        env.core.download_dataset(&p, &ds.id).is_ok(),
-        "datasets live until deleted"
-    );
+    assert!(env.core.download_dataset(&p, &ds.id).is_ok(), "datasets live until deleted");
 
     env.clock.advance(Duration::from_secs(7 * 366 * 86400));
     let r = env.core.sweep_retention().expect("sweep");

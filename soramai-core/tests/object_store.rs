@@ -14,18 +14,11 @@ fn contract(store: &dyn BlobStore) {
     assert_eq!(store.get(&k).expect("get"), b"0123456789");
     assert_eq!(store.get_range(&k, 2..5).expect("range"), b"234");
     assert_eq!(store.size(&k).expect("size"), 10);
-    assert!(
-        store
-            .age(&k)
-            .expect("age")
-            .is_some_and(|a| a < std::time::Duration::from_secs(60))
-    );
+    assert!(store.age(&k).expect("age").is_some_and(|a| a < std::time::Duration::from_secs(60)));
     assert!(store.get_range(&k, 5..50).is_err());
     store.put(&k, b"replaced").expect("replace");
     assert_eq!(store.get(&k).expect("get"), b"replaced");
-    store
-        .put(&BlobKey::new("t/other/o/two").expect("key"), b"x")
-        .expect("put");
+    store.put(&BlobKey::new("t/other/o/two").expect("key"), b"x").expect("put");
     assert_eq!(store.list("t/acme/").expect("list"), vec![k.clone()]);
     let streamed = BlobKey::new("t/acme/o/streamed").expect("key");
     let mut w = store.put_stream(&streamed).expect("stream");
@@ -42,9 +35,7 @@ fn contract(store: &dyn BlobStore) {
 
 #[test]
 fn object_blob_store_passes_the_blob_contract() {
-    contract(
-        &ObjectBlobStore::new(Arc::new(object_store::memory::InMemory::new())).expect("store"),
-    );
+    contract(&ObjectBlobStore::new(Arc::new(object_store::memory::InMemory::new())).expect("store"));
     let dir = tempfile::tempdir().expect("tempdir");
     contract(&soramai_core::store::LocalBlobStore::open(dir.path()).expect("local"));
 }
@@ -63,19 +54,11 @@ fn core_runs_on_an_object_store() {
     core.put_object(&t, &path, &data).expect("put");
     assert_eq!(&core.get_object(&t, &path).expect("get")[..], &data[..]);
     let r = core.open_object(&t, &path).expect("open");
-    assert_eq!(
-        &r.read_range(40_000, 3_000).expect("range")[..],
-        &data[40_000..43_000]
-    );
+    assert_eq!(&r.read_range(40_000, 3_000).expect("range")[..], &data[40_000..43_000]);
     let p = Principal::operator(&t);
     let line = r#"{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}"#;
-    let ds = core
-        .upload_dataset(&p, "d.jsonl", line.as_bytes())
-        .expect("upload");
-    assert_eq!(
-        &core.download_dataset(&p, &ds.id).expect("download")[..],
-        line.as_bytes()
-    );
+    let ds = core.upload_dataset(&p, "d.jsonl", line.as_bytes()).expect("upload");
+    assert_eq!(&core.download_dataset(&p, &ds.id).expect("download")[..], line.as_bytes());
     core.delete_tenant(&t).expect("delete");
     assert!(core.get_object(&t, &path).is_err());
 }

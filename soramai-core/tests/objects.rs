@@ -19,10 +19,7 @@ fn streamed_objects_round_trip_and_replace_atomically() {
         w.write_all(part).expect("write");
     }
     // Not visible before it is finished.
-    assert!(matches!(
-        env.core.object_info(&t, &path),
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(env.core.object_info(&t, &path), Err(Error::NotFound { .. })));
     let info = env.core.finish_object(w).expect("finish");
     assert_eq!(info.len, data.len() as u64);
     assert_eq!(&env.core.get_object(&t, &path).expect("get")[..], &data[..]);
@@ -41,19 +38,9 @@ fn an_abandoned_writer_leaves_nothing() {
         let mut w = env.core.object_writer(&t, &path).expect("writer");
         w.write_all(&vec![7u8; 200_000]).expect("write");
     }
-    assert!(matches!(
-        env.core.object_info(&t, &path),
-        Err(Error::NotFound { .. })
-    ));
-    assert!(
-        files_under(&env.data_dir().join("blobs")).is_empty(),
-        "no blob or temporary file remains"
-    );
+    assert!(matches!(env.core.object_info(&t, &path), Err(Error::NotFound { .. })));
+    assert!(files_under(&env.data_dir().join("blobs")).is_empty(), "no blob or temporary file remains");
     // Writers are refused for unknown tenants and bad paths before anything is written.
-    assert!(
-        env.core
-            .object_writer(&soramai_core::TenantId::new("ghost").expect("id"), &path)
-            .is_err()
-    );
+    assert!(env.core.object_writer(&soramai_core::TenantId::new("ghost").expect("id"), &path).is_err());
     assert!(ObjectPath::new("../x").is_err());
 }

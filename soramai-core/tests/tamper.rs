@@ -9,13 +9,7 @@ use soramai_core::{Error, ObjectPath, Tier};
 
 fn sealed_fixture(
     len: usize,
-) -> (
-    soramai_core::crypto::keys::TenantKey,
-    soramai_core::TenantId,
-    ObjectPath,
-    Vec<u8>,
-    Vec<u8>,
-) {
+) -> (soramai_core::crypto::keys::TenantKey, soramai_core::TenantId, ObjectPath, Vec<u8>, Vec<u8>) {
     let key = soramai_core::crypto::keys::TenantKey::generate(3);
     let t = soramai_core::TenantId::new("t").expect("id");
     let p = ObjectPath::new("x/y").expect("path");
@@ -27,17 +21,11 @@ fn sealed_fixture(
 #[test]
 fn every_single_byte_flip_is_detected() {
     let (key, t, p, pt, sealed) = sealed_fixture(chunked::CHUNK_SIZE + 100);
-    assert_eq!(
-        &envelope::open(&key, &t, &p, &sealed).expect("open")[..],
-        &pt[..]
-    );
+    assert_eq!(&envelope::open(&key, &t, &p, &sealed).expect("open")[..], &pt[..]);
     for i in 0..sealed.len() {
         let mut bad = sealed.clone();
         bad[i] ^= 0x01 << (i % 8);
-        assert!(
-            envelope::open(&key, &t, &p, &bad).is_err(),
-            "flip at byte {i} went unnoticed"
-        );
+        assert!(envelope::open(&key, &t, &p, &bad).is_err(), "flip at byte {i} went unnoticed");
     }
 }
 
@@ -47,18 +35,11 @@ fn every_truncation_and_extension_is_detected() {
     // Every cut in the prefix and header and within 40 bytes of each chunk boundary, and every
     // 61st byte elsewhere.
     let head = envelope::PREFIX_LEN + chunked::HEADER_SIZE;
-    let near_boundary = |cut: usize| {
-        cut < head + 40 || (0..4).any(|k| cut.abs_diff(head + k * chunked::SEALED_CHUNK_SIZE) <= 40)
-    };
+    let near_boundary =
+        |cut: usize| cut < head + 40 || (0..4).any(|k| cut.abs_diff(head + k * chunked::SEALED_CHUNK_SIZE) <= 40);
     for cut in (0..sealed.len()).filter(|&c| near_boundary(c) || c % 61 == 0) {
-        assert!(
-            envelope::open(&key, &t, &p, &sealed[..cut]).is_err(),
-            "truncation to {cut}"
-        );
-        assert!(
-            envelope::open_random_access(&key, &t, &p, sealed[..cut].to_vec()).is_err(),
-            "random access at {cut}"
-        );
+        assert!(envelope::open(&key, &t, &p, &sealed[..cut]).is_err(), "truncation to {cut}");
+        assert!(envelope::open_random_access(&key, &t, &p, sealed[..cut].to_vec()).is_err(), "random access at {cut}");
     }
     for extra in [&[0u8][..], &[0u8; 16][..], &sealed[9 + 56..9 + 56 + 40]] {
         let mut longer = sealed.clone();
@@ -83,20 +64,9 @@ fn swapped_duplicated_and_dropped_chunks_are_detected() {
         v
     };
     assert!(envelope::open(&key, &t, &p, &build(&[0, 1, 2])).is_ok());
-    for order in [
-        &[1, 0, 2][..],
-        &[0, 2, 1],
-        &[2, 1, 0],
-        &[0, 0, 2],
-        &[0, 2],
-        &[0, 1],
-        &[0, 1, 2, 2],
-    ] {
+    for order in [&[1, 0, 2][..], &[0, 2, 1], &[2, 1, 0], &[0, 0, 2], &[0, 2], &[0, 1], &[0, 1, 2, 2]] {
         let bad = build(order);
-        assert!(
-            envelope::open(&key, &t, &p, &bad).is_err(),
-            "order {order:?}"
-        );
+        assert!(envelope::open(&key, &t, &p, &bad).is_err(), "order {order:?}");
         let ra = envelope::open_random_access(&key, &t, &p, bad);
         let whole = ra.and_then(|r| r.read_range(0, r.plaintext_len() as usize));
         assert!(whole.is_err(), "random access, order {order:?}");
@@ -110,9 +80,7 @@ fn tampered_blob_on_disk_fails_reads_through_the_core() {
     let path = ObjectPath::new("docs/big").expect("path");
     let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
     env.core.put_object(&t, &path, &data).expect("put");
-    let blob = files_under(&env.data_dir().join("blobs"))
-        .pop()
-        .expect("blob");
+    let blob = files_under(&env.data_dir().join("blobs")).pop().expect("blob");
     let good = std::fs::read(&blob).expect("read");
     // Flip a byte in chunk 1: whole reads fail, and so does any range touching chunk 1, while
     // ranges elsewhere still verify (only the touched chunks are decrypted).
@@ -120,42 +88,21 @@ fn tampered_blob_on_disk_fails_reads_through_the_core() {
     let at = envelope::PREFIX_LEN + chunked::HEADER_SIZE + chunked::SEALED_CHUNK_SIZE + 5;
     bad[at] ^= 0x80;
     std::fs::write(&blob, &bad).expect("write");
-    assert!(matches!(
-        env.core.get_object(&t, &path),
-        Err(Error::Integrity)
-    ));
-    let reader = env
-        .core
-        .open_object(&t, &path)
-        .expect("length still authenticates");
-    assert_eq!(
-        &reader.read_range(10, 100).expect("chunk 0")[..],
-        &data[10..110]
-    );
-    assert!(matches!(
-        reader.read_range(16_000, 1_000),
-        Err(Error::Integrity)
-    ));
+    assert!(matches!(env.core.get_object(&t, &path), Err(Error::Integrity)));
+    let reader = env.core.open_object(&t, &path).expect("length still authenticates");
+    assert_eq!(&reader.read_range(10, 100).expect("chunk 0")[..], &data[10..110]);
+    assert!(matches!(reader.read_range(16_000, 1_000), Err(Error::Integrity)));
     // Truncation on disk.
     std::fs::write(&blob, &good[..good.len() - 1]).expect("write");
-    assert!(matches!(
-        env.core.get_object(&t, &path),
-        Err(Error::Integrity)
-    ));
-    assert!(matches!(
-        env.core.open_object(&t, &path),
-        Err(Error::Integrity)
-    ));
+    assert!(matches!(env.core.get_object(&t, &path), Err(Error::Integrity)));
+    assert!(matches!(env.core.open_object(&t, &path), Err(Error::Integrity)));
     // The prefix's key version is bound by the context: relabelling it fails.
     let mut relabel = good.clone();
     relabel[8] ^= 1;
     std::fs::write(&blob, &relabel).expect("write");
     assert!(env.core.get_object(&t, &path).is_err());
     std::fs::write(&blob, &good).expect("restore");
-    assert_eq!(
-        &env.core.get_object(&t, &path).expect("intact")[..],
-        &data[..]
-    );
+    assert_eq!(&env.core.get_object(&t, &path).expect("intact")[..], &data[..]);
 }
 
 fn audit_db(env: &Env) -> rusqlite::Connection {
@@ -166,9 +113,7 @@ fn fixture_with_audit() -> (Env, soramai_core::TenantId) {
     let env = Env::new();
     let (t, p) = env.tenant("audited", Tier::Org);
     for i in 0..4 {
-        env.core
-            .upload_dataset(&p, &format!("d{i}.jsonl"), &dataset(2, "x"))
-            .expect("upload");
+        env.core.upload_dataset(&p, &format!("d{i}.jsonl"), &dataset(2, "x")).expect("upload");
     }
     assert_eq!(env.core.verify_audit(&t).expect("verify").records, 5);
     (env, t)
@@ -177,61 +122,31 @@ fn fixture_with_audit() -> (Env, soramai_core::TenantId) {
 #[test]
 fn audit_edit_is_detected() {
     let (env, t) = fixture_with_audit();
-    audit_db(&env)
-        .execute(
-            "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3",
-            [],
-        )
-        .expect("edit");
-    assert!(matches!(
-        env.core.verify_audit(&t),
-        Err(Error::AuditChainBroken { seq: 3 })
-    ));
+    audit_db(&env).execute("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3", []).expect("edit");
+    assert!(matches!(env.core.verify_audit(&t), Err(Error::AuditChainBroken { seq: 3 })));
 }
 
 #[test]
 fn audit_field_edits_are_each_detected() {
-    for col in [
-        "at = at + 1",
-        "action = 'dataset.deleted'",
-        "target = 'file-x'",
-        "detail = '{}'",
-    ] {
+    for col in ["at = at + 1", "action = 'dataset.deleted'", "target = 'file-x'", "detail = '{}'"] {
         let (env, t) = fixture_with_audit();
-        audit_db(&env)
-            .execute(&format!("UPDATE audit_log SET {col} WHERE seq = 2"), [])
-            .expect("edit");
-        assert!(
-            matches!(
-                env.core.verify_audit(&t),
-                Err(Error::AuditChainBroken { .. })
-            ),
-            "{col}"
-        );
+        audit_db(&env).execute(&format!("UPDATE audit_log SET {col} WHERE seq = 2"), []).expect("edit");
+        assert!(matches!(env.core.verify_audit(&t), Err(Error::AuditChainBroken { .. })), "{col}");
     }
 }
 
 #[test]
 fn audit_deletion_is_detected() {
     let (env, t) = fixture_with_audit();
-    audit_db(&env)
-        .execute("DELETE FROM audit_log WHERE seq = 2", [])
-        .expect("delete");
-    assert!(matches!(
-        env.core.verify_audit(&t),
-        Err(Error::AuditChainBroken { seq: 2 })
-    ));
+    audit_db(&env).execute("DELETE FROM audit_log WHERE seq = 2", []).expect("delete");
+    assert!(matches!(env.core.verify_audit(&t), Err(Error::AuditChainBroken { seq: 2 })));
     // Dropping the tail is caught by the MACed head, and so is rewinding the head with it.
     let (env, t) = fixture_with_audit();
     let db = audit_db(&env);
-    db.execute("DELETE FROM audit_log WHERE seq = 5", [])
-        .expect("delete tail");
+    db.execute("DELETE FROM audit_log WHERE seq = 5", []).expect("delete tail");
     assert!(env.core.verify_audit(&t).is_err());
-    db.execute(
-        "UPDATE audit_heads SET seq = 4, hash = (SELECT hash FROM audit_log WHERE seq = 4)",
-        [],
-    )
-    .expect("rewind");
+    db.execute("UPDATE audit_heads SET seq = 4, hash = (SELECT hash FROM audit_log WHERE seq = 4)", [])
+        .expect("rewind");
     assert!(env.core.verify_audit(&t).is_err());
 }
 
@@ -243,10 +158,7 @@ fn audit_reordering_is_detected() {
         "UPDATE audit_log SET seq = -1 WHERE seq = 2; UPDATE audit_log SET seq = 2 WHERE seq = 3; UPDATE audit_log SET seq = 3 WHERE seq = -1;",
     )
     .expect("swap");
-    assert!(matches!(
-        env.core.verify_audit(&t),
-        Err(Error::AuditChainBroken { seq: 2 })
-    ));
+    assert!(matches!(env.core.verify_audit(&t), Err(Error::AuditChainBroken { seq: 2 })));
 }
 
 #[test]
@@ -255,8 +167,7 @@ fn audit_records_of_another_tenant_do_not_verify_here() {
     let (u, _) = env.tenant("other", Tier::Org);
     let db = audit_db(&env);
     // Graft t's chain onto u: the tenant id is inside every MAC.
-    db.execute("DELETE FROM audit_log WHERE tenant_id = 'other'", [])
-        .expect("clear");
+    db.execute("DELETE FROM audit_log WHERE tenant_id = 'other'", []).expect("clear");
     db.execute(
         "INSERT INTO audit_log SELECT 'other', seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log WHERE tenant_id = 'audited'",
         [],

@@ -14,18 +14,12 @@ use soramai_rag::{ChunkCache, EncryptedDirectory};
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::QueryParser;
-use tantivy::schema::{
-    IndexRecordOption, STORED, STRING, Schema, TantivyDocument, TextFieldIndexing, TextOptions,
-};
+use tantivy::schema::{IndexRecordOption, STORED, STRING, Schema, TantivyDocument, TextFieldIndexing, TextOptions};
 use tantivy::{Directory, Index, IndexSettings};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 struct Rng(u64);
@@ -44,17 +38,10 @@ impl Rng {
 }
 
 fn vocabulary(n: usize) -> Vec<String> {
-    let syl = [
-        "ka", "to", "ri", "mu", "se", "no", "va", "li", "po", "ne", "shi", "ra", "de", "gu", "mo",
-        "te",
-    ];
+    let syl = ["ka", "to", "ri", "mu", "se", "no", "va", "li", "po", "ne", "shi", "ra", "de", "gu", "mo", "te"];
     let mut rng = Rng(0x9E3779B97F4A7C15);
     (0..n)
-        .map(|_| {
-            (0..2 + rng.next() % 3)
-                .map(|_| syl[(rng.next() % syl.len() as u64) as usize])
-                .collect::<String>()
-        })
+        .map(|_| (0..2 + rng.next() % 3).map(|_| syl[(rng.next() % syl.len() as u64) as usize]).collect::<String>())
         .collect()
 }
 
@@ -95,9 +82,7 @@ fn query_latencies(index: &Index, queries: &[String]) -> Vec<f64> {
     let parser = QueryParser::for_index(index, vec![text]);
     let run = |q: &str| {
         let query = parser.parse_query(q).expect("query");
-        let top = searcher
-            .search(&query, &TopDocs::with_limit(10).order_by_score())
-            .expect("search");
+        let top = searcher.search(&query, &TopDocs::with_limit(10).order_by_score()).expect("search");
         for (_, addr) in top {
             let _: TantivyDocument = searcher.doc(addr).expect("doc");
         }
@@ -132,16 +117,10 @@ fn main() {
     let vocab = vocabulary(20_000);
     let mut rng = Rng(42);
     let docs: Vec<String> = (0..n_docs)
-        .map(|_| {
-            (0..60)
-                .map(|_| vocab[rng.zipf(vocab.len())].as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        .map(|_| (0..60).map(|_| vocab[rng.zipf(vocab.len())].as_str()).collect::<Vec<_>>().join(" "))
         .collect();
-    let queries: Vec<String> = (0..n_queries)
-        .map(|_| format!("{} {}", vocab[rng.zipf(2000)], vocab[rng.zipf(vocab.len())]))
-        .collect();
+    let queries: Vec<String> =
+        (0..n_queries).map(|_| format!("{} {}", vocab[rng.zipf(2000)], vocab[rng.zipf(vocab.len())])).collect();
 
     let mut idx = (Vec::new(), Vec::new());
     let mut p50 = (Vec::new(), Vec::new());
@@ -152,21 +131,14 @@ fn main() {
         // Plain.
         let plain_dir = tmp.path().join(format!("plain-{round}"));
         std::fs::create_dir_all(&plain_dir).expect("dir");
-        let (rate, index) = index_corpus(
-            Box::new(MmapDirectory::open(&plain_dir).expect("mmap")),
-            &docs,
-        );
+        let (rate, index) = index_corpus(Box::new(MmapDirectory::open(&plain_dir).expect("mmap")), &docs);
         idx.0.push(rate);
         let mut lat = query_latencies(&index, &queries);
         p50.0.push(pct(&mut lat, 0.5));
         p99.0.push(pct(&mut lat, 0.99));
         // Encrypted.
         let core = Arc::new(
-            Core::open(Config::new(
-                tmp.path().join("core"),
-                Arc::new(LocalRootKey::generate()),
-            ))
-            .expect("core"),
+            Core::open(Config::new(tmp.path().join("core"), Arc::new(LocalRootKey::generate()))).expect("core"),
         );
         let t = TenantId::new("bench").expect("id");
         core.create_tenant(&t, Tier::Pro).expect("tenant");
@@ -179,13 +151,8 @@ fn main() {
         p99.1.push(pct(&mut lat, 0.99));
         cache_stats = cache.stats();
     }
-    println!(
-        "soramai-rag rag_index: {n_docs} chunks of 60 words, {n_queries} queries, {rounds} rounds (medians)"
-    );
-    println!(
-        "{:<28} {:>14} {:>14} {:>8}",
-        "", "MmapDirectory", "encrypted", "ratio"
-    );
+    println!("soramai-rag rag_index: {n_docs} chunks of 60 words, {n_queries} queries, {rounds} rounds (medians)");
+    println!("{:<28} {:>14} {:>14} {:>8}", "", "MmapDirectory", "encrypted", "ratio");
     let row = |name: &str, a: Vec<f64>, b: Vec<f64>| {
         let (a, b) = (median(a), median(b));
         println!("{name:<28} {a:>14.1} {b:>14.1} {:>7.2}x", b / a);
@@ -193,8 +160,5 @@ fn main() {
     row("indexing docs/s", idx.0, idx.1);
     row("query p50 (us)", p50.0, p50.1);
     row("query p99 (us)", p99.0, p99.1);
-    println!(
-        "decrypted-chunk cache, last round: {} hits, {} misses",
-        cache_stats.0, cache_stats.1
-    );
+    println!("decrypted-chunk cache, last round: {} hits, {} misses", cache_stats.0, cache_stats.1);
 }

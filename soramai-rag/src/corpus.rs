@@ -8,8 +8,7 @@ use soramai_core::{Action, Core, ObjectPath, Principal, RagIsolation, Scope, Ten
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, STORED, STRING, Schema, TantivyDocument, TextFieldIndexing,
-    TextOptions, Value,
+    Field, IndexRecordOption, STORED, STRING, Schema, TantivyDocument, TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
@@ -28,14 +27,9 @@ impl CorpusId {
         let s = s.into();
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
             && s.as_bytes()[0].is_ascii_alphanumeric();
-        if ok {
-            Ok(Self(s))
-        } else {
-            Err(Error::InvalidArgument("invalid corpus id".into()))
-        }
+        if ok { Ok(Self(s)) } else { Err(Error::InvalidArgument("invalid corpus id".into())) }
     }
 
     /// The id as text.
@@ -62,13 +56,7 @@ pub struct Document {
 impl Document {
     /// A plain-text document with no metadata.
     pub fn text(id: impl Into<String>, title: impl Into<String>, body: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            title: title.into(),
-            body: body.into(),
-            format: Format::Text,
-            metadata: BTreeMap::new(),
-        }
+        Self { id: id.into(), title: title.into(), body: body.into(), format: Format::Text, metadata: BTreeMap::new() }
     }
 }
 
@@ -86,11 +74,7 @@ pub struct SearchRequest {
 impl SearchRequest {
     /// `top_k` hits for `query`, no filters.
     pub fn new(query: impl Into<String>, top_k: usize) -> Self {
-        Self {
-            query: query.into(),
-            top_k,
-            filters: Vec::new(),
-        }
+        Self { query: query.into(), top_k, filters: Vec::new() }
     }
 }
 
@@ -194,9 +178,7 @@ pub struct Rag {
 
 impl std::fmt::Debug for Rag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rag")
-            .field("cache", &self.cache)
-            .finish_non_exhaustive()
+        f.debug_struct("Rag").field("cache", &self.cache).finish_non_exhaustive()
     }
 }
 
@@ -207,38 +189,23 @@ fn prefix(corpus: &CorpusId) -> String {
 fn check_doc(doc: &Document, options: &RagOptions) -> Result<()> {
     let printable = |s: &str| !s.chars().any(char::is_control);
     if doc.id.is_empty() || doc.id.len() > 128 || !printable(&doc.id) || doc.id.contains('#') {
-        return Err(Error::InvalidArgument(
-            "a document id is 1-128 printable characters without '#'".into(),
-        ));
+        return Err(Error::InvalidArgument("a document id is 1-128 printable characters without '#'".into()));
     }
     if doc.title.len() > 1024 {
-        return Err(Error::InvalidArgument(format!(
-            "document {:?}: the title is over 1024 bytes",
-            doc.id
-        )));
+        return Err(Error::InvalidArgument(format!("document {:?}: the title is over 1024 bytes", doc.id)));
     }
     if doc.body.len() > options.max_document_bytes {
-        return Err(Error::TooLarge {
-            what: "document",
-            limit: options.max_document_bytes as u64,
-        });
+        return Err(Error::TooLarge { what: "document", limit: options.max_document_bytes as u64 });
     }
     if doc.metadata.len() > 32 {
-        return Err(Error::InvalidArgument(format!(
-            "document {:?}: at most 32 metadata entries",
-            doc.id
-        )));
+        return Err(Error::InvalidArgument(format!("document {:?}: at most 32 metadata entries", doc.id)));
     }
     for (k, v) in &doc.metadata {
         let key_ok = !k.is_empty()
             && k.len() <= 64
-            && k.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+            && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
         if !key_ok || v.len() > 256 || !printable(v) {
-            return Err(Error::InvalidArgument(format!(
-                "document {:?}: invalid metadata entry",
-                doc.id
-            )));
+            return Err(Error::InvalidArgument(format!("document {:?}: invalid metadata entry", doc.id)));
         }
     }
     Ok(())
@@ -252,12 +219,7 @@ impl Rag {
 
     /// Retrieval with explicit options.
     pub fn with_options(core: Arc<Core>, cache_bytes: usize, options: RagOptions) -> Self {
-        Self {
-            core,
-            cache: Arc::new(ChunkCache::new(cache_bytes)),
-            options,
-            open: Mutex::new(HashMap::new()),
-        }
+        Self { core, cache: Arc::new(ChunkCache::new(cache_bytes)), options, open: Mutex::new(HashMap::new()) }
     }
 
     /// The shared chunk cache (for statistics).
@@ -270,22 +232,13 @@ impl Rag {
         principal.require(Scope::Rag)?;
         let tenant = self.core.tenant(principal.tenant())?;
         if tenant.tier.policy().rag == RagIsolation::None {
-            return Err(soramai_core::Error::NotAllowed {
-                tier: tenant.tier,
-                what: "RAG",
-            }
-            .into());
+            return Err(soramai_core::Error::NotAllowed { tier: tenant.tier, what: "RAG" }.into());
         }
         Ok(())
     }
 
     fn directory(&self, tenant: &TenantId, corpus: &CorpusId) -> Result<EncryptedDirectory> {
-        Ok(EncryptedDirectory::new(
-            self.core.clone(),
-            tenant.clone(),
-            &prefix(corpus),
-            self.cache.clone(),
-        )?)
+        Ok(EncryptedDirectory::new(self.core.clone(), tenant.clone(), &prefix(corpus), self.cache.clone())?)
     }
 
     fn exists(&self, tenant: &TenantId, corpus: &CorpusId) -> Result<bool> {
@@ -299,12 +252,7 @@ impl Rag {
 
     fn handle(&self, tenant: &TenantId, corpus: &CorpusId) -> Result<Arc<OpenCorpus>> {
         let key = (tenant.clone(), corpus.clone());
-        if let Some(h) = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        if let Some(h) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(h.clone());
         }
         if !self.exists(tenant, corpus)? {
@@ -315,42 +263,28 @@ impl Rag {
         if index.schema() != expected {
             return Err(Error::Integrity);
         }
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
-        let h = Arc::new(OpenCorpus {
-            index,
-            reader,
-            fields,
-            writer: Mutex::new(()),
-        });
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, h.clone());
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let h = Arc::new(OpenCorpus { index, reader, fields, writer: Mutex::new(()) });
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(key, h.clone());
         Ok(h)
     }
 
-    /// Creates an empty corpus for the principal's tenant.
+    /// Creates an empty corpus for the principal's tenant. Its index files get a key of their own
+    /// (a core key scope), so deleting the corpus crypto-shreds it.
     pub fn create_corpus(&self, principal: &Principal, corpus: &CorpusId) -> Result<()> {
         self.admit(principal)?;
         let tenant = principal.tenant();
         if self.exists(tenant, corpus)? {
             return Err(Error::CorpusExists);
         }
+        match self.core.create_key_scope(tenant, &ObjectPath::new(prefix(corpus))?) {
+            // A scope without an index is what an interrupted create leaves: reuse it.
+            Ok(()) | Err(soramai_core::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         let (schema, _) = schema();
-        Index::create(
-            self.directory(tenant, corpus)?,
-            schema,
-            tantivy::IndexSettings::default(),
-        )?;
-        self.core.record_audit(
-            principal,
-            Action::CorpusCreated,
-            corpus.as_str(),
-            serde_json::json!({}),
-        )?;
+        Index::create(self.directory(tenant, corpus)?, schema, tantivy::IndexSettings::default())?;
+        self.core.record_audit(principal, Action::CorpusCreated, corpus.as_str(), serde_json::json!({}))?;
         Ok(())
     }
 
@@ -365,52 +299,28 @@ impl Rag {
             .collect())
     }
 
-    /// Deletes a corpus: every index file is purged.
+    /// Deletes a corpus by crypto-shredding it: its key is destroyed (copies of its files anywhere,
+    /// backups included, become undecryptable) and its blobs are purged.
     pub fn delete_corpus(&self, principal: &Principal, corpus: &CorpusId) -> Result<()> {
         self.admit(principal)?;
         let tenant = principal.tenant();
         if !self.exists(tenant, corpus)? {
             return Err(Error::CorpusNotFound);
         }
-        let handle = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(tenant.clone(), corpus.clone()));
-        let _guard = handle
-            .as_ref()
-            .map(|h| h.writer.lock().unwrap_or_else(|e| e.into_inner()));
-        // meta.json first: from then on the corpus no longer exists, even if purging stops midway.
-        let meta = ObjectPath::new(format!("{}/meta.json", prefix(corpus)))?;
-        self.core.delete_object(tenant, &meta)?;
-        let files = self
-            .core
-            .list_objects(tenant, &format!("{}/", prefix(corpus)))?;
-        for f in &files {
-            match self
-                .core
-                .delete_object(tenant, &ObjectPath::new(f.path.clone())?)
-            {
-                Ok(()) | Err(soramai_core::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let handle = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&(tenant.clone(), corpus.clone()));
+        let _guard = handle.as_ref().map(|h| h.writer.lock().unwrap_or_else(|e| e.into_inner()));
+        let files = self.core.shred_key_scope(tenant, &ObjectPath::new(prefix(corpus))?)?;
         self.core.record_audit(
             principal,
             Action::CorpusDeleted,
             corpus.as_str(),
-            serde_json::json!({"files": files.len() + 1}),
+            serde_json::json!({"files": files}),
         )?;
         Ok(())
     }
 
     /// Adds (or replaces, by id) documents, chunked and indexed in one commit.
-    pub fn add_documents(
-        &self,
-        principal: &Principal,
-        corpus: &CorpusId,
-        docs: &[Document],
-    ) -> Result<IngestReport> {
+    pub fn add_documents(&self, principal: &Principal, corpus: &CorpusId, docs: &[Document]) -> Result<IngestReport> {
         self.admit(principal)?;
         if docs.len() > self.options.max_documents_per_call {
             return Err(Error::InvalidArgument(format!(
@@ -423,9 +333,7 @@ impl Rag {
         }
         let h = self.handle(principal.tenant(), corpus)?;
         let _guard = h.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut writer: IndexWriter = h
-            .index
-            .writer_with_num_threads(1, self.options.writer_memory_bytes)?;
+        let mut writer: IndexWriter = h.index.writer_with_num_threads(1, self.options.writer_memory_bytes)?;
         let f = h.fields;
         let mut chunks = 0;
         for d in docs {
@@ -447,37 +355,22 @@ impl Rag {
         writer.commit()?;
         writer.wait_merging_threads()?;
         h.reader.reload()?;
-        self.core.record_access(
-            principal,
-            &format!("rag:{}", corpus.as_str()),
-            "ingest",
-            None,
-        )?;
+        self.core.record_access(principal, &format!("rag:{}", corpus.as_str()), "ingest", None)?;
         self.core.record_audit(
             principal,
             Action::DocumentsIndexed,
             corpus.as_str(),
             serde_json::json!({"documents": docs.len(), "chunks": chunks}),
         )?;
-        Ok(IngestReport {
-            documents: docs.len(),
-            chunks,
-        })
+        Ok(IngestReport { documents: docs.len(), chunks })
     }
 
     /// Deletes documents by id (absent ids are ignored).
-    pub fn delete_documents(
-        &self,
-        principal: &Principal,
-        corpus: &CorpusId,
-        ids: &[String],
-    ) -> Result<()> {
+    pub fn delete_documents(&self, principal: &Principal, corpus: &CorpusId, ids: &[String]) -> Result<()> {
         self.admit(principal)?;
         let h = self.handle(principal.tenant(), corpus)?;
         let _guard = h.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut writer: IndexWriter = h
-            .index
-            .writer_with_num_threads(1, self.options.writer_memory_bytes)?;
+        let mut writer: IndexWriter = h.index.writer_with_num_threads(1, self.options.writer_memory_bytes)?;
         for id in ids {
             writer.delete_term(Term::from_field_text(h.fields.doc_id, id));
         }
@@ -512,20 +405,13 @@ impl Rag {
     }
 
     /// BM25 search with metadata filters; returns up to `top_k` chunks with snippets.
-    pub fn search(
-        &self,
-        principal: &Principal,
-        corpus: &CorpusId,
-        request: &SearchRequest,
-    ) -> Result<Vec<Hit>> {
+    pub fn search(&self, principal: &Principal, corpus: &CorpusId, request: &SearchRequest) -> Result<Vec<Hit>> {
         self.admit(principal)?;
         if request.top_k == 0 || request.top_k > 100 {
             return Err(Error::InvalidArgument("top_k is 1..=100".into()));
         }
         if request.query.len() > 4096 || request.filters.len() > 16 {
-            return Err(Error::InvalidArgument(
-                "the query is over 4096 bytes or has over 16 filters".into(),
-            ));
+            return Err(Error::InvalidArgument("the query is over 4096 bytes or has over 16 filters".into()));
         }
         let h = self.handle(principal.tenant(), corpus)?;
         let f = h.fields;
@@ -539,28 +425,17 @@ impl Rag {
             let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, parsed)];
             for (k, v) in &request.filters {
                 let term = Term::from_field_text(f.tags, &format!("{k}={v}"));
-                clauses.push((
-                    Occur::Must,
-                    Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-                ));
+                clauses.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
             }
             Box::new(BooleanQuery::new(clauses))
         };
         let searcher = h.reader.searcher();
-        let top = searcher.search(
-            &*query,
-            &TopDocs::with_limit(request.top_k).order_by_score(),
-        )?;
+        let top = searcher.search(&*query, &TopDocs::with_limit(request.top_k).order_by_score())?;
         let snippets = SnippetGenerator::create(&searcher, &*query, f.text)?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, addr) in top {
             let doc: TantivyDocument = searcher.doc(addr)?;
-            let get = |field: Field| {
-                doc.get_first(field)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
+            let get = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
             hits.push(Hit {
                 chunk_id: get(f.chunk_id),
                 doc_id: get(f.doc_id),
@@ -571,12 +446,7 @@ impl Rag {
                 score,
             });
         }
-        self.core.record_access(
-            principal,
-            &format!("rag:{}", corpus.as_str()),
-            "search",
-            None,
-        )?;
+        self.core.record_access(principal, &format!("rag:{}", corpus.as_str()), "search", None)?;
         Ok(hits)
     }
 }

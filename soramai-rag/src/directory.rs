@@ -26,8 +26,8 @@ use soramai_core::{Core, Error as CoreError, ObjectPath, ObjectReader, ObjectWri
 use tantivy::HasLen;
 use tantivy::directory::error::{DeleteError, LockError, OpenReadError, OpenWriteError};
 use tantivy::directory::{
-    AntiCallToken, Directory, DirectoryLock, FileHandle, Lock, OwnedBytes, TerminatingWrite,
-    WatchCallback, WatchCallbackList, WatchHandle, WritePtr,
+    AntiCallToken, Directory, DirectoryLock, FileHandle, Lock, OwnedBytes, TerminatingWrite, WatchCallback,
+    WatchCallbackList, WatchHandle, WritePtr,
 };
 use zeroize::Zeroizing;
 
@@ -69,10 +69,7 @@ impl fmt::Debug for ChunkCache {
 impl ChunkCache {
     /// A cache holding at most `capacity_bytes` of plaintext.
     pub fn new(capacity_bytes: usize) -> Self {
-        Self {
-            capacity_bytes,
-            state: Mutex::new(CacheState::default()),
-        }
+        Self { capacity_bytes, state: Mutex::new(CacheState::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
@@ -122,9 +119,7 @@ impl ChunkCache {
 
 fn integrity_io(e: CoreError) -> io::Error {
     match e {
-        CoreError::Integrity => {
-            io::Error::new(io::ErrorKind::InvalidData, "integrity check failed")
-        }
+        CoreError::Integrity => io::Error::new(io::ErrorKind::InvalidData, "integrity check failed"),
         CoreError::Io(io) => io,
         other => io::Error::other(other),
     }
@@ -140,9 +135,7 @@ struct EncryptedFile {
 
 impl fmt::Debug for EncryptedFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EncryptedFile")
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("EncryptedFile").field("len", &self.len).finish()
     }
 }
 
@@ -154,19 +147,14 @@ impl HasLen for EncryptedFile {
 
 impl EncryptedFile {
     fn chunk(&self, index: u64) -> io::Result<PlainChunk> {
-        self.cache
-            .get_or_load(&self.id, index, || self.reader.chunk(index))
-            .map_err(integrity_io)
+        self.cache.get_or_load(&self.id, index, || self.reader.chunk(index)).map_err(integrity_io)
     }
 }
 
 impl FileHandle for EncryptedFile {
     fn read_bytes(&self, range: Range<usize>) -> io::Result<OwnedBytes> {
         if range.start > range.end || range.end > self.len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "read past the end of the file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file"));
         }
         if range.is_empty() {
             return Ok(OwnedBytes::empty());
@@ -219,10 +207,7 @@ struct LockGuard(String);
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        held_locks()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
+        held_locks().lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
     }
 }
 
@@ -236,10 +221,7 @@ struct EncryptedWriter {
 
 impl Write for EncryptedWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.object
-            .as_mut()
-            .ok_or_else(|| io::Error::other("write after terminate"))?
-            .write(data)
+        self.object.as_mut().ok_or_else(|| io::Error::other("write after terminate"))?.write(data)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -252,13 +234,7 @@ impl TerminatingWrite for EncryptedWriter {
         let Some(object) = self.object.take() else {
             return Ok(());
         };
-        let result = self
-            .dir
-            .shared
-            .core
-            .finish_object(object)
-            .map(|_| ())
-            .map_err(integrity_io);
+        let result = self.dir.shared.core.finish_object(object).map(|_| ()).map_err(integrity_io);
         self.dir.pending().remove(&self.path);
         result
     }
@@ -275,12 +251,7 @@ impl Drop for EncryptedWriter {
 impl EncryptedDirectory {
     /// A directory over `tenant`'s objects under `prefix` (a valid object path), reading through
     /// `cache`.
-    pub fn new(
-        core: Arc<Core>,
-        tenant: TenantId,
-        prefix: &str,
-        cache: Arc<ChunkCache>,
-    ) -> Result<Self, CoreError> {
+    pub fn new(core: Arc<Core>, tenant: TenantId, prefix: &str, cache: Arc<ChunkCache>) -> Result<Self, CoreError> {
         ObjectPath::new(prefix)?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -295,10 +266,7 @@ impl EncryptedDirectory {
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shared.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The object path of a tantivy file name (a single path segment).
@@ -321,50 +289,31 @@ impl EncryptedDirectory {
 
 impl Directory for EncryptedDirectory {
     fn get_file_handle(&self, path: &Path) -> Result<Arc<dyn FileHandle>, OpenReadError> {
-        let object = self
-            .object(path)
-            .map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))?;
+        let object = self.object(path).map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))?;
         let s = &self.shared;
-        let reader = s
-            .core
-            .open_object(&s.tenant, &object)
-            .map_err(|e| Self::read_error(path, e))?;
-        let len = usize::try_from(reader.len()).map_err(|_| {
-            OpenReadError::wrap_io_error(io::ErrorKind::InvalidData.into(), path.to_path_buf())
-        })?;
+        let reader = s.core.open_object(&s.tenant, &object).map_err(|e| Self::read_error(path, e))?;
+        let len = usize::try_from(reader.len())
+            .map_err(|_| OpenReadError::wrap_io_error(io::ErrorKind::InvalidData.into(), path.to_path_buf()))?;
         let id: Arc<str> = Arc::from(reader.version_id());
-        Ok(Arc::new(EncryptedFile {
-            reader,
-            id,
-            cache: s.cache.clone(),
-            len,
-        }))
+        Ok(Arc::new(EncryptedFile { reader, id, cache: s.cache.clone(), len }))
     }
 
     fn delete(&self, path: &Path) -> Result<(), DeleteError> {
-        let object = self.object(path).map_err(|e| DeleteError::IoError {
-            io_error: Arc::new(e),
-            filepath: path.to_path_buf(),
-        })?;
+        let object = self
+            .object(path)
+            .map_err(|e| DeleteError::IoError { io_error: Arc::new(e), filepath: path.to_path_buf() })?;
         let s = &self.shared;
-        s.core
-            .delete_object(&s.tenant, &object)
-            .map_err(|e| match e {
-                CoreError::NotFound { .. } => DeleteError::FileDoesNotExist(path.to_path_buf()),
-                other => DeleteError::IoError {
-                    io_error: Arc::new(integrity_io(other)),
-                    filepath: path.to_path_buf(),
-                },
-            })
+        s.core.delete_object(&s.tenant, &object).map_err(|e| match e {
+            CoreError::NotFound { .. } => DeleteError::FileDoesNotExist(path.to_path_buf()),
+            other => DeleteError::IoError { io_error: Arc::new(integrity_io(other)), filepath: path.to_path_buf() },
+        })
     }
 
     fn exists(&self, path: &Path) -> Result<bool, OpenReadError> {
         if self.pending().contains(path) {
             return Ok(true);
         }
-        let object = self
-            .object(path)
-            .map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))?;
+        let object = self.object(path).map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))?;
         let s = &self.shared;
         match s.core.object_info(&s.tenant, &object) {
             Ok(_) => Ok(true),
@@ -374,10 +323,7 @@ impl Directory for EncryptedDirectory {
     }
 
     fn open_write(&self, path: &Path) -> Result<WritePtr, OpenWriteError> {
-        let io_err = |e: io::Error| OpenWriteError::IoError {
-            io_error: Arc::new(e),
-            filepath: path.to_path_buf(),
-        };
+        let io_err = |e: io::Error| OpenWriteError::IoError { io_error: Arc::new(e), filepath: path.to_path_buf() };
         let object = self.object(path).map_err(io_err)?;
         if self.exists(path).map_err(|e| io_err(io::Error::other(e)))? {
             return Err(OpenWriteError::FileAlreadyExists(path.to_path_buf()));
@@ -393,32 +339,21 @@ impl Directory for EncryptedDirectory {
                 return Err(io_err(integrity_io(e)));
             }
         };
-        let writer = EncryptedWriter {
-            dir: self.clone(),
-            path: path.to_path_buf(),
-            object: Some(object),
-        };
+        let writer = EncryptedWriter { dir: self.clone(), path: path.to_path_buf(), object: Some(object) };
         Ok(io::BufWriter::with_capacity(64 << 10, Box::new(writer)))
     }
 
     fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, OpenReadError> {
-        let object = self
-            .object(path)
-            .map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))?;
+        let object = self.object(path).map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))?;
         let s = &self.shared;
-        let data = s
-            .core
-            .get_object(&s.tenant, &object)
-            .map_err(|e| Self::read_error(path, e))?;
+        let data = s.core.get_object(&s.tenant, &object).map_err(|e| Self::read_error(path, e))?;
         Ok(data.to_vec())
     }
 
     fn atomic_write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let object = self.object(path)?;
         let s = &self.shared;
-        s.core
-            .put_object(&s.tenant, &object, data)
-            .map_err(integrity_io)?;
+        s.core.put_object(&s.tenant, &object, data).map_err(integrity_io)?;
         if path == Path::new("meta.json") {
             // Reloading readers is best effort: the commit itself is already durable.
             drop(s.watchers.broadcast());
@@ -434,20 +369,10 @@ impl Directory for EncryptedDirectory {
 
     fn acquire_lock(&self, lock: &Lock) -> Result<DirectoryLock, LockError> {
         let s = &self.shared;
-        let key = format!(
-            "{}|{}|{}|{}",
-            s.core.data_dir().display(),
-            s.tenant,
-            s.prefix,
-            lock.filepath.display()
-        );
+        let key = format!("{}|{}|{}|{}", s.core.data_dir().display(), s.tenant, s.prefix, lock.filepath.display());
         let attempts = if lock.is_blocking { 100 } else { 1 };
         for attempt in 0..attempts {
-            if held_locks()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone())
-            {
+            if held_locks().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
                 return Ok(DirectoryLock::from(Box::new(LockGuard(key))));
             }
             if attempt + 1 < attempts {

@@ -38,10 +38,7 @@ pub struct ChunkingOptions {
 
 impl Default for ChunkingOptions {
     fn default() -> Self {
-        Self {
-            window: 160,
-            overlap: 32,
-        }
+        Self { window: 160, overlap: 32 }
     }
 }
 
@@ -53,9 +50,7 @@ fn decode_entity(entity: &str) -> Option<char> {
         "quot" => '"',
         "apos" | "#39" => '\'',
         "nbsp" => ' ',
-        e if e.starts_with("#x") || e.starts_with("#X") => {
-            char::from_u32(u32::from_str_radix(&e[2..], 16).ok()?)?
-        }
+        e if e.starts_with("#x") || e.starts_with("#X") => char::from_u32(u32::from_str_radix(&e[2..], 16).ok()?)?,
         e if e.starts_with('#') => char::from_u32(e[1..].parse().ok()?)?,
         _ => return None,
     })
@@ -104,8 +99,8 @@ pub fn html_to_text(html: &str) -> String {
                 out.push_str(&"#".repeat(level));
                 out.push(' ');
             }
-            "p" | "div" | "br" | "li" | "tr" | "section" | "article" | "h1" | "h2" | "h3"
-            | "h4" | "h5" | "h6" | "ul" | "ol" | "table" | "pre" | "blockquote" => out.push('\n'),
+            "p" | "div" | "br" | "li" | "tr" | "section" | "article" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6"
+            | "ul" | "ol" | "table" | "pre" | "blockquote" => out.push('\n'),
             _ => out.push(' '),
         }
     }
@@ -118,11 +113,7 @@ fn push_text(out: &mut String, text: &str) {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let after = &rest[amp + 1..];
-        match after
-            .find(';')
-            .filter(|&i| i <= 10)
-            .and_then(|i| decode_entity(&after[..i]).map(|c| (i, c)))
-        {
+        match after.find(';').filter(|&i| i <= 10).and_then(|i| decode_entity(&after[..i]).map(|c| (i, c))) {
             Some((i, c)) => {
                 out.push(c);
                 rest = &after[i + 1..];
@@ -156,40 +147,26 @@ fn sections(text: &str) -> Vec<(String, String)> {
 /// Cuts a document into chunks.
 pub fn chunk(body: &str, format: Format, options: ChunkingOptions) -> Vec<Chunk> {
     let window = options.window.max(1);
-    let step = window
-        .saturating_sub(options.overlap.min(window - 1))
-        .max(1);
+    let step = window.saturating_sub(options.overlap.min(window - 1)).max(1);
     let text = match format {
         Format::Html => html_to_text(body),
         Format::Markdown => body.to_string(),
         Format::Text => body.to_string(),
     };
-    let parts = if format == Format::Text {
-        vec![(String::new(), text)]
-    } else {
-        sections(&text)
-    };
+    let parts = if format == Format::Text { vec![(String::new(), text)] } else { sections(&text) };
     let mut out = Vec::new();
     for (heading, body) in parts {
         let words: Vec<&str> = body.split_whitespace().collect();
         if words.is_empty() {
             if !heading.is_empty() {
-                out.push(Chunk {
-                    heading: heading.clone(),
-                    text: String::new(),
-                    ordinal: out.len(),
-                });
+                out.push(Chunk { heading: heading.clone(), text: String::new(), ordinal: out.len() });
             }
             continue;
         }
         let mut start = 0;
         loop {
             let end = (start + window).min(words.len());
-            out.push(Chunk {
-                heading: heading.clone(),
-                text: words[start..end].join(" "),
-                ordinal: out.len(),
-            });
+            out.push(Chunk { heading: heading.clone(), text: words[start..end].join(" "), ordinal: out.len() });
             if end == words.len() {
                 break;
             }
@@ -210,10 +187,7 @@ mod tests {
         let text = html_to_text(html);
         assert!(text.contains("## Rotation & keys"), "{text}");
         assert!(text.contains("Keys rotate daily <3 AB"), "{text}");
-        assert!(
-            !text.contains("alert") && !text.contains("color") && !text.contains("hidden"),
-            "{text}"
-        );
+        assert!(!text.contains("alert") && !text.contains("color") && !text.contains("hidden"), "{text}");
         let chunks = chunk(html, Format::Html, ChunkingOptions::default());
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].heading, "Rotation & keys");
@@ -221,27 +195,10 @@ mod tests {
 
     #[test]
     fn hostile_markup_does_not_panic() {
-        for s in [
-            "<",
-            "<<<>>>",
-            "&",
-            "&#xFFFFFFFF;",
-            "&#99999999999;",
-            "<script>",
-            "<!--",
-            "<h9>x",
-            "<é>",
-            "&;&#;&#x;",
-        ] {
+        for s in ["<", "<<<>>>", "&", "&#xFFFFFFFF;", "&#99999999999;", "<script>", "<!--", "<h9>x", "<é>", "&;&#;&#x;"]
+        {
             let _ = html_to_text(s);
-            let _ = chunk(
-                s,
-                Format::Html,
-                ChunkingOptions {
-                    window: 1,
-                    overlap: 5,
-                },
-            );
+            let _ = chunk(s, Format::Html, ChunkingOptions { window: 1, overlap: 5 });
         }
     }
 
@@ -249,24 +206,11 @@ mod tests {
     fn windows_overlap_and_keep_headings() {
         let body: String = (0..25).map(|i| format!("w{i} ")).collect();
         let md = format!("intro words\n# First\n{body}\n## Second\nshort\n");
-        let c = chunk(
-            &md,
-            Format::Markdown,
-            ChunkingOptions {
-                window: 10,
-                overlap: 3,
-            },
-        );
+        let c = chunk(&md, Format::Markdown, ChunkingOptions { window: 10, overlap: 3 });
         assert_eq!(c[0].heading, "");
         assert_eq!(c[1].heading, "First");
-        assert!(
-            c[1].text.starts_with("w0 ") && c[2].text.starts_with("w7 "),
-            "{c:?}"
-        );
-        assert_eq!(
-            c.last().map(|x| (x.heading.as_str(), x.text.as_str())),
-            Some(("Second", "short"))
-        );
+        assert!(c[1].text.starts_with("w0 ") && c[2].text.starts_with("w7 "), "{c:?}");
+        assert_eq!(c.last().map(|x| (x.heading.as_str(), x.text.as_str())), Some(("Second", "short")));
         assert!(c.iter().enumerate().all(|(i, x)| x.ordinal == i));
     }
 }

@@ -56,19 +56,12 @@ fn writer_killed_mid_commit_keeps_the_last_commit() {
     {
         let (core, rag) = open(dir.path());
         core.create_tenant(&tenant, Tier::Pro).expect("tenant");
-        rag.create_corpus(&Principal::operator(&tenant), &kb)
-            .expect("corpus");
+        rag.create_corpus(&Principal::operator(&tenant), &kb).expect("corpus");
     }
     let mut committed: Vec<usize> = Vec::new();
     for round in 0..3u64 {
         let mut child = Command::new(std::env::current_exe().expect("exe"))
-            .args([
-                "--ignored",
-                "--exact",
-                "crash_child_indexer",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--ignored", "--exact", "crash_child_indexer", "--nocapture", "--test-threads=1"])
             .env(DIR_VAR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -86,27 +79,19 @@ fn writer_killed_mid_commit_keeps_the_last_commit() {
         std::thread::sleep(std::time::Duration::from_millis(20 + 35 * round));
         child.kill().expect("kill");
         child.wait().expect("wait");
-        committed.extend(lines.map_while(Result::ok).filter_map(|l| {
-            l.strip_prefix("committed ")
-                .and_then(|i| i.parse::<usize>().ok())
-        }));
+        committed.extend(
+            lines
+                .map_while(Result::ok)
+                .filter_map(|l| l.strip_prefix("committed ").and_then(|i| i.parse::<usize>().ok())),
+        );
         // Every round's child starts over at batch 0, replacing by id; what was committed last
         // must be searchable from a fresh process view.
         let (_core, rag) = open(dir.path());
         let p = Principal::operator(&tenant);
-        for i in committed
-            .iter()
-            .copied()
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            let hits = rag
-                .search(&p, &kb, &SearchRequest::new(format!("batchword{i}"), 5))
-                .expect("search after crash");
-            assert_eq!(
-                hits.len(),
-                5,
-                "batch {i} lost after a crash in round {round}"
-            );
+        for i in committed.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+            let hits =
+                rag.search(&p, &kb, &SearchRequest::new(format!("batchword{i}"), 5)).expect("search after crash");
+            assert_eq!(hits.len(), 5, "batch {i} lost after a crash in round {round}");
             assert!(hits.iter().all(|h| h.doc_id.starts_with(&format!("b{i}-"))));
         }
     }
@@ -114,13 +99,7 @@ fn writer_killed_mid_commit_keeps_the_last_commit() {
     let p = Principal::operator(&tenant);
     assert!(rag.list_documents(&p, &kb).expect("list").len() >= 800);
     // The index still takes writes after the crashes.
-    rag.add_documents(&p, &kb, &[Document::text("after", "After", "survivorword")])
-        .expect("write after crash");
-    assert_eq!(
-        rag.search(&p, &kb, &SearchRequest::new("survivorword", 1))
-            .expect("search")[0]
-            .doc_id,
-        "after"
-    );
+    rag.add_documents(&p, &kb, &[Document::text("after", "After", "survivorword")]).expect("write after crash");
+    assert_eq!(rag.search(&p, &kb, &SearchRequest::new("survivorword", 1)).expect("search")[0].doc_id, "after");
     assert!(core.verify_audit(&tenant).is_ok());
 }

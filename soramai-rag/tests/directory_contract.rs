@@ -14,13 +14,8 @@ use tantivy::directory::{Directory, Lock, TerminatingWrite, WatchCallback};
 
 fn dir() -> (tempfile::TempDir, EncryptedDirectory, Arc<ChunkCache>) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let core = Arc::new(
-        Core::open(soramai_core::Config::new(
-            tmp.path(),
-            Arc::new(LocalRootKey::generate()),
-        ))
-        .expect("core"),
-    );
+    let core =
+        Arc::new(Core::open(soramai_core::Config::new(tmp.path(), Arc::new(LocalRootKey::generate()))).expect("core"));
     let t = TenantId::new("acme").expect("id");
     core.create_tenant(&t, Tier::Basic).expect("tenant");
     let cache = Arc::new(ChunkCache::new(1 << 20));
@@ -35,62 +30,31 @@ fn write_once_read_many() {
     let data: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
     assert!(!d.exists(p).expect("exists"));
     let mut w = d.open_write(p).expect("open_write");
-    assert!(
-        d.exists(p).expect("exists while pending"),
-        "a file being written exists"
-    );
-    assert!(matches!(
-        d.open_write(p),
-        Err(OpenWriteError::FileAlreadyExists(_))
-    ));
+    assert!(d.exists(p).expect("exists while pending"), "a file being written exists");
+    assert!(matches!(d.open_write(p), Err(OpenWriteError::FileAlreadyExists(_))));
     w.write_all(&data[..1000]).expect("write");
     w.write_all(&data[1000..]).expect("write");
     w.terminate().expect("terminate");
-    assert!(matches!(
-        d.open_write(p),
-        Err(OpenWriteError::FileAlreadyExists(_))
-    ));
+    assert!(matches!(d.open_write(p), Err(OpenWriteError::FileAlreadyExists(_))));
     let slice = d.open_read(p).expect("open_read");
     assert_eq!(slice.len(), data.len());
     assert_eq!(slice.read_bytes().expect("read").as_slice(), &data[..]);
     // Ranges inside one chunk, across chunk boundaries, empty, and at the end.
     let h = d.get_file_handle(p).expect("handle");
-    for (a, b) in [
-        (0, 10),
-        (16_380, 16_390),
-        (16_384, 16_384),
-        (10_000, 60_000),
-        (69_990, 70_000),
-    ] {
-        assert_eq!(
-            h.read_bytes(a..b).expect("range").as_slice(),
-            &data[a..b],
-            "{a}..{b}"
-        );
+    for (a, b) in [(0, 10), (16_380, 16_390), (16_384, 16_384), (10_000, 60_000), (69_990, 70_000)] {
+        assert_eq!(h.read_bytes(a..b).expect("range").as_slice(), &data[a..b], "{a}..{b}");
     }
     assert!(h.read_bytes(69_990..70_001).is_err());
     let (hits, misses) = cache.stats();
-    assert!(
-        hits > 0 && misses > 0,
-        "the chunk cache serves repeated reads: {hits} hits, {misses} misses"
-    );
+    assert!(hits > 0 && misses > 0, "the chunk cache serves repeated reads: {hits} hits, {misses} misses");
 }
 
 #[test]
 fn missing_files_and_deletes() {
     let (_tmp, d, _) = dir();
-    assert!(matches!(
-        d.open_read(Path::new("nope")),
-        Err(OpenReadError::FileDoesNotExist(_))
-    ));
-    assert!(matches!(
-        d.atomic_read(Path::new("nope")),
-        Err(OpenReadError::FileDoesNotExist(_))
-    ));
-    assert!(matches!(
-        d.delete(Path::new("nope")),
-        Err(DeleteError::FileDoesNotExist(_))
-    ));
+    assert!(matches!(d.open_read(Path::new("nope")), Err(OpenReadError::FileDoesNotExist(_))));
+    assert!(matches!(d.atomic_read(Path::new("nope")), Err(OpenReadError::FileDoesNotExist(_))));
+    assert!(matches!(d.delete(Path::new("nope")), Err(DeleteError::FileDoesNotExist(_))));
     let mut w = d.open_write(Path::new("a")).expect("open");
     w.write_all(b"x").expect("write");
     w.terminate().expect("terminate");
@@ -119,22 +83,12 @@ fn atomic_writes_replace_and_wake_watchers() {
             f.fetch_add(1, Ordering::SeqCst);
         }))
         .expect("watch");
-    d.atomic_write(Path::new("meta.json"), b"{\"v\":1}")
-        .expect("write");
-    d.atomic_write(Path::new("meta.json"), b"{\"v\":2}")
-        .expect("overwrite");
-    assert_eq!(
-        d.atomic_read(Path::new("meta.json")).expect("read"),
-        b"{\"v\":2}"
-    );
-    d.atomic_write(Path::new("other.json"), b"{}")
-        .expect("write");
+    d.atomic_write(Path::new("meta.json"), b"{\"v\":1}").expect("write");
+    d.atomic_write(Path::new("meta.json"), b"{\"v\":2}").expect("overwrite");
+    assert_eq!(d.atomic_read(Path::new("meta.json")).expect("read"), b"{\"v\":2}");
+    d.atomic_write(Path::new("other.json"), b"{}").expect("write");
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(
-        fired.load(Ordering::SeqCst),
-        2,
-        "only meta.json changes wake watchers"
-    );
+    assert_eq!(fired.load(Ordering::SeqCst), 2, "only meta.json changes wake watchers");
     drop(handle);
     d.sync_directory().expect("sync");
 }
@@ -142,17 +96,11 @@ fn atomic_writes_replace_and_wake_watchers() {
 #[test]
 fn one_lock_holder_at_a_time() {
     let (_tmp, d, _) = dir();
-    let lock = Lock {
-        filepath: ".tantivy-writer.lock".into(),
-        is_blocking: false,
-    };
+    let lock = Lock { filepath: ".tantivy-writer.lock".into(), is_blocking: false };
     let held = d.acquire_lock(&lock).expect("first");
     assert!(matches!(d.acquire_lock(&lock), Err(LockError::LockBusy)));
     let clone = d.clone();
-    assert!(
-        matches!(clone.acquire_lock(&lock), Err(LockError::LockBusy)),
-        "clones share the lock"
-    );
+    assert!(matches!(clone.acquire_lock(&lock), Err(LockError::LockBusy)), "clones share the lock");
     drop(held);
     assert!(d.acquire_lock(&lock).is_ok());
 }

@@ -19,15 +19,9 @@ struct Env {
 fn env() -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = Arc::new(LocalRootKey::generate());
-    let core =
-        Arc::new(Core::open(Config::new(dir.path().join("data"), root.clone())).expect("core"));
+    let core = Arc::new(Core::open(Config::new(dir.path().join("data"), root.clone())).expect("core"));
     let rag = Rag::new(core.clone(), 16 << 20);
-    Env {
-        dir,
-        root,
-        core,
-        rag,
-    }
+    Env { dir, root, core, rag }
 }
 
 impl Env {
@@ -38,9 +32,7 @@ impl Env {
     }
     /// A second, cold view of the same data (no cached chunks, no open readers).
     fn fresh_rag(&self) -> Rag {
-        let core = Arc::new(
-            Core::open(Config::new(self.dir.path().join("data"), self.root.clone())).expect("core"),
-        );
+        let core = Arc::new(Core::open(Config::new(self.dir.path().join("data"), self.root.clone())).expect("core"));
         Rag::new(core, 16 << 20)
     }
 }
@@ -51,11 +43,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
-            if p.is_dir() {
-                stack.push(p)
-            } else {
-                out.push(p)
-            }
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
         }
     }
     out
@@ -74,13 +62,7 @@ fn canary_and_its_stem_never_reach_disk() {
     let kb = CorpusId::new("secrets").expect("id");
     e.rag.create_corpus(&p, &kb).expect("create");
     let mut docs: Vec<Document> = (0..50)
-        .map(|i| {
-            Document::text(
-                format!("d{i}"),
-                format!("Doc {i}"),
-                format!("filler text number {i} about nothing"),
-            )
-        })
+        .map(|i| Document::text(format!("d{i}"), format!("Doc {i}"), format!("filler text number {i} about nothing")))
         .collect();
     docs.push(Document {
         id: "the-one".into(),
@@ -93,10 +75,7 @@ fn canary_and_its_stem_never_reach_disk() {
         metadata: BTreeMap::from([("team".into(), "research".into())]),
     });
     e.rag.add_documents(&p, &kb, &docs).expect("index");
-    let hits = e
-        .rag
-        .search(&p, &kb, &SearchRequest::new(CANARY, 3))
-        .expect("search");
+    let hits = e.rag.search(&p, &kb, &SearchRequest::new(CANARY, 3)).expect("search");
     assert_eq!(hits.first().map(|h| h.doc_id.as_str()), Some("the-one"));
     assert!(hits[0].snippet.contains("<b>"), "{}", hits[0].snippet);
 
@@ -110,18 +89,11 @@ fn canary_and_its_stem_never_reach_disk() {
     }
     assert_eq!(stems.len(), 1);
     let stem = &stems[0];
-    assert!(
-        stem.len() >= 6 && stem.as_str() != CANARY.to_lowercase(),
-        "stem {stem}"
-    );
+    assert!(stem.len() >= 6 && stem.as_str() != CANARY.to_lowercase(), "stem {stem}");
     for f in files_under(&e.dir.path().join("data")) {
         let bytes = std::fs::read(&f).expect("read");
         for needle in [CANARY, &CANARY.to_lowercase(), stem.as_str(), "Budget for"] {
-            assert!(
-                !contains(&bytes, needle.as_bytes()),
-                "{} holds {needle:?}",
-                f.display()
-            );
+            assert!(!contains(&bytes, needle.as_bytes()), "{} holds {needle:?}", f.display());
         }
     }
 }
@@ -134,70 +106,23 @@ fn tenants_never_reach_each_others_index_on_the_shared_store() {
     let kb = CorpusId::new("kb").expect("id");
     e.rag.create_corpus(&a, &kb).expect("create a");
     e.rag
-        .add_documents(
-            &a,
-            &kb,
-            &[Document::text(
-                "a1",
-                "Alpha",
-                "alpha launch codes are kept in the vault",
-            )],
-        )
+        .add_documents(&a, &kb, &[Document::text("a1", "Alpha", "alpha launch codes are kept in the vault")])
         .expect("index a");
     // B cannot open, search, list, add to or delete A's corpus.
-    assert!(matches!(
-        e.rag.search(&b, &kb, &SearchRequest::new("alpha", 5)),
-        Err(Error::CorpusNotFound)
-    ));
-    assert!(matches!(
-        e.rag.list_documents(&b, &kb),
-        Err(Error::CorpusNotFound)
-    ));
-    assert!(matches!(
-        e.rag
-            .add_documents(&b, &kb, &[Document::text("x", "x", "x")]),
-        Err(Error::CorpusNotFound)
-    ));
-    assert!(matches!(
-        e.rag.delete_corpus(&b, &kb),
-        Err(Error::CorpusNotFound)
-    ));
+    assert!(matches!(e.rag.search(&b, &kb, &SearchRequest::new("alpha", 5)), Err(Error::CorpusNotFound)));
+    assert!(matches!(e.rag.list_documents(&b, &kb), Err(Error::CorpusNotFound)));
+    assert!(matches!(e.rag.add_documents(&b, &kb, &[Document::text("x", "x", "x")]), Err(Error::CorpusNotFound)));
+    assert!(matches!(e.rag.delete_corpus(&b, &kb), Err(Error::CorpusNotFound)));
     assert!(e.rag.list_corpora(&b).expect("list").is_empty());
     // B's own corpus of the same name is a different index.
     e.rag.create_corpus(&b, &kb).expect("create b");
-    e.rag
-        .add_documents(
-            &b,
-            &kb,
-            &[Document::text("b1", "Bravo", "bravo team notes")],
-        )
-        .expect("index b");
-    assert!(
-        e.rag
-            .search(&b, &kb, &SearchRequest::new("alpha launch", 5))
-            .expect("search")
-            .is_empty()
-    );
-    assert_eq!(
-        e.rag
-            .search(&a, &kb, &SearchRequest::new("alpha launch", 5))
-            .expect("search")[0]
-            .doc_id,
-        "a1"
-    );
+    e.rag.add_documents(&b, &kb, &[Document::text("b1", "Bravo", "bravo team notes")]).expect("index b");
+    assert!(e.rag.search(&b, &kb, &SearchRequest::new("alpha launch", 5)).expect("search").is_empty());
+    assert_eq!(e.rag.search(&a, &kb, &SearchRequest::new("alpha launch", 5)).expect("search")[0].doc_id, "a1");
     // A key of A reaches only A's corpora.
-    let key = e
-        .core
-        .create_api_key(&a, KeyOptions::new("rag", &[Scope::Rag]))
-        .expect("key");
+    let key = e.core.create_api_key(&a, KeyOptions::new("rag", &[Scope::Rag])).expect("key");
     let pa = e.core.authenticate(key.secret()).expect("auth");
-    assert_eq!(
-        e.rag
-            .search(&pa, &kb, &SearchRequest::new("bravo", 5))
-            .expect("search")
-            .len(),
-        0
-    );
+    assert_eq!(e.rag.search(&pa, &kb, &SearchRequest::new("bravo", 5)).expect("search").len(), 0);
     // Copying B's index files over A's (same shared store) does not yield B's data to A.
     let blobs = e.dir.path().join("data/blobs/t");
     let a_files = files_under(&blobs.join("tenant-a"));
@@ -253,10 +178,7 @@ fn tampered_index_fails_with_a_typed_error_never_wrong_hits() {
         std::fs::write(f, &good).expect("restore");
     }
     assert!(failures > 0);
-    assert_eq!(
-        e.fresh_rag().search(&p, &kb, &query).expect("restored"),
-        truth
-    );
+    assert_eq!(e.fresh_rag().search(&p, &kb, &query).expect("restored"), truth);
 }
 
 #[test]
@@ -266,58 +188,30 @@ fn tiers_scopes_and_the_access_log() {
     let kb = CorpusId::new("kb").expect("id");
     assert!(matches!(
         e.rag.create_corpus(&free, &kb),
-        Err(Error::Core(soramai_core::Error::NotAllowed {
-            tier: Tier::Free,
-            ..
-        }))
+        Err(Error::Core(soramai_core::Error::NotAllowed { tier: Tier::Free, .. }))
     ));
     let org = e.tenant("bigorg", Tier::Org);
-    let infer = e
-        .core
-        .create_api_key(&org, KeyOptions::new("infer", &[Scope::Inference]))
-        .expect("key");
+    let infer = e.core.create_api_key(&org, KeyOptions::new("infer", &[Scope::Inference])).expect("key");
     let pi = e.core.authenticate(infer.secret()).expect("auth");
-    assert!(matches!(
-        e.rag.create_corpus(&pi, &kb),
-        Err(Error::Core(soramai_core::Error::MissingScope(Scope::Rag)))
-    ));
-    let rk = e
-        .core
-        .create_api_key(&org, KeyOptions::new("rag", &[Scope::Rag]))
-        .expect("key");
+    assert!(matches!(e.rag.create_corpus(&pi, &kb), Err(Error::Core(soramai_core::Error::MissingScope(Scope::Rag)))));
+    let rk = e.core.create_api_key(&org, KeyOptions::new("rag", &[Scope::Rag])).expect("key");
     let pr = e.core.authenticate(rk.secret()).expect("auth");
     e.rag.create_corpus(&pr, &kb).expect("create");
-    e.rag
-        .add_documents(&pr, &kb, &[Document::text("x", "X", "quarterly numbers")])
-        .expect("index");
-    e.rag
-        .search(&pr, &kb, &SearchRequest::new("secret merger plans", 3))
-        .expect("search");
+    e.rag.add_documents(&pr, &kb, &[Document::text("x", "X", "quarterly numbers")]).expect("index");
+    e.rag.search(&pr, &kb, &SearchRequest::new("secret merger plans", 3)).expect("search");
     let log = e.core.access_log(&org).expect("access log");
-    assert!(log.iter().any(|r| r.action == "search"
-        && r.resource == "rag:kb"
-        && r.actor == format!("key:{}", rk.info.id)));
     assert!(
-        log.iter().all(|r| r.detail.is_none()),
-        "no query text without opt-in"
+        log.iter().any(|r| r.action == "search" && r.resource == "rag:kb" && r.actor == format!("key:{}", rk.info.id))
     );
+    assert!(log.iter().all(|r| r.detail.is_none()), "no query text without opt-in");
     let all_meta: Vec<u8> = std::fs::read(e.dir.path().join("data/meta.sqlite3")).expect("db");
     assert!(!contains(&all_meta, b"merger"));
     // Basic has no access log.
     let basic = e.tenant("small", Tier::Basic);
     assert!(e.core.access_log(&basic).is_err());
     // Audit records the corpus lifecycle.
-    let actions: Vec<String> = e
-        .core
-        .audit_log(&org)
-        .expect("audit")
-        .into_iter()
-        .map(|r| r.action)
-        .collect();
-    assert!(
-        actions.contains(&"corpus.created".to_string())
-            && actions.contains(&"documents.indexed".to_string())
-    );
+    let actions: Vec<String> = e.core.audit_log(&org).expect("audit").into_iter().map(|r| r.action).collect();
+    assert!(actions.contains(&"corpus.created".to_string()) && actions.contains(&"documents.indexed".to_string()));
 }
 
 #[test]
@@ -326,48 +220,13 @@ fn documents_are_idempotent_by_id_and_deletable() {
     let p = e.tenant("acme", Tier::Basic);
     let kb = CorpusId::new("kb").expect("id");
     e.rag.create_corpus(&p, &kb).expect("create");
-    assert!(matches!(
-        e.rag.create_corpus(&p, &kb),
-        Err(Error::CorpusExists)
-    ));
-    e.rag
-        .add_documents(
-            &p,
-            &kb,
-            &[Document::text("faq", "FAQ", "the office opens at nine")],
-        )
-        .expect("add");
-    e.rag
-        .add_documents(
-            &p,
-            &kb,
-            &[Document::text("faq", "FAQ", "the office opens at ten")],
-        )
-        .expect("replace");
-    e.rag
-        .add_documents(
-            &p,
-            &kb,
-            &[Document::text("faq", "FAQ", "the office opens at ten")],
-        )
-        .expect("again");
-    assert_eq!(
-        e.rag.list_documents(&p, &kb).expect("list"),
-        vec!["faq".to_string()]
-    );
-    assert!(
-        e.rag
-            .search(&p, &kb, &SearchRequest::new("nine", 5))
-            .expect("search")
-            .is_empty()
-    );
-    assert_eq!(
-        e.rag
-            .search(&p, &kb, &SearchRequest::new("ten", 5))
-            .expect("search")
-            .len(),
-        1
-    );
+    assert!(matches!(e.rag.create_corpus(&p, &kb), Err(Error::CorpusExists)));
+    e.rag.add_documents(&p, &kb, &[Document::text("faq", "FAQ", "the office opens at nine")]).expect("add");
+    e.rag.add_documents(&p, &kb, &[Document::text("faq", "FAQ", "the office opens at ten")]).expect("replace");
+    e.rag.add_documents(&p, &kb, &[Document::text("faq", "FAQ", "the office opens at ten")]).expect("again");
+    assert_eq!(e.rag.list_documents(&p, &kb).expect("list"), vec!["faq".to_string()]);
+    assert!(e.rag.search(&p, &kb, &SearchRequest::new("nine", 5)).expect("search").is_empty());
+    assert_eq!(e.rag.search(&p, &kb, &SearchRequest::new("ten", 5)).expect("search").len(), 1);
     // Filters on metadata.
     let mut tagged = Document::text("hr", "HR", "the office closes at five");
     tagged.metadata.insert("dept".into(), "hr".into());
@@ -375,26 +234,12 @@ fn documents_are_idempotent_by_id_and_deletable() {
     let mut req = SearchRequest::new("office", 5);
     req.filters.push(("dept".into(), "hr".into()));
     let hits = e.rag.search(&p, &kb, &req).expect("search");
-    assert_eq!(
-        hits.iter().map(|h| h.doc_id.as_str()).collect::<Vec<_>>(),
-        vec!["hr"]
-    );
-    e.rag
-        .delete_documents(&p, &kb, &["faq".into()])
-        .expect("delete");
-    assert_eq!(
-        e.rag.list_documents(&p, &kb).expect("list"),
-        vec!["hr".to_string()]
-    );
+    assert_eq!(hits.iter().map(|h| h.doc_id.as_str()).collect::<Vec<_>>(), vec!["hr"]);
+    e.rag.delete_documents(&p, &kb, &["faq".into()]).expect("delete");
+    assert_eq!(e.rag.list_documents(&p, &kb).expect("list"), vec!["hr".to_string()]);
     e.rag.delete_corpus(&p, &kb).expect("delete corpus");
     assert!(e.rag.list_corpora(&p).expect("list").is_empty());
-    assert!(
-        e.core
-            .list_objects(p.tenant(), "rag/")
-            .expect("objects")
-            .is_empty(),
-        "every index file is purged"
-    );
+    assert!(e.core.list_objects(p.tenant(), "rag/").expect("objects").is_empty(), "every index file is purged");
 }
 
 #[test]
@@ -408,44 +253,50 @@ fn hostile_input_is_refused_or_harmless() {
     }
     let mut bad_meta = Document::text("d", "t", "b");
     bad_meta.metadata.insert("Bad Key".into(), "v".into());
-    for doc in [
-        Document::text("", "t", "b"),
-        Document::text("a#b", "t", "b"),
-        Document::text("x\n", "t", "b"),
-        bad_meta,
-    ] {
-        assert!(matches!(
-            e.rag.add_documents(&p, &kb, &[doc]),
-            Err(Error::InvalidArgument(_))
-        ));
+    for doc in
+        [Document::text("", "t", "b"), Document::text("a#b", "t", "b"), Document::text("x\n", "t", "b"), bad_meta]
+    {
+        assert!(matches!(e.rag.add_documents(&p, &kb, &[doc]), Err(Error::InvalidArgument(_))));
     }
     // Nothing was indexed by the refused calls.
     assert!(e.rag.list_documents(&p, &kb).expect("list").is_empty());
-    e.rag
-        .add_documents(&p, &kb, &[Document::text("ok", "ok", "plain words here")])
-        .expect("add");
-    for q in [
-        "\"unclosed",
-        "field:",
-        "title:(",
-        "*",
-        "AND OR NOT",
-        "a^999999",
-        &"x ".repeat(1000),
-        "\u{0}",
-        "ぁ",
-    ] {
-        assert!(
-            e.rag.search(&p, &kb, &SearchRequest::new(q, 5)).is_ok(),
-            "{q:?}"
-        );
+    e.rag.add_documents(&p, &kb, &[Document::text("ok", "ok", "plain words here")]).expect("add");
+    for q in ["\"unclosed", "field:", "title:(", "*", "AND OR NOT", "a^999999", &"x ".repeat(1000), "\u{0}", "ぁ"] {
+        assert!(e.rag.search(&p, &kb, &SearchRequest::new(q, 5)).is_ok(), "{q:?}");
     }
-    assert!(matches!(
-        e.rag.search(&p, &kb, &SearchRequest::new("x", 0)),
-        Err(Error::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        e.rag.search(&p, &kb, &SearchRequest::new("x", 101)),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(e.rag.search(&p, &kb, &SearchRequest::new("x", 0)), Err(Error::InvalidArgument(_))));
+    assert!(matches!(e.rag.search(&p, &kb, &SearchRequest::new("x", 101)), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn deleting_a_corpus_crypto_shreds_it() {
+    let e = env();
+    let p = e.tenant("acme", Tier::Pro);
+    let gone = CorpusId::new("gone").expect("id");
+    let kept = CorpusId::new("kept").expect("id");
+    for c in [&gone, &kept] {
+        e.rag.create_corpus(&p, c).expect("create");
+        e.rag.add_documents(&p, c, &[Document::text("d", "D", format!("payload for {}", c.as_str()))]).expect("index");
+    }
+    let blobs = e.dir.path().join("data/blobs");
+    let before: Vec<(PathBuf, Vec<u8>)> = files_under(&blobs)
+        .into_iter()
+        .map(|f| {
+            let b = std::fs::read(&f).expect("read");
+            (f, b)
+        })
+        .collect();
+    e.rag.delete_corpus(&p, &gone).expect("delete");
+    assert_eq!(e.rag.list_corpora(&p).expect("list"), vec![kept.clone()]);
+    assert_eq!(e.rag.search(&p, &kept, &SearchRequest::new("payload", 5)).expect("search").len(), 1);
+    // Put the deleted corpus's blobs back, as a restored backup would: still unreadable.
+    let removed: Vec<_> = before.iter().filter(|(f, _)| !f.exists()).collect();
+    assert!(removed.len() >= 3, "{}", removed.len());
+    for (f, b) in &removed {
+        std::fs::write(f, b).expect("restore");
+    }
+    assert!(matches!(e.fresh_rag().search(&p, &gone, &SearchRequest::new("payload", 5)), Err(Error::CorpusNotFound)));
+    // Re-creating a corpus of the same name starts empty, under a new key.
+    e.rag.create_corpus(&p, &gone).expect("recreate");
+    assert!(e.rag.search(&p, &gone, &SearchRequest::new("payload", 5)).expect("search").is_empty());
 }

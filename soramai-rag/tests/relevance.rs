@@ -10,51 +10,28 @@ const HANDBOOK: &str = include_str!("data/handbook.md");
 
 /// (question, a phrase only the answering section contains)
 const QA: &[(&str, &str)] = &[
-    (
-        "How many days of paid leave do staff get?",
-        "thirty days of paid leave",
-    ),
+    ("How many days of paid leave do staff get?", "thirty days of paid leave"),
     ("Who approves travel expenses?", "travel must be approved"),
     ("What happens if I lose my laptop?", "report a lost laptop"),
-    (
-        "How often are passwords rotated?",
-        "passwords every ninety days",
-    ),
+    ("How often are passwords rotated?", "passwords every ninety days"),
     ("When is payroll run?", "payroll runs on the last"),
     ("Can I work from another country?", "working abroad"),
     ("How do I request a new monitor?", "equipment requests"),
     ("What is the parental leave policy?", "parental leave"),
-    (
-        "Where do I report a security incident?",
-        "security incident",
-    ),
-    (
-        "How are performance reviews scheduled?",
-        "reviews happen twice",
-    ),
-    (
-        "What is the policy on gifts from vendors?",
-        "gifts from vendors",
-    ),
+    ("Where do I report a security incident?", "security incident"),
+    ("How are performance reviews scheduled?", "reviews happen twice"),
+    ("What is the policy on gifts from vendors?", "gifts from vendors"),
     ("How do I book a meeting room?", "meeting rooms are booked"),
 ];
 
 #[test]
 fn bm25_recall_at_5() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let core = Arc::new(
-        Core::open(Config::new(dir.path(), Arc::new(LocalRootKey::generate()))).expect("core"),
-    );
+    let core = Arc::new(Core::open(Config::new(dir.path(), Arc::new(LocalRootKey::generate()))).expect("core"));
     let t = TenantId::new("acme").expect("id");
     core.create_tenant(&t, Tier::Pro).expect("tenant");
     let p = Principal::operator(&t);
-    let options = RagOptions {
-        chunking: ChunkingOptions {
-            window: 24,
-            overlap: 6,
-        },
-        ..RagOptions::default()
-    };
+    let options = RagOptions { chunking: ChunkingOptions { window: 24, overlap: 6 }, ..RagOptions::default() };
     let rag = Rag::with_options(core, 8 << 20, options);
     let kb = CorpusId::new("handbook").expect("id");
     rag.create_corpus(&p, &kb).expect("create");
@@ -67,10 +44,7 @@ fn bm25_recall_at_5() {
     };
     // Distractors: 300 documents of the handbook's own words in a scrambled order, so the
     // answering chunk has to win against text with the same vocabulary.
-    let words: Vec<&str> = HANDBOOK
-        .split_whitespace()
-        .filter(|w| !w.starts_with('#'))
-        .collect();
+    let words: Vec<&str> = HANDBOOK.split_whitespace().filter(|w| !w.starts_with('#')).collect();
     let mut docs = vec![doc];
     let mut state = 0x2545F4914F6CDD1Du64;
     for i in 0..300 {
@@ -82,24 +56,17 @@ fn bm25_recall_at_5() {
                 words[(state % words.len() as u64) as usize]
             })
             .collect();
-        docs.push(Document::text(
-            format!("noise-{i}"),
-            "Notes",
-            body.join(" "),
-        ));
+        docs.push(Document::text(format!("noise-{i}"), "Notes", body.join(" ")));
     }
     let report = rag.add_documents(&p, &kb, &docs).expect("index");
     assert!(report.chunks >= 300, "{report:?}");
     let mut found = 0;
     let mut first = 0;
     for (q, answer) in QA {
-        let hits = rag
-            .search(&p, &kb, &SearchRequest::new(*q, 5))
-            .expect("search");
+        let hits = rag.search(&p, &kb, &SearchRequest::new(*q, 5)).expect("search");
         let answers = |h: &soramai_rag::Hit| {
             h.doc_id == "handbook"
-                && (h.text.to_lowercase().contains(answer)
-                    || h.heading.to_lowercase().contains(answer))
+                && (h.text.to_lowercase().contains(answer) || h.heading.to_lowercase().contains(answer))
         };
         first += usize::from(hits.first().is_some_and(answers));
         let ok = hits.iter().any(answers);

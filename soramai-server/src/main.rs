@@ -13,16 +13,11 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use soramai::core::crypto::envelope;
 use soramai::{
-    Core, JobSpec, KeyOptions, ModelId, PoolId, Principal, RunnerCommand, Scope, SecretName,
-    TenantId, Tier, Worker,
+    Core, JobSpec, KeyOptions, ModelId, PoolId, Principal, RunnerCommand, Scope, SecretName, TenantId, Tier, Worker,
 };
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "soramai",
-    version,
-    about = "Soramai: a private fine-tune-and-serve platform"
-)]
+#[command(name = "soramai", version, about = "Soramai: a private fine-tune-and-serve platform")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,53 +65,32 @@ fn step(n: usize, what: &str) {
 fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let core = Arc::new(Core::open_embedded(data_dir)?);
-    println!(
-        "data directory: {} (embedded default: SQLite + encrypted local blobs)",
-        data_dir.display()
-    );
+    println!("data directory: {} (embedded default: SQLite + encrypted local blobs)", data_dir.display());
 
     step(1, "create a tenant");
     let tenant = TenantId::new(format!("quickstart-{}", &hex_suffix()))?;
     core.create_tenant(&tenant, Tier::Pro)?;
     let policy = Tier::Pro.policy();
-    println!(
-        "      tenant {tenant} on tier {} (compute {:?}, RAG {:?})",
-        Tier::Pro,
-        policy.compute,
-        policy.rag
-    );
+    println!("      tenant {tenant} on tier {} (compute {:?}, RAG {:?})", Tier::Pro, policy.compute, policy.rag);
 
     step(2, "issue an API key (shown once; only its hash is stored)");
     let issued = core.create_api_key(
         &Principal::operator(&tenant),
-        KeyOptions::new(
-            "quickstart",
-            &[Scope::Train, Scope::Admin, Scope::Inference],
-        ),
+        KeyOptions::new("quickstart", &[Scope::Train, Scope::Admin, Scope::Inference]),
     )?;
     println!("      {}", issued.secret());
     let me = core.authenticate(issued.secret())?;
 
-    step(
-        3,
-        "upload a chat dataset (validated, sealed under the tenant key)",
-    );
+    step(3, "upload a chat dataset (validated, sealed under the tenant key)");
     let ds = core.upload_dataset(&me, "support.jsonl", SAMPLE)?;
-    println!(
-        "      {} {} bytes, {} examples",
-        ds.id, ds.bytes, ds.examples
-    );
+    println!("      {} {} bytes, {} examples", ds.id, ds.bytes, ds.examples);
 
     step(4, "read it back and check nothing is plaintext at rest");
     let back = core.download_dataset(&me, &ds.id)?;
     if back[..] != SAMPLE[..] {
         return Err("the dataset did not round-trip".into());
     }
-    core.put_secret(
-        &me,
-        &SecretName::new("hf-token")?,
-        b"hf_quickstart_secret_value",
-    )?;
+    core.put_secret(&me, &SecretName::new("hf-token")?, b"hf_quickstart_secret_value")?;
     let probe = b"sealed under your tenant's own key";
     let leaked = scan_for(data_dir, probe)?;
     println!("      round trip ok; files holding dataset text in plaintext: {leaked}");
@@ -131,27 +105,10 @@ fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
         objects.first().map_or(0, |o| o.key_version)
     );
 
-    step(
-        5,
-        "run a job in a dedicated child process (cleared env, private scratch, rlimits)",
-    );
-    let job = core.submit_job(
-        &me,
-        JobSpec::Checksum {
-            dataset: ds.id.clone(),
-            pace_ms: 0,
-        },
-    )?;
-    let runner = RunnerCommand {
-        args: vec!["job-runner".into()],
-        ..RunnerCommand::new(std::env::current_exe()?)
-    };
-    let worker = Worker::new(
-        core.clone(),
-        "quickstart-worker",
-        PoolId::dedicated_for(&tenant),
-        runner,
-    );
+    step(5, "run a job in a dedicated child process (cleared env, private scratch, rlimits)");
+    let job = core.submit_job(&me, JobSpec::Checksum { dataset: ds.id.clone(), pace_ms: 0 })?;
+    let runner = RunnerCommand { args: vec!["job-runner".into()], ..RunnerCommand::new(std::env::current_exe()?) };
+    let worker = Worker::new(core.clone(), "quickstart-worker", PoolId::dedicated_for(&tenant), runner);
     let done = worker.run_once()?.ok_or("the job was not claimed")?;
     let result = done.result.clone().unwrap_or_default();
     println!(
@@ -184,11 +141,7 @@ fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
     let usage = core.usage_summary(&me, 0)?;
     println!(
         "      {} requests, {} + {} tokens; receipt {} leaves {} credits",
-        usage.requests,
-        usage.input_tokens,
-        usage.output_tokens,
-        receipt.receipt,
-        receipt.balance_after
+        usage.requests, usage.input_tokens, usage.output_tokens, receipt.receipt, receipt.balance_after
     );
 
     step(7, "rotate the key (grace 60 s) and revoke the old one");
@@ -204,24 +157,16 @@ fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
     step(8, "verify the tamper-evident audit log");
     let report = core.verify_audit(&tenant)?;
     for r in core.audit_log(&Principal::operator(&tenant))? {
-        println!(
-            "      #{:<2} {:<20} {:<18} {}",
-            r.seq, r.action, r.actor, r.target
-        );
+        println!("      #{:<2} {:<20} {:<18} {}", r.seq, r.action, r.actor, r.target);
     }
     println!("      audit chain verified: {} records", report.records);
-    println!(
-        "quickstart finished in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("quickstart finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn hex_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{:06x}", (nanos ^ std::process::id()) & 0xff_ffff)
 }
 
@@ -234,10 +179,7 @@ fn scan_for(dir: &std::path::Path, needle: &[u8]) -> std::io::Result<usize> {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if std::fs::read(&path)?
-                .windows(needle.len())
-                .any(|w| w == needle)
-            {
+            } else if std::fs::read(&path)?.windows(needle.len()).any(|w| w == needle) {
                 found += 1;
             }
         }

@@ -15,27 +15,13 @@ fn quickstart_runs_on_a_fresh_directory() {
             .output()
             .expect("run");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "run {run}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "run {run}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("audit chain verified"), "{stdout}");
         assert!(stdout.contains("plaintext: 0"), "{stdout}");
     }
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&data).expect("meta").permissions().mode() & 0o777,
-        0o700
-    );
-    assert_eq!(
-        std::fs::metadata(data.join("root.key"))
-            .expect("key")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&data).expect("meta").permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(data.join("root.key")).expect("key").permissions().mode() & 0o777, 0o600);
 }
 
 #[test]
@@ -48,12 +34,7 @@ fn job_runner_rejects_garbage_input() {
         .spawn()
         .expect("spawn");
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"\xff\xfe not a header\n")
-        .expect("write");
+    child.stdin.take().expect("stdin").write_all(b"\xff\xfe not a header\n").expect("write");
     let out = child.wait_with_output().expect("wait");
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("result"));

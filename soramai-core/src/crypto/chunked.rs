@@ -58,9 +58,7 @@ impl fmt::Debug for CryptoError {
 
 impl fmt::Display for CryptoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "decryption failed: the data is corrupt, truncated, or under another key or context",
-        )
+        f.write_str("decryption failed: the data is corrupt, truncated, or under another key or context")
     }
 }
 
@@ -84,8 +82,7 @@ pub fn hkdf_expand_sha512(prk: &[u8], info: &[&[u8]], okm: &mut [u8]) -> Result<
     let mut previous = Zeroizing::new([0u8; HASH_LEN]);
     let mut have_previous = false;
     for (i, block) in okm.chunks_mut(HASH_LEN).enumerate() {
-        let mut mac =
-            <Hmac<Sha512> as hmac::KeyInit>::new_from_slice(prk).map_err(|_| CryptoError)?;
+        let mut mac = <Hmac<Sha512> as hmac::KeyInit>::new_from_slice(prk).map_err(|_| CryptoError)?;
         if have_previous {
             mac.update(&previous[..]);
         }
@@ -119,11 +116,7 @@ impl MessageCipher {
             return Err(CryptoError);
         }
         let mut okm = Zeroizing::new([0u8; KEY_SIZE + NONCE_SIZE + COMMITMENT_SIZE]);
-        hkdf_expand_sha512(
-            input_key,
-            &[LABEL, AEAD_NAME, &[0u8], salt, context],
-            &mut okm[..],
-        )?;
+        hkdf_expand_sha512(input_key, &[LABEL, AEAD_NAME, &[0u8], salt, context], &mut okm[..])?;
         let aead = Aes256Gcm::new_from_slice(&okm[..KEY_SIZE]).map_err(|_| CryptoError)?;
         let mut base_nonce = [0u8; NONCE_SIZE];
         base_nonce.copy_from_slice(&okm[KEY_SIZE..KEY_SIZE + NONCE_SIZE]);
@@ -146,10 +139,8 @@ impl MessageCipher {
     /// Seals `chunk` in place and appends the tag.
     fn seal(&self, index: u64, chunk: &mut Vec<u8>) -> Result<(), CryptoError> {
         let nonce = self.nonce(index)?;
-        let tag = self
-            .aead
-            .encrypt_inout_detached(&nonce, &[], chunk.as_mut_slice().into())
-            .map_err(|_| CryptoError)?;
+        let tag =
+            self.aead.encrypt_inout_detached(&nonce, &[], chunk.as_mut_slice().into()).map_err(|_| CryptoError)?;
         chunk.extend_from_slice(&tag);
         Ok(())
     }
@@ -158,20 +149,13 @@ impl MessageCipher {
     /// [`CHUNK_SIZE`] bytes of plaintext, the final one strictly fewer.
     fn open(&self, index: u64, sealed: &mut Vec<u8>, is_final: bool) -> Result<(), CryptoError> {
         let body_len = sealed.len().checked_sub(TAG_SIZE).ok_or(CryptoError)?;
-        let size_ok = if is_final {
-            body_len < CHUNK_SIZE
-        } else {
-            body_len == CHUNK_SIZE
-        };
+        let size_ok = if is_final { body_len < CHUNK_SIZE } else { body_len == CHUNK_SIZE };
         if !size_ok {
             return Err(CryptoError);
         }
         let nonce = self.nonce(index)?;
-        let tag =
-            Tag::from(<[u8; TAG_SIZE]>::try_from(&sealed[body_len..]).map_err(|_| CryptoError)?);
-        let result =
-            self.aead
-                .decrypt_inout_detached(&nonce, &[], (&mut sealed[..body_len]).into(), &tag);
+        let tag = Tag::from(<[u8; TAG_SIZE]>::try_from(&sealed[body_len..]).map_err(|_| CryptoError)?);
+        let result = self.aead.decrypt_inout_detached(&nonce, &[], (&mut sealed[..body_len]).into(), &tag);
         if result.is_err() {
             sealed.zeroize();
             return Err(CryptoError);
@@ -196,9 +180,7 @@ pub fn ciphertext_len(plaintext_len: u64) -> u64 {
 
 /// Plaintext length implied by a ciphertext length, or an error for lengths no message has.
 pub fn plaintext_len(ciphertext_len: u64) -> Result<u64, CryptoError> {
-    let body = ciphertext_len
-        .checked_sub(HEADER_SIZE as u64)
-        .ok_or(CryptoError)?;
+    let body = ciphertext_len.checked_sub(HEADER_SIZE as u64).ok_or(CryptoError)?;
     let full = body / SEALED_CHUNK_SIZE as u64;
     let last = body % SEALED_CHUNK_SIZE as u64;
     if last < TAG_SIZE as u64 || full >= MAX_CHUNKS {
@@ -218,9 +200,7 @@ pub struct Encryptor<W: Write> {
 
 impl<W: Write> fmt::Debug for Encryptor<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Encryptor")
-            .field("chunks_written", &self.index)
-            .finish_non_exhaustive()
+        f.debug_struct("Encryptor").field("chunks_written", &self.index).finish_non_exhaustive()
     }
 }
 
@@ -230,21 +210,11 @@ impl<W: Write> Encryptor<W> {
         Self::with_salt(input_key, context, random_salt(), out)
     }
 
-    fn with_salt(
-        input_key: &[u8],
-        context: &[u8],
-        salt: [u8; SALT_SIZE],
-        mut out: W,
-    ) -> io::Result<Self> {
+    fn with_salt(input_key: &[u8], context: &[u8], salt: [u8; SALT_SIZE], mut out: W) -> io::Result<Self> {
         let (cipher, commitment) = MessageCipher::derive(input_key, &salt, context)?;
         out.write_all(&salt)?;
         out.write_all(&commitment)?;
-        Ok(Self {
-            cipher,
-            buffer: Zeroizing::new(Vec::with_capacity(SEALED_CHUNK_SIZE)),
-            index: 0,
-            out,
-        })
+        Ok(Self { cipher, buffer: Zeroizing::new(Vec::with_capacity(SEALED_CHUNK_SIZE)), index: 0, out })
     }
 
     fn flush_chunk(&mut self) -> io::Result<()> {
@@ -292,9 +262,7 @@ where
     F: Fn(u64, &mut [u8]) -> Result<(), CryptoError> + Sync,
 {
     let threads = if body.len() >= PARALLEL_THRESHOLD {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8)
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
     } else {
         1
     };
@@ -320,9 +288,7 @@ where
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().unwrap_or(Err(CryptoError)))
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or(Err(CryptoError)))
     })
 }
 
@@ -334,12 +300,7 @@ pub fn encrypt(input_key: &[u8], context: &[u8], plaintext: &[u8]) -> Result<Vec
 }
 
 /// Appends the encryption of `plaintext` to `out` (which may already hold a prefix).
-pub fn encrypt_into(
-    input_key: &[u8],
-    context: &[u8],
-    plaintext: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), CryptoError> {
+pub fn encrypt_into(input_key: &[u8], context: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
     let total = usize::try_from(ciphertext_len(plaintext.len() as u64)).map_err(|_| CryptoError)?;
     let salt = random_salt();
     let (cipher, commitment) = MessageCipher::derive(input_key, &salt, context)?;
@@ -354,10 +315,7 @@ pub fn encrypt_into(
         let (body, tag_slot) = slot.split_at_mut(body_len);
         body.copy_from_slice(&plaintext[from..from + body_len]);
         let nonce = cipher.nonce(index)?;
-        let tag = cipher
-            .aead
-            .encrypt_inout_detached(&nonce, &[], body.into())
-            .map_err(|_| CryptoError)?;
+        let tag = cipher.aead.encrypt_inout_detached(&nonce, &[], body.into()).map_err(|_| CryptoError)?;
         tag_slot.copy_from_slice(&tag);
         Ok(())
     })
@@ -366,11 +324,7 @@ pub fn encrypt_into(
 /// Decrypts a whole message in place: the chunks are opened where they lie (in parallel for
 /// large messages) and the plaintext is compacted to the front of the same buffer, so no second
 /// buffer of the message's size is allocated. On failure the buffer is wiped.
-pub fn decrypt_owned(
-    input_key: &[u8],
-    context: &[u8],
-    message: Vec<u8>,
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub fn decrypt_owned(input_key: &[u8], context: &[u8], message: Vec<u8>) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     decrypt_owned_at(input_key, context, message, 0)
 }
 
@@ -384,40 +338,24 @@ pub fn decrypt_owned_at(
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let result = (|| {
         let message = buffer.get_mut(start..).ok_or(CryptoError)?;
-        let plain_len =
-            usize::try_from(plaintext_len(message.len() as u64)?).map_err(|_| CryptoError)?;
-        let cipher = open_header(
-            input_key,
-            context,
-            message.get(..HEADER_SIZE).ok_or(CryptoError)?,
-        )?;
+        let plain_len = usize::try_from(plaintext_len(message.len() as u64)?).map_err(|_| CryptoError)?;
+        let cipher = open_header(input_key, context, message.get(..HEADER_SIZE).ok_or(CryptoError)?)?;
         let last_index = (plain_len / CHUNK_SIZE) as u64;
         for_each_chunk(&mut message[HEADER_SIZE..], |index, slot| {
             let is_final = index == last_index;
             let body_len = slot.len().checked_sub(TAG_SIZE).ok_or(CryptoError)?;
-            let size_ok = if is_final {
-                body_len < CHUNK_SIZE
-            } else {
-                body_len == CHUNK_SIZE
-            };
+            let size_ok = if is_final { body_len < CHUNK_SIZE } else { body_len == CHUNK_SIZE };
             if !size_ok {
                 return Err(CryptoError);
             }
             let (body, tag) = slot.split_at_mut(body_len);
             let tag = Tag::from(<[u8; TAG_SIZE]>::try_from(&tag[..]).map_err(|_| CryptoError)?);
-            cipher
-                .aead
-                .decrypt_inout_detached(&cipher.nonce(index)?, &[], body.into(), &tag)
-                .map_err(|_| CryptoError)
+            cipher.aead.decrypt_inout_detached(&cipher.nonce(index)?, &[], body.into(), &tag).map_err(|_| CryptoError)
         })?;
         // Compact: chunk i's plaintext moves to offset i * CHUNK_SIZE (always leftwards).
         for index in 0..=last_index as usize {
             let src = start + HEADER_SIZE + index * SEALED_CHUNK_SIZE;
-            let n = if index as u64 == last_index {
-                plain_len % CHUNK_SIZE
-            } else {
-                CHUNK_SIZE
-            };
+            let n = if index as u64 == last_index { plain_len % CHUNK_SIZE } else { CHUNK_SIZE };
             buffer.copy_within(src..src + n, index * CHUNK_SIZE);
         }
         Ok(plain_len)
@@ -435,30 +373,18 @@ pub fn decrypt_owned_at(
 }
 
 /// Checks the header and returns the message cipher. Fails before any chunk is touched.
-fn open_header(
-    input_key: &[u8],
-    context: &[u8],
-    header: &[u8],
-) -> Result<MessageCipher, CryptoError> {
+fn open_header(input_key: &[u8], context: &[u8], header: &[u8]) -> Result<MessageCipher, CryptoError> {
     if header.len() != HEADER_SIZE {
         return Err(CryptoError);
     }
     let mut salt = [0u8; SALT_SIZE];
     salt.copy_from_slice(&header[..SALT_SIZE]);
     let (cipher, commitment) = MessageCipher::derive(input_key, &salt, context)?;
-    if bool::from(commitment.ct_eq(&header[SALT_SIZE..])) {
-        Ok(cipher)
-    } else {
-        Err(CryptoError)
-    }
+    if bool::from(commitment.ct_eq(&header[SALT_SIZE..])) { Ok(cipher) } else { Err(CryptoError) }
 }
 
 /// Decrypts a whole message.
-pub fn decrypt(
-    input_key: &[u8],
-    context: &[u8],
-    ciphertext: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub fn decrypt(input_key: &[u8], context: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     decrypt_owned(input_key, context, ciphertext.to_vec())
 }
 
@@ -483,9 +409,7 @@ enum StreamState {
 
 impl<R: Read> fmt::Debug for StreamDecryptor<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamDecryptor")
-            .field("chunk", &self.index)
-            .finish_non_exhaustive()
+        f.debug_struct("StreamDecryptor").field("chunk", &self.index).finish_non_exhaustive()
     }
 }
 
@@ -512,22 +436,14 @@ impl<R: Read> StreamDecryptor<R> {
             return Err(CryptoError);
         }
         let cipher = open_header(input_key, context, &header)?;
-        Ok(Self {
-            cipher,
-            source,
-            index: 0,
-            plain: Zeroizing::new(Vec::new()),
-            pos: 0,
-            state: StreamState::Reading,
-        })
+        Ok(Self { cipher, source, index: 0, plain: Zeroizing::new(Vec::new()), pos: 0, state: StreamState::Reading })
     }
 
     fn next_chunk(&mut self) -> Result<(), CryptoError> {
         // Read one byte past a full chunk: a full sealed chunk followed by more data is non-final;
         // one followed by the end of the stream means the required short final chunk is missing.
         let mut sealed = vec![0u8; SEALED_CHUNK_SIZE + 1];
-        let n = read_full(&mut self.source, &mut sealed[..SEALED_CHUNK_SIZE])
-            .map_err(|_| CryptoError)?;
+        let n = read_full(&mut self.source, &mut sealed[..SEALED_CHUNK_SIZE]).map_err(|_| CryptoError)?;
         sealed.truncate(n);
         let is_final = n < SEALED_CHUNK_SIZE;
         self.cipher.open(self.index, &mut sealed, is_final)?;
@@ -588,9 +504,7 @@ impl ReadAt for [u8] {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
-        let end = start
-            .checked_add(buf.len())
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        let end = start.checked_add(buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?;
         let src = self.get(start..end).ok_or(io::ErrorKind::UnexpectedEof)?;
         buf.copy_from_slice(src);
         Ok(())
@@ -631,36 +545,21 @@ pub struct RandomAccess<S: ReadAt> {
 
 impl<S: ReadAt> fmt::Debug for RandomAccess<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RandomAccess")
-            .field("plaintext_len", &self.plaintext_len)
-            .finish_non_exhaustive()
+        f.debug_struct("RandomAccess").field("plaintext_len", &self.plaintext_len).finish_non_exhaustive()
     }
 }
 
 impl<S: ReadAt> RandomAccess<S> {
     /// Opens a message that starts at `base` within `source` and runs to its end.
-    pub fn open(
-        input_key: &[u8],
-        context: &[u8],
-        source: S,
-        base: u64,
-    ) -> Result<Self, CryptoError> {
+    pub fn open(input_key: &[u8], context: &[u8], source: S, base: u64) -> Result<Self, CryptoError> {
         let total = source.len().map_err(|_| CryptoError)?;
         let message_len = total.checked_sub(base).ok_or(CryptoError)?;
         let plaintext_len = plaintext_len(message_len)?;
         let mut header = [0u8; HEADER_SIZE];
-        source
-            .read_exact_at(&mut header, base)
-            .map_err(|_| CryptoError)?;
+        source.read_exact_at(&mut header, base).map_err(|_| CryptoError)?;
         let cipher = open_header(input_key, context, &header)?;
         let last_index = plaintext_len / CHUNK_SIZE as u64;
-        let this = Self {
-            cipher,
-            source,
-            base,
-            plaintext_len,
-            last_index,
-        };
+        let this = Self { cipher, source, base, plaintext_len, last_index };
         // Authenticate the length: the final chunk must decrypt at its index.
         this.chunk(last_index)?;
         Ok(this)
@@ -682,16 +581,11 @@ impl<S: ReadAt> RandomAccess<S> {
             return Err(CryptoError);
         }
         let is_final = index == self.last_index;
-        let len = if is_final {
-            (self.plaintext_len % CHUNK_SIZE as u64) as usize + TAG_SIZE
-        } else {
-            SEALED_CHUNK_SIZE
-        };
+        let len =
+            if is_final { (self.plaintext_len % CHUNK_SIZE as u64) as usize + TAG_SIZE } else { SEALED_CHUNK_SIZE };
         let offset = self.base + HEADER_SIZE as u64 + index * SEALED_CHUNK_SIZE as u64;
         let mut sealed = vec![0u8; len];
-        self.source
-            .read_exact_at(&mut sealed, offset)
-            .map_err(|_| CryptoError)?;
+        self.source.read_exact_at(&mut sealed, offset).map_err(|_| CryptoError)?;
         self.cipher.open(index, &mut sealed, is_final)?;
         Ok(Zeroizing::new(sealed))
     }

@@ -75,21 +75,11 @@ pub fn seal_writer<W: Write>(
 }
 
 /// Seals a whole plaintext.
-pub fn seal(
-    key: &TenantKey,
-    tenant: &TenantId,
-    path: &ObjectPath,
-    plaintext: &[u8],
-) -> Result<Vec<u8>, CryptoError> {
+pub fn seal(key: &TenantKey, tenant: &TenantId, path: &ObjectPath, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let capacity = usize::try_from(sealed_len(plaintext.len() as u64)).map_err(|_| CryptoError)?;
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(&prefix(key.version()));
-    chunked::encrypt_into(
-        key.bytes(),
-        &context(tenant, path, key.version()),
-        plaintext,
-        &mut out,
-    )?;
+    chunked::encrypt_into(key.bytes(), &context(tenant, path, key.version()), plaintext, &mut out)?;
     Ok(out)
 }
 
@@ -103,11 +93,7 @@ pub fn open(
     if key_version(sealed)? != key.version() {
         return Err(CryptoError);
     }
-    chunked::decrypt(
-        key.bytes(),
-        &context(tenant, path, key.version()),
-        &sealed[PREFIX_LEN..],
-    )
+    chunked::decrypt(key.bytes(), &context(tenant, path, key.version()), &sealed[PREFIX_LEN..])
 }
 
 /// Opens a whole sealed object in its own buffer (no second allocation of its size).
@@ -120,12 +106,7 @@ pub fn open_owned(
     if key_version(&sealed)? != key.version() {
         return Err(CryptoError);
     }
-    chunked::decrypt_owned_at(
-        key.bytes(),
-        &context(tenant, path, key.version()),
-        sealed,
-        PREFIX_LEN,
-    )
+    chunked::decrypt_owned_at(key.bytes(), &context(tenant, path, key.version()), sealed, PREFIX_LEN)
 }
 
 /// Opens a sealed object for authenticated random access.
@@ -140,10 +121,5 @@ pub fn open_random_access<S: ReadAt>(
     if key_version(&p)? != key.version() {
         return Err(CryptoError);
     }
-    RandomAccess::open(
-        key.bytes(),
-        &context(tenant, path, key.version()),
-        source,
-        PREFIX_LEN as u64,
-    )
+    RandomAccess::open(key.bytes(), &context(tenant, path, key.version()), source, PREFIX_LEN as u64)
 }

@@ -44,9 +44,7 @@ pub struct LocalRootKey {
 
 impl fmt::Debug for LocalRootKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalRootKey")
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
+        f.debug_struct("LocalRootKey").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
     }
 }
 
@@ -57,13 +55,10 @@ fn parse_key_text(text: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>> {
         return Ok(key);
     }
     let trimmed = std::str::from_utf8(text)
-        .map_err(|_| {
-            Error::KeyProvider("root key is neither 32 raw bytes nor 64 hex digits".into())
-        })?
+        .map_err(|_| Error::KeyProvider("root key is neither 32 raw bytes nor 64 hex digits".into()))?
         .trim();
-    hex::decode_to_slice(trimmed, &mut key[..]).map_err(|_| {
-        Error::KeyProvider("root key is neither 32 raw bytes nor 64 hex digits".into())
-    })?;
+    hex::decode_to_slice(trimmed, &mut key[..])
+        .map_err(|_| Error::KeyProvider("root key is neither 32 raw bytes nor 64 hex digits".into()))?;
     Ok(key)
 }
 
@@ -71,10 +66,7 @@ impl LocalRootKey {
     /// A root key from its 32 bytes (for example a customer-held key the customer just supplied).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if bytes.len() != KEY_LEN {
-            return Err(Error::KeyProvider(format!(
-                "a root key is {KEY_LEN} bytes, not {}",
-                bytes.len()
-            )));
+            return Err(Error::KeyProvider(format!("a root key is {KEY_LEN} bytes, not {}", bytes.len())));
         }
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         key.copy_from_slice(bytes);
@@ -102,10 +94,7 @@ impl LocalRootKey {
         let mut file = std::fs::File::open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(Error::KeyProvider(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
+            return Err(Error::KeyProvider(format!("{} is not a regular file", path.display())));
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -122,11 +111,7 @@ impl LocalRootKey {
     /// Creates a new random root key file with mode 0600; fails if the file exists.
     pub fn create_file(path: &Path) -> Result<Self> {
         let this = Self::generate();
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
         let mut text = Zeroizing::new(hex::encode(&this.key[..]).into_bytes());
         file.write_all(&text)?;
         text.zeroize();
@@ -138,19 +123,16 @@ impl LocalRootKey {
     pub fn open_or_create_file(path: &Path) -> Result<Self> {
         match Self::create_file(path) {
             Ok(k) => Ok(k),
-            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Self::from_file(path)
-            }
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::from_file(path),
             Err(e) => Err(e),
         }
     }
 
     /// Reads the key from an environment variable holding 64 hex digits.
     pub fn from_env(var: &str) -> Result<Self> {
-        let value =
-            Zeroizing::new(std::env::var(var).map_err(|_| {
-                Error::KeyProvider(format!("environment variable {var} is not set"))
-            })?);
+        let value = Zeroizing::new(
+            std::env::var(var).map_err(|_| Error::KeyProvider(format!("environment variable {var} is not set")))?,
+        );
         Ok(Self::from_key(parse_key_text(value.as_bytes())?))
     }
 
@@ -167,10 +149,8 @@ impl KeyProvider for LocalRootKey {
     fn wrap(&self, aad: &[u8], key: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; WRAP_NONCE_LEN];
         random_bytes(&mut nonce);
-        let ct = self
-            .cipher()?
-            .encrypt(&Nonce::from(nonce), Payload { msg: key, aad })
-            .map_err(|_| Error::Integrity)?;
+        let ct =
+            self.cipher()?.encrypt(&Nonce::from(nonce), Payload { msg: key, aad }).map_err(|_| Error::Integrity)?;
         let mut out = Vec::with_capacity(WRAP_NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
@@ -178,14 +158,9 @@ impl KeyProvider for LocalRootKey {
     }
 
     fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-        let (nonce, ct) = wrapped
-            .split_at_checked(WRAP_NONCE_LEN)
-            .ok_or(Error::Integrity)?;
+        let (nonce, ct) = wrapped.split_at_checked(WRAP_NONCE_LEN).ok_or(Error::Integrity)?;
         let nonce = <[u8; WRAP_NONCE_LEN]>::try_from(nonce).map_err(|_| Error::Integrity)?;
-        let pt = self
-            .cipher()?
-            .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad })
-            .map_err(|_| Error::Integrity)?;
+        let pt = self.cipher()?.decrypt(&Nonce::from(nonce), Payload { msg: ct, aad }).map_err(|_| Error::Integrity)?;
         Ok(Zeroizing::new(pt))
     }
 }
@@ -199,9 +174,7 @@ pub struct TenantKey {
 
 impl fmt::Debug for TenantKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TenantKey")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+        f.debug_struct("TenantKey").field("version", &self.version).finish_non_exhaustive()
     }
 }
 
@@ -236,13 +209,39 @@ impl TenantKey {
         root.wrap(&Self::wrap_aad(tenant, self.version), &self.key[..])
     }
 
+    /// A key that protects only the objects under one path prefix of a tenant (a RAG corpus, say),
+    /// so that destroying it shreds exactly those. It is stored wrapped by a version of the tenant
+    /// key and carries the marker version 0 in object prefixes (tenant key versions start at 1).
+    pub fn generate_scoped() -> Self {
+        Self::generate(0)
+    }
+
+    fn scope_aad(tenant: &TenantId, scope: &str) -> Vec<u8> {
+        let mut aad = b"soramai scope key v1\0".to_vec();
+        aad.extend_from_slice(tenant.as_str().as_bytes());
+        aad.push(0);
+        aad.extend_from_slice(scope.as_bytes());
+        aad
+    }
+
+    /// Wraps a scope key under this (tenant) key with AES-256-GCM-SIV, bound to tenant and scope.
+    pub fn wrap_scope_key(&self, scoped: &TenantKey, tenant: &TenantId, scope: &str) -> Result<Vec<u8>> {
+        LocalRootKey::from_bytes(self.bytes())?.wrap(&Self::scope_aad(tenant, scope), scoped.bytes())
+    }
+
+    /// Unwraps a scope key wrapped by [`TenantKey::wrap_scope_key`].
+    pub fn unwrap_scope_key(&self, tenant: &TenantId, scope: &str, wrapped: &[u8]) -> Result<TenantKey> {
+        let bytes = LocalRootKey::from_bytes(self.bytes())?.unwrap(&Self::scope_aad(tenant, scope), wrapped)?;
+        if bytes.len() != KEY_LEN {
+            return Err(Error::Integrity);
+        }
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        key.copy_from_slice(&bytes);
+        Ok(Self { version: 0, key })
+    }
+
     /// Unwraps version `version` of `tenant`'s key.
-    pub fn unwrap(
-        root: &dyn KeyProvider,
-        tenant: &TenantId,
-        version: u32,
-        wrapped: &[u8],
-    ) -> Result<Self> {
+    pub fn unwrap(root: &dyn KeyProvider, tenant: &TenantId, version: u32, wrapped: &[u8]) -> Result<Self> {
         let bytes = root.unwrap(&Self::wrap_aad(tenant, version), wrapped)?;
         if bytes.len() != KEY_LEN {
             return Err(Error::Integrity);
@@ -276,22 +275,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("root.key");
         let created = LocalRootKey::create_file(&path).expect("create");
-        assert_eq!(
-            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            LocalRootKey::from_file(&path).expect("read").fingerprint(),
-            created.fingerprint()
-        );
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(LocalRootKey::from_file(&path).expect("read").fingerprint(), created.fingerprint());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(matches!(
-            LocalRootKey::from_file(&path),
-            Err(Error::KeyProvider(_))
-        ));
-        assert!(
-            LocalRootKey::create_file(&path).is_err(),
-            "never overwrites a key"
-        );
+        assert!(matches!(LocalRootKey::from_file(&path), Err(Error::KeyProvider(_))));
+        assert!(LocalRootKey::create_file(&path).is_err(), "never overwrites a key");
     }
 }

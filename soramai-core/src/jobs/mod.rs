@@ -63,10 +63,7 @@ impl JobState {
 
     /// Whether the job has ended.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
-        )
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
     }
 }
 
@@ -101,16 +98,10 @@ impl JobSpec {
         let v: serde_json::Value = serde_json::from_str(spec)?;
         match kind {
             "checksum" => Ok(JobSpec::Checksum {
-                dataset: DatasetId::new(
-                    v.get("dataset")
-                        .and_then(|d| d.as_str())
-                        .unwrap_or_default(),
-                )?,
+                dataset: DatasetId::new(v.get("dataset").and_then(|d| d.as_str()).unwrap_or_default())?,
                 pace_ms: v.get("pace_ms").and_then(|p| p.as_u64()).unwrap_or(0),
             }),
-            other => Err(Error::InvalidArgument(format!(
-                "unknown job kind {other:?}"
-            ))),
+            other => Err(Error::InvalidArgument(format!("unknown job kind {other:?}"))),
         }
     }
 }
@@ -254,12 +245,8 @@ impl Core {
     pub(crate) fn job_by_id(&self, id: &JobId) -> Result<Job> {
         self.meta
             .read(|c| {
-                Ok(c.query_row(
-                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
-                    [id.as_str()],
-                    job_from_row,
-                )
-                .optional()?)
+                Ok(c.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id.as_str()], job_from_row)
+                    .optional()?)
             })?
             .ok_or(Error::NotFound { kind: "job" })?
     }
@@ -292,23 +279,12 @@ impl Core {
     pub fn job_events(&self, principal: &Principal, id: &JobId) -> Result<Vec<JobEvent>> {
         self.job(principal, id)?;
         self.meta.read(|c| {
-            let mut st = c.prepare(
-                "SELECT seq, at, kind, data FROM job_events WHERE job_id = ?1 ORDER BY seq",
-            )?;
+            let mut st = c.prepare("SELECT seq, at, kind, data FROM job_events WHERE job_id = ?1 ORDER BY seq")?;
             let rows = st
-                .query_map([id.as_str()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
-                })?
+                .query_map([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)))?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(seq, at, kind, data)| {
-                    Ok(JobEvent {
-                        seq,
-                        at,
-                        kind,
-                        data: serde_json::from_str(&data)?,
-                    })
-                })
+                .map(|(seq, at, kind, data)| Ok(JobEvent { seq, at, kind, data: serde_json::from_str(&data)? }))
                 .collect()
         })
     }
@@ -318,16 +294,23 @@ impl Core {
     pub fn cancel_job(&self, principal: &Principal, id: &JobId) -> Result<Job> {
         let job = self.job(principal, id)?;
         if job.state.is_terminal() {
-            return Err(Error::InvalidJobState {
-                state: job.state,
-                action: "cancel",
-            });
+            return Err(Error::InvalidJobState { state: job.state, action: "cancel" });
         }
         let now = self.now();
         self.meta.write(|tx| {
             if job.state == JobState::Queued {
-                tx.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 AND state = 'queued'", params![id.as_str(), now])?;
-                self.audit_tx(tx, &job.tenant, principal.actor(), Action::JobCancelled, id.as_str(), serde_json::json!({}))?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 AND state = 'queued'",
+                    params![id.as_str(), now],
+                )?;
+                self.audit_tx(
+                    tx,
+                    &job.tenant,
+                    principal.actor(),
+                    Action::JobCancelled,
+                    id.as_str(),
+                    serde_json::json!({}),
+                )?;
             } else {
                 tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id.as_str()])?;
             }
@@ -336,13 +319,7 @@ impl Core {
         self.job_by_id(id)
     }
 
-    fn add_event(
-        &self,
-        tx: &Transaction<'_>,
-        job: &JobId,
-        kind: &str,
-        data: &serde_json::Value,
-    ) -> Result<()> {
+    fn add_event(&self, tx: &Transaction<'_>, job: &JobId, kind: &str, data: &serde_json::Value) -> Result<()> {
         tx.execute(
             "INSERT INTO job_events (job_id, seq, at, kind, data)
              VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = ?1), ?2, ?3, ?4)",
@@ -415,25 +392,18 @@ impl Core {
         })?;
         match id {
             None => Ok(None),
-            Some(id) => Ok(Some(Claim {
-                job: self.job_by_id(&JobId::new(id)?)?,
-                lease_expires_at: expires,
-            })),
+            Some(id) => Ok(Some(Claim { job: self.job_by_id(&JobId::new(id)?)?, lease_expires_at: expires })),
         }
     }
 
     fn check_lease(tx: &Transaction<'_>, job: &JobId, worker: &str) -> Result<bool> {
         let row: Option<(String, Option<String>, bool)> = tx
-            .query_row(
-                "SELECT state, lease_owner, cancel_requested FROM jobs WHERE id = ?1",
-                [job.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .query_row("SELECT state, lease_owner, cancel_requested FROM jobs WHERE id = ?1", [job.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         match row {
-            Some((state, Some(owner), cancel)) if state == "running" && owner == worker => {
-                Ok(cancel)
-            }
+            Some((state, Some(owner), cancel)) if state == "running" && owner == worker => Ok(cancel),
             _ => Err(Error::LeaseLost),
         }
     }
@@ -444,36 +414,22 @@ impl Core {
         let expires = self.now().saturating_add(millis(lease));
         self.meta.write(|tx| {
             let cancel = Self::check_lease(tx, job, worker)?;
-            tx.execute(
-                "UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1",
-                params![job.as_str(), expires],
-            )?;
+            tx.execute("UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1", params![job.as_str(), expires])?;
             Ok(cancel)
         })
     }
 
     /// Records a progress or metric event from the job holding the lease.
-    pub fn report_job_event(
-        &self,
-        job: &JobId,
-        worker: &str,
-        kind: &str,
-        data: &serde_json::Value,
-    ) -> Result<()> {
+    pub fn report_job_event(&self, job: &JobId, worker: &str, kind: &str, data: &serde_json::Value) -> Result<()> {
         if !matches!(kind, "progress" | "metric") {
-            return Err(Error::InvalidArgument(
-                "job events are progress or metric".into(),
-            ));
+            return Err(Error::InvalidArgument("job events are progress or metric".into()));
         }
         self.meta.write(|tx| {
             Self::check_lease(tx, job, worker)?;
             if kind == "progress"
                 && let Some(p) = data.get("fraction").and_then(|f| f.as_f64())
             {
-                tx.execute(
-                    "UPDATE jobs SET progress = ?2 WHERE id = ?1",
-                    params![job.as_str(), p.clamp(0.0, 1.0)],
-                )?;
+                tx.execute("UPDATE jobs SET progress = ?2 WHERE id = ?1", params![job.as_str(), p.clamp(0.0, 1.0)])?;
             }
             self.add_event(tx, job, kind, data)
         })
@@ -504,8 +460,7 @@ impl Core {
 
     /// The decrypted input of a claimed job, for the worker holding its lease only.
     pub(crate) fn job_input(&self, job: &Job, worker: &str) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-        self.meta
-            .write(|tx| Self::check_lease(tx, &job.id, worker).map(|_| ()))?;
+        self.meta.write(|tx| Self::check_lease(tx, &job.id, worker).map(|_| ()))?;
         match &job.spec {
             JobSpec::Checksum { dataset, .. } => self.dataset_bytes(&job.tenant, dataset),
         }

@@ -10,10 +10,7 @@ use rlimit::Resource;
 use sha2::{Digest, Sha256};
 
 fn arg_value(args: &[String], name: &str) -> Option<u64> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
 
 fn emit(out: &mut impl Write, kind: &str, data: serde_json::Value) -> std::io::Result<()> {
@@ -49,35 +46,20 @@ fn run(args: &[String]) -> Result<(), String> {
         ("--max-open-files", Resource::NOFILE),
     ] {
         if let Some(v) = arg_value(args, name) {
-            resource
-                .set(v, v)
-                .map_err(|e| format!("setting {name}: {e}"))?;
+            resource.set(v, v).map_err(|e| format!("setting {name}: {e}"))?;
         }
     }
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut header = String::new();
-    input
-        .by_ref()
-        .take(64 << 10)
-        .read_line(&mut header)
-        .map_err(|e| e.to_string())?;
-    let header: serde_json::Value =
-        serde_json::from_str(&header).map_err(|e| format!("bad header: {e}"))?;
+    input.by_ref().take(64 << 10).read_line(&mut header).map_err(|e| e.to_string())?;
+    let header: serde_json::Value = serde_json::from_str(&header).map_err(|e| format!("bad header: {e}"))?;
     let mut out = std::io::stdout().lock();
     match header.get("kind").and_then(|k| k.as_str()) {
         Some("checksum") => {
-            let pace = std::time::Duration::from_millis(
-                header
-                    .get("pace_ms")
-                    .and_then(|p| p.as_u64())
-                    .unwrap_or(0)
-                    .min(1000),
-            );
-            let total = header
-                .get("input_len")
-                .and_then(|p| p.as_u64())
-                .unwrap_or(0);
+            let pace =
+                std::time::Duration::from_millis(header.get("pace_ms").and_then(|p| p.as_u64()).unwrap_or(0).min(1000));
+            let total = header.get("input_len").and_then(|p| p.as_u64()).unwrap_or(0);
             let mut hasher = Sha256::new();
             let (mut bytes, mut lines) = (0u64, 0u64);
             let mut buf = vec![0u8; 64 << 10];
@@ -89,32 +71,18 @@ fn run(args: &[String]) -> Result<(), String> {
                 hasher.update(&buf[..n]);
                 bytes += n as u64;
                 lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
-                let fraction = if total == 0 {
-                    1.0
-                } else {
-                    bytes as f64 / total as f64
-                };
-                emit(
-                    &mut out,
-                    "progress",
-                    serde_json::json!({"fraction": fraction, "bytes": bytes}),
-                )
-                .map_err(|e| e.to_string())?;
+                let fraction = if total == 0 { 1.0 } else { bytes as f64 / total as f64 };
+                emit(&mut out, "progress", serde_json::json!({"fraction": fraction, "bytes": bytes}))
+                    .map_err(|e| e.to_string())?;
                 std::thread::sleep(pace);
             }
             let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
             let scratch_mode = {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::metadata(&cwd)
-                    .map(|m| m.permissions().mode() & 0o777)
-                    .unwrap_or(0)
+                std::fs::metadata(&cwd).map(|m| m.permissions().mode() & 0o777).unwrap_or(0)
             };
-            emit(
-                &mut out,
-                "metric",
-                serde_json::json!({"name": "bytes", "value": bytes}),
-            )
-            .map_err(|e| e.to_string())?;
+            emit(&mut out, "metric", serde_json::json!({"name": "bytes", "value": bytes}))
+                .map_err(|e| e.to_string())?;
             emit(
                 &mut out,
                 "result",

@@ -64,19 +64,8 @@ enum ChildMsg {
 
 impl Worker {
     /// A worker named `id` serving `pool`.
-    pub fn new(
-        core: Arc<Core>,
-        id: impl Into<String>,
-        pool: PoolId,
-        runner: RunnerCommand,
-    ) -> Self {
-        Self {
-            core,
-            id: id.into(),
-            pool,
-            runner,
-            lease: Duration::from_secs(30),
-        }
+    pub fn new(core: Arc<Core>, id: impl Into<String>, pool: PoolId, runner: RunnerCommand) -> Self {
+        Self { core, id: id.into(), pool, runner, lease: Duration::from_secs(30) }
     }
 
     /// Sets the lease length (heartbeats happen every third of it).
@@ -91,10 +80,7 @@ impl Worker {
             return Ok(None);
         };
         let job = claim.job;
-        let scratch =
-            self.core
-                .scratch_root()
-                .join(format!("{}-{}", job.id.as_str(), job.attempts));
+        let scratch = self.core.scratch_root().join(format!("{}-{}", job.id.as_str(), job.attempts));
         let outcome = self.run_in_scratch(&job, &scratch);
         // The scratch directory goes whatever happened.
         let _ = std::fs::remove_dir_all(&scratch);
@@ -132,14 +118,8 @@ impl Worker {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| Error::Runner(format!("cannot start the job runner: {e}")))?;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| Error::Runner("no stdin".into()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::Runner("no stdout".into()))?;
+        let mut stdin = child.stdin.take().ok_or_else(|| Error::Runner("no stdin".into()))?;
+        let stdout = child.stdout.take().ok_or_else(|| Error::Runner("no stdout".into()))?;
         let feeder = std::thread::spawn(move || -> std::io::Result<()> {
             stdin.write_all(header.to_string().as_bytes())?;
             stdin.write_all(b"\n")?;
@@ -211,9 +191,7 @@ impl Worker {
         }
         match (status.success(), result) {
             (true, Some(r)) => Ok(Outcome::Succeeded(r)),
-            (true, None) => Ok(Outcome::Failed(
-                "the job runner ended without a result".into(),
-            )),
+            (true, None) => Ok(Outcome::Failed("the job runner ended without a result".into())),
             (false, _) => Ok(Outcome::Failed(match status.code() {
                 Some(c) => format!("the job runner exited with status {c}"),
                 None => "the job runner was killed by a signal (resource limit?)".into(),

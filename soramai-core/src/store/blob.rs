@@ -24,9 +24,7 @@ impl BlobKey {
         // The same rules as an object path, which guarantees the key stays inside the store.
         crate::ids::ObjectPath::new(s.clone())?;
         if s.ends_with(".tmp") {
-            return Err(Error::InvalidArgument(
-                "blob keys may not end in .tmp".into(),
-            ));
+            return Err(Error::InvalidArgument("blob keys may not end in .tmp".into()));
         }
         Ok(Self(s))
     }
@@ -78,10 +76,7 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()>;
     /// Starts a streaming write of `key` (see [`BlobWrite`]).
     fn put_stream(&self, key: &BlobKey) -> Result<Box<dyn BlobWrite>> {
-        Ok(Box::new(BufferedBlobWrite {
-            key: key.clone(),
-            buffer: Vec::new(),
-        }))
+        Ok(Box::new(BufferedBlobWrite { key: key.clone(), buffer: Vec::new() }))
     }
     /// Reads a whole blob.
     fn get(&self, key: &BlobKey) -> Result<Vec<u8>>;
@@ -104,17 +99,11 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 }
 
 fn age_of(modified: std::time::SystemTime) -> std::time::Duration {
-    std::time::SystemTime::now()
-        .duration_since(modified)
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(modified).unwrap_or_default()
 }
 
 fn not_found(e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        Error::NotFound { kind: "object" }
-    } else {
-        Error::Io(e)
-    }
+    if e.kind() == std::io::ErrorKind::NotFound { Error::NotFound { kind: "object" } } else { Error::Io(e) }
 }
 
 /// Blobs as files under one directory.
@@ -159,10 +148,7 @@ struct LocalBlobWrite {
 
 impl Write for LocalBlobWrite {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("blob already committed"))?
-            .write(data)
+        self.file.as_mut().ok_or_else(|| std::io::Error::other("blob already committed"))?.write(data)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.as_mut().map_or(Ok(()), |f| f.flush())
@@ -171,10 +157,7 @@ impl Write for LocalBlobWrite {
 
 impl BlobWrite for LocalBlobWrite {
     fn commit(mut self: Box<Self>, _store: &dyn BlobStore) -> Result<()> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| Error::Io(std::io::Error::other("blob already committed")))?;
+        let file = self.file.take().ok_or_else(|| Error::Io(std::io::Error::other("blob already committed")))?;
         let file = file.into_inner().map_err(|e| Error::Io(e.into_error()))?;
         file.sync_all()?;
         fs::rename(&self.tmp, &self.path)?;
@@ -213,10 +196,7 @@ impl LocalBlobStore {
             path.file_name().and_then(|n| n.to_str()).unwrap_or("blob"),
             hex::encode(suffix)
         ));
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         Ok((file, tmp, path))
     }
 }
@@ -224,11 +204,7 @@ impl LocalBlobStore {
 impl BlobStore for LocalBlobStore {
     fn put_stream(&self, key: &BlobKey) -> Result<Box<dyn BlobWrite>> {
         let (file, tmp, path) = self.create_tmp(key)?;
-        Ok(Box::new(LocalBlobWrite {
-            file: Some(std::io::BufWriter::with_capacity(256 << 10, file)),
-            tmp,
-            path,
-        }))
+        Ok(Box::new(LocalBlobWrite { file: Some(std::io::BufWriter::with_capacity(256 << 10, file)), tmp, path }))
     }
 
     fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()> {
@@ -243,10 +219,7 @@ impl BlobStore for LocalBlobStore {
 
     fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Vec<u8>> {
         let len = usize::try_from(
-            range
-                .end
-                .checked_sub(range.start)
-                .ok_or_else(|| Error::InvalidArgument("reversed range".into()))?,
+            range.end.checked_sub(range.start).ok_or_else(|| Error::InvalidArgument("reversed range".into()))?,
         )
         .map_err(|_| Error::InvalidArgument("range too large".into()))?;
         let mut f = fs::File::open(self.path(key)).map_err(not_found)?;
@@ -298,11 +271,7 @@ impl BlobStore for LocalBlobStore {
 
     fn list(&self, prefix: &str) -> Result<Vec<BlobKey>> {
         let mut out = Vec::new();
-        let start = if prefix.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(prefix.trim_end_matches('/'))
-        };
+        let start = if prefix.is_empty() { self.root.clone() } else { self.root.join(prefix.trim_end_matches('/')) };
         if prefix.split('/').any(|s| s == "..") {
             return Err(Error::InvalidArgument("invalid prefix".into()));
         }
@@ -345,9 +314,7 @@ pub struct ObjectBlobStore {
 #[cfg(feature = "object-store")]
 impl fmt::Debug for ObjectBlobStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectBlobStore")
-            .field("store", &self.store.to_string())
-            .finish()
+        f.debug_struct("ObjectBlobStore").field("store", &self.store.to_string()).finish()
     }
 }
 
@@ -392,9 +359,7 @@ impl BlobStore for ObjectBlobStore {
     fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()> {
         // A single PUT is atomic in object stores: readers see the old object or the new one.
         let payload = object_store::PutPayload::from(data.to_vec());
-        self.runtime
-            .block_on(self.store.put(&Self::path(key), payload))
-            .map_err(os_err)?;
+        self.runtime.block_on(self.store.put(&Self::path(key), payload)).map_err(os_err)?;
         Ok(())
     }
 
@@ -413,10 +378,7 @@ impl BlobStore for ObjectBlobStore {
             return Ok(Vec::new());
         }
         let want = range.end - range.start;
-        let bytes = self
-            .runtime
-            .block_on(self.store.get_range(&Self::path(key), range))
-            .map_err(os_err)?;
+        let bytes = self.runtime.block_on(self.store.get_range(&Self::path(key), range)).map_err(os_err)?;
         if bytes.len() as u64 != want {
             return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
@@ -424,11 +386,7 @@ impl BlobStore for ObjectBlobStore {
     }
 
     fn size(&self, key: &BlobKey) -> Result<u64> {
-        Ok(self
-            .runtime
-            .block_on(self.store.head(&Self::path(key)))
-            .map_err(os_err)?
-            .size)
+        Ok(self.runtime.block_on(self.store.head(&Self::path(key))).map_err(os_err)?.size)
     }
 
     fn delete(&self, key: &BlobKey) -> Result<()> {
@@ -439,28 +397,18 @@ impl BlobStore for ObjectBlobStore {
     }
 
     fn age(&self, key: &BlobKey) -> Result<Option<std::time::Duration>> {
-        let meta = self
-            .runtime
-            .block_on(self.store.head(&Self::path(key)))
-            .map_err(os_err)?;
+        let meta = self.runtime.block_on(self.store.head(&Self::path(key))).map_err(os_err)?;
         let millis = u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0);
-        Ok(Some(age_of(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis),
-        )))
+        Ok(Some(age_of(std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis))))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<BlobKey>> {
         use futures_util::TryStreamExt;
-        let p = (!prefix.is_empty())
-            .then(|| object_store::path::Path::from(prefix.trim_end_matches('/')));
-        let metas: Vec<object_store::ObjectMeta> = self
-            .runtime
-            .block_on(self.store.list(p.as_ref()).try_collect())
-            .map_err(os_err)?;
-        let mut keys: Vec<BlobKey> = metas
-            .into_iter()
-            .filter_map(|m| BlobKey::new(m.location.to_string()).ok())
-            .collect();
+        let p = (!prefix.is_empty()).then(|| object_store::path::Path::from(prefix.trim_end_matches('/')));
+        let metas: Vec<object_store::ObjectMeta> =
+            self.runtime.block_on(self.store.list(p.as_ref()).try_collect()).map_err(os_err)?;
+        let mut keys: Vec<BlobKey> =
+            metas.into_iter().filter_map(|m| BlobKey::new(m.location.to_string()).ok()).collect();
         keys.sort();
         Ok(keys)
     }
@@ -477,30 +425,13 @@ mod tests {
         let k = BlobKey::new("t/a/o/1").expect("key");
         store.put(&k, b"abc").expect("put");
         assert!(store.age(&k).expect("age").is_some());
-        assert!(matches!(
-            store.age(&BlobKey::new("t/a/o/2").expect("key")),
-            Err(Error::NotFound { .. })
-        ));
+        assert!(matches!(store.age(&BlobKey::new("t/a/o/2").expect("key")), Err(Error::NotFound { .. })));
         // A writer killed between create and rename leaves a .tmp file: invisible, then swept.
         std::fs::write(dir.path().join("t/a/o/1.deadbeef.tmp"), b"partial").expect("write");
         assert_eq!(store.list("").expect("list"), vec![k.clone()]);
-        assert_eq!(
-            store
-                .sweep_incomplete(std::time::Duration::from_secs(3600))
-                .expect("sweep"),
-            0
-        );
-        assert_eq!(
-            store
-                .sweep_incomplete(std::time::Duration::ZERO)
-                .expect("sweep"),
-            1
-        );
+        assert_eq!(store.sweep_incomplete(std::time::Duration::from_secs(3600)).expect("sweep"), 0);
+        assert_eq!(store.sweep_incomplete(std::time::Duration::ZERO).expect("sweep"), 1);
         assert_eq!(store.get(&k).expect("get"), b"abc");
-        assert!(
-            BlobKey::new("x.tmp").is_err()
-                && BlobKey::new("../x").is_err()
-                && store.list("../").is_err()
-        );
+        assert!(BlobKey::new("x.tmp").is_err() && BlobKey::new("../x").is_err() && store.list("../").is_err());
     }
 }

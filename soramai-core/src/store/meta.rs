@@ -159,6 +159,18 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX access_log_tenant_at ON access_log(tenant_id, at);
     "#,
+    // 3: key scopes (a key per path prefix, wrapped by the tenant key, shreddable on its own)
+    r#"
+    CREATE TABLE scope_keys (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        scope TEXT NOT NULL,
+        wrapped BLOB NOT NULL,
+        tenant_key_version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, scope)
+    );
+    ALTER TABLE objects ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The SQLite metadata database.
@@ -198,9 +210,7 @@ impl MetaStore {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        Ok(Self { conn: Mutex::new(conn) })
     }
 
     /// Locks the connection (a poisoned lock is recovered: SQLite's own transactions keep the data

@@ -21,12 +21,7 @@ impl Env {
         let root = Arc::new(LocalRootKey::generate());
         let clock = Arc::new(ManualClock::new(T0));
         let core = Arc::new(Self::open_with(dir.path(), root.clone(), clock.clone()));
-        Self {
-            dir,
-            core,
-            clock,
-            root,
-        }
+        Self { dir, core, clock, root }
     }
 
     pub fn open_with(dir: &Path, root: Arc<LocalRootKey>, clock: Arc<ManualClock>) -> Core {
@@ -52,7 +47,8 @@ impl Env {
 }
 
 pub fn chat_line(user: &str, assistant: &str) -> String {
-    serde_json::json!({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}).to_string()
+    serde_json::json!({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
+        .to_string()
 }
 
 pub fn dataset(n: usize, tag: &str) -> Vec<u8> {
