@@ -36,7 +36,9 @@ fn spawn_child(test: &str, dir: &std::path::Path) -> std::process::Child {
 
 /// Parses a `committed <id> <i>` line of the child (libtest prints lines of its own too).
 fn parse_commit(line: &str) -> Option<(String, usize)> {
-    let mut parts = line.strip_prefix("committed ")?.split_whitespace();
+    // libtest may print "test <name> ... " on the same line before the child's first output.
+    let at = line.find("committed ")?;
+    let mut parts = line[at + "committed ".len()..].split_whitespace();
     Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
 }
 

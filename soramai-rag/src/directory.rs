@@ -10,7 +10,8 @@
 //!   crash before it leaves no file at all.
 //! - `atomic_write` replaces a file in one metadata transaction (readers see the old or the new
 //!   `meta.json`, never a mix) and wakes the `watch` callbacks.
-//! - Locks are held in-process (one writer per index within a process).
+//! - Locks are `flock`s on files under `<data dir>/locks/`: one writer per index across processes
+//!   on one machine, released by the kernel if the holder dies.
 //!
 //! Integrity failures surface as I/O errors of kind `InvalidData`, which the layer above turns into
 //! [`crate::Error::Integrity`]; they never yield wrong bytes.
@@ -20,7 +21,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use soramai_core::{Core, Error as CoreError, ObjectPath, ObjectReader, ObjectWriter, TenantId};
 use tantivy::HasLen;
@@ -197,19 +198,9 @@ impl fmt::Debug for EncryptedDirectory {
     }
 }
 
-/// Locks held in this process, by (data dir, tenant, directory, lock file).
-fn held_locks() -> &'static Mutex<HashSet<String>> {
-    static LOCKS: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    LOCKS.get_or_init(|| Mutex::new(HashSet::new()))
-}
-
-struct LockGuard(String);
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        held_locks().lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
-    }
-}
+/// A held lock: an exclusive `flock` on a file under `<data dir>/locks/`, released when dropped or
+/// when the process dies (so a crash never leaves a stale lock). The lock file holds nothing.
+struct LockGuard(#[allow(dead_code)] std::fs::File);
 
 /// A file being written: sealed chunk by chunk into a new blob as tantivy writes (memory stays
 /// at one chunk), committed at `terminate`; dropped unterminated, it leaves nothing.
@@ -369,11 +360,18 @@ impl Directory for EncryptedDirectory {
 
     fn acquire_lock(&self, lock: &Lock) -> Result<DirectoryLock, LockError> {
         let s = &self.shared;
-        let key = format!("{}|{}|{}|{}", s.core.data_dir().display(), s.tenant, s.prefix, lock.filepath.display());
+        let name = lock.filepath.to_str().filter(|n| !n.contains('/')).ok_or(LockError::LockBusy)?;
+        let dir = s.core.data_dir().join("locks").join(s.tenant.as_str()).join(s.prefix.replace('/', "_"));
+        let io = |e: io::Error| LockError::IoError(Arc::new(e));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let file =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(name)).map_err(io)?;
         let attempts = if lock.is_blocking { 100 } else { 1 };
         for attempt in 0..attempts {
-            if held_locks().lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
-                return Ok(DirectoryLock::from(Box::new(LockGuard(key))));
+            match file.try_lock() {
+                Ok(()) => return Ok(DirectoryLock::from(Box::new(LockGuard(file)))),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
             }
             if attempt + 1 < attempts {
                 std::thread::sleep(std::time::Duration::from_millis(100));

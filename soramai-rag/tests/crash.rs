@@ -71,7 +71,7 @@ fn writer_killed_mid_commit_keeps_the_last_commit() {
         let mut seen = 0;
         while seen < 2 {
             let line = lines.next().expect("child alive").expect("line");
-            if let Some(i) = line.strip_prefix("committed ").and_then(|i| i.parse().ok()) {
+            if let Some(i) = line.split("committed ").nth(1).and_then(|i| i.trim().parse().ok()) {
                 committed.push(i);
                 seen += 1;
             }
@@ -82,7 +82,7 @@ fn writer_killed_mid_commit_keeps_the_last_commit() {
         committed.extend(
             lines
                 .map_while(Result::ok)
-                .filter_map(|l| l.strip_prefix("committed ").and_then(|i| i.parse::<usize>().ok())),
+                .filter_map(|l| l.split("committed ").nth(1).and_then(|i| i.trim().parse::<usize>().ok())),
         );
         // Every round's child starts over at batch 0, replacing by id; what was committed last
         // must be searchable from a fresh process view.

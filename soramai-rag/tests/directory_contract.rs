@@ -14,8 +14,8 @@ use tantivy::directory::{Directory, Lock, TerminatingWrite, WatchCallback};
 
 fn dir() -> (tempfile::TempDir, EncryptedDirectory, Arc<ChunkCache>) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let core =
-        Arc::new(Core::open(soramai_core::Config::new(tmp.path(), Arc::new(LocalRootKey::generate()))).expect("core"));
+    let root = LocalRootKey::create_file(&tmp.path().join("root.key")).expect("root");
+    let core = Arc::new(Core::open(soramai_core::Config::new(tmp.path().join("data"), Arc::new(root))).expect("core"));
     let t = TenantId::new("acme").expect("id");
     core.create_tenant(&t, Tier::Basic).expect("tenant");
     let cache = Arc::new(ChunkCache::new(1 << 20));
@@ -102,5 +102,48 @@ fn one_lock_holder_at_a_time() {
     let clone = d.clone();
     assert!(matches!(clone.acquire_lock(&lock), Err(LockError::LockBusy)), "clones share the lock");
     drop(held);
+    assert!(d.acquire_lock(&lock).is_ok());
+}
+
+const DIR_VAR: &str = "SORAMAI_LOCK_DIR";
+
+#[test]
+#[ignore = "child process of a_lock_held_by_another_process_excludes_until_it_dies"]
+fn lock_child_holder() {
+    let Some(dir) = std::env::var_os(DIR_VAR) else { return };
+    let dir = Path::new(&dir);
+    let root = LocalRootKey::from_file(&dir.join("root.key")).expect("root");
+    let core = Arc::new(Core::open(soramai_core::Config::new(dir.join("data"), Arc::new(root))).expect("core"));
+    let d = EncryptedDirectory::new(
+        core,
+        TenantId::new("acme").expect("id"),
+        "rag/test",
+        Arc::new(ChunkCache::new(1 << 20)),
+    )
+    .expect("dir");
+    let _held = d.acquire_lock(&Lock { filepath: ".tantivy-writer.lock".into(), is_blocking: false }).expect("lock");
+    println!("locked");
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_lock_held_by_another_process_excludes_until_it_dies() {
+    use std::io::BufRead;
+    let (tmp, d, _) = dir();
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["--ignored", "--exact", "lock_child_holder", "--nocapture", "--test-threads=1"])
+        .env(DIR_VAR, tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // libtest may print "test <name> ... " on the same line before the child's own output.
+    while !lines.next().expect("child alive").expect("line").ends_with("locked") {}
+    let lock = Lock { filepath: ".tantivy-writer.lock".into(), is_blocking: false };
+    assert!(matches!(d.acquire_lock(&lock), Err(LockError::LockBusy)), "another process holds the writer lock");
+    // The holder dies without releasing anything: the kernel drops its lock.
+    child.kill().expect("kill");
+    child.wait().expect("wait");
     assert!(d.acquire_lock(&lock).is_ok());
 }
