@@ -18,7 +18,8 @@ use crate::crypto::keys::{KEY_LEN, KeyProvider, LocalRootKey, TenantKey, random_
 use crate::error::{Error, Result};
 use crate::ids::{ObjectPath, TenantId, random_hex};
 use crate::store::blob::set_private_dir;
-use crate::store::{BlobKey, BlobStore, LocalBlobStore, MetaStore};
+use crate::store::routed::RoutedBlobStore;
+use crate::store::{BlobKey, BlobStore, DedicatedDirectories, LocalBlobStore, MetaStore, StoreRouter};
 use crate::tier::Tier;
 
 /// Size limits applied to customer input.
@@ -45,8 +46,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The root key provider.
     pub root: Arc<dyn KeyProvider>,
-    /// The blob store; `None` uses `<data_dir>/blobs`.
+    /// The shared blob store; `None` uses `<data_dir>/blobs`.
     pub blobs: Option<Arc<dyn BlobStore>>,
+    /// Where tenants whose tier calls for a dedicated store (Pro and up) keep their blobs; `None`
+    /// keeps every tenant on the shared store.
+    pub dedicated: Option<Arc<dyn StoreRouter>>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
     /// Input size limits.
@@ -70,9 +74,19 @@ impl Config {
         Ok(Self::new(data_dir, root))
     }
 
-    /// A config with the given directory and root, local blobs, the system clock, default limits.
+    /// A config with the given directory and root: local shared blobs in `<data_dir>/blobs`,
+    /// dedicated stores in `<data_dir>/dedicated/<tenant>/`, the system clock, default limits.
     pub fn new(data_dir: impl Into<PathBuf>, root: Arc<dyn KeyProvider>) -> Self {
-        Self { data_dir: data_dir.into(), root, blobs: None, clock: Arc::new(SystemClock), limits: Limits::default() }
+        let data_dir = data_dir.into();
+        let dedicated: Arc<dyn StoreRouter> = Arc::new(DedicatedDirectories::new(data_dir.join("dedicated")));
+        Self {
+            data_dir,
+            root,
+            blobs: None,
+            dedicated: Some(dedicated),
+            clock: Arc::new(SystemClock),
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -107,8 +121,20 @@ pub struct Tenant {
     pub status: TenantStatus,
     /// Who holds the wrapping root key.
     pub key_custody: KeyCustody,
+    /// Whether its blobs live on the shared store or a dedicated one.
+    pub store: StorePlacement,
     /// Creation time, Unix milliseconds.
     pub created_at: Millis,
+}
+
+/// Where a tenant's blobs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorePlacement {
+    /// The store shared by tenants (each tenant's data under its own key).
+    Shared,
+    /// A store of the tenant's own.
+    Dedicated,
 }
 
 /// Metadata of a stored object (never its content).
@@ -127,6 +153,8 @@ pub struct ObjectInfo {
 pub struct Core {
     pub(crate) meta: MetaStore,
     pub(crate) blobs: Arc<dyn BlobStore>,
+    routes: Arc<RoutedBlobStore>,
+    dedicated: Option<Arc<dyn StoreRouter>>,
     root: Arc<dyn KeyProvider>,
     customer_roots: RwLock<HashMap<TenantId, Arc<dyn KeyProvider>>>,
     key_cache: RwLock<HashMap<(TenantId, u32), TenantKey>>,
@@ -144,17 +172,20 @@ impl fmt::Debug for Core {
 
 const AUDIT_KEY_AAD: &[u8] = b"soramai system key\0audit";
 
-fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, String, Millis)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+type TenantRow = (String, String, String, String, Millis, String);
+
+fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
-fn parse_tenant(row: (String, String, String, String, Millis)) -> Result<Tenant> {
-    let (id, tier, status, custody, created_at) = row;
+fn parse_tenant(row: TenantRow) -> Result<Tenant> {
+    let (id, tier, status, custody, created_at, store) = row;
     Ok(Tenant {
         id: TenantId::new(id)?,
         tier: tier.parse()?,
         status: if status == "active" { TenantStatus::Active } else { TenantStatus::Deleted },
         key_custody: if custody == "customer" { KeyCustody::Customer } else { KeyCustody::Operator },
+        store: if store == "dedicated" { StorePlacement::Dedicated } else { StorePlacement::Shared },
         created_at,
     })
 }
@@ -270,16 +301,33 @@ impl Core {
                 std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))?;
             }
         }
-        let blobs: Arc<dyn BlobStore> = match config.blobs {
+        let shared: Arc<dyn BlobStore> = match config.blobs {
             Some(b) => b,
             None => Arc::new(LocalBlobStore::open(config.data_dir.join("blobs"))?),
         };
+        let routes = Arc::new(RoutedBlobStore::new(shared));
+        let dedicated_tenants: Vec<String> = meta.read(|c| {
+            let mut st = c.prepare("SELECT id FROM tenants WHERE store = 'dedicated' AND status = 'active'")?;
+            let rows = st.query_map([], |r| r.get(0))?.collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
+        for t in dedicated_tenants {
+            let router = config.dedicated.as_ref().ok_or_else(|| {
+                Error::InvalidArgument(
+                    "this data directory has tenants on dedicated stores: configure `Config::dedicated`".into(),
+                )
+            })?;
+            let id = TenantId::new(t)?;
+            routes.assign(&id, Some(router.dedicated_store(&id)?));
+        }
         let audit_key = Self::system_key(&meta, config.root.as_ref())?;
         std::fs::create_dir_all(config.data_dir.join("scratch"))?;
         set_private_dir(&config.data_dir.join("scratch"))?;
         Ok(Self {
             meta,
-            blobs,
+            blobs: routes.clone(),
+            routes,
+            dedicated: config.dedicated,
             root: config.root,
             customer_roots: RwLock::new(HashMap::new()),
             key_cache: RwLock::new(HashMap::new()),
@@ -405,6 +453,8 @@ impl Core {
         let now = self.now();
         let key = TenantKey::generate(1);
         let wrapped = key.wrap(root.as_ref(), id)?;
+        let dedicated = self.dedicated_store_for(id, tier)?;
+        let placement = if dedicated.is_some() { "dedicated" } else { "shared" };
         self.meta.write(|tx| {
             let exists: bool = tx
                 .query_row("SELECT 1 FROM tenants WHERE id = ?1", [id.as_str()], |_| Ok(true))
@@ -415,8 +465,8 @@ impl Core {
             }
             let custody_s = if custody == KeyCustody::Customer { "customer" } else { "operator" };
             tx.execute(
-                "INSERT INTO tenants (id, tier, status, key_custody, created_at) VALUES (?1, ?2, 'active', ?3, ?4)",
-                params![id.as_str(), tier.as_str(), custody_s, now],
+                "INSERT INTO tenants (id, tier, status, key_custody, created_at, store) VALUES (?1, ?2, 'active', ?3, ?4, ?5)",
+                params![id.as_str(), tier.as_str(), custody_s, now, placement],
             )?;
             tx.execute(
                 "INSERT INTO tenant_keys (tenant_id, version, state, wrapped, root_fingerprint, created_at)
@@ -429,11 +479,23 @@ impl Core {
                 &Actor::Operator,
                 Action::TenantCreated,
                 id.as_str(),
-                serde_json::json!({"tier": tier.as_str(), "key_custody": custody_s}),
+                serde_json::json!({"tier": tier.as_str(), "key_custody": custody_s, "store": placement}),
             )
         })?;
         self.cache_key(id, key);
-        Ok(Tenant { id: id.clone(), tier, status: TenantStatus::Active, key_custody: custody, created_at: now })
+        let store = if dedicated.is_some() { StorePlacement::Dedicated } else { StorePlacement::Shared };
+        self.routes.assign(id, dedicated);
+        Ok(Tenant { id: id.clone(), tier, status: TenantStatus::Active, key_custody: custody, store, created_at: now })
+    }
+
+    /// The dedicated store a tenant of `tier` gets, or `None` for the shared store.
+    fn dedicated_store_for(&self, id: &TenantId, tier: Tier) -> Result<Option<Arc<dyn BlobStore>>> {
+        match &self.dedicated {
+            Some(router) if tier.policy().rag == crate::tier::RagIsolation::DedicatedStore => {
+                Ok(Some(router.dedicated_store(id)?))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Supplies the customer-held root key of an Enterprise tenant (checked against the stored
@@ -456,7 +518,7 @@ impl Core {
     pub fn tenant(&self, id: &TenantId) -> Result<Tenant> {
         let row = self.meta.read(|c| {
             Ok(c.query_row(
-                "SELECT id, tier, status, key_custody, created_at FROM tenants WHERE id = ?1 AND status = 'active'",
+                "SELECT id, tier, status, key_custody, created_at, store FROM tenants WHERE id = ?1 AND status = 'active'",
                 [id.as_str()],
                 tenant_from_row,
             )
@@ -469,7 +531,7 @@ impl Core {
     pub fn tenants(&self) -> Result<Vec<Tenant>> {
         let rows = self.meta.read(|c| {
             let mut st = c.prepare(
-                "SELECT id, tier, status, key_custody, created_at FROM tenants WHERE status = 'active' ORDER BY id",
+                "SELECT id, tier, status, key_custody, created_at, store FROM tenants WHERE status = 'active' ORDER BY id",
             )?;
             let rows = st.query_map([], tenant_from_row)?.collect::<std::result::Result<Vec<_>, _>>()?;
             Ok(rows)
@@ -483,18 +545,43 @@ impl Core {
         if tier.policy().customer_held_root_key && t.key_custody != KeyCustody::Customer {
             return Err(Error::NotAllowed { tier, what: "moving a tenant with operator-held keys to Enterprise" });
         }
+        // A change of placement moves the tenant's ciphertext to its new store first (copies, no
+        // decryption), then switches in one transaction, then removes the old copies.
+        let target = self.dedicated_store_for(id, tier)?;
+        let new_placement = if target.is_some() { StorePlacement::Dedicated } else { StorePlacement::Shared };
+        let from = self.routes.store_for(id);
+        let moved = if new_placement != t.store {
+            let to = target.clone().unwrap_or_else(|| self.routes.shared());
+            let keys = from.list(&format!("t/{}/", id.as_str()))?;
+            for k in &keys {
+                to.put(k, &from.get(k)?)?;
+            }
+            Some(keys)
+        } else {
+            None
+        };
+        let placement = if new_placement == StorePlacement::Dedicated { "dedicated" } else { "shared" };
         self.meta.write(|tx| {
-            tx.execute("UPDATE tenants SET tier = ?2 WHERE id = ?1", params![id.as_str(), tier.as_str()])?;
+            tx.execute(
+                "UPDATE tenants SET tier = ?2, store = ?3 WHERE id = ?1",
+                params![id.as_str(), tier.as_str(), placement],
+            )?;
             self.audit_tx(
                 tx,
                 id,
                 &Actor::Operator,
                 Action::TierChanged,
                 id.as_str(),
-                serde_json::json!({"from": t.tier.as_str(), "to": tier.as_str()}),
+                serde_json::json!({"from": t.tier.as_str(), "to": tier.as_str(), "store": placement}),
             )
         })?;
-        Ok(Tenant { tier, ..t })
+        if let Some(keys) = moved {
+            self.routes.assign(id, target);
+            for k in &keys {
+                from.delete(k)?;
+            }
+        }
+        Ok(Tenant { tier, store: new_placement, ..t })
     }
 
     /// Closes a tenant: destroys every version of its keys (crypto-shredding all its data wherever

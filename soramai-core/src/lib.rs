@@ -45,7 +45,9 @@ mod vault;
 pub use crate::audit::{Action, Actor, AuditRecord, AuditReport};
 pub use crate::auth::{ApiKeyInfo, IssuedKey, KeyOptions, Principal, Scope};
 pub use crate::clock::{Clock, ManualClock, Millis, SystemClock};
-pub use crate::core::{Config, Core, KeyCustody, Limits, ObjectInfo, ObjectReader, ObjectWriter, Tenant, TenantStatus};
+pub use crate::core::{
+    Config, Core, KeyCustody, Limits, ObjectInfo, ObjectReader, ObjectWriter, StorePlacement, Tenant, TenantStatus,
+};
 pub use crate::crypto::keys::{KeyProvider, LocalRootKey};
 pub use crate::datasets::{DatasetInfo, DatasetStats};
 pub use crate::error::{Error, Result};

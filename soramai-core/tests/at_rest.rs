@@ -68,7 +68,7 @@ fn canary_never_reaches_disk() {
     let secret_text = key.secret().to_string();
     let files = files_under(&env.data_dir());
     assert!(files.iter().any(|f| f.ends_with("meta.sqlite3")));
-    assert!(files.iter().any(|f| f.to_string_lossy().contains("/blobs/")));
+    assert!(files.iter().any(|f| f.to_string_lossy().contains("/t/canary-co/o/")));
     for f in &files {
         let bytes = std::fs::read(f).expect("read");
         for form in forms() {

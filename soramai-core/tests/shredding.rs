@@ -31,7 +31,7 @@ fn deleted_tenant_backups_are_undecryptable() {
     core.upload_dataset(&po, "o.jsonl", &dataset(5, "other")).expect("other upload");
 
     // The "backup": every blob of the victim, and the wrapped keys as they stood.
-    let backup: Vec<(std::path::PathBuf, Vec<u8>)> = files_under(&env.data_dir().join("blobs"))
+    let backup: Vec<(std::path::PathBuf, Vec<u8>)> = files_under(&env.data_dir())
         .into_iter()
         .filter(|f| f.to_string_lossy().contains("/t/closing/"))
         .map(|f| {
@@ -49,7 +49,7 @@ fn deleted_tenant_backups_are_undecryptable() {
     // Gone from the live system.
     assert!(matches!(core.tenant(&victim), Err(Error::NotFound { .. })));
     assert!(matches!(core.download_dataset(&p, &ds.id), Err(Error::NotFound { .. })));
-    assert!(files_under(&env.data_dir().join("blobs")).iter().all(|f| !f.to_string_lossy().contains("/t/closing/")));
+    assert!(files_under(&env.data_dir()).iter().all(|f| !f.to_string_lossy().contains("/t/closing/")));
     // Restoring the backup blobs does not help: no key the system holds opens them.
     let remaining = all_wrapped_keys(&env);
     assert!(remaining.iter().all(|(t, _, _)| t != "closing"));
@@ -170,7 +170,7 @@ fn key_scopes_shred_exactly_their_objects() {
     assert_eq!(&fresh.get_object(&t, &inside).expect("still readable")[..], b"inside the scope");
 
     let blob_of = |tenant: &str| -> Vec<(std::path::PathBuf, Vec<u8>)> {
-        files_under(&env.data_dir().join("blobs"))
+        files_under(&env.data_dir())
             .into_iter()
             .filter(|f| f.to_string_lossy().contains(&format!("/t/{tenant}/")))
             .map(|f| {

@@ -156,7 +156,10 @@ fn tampered_index_fails_with_a_typed_error_never_wrong_hits() {
     let query = SearchRequest::new("topic5 shared", 10);
     let truth = e.rag.search(&p, &kb, &query).expect("search");
     assert_eq!(truth.len(), 10);
-    let blob_files = files_under(&e.dir.path().join("data/blobs"));
+    let blob_files: Vec<PathBuf> = files_under(&e.dir.path().join("data"))
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains("/t/acme/o/"))
+        .collect();
     assert!(blob_files.len() >= 5, "{blob_files:?}");
     let mut failures = 0;
     for f in &blob_files {
@@ -278,7 +281,7 @@ fn deleting_a_corpus_crypto_shreds_it() {
         e.rag.create_corpus(&p, c).expect("create");
         e.rag.add_documents(&p, c, &[Document::text("d", "D", format!("payload for {}", c.as_str()))]).expect("index");
     }
-    let blobs = e.dir.path().join("data/blobs");
+    let blobs = e.dir.path().join("data");
     let before: Vec<(PathBuf, Vec<u8>)> = files_under(&blobs)
         .into_iter()
         .map(|f| {
@@ -299,4 +302,24 @@ fn deleting_a_corpus_crypto_shreds_it() {
     // Re-creating a corpus of the same name starts empty, under a new key.
     e.rag.create_corpus(&p, &gone).expect("recreate");
     assert!(e.rag.search(&p, &gone, &SearchRequest::new("payload", 5)).expect("search").is_empty());
+}
+
+#[test]
+fn basic_indexes_share_a_store_and_pro_indexes_get_their_own() {
+    let e = env();
+    let basic = e.tenant("small", Tier::Basic);
+    let pro = e.tenant("large", Tier::Pro);
+    let kb = CorpusId::new("kb").expect("id");
+    for p in [&basic, &pro] {
+        e.rag.create_corpus(p, &kb).expect("create");
+        e.rag.add_documents(p, &kb, &[Document::text("d", "D", "where does this live")]).expect("index");
+    }
+    let data = e.dir.path().join("data");
+    let count = |sub: &str, tenant: &str| {
+        files_under(&data.join(sub)).iter().filter(|f| f.to_string_lossy().contains(&format!("/t/{tenant}/o/"))).count()
+    };
+    assert!(count("blobs", "small") >= 3, "Basic: the shared store");
+    assert_eq!(count("dedicated", "small"), 0);
+    assert_eq!(count("blobs", "large"), 0, "Pro: nothing on the shared store");
+    assert!(count("dedicated/large", "large") >= 3, "Pro: its own store");
 }

@@ -171,6 +171,10 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE objects ADD COLUMN scope TEXT NOT NULL DEFAULT '';
     "#,
+    // 4: blob placement per tenant (shared store or a dedicated one)
+    r#"
+    ALTER TABLE tenants ADD COLUMN store TEXT NOT NULL DEFAULT 'shared' CHECK (store IN ('shared', 'dedicated'));
+    "#,
 ];
 
 /// The SQLite metadata database.
