@@ -712,7 +712,7 @@ impl Core {
         Ok(key)
     }
 
-    fn primary_key(&self, tenant: &TenantId) -> Result<TenantKey> {
+    pub(crate) fn primary_key(&self, tenant: &TenantId) -> Result<TenantKey> {
         let v = self.primary_version(tenant)?;
         self.tenant_key(tenant, v)
     }

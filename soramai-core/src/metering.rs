@@ -230,7 +230,52 @@ pub struct AccessRecord {
     pub detail: Option<String>,
 }
 
+/// Marks a detail stored sealed: `sealed:v1:<nonce hex>:<envelope hex>`.
+const SEALED_DETAIL: &str = "sealed:v1:";
+
 impl Core {
+    /// Opts the principal's tenant in or out of keeping query text in its access log (admin
+    /// scope, audited). Kept text is sealed under the tenant key like any other customer data.
+    pub fn set_query_text_logging(&self, principal: &Principal, enabled: bool) -> Result<()> {
+        principal.require(Scope::Admin)?;
+        let t = self.tenant(principal.tenant())?;
+        self.meta.write(|tx| {
+            tx.execute("UPDATE tenants SET log_query_text = ?2 WHERE id = ?1", params![t.id.as_str(), enabled])?;
+            self.audit_tx(
+                tx,
+                &t.id,
+                principal.actor(),
+                crate::audit::Action::SettingsChanged,
+                t.id.as_str(),
+                serde_json::json!({"log_query_text": enabled}),
+            )
+        })
+    }
+
+    fn logs_query_text(&self, tenant: &crate::ids::TenantId) -> Result<bool> {
+        self.meta.read(|c| {
+            Ok(c.query_row("SELECT log_query_text FROM tenants WHERE id = ?1", [tenant.as_str()], |r| r.get(0))?)
+        })
+    }
+
+    fn seal_detail(&self, tenant: &crate::ids::TenantId, detail: &str) -> Result<String> {
+        let nonce = random_hex(12);
+        let path = crate::ids::ObjectPath::new(format!("access-log/{nonce}"))?;
+        let key = self.primary_key(tenant)?;
+        let sealed = crate::crypto::envelope::seal(&key, tenant, &path, detail.as_bytes())?;
+        Ok(format!("{SEALED_DETAIL}{nonce}:{}", hex::encode(sealed)))
+    }
+
+    fn open_detail(&self, tenant: &crate::ids::TenantId, stored: &str) -> Result<String> {
+        let rest = stored.strip_prefix(SEALED_DETAIL).ok_or(Error::Integrity)?;
+        let (nonce, body) = rest.split_once(':').ok_or(Error::Integrity)?;
+        let path = crate::ids::ObjectPath::new(format!("access-log/{nonce}"))?;
+        let sealed = hex::decode(body).map_err(|_| Error::Integrity)?;
+        let key = self.tenant_key(tenant, crate::crypto::envelope::key_version(&sealed)?)?;
+        let plain = crate::crypto::envelope::open(&key, tenant, &path, &sealed)?;
+        String::from_utf8(plain.to_vec()).map_err(|_| Error::Integrity)
+    }
+
     /// Records an access when the tenant's tier keeps an access log (Org, Enterprise); a no-op
     /// otherwise. Returns whether a record was written.
     pub fn record_access(
@@ -249,6 +294,11 @@ impl Core {
                 return Err(Error::InvalidArgument(format!("invalid access-log {what}")));
             }
         }
+        // Query text is kept only on opt-in, and then sealed under the tenant key.
+        let detail = match detail {
+            Some(d) if self.logs_query_text(&t.id)? => Some(self.seal_detail(&t.id, d)?),
+            _ => None,
+        };
         let now = self.now();
         self.meta.write(|tx| {
             tx.execute(
@@ -266,22 +316,29 @@ impl Core {
         if !t.tier.policy().access_log {
             return Err(Error::NotAllowed { tier: t.tier, what: "the access log" });
         }
-        self.meta.read(|c| {
-            let mut st = c.prepare(
-                "SELECT at, actor, resource, action, detail FROM access_log WHERE tenant_id = ?1 ORDER BY id",
-            )?;
-            let rows = st
-                .query_map([t.id.as_str()], |r| {
-                    Ok(AccessRecord {
-                        at: r.get(0)?,
-                        actor: r.get(1)?,
-                        resource: r.get(2)?,
-                        action: r.get(3)?,
-                        detail: r.get(4)?,
-                    })
-                })?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
+        self.meta
+            .read(|c| {
+                let mut st = c.prepare(
+                    "SELECT at, actor, resource, action, detail FROM access_log WHERE tenant_id = ?1 ORDER BY id",
+                )?;
+                let rows = st
+                    .query_map([t.id.as_str()], |r| {
+                        Ok(AccessRecord {
+                            at: r.get(0)?,
+                            actor: r.get(1)?,
+                            resource: r.get(2)?,
+                            action: r.get(3)?,
+                            detail: r.get(4)?,
+                        })
+                    })?
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })?
+            .into_iter()
+            .map(|mut r: AccessRecord| {
+                r.detail = r.detail.map(|d| self.open_detail(&t.id, &d)).transpose()?;
+                Ok(r)
+            })
+            .collect()
     }
 }

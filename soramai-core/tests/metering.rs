@@ -100,3 +100,20 @@ fn retention_sweep_applies_the_rules() {
     let r = env.core.sweep_retention().expect("sweep");
     assert_eq!(r.ledger_entries, 1, "billing records go after 7 years");
 }
+
+#[test]
+fn access_log_is_kept_90_days() {
+    let env = Env::new();
+    let (_, org) = env.tenant("bigorg", Tier::Org);
+    assert!(env.core.record_access(&org, "rag:kb", "search", None).expect("record"));
+    env.clock.advance(Duration::from_secs(89 * 86400));
+    assert_eq!(env.core.sweep_retention().expect("sweep").access_log, 0);
+    env.core.record_access(&org, "rag:kb", "search", None).expect("record");
+    env.clock.advance(Duration::from_secs(2 * 86400));
+    assert_eq!(env.core.sweep_retention().expect("sweep").access_log, 1);
+    assert_eq!(env.core.access_log(&org).expect("log").len(), 1);
+    // Hostile resource names are refused; tiers without an access log record nothing.
+    assert!(env.core.record_access(&org, "bad\nname", "search", None).is_err());
+    let (_, basic) = env.tenant("small", Tier::Basic);
+    assert!(!env.core.record_access(&basic, "rag:kb", "search", Some("q")).expect("no-op"));
+}

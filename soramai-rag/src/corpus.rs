@@ -446,7 +446,8 @@ impl Rag {
                 score,
             });
         }
-        self.core.record_access(principal, &format!("rag:{}", corpus.as_str()), "search", None)?;
+        // The query text is kept only if the tenant opted in, and then sealed under its key.
+        self.core.record_access(principal, &format!("rag:{}", corpus.as_str()), "search", Some(&request.query))?;
         Ok(hits)
     }
 }

@@ -323,3 +323,25 @@ fn basic_indexes_share_a_store_and_pro_indexes_get_their_own() {
     assert_eq!(count("blobs", "large"), 0, "Pro: nothing on the shared store");
     assert!(count("dedicated/large", "large") >= 3, "Pro: its own store");
 }
+
+#[test]
+fn query_text_is_kept_only_on_opt_in_and_then_sealed() {
+    let e = env();
+    let org = e.tenant("bigorg", Tier::Org);
+    let kb = CorpusId::new("kb").expect("id");
+    e.rag.create_corpus(&org, &kb).expect("create");
+    e.rag.add_documents(&org, &kb, &[Document::text("x", "X", "quarterly numbers")]).expect("index");
+    e.rag.search(&org, &kb, &SearchRequest::new("QUERYCANARY before opt-in", 3)).expect("search");
+    e.core.set_query_text_logging(&org, true).expect("opt in");
+    e.rag.search(&org, &kb, &SearchRequest::new("QUERYCANARY after opt-in", 3)).expect("search");
+    e.core.set_query_text_logging(&org, false).expect("opt out");
+    e.rag.search(&org, &kb, &SearchRequest::new("QUERYCANARY after opt-out", 3)).expect("search");
+    let details: Vec<Option<String>> =
+        e.core.access_log(&org).expect("log").into_iter().filter(|r| r.action == "search").map(|r| r.detail).collect();
+    assert_eq!(details, vec![None, Some("QUERYCANARY after opt-in".to_string()), None]);
+    for f in files_under(&e.dir.path().join("data")) {
+        assert!(!contains(&std::fs::read(&f).expect("read"), b"QUERYCANARY"), "{} holds query text", f.display());
+    }
+    let actions: Vec<String> = e.core.audit_log(&org).expect("audit").into_iter().map(|r| r.action).collect();
+    assert_eq!(actions.iter().filter(|a| *a == "tenant.settings_changed").count(), 2);
+}

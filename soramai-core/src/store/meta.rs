@@ -175,6 +175,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tenants ADD COLUMN store TEXT NOT NULL DEFAULT 'shared' CHECK (store IN ('shared', 'dedicated'));
     "#,
+    // 5: opt-in to keeping query text in the access log (stored sealed, never in clear)
+    r#"
+    ALTER TABLE tenants ADD COLUMN log_query_text INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The SQLite metadata database.
