@@ -59,7 +59,7 @@ fn main() -> ExitCode {
 const SAMPLE: &[u8] = include_bytes!("../assets/quickstart.jsonl");
 
 fn step(n: usize, what: &str) {
-    println!("[{n}/8] {what}");
+    println!("[{n}/9] {what}");
 }
 
 fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -76,7 +76,7 @@ fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
     step(2, "issue an API key (shown once; only its hash is stored)");
     let issued = core.create_api_key(
         &Principal::operator(&tenant),
-        KeyOptions::new("quickstart", &[Scope::Train, Scope::Admin, Scope::Inference]),
+        KeyOptions::new("quickstart", &[Scope::Train, Scope::Admin, Scope::Inference, Scope::Rag]),
     )?;
     println!("      {}", issued.secret());
     let me = core.authenticate(issued.secret())?;
@@ -154,7 +154,49 @@ fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
         return Err("key rotation did not behave".into());
     }
 
-    step(8, "verify the tamper-evident audit log");
+    let me = core.authenticate(rotated.secret())?;
+
+    step(8, "index documents and search them with the new key (tantivy on the encrypted store)");
+    let rag = soramai::rag::Rag::new(core.clone(), 32 << 20);
+    let kb = soramai::rag::CorpusId::new("support-kb")?;
+    rag.create_corpus(&me, &kb)?;
+    let docs = [
+        soramai::rag::Document::text(
+            "keys",
+            "API keys",
+            "Keys are shown once. Rotate a key to get a new one; the old key works for the grace period, and revocation is immediate.",
+        ),
+        soramai::rag::Document::text(
+            "deletion",
+            "Account closure",
+            "Closing an account destroys its encryption keys at once, which makes every copy of its data unreadable, backups included.",
+        ),
+        soramai::rag::Document::text(
+            "logs",
+            "Inference logs",
+            "Inference logs hold counts and latencies only, never prompt or completion text.",
+        ),
+    ];
+    let report = rag.add_documents(&me, &kb, &docs)?;
+    let hits =
+        rag.search(&me, &kb, &soramai::rag::SearchRequest::new("what happens to backups when I close my account", 2))?;
+    println!(
+        "      {} documents, {} chunks indexed; best hit for \"close my account\": {} (score {:.2})",
+        report.documents,
+        report.chunks,
+        hits.first().map_or("-", |h| h.chunk_id.as_str()),
+        hits.first().map_or(0.0, |h| h.score)
+    );
+    if hits.first().map(|h| h.doc_id.as_str()) != Some("deletion") {
+        return Err("search did not find the closure policy".into());
+    }
+    let leaked = scan_for(data_dir, b"completion text")?;
+    println!("      files holding indexed text in plaintext: {leaked}");
+    if leaked > 0 {
+        return Err("plaintext index data found at rest".into());
+    }
+
+    step(9, "verify the tamper-evident audit log");
     let report = core.verify_audit(&tenant)?;
     for r in core.audit_log(&Principal::operator(&tenant))? {
         println!("      #{:<2} {:<20} {:<18} {}", r.seq, r.action, r.actor, r.target);

@@ -26,3 +26,5 @@ pub use soramai_core::{
 
 /// The security core's full API (storage, crypto, audit, metering, retention).
 pub use soramai_core as core;
+/// Retrieval: corpora, documents and search over encrypted tantivy indexes.
+pub use soramai_rag as rag;
