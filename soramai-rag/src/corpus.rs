@@ -15,7 +15,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::directory::{ChunkCache, EncryptedDirectory};
 use crate::error::{Error, Result};
-use crate::text::{self, ChunkingOptions, Format};
+use crate::text::{self, ChunkingOptions, Format, TokenCounter, WordCount};
 
 /// A corpus id: `a-z0-9`, `-`, `_`, 1-64 characters, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -111,6 +111,8 @@ pub struct IngestReport {
 pub struct RagOptions {
     /// How documents are cut.
     pub chunking: ChunkingOptions,
+    /// What chunk windows are measured in (the serving model's tokenizer, or words).
+    pub tokens: Arc<dyn TokenCounter>,
     /// Largest document body, in bytes.
     pub max_document_bytes: usize,
     /// Documents per ingestion call.
@@ -123,6 +125,7 @@ impl Default for RagOptions {
     fn default() -> Self {
         Self {
             chunking: ChunkingOptions::default(),
+            tokens: Arc::new(WordCount),
             max_document_bytes: 8 << 20,
             max_documents_per_call: 10_000,
             writer_memory_bytes: 64 << 20,
@@ -338,7 +341,7 @@ impl Rag {
         let mut chunks = 0;
         for d in docs {
             writer.delete_term(Term::from_field_text(f.doc_id, &d.id));
-            for c in text::chunk(&d.body, d.format, self.options.chunking) {
+            for c in text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref()) {
                 let mut doc = TantivyDocument::default();
                 doc.add_text(f.chunk_id, format!("{}#{}", d.id, c.ordinal));
                 doc.add_text(f.doc_id, &d.id);

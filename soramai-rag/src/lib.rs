@@ -35,4 +35,4 @@ pub mod text;
 pub use corpus::{CorpusId, Document, Hit, IngestReport, Rag, RagOptions, SearchRequest};
 pub use directory::{ChunkCache, EncryptedDirectory};
 pub use error::{Error, Result};
-pub use text::{ChunkingOptions, Format};
+pub use text::{ChunkingOptions, Format, TokenCounter, WordCount};

@@ -1,8 +1,8 @@
 //! Turning documents into indexable chunks: HTML stripped to text, Markdown split at headings, and
 //! sections cut into overlapping windows of words that keep their heading.
 //!
-//! Chunk sizes are counted in words until the serving model's tokenizer lands in
-//! `soramai-kernels`; the window and overlap are parameters so token counts can replace them.
+//! Window and overlap are measured by a [`TokenCounter`]: [`WordCount`] by default, the serving
+//! model's tokenizer once `soramai-kernels` provides one (implement the trait over it).
 
 /// The format of a document's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -27,12 +27,28 @@ pub struct Chunk {
     pub ordinal: usize,
 }
 
+/// Measures text in the units chunk windows are counted in (tokens of the serving model).
+pub trait TokenCounter: Send + Sync + std::fmt::Debug {
+    /// How many tokens `text` (one word, with its leading space) takes.
+    fn count(&self, text: &str) -> usize;
+}
+
+/// Counts words: one token per whitespace-separated word.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WordCount;
+
+impl TokenCounter for WordCount {
+    fn count(&self, text: &str) -> usize {
+        text.split_whitespace().count()
+    }
+}
+
 /// How documents are cut.
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkingOptions {
-    /// Words per chunk.
+    /// Tokens per chunk (a single word longer than this becomes a chunk of its own).
     pub window: usize,
-    /// Words shared with the previous chunk.
+    /// Tokens shared with the previous chunk.
     pub overlap: usize,
 }
 
@@ -144,14 +160,19 @@ fn sections(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Cuts a document into chunks.
+/// Cuts a document into chunks, counting words.
 pub fn chunk(body: &str, format: Format, options: ChunkingOptions) -> Vec<Chunk> {
+    chunk_with(body, format, options, &WordCount)
+}
+
+/// Cuts a document into chunks whose token counts (by `counter`) fit `options.window`, each
+/// sharing up to `options.overlap` tokens with the previous one.
+pub fn chunk_with(body: &str, format: Format, options: ChunkingOptions, counter: &dyn TokenCounter) -> Vec<Chunk> {
     let window = options.window.max(1);
-    let step = window.saturating_sub(options.overlap.min(window - 1)).max(1);
+    let overlap = options.overlap.min(window - 1);
     let text = match format {
         Format::Html => html_to_text(body),
-        Format::Markdown => body.to_string(),
-        Format::Text => body.to_string(),
+        Format::Markdown | Format::Text => body.to_string(),
     };
     let parts = if format == Format::Text { vec![(String::new(), text)] } else { sections(&text) };
     let mut out = Vec::new();
@@ -163,14 +184,28 @@ pub fn chunk(body: &str, format: Format, options: ChunkingOptions) -> Vec<Chunk>
             }
             continue;
         }
+        let cost: Vec<usize> = words.iter().map(|w| counter.count(&format!(" {w}")).max(1)).collect();
         let mut start = 0;
         loop {
-            let end = (start + window).min(words.len());
+            // Extend the window while it fits (always at least one word).
+            let mut end = start + 1;
+            let mut used = cost[start];
+            while end < words.len() && used + cost[end] <= window {
+                used += cost[end];
+                end += 1;
+            }
             out.push(Chunk { heading: heading.clone(), text: words[start..end].join(" "), ordinal: out.len() });
             if end == words.len() {
                 break;
             }
-            start += step;
+            // The next window starts where at most `overlap` tokens of this one remain.
+            let mut next = end;
+            let mut shared = 0;
+            while next > start + 1 && shared + cost[next - 1] <= overlap {
+                shared += cost[next - 1];
+                next -= 1;
+            }
+            start = next;
         }
     }
     out
@@ -199,6 +234,39 @@ mod tests {
         {
             let _ = html_to_text(s);
             let _ = chunk(s, Format::Html, ChunkingOptions { window: 1, overlap: 5 });
+        }
+    }
+
+    #[derive(Debug)]
+    struct CharsOverFour;
+    impl TokenCounter for CharsOverFour {
+        fn count(&self, text: &str) -> usize {
+            text.trim().len().div_ceil(4)
+        }
+    }
+
+    #[test]
+    fn windows_follow_the_token_counter() {
+        let body = "a bb ccccc dddddddddddd e ffffffff gggg hhhhhhhhhhhhhhhhhhhh i jj kkk";
+        let opts = ChunkingOptions { window: 6, overlap: 2 };
+        let chunks = chunk_with(body, Format::Text, opts, &CharsOverFour);
+        let cost = |t: &str| t.split_whitespace().map(|w| w.len().div_ceil(4)).sum::<usize>();
+        for c in &chunks {
+            let n = cost(&c.text);
+            assert!(n <= 6 || c.text.split_whitespace().count() == 1, "{c:?} costs {n}");
+        }
+        // Every word appears, in order, and consecutive chunks overlap by at most 2 tokens.
+        let all: Vec<&str> = body.split_whitespace().collect();
+        assert_eq!(chunks.first().and_then(|c| c.text.split_whitespace().next()), Some("a"));
+        assert_eq!(chunks.last().and_then(|c| c.text.split_whitespace().last()), Some("kkk"));
+        for w in &all {
+            assert!(chunks.iter().any(|c| c.text.split_whitespace().any(|x| x == *w)), "{w} lost");
+        }
+        for pair in chunks.windows(2) {
+            let a: Vec<&str> = pair[0].text.split_whitespace().collect();
+            let b: Vec<&str> = pair[1].text.split_whitespace().collect();
+            let shared = (1..=a.len().min(b.len())).rev().find(|&k| a[a.len() - k..] == b[..k]).unwrap_or(0);
+            assert!(cost(&a[a.len() - shared..].join(" ")) <= 2, "{pair:?}");
         }
     }
 
