@@ -15,6 +15,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::directory::{ChunkCache, EncryptedDirectory};
 use crate::error::{Error, Result};
+use crate::grounding::GroundedPrompt;
 use crate::text::{self, ChunkingOptions, Format, TokenCounter, WordCount};
 
 /// A corpus id: `a-z0-9`, `-`, `_`, 1-64 characters, starting with a letter or digit.
@@ -452,5 +453,20 @@ impl Rag {
         // The query text is kept only if the tenant opted in, and then sealed under its key.
         self.core.record_access(principal, &format!("rag:{}", corpus.as_str()), "search", Some(&request.query))?;
         Ok(hits)
+    }
+
+    /// Retrieves the best chunks for `question` and assembles a grounded prompt that fits in
+    /// `budget` tokens (by the configured token counter). Send its messages to the chat model, then
+    /// read the answer's citations with [`GroundedPrompt::citations`].
+    pub fn grounded_prompt(
+        &self,
+        principal: &Principal,
+        corpus: &CorpusId,
+        question: &str,
+        top_k: usize,
+        budget: usize,
+    ) -> Result<GroundedPrompt> {
+        let hits = self.search(principal, corpus, &SearchRequest::new(question, top_k))?;
+        Ok(crate::grounding::assemble(question, &hits, budget, self.options.tokens.as_ref()))
     }
 }

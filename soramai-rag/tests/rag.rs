@@ -345,3 +345,27 @@ fn query_text_is_kept_only_on_opt_in_and_then_sealed() {
     let actions: Vec<String> = e.core.audit_log(&org).expect("audit").into_iter().map(|r| r.action).collect();
     assert_eq!(actions.iter().filter(|a| *a == "tenant.settings_changed").count(), 2);
 }
+
+#[test]
+fn grounded_prompts_carry_the_answering_chunk_within_budget() {
+    let e = env();
+    let p = e.tenant("acme", Tier::Basic);
+    let kb = CorpusId::new("kb").expect("id");
+    e.rag.create_corpus(&p, &kb).expect("create");
+    let mut docs: Vec<Document> = (0..40)
+        .map(|i| Document::text(format!("n{i}"), "Notes", format!("meeting notes {i} about budgets and offices")))
+        .collect();
+    docs.push(Document::text("leave", "Leave policy", "Staff receive thirty days of paid leave every year."));
+    e.rag.add_documents(&p, &kb, &docs).expect("index");
+    let prompt = e.rag.grounded_prompt(&p, &kb, "How many days of paid leave?", 8, 200).expect("prompt");
+    assert!(prompt.tokens <= 200);
+    assert_eq!(prompt.sources.first().map(|s| s.chunk_id.as_str()), Some("leave#0"));
+    assert!(prompt.user.contains("thirty days of paid leave"));
+    assert!(prompt.system.contains("[1]"));
+    // A model's answer is mapped back to the chunks it cites.
+    assert_eq!(prompt.citations("Thirty days [1]."), vec!["leave#0".to_string()]);
+    // The question and the prompt never reach disk.
+    for f in files_under(&e.dir.path().join("data")) {
+        assert!(!contains(&std::fs::read(&f).expect("read"), b"thirty days"), "{}", f.display());
+    }
+}
