@@ -197,6 +197,18 @@ impl AuditKey {
 
 const GENESIS: [u8; 32] = [0u8; 32];
 
+/// Reads an `AuditRecord` from columns `seq, at, actor, action, target, detail` (in that order).
+fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        detail: r.get(5)?,
+    })
+}
+
 /// One record to append: who did what to which id, with content-free detail.
 pub(crate) struct Entry<'a> {
     pub(crate) actor: &'a Actor,
@@ -287,16 +299,7 @@ impl Core {
             let mut st = c.prepare(
                 "SELECT seq, at, actor, action, target, detail FROM audit_log WHERE tenant_id = ?1 ORDER BY seq",
             )?;
-            let rows = st.query_map([tenant.as_str()], |r| {
-                Ok(AuditRecord {
-                    seq: r.get(0)?,
-                    at: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    detail: r.get(5)?,
-                })
-            })?;
+            let rows = st.query_map([tenant.as_str()], record_from_row)?;
             Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
     }
@@ -311,18 +314,7 @@ impl Core {
             )?;
             let rows = st
                 .query_map([tenant.as_str()], |r| {
-                    Ok((
-                        AuditRecord {
-                            seq: r.get(0)?,
-                            at: r.get(1)?,
-                            actor: r.get(2)?,
-                            action: r.get(3)?,
-                            target: r.get(4)?,
-                            detail: r.get(5)?,
-                        },
-                        r.get::<_, Vec<u8>>(6)?,
-                        r.get::<_, Vec<u8>>(7)?,
-                    ))
+                    Ok((record_from_row(r)?, r.get::<_, Vec<u8>>(6)?, r.get::<_, Vec<u8>>(7)?))
                 })?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let head: Option<(u64, Vec<u8>, Vec<u8>)> = c
