@@ -62,3 +62,25 @@ fn core_runs_on_an_object_store() {
     core.delete_tenant(&t).expect("delete");
     assert!(core.get_object(&t, &path).is_err());
 }
+
+#[test]
+fn large_streams_go_up_in_parts_and_abandoned_uploads_leave_nothing() {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let store = ObjectBlobStore::new(memory).expect("store");
+    let key = BlobKey::new("t/acme/o/large").expect("key");
+    let data: Vec<u8> = (0..(soramai_core::store::blob::MULTIPART_PART * 2 + 12345)).map(|i| (i % 251) as u8).collect();
+    let mut w = store.put_stream(&key).expect("stream");
+    for part in data.chunks(1 << 20) {
+        std::io::Write::write_all(&mut w, part).expect("write");
+    }
+    w.commit(&store).expect("commit");
+    assert_eq!(store.size(&key).expect("size"), data.len() as u64);
+    assert_eq!(store.get_range(&key, 8_000_000..8_400_000).expect("range"), &data[8_000_000..8_400_000]);
+    let other = BlobKey::new("t/acme/o/abandoned").expect("key");
+    {
+        let mut w = store.put_stream(&other).expect("stream");
+        std::io::Write::write_all(&mut w, &data).expect("write");
+    }
+    assert!(matches!(store.get(&other), Err(Error::NotFound { .. })));
+    assert_eq!(store.list("t/acme/").expect("list"), vec![key]);
+}

@@ -305,10 +305,73 @@ impl BlobStore for LocalBlobStore {
 
 /// Blobs in any `object_store` backend (S3-compatible storage, GCS, Azure, a local directory or
 /// memory), for deployments of several nodes.
+///
+/// Calls block on a private current-thread runtime: call them from blocking threads (as the server
+/// does through `spawn_blocking`), not from inside another async runtime.
 #[cfg(feature = "object-store")]
 pub struct ObjectBlobStore {
     store: std::sync::Arc<dyn object_store::ObjectStore>,
-    runtime: tokio::runtime::Runtime,
+    runtime: std::sync::Arc<tokio::runtime::Runtime>,
+}
+
+/// A streaming write to an object store: a multipart upload in parts of [`MULTIPART_PART`] bytes,
+/// completed at commit and aborted if dropped uncommitted.
+#[cfg(feature = "object-store")]
+struct ObjectBlobWrite {
+    runtime: std::sync::Arc<tokio::runtime::Runtime>,
+    upload: Option<std::sync::Mutex<Box<dyn object_store::MultipartUpload>>>,
+    buffer: Vec<u8>,
+}
+
+/// Part size of multipart uploads (S3 needs at least 5 MiB for every part but the last).
+#[cfg(feature = "object-store")]
+pub const MULTIPART_PART: usize = 8 << 20;
+
+#[cfg(feature = "object-store")]
+impl ObjectBlobWrite {
+    fn send_part(&mut self, part: Vec<u8>) -> std::io::Result<()> {
+        let upload = self.upload.as_mut().ok_or_else(|| std::io::Error::other("blob already committed"))?;
+        let fut = upload.get_mut().unwrap_or_else(|e| e.into_inner()).put_part(object_store::PutPayload::from(part));
+        self.runtime.block_on(fut).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(feature = "object-store")]
+impl Write for ObjectBlobWrite {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        while self.buffer.len() >= MULTIPART_PART {
+            let rest = self.buffer.split_off(MULTIPART_PART);
+            let part = std::mem::replace(&mut self.buffer, rest);
+            self.send_part(part)?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(feature = "object-store")]
+impl BlobWrite for ObjectBlobWrite {
+    fn commit(mut self: Box<Self>, _store: &dyn BlobStore) -> Result<()> {
+        let last = std::mem::take(&mut self.buffer);
+        self.send_part(last)?;
+        let upload = self.upload.take().ok_or_else(|| Error::Io(std::io::Error::other("blob already committed")))?;
+        let mut upload = upload.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.runtime.block_on(upload.complete()).map_err(os_err)?;
+        Ok(())
+    }
+}
+
+#[cfg(feature = "object-store")]
+impl Drop for ObjectBlobWrite {
+    fn drop(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            let mut upload = upload.into_inner().unwrap_or_else(|e| e.into_inner());
+            let _ = self.runtime.block_on(upload.abort());
+        }
+    }
 }
 
 #[cfg(feature = "object-store")]
@@ -323,7 +386,7 @@ impl ObjectBlobStore {
     /// Wraps an object store (for S3: `object_store::aws::AmazonS3Builder`, enabled through
     /// `object_store`'s `aws` feature in the embedding application).
     pub fn new(store: std::sync::Arc<dyn object_store::ObjectStore>) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        let runtime = std::sync::Arc::new(tokio::runtime::Builder::new_current_thread().build()?);
         Ok(Self { store, runtime })
     }
 
@@ -356,6 +419,15 @@ fn os_err(e: object_store::Error) -> Error {
 
 #[cfg(feature = "object-store")]
 impl BlobStore for ObjectBlobStore {
+    fn put_stream(&self, key: &BlobKey) -> Result<Box<dyn BlobWrite>> {
+        let upload = self.runtime.block_on(self.store.put_multipart(&Self::path(key))).map_err(os_err)?;
+        Ok(Box::new(ObjectBlobWrite {
+            runtime: self.runtime.clone(),
+            upload: Some(std::sync::Mutex::new(upload)),
+            buffer: Vec::new(),
+        }))
+    }
+
     fn put(&self, key: &BlobKey, data: &[u8]) -> Result<()> {
         // A single PUT is atomic in object stores: readers see the old object or the new one.
         let payload = object_store::PutPayload::from(data.to_vec());
