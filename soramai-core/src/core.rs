@@ -46,7 +46,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The root key provider.
     pub root: Arc<dyn KeyProvider>,
-    /// The shared blob store; `None` uses `<data_dir>/blobs`.
+    /// The shared blob store; `None` uses `<data_dir>/blobs`. When you set it to an object store
+    /// for several nodes, set [`Config::dedicated`] too: its default keeps dedicated stores in
+    /// local directories under the data directory.
     pub blobs: Option<Arc<dyn BlobStore>>,
     /// Where tenants whose tier calls for a dedicated store (Pro and up) keep their blobs; `None`
     /// keeps every tenant on the shared store.
@@ -836,9 +838,41 @@ impl Core {
     pub(crate) fn stage_object(&self, tenant: &TenantId, path: &ObjectPath, data: &[u8]) -> Result<StagedObject> {
         let mut w = self.object_writer(tenant, path)?;
         std::io::Write::write_all(&mut w, data)?;
-        let ObjectWriter { scope, blob, key_version, len, sealer, .. } = w;
+        self.seal_writer(w)
+    }
+
+    /// Seals a writer's final chunk and makes its blob durable; nothing is visible yet.
+    fn seal_writer(&self, writer: ObjectWriter) -> Result<StagedObject> {
+        let ObjectWriter { scope, blob, key_version, len, sealer, .. } = writer;
         sealer.finish()?.commit(self.blobs.as_ref())?;
         Ok(StagedObject { scope, blob, key_version, len })
+    }
+
+    /// Commits a staged object together with `extra` in one transaction, then deletes the blob it
+    /// replaced; on failure deletes the staged blob instead, so nothing half-done stays visible.
+    fn commit_staged<T>(
+        &self,
+        tenant: &TenantId,
+        path: &ObjectPath,
+        staged: &StagedObject,
+        extra: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let committed = self.meta.write(|tx| {
+            let old = self.commit_object(tx, tenant, path, staged)?;
+            Ok((extra(tx)?, old))
+        });
+        match committed {
+            Ok((out, old)) => {
+                if let Some(old) = old {
+                    self.blobs.delete(&old)?;
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = self.blobs.delete(&staged.blob);
+                Err(e)
+            }
+        }
     }
 
     /// Records a staged object in the caller's transaction; returns the blob it replaces, if any,
@@ -875,22 +909,7 @@ impl Core {
         extra: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
         let staged = self.stage_object(tenant, path, data)?;
-        let committed = self.meta.write(|tx| {
-            let old = self.commit_object(tx, tenant, path, &staged)?;
-            Ok((extra(tx)?, old))
-        });
-        match committed {
-            Ok((out, old)) => {
-                if let Some(old) = old {
-                    self.blobs.delete(&old)?;
-                }
-                Ok(out)
-            }
-            Err(e) => {
-                let _ = self.blobs.delete(&staged.blob);
-                Err(e)
-            }
-        }
+        self.commit_staged(tenant, path, &staged, extra)
     }
 
     /// Stores an object in the tenant's space, encrypted under its primary key, replacing any object
@@ -1016,22 +1035,10 @@ impl Core {
     /// Seals the final chunk, makes the blob durable and switches the object to it in one metadata
     /// transaction (replacing any previous version atomically).
     pub fn finish_object(&self, writer: ObjectWriter) -> Result<ObjectInfo> {
-        let ObjectWriter { tenant, path, scope, blob, key_version, len, sealer } = writer;
-        sealer.finish()?.commit(self.blobs.as_ref())?;
-        let staged = StagedObject { scope, blob, key_version, len };
-        let committed = self.meta.write(|tx| self.commit_object(tx, &tenant, &path, &staged));
-        match committed {
-            Ok(old) => {
-                if let Some(old) = old {
-                    self.blobs.delete(&old)?;
-                }
-                Ok(ObjectInfo { path: path.as_str().to_string(), len, key_version })
-            }
-            Err(e) => {
-                let _ = self.blobs.delete(&staged.blob);
-                Err(e)
-            }
-        }
+        let (tenant, path) = (writer.tenant.clone(), writer.path.clone());
+        let staged = self.seal_writer(writer)?;
+        self.commit_staged(&tenant, &path, &staged, |_| Ok(()))?;
+        Ok(ObjectInfo { path: path.as_str().to_string(), len: staged.len, key_version: staged.key_version })
     }
 
     fn object_row(&self, tenant: &TenantId, path: &ObjectPath) -> Result<(BlobKey, ObjectInfo)> {
