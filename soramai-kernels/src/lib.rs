@@ -1,4 +1,25 @@
-//! Soramai's compute engine (GGUF reader, quantized kernels, llama forward, LoRA, training).
+//! Soramai's compute engine: GGUF files, quantized CPU kernels, the llama-family forward pass with
+//! batched multi-LoRA, tokenizers and sampling.
 //!
-//! This crate depends on no other workspace crate and knows nothing of tenants. Its capabilities land
-//! issue by issue; see `DESIGN.md` in the shared design folder for the layout it grows into.
+//! This crate depends on no other workspace crate and knows nothing of tenants. `unsafe` lives only
+//! in the per-ISA kernel modules under [`cpu`] and the memory map in [`gguf`].
+
+// Kernels index several arrays by one counter; iterator chains would hide the block layouts.
+#![allow(clippy::needless_range_loop)]
+
+pub mod cpu;
+pub mod engine;
+pub mod error;
+pub mod gguf;
+pub mod lora;
+pub mod model;
+pub mod npy;
+pub mod quant;
+pub mod sample;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+
+pub use engine::{Engine, Finish, Generation, Request};
+pub use model::{Model, Precision};
+pub use tokenizer::Tokenizer;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use soramai::core::crypto::envelope;
+use soramai::kernels;
 use soramai::{
     Core, JobSpec, KeyOptions, ModelId, PoolId, Principal, RunnerCommand, Scope, SecretName, TenantId, Tier, Worker,
 };
@@ -32,6 +33,40 @@ enum Command {
         #[arg(long, default_value = ".soramai-data")]
         data_dir: PathBuf,
     },
+    /// Print the token ids of TEXT as a JSON array.
+    Tokenize {
+        /// GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Treat special-token text (`<|im_start|>`) as plain text.
+        #[arg(long)]
+        no_special: bool,
+        /// The text.
+        text: String,
+    },
+    /// Generate text and print `{"prompt_ids", "output_ids", "text"}` as JSON.
+    Generate(GenerateArgs),
+    /// Write the last position's full-vocabulary logits as a float32 .npy file.
+    Logits {
+        /// GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// PEFT adapter directory.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Treat special-token text as plain text.
+        #[arg(long)]
+        no_special: bool,
+        /// `fast` (8-bit activations) or `exact` (f32 on dequantized weights).
+        #[arg(long, default_value = "fast")]
+        precision: String,
+        /// The prompt (raw text).
+        #[arg(long)]
+        prompt: String,
+        /// Output .npy path.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run one job from stdin (started by a worker; not for interactive use).
     #[command(hide = true, disable_help_flag = true)]
     JobRunner {
@@ -40,9 +75,60 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    /// GGUF model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// PEFT adapter directory (repeat to load several; the first one is applied).
+    #[arg(long)]
+    adapter: Vec<PathBuf>,
+    /// Render the prompt as the user turn of the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Top-k (0: off).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Top-p.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// `fast` or `exact`.
+    #[arg(long, default_value = "fast")]
+    precision: String,
+    /// Print JSON (otherwise the text streams to stdout).
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Tokenize { model, no_special, text } => report(tokenize(&model, no_special, &text)),
+        Command::Generate(args) => report(generate(&args)),
+        Command::Logits { model, adapter, no_special, precision, prompt, out } => {
+            report(logits(&model, adapter.as_deref(), no_special, &precision, &prompt, &out))
+        }
         Command::JobRunner { args } => {
             ExitCode::from(u8::try_from(soramai::core::jobs::runner::main(&args)).unwrap_or(2))
         }
@@ -54,6 +140,89 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn report(r: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tokenize(model: &std::path::Path, no_special: bool, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let g = kernels::gguf::Gguf::open(model)?;
+    let tk = kernels::Tokenizer::from_gguf(&g)?;
+    println!("{}", serde_json::to_string(&tk.encode(text, true, !no_special))?);
+    Ok(())
+}
+
+fn generate(a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let engine = kernels::Engine::load(&a.model)?;
+    let mut adapter = None;
+    for (i, dir) in a.adapter.iter().enumerate() {
+        let name = format!("adapter-{i}");
+        engine.load_adapter(&name, dir)?;
+        adapter.get_or_insert(name);
+    }
+    let prompt = if a.chat {
+        engine.chat_tokens(&[kernels::tokenizer::template::Message::new("user", &a.prompt)])?
+    } else {
+        engine.tokenizer.encode(&a.prompt, true, true)
+    };
+    let req = kernels::Request {
+        prompt,
+        adapter,
+        max_tokens: a.max_tokens,
+        sampling: kernels::sample::SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            repeat_last_n: 64,
+            seed: a.seed,
+        },
+        stop: a.stop.clone(),
+        precision: a.precision.parse()?,
+    };
+    let json = a.json;
+    let mut stdout = std::io::stdout();
+    let g = engine.generate(&req, &mut |_, piece| {
+        if !json {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+        true
+    })?;
+    if json {
+        let v = serde_json::json!({"prompt_ids": g.prompt_ids, "output_ids": g.output_ids, "text": g.text});
+        println!("{v}");
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+fn logits(
+    model: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    no_special: bool,
+    precision: &str,
+    prompt: &str,
+    out: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let engine = kernels::Engine::load(model)?;
+    if let Some(dir) = adapter {
+        engine.load_adapter("adapter", dir)?;
+    }
+    let ids = engine.tokenizer.encode(prompt, true, !no_special);
+    let l = engine.logits(&ids, adapter.map(|_| "adapter"), precision.parse()?)?;
+    std::fs::write(out, kernels::npy::f32_vector(&l))?;
+    Ok(())
 }
 
 const SAMPLE: &[u8] = include_bytes!("../assets/quickstart.jsonl");

@@ -26,5 +26,7 @@ pub use soramai_core::{
 
 /// The security core's full API (storage, crypto, audit, metering, retention).
 pub use soramai_core as core;
+/// The compute engine: GGUF, kernels, model, LoRA, tokenizer, sampling.
+pub use soramai_kernels as kernels;
 /// Retrieval: corpora, documents and search over encrypted tantivy indexes.
 pub use soramai_rag as rag;

@@ -1,0 +1,63 @@
+//! Elementwise and normalization ops of the llama forward pass.
+
+/// RMSNorm: `out = x / sqrt(mean(x²) + eps) * w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+    let scale = 1.0 / (ss + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// SwiGLU: `gate = silu(gate) * up`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Rotary position embedding layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs `(x[2i], x[2i+1])` (GGUF llama: Q and K rows were permuted at conversion).
+    Interleaved,
+    /// Halves `(x[i], x[i + d/2])` (GPT-NeoX, Qwen2).
+    Neox,
+}
+
+/// Precomputed cos/sin for one position: `d/2` angles `pos · base^(-2i/d)`.
+pub fn rope_angles(pos: usize, dims: usize, base: f32, out_cos: &mut [f32], out_sin: &mut [f32]) {
+    for i in 0..dims / 2 {
+        let theta = pos as f32 * base.powf(-2.0 * i as f32 / dims as f32);
+        out_cos[i] = theta.cos();
+        out_sin[i] = theta.sin();
+    }
+}
+
+/// Rotates the first `cos.len() * 2` dimensions of one head.
+pub fn rope(head: &mut [f32], cos: &[f32], sin: &[f32], layout: RopeLayout) {
+    let half = cos.len();
+    for i in 0..half {
+        let (a, b) = match layout {
+            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+            RopeLayout::Neox => (i, i + half),
+        };
+        let (x0, x1) = (head[a], head[b]);
+        head[a] = x0 * cos[i] - x1 * sin[i];
+        head[b] = x0 * sin[i] + x1 * cos[i];
+    }
+}

@@ -1,0 +1,398 @@
+//! The llama-family forward pass: a batch of sequences, each with its own KV cache and its own LoRA
+//! adapter (or none), in one pass. Base projections run once over every token of the batch; LoRA
+//! deltas are gathered per adapter (as in Punica / S-LoRA) and added to the rows of the sequences
+//! that use it. Every row's arithmetic is independent of its batch-mates, so a sequence gives the
+//! same result alone as in any batch.
+
+mod config;
+mod weights;
+
+pub use config::Config;
+pub use weights::{Precision, QMat, vector};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::cpu::{self, ops};
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::lora::{Adapter, Target};
+use crate::tokenizer::TokenId;
+
+/// One transformer block's weights.
+#[derive(Debug)]
+pub struct Layer {
+    /// Pre-attention RMSNorm.
+    pub attn_norm: Vec<f32>,
+    /// Query projection.
+    pub wq: QMat,
+    /// Key projection.
+    pub wk: QMat,
+    /// Value projection.
+    pub wv: QMat,
+    /// Output projection.
+    pub wo: QMat,
+    /// Q/K/V biases (Qwen2).
+    pub bias: Option<[Vec<f32>; 3]>,
+    /// Pre-MLP RMSNorm.
+    pub ffn_norm: Vec<f32>,
+    /// Gate projection.
+    pub gate: QMat,
+    /// Up projection.
+    pub up: QMat,
+    /// Down projection.
+    pub down: QMat,
+}
+
+impl Layer {
+    /// The base weight of a LoRA target.
+    pub fn weight(&self, t: Target) -> &QMat {
+        match t {
+            Target::Q => &self.wq,
+            Target::K => &self.wk,
+            Target::V => &self.wv,
+            Target::O => &self.wo,
+            Target::Gate => &self.gate,
+            Target::Up => &self.up,
+            Target::Down => &self.down,
+        }
+    }
+}
+
+/// A loaded model.
+#[derive(Debug)]
+pub struct Model {
+    /// Hyper-parameters.
+    pub config: Config,
+    /// Token embeddings (`vocab × n_embd`).
+    pub tok_embd: QMat,
+    /// Blocks.
+    pub layers: Vec<Layer>,
+    /// Final RMSNorm.
+    pub output_norm: Vec<f32>,
+    /// Output projection (the embeddings when tied).
+    pub output: QMat,
+    /// The parsed file.
+    pub gguf: Arc<Gguf>,
+}
+
+/// A sequence's key/value cache. Never shared between sequences (or tenants).
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    kv_dim: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a model.
+    pub fn new(c: &Config) -> Self {
+        KvCache { k: vec![Vec::new(); c.n_layer], v: vec![Vec::new(); c.n_layer], len: 0, kv_dim: c.kv_dim() }
+    }
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Drops everything after the first `n` tokens.
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len {
+            for l in 0..self.k.len() {
+                self.k[l].truncate(n * self.kv_dim);
+                self.v[l].truncate(n * self.kv_dim);
+            }
+            self.len = n;
+        }
+    }
+}
+
+/// Which positions' logits a lane wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None (prefill of a prefix).
+    None,
+    /// The last position only.
+    Last,
+    /// Every position.
+    All,
+}
+
+/// One sequence's part of a batch.
+#[derive(Debug)]
+pub struct Lane<'a> {
+    /// Its cache; the tokens are appended.
+    pub cache: &'a mut KvCache,
+    /// New tokens.
+    pub tokens: &'a [TokenId],
+    /// Its adapter, if any.
+    pub adapter: Option<&'a Adapter>,
+    /// Which logits to return.
+    pub logits: Logits,
+}
+
+impl Model {
+    /// Loads a GGUF model (memory-mapped).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_gguf(Arc::new(Gguf::open(path)?))
+    }
+
+    /// Builds the model from a parsed file.
+    pub fn from_gguf(g: Arc<Gguf>) -> Result<Self> {
+        let c = Config::from_gguf(&g)?;
+        let tok_embd = QMat::load(&g, "token_embd.weight", c.vocab, c.n_embd)?;
+        let output = if g.tensor("output.weight").is_some() {
+            QMat::load(&g, "output.weight", c.vocab, c.n_embd)?
+        } else {
+            tok_embd.clone()
+        };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for l in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let bias = if g.tensor(&n("attn_q.bias")).is_some() {
+                Some([
+                    vector(&g, &n("attn_q.bias"), c.q_dim())?,
+                    vector(&g, &n("attn_k.bias"), c.kv_dim())?,
+                    vector(&g, &n("attn_v.bias"), c.kv_dim())?,
+                ])
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm: vector(&g, &n("attn_norm.weight"), c.n_embd)?,
+                wq: QMat::load(&g, &n("attn_q.weight"), c.q_dim(), c.n_embd)?,
+                wk: QMat::load(&g, &n("attn_k.weight"), c.kv_dim(), c.n_embd)?,
+                wv: QMat::load(&g, &n("attn_v.weight"), c.kv_dim(), c.n_embd)?,
+                wo: QMat::load(&g, &n("attn_output.weight"), c.n_embd, c.q_dim())?,
+                bias,
+                ffn_norm: vector(&g, &n("ffn_norm.weight"), c.n_embd)?,
+                gate: QMat::load(&g, &n("ffn_gate.weight"), c.n_ff, c.n_embd)?,
+                up: QMat::load(&g, &n("ffn_up.weight"), c.n_ff, c.n_embd)?,
+                down: QMat::load(&g, &n("ffn_down.weight"), c.n_embd, c.n_ff)?,
+            });
+        }
+        let output_norm = vector(&g, "output_norm.weight", c.n_embd)?;
+        Ok(Model { config: c, tok_embd, layers, output_norm, output, gguf: g })
+    }
+
+    /// A fresh cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.config)
+    }
+
+    /// Runs the lanes' new tokens through the model in one pass. Returns, per lane, the logits it
+    /// asked for (`vocab` values per position, concatenated).
+    pub fn forward(&self, lanes: &mut [Lane<'_>], precision: Precision) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let (d, qd, kvd, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim);
+        // Rows of the batch: (lane, position).
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for (i, lane) in lanes.iter().enumerate() {
+            if lane.tokens.is_empty() {
+                return Err(Error::Request("a lane has no tokens".into()));
+            }
+            if let Some(&t) = lane.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(Error::Request(format!("token id {t} is outside the {}-token vocabulary", c.vocab)));
+            }
+            if lane.cache.kv_dim != kvd || lane.cache.k.len() != c.n_layer {
+                return Err(Error::Request("a KV cache from another model".into()));
+            }
+            let end = lane.cache.len + lane.tokens.len();
+            if end > c.n_ctx {
+                return Err(Error::Request(format!("{end} tokens exceed the {}-token context", c.n_ctx)));
+            }
+            if let Some(a) = lane.adapter
+                && a.layers.len() != c.n_layer
+            {
+                return Err(Error::Adapter("adapter was built for another model shape".into()));
+            }
+            rows.extend((0..lane.tokens.len()).map(|k| (i, lane.cache.len + k)));
+        }
+        let n = rows.len();
+        let mut x = vec![0f32; n * d];
+        let mut r = 0;
+        for lane in lanes.iter() {
+            for &t in lane.tokens {
+                self.tok_embd.dequantize_row(t as usize, &mut x[r * d..(r + 1) * d])?;
+                r += 1;
+            }
+        }
+        // Row ranges per lane and adapter groups for the LoRA gather.
+        let mut spans = Vec::with_capacity(lanes.len());
+        let mut start = 0;
+        for lane in lanes.iter() {
+            spans.push(start..start + lane.tokens.len());
+            start += lane.tokens.len();
+        }
+        let mut groups: Vec<(&Adapter, Vec<usize>)> = Vec::new();
+        for (i, lane) in lanes.iter().enumerate() {
+            if let Some(a) = lane.adapter {
+                match groups.iter_mut().find(|(g, _)| std::ptr::eq(*g, a)) {
+                    Some((_, rs)) => rs.extend(spans[i].clone()),
+                    None => groups.push((a, spans[i].clone().collect())),
+                }
+            }
+        }
+        let mut cos = vec![0f32; n * c.rope_dims / 2];
+        let mut sin = vec![0f32; n * c.rope_dims / 2];
+        let h2 = c.rope_dims / 2;
+        for (k, &(_, pos)) in rows.iter().enumerate() {
+            ops::rope_angles(
+                pos,
+                c.rope_dims,
+                c.rope_base,
+                &mut cos[k * h2..(k + 1) * h2],
+                &mut sin[k * h2..(k + 1) * h2],
+            );
+        }
+        let mut xn = vec![0f32; n * d];
+        let mut q = vec![0f32; n * qd];
+        let mut kk = vec![0f32; n * kvd];
+        let mut vv = vec![0f32; n * kvd];
+        let mut att = vec![0f32; n * qd];
+        let mut o = vec![0f32; n * d];
+        let mut g = vec![0f32; n * c.n_ff];
+        let mut u = vec![0f32; n * c.n_ff];
+        for (l, layer) in self.layers.iter().enumerate() {
+            norm_rows(&x, &layer.attn_norm, c.eps, &mut xn);
+            let proj = |t: Target, input: &[f32], out: &mut [f32]| -> Result<()> {
+                layer.weight(t).matmul(input, out, precision)?;
+                apply_lora(&groups, l, t, input, out);
+                Ok(())
+            };
+            proj(Target::Q, &xn, &mut q)?;
+            proj(Target::K, &xn, &mut kk)?;
+            proj(Target::V, &xn, &mut vv)?;
+            if let Some([bq, bk, bv]) = &layer.bias {
+                add_bias(&mut q, bq);
+                add_bias(&mut kk, bk);
+                add_bias(&mut vv, bv);
+            }
+            for k in 0..n {
+                let (cs, sn) = (&cos[k * h2..(k + 1) * h2], &sin[k * h2..(k + 1) * h2]);
+                for h in 0..c.n_head {
+                    ops::rope(&mut q[k * qd + h * hd..k * qd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
+                }
+                for h in 0..c.n_head_kv {
+                    ops::rope(&mut kk[k * kvd + h * hd..k * kvd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
+                }
+            }
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                let span = spans[i].clone();
+                lane.cache.k[l].extend_from_slice(&kk[span.start * kvd..span.end * kvd]);
+                lane.cache.v[l].extend_from_slice(&vv[span.start * kvd..span.end * kvd]);
+            }
+            let caches: Vec<&KvCache> = lanes.iter().map(|ln| &*ln.cache).collect();
+            attention(c, l, &rows, &caches, &q, &mut att);
+            proj(Target::O, &att, &mut o)?;
+            for (xv, ov) in x.iter_mut().zip(&o) {
+                *xv += ov;
+            }
+            norm_rows(&x, &layer.ffn_norm, c.eps, &mut xn);
+            proj(Target::Gate, &xn, &mut g)?;
+            proj(Target::Up, &xn, &mut u)?;
+            g.par_chunks_mut(c.n_ff).zip(u.par_chunks(c.n_ff)).for_each(|(gr, ur)| ops::swiglu(gr, ur));
+            proj(Target::Down, &g, &mut o)?;
+            for (xv, ov) in x.iter_mut().zip(&o) {
+                *xv += ov;
+            }
+        }
+        for lane in lanes.iter_mut() {
+            lane.cache.len += lane.tokens.len();
+        }
+        let mut out = Vec::with_capacity(lanes.len());
+        for (i, lane) in lanes.iter().enumerate() {
+            let span = spans[i].clone();
+            let wanted = match lane.logits {
+                Logits::None => span.end..span.end,
+                Logits::Last => span.end - 1..span.end,
+                Logits::All => span,
+            };
+            let m = wanted.len();
+            let mut h = vec![0f32; m * d];
+            for (k, row) in wanted.enumerate() {
+                ops::rms_norm(&x[row * d..(row + 1) * d], &self.output_norm, c.eps, &mut h[k * d..(k + 1) * d]);
+            }
+            let mut logits = vec![0f32; m * c.vocab];
+            if m > 0 {
+                self.output.matmul(&h, &mut logits, precision)?;
+            }
+            out.push(logits);
+        }
+        Ok(out)
+    }
+}
+
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| ops::rms_norm(xr, w, eps, o));
+}
+
+fn add_bias(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        for (v, bv) in row.iter_mut().zip(b) {
+            *v += bv;
+        }
+    }
+}
+
+/// Adds `scale · B·A·x` for each adapter group's rows (gather, compute, scatter-add).
+fn apply_lora(groups: &[(&Adapter, Vec<usize>)], layer: usize, t: Target, input: &[f32], out: &mut [f32]) {
+    let n_rows = groups.iter().map(|(_, r)| r.len()).sum::<usize>();
+    if n_rows == 0 {
+        return;
+    }
+    let total = input.len() / out.len().max(1);
+    let _ = total;
+    for (adapter, rows) in groups {
+        let Some(p) = adapter.pair(layer, t) else { continue };
+        let in_f = p.a.len() / p.rank;
+        let out_f = p.b.len() / p.rank;
+        // tmp = A·x for each gathered row.
+        let mut tmp = vec![0f32; rows.len() * p.rank];
+        tmp.par_chunks_mut(p.rank).zip(rows.par_iter()).for_each(|(tr, &row)| {
+            let xr = &input[row * in_f..(row + 1) * in_f];
+            for (j, tv) in tr.iter_mut().enumerate() {
+                *tv = cpu::dot_f32(&p.a[j * in_f..(j + 1) * in_f], xr);
+            }
+        });
+        let mut delta = vec![0f32; rows.len() * out_f];
+        delta.par_chunks_mut(out_f).zip(tmp.par_chunks(p.rank)).for_each(|(dr, tr)| {
+            for (o, dv) in dr.iter_mut().enumerate() {
+                *dv = p.scale * cpu::dot_f32(&p.b[o * p.rank..(o + 1) * p.rank], tr);
+            }
+        });
+        for (k, &row) in rows.iter().enumerate() {
+            for (ov, dv) in out[row * out_f..(row + 1) * out_f].iter_mut().zip(&delta[k * out_f..(k + 1) * out_f]) {
+                *ov += dv;
+            }
+        }
+    }
+}
+
+/// Causal attention with grouped KV heads, each row against its own lane's cache.
+fn attention(c: &Config, l: usize, rows: &[(usize, usize)], caches: &[&KvCache], q: &[f32], out: &mut [f32]) {
+    let (hd, kvd, nh) = (c.head_dim, c.kv_dim(), c.n_head);
+    let group = c.n_head / c.n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let (row, h) = (idx / nh, idx % nh);
+        let (lane, pos) = rows[row];
+        let cache = caches[lane];
+        let kvh = h / group;
+        let qh = &q[row * nh * hd + h * hd..row * nh * hd + (h + 1) * hd];
+        let (ks, vs) = (&cache.k[l], &cache.v[l]);
+        let mut s: Vec<f32> =
+            (0..=pos).map(|p| cpu::dot_f32(qh, &ks[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd]) * scale).collect();
+        ops::softmax(&mut s);
+        o.fill(0.0);
+        for (p, &w) in s.iter().enumerate() {
+            cpu::axpy(w, &vs[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd], o);
+        }
+    });
+}
