@@ -6,8 +6,6 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::rd_f16;
-
 /// Horizontal sum of 8 f32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -18,94 +16,6 @@ fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
-}
-
-/// 32 unsigned nibbles of a 16-byte block: low nibbles in lanes 0..16, high in 16..32.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn nibbles(p: &[u8; 16]) -> __m256i {
-    // SAFETY: `p` is 16 readable bytes; loadu has no alignment requirement.
-    let x = unsafe { _mm_loadu_si128(p.as_ptr().cast()) };
-    let m = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(x, m);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), m);
-    _mm256_set_m128i(hi, lo)
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn load32(p: &[u8; 32]) -> __m256i {
-    // SAFETY: `p` is 32 readable bytes; loadu has no alignment requirement.
-    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
-}
-
-/// Σ u8 × i8 over 32 lanes, as 8 f32 partial sums.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256 {
-    let p16 = _mm256_maddubs_epi16(u, s);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
-}
-
-/// Σ i8 × i8 over 32 lanes, as 8 f32 partial sums.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256 {
-    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
-}
-
-fn block<const N: usize>(b: &[u8], at: usize) -> &[u8; N] {
-    b[at..at + N].try_into().expect("caller passes whole blocks")
-}
-
-/// Q4_1 weights · Q8_1 activations over `nb` blocks.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA. `w` and `a` must hold `nb` blocks each.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn vec_dot_q4_1_q8_1(nb: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
-    for i in 0..nb {
-        let (x, y) = (&w[i * 20..i * 20 + 20], &a[i * 36..i * 36 + 36]);
-        let (dx, mx, dy, sy) = (rd_f16(x, 0), rd_f16(x, 2), rd_f16(y, 0), rd_f16(y, 2));
-        summs += mx * sy;
-        let q = nibbles(block::<16>(x, 4));
-        let p = dot_u8_i8(q, load32(block::<32>(y, 4)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), p, acc);
-    }
-    hsum(acc) + summs
-}
-
-/// Q4_0 weights · Q8_0 activations over `nb` blocks.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA. `w` and `a` must hold `nb` blocks each.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn vec_dot_q4_0_q8_0(nb: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for i in 0..nb {
-        let (x, y) = (&w[i * 18..i * 18 + 18], &a[i * 34..i * 34 + 34]);
-        let q = _mm256_sub_epi8(nibbles(block::<16>(x, 2)), _mm256_set1_epi8(8));
-        let p = dot_i8_i8(q, load32(block::<32>(y, 2)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16(x, 0) * rd_f16(y, 0)), p, acc);
-    }
-    hsum(acc)
-}
-
-/// Q8_0 weights · Q8_0 activations over `nb` blocks.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA. `w` and `a` must hold `nb` blocks each.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn vec_dot_q8_0_q8_0(nb: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for i in 0..nb {
-        let (x, y) = (&w[i * 34..i * 34 + 34], &a[i * 34..i * 34 + 34]);
-        let p = dot_i8_i8(load32(block::<32>(x, 2)), load32(block::<32>(y, 2)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(rd_f16(x, 0) * rd_f16(y, 0)), p, acc);
-    }
-    hsum(acc)
 }
 
 /// Σ x·y over f32 slices of equal length.

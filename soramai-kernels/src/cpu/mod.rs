@@ -4,14 +4,18 @@
 //! | ISA | kernels |
 //! | --- | --- |
 //! | scalar (all targets) | every format, the reference |
-//! | AVX2 + FMA (x86_64) | Q4_0, Q4_1, Q8_0 dot products, f32 dot/axpy, activation quantization |
+//! | AVX2 + FMA + F16C (x86_64) | Q4_0, Q4_1, Q8_0 dot products, f32 dot/axpy, activation quantization |
+//! | AVX-512 VNNI + VL (x86_64) | the same dot products with `vpdpbusd` |
 //!
-//! AVX-512 and NEON paths are not written yet: on those CPUs the AVX2 path (x86) or the scalar path
-//! (aarch64) runs, with the same results.
+//! The quantized kernels take one weight row and up to four activation rows at once, so a batch
+//! unpacks each weight block once per four tokens. A NEON path is not written yet: on aarch64 the
+//! scalar kernels run, with the same results.
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
+mod qdot;
 pub(crate) mod scalar;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -26,43 +30,78 @@ use crate::quant::GgmlType;
 pub enum Isa {
     /// Portable scalar code.
     Scalar,
-    /// x86_64 AVX2 with FMA.
+    /// x86_64 AVX2 with FMA and F16C.
     Avx2,
+    /// x86_64 AVX-512 (F, BW, VL) with VNNI, plus AVX2/FMA/F16C.
+    Avx512Vnni,
 }
 
 static ISA: AtomicU8 = AtomicU8::new(0);
 
 fn detect() -> Isa {
-    if std::env::var("SORAMAI_ISA").is_ok_and(|v| v == "scalar") {
+    let forced = std::env::var("SORAMAI_ISA").ok();
+    if forced.as_deref() == Some("scalar") {
         return Isa::Scalar;
     }
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return Isa::Avx2;
+    {
+        let avx2 =
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+        let vnni = avx2
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni");
+        if vnni && forced.as_deref() != Some("avx2") {
+            return Isa::Avx512Vnni;
+        }
+        if avx2 {
+            return Isa::Avx2;
+        }
     }
     Isa::Scalar
 }
 
-/// The instruction set in use: the best this CPU has, unless `SORAMAI_ISA=scalar` or [`set_isa`]
-/// chose otherwise.
+fn code(i: Isa) -> u8 {
+    match i {
+        Isa::Scalar => 1,
+        Isa::Avx2 => 2,
+        Isa::Avx512Vnni => 3,
+    }
+}
+
+/// The instruction set in use: the best this CPU has, unless `SORAMAI_ISA` (`scalar`, `avx2`) or
+/// [`set_isa`] chose a lesser one.
 #[inline]
 pub fn isa() -> Isa {
     match ISA.load(Ordering::Relaxed) {
         1 => Isa::Scalar,
         2 => Isa::Avx2,
+        3 => Isa::Avx512Vnni,
         _ => {
             let i = detect();
-            ISA.store(if i == Isa::Avx2 { 2 } else { 1 }, Ordering::Relaxed);
+            ISA.store(code(i), Ordering::Relaxed);
             i
         }
     }
 }
 
-/// Forces an instruction set (for comparing paths); a SIMD set this CPU lacks falls back to scalar.
+/// Forces an instruction set (for comparing paths); one this CPU lacks falls back to the best it has
+/// below it.
 pub fn set_isa(want: Isa) {
     let best = detect();
-    let i = if want == Isa::Avx2 && best == Isa::Avx2 { Isa::Avx2 } else { Isa::Scalar };
-    ISA.store(if i == Isa::Avx2 { 2 } else { 1 }, Ordering::Relaxed);
+    let i = match (want, best) {
+        (Isa::Scalar, _) | (_, Isa::Scalar) => Isa::Scalar,
+        (Isa::Avx2, _) | (Isa::Avx512Vnni, Isa::Avx2) => Isa::Avx2,
+        (Isa::Avx512Vnni, Isa::Avx512Vnni) => Isa::Avx512Vnni,
+    };
+    ISA.store(code(i), Ordering::Relaxed);
+}
+
+/// Whether the AVX2 helpers (f32 dot, axpy, activation quantization) may run.
+#[inline]
+fn has_avx2() -> bool {
+    matches!(isa(), Isa::Avx2 | Isa::Avx512Vnni)
 }
 
 /// The block format activations are quantized to for a product with weights of type `ty`.
@@ -85,7 +124,7 @@ pub fn quantize_activations(act: GgmlType, x: &[f32], out: &mut [u8]) {
         }
         GgmlType::Q8_0 | GgmlType::Q8_1 => {
             #[cfg(target_arch = "x86_64")]
-            if isa() == Isa::Avx2 {
+            if has_avx2() {
                 // SAFETY: AVX2/FMA were detected; callers pass whole blocks (checked in `matmul`).
                 unsafe { avx2::quantize_q8(x, out, act == GgmlType::Q8_1) };
                 return;
@@ -123,18 +162,40 @@ pub(crate) fn quantize_q8_scalar(x: &[f32], out: &mut [u8], q8_1: bool) {
 /// Dot product of one weight row (type `ty`, `n` elements) with one activation row.
 #[inline]
 pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    vec_dot_rows::<1>(ty, n, w, [a])[0]
+}
+
+/// Dot products of one weight row with `R` activation rows (the weight blocks are unpacked once).
+#[inline]
+pub fn vec_dot_rows<const R: usize>(ty: GgmlType, n: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
+    vec_dot_rows_on::<R>(isa(), ty, n, w, a)
+}
+
+/// [`vec_dot_rows`] on a given instruction set, which the caller has checked this CPU supports.
+#[inline]
+pub(crate) fn vec_dot_rows_on<const R: usize>(isa: Isa, ty: GgmlType, n: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx2 {
+    {
         let nb = n / 32;
-        // SAFETY: AVX2/FMA were detected; `w` and `a` hold whole rows (checked in `matmul`).
-        match ty {
-            GgmlType::Q4_1 => return unsafe { avx2::vec_dot_q4_1_q8_1(nb, w, a) },
-            GgmlType::Q4_0 => return unsafe { avx2::vec_dot_q4_0_q8_0(nb, w, a) },
-            GgmlType::Q8_0 => return unsafe { avx2::vec_dot_q8_0_q8_0(nb, w, a) },
-            _ => {}
+        let fits = |wb: usize, ab: usize| w.len() >= nb * wb && a.iter().all(|r| r.len() >= nb * ab);
+        macro_rules! go {
+            ($m:ident) => {
+                // SAFETY: the ISA was detected at run time and `fits` checked every row holds `nb` blocks.
+                match ty {
+                    GgmlType::Q4_1 if fits(20, 36) => return unsafe { qdot::$m::q4_1_q8_1::<R>(nb, w, a) },
+                    GgmlType::Q4_0 if fits(18, 34) => return unsafe { qdot::$m::q4_0_q8_0::<R>(nb, w, a) },
+                    GgmlType::Q8_0 if fits(34, 34) => return unsafe { qdot::$m::q8_0_q8_0::<R>(nb, w, a) },
+                    _ => {}
+                }
+            };
+        }
+        match isa {
+            Isa::Avx512Vnni => go!(vnni),
+            Isa::Avx2 => go!(avx2),
+            Isa::Scalar => {}
         }
     }
-    scalar::vec_dot(ty, n, w, a)
+    std::array::from_fn(|j| scalar::vec_dot(ty, n, w, a[j]))
 }
 
 /// `out[t][r] = Σ_c w[r][c] · x[t][c]` for a `rows × cols` weight matrix of type `ty` stored as
@@ -168,11 +229,24 @@ pub fn matmul(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], out: 
     }
     let mut t = vec![0f32; rows * m];
     t.par_chunks_mut(per * m).enumerate().for_each(|(ci, o)| {
+        let act_row = |tok: usize| &act[tok * act_bytes..(tok + 1) * act_bytes];
         for (k, orow) in o.chunks_exact_mut(m).enumerate() {
             let r = ci * per + k;
             let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-            for (tok, v) in orow.iter_mut().enumerate() {
-                *v = vec_dot(ty, cols, wr, &act[tok * act_bytes..(tok + 1) * act_bytes]);
+            let mut tok = 0;
+            while tok + 4 <= m {
+                let v = vec_dot_rows::<4>(
+                    ty,
+                    cols,
+                    wr,
+                    [act_row(tok), act_row(tok + 1), act_row(tok + 2), act_row(tok + 3)],
+                );
+                orow[tok..tok + 4].copy_from_slice(&v);
+                tok += 4;
+            }
+            while tok < m {
+                orow[tok] = vec_dot(ty, cols, wr, act_row(tok));
+                tok += 1;
             }
         }
     });
@@ -188,7 +262,7 @@ pub fn matmul(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], out: 
 #[inline]
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx2 {
+    if has_avx2() {
         // SAFETY: AVX2/FMA were detected.
         return unsafe { avx2::dot_f32(x, y) };
     }
@@ -199,7 +273,7 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
 #[inline]
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx2 {
+    if has_avx2() {
         // SAFETY: AVX2/FMA were detected.
         return unsafe { avx2::axpy(a, x, y) };
     }

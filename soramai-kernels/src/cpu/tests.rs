@@ -16,6 +16,19 @@ fn rand_vec(seed: u64, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Every instruction set this CPU can run, scalar included.
+fn available_isas() -> Vec<Isa> {
+    let best = detect();
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+        .into_iter()
+        .filter(|i| match (i, best) {
+            (Isa::Scalar, _) => true,
+            (Isa::Avx2, b) => b != Isa::Scalar,
+            (Isa::Avx512Vnni, b) => b == Isa::Avx512Vnni,
+        })
+        .collect()
+}
+
 fn act_bytes(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let at = vec_dot_type(ty);
     let mut a = vec![0u8; at.bytes_for(x.len() as u64).expect("whole blocks") as usize];
@@ -47,10 +60,21 @@ fn vec_dot_simd_equals_scalar_and_tracks_f32() {
             let x = rand_vec(seed * 31 + 2, n, 2.0);
             let wq = quant::quantize(ty, &w).expect("quantize");
             let a = act_bytes(ty, &x);
-            let fast = vec_dot(ty, n, &wq, &a);
             let reference = scalar::vec_dot(ty, n, &wq, &a);
             let tol = 1e-4 * (1.0 + reference.abs());
-            assert!((fast - reference).abs() <= tol, "{ty} seed {seed}: simd {fast} vs scalar {reference}");
+            for isa in available_isas() {
+                let one = vec_dot_rows_on::<1>(isa, ty, n, &wq, [&a])[0];
+                assert!((one - reference).abs() <= tol, "{ty} {isa:?} seed {seed}: {one} vs scalar {reference}");
+                // Four activation rows at once give each row's own result.
+                let others: Vec<Vec<u8>> = (0..3).map(|k| act_bytes(ty, &rand_vec(seed * 97 + k, n, 1.5))).collect();
+                let four = vec_dot_rows_on::<4>(isa, ty, n, &wq, [&a, &others[0], &others[1], &others[2]]);
+                assert_eq!(four[0].to_bits(), one.to_bits(), "{ty} {isa:?}: row 0 of 4");
+                for k in 0..3 {
+                    let single = vec_dot_rows_on::<1>(isa, ty, n, &wq, [&others[k]])[0];
+                    assert_eq!(four[k + 1].to_bits(), single.to_bits(), "{ty} {isa:?}: row {} of 4", k + 1);
+                }
+            }
+            let fast = vec_dot(ty, n, &wq, &a);
             // Against f32 maths on the dequantized weights and the original activations.
             let mut wd = vec![0f32; n];
             quant::dequantize(ty, &wq, &mut wd).expect("dequantize");
