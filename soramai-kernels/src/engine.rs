@@ -261,14 +261,9 @@ impl Engine {
                 s.history.push(tok);
                 s.pending = vec![tok];
                 s.bytes.extend(self.tokenizer.token_bytes(tok, false));
-                // Emit the longest valid UTF-8 prefix not yet emitted, held back while a stop string
-                // could still be completing.
-                let valid = match std::str::from_utf8(&s.bytes) {
-                    Ok(_) => s.bytes.len(),
-                    Err(e) => e.valid_up_to(),
-                };
-                let text = String::from_utf8_lossy(&s.bytes[..valid]).into_owned();
-                if let Some(cut) = r.stop.iter().filter_map(|st| text.find(st.as_str())).min() {
+                // Stop strings are found in bytes; text streams up to any incomplete UTF-8 sequence
+                // at the end, held back while a stop string could still be completing.
+                if let Some(cut) = r.stop.iter().filter_map(|st| find_bytes(&s.bytes, st.as_bytes())).min() {
                     s.bytes.truncate(cut);
                     if cut > s.emitted {
                         let piece = String::from_utf8_lossy(&s.bytes[s.emitted..cut]).into_owned();
@@ -278,8 +273,8 @@ impl Engine {
                     s.finish = Some(Finish::StopString);
                     continue;
                 }
-                let hold = r.stop.iter().map(|st| partial_suffix(&text, st)).max().unwrap_or(0);
-                let safe = valid - hold;
+                let hold = r.stop.iter().map(|st| partial_suffix(&s.bytes, st.as_bytes())).max().unwrap_or(0);
+                let safe = complete_len(&s.bytes[..s.bytes.len() - hold]);
                 if safe > s.emitted {
                     let piece = String::from_utf8_lossy(&s.bytes[s.emitted..safe]).into_owned();
                     s.emitted = safe;
@@ -290,7 +285,7 @@ impl Engine {
                 }
                 if s.out.len() >= r.max_tokens {
                     s.finish = Some(Finish::Length);
-                } else if s.cache.len() + 1 > n_ctx {
+                } else if s.history.len() >= n_ctx {
                     s.finish = Some(Finish::Context);
                 }
             }
@@ -308,9 +303,28 @@ impl Engine {
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of `stop`.
-fn partial_suffix(text: &str, stop: &str) -> usize {
-    (1..stop.len().min(text.len() + 1))
-        .rev()
-        .find(|&k| stop.is_char_boundary(k) && text.is_char_boundary(text.len() - k) && text.ends_with(&stop[..k]))
-        .unwrap_or(0)
+fn partial_suffix(text: &[u8], stop: &[u8]) -> usize {
+    (1..stop.len().min(text.len() + 1)).rev().find(|&k| text.ends_with(&stop[..k])).unwrap_or(0)
+}
+
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `b.len()` less an incomplete UTF-8 sequence at its end (which the next token may complete).
+fn complete_len(b: &[u8]) -> usize {
+    for k in 1..=b.len().min(3) {
+        let lead = b[b.len() - k];
+        if lead & 0xC0 == 0x80 {
+            continue;
+        }
+        let need = match lead {
+            0xF0..=0xF7 => 4,
+            0xE0..=0xEF => 3,
+            0xC0..=0xDF => 2,
+            _ => 1,
+        };
+        return if need > k { b.len() - k } else { b.len() };
+    }
+    b.len()
 }

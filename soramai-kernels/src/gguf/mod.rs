@@ -336,8 +336,10 @@ impl Gguf {
             let off = c.u64()?;
             raw.push((at, name, dims, ty, off));
         }
+        // A file without tensors may end right after its metadata, before any padding.
         let data_offset = (c.pos as u64)
             .checked_next_multiple_of(alignment)
+            .map(|d| if n_tensors == 0 { d.min(b.len() as u64) } else { d })
             .filter(|&d| d <= b.len() as u64)
             .ok_or_else(|| c.err("tensor data section starts past the end of the file"))?;
         let data_len = b.len() as u64 - data_offset;

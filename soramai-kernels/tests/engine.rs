@@ -1,0 +1,262 @@
+//! The forward pass, batching, adapters, sampling and tokenizers on tiny random models (no download).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{max_abs_diff, reference_logits, tiny_model_bytes, write_peft};
+use soramai_kernels::gguf::{Gguf, GgufWriter, Value};
+use soramai_kernels::lora::Target;
+use soramai_kernels::model::{Lane, Logits, Model};
+use soramai_kernels::quant::GgmlType;
+use soramai_kernels::sample::SamplingParams;
+use soramai_kernels::tokenizer::template::Message;
+use soramai_kernels::{Engine, Error, Finish, Precision, Request, Tokenizer};
+
+fn tiny(arch: &str, ty: GgmlType) -> Engine {
+    let g = Gguf::from_bytes(tiny_model_bytes(arch, ty, 11)).expect("gguf");
+    Engine::new(Model::from_gguf(Arc::new(g)).expect("model")).expect("engine")
+}
+
+#[test]
+fn exact_mode_matches_f64_reference_on_each_architecture() {
+    for (arch, ty) in
+        [("llama", GgmlType::Q8_0), ("llama", GgmlType::Q4_1), ("qwen2", GgmlType::Q4_0), ("llama", GgmlType::F16)]
+    {
+        let e = tiny(arch, ty);
+        let ids: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % e.model.config.vocab as u32).collect();
+        let exact = e.logits(&ids, None, Precision::Exact).expect("exact");
+        let reference = reference_logits(&e.model, &ids, None);
+        let d = max_abs_diff(&exact, &reference);
+        assert!(d < 1e-3, "{arch}/{ty}: exact vs f64 {d}");
+        // The fast path (8-bit activations) stays close.
+        let fast = e.logits(&ids, None, Precision::Fast).expect("fast");
+        let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(max_abs_diff(&fast, &reference) < 0.05 * scale.max(1.0), "{arch}/{ty}: fast path drifted");
+        // With an adapter on every target (Q/K permuted for interleaved RoPE; none for qwen2).
+        let dir = tempfile::tempdir().expect("tmp");
+        let deltas = write_peft(dir.path(), &e.model.config, 3, 6.0, &Target::ALL, 2);
+        e.load_adapter("a", dir.path()).expect("adapter");
+        let with = e.logits(&ids, Some("a"), Precision::Exact).expect("logits");
+        let d = max_abs_diff(&with, &reference_logits(&e.model, &ids, Some(&deltas)));
+        assert!(d < 1e-3, "{arch}/{ty}: exact+adapter vs merged f64 {d}");
+    }
+}
+
+#[test]
+fn batching_and_chunked_prefill_change_nothing() {
+    let e = tiny("llama", GgmlType::Q4_1);
+    let dir = tempfile::tempdir().expect("tmp");
+    write_peft(&dir.path().join("a"), &e.model.config, 4, 8.0, &[Target::Q, Target::Down], 1);
+    write_peft(&dir.path().join("b"), &e.model.config, 2, 2.0, &Target::ALL, 2);
+    e.load_adapter("a", dir.path().join("a")).expect("a");
+    e.load_adapter("b", dir.path().join("b")).expect("b");
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5, 6, 7], vec![100], vec![9, 8, 7, 6, 5, 4, 3, 2, 1], vec![42, 43]];
+    let names = [Some("a"), None, Some("b"), Some("a")];
+    for precision in [Precision::Fast, Precision::Exact] {
+        let alone: Vec<Vec<f32>> =
+            prompts.iter().zip(names).map(|(p, n)| e.logits(p, n, precision).expect("alone")).collect();
+        let adapters: Vec<_> = names
+            .iter()
+            .map(|n| {
+                n.map(|n| soramai_kernels::lora::Adapter::load(dir.path().join(n), &e.model.config).expect("load"))
+            })
+            .collect();
+        let mut caches: Vec<_> = prompts.iter().map(|_| e.model.new_cache()).collect();
+        let mut lanes: Vec<Lane<'_>> = caches
+            .iter_mut()
+            .zip(&prompts)
+            .zip(&adapters)
+            .map(|((c, p), a)| Lane { cache: c, tokens: p, adapter: a.as_ref(), logits: Logits::Last })
+            .collect();
+        let batched = e.model.forward(&mut lanes, precision).expect("batch");
+        for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+            assert_eq!(a, b, "{precision:?}: lane {i} differs in a batch");
+        }
+        // Prefill in two chunks through the KV cache equals one pass.
+        let p = &prompts[2];
+        let mut cache = e.model.new_cache();
+        let mut l1 = [Lane { cache: &mut cache, tokens: &p[..4], adapter: None, logits: Logits::None }];
+        assert!(e.model.forward(&mut l1, precision).expect("chunk 1")[0].is_empty());
+        let mut l2 = [Lane { cache: &mut cache, tokens: &p[4..], adapter: None, logits: Logits::All }];
+        let all = e.model.forward(&mut l2, precision).expect("chunk 2").remove(0);
+        let vocab = e.model.config.vocab;
+        assert_eq!(all.len(), 5 * vocab);
+        assert_eq!(&all[4 * vocab..], &e.logits(p, None, precision).expect("whole")[..]);
+        assert_eq!(cache.len(), p.len());
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_filters_apply() {
+    let e = tiny("llama", GgmlType::Q8_0);
+    let prompt = vec![5, 6, 7];
+    let run = |s: SamplingParams| {
+        let mut r = Request::new(prompt.clone(), 24);
+        r.sampling = s;
+        e.generate(&r, &mut |_, _| true).expect("generate").output_ids
+    };
+    let hot =
+        SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 7, ..SamplingParams::default() };
+    assert_eq!(run(hot.clone()), run(hot.clone()), "same seed, same output");
+    let others: Vec<_> = (8..12).map(|seed| run(SamplingParams { seed, ..hot.clone() })).collect();
+    assert!(others.iter().any(|o| *o != run(hot.clone())), "different seeds give different samples");
+    let greedy = run(SamplingParams::greedy());
+    assert_eq!(run(SamplingParams { top_k: 1, ..hot.clone() }), greedy, "top-k 1 is greedy");
+    assert_eq!(run(SamplingParams { min_p: 1.0, ..hot.clone() }), greedy, "min-p 1 is greedy");
+    assert_eq!(run(SamplingParams { top_p: 0.0, ..hot.clone() }), greedy, "top-p 0 is greedy");
+    let penalized = run(SamplingParams { repeat_penalty: 5.0, ..SamplingParams::greedy() });
+    assert_eq!(penalized.len(), 24);
+    for bad in [
+        SamplingParams { temperature: f32::NAN, ..SamplingParams::default() },
+        SamplingParams { top_p: 2.0, ..SamplingParams::default() },
+        SamplingParams { repeat_penalty: 0.0, ..SamplingParams::default() },
+    ] {
+        let mut r = Request::new(prompt.clone(), 4);
+        r.sampling = bad;
+        assert!(matches!(e.generate(&r, &mut |_, _| true), Err(Error::Request(_))));
+    }
+}
+
+#[test]
+fn streaming_stop_strings_and_limits() {
+    let e = tiny("llama", GgmlType::Q8_0);
+    let base = e.generate(&Request::new(vec![10, 11], 40), &mut |_, _| true).expect("generate");
+    assert!(base.finish == Finish::Length && base.output_ids.len() == 40 || base.finish == Finish::Stop, "{base:?}");
+    // Streamed pieces add up to the text.
+    let mut streamed = String::new();
+    let g = e
+        .generate(&Request::new(vec![10, 11], 40), &mut |_, s| {
+            streamed.push_str(s);
+            true
+        })
+        .expect("generate");
+    assert_eq!(streamed, g.text);
+    // A stop string taken from the middle of the text ends generation before it.
+    let chars: Vec<char> = base.text.chars().collect();
+    if let Some(stop) = chars.windows(3).skip(4).map(|w| w.iter().collect::<String>()).find(|s| !s.contains('\u{fffd}'))
+    {
+        let mut r = Request::new(vec![10, 11], 40);
+        r.stop = vec![stop.clone()];
+        let mut streamed = String::new();
+        let g = e
+            .generate(&r, &mut |_, s| {
+                streamed.push_str(s);
+                true
+            })
+            .expect("generate");
+        assert_eq!(g.finish, Finish::StopString);
+        assert!(!g.text.contains(&stop));
+        assert!(base.text.starts_with(&g.text));
+        assert_eq!(streamed, g.text, "held-back text is never streamed past a stop");
+    }
+    // The callback can cancel.
+    let g = e.generate(&Request::new(vec![10, 11], 40), &mut |_, _| false).expect("generate");
+    assert_eq!(g.finish, Finish::Cancelled);
+    // Bad requests.
+    assert!(matches!(e.generate(&Request::new(vec![], 4), &mut |_, _| true), Err(Error::Request(_))));
+    assert!(matches!(e.generate(&Request::new(vec![1; 300], 4), &mut |_, _| true), Err(Error::Request(_))));
+    assert!(matches!(e.generate(&Request::new(vec![9999], 4), &mut |_, _| true), Err(Error::Request(_))));
+    let mut r = Request::new(vec![1], 4);
+    r.adapter = Some("nope".into());
+    assert!(matches!(e.generate(&r, &mut |_, _| true), Err(Error::Request(_))));
+    // The context fills up: generation stops there.
+    let g = e.generate(&Request::new(vec![3; 250], 100), &mut |_, _| true).expect("generate");
+    assert_eq!(g.finish, Finish::Context);
+    assert_eq!(g.prompt_ids.len() + g.output_ids.len(), 256);
+}
+
+#[test]
+fn adapters_come_and_go_while_others_run() {
+    let e = Arc::new(tiny("llama", GgmlType::Q8_0));
+    let dir = tempfile::tempdir().expect("tmp");
+    write_peft(&dir.path().join("a"), &e.model.config, 4, 8.0, &Target::ALL, 1);
+    write_peft(&dir.path().join("b"), &e.model.config, 4, 8.0, &Target::ALL, 2);
+    e.load_adapter("a", dir.path().join("a")).expect("a");
+    let mut r = Request::new(vec![7, 8, 9], 120);
+    r.adapter = Some("a".into());
+    let solo = e.generate(&r, &mut |_, _| true).expect("solo");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let worker = {
+        let (e, r) = (e.clone(), r.clone());
+        std::thread::spawn(move || {
+            let mut first = true;
+            e.generate(&r, &mut |_, _| {
+                if first {
+                    let _ = started_tx.send(());
+                    first = false;
+                }
+                true
+            })
+        })
+    };
+    started_rx.recv().expect("started");
+    assert!(e.remove_adapter("a"));
+    e.load_adapter("b", dir.path().join("b")).expect("b");
+    e.load_adapter("a", dir.path().join("b")).expect("replace a");
+    let g = worker.join().expect("join").expect("generate");
+    assert_eq!(g.output_ids, solo.output_ids, "a running generation keeps the adapter it began with");
+    assert_eq!(e.adapter_names(), vec!["a".to_string(), "b".to_string()]);
+    let mut r2 = r.clone();
+    r2.adapter = Some("b".into());
+    assert_ne!(e.generate(&r2, &mut |_, _| true).expect("b").output_ids, solo.output_ids);
+}
+
+#[test]
+fn adapters_round_trip_through_peft_files() {
+    let e = tiny("llama", GgmlType::Q8_0);
+    let dir = tempfile::tempdir().expect("tmp");
+    write_peft(&dir.path().join("a"), &e.model.config, 4, 8.0, &[Target::Q, Target::K, Target::Up], 1);
+    let a = soramai_kernels::lora::Adapter::load(dir.path().join("a"), &e.model.config).expect("load");
+    a.save(dir.path().join("copy"), &e.model.config).expect("save");
+    let b = soramai_kernels::lora::Adapter::load(dir.path().join("copy"), &e.model.config).expect("reload");
+    assert_eq!(a, b);
+    // The saved B of q_proj is back in Hugging Face row order: byte-identical to the original.
+    let st = |p: &std::path::Path| std::fs::read(p.join("adapter_model.safetensors")).expect("read");
+    let (x, y) = (st(&dir.path().join("a")), st(&dir.path().join("copy")));
+    let (x, y) =
+        (safetensors::SafeTensors::deserialize(&x).expect("x"), safetensors::SafeTensors::deserialize(&y).expect("y"));
+    let name = "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight";
+    assert_eq!(x.tensor(name).expect("x").data(), y.tensor(name).expect("y").data());
+}
+
+#[test]
+fn bpe_tokenizer_on_a_tiny_vocabulary() {
+    let e = tiny("llama", GgmlType::Q8_0);
+    let t = &e.tokenizer;
+    let hello = t.token_id("hello").expect("merged token");
+    let world = t.token_id("Ġworld").expect("merged token");
+    assert_eq!(t.encode("hello world", true, true), vec![hello, world]);
+    let start = t.token_id("<|im_start|>").expect("control");
+    assert_eq!(t.encode("<|im_start|>hello", true, true), vec![start, hello]);
+    assert_ne!(t.encode("<|im_start|>hello", true, false)[0], start, "control text is plain text without special");
+    assert_eq!(t.decode(&t.encode("héllo wörld 123 🎉", true, true), false), "héllo wörld 123 🎉");
+    assert_eq!(t.decode(&[start, hello], false), "hello");
+    assert_eq!(t.decode(&[start, hello], true), "<|im_start|>hello");
+    let chat = e.render_chat(&[Message::new("user", "hi")]).expect("render");
+    assert_eq!(chat, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+}
+
+#[test]
+fn sentencepiece_tokenizer_merges_by_score_with_byte_fallback() {
+    let mut w = GgufWriter::new();
+    let tokens = [
+        "<unk>", "<s>", "</s>", "▁", "h", "e", "l", "o", "▁h", "he", "ll", "▁he", "llo", "▁hello", "<0x21>", "<0xC3>",
+        "<0xA9>",
+    ];
+    let scores = [0.0, 0.0, 0.0, -1.0, -2.0, -2.0, -2.0, -2.0, -3.0, -1.5, -1.0, -1.2, -0.5, -0.1, 0.0, 0.0, 0.0];
+    let types = [2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 6, 6];
+    w.set("tokenizer.ggml.model", Value::String("llama".into()));
+    w.set("tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|t| Value::String((*t).into())).collect()));
+    w.set("tokenizer.ggml.scores", Value::Array(scores.iter().map(|s| Value::F32(*s)).collect()));
+    w.set("tokenizer.ggml.token_type", Value::Array(types.iter().map(|t| Value::I32(*t)).collect()));
+    w.set("tokenizer.ggml.bos_token_id", Value::U32(1));
+    w.set("tokenizer.ggml.eos_token_id", Value::U32(2));
+    let g = Gguf::from_bytes(w.to_bytes()).expect("gguf");
+    let t = Tokenizer::from_gguf(&g).expect("spm");
+    assert!(t.add_bos, "SentencePiece adds BOS by default");
+    // "▁hello" wins through its merges; "!" and "é" fall back to byte tokens.
+    assert_eq!(t.encode("hello!é", true, true), vec![1, 13, 14, 15, 16]);
+    assert_eq!(t.decode(&[1, 13, 14, 15, 16], false), " hello!é");
+    assert_eq!(t.encode("</s>", false, true), vec![2]);
+}
