@@ -1,4 +1,5 @@
-//! Quick prefill/decode speed probe (the real comparison lives in benches/).
+//! Quick prefill/decode speed probe (the comparison with llama.cpp lives in benches/inference.rs).
+//! `SPEED_DECODE_ONLY=1` spends nearly all time decoding, for profiling.
 use soramai_kernels::model::{Lane, Logits};
 use soramai_kernels::{Engine, Precision};
 use std::time::Instant;
@@ -8,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let e = Engine::load(path)?;
     let text = "The quick brown fox ".repeat(40);
     let ids: Vec<u32> = e.tokenizer.encode(&text, false, false).into_iter().take(128).collect();
+    let n_decode = if std::env::var_os("SPEED_DECODE_ONLY").is_some() { 400 } else { 64 };
     for _ in 0..3 {
         let mut cache = e.model.new_cache();
         let t = Instant::now();
@@ -15,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut l = e.model.forward(&mut lanes, Precision::Fast)?;
         let pre = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        for _ in 0..64 {
+        for _ in 0..n_decode {
             let lg = l.pop().ok_or("no logits")?;
             let tok = lg.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32;
             let toks = [tok];
@@ -23,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             l = e.model.forward(&mut lanes, Precision::Fast)?;
         }
         let dec = t.elapsed().as_secs_f64();
-        println!("prefill {:.1} tok/s, decode {:.1} tok/s", 128.0 / pre, 64.0 / dec);
+        println!("prefill {:.1} tok/s, decode {:.1} tok/s", 128.0 / pre, n_decode as f64 / dec);
     }
     Ok(())
 }

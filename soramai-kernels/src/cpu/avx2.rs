@@ -110,3 +110,24 @@ pub(crate) unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
         }
     }
 }
+
+/// [`crate::cpu::ops::attend_body`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attend(
+    q: &[f32],
+    ks: &[f32],
+    vs: &[f32],
+    stride: usize,
+    offset: usize,
+    n_pos: usize,
+    hd: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    crate::cpu::ops::attend_body(q, ks, vs, stride, offset, n_pos, hd, scale, scores, out)
+}

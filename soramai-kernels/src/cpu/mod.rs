@@ -215,7 +215,11 @@ pub fn matmul(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], out: 
     let act_ty = vec_dot_type(ty);
     let act_bytes = act_ty.bytes_for(cols as u64).unwrap_or(0) as usize;
     let mut act = vec![0u8; act_bytes * m];
-    act.par_chunks_mut(act_bytes).zip(x.par_chunks(cols)).for_each(|(a, xr)| quantize_activations(act_ty, xr, a));
+    if m == 1 {
+        quantize_activations(act_ty, x, &mut act);
+    } else {
+        act.par_chunks_mut(act_bytes).zip(x.par_chunks(cols)).for_each(|(a, xr)| quantize_activations(act_ty, xr, a));
+    }
     let threads = rayon::current_num_threads().max(1);
     let per = rows.div_ceil(threads * 4).clamp(1, 256);
     if m == 1 {
@@ -256,6 +260,82 @@ pub fn matmul(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], out: 
         }
     }
     Ok(())
+}
+
+/// One weight matrix of a [`matmul_group`].
+#[derive(Debug)]
+pub struct GroupItem<'a> {
+    /// Block format.
+    pub ty: GgmlType,
+    /// `rows × cols` blocks.
+    pub w: &'a [u8],
+    /// Output features.
+    pub rows: usize,
+    /// `m × rows` results.
+    pub out: &'a mut [f32],
+}
+
+/// Several weight matrices applied to the same activations `x` (`m × cols`), such as Q, K and V:
+/// the activations are quantized once, and for a single row (decode) every row of every matrix is
+/// spread over the threads in one parallel region instead of one region per matrix.
+pub fn matmul_group(items: &mut [GroupItem<'_>], cols: usize, x: &[f32]) -> Result<()> {
+    if cols == 0 || x.len() != cols || items.iter().any(|it| it.ty != items[0].ty) {
+        for it in items.iter_mut() {
+            matmul(it.ty, it.w, it.rows, cols, x, it.out)?;
+        }
+        return Ok(());
+    }
+    let ty = items[0].ty;
+    let row_bytes = ty
+        .bytes_for(cols as u64)
+        .filter(|_| ty != GgmlType::Q8_1)
+        .ok_or_else(|| Error::UnsupportedType(format!("{ty}: row of {cols} is not whole blocks")))?
+        as usize;
+    for it in items.iter() {
+        if it.w.len() != row_bytes * it.rows || it.out.len() != it.rows {
+            return Err(Error::UnsupportedType(format!("{ty} group matmul: {}x{cols} weights", it.rows)));
+        }
+    }
+    let act_ty = vec_dot_type(ty);
+    let mut act = vec![0u8; act_ty.bytes_for(cols as u64).unwrap_or(0) as usize];
+    quantize_activations(act_ty, x, &mut act);
+    let total: usize = items.iter().map(|it| it.rows).sum();
+    let per = total.div_ceil(rayon::current_num_threads().max(1) * 4).clamp(1, 256);
+    let mut tasks: Vec<(&[u8], usize, &mut [f32])> = Vec::new();
+    for it in items.iter_mut() {
+        for (ci, o) in it.out.chunks_mut(per).enumerate() {
+            tasks.push((it.w, ci * per, o));
+        }
+    }
+    tasks.into_par_iter().for_each(|(w, r0, o)| {
+        for (k, v) in o.iter_mut().enumerate() {
+            let r = r0 + k;
+            *v = vec_dot(ty, cols, &w[r * row_bytes..(r + 1) * row_bytes], &act);
+        }
+    });
+    Ok(())
+}
+
+/// Attention of one query group against cached keys and values (see [`ops::attend_body`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend(
+    q: &[f32],
+    ks: &[f32],
+    vs: &[f32],
+    stride: usize,
+    offset: usize,
+    n_pos: usize,
+    hd: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2/FMA were detected; the body is safe code compiled for them.
+        return unsafe { avx2::attend(q, ks, vs, stride, offset, n_pos, hd, scale, scores, out) };
+    }
+    ops::attend_body(q, ks, vs, stride, offset, n_pos, hd, scale, scores, out)
 }
 
 /// Σ x·y.

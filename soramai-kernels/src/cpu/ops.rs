@@ -61,3 +61,56 @@ pub fn rope(head: &mut [f32], cos: &[f32], sin: &[f32], layout: RopeLayout) {
         head[b] = x0 * sin[i] + x1 * cos[i];
     }
 }
+
+/// Attention of one KV head's query group at one position: `q` holds `group` query heads of
+/// `hd` values, `ks`/`vs` the cached keys and values (`n_pos` rows of `stride` values, this head's
+/// slice starting at `offset`), `out` receives `group × hd` values. Plain loops written for the
+/// vectorizer; [`crate::cpu::attend`] runs them compiled for AVX2 + FMA where the CPU has them.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_body(
+    q: &[f32],
+    ks: &[f32],
+    vs: &[f32],
+    stride: usize,
+    offset: usize,
+    n_pos: usize,
+    hd: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let group = q.len() / hd;
+    scores.clear();
+    scores.resize(group * n_pos, 0.0);
+    for p in 0..n_pos {
+        let k = &ks[p * stride + offset..p * stride + offset + hd];
+        for g in 0..group {
+            let qh = &q[g * hd..(g + 1) * hd];
+            let mut acc = [0f32; 8];
+            for (qc, kc) in qh.chunks_exact(8).zip(k.chunks_exact(8)) {
+                for i in 0..8 {
+                    acc[i] = qc[i].mul_add(kc[i], acc[i]);
+                }
+            }
+            let mut s: f32 = acc.iter().sum();
+            for i in hd - hd % 8..hd {
+                s += qh[i] * k[i];
+            }
+            scores[g * n_pos + p] = s * scale;
+        }
+    }
+    for g in 0..group {
+        softmax(&mut scores[g * n_pos..(g + 1) * n_pos]);
+    }
+    out.fill(0.0);
+    for p in 0..n_pos {
+        let v = &vs[p * stride + offset..p * stride + offset + hd];
+        for g in 0..group {
+            let w = scores[g * n_pos + p];
+            for (o, x) in out[g * hd..(g + 1) * hd].iter_mut().zip(v) {
+                *o = w.mul_add(*x, *o);
+            }
+        }
+    }
+}

@@ -265,9 +265,10 @@ impl Model {
                 apply_lora(&groups, l, t, input, out);
                 Ok(())
             };
-            proj(Target::Q, &xn, &mut q)?;
-            proj(Target::K, &xn, &mut kk)?;
-            proj(Target::V, &xn, &mut vv)?;
+            QMat::matmul_group(&[&layer.wq, &layer.wk, &layer.wv], &xn, &mut [&mut q, &mut kk, &mut vv], precision)?;
+            apply_lora(&groups, l, Target::Q, &xn, &mut q);
+            apply_lora(&groups, l, Target::K, &xn, &mut kk);
+            apply_lora(&groups, l, Target::V, &xn, &mut vv);
             if let Some([bq, bk, bv]) = &layer.bias {
                 add_bias(&mut q, bq);
                 add_bias(&mut kk, bk);
@@ -294,9 +295,14 @@ impl Model {
                 *xv += ov;
             }
             norm_rows(&x, &layer.ffn_norm, c.eps, &mut xn);
-            proj(Target::Gate, &xn, &mut g)?;
-            proj(Target::Up, &xn, &mut u)?;
-            g.par_chunks_mut(c.n_ff).zip(u.par_chunks(c.n_ff)).for_each(|(gr, ur)| ops::swiglu(gr, ur));
+            QMat::matmul_group(&[&layer.gate, &layer.up], &xn, &mut [&mut g, &mut u], precision)?;
+            apply_lora(&groups, l, Target::Gate, &xn, &mut g);
+            apply_lora(&groups, l, Target::Up, &xn, &mut u);
+            if n == 1 {
+                ops::swiglu(&mut g, &u);
+            } else {
+                g.par_chunks_mut(c.n_ff).zip(u.par_chunks(c.n_ff)).for_each(|(gr, ur)| ops::swiglu(gr, ur));
+            }
             proj(Target::Down, &g, &mut o)?;
             for (xv, ov) in x.iter_mut().zip(&o) {
                 *xv += ov;
@@ -330,6 +336,9 @@ impl Model {
 
 fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
+    if x.len() == d {
+        return ops::rms_norm(x, w, eps, out);
+    }
     out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| ops::rms_norm(xr, w, eps, o));
 }
 
@@ -347,8 +356,6 @@ fn apply_lora(groups: &[(&Adapter, Vec<usize>)], layer: usize, t: Target, input:
     if n_rows == 0 {
         return;
     }
-    let total = input.len() / out.len().max(1);
-    let _ = total;
     for (adapter, rows) in groups {
         let Some(p) = adapter.pair(layer, t) else { continue };
         let in_f = p.a.len() / p.rank;
@@ -375,24 +382,18 @@ fn apply_lora(groups: &[(&Adapter, Vec<usize>)], layer: usize, t: Target, input:
     }
 }
 
-/// Causal attention with grouped KV heads, each row against its own lane's cache.
+/// Causal attention with grouped KV heads, each row against its own lane's cache. One task per
+/// (row, KV head) computes that head's whole query group, so each cached key and value is read once
+/// per group.
 fn attention(c: &Config, l: usize, rows: &[(usize, usize)], caches: &[&KvCache], q: &[f32], out: &mut [f32]) {
     let (hd, kvd, nh) = (c.head_dim, c.kv_dim(), c.n_head);
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-        let (row, h) = (idx / nh, idx % nh);
+    out.par_chunks_mut(hd * group).enumerate().for_each_init(Vec::new, |scores, (idx, o)| {
+        let (row, kvh) = (idx / c.n_head_kv, idx % c.n_head_kv);
         let (lane, pos) = rows[row];
         let cache = caches[lane];
-        let kvh = h / group;
-        let qh = &q[row * nh * hd + h * hd..row * nh * hd + (h + 1) * hd];
-        let (ks, vs) = (&cache.k[l], &cache.v[l]);
-        let mut s: Vec<f32> =
-            (0..=pos).map(|p| cpu::dot_f32(qh, &ks[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd]) * scale).collect();
-        ops::softmax(&mut s);
-        o.fill(0.0);
-        for (p, &w) in s.iter().enumerate() {
-            cpu::axpy(w, &vs[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd], o);
-        }
+        let qg = &q[row * nh * hd + kvh * group * hd..row * nh * hd + (kvh + 1) * group * hd];
+        cpu::attend(qg, &cache.k[l], &cache.v[l], kvd, kvh * hd, pos + 1, hd, scale, scores, o);
     });
 }

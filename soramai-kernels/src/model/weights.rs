@@ -97,6 +97,24 @@ impl QMat {
         }
     }
 
+    /// Several matrices over the same input (`m × cols`), `outs[i]` for `mats[i]`: one parallel
+    /// region for a single row on the fast path.
+    pub fn matmul_group(mats: &[&QMat], x: &[f32], outs: &mut [&mut [f32]], precision: Precision) -> Result<()> {
+        let cols = mats.first().map_or(0, |m| m.cols);
+        if precision == Precision::Exact || x.len() != cols || mats.iter().any(|m| m.cols != cols) {
+            for (m, o) in mats.iter().zip(outs.iter_mut()) {
+                m.matmul(x, o, precision)?;
+            }
+            return Ok(());
+        }
+        let mut items: Vec<cpu::GroupItem<'_>> = mats
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(m, o)| cpu::GroupItem { ty: m.ty, w: m.bytes(), rows: m.rows, out: o })
+            .collect();
+        cpu::matmul_group(&mut items, cols, x)
+    }
+
     fn matmul_exact(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
         if cols == 0 || !x.len().is_multiple_of(cols) || out.len() != x.len() / cols * rows {
