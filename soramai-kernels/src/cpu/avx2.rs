@@ -111,10 +111,61 @@ pub(crate) unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
     }
 }
 
-/// [`crate::cpu::ops::attend_body`] compiled for AVX2 + FMA.
+/// e^x for 8 lanes: range reduction by ln 2 (split in two constants), a degree-6 polynomial on
+/// [-ln2/2, ln2/2] and the exponent put back through the float's bits. Relative error about 2 ulp;
+/// inputs below -87.3 give 0 (the softmax here only feeds it values <= 0).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp256(x: __m256) -> __m256 {
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+    let x = _mm256_min_ps(x, _mm256_set1_ps(88.3));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
+}
+
+/// In-place softmax over a slice with the 8-lane exp.
+#[target_feature(enable = "avx2,fma")]
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mv = _mm256_set1_ps(max);
+    let mut acc = _mm256_setzero_ps();
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: c has exactly 8 f32s.
+        unsafe {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mv));
+            acc = _mm256_add_ps(acc, e);
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+        }
+    }
+    let mut sum = hsum(acc);
+    for v in chunks.into_remainder() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Attention of `q.len() / hd` query heads sharing one KV head (see
+/// [`crate::cpu::ops::attend_body`] for the contract): scores four positions at a time, the
+/// softmax with an 8-lane exp, and the weighted sum of values in register tiles of 64 columns.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2 and FMA. `hd` must be a multiple of 8; every position `p < n_pos`
+/// must have `ks`/`vs` elements `p * stride + offset .. + hd`; `out.len() == q.len()`.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn attend(
@@ -129,5 +180,62 @@ pub(crate) unsafe fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    crate::cpu::ops::attend_body(q, ks, vs, stride, offset, n_pos, hd, scale, scores, out)
+    debug_assert!(hd.is_multiple_of(8) && out.len() == q.len());
+    debug_assert!(n_pos == 0 || (n_pos - 1) * stride + offset + hd <= ks.len().min(vs.len()));
+    let (kp, vp) = (ks.as_ptr(), vs.as_ptr());
+    for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+        scores.clear();
+        scores.resize(n_pos, 0.0);
+        let qp = qh.as_ptr();
+        let mut p = 0;
+        while p + 4 <= n_pos {
+            let mut a = [_mm256_setzero_ps(); 4];
+            let mut d = 0;
+            while d < hd {
+                // SAFETY: d + 8 <= hd; positions p..p + 4 are < n_pos, in bounds by the contract.
+                unsafe {
+                    let qv = _mm256_loadu_ps(qp.add(d));
+                    for (j, aj) in a.iter_mut().enumerate() {
+                        *aj = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add((p + j) * stride + offset + d)), *aj);
+                    }
+                }
+                d += 8;
+            }
+            // Four horizontal sums at once: lanes of s are the dots of positions p..p + 4.
+            let h01 = _mm256_hadd_ps(a[0], a[1]);
+            let h23 = _mm256_hadd_ps(a[2], a[3]);
+            let h = _mm256_hadd_ps(h01, h23);
+            let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+            let s = _mm_mul_ps(s, _mm_set1_ps(scale));
+            // SAFETY: p + 4 <= n_pos == scores.len().
+            unsafe { _mm_storeu_ps(scores.as_mut_ptr().add(p), s) };
+            p += 4;
+        }
+        while p < n_pos {
+            // SAFETY: the key of position p < n_pos is in bounds by the contract.
+            let k = unsafe { std::slice::from_raw_parts(kp.add(p * stride + offset), hd) };
+            // SAFETY: AVX2/FMA are enabled for this function.
+            scores[p] = unsafe { dot_f32(qh, k) } * scale;
+            p += 1;
+        }
+        softmax(scores);
+        let mut c0 = 0;
+        while c0 < hd {
+            let width = (hd - c0).min(64) / 8;
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (p, &w) in scores.iter().enumerate() {
+                let wv = _mm256_set1_ps(w);
+                let base = p * stride + offset + c0;
+                for (j, aj) in acc.iter_mut().enumerate().take(width) {
+                    // SAFETY: c0 + 8 * j + 8 <= hd, so the value load stays inside position p.
+                    *aj = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(vp.add(base + 8 * j)) }, *aj);
+                }
+            }
+            for (j, aj) in acc.iter().enumerate().take(width) {
+                // SAFETY: c0 + 8 * j + 8 <= hd == oh.len().
+                unsafe { _mm256_storeu_ps(oh.as_mut_ptr().add(c0 + 8 * j), *aj) };
+            }
+            c0 += 64;
+        }
+    }
 }

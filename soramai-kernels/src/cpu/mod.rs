@@ -331,8 +331,12 @@ pub(crate) fn attend(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2/FMA were detected; the body is safe code compiled for them.
+    if has_avx2()
+        && hd.is_multiple_of(8)
+        && out.len() == q.len()
+        && (n_pos == 0 || (n_pos - 1) * stride + offset + hd <= ks.len().min(vs.len()))
+    {
+        // SAFETY: AVX2/FMA were detected and the bounds of its contract were checked just above.
         return unsafe { avx2::attend(q, ks, vs, stride, offset, n_pos, hd, scale, scores, out) };
     }
     ops::attend_body(q, ks, vs, stride, offset, n_pos, hd, scale, scores, out)

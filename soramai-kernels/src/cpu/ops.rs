@@ -64,9 +64,8 @@ pub fn rope(head: &mut [f32], cos: &[f32], sin: &[f32], layout: RopeLayout) {
 
 /// Attention of one KV head's query group at one position: `q` holds `group` query heads of
 /// `hd` values, `ks`/`vs` the cached keys and values (`n_pos` rows of `stride` values, this head's
-/// slice starting at `offset`), `out` receives `group × hd` values. Plain loops written for the
-/// vectorizer; [`crate::cpu::attend`] runs them compiled for AVX2 + FMA where the CPU has them.
-#[inline(always)]
+/// slice starting at `offset`), `out` receives `group × hd` values. The scalar twin of the AVX2
+/// kernel that [`crate::cpu::attend`] picks where the CPU has it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_body(
     q: &[f32],

@@ -101,6 +101,31 @@ fn f32_helpers_match_scalar() {
 }
 
 #[test]
+fn attention_kernel_matches_scalar_twin() {
+    for (hd, group, n_kv) in [(8, 1, 1), (64, 3, 3), (72, 2, 2), (128, 4, 1), (136, 1, 2)] {
+        let stride = hd * n_kv;
+        for n_pos in [1, 3, 4, 5, 17, 200] {
+            // Wide score ranges too, so the vector exp sees large negative inputs.
+            for spread in [0.5f32, 30.0] {
+                let ks = rand_vec(n_pos as u64 * 7 + hd as u64, n_pos * stride, spread);
+                let vs = rand_vec(n_pos as u64 * 11 + hd as u64, n_pos * stride, 1.0);
+                let q = rand_vec(hd as u64 + 3, group * hd, 1.0);
+                let scale = 1.0 / (hd as f32).sqrt();
+                let offset = (n_kv - 1) * hd;
+                let (mut s1, mut s2) = (Vec::new(), Vec::new());
+                let mut want = vec![0f32; group * hd];
+                ops::attend_body(&q, &ks, &vs, stride, offset, n_pos, hd, scale, &mut s1, &mut want);
+                let mut got = vec![f32::NAN; group * hd];
+                attend(&q, &ks, &vs, stride, offset, n_pos, hd, scale, &mut s2, &mut got);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "hd {hd} n {n_pos} i {i}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_matches_row_dots_for_any_batch() {
     let (rows, cols) = (37, 256);
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F16] {

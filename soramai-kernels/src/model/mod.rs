@@ -188,6 +188,17 @@ impl Model {
     /// Runs the lanes' new tokens through the model in one pass. Returns, per lane, the logits it
     /// asked for (`vocab` values per position, concatenated).
     pub fn forward(&self, lanes: &mut [Lane<'_>], precision: Precision) -> Result<Vec<Vec<f32>>> {
+        // The whole pass runs on a worker of the thread pool, so the sequential steps between
+        // parallel products use a pool thread instead of a third thread competing for the cores
+        // with the pool's idle workers (on 2 cores that contention costs a fifth of decode time).
+        if rayon::current_thread_index().is_some() {
+            self.forward_on_pool(lanes, precision)
+        } else {
+            rayon::scope(|_| self.forward_on_pool(lanes, precision))
+        }
+    }
+
+    fn forward_on_pool(&self, lanes: &mut [Lane<'_>], precision: Precision) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let (d, qd, kvd, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim);
         // Rows of the batch: (lane, position).
@@ -389,11 +400,13 @@ fn attention(c: &Config, l: usize, rows: &[(usize, usize)], caches: &[&KvCache],
     let (hd, kvd, nh) = (c.head_dim, c.kv_dim(), c.n_head);
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd * group).enumerate().for_each_init(Vec::new, |scores, (idx, o)| {
-        let (row, kvh) = (idx / c.n_head_kv, idx % c.n_head_kv);
+    // One task per (row, query head): a decode step has few rows, and whole KV groups (three here)
+    // would split unevenly over two cores. The group's keys stay in cache between its heads.
+    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| {
+        let (row, h) = (idx / nh, idx % nh);
         let (lane, pos) = rows[row];
         let cache = caches[lane];
-        let qg = &q[row * nh * hd + kvh * group * hd..row * nh * hd + (kvh + 1) * group * hd];
-        cpu::attend(qg, &cache.k[l], &cache.v[l], kvd, kvh * hd, pos + 1, hd, scale, scores, o);
+        let qh = &q[row * nh * hd + h * hd..row * nh * hd + (h + 1) * hd];
+        cpu::attend(qh, &cache.k[l], &cache.v[l], kvd, (h / group) * hd, pos + 1, hd, scale, scores, o);
     });
 }
