@@ -180,6 +180,53 @@ impl Engine {
         out.pop().ok_or_else(|| Error::Request("no logits".into()))
     }
 
+    /// Text embeddings from the base model: each text tokenized (no special tokens; BOS per
+    /// metadata), cut to `max_tokens`, run without adapters, its final hidden states mean-pooled and
+    /// scaled to unit length. Texts run in batches of about 1024 tokens through one forward pass.
+    pub fn embed(&self, texts: &[&str], max_tokens: usize) -> Result<Vec<Vec<f32>>> {
+        if max_tokens == 0 {
+            return Err(Error::Request("max_tokens for an embedding is at least 1".into()));
+        }
+        let limit = max_tokens.min(self.model.config.n_ctx);
+        let ids: Vec<Vec<TokenId>> = texts
+            .iter()
+            .map(|t| {
+                let mut v = self.tokenizer.encode(t, true, false);
+                v.truncate(limit);
+                if v.is_empty() {
+                    // An empty text embeds as the BOS (or first) token alone.
+                    v.push(self.tokenizer.bos.unwrap_or(0));
+                }
+                v
+            })
+            .collect();
+        let mut out = Vec::with_capacity(texts.len());
+        let mut start = 0;
+        while start < ids.len() {
+            let mut end = start + 1;
+            let mut tokens = ids[start].len();
+            while end < ids.len() && tokens + ids[end].len() <= 1024 {
+                tokens += ids[end].len();
+                end += 1;
+            }
+            let mut caches: Vec<KvCache> = (start..end).map(|_| self.model.new_cache()).collect();
+            let mut lanes: Vec<Lane<'_>> = caches
+                .iter_mut()
+                .zip(&ids[start..end])
+                .map(|(cache, t)| Lane { cache, tokens: t, adapter: None, logits: Logits::MeanHidden })
+                .collect();
+            for mut v in self.model.forward(&mut lanes, Precision::Fast)? {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+                out.push(v);
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
     /// Generates for one request, calling `on_text` with each new piece of text (return false to stop).
     pub fn generate(&self, req: &Request, on_text: &mut dyn FnMut(TokenId, &str) -> bool) -> Result<Generation> {
         let mut cb = |_: usize, t: TokenId, s: &str| on_text(t, s);

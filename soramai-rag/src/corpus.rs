@@ -14,6 +14,7 @@ use tantivy::snippet::SnippetGenerator;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::directory::{ChunkCache, EncryptedDirectory};
+use crate::embedding::{self, Embedder};
 use crate::error::{Error, Result};
 use crate::grounding::GroundedPrompt;
 use crate::text::{self, ChunkingOptions, Format, TokenCounter, WordCount};
@@ -70,12 +71,21 @@ pub struct SearchRequest {
     pub top_k: usize,
     /// Metadata filters `(key, value)`, all of which must match.
     pub filters: Vec<(String, String)>,
+    /// Rerank the BM25 candidates by embedding similarity (needs an embedder in [`RagOptions`]).
+    pub hybrid: bool,
 }
 
 impl SearchRequest {
     /// `top_k` hits for `query`, no filters.
     pub fn new(query: impl Into<String>, top_k: usize) -> Self {
-        Self { query: query.into(), top_k, filters: Vec::new() }
+        Self { query: query.into(), top_k, filters: Vec::new(), hybrid: false }
+    }
+
+    /// The same request in hybrid mode: the best [`crate::embedding::HYBRID_CANDIDATES`] BM25
+    /// candidates reranked by fusing their BM25 rank with their embedding-similarity rank.
+    pub fn hybrid(mut self) -> Self {
+        self.hybrid = true;
+        self
     }
 }
 
@@ -94,8 +104,10 @@ pub struct Hit {
     pub text: String,
     /// The best fragment, with matches between `<b>` and `</b>`.
     pub snippet: String,
-    /// BM25 score.
+    /// The ranking score: BM25, or in hybrid mode the fused reciprocal-rank score.
     pub score: f32,
+    /// Cosine similarity to the query, in hybrid mode (when the chunk has an embedding).
+    pub similarity: Option<f32>,
 }
 
 /// What an ingestion did.
@@ -120,6 +132,9 @@ pub struct RagOptions {
     pub max_documents_per_call: usize,
     /// Indexing memory budget per writer, in bytes.
     pub writer_memory_bytes: usize,
+    /// Computes chunk and query embeddings for hybrid search; chunks indexed without one carry
+    /// none and rank by BM25 alone.
+    pub embedder: Option<Arc<dyn Embedder>>,
 }
 
 impl Default for RagOptions {
@@ -130,6 +145,7 @@ impl Default for RagOptions {
             max_document_bytes: 8 << 20,
             max_documents_per_call: 10_000,
             writer_memory_bytes: 64 << 20,
+            embedder: None,
         }
     }
 }
@@ -142,6 +158,8 @@ struct Fields {
     heading: Field,
     text: Field,
     tags: Field,
+    embedding: Field,
+    embedder: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -160,6 +178,8 @@ fn schema() -> (Schema, Fields) {
         heading: b.add_text_field("heading", stemmed.clone()),
         text: b.add_text_field("text", stemmed),
         tags: b.add_text_field("tags", STRING | STORED),
+        embedding: b.add_bytes_field("embedding", STORED),
+        embedder: b.add_text_field("embedder", STRING | STORED),
     };
     (b.build(), fields)
 }
@@ -188,6 +208,31 @@ impl std::fmt::Debug for Rag {
 
 fn prefix(corpus: &CorpusId) -> String {
     format!("rag/{}", corpus.as_str())
+}
+
+/// What a chunk's embedding is computed from: its title and heading give it context.
+fn embedding_text(title: &str, heading: &str, text: &str) -> String {
+    [title, heading, text].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("\n")
+}
+
+/// Embeds `texts` and checks the embedder kept its contract: one finite vector per text, all of one
+/// non-zero length.
+fn embed_checked(e: &dyn Embedder, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let vs = e.embed(&refs).map_err(|err| Error::Embedding(err.to_string()))?;
+    let dim = vs.first().map_or(0, Vec::len);
+    if vs.len() != texts.len()
+        || (!vs.is_empty() && dim == 0)
+        || vs.iter().any(|v| v.len() != dim || v.iter().any(|x| !x.is_finite()))
+    {
+        return Err(Error::Embedding(format!(
+            "the embedder {:?} returned {} vectors for {} texts, or vectors of unequal length or non-finite values",
+            e.id(),
+            vs.len(),
+            texts.len()
+        )));
+    }
+    Ok(vs)
 }
 
 fn check_doc(doc: &Document, options: &RagOptions) -> Result<()> {
@@ -342,7 +387,16 @@ impl Rag {
         let mut chunks = 0;
         for d in docs {
             writer.delete_term(Term::from_field_text(f.doc_id, &d.id));
-            for c in text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref()) {
+            let cut = text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref());
+            let vectors = match &self.options.embedder {
+                Some(e) => {
+                    let texts: Vec<String> =
+                        cut.iter().map(|c| embedding_text(&d.title, &c.heading, &c.text)).collect();
+                    Some(embed_checked(e.as_ref(), &texts)?)
+                }
+                None => None,
+            };
+            for (i, c) in cut.iter().enumerate() {
                 let mut doc = TantivyDocument::default();
                 doc.add_text(f.chunk_id, format!("{}#{}", d.id, c.ordinal));
                 doc.add_text(f.doc_id, &d.id);
@@ -351,6 +405,10 @@ impl Rag {
                 doc.add_text(f.text, &c.text);
                 for (k, v) in &d.metadata {
                     doc.add_text(f.tags, format!("{k}={v}"));
+                }
+                if let (Some(vs), Some(e)) = (&vectors, &self.options.embedder) {
+                    doc.add_bytes(f.embedding, &embedding::to_bytes(&vs[i]));
+                    doc.add_text(f.embedder, e.id());
                 }
                 writer.add_document(doc)?;
                 chunks += 1;
@@ -433,12 +491,44 @@ impl Rag {
             }
             Box::new(BooleanQuery::new(clauses))
         };
+        let embedder = match (request.hybrid, &self.options.embedder) {
+            (false, _) => None,
+            (true, Some(e)) => Some(e.clone()),
+            (true, None) => {
+                return Err(Error::InvalidArgument("hybrid search needs an embedder configured".into()));
+            }
+        };
         let searcher = h.reader.searcher();
-        let top = searcher.search(&*query, &TopDocs::with_limit(request.top_k).order_by_score())?;
-        let snippets = SnippetGenerator::create(&searcher, &*query, f.text)?;
-        let mut hits = Vec::with_capacity(top.len());
+        let limit = if embedder.is_some() { request.top_k.max(embedding::HYBRID_CANDIDATES) } else { request.top_k };
+        let top = searcher.search(&*query, &TopDocs::with_limit(limit).order_by_score())?;
+        let mut candidates = Vec::with_capacity(top.len());
         for (score, addr) in top {
-            let doc: TantivyDocument = searcher.doc(addr)?;
+            candidates.push((score, searcher.doc::<TantivyDocument>(addr)?));
+        }
+        // Hybrid: cosine of each candidate's stored vector (from the same embedder) to the query's,
+        // then reciprocal rank fusion with the BM25 order.
+        let mut ranked: Vec<(usize, f32, Option<f32>)> =
+            candidates.iter().enumerate().map(|(i, (score, _))| (i, *score, None)).collect();
+        if let Some(e) = embedder
+            && !candidates.is_empty()
+        {
+            let q = embed_checked(e.as_ref(), std::slice::from_ref(&request.query))?.remove(0);
+            let vectors: Vec<Option<Vec<f32>>> = candidates
+                .iter()
+                .map(|(_, doc)| {
+                    let same = doc.get_first(f.embedder).and_then(|v| v.as_str()) == Some(e.id());
+                    let bytes = doc.get_first(f.embedding).and_then(|v| v.as_bytes())?;
+                    embedding::from_bytes(bytes, q.len()).filter(|_| same)
+                })
+                .collect();
+            let sims = embedding::centered_similarities(&q, &vectors);
+            ranked = embedding::fuse(&sims).into_iter().map(|(i, fused)| (i, fused, sims[i])).collect();
+        }
+        ranked.truncate(request.top_k);
+        let snippets = SnippetGenerator::create(&searcher, &*query, f.text)?;
+        let mut hits = Vec::with_capacity(ranked.len());
+        for (i, score, similarity) in ranked {
+            let doc = &candidates[i].1;
             let get = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
             hits.push(Hit {
                 chunk_id: get(f.chunk_id),
@@ -446,8 +536,9 @@ impl Rag {
                 title: get(f.title),
                 heading: get(f.heading),
                 text: get(f.text),
-                snippet: snippets.snippet_from_doc(&doc).to_html(),
+                snippet: snippets.snippet_from_doc(doc).to_html(),
                 score,
+                similarity,
             });
         }
         // The query text is kept only if the tenant opted in, and then sealed under its key.

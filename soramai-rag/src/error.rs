@@ -31,6 +31,9 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// The embedder failed or returned vectors of the wrong number or shape.
+    #[error("embedding: {0}")]
+    Embedding(String),
     /// The index engine failed for another reason.
     #[error("index: {0}")]
     Index(String),

@@ -3,7 +3,8 @@
 //! from an answer's citations back to chunk ids.
 //!
 //! Generation itself belongs to the inference engine: `Rag::grounded_prompt` gives the messages to
-//! send, and [`GroundedPrompt::citations`] reads the answer that comes back.
+//! send, and [`GroundedPrompt::citations`] reads the answer that comes back. The facade crate
+//! `soramai` joins the two (`soramai::grounded::answer`).
 
 use serde::Serialize;
 
@@ -125,6 +126,7 @@ mod tests {
             text: text.into(),
             snippet: String::new(),
             score: 1.0,
+            similarity: None,
         }
     }
 

@@ -29,12 +29,14 @@
 
 pub mod corpus;
 pub mod directory;
+pub mod embedding;
 pub mod error;
 pub mod grounding;
 pub mod text;
 
 pub use corpus::{CorpusId, Document, Hit, IngestReport, Rag, RagOptions, SearchRequest};
 pub use directory::{ChunkCache, EncryptedDirectory};
+pub use embedding::Embedder;
 pub use error::{Error, Result};
 pub use grounding::{GroundedPrompt, Source};
 pub use text::{ChunkingOptions, Format, TokenCounter, WordCount};

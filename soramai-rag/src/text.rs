@@ -1,8 +1,8 @@
 //! Turning documents into indexable chunks: HTML stripped to text, Markdown split at headings, and
 //! sections cut into overlapping windows of words that keep their heading.
 //!
-//! Window and overlap are measured by a [`TokenCounter`]: [`WordCount`] by default, the serving
-//! model's tokenizer once `soramai-kernels` provides one (implement the trait over it).
+//! Window and overlap are measured by a [`TokenCounter`]: [`WordCount`] by default; the facade crate
+//! `soramai` implements it over the serving model's tokenizer (`soramai::grounded::ModelTokens`).
 
 /// The format of a document's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

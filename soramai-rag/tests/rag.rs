@@ -369,3 +369,93 @@ fn grounded_prompts_carry_the_answering_chunk_within_budget() {
         assert!(!contains(&std::fs::read(&f).expect("read"), b"thirty days"), "{}", f.display());
     }
 }
+
+/// A toy embedder: cat words point one way, dog words the other, anything else in between.
+#[derive(Debug)]
+struct Pets {
+    id: &'static str,
+    wrong_count: bool,
+}
+
+impl soramai_rag::Embedder for Pets {
+    fn id(&self) -> &str {
+        self.id
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
+        let mut out: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| {
+                let t = t.to_lowercase();
+                if t.contains("cat") || t.contains("feline") {
+                    vec![1.0, 0.0]
+                } else if t.contains("dog") || t.contains("canine") {
+                    vec![0.0, 1.0]
+                } else {
+                    vec![0.7, 0.7]
+                }
+            })
+            .collect();
+        if self.wrong_count {
+            out.pop();
+        }
+        Ok(out)
+    }
+}
+
+fn with_embedder(e: &Env, id: &'static str, wrong_count: bool) -> Rag {
+    let options = soramai_rag::RagOptions {
+        embedder: Some(Arc::new(Pets { id, wrong_count })),
+        ..soramai_rag::RagOptions::default()
+    };
+    Rag::with_options(e.core.clone(), 16 << 20, options)
+}
+
+#[test]
+fn hybrid_search_reranks_bm25_candidates_by_embedding() {
+    let e = env();
+    let p = e.tenant("acme", Tier::Pro);
+    let rag = with_embedder(&e, "pets-v1", false);
+    let kb = CorpusId::new("pets").expect("id");
+    rag.create_corpus(&p, &kb).expect("create");
+    rag.add_documents(
+        &p,
+        &kb,
+        &[
+            Document::text("dog", "Notes", "The canine sleeps on the mat, the mat, the mat, the mat."),
+            Document::text("cat", "Notes", "The feline sleeps on the mat, the mat."),
+            Document::text("rug", "Notes", "A mat is a small rug."),
+        ],
+    )
+    .expect("index");
+    let ids = |hits: &[soramai_rag::Hit]| hits.iter().map(|h| h.doc_id.clone()).collect::<Vec<_>>();
+    let plain = rag.search(&p, &kb, &SearchRequest::new("cat mat", 3)).expect("bm25");
+    assert_eq!(plain[0].doc_id, "dog", "BM25 alone favours the most mats: {:?}", ids(&plain));
+    assert!(plain.iter().all(|h| h.similarity.is_none()));
+    let hybrid = rag.search(&p, &kb, &SearchRequest::new("cat mat", 3).hybrid()).expect("hybrid");
+    assert_eq!(hybrid[0].doc_id, "cat", "the embedding lifts the feline: {:?}", ids(&hybrid));
+    assert!(hybrid[0].similarity.is_some_and(|s| s > 0.99), "{:?}", hybrid[0].similarity);
+    assert!(hybrid.windows(2).all(|w| w[0].score >= w[1].score));
+    // top_k still bounds the answer.
+    assert_eq!(rag.search(&p, &kb, &SearchRequest::new("cat mat", 1).hybrid()).expect("hybrid").len(), 1);
+
+    // Vectors of another embedder are never compared: BM25 order, no similarity.
+    let other = with_embedder(&e, "pets-v2", false);
+    let hits = other.search(&p, &kb, &SearchRequest::new("cat mat", 3).hybrid()).expect("other id");
+    assert_eq!(ids(&hits), ids(&plain));
+    assert!(hits.iter().all(|h| h.similarity.is_none()));
+
+    // Without an embedder, hybrid is refused with a typed error.
+    assert!(matches!(e.rag.search(&p, &kb, &SearchRequest::new("cat", 3).hybrid()), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn a_broken_embedder_fails_ingestion_and_indexes_nothing() {
+    let e = env();
+    let p = e.tenant("acme", Tier::Pro);
+    let rag = with_embedder(&e, "broken", true);
+    let kb = CorpusId::new("pets").expect("id");
+    rag.create_corpus(&p, &kb).expect("create");
+    let r = rag.add_documents(&p, &kb, &[Document::text("a", "A", "one cat"), Document::text("b", "B", "two dogs")]);
+    assert!(matches!(r, Err(Error::Embedding(_))), "{r:?}");
+    assert!(rag.list_documents(&p, &kb).expect("list").is_empty());
+}

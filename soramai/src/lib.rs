@@ -17,6 +17,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod grounded;
+
+pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
+
 pub use soramai_core::{
     ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, Config, Core, DatasetId, DatasetInfo, Error, IssuedKey, Job,
     JobEvent, JobId, JobSpec, JobState, KeyOptions, KeyProvider, LocalRootKey, ModelId, ObjectPath, PoolId, Principal,
@@ -30,3 +34,21 @@ pub use soramai_core as core;
 pub use soramai_kernels as kernels;
 /// Retrieval: corpora, documents and search over encrypted tantivy indexes.
 pub use soramai_rag as rag;
+
+/// An error from any layer the SDK ties together.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlatformError {
+    /// The security core: tenants, keys, scopes, tiers, storage.
+    #[error(transparent)]
+    Core(#[from] soramai_core::Error),
+    /// Retrieval.
+    #[error(transparent)]
+    Rag(#[from] soramai_rag::Error),
+    /// The inference engine.
+    #[error(transparent)]
+    Inference(#[from] soramai_kernels::Error),
+    /// A request the SDK itself refuses.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}

@@ -121,6 +121,9 @@ pub enum Logits {
     Last,
     /// Every position.
     All,
+    /// No logits: the mean over the lane's new positions of the final (normed) hidden states,
+    /// `n_embd` values — a text embedding. The vocabulary projection is skipped.
+    MeanHidden,
 }
 
 /// One sequence's part of a batch.
@@ -329,6 +332,20 @@ impl Model {
                 Logits::None => span.end..span.end,
                 Logits::Last => span.end - 1..span.end,
                 Logits::All => span,
+                Logits::MeanHidden => {
+                    let mut mean = vec![0f32; d];
+                    let mut h = vec![0f32; d];
+                    for row in span.clone() {
+                        ops::rms_norm(&x[row * d..(row + 1) * d], &self.output_norm, c.eps, &mut h);
+                        for (m, v) in mean.iter_mut().zip(&h) {
+                            *m += v;
+                        }
+                    }
+                    let inv = 1.0 / span.len() as f32;
+                    mean.iter_mut().for_each(|m| *m *= inv);
+                    out.push(mean);
+                    continue;
+                }
             };
             let m = wanted.len();
             let mut h = vec![0f32; m * d];
@@ -393,9 +410,7 @@ fn apply_lora(groups: &[(&Adapter, Vec<usize>)], layer: usize, t: Target, input:
     }
 }
 
-/// Causal attention with grouped KV heads, each row against its own lane's cache. One task per
-/// (row, KV head) computes that head's whole query group, so each cached key and value is read once
-/// per group.
+/// Causal attention with grouped KV heads, each row against its own lane's cache.
 fn attention(c: &Config, l: usize, rows: &[(usize, usize)], caches: &[&KvCache], q: &[f32], out: &mut [f32]) {
     let (hd, kvd, nh) = (c.head_dim, c.kv_dim(), c.n_head);
     let group = c.n_head / c.n_head_kv;
