@@ -159,10 +159,15 @@ impl Engine {
 
     /// Renders messages with the model's chat template (generation prompt opened).
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
+        self.render_messages(messages, true)
+    }
+
+    /// Renders messages with the model's chat template, opening the assistant's turn or not.
+    pub fn render_messages(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let t = self.template.as_ref().ok_or_else(|| Error::Template("the model has no chat template".into()))?;
         let tk = &self.tokenizer;
         let name = |id: Option<TokenId>| id.and_then(|i| tk.token_text(i)).unwrap_or("").to_owned();
-        t.render(messages, true, &name(tk.bos), &name(tk.eos))
+        t.render(messages, add_generation_prompt, &name(tk.bos), &name(tk.eos))
     }
 
     /// Tokenizes a rendered chat prompt (special tokens recognised, BOS per metadata).

@@ -45,6 +45,9 @@ pub enum Error {
     /// A LoRA adapter (PEFT layout) is malformed or does not fit the model.
     #[error("adapter: {0}")]
     Adapter(String),
+    /// A training configuration, example, batch or checkpoint is invalid.
+    #[error("training: {0}")]
+    Training(String),
     /// A request to the model is invalid (empty prompt, token id out of range, context exceeded...).
     #[error("invalid request: {0}")]
     Request(String),

@@ -1,5 +1,5 @@
 //! Soramai's compute engine: GGUF files, quantized CPU kernels, the llama-family forward pass with
-//! batched multi-LoRA, tokenizers and sampling.
+//! batched multi-LoRA, tokenizers, sampling, and QLoRA training on the quantized base.
 //!
 //! This crate depends on no other workspace crate and knows nothing of tenants. `unsafe` lives only
 //! in the per-ISA kernel modules under [`cpu`] and the memory map in [`gguf`].
@@ -17,6 +17,7 @@ pub mod npy;
 pub mod quant;
 pub mod sample;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -21,21 +21,28 @@ pub const MAX_RANK: usize = 1024;
 const MAX_FILE: u64 = 4 << 30;
 
 /// A projection an adapter can target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Target {
     /// `self_attn.q_proj`.
+    #[serde(rename = "q_proj")]
     Q,
     /// `self_attn.k_proj`.
+    #[serde(rename = "k_proj")]
     K,
     /// `self_attn.v_proj`.
+    #[serde(rename = "v_proj")]
     V,
     /// `self_attn.o_proj`.
+    #[serde(rename = "o_proj")]
     O,
     /// `mlp.gate_proj`.
+    #[serde(rename = "gate_proj")]
     Gate,
     /// `mlp.up_proj`.
+    #[serde(rename = "up_proj")]
     Up,
     /// `mlp.down_proj`.
+    #[serde(rename = "down_proj")]
     Down,
 }
 

@@ -10,7 +10,8 @@ use crate::gguf::{Gguf, Storage};
 use crate::quant::GgmlType;
 
 /// How activations meet weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Production path: activations quantized to 8-bit blocks, integer dot products on the blocks.
     #[default]

@@ -1,0 +1,804 @@
+//! QLoRA training on the frozen quantized base: LoRA pairs on chosen projections learn while every
+//! base weight stays in its GGUF blocks.
+//!
+//! A step packs its examples into sequences of at most `max_seq` tokens (attention never crosses
+//! from one example into the next, positions restart per example), runs each sequence forward
+//! keeping what the backward pass needs (or only each layer's input, with activation
+//! checkpointing), then backward through every op of the block — the loss on weighted target
+//! tokens only, the final and per-block RMSNorms, SwiGLU, attention with its causal mask and
+//! grouped KV heads, RoPE, and the frozen matmuls, whose input gradient goes through the
+//! transposed quantized weight (a Q8_0 copy of `Wᵀ` built once, so the backward product runs on
+//! the same integer kernels as the forward one; `Precision::Exact` uses dequantized f32 instead).
+//! Gradients of the step's sequences accumulate; the global norm is clipped, and AdamW updates
+//! the pairs at the scheduled learning rate. Everything is ordered: the same seed, data and
+//! configuration give bit-identical runs.
+
+pub mod data;
+pub mod ops;
+pub mod optim;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::cpu::{self, ops as fwd};
+use crate::error::{Error, Result};
+use crate::lora::{Adapter, AdapterConfig, LoraPair, MAX_RANK, Target};
+use crate::model::{Model, Precision, QMat};
+use crate::quant::GgmlType;
+use crate::tokenizer::TokenId;
+
+pub use data::{Example, TrainMessage};
+use ops::{Heads, LoraGrads};
+pub use optim::{AdamW, Param, Schedule};
+
+/// What to train and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// LoRA rank.
+    pub rank: usize,
+    /// LoRA alpha (the update is scaled by `alpha / rank`).
+    pub alpha: f32,
+    /// Projections that get a pair, in every layer.
+    pub targets: Vec<Target>,
+    /// Peak learning rate.
+    pub learning_rate: f32,
+    /// Optimizer.
+    pub adamw: AdamW,
+    /// Global gradient-norm clip (0 disables).
+    pub max_grad_norm: f32,
+    /// Linear warmup steps.
+    pub warmup_steps: usize,
+    /// Decay after warmup.
+    pub schedule: Schedule,
+    /// Steps the schedule spans.
+    pub total_steps: usize,
+    /// Longest packed sequence (and so longest example).
+    pub max_seq: usize,
+    /// Seed for the `A` initialisation.
+    pub seed: u64,
+    /// Keep only each layer's input during the forward pass and recompute the layer in backward.
+    pub checkpoint_activations: bool,
+    /// Arithmetic path.
+    pub precision: Precision,
+    /// Recorded in `adapter_config.json`.
+    pub base_model: Option<String>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            rank: 8,
+            alpha: 16.0,
+            targets: vec![Target::Q, Target::K, Target::V, Target::O],
+            learning_rate: 2e-4,
+            adamw: AdamW::default(),
+            max_grad_norm: 1.0,
+            warmup_steps: 0,
+            schedule: Schedule::Linear,
+            total_steps: 100,
+            max_seq: 512,
+            seed: 0,
+            checkpoint_activations: false,
+            precision: Precision::Fast,
+            base_model: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self, model: &Model) -> Result<()> {
+        let bad = |m: String| Err(Error::Training(m));
+        if self.rank == 0 || self.rank > MAX_RANK {
+            return bad(format!("rank {} is outside 1..={MAX_RANK}", self.rank));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return bad("alpha must be a positive number".into());
+        }
+        if self.targets.is_empty() {
+            return bad("no target modules".into());
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate < 1.0) {
+            return bad(format!("learning rate {} is outside (0, 1)", self.learning_rate));
+        }
+        let a = &self.adamw;
+        if !(0.0..1.0).contains(&a.beta1)
+            || !(0.0..1.0).contains(&a.beta2)
+            || a.eps.is_nan()
+            || a.eps <= 0.0
+            || a.weight_decay.is_nan()
+            || a.weight_decay < 0.0
+        {
+            return bad("AdamW needs betas in [0, 1), eps > 0 and weight decay >= 0".into());
+        }
+        if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
+            return bad("max_grad_norm must be >= 0".into());
+        }
+        if self.max_seq < 2 || self.max_seq > model.config.n_ctx {
+            return bad(format!("max_seq {} is outside 2..={}", self.max_seq, model.config.n_ctx));
+        }
+        if self.total_steps == 0 {
+            return bad("total_steps must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// The step just taken (from 1).
+    pub step: usize,
+    /// Mean weighted cross-entropy over the trained tokens, before the update.
+    pub loss: f32,
+    /// Tokens run forward and backward.
+    pub tokens: usize,
+    /// Tokens that carried loss.
+    pub trained_tokens: usize,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Learning rate used.
+    pub learning_rate: f32,
+}
+
+/// One trained LoRA pair.
+#[derive(Clone, Debug)]
+struct Pair {
+    a: Param,
+    b: Param,
+    in_f: usize,
+    out_f: usize,
+}
+
+/// A packed training sequence: several examples back to back.
+#[derive(Debug, Default)]
+struct Packed {
+    tokens: Vec<TokenId>,
+    /// `weights[i]`: the loss weight of predicting `tokens[i]` (from row `i − 1`).
+    weights: Vec<f32>,
+    /// First row each row may attend to.
+    starts: Vec<usize>,
+    /// Position of each row within its example.
+    pos: Vec<usize>,
+}
+
+/// Packs examples first-fit, in order, into sequences of at most `max_seq` tokens.
+fn pack(batch: &[Example], max_seq: usize) -> Vec<Packed> {
+    let mut packs: Vec<Packed> = Vec::new();
+    for e in batch {
+        let slot = match packs.iter().position(|p| p.tokens.len() + e.tokens.len() <= max_seq) {
+            Some(i) => i,
+            None => {
+                packs.push(Packed::default());
+                packs.len() - 1
+            }
+        };
+        let p = &mut packs[slot];
+        let start = p.tokens.len();
+        p.tokens.extend_from_slice(&e.tokens);
+        p.weights.push(0.0);
+        p.weights.extend_from_slice(&e.weights[1..]);
+        p.starts.extend(std::iter::repeat_n(start, e.tokens.len()));
+        p.pos.extend(0..e.tokens.len());
+    }
+    packs
+}
+
+/// What a layer's backward pass needs from its forward pass.
+struct LayerCache {
+    x: Vec<f32>,
+    xn1: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    lse: Vec<f32>,
+    xmid: Vec<f32>,
+    xn2: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    /// `x·Aᵀ` of each LoRA pair of the layer.
+    ax: HashMap<Target, Vec<f32>>,
+}
+
+/// Per-row rotary angles of a packed sequence.
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+}
+
+type Grads = BTreeMap<(usize, Target), (Vec<f32>, Vec<f32>)>;
+
+/// A LoRA trainer over a loaded model.
+pub struct Trainer {
+    model: Arc<Model>,
+    config: TrainConfig,
+    pairs: BTreeMap<(usize, Target), Pair>,
+    /// Q8_0 copies of `Wᵀ` for the input gradients (fast path).
+    transposed: HashMap<(usize, Target), Vec<u8>>,
+    output_t: Option<Vec<u8>>,
+    step: usize,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("config", &self.config).field("step", &self.step).finish_non_exhaustive()
+    }
+}
+
+fn transpose_q8(m: &QMat) -> Result<Option<Vec<u8>>> {
+    if !m.rows.is_multiple_of(32) {
+        return Ok(None);
+    }
+    let w = m.dequantize()?;
+    let mut t = vec![0f32; w.len()];
+    for r in 0..m.rows {
+        for c in 0..m.cols {
+            t[c * m.rows + r] = w[r * m.cols + c];
+        }
+    }
+    crate::quant::quantize(GgmlType::Q8_0, &t).map(Some)
+}
+
+impl Trainer {
+    /// A fresh trainer: every pair's `A` drawn uniformly in `±1/√in` from the seed (as PEFT's
+    /// Kaiming-uniform initialisation), `B` zero, so the untrained adapter changes nothing.
+    pub fn new(model: Arc<Model>, config: TrainConfig) -> Result<Self> {
+        config.validate(&model)?;
+        let c = &model.config;
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let mut pairs = BTreeMap::new();
+        let mut targets = config.targets.clone();
+        targets.sort();
+        targets.dedup();
+        for l in 0..c.n_layer {
+            for &t in &targets {
+                let (out_f, in_f) = t.shape(c);
+                let bound = 1.0 / (in_f as f32).sqrt();
+                let a: Vec<f32> = (0..config.rank * in_f)
+                    .map(|_| ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * bound)
+                    .collect();
+                let pair = Pair { a: Param::new(a), b: Param::new(vec![0.0; out_f * config.rank]), in_f, out_f };
+                pairs.insert((l, t), pair);
+            }
+        }
+        let mut trainer = Trainer { model, config, pairs, transposed: HashMap::new(), output_t: None, step: 0 };
+        trainer.build_transposed()?;
+        Ok(trainer)
+    }
+
+    fn build_transposed(&mut self) -> Result<()> {
+        if self.config.precision != Precision::Fast {
+            return Ok(());
+        }
+        let lowest = self.lowest_layer();
+        let jobs: Vec<(usize, Target)> =
+            (lowest..self.model.config.n_layer).flat_map(|l| Target::ALL.map(|t| (l, t))).collect();
+        let model = &self.model;
+        type Built = Vec<((usize, Target), Option<Vec<u8>>)>;
+        let built: Built = jobs
+            .par_iter()
+            .map(|&(l, t)| transpose_q8(model.layers[l].weight(t)).map(|w| ((l, t), w)))
+            .collect::<Result<_>>()?;
+        self.transposed = built.into_iter().filter_map(|(k, w)| w.map(|w| (k, w))).collect();
+        self.output_t = transpose_q8(&self.model.output)?;
+        Ok(())
+    }
+
+    fn lowest_layer(&self) -> usize {
+        self.pairs.keys().map(|(l, _)| *l).min().unwrap_or(0)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// Number of trained values.
+    pub fn trainable_parameters(&self) -> usize {
+        self.pairs.values().map(|p| p.a.value.len() + p.b.value.len()).sum()
+    }
+
+    fn check_batch(&self, batch: &[Example]) -> Result<(Vec<Packed>, f32, usize)> {
+        if batch.is_empty() {
+            return Err(Error::Training("an empty batch".into()));
+        }
+        let vocab = self.model.config.vocab;
+        let mut norm = 0f32;
+        let mut trained = 0;
+        for (i, e) in batch.iter().enumerate() {
+            e.check(vocab).map_err(|m| Error::Training(format!("example {i}: {m}")))?;
+            if e.tokens.len() > self.config.max_seq {
+                return Err(Error::Training(format!(
+                    "example {i} has {} tokens, more than max_seq {}",
+                    e.tokens.len(),
+                    self.config.max_seq
+                )));
+            }
+            norm += e.weights[1..].iter().sum::<f32>();
+            trained += e.weights[1..].iter().filter(|&&w| w > 0.0).count();
+        }
+        if norm <= 0.0 {
+            return Err(Error::Training("the batch has no tokens with loss weight".into()));
+        }
+        Ok((pack(batch, self.config.max_seq), norm, trained))
+    }
+
+    /// Mean weighted loss of a batch under the current adapter (no update).
+    pub fn loss(&self, batch: &[Example]) -> Result<f32> {
+        let (packs, norm, _) = self.check_batch(batch)?;
+        let mut sum = 0f64;
+        for p in &packs {
+            sum += self.run(p, norm, false)?.0;
+        }
+        Ok((sum / f64::from(norm)) as f32)
+    }
+
+    /// One optimizer step over a batch: forward and backward over its packed sequences with the
+    /// gradients accumulated, clipping, then AdamW at the scheduled rate.
+    pub fn step(&mut self, batch: &[Example]) -> Result<StepStats> {
+        let (packs, norm, trained) = self.check_batch(batch)?;
+        let mut sum = 0f64;
+        let mut tokens = 0;
+        for p in &packs {
+            let (loss, grads) = self.run(p, norm, true)?;
+            sum += loss;
+            tokens += p.tokens.len();
+            for (key, (da, db)) in grads {
+                if let Some(pair) = self.pairs.get_mut(&key) {
+                    pair.a.grad.iter_mut().zip(&da).for_each(|(g, d)| *g += d);
+                    pair.b.grad.iter_mut().zip(&db).for_each(|(g, d)| *g += d);
+                }
+            }
+        }
+        let gsq: f64 = self.pairs.values().map(|p| p.a.grad_sq() + p.b.grad_sq()).sum();
+        let grad_norm = gsq.sqrt();
+        if !grad_norm.is_finite() {
+            self.pairs.values_mut().for_each(|p| {
+                p.a.grad.fill(0.0);
+                p.b.grad.fill(0.0);
+            });
+            return Err(Error::Training("the gradient is not finite (learning rate too high?)".into()));
+        }
+        let clip = optim::clip_factor(grad_norm, self.config.max_grad_norm);
+        let lr = optim::learning_rate(
+            self.config.learning_rate,
+            self.step,
+            self.config.total_steps,
+            self.config.warmup_steps,
+            self.config.schedule,
+        );
+        self.step += 1;
+        let (opt, t) = (self.config.adamw, self.step);
+        self.pairs.values_mut().for_each(|p| {
+            p.a.update(&opt, lr, t, clip);
+            p.b.update(&opt, lr, t, clip);
+        });
+        Ok(StepStats {
+            step: self.step,
+            loss: (sum / f64::from(norm)) as f32,
+            tokens,
+            trained_tokens: trained,
+            grad_norm: grad_norm as f32,
+            learning_rate: lr,
+        })
+    }
+
+    /// The analytic gradients of a batch's mean loss (for gradient checks): `(layer, target) →
+    /// (dA, dB)`, with `B` in the engine's (GGUF) row order.
+    pub fn gradients(&self, batch: &[Example]) -> Result<(f32, Grads)> {
+        let (packs, norm, _) = self.check_batch(batch)?;
+        let mut total: Grads = BTreeMap::new();
+        let mut sum = 0f64;
+        for p in &packs {
+            let (loss, grads) = self.run(p, norm, true)?;
+            sum += loss;
+            for (k, (da, db)) in grads {
+                let e = total.entry(k).or_insert_with(|| (vec![0.0; da.len()], vec![0.0; db.len()]));
+                e.0.iter_mut().zip(&da).for_each(|(g, d)| *g += d);
+                e.1.iter_mut().zip(&db).for_each(|(g, d)| *g += d);
+            }
+        }
+        Ok(((sum / f64::from(norm)) as f32, total))
+    }
+
+    /// Sets a pair's values (tests; resuming goes through [`Trainer::load_state`]).
+    pub fn set_pair(&mut self, layer: usize, t: Target, a: &[f32], b: &[f32]) -> Result<()> {
+        let p = self.pairs.get_mut(&(layer, t)).ok_or_else(|| Error::Training(format!("no pair at {layer} {t:?}")))?;
+        if a.len() != p.a.value.len() || b.len() != p.b.value.len() {
+            return Err(Error::Training("pair values of the wrong size".into()));
+        }
+        p.a.value.copy_from_slice(a);
+        p.b.value.copy_from_slice(b);
+        Ok(())
+    }
+
+    /// The current values of a pair: `(A, B)`, `B` in the engine's row order.
+    pub fn pair(&self, layer: usize, t: Target) -> Option<(&[f32], &[f32])> {
+        self.pairs.get(&(layer, t)).map(|p| (&p.a.value[..], &p.b.value[..]))
+    }
+
+    /// The adapter as trained so far, ready for the engine and for PEFT ([`Adapter::save`]).
+    pub fn adapter(&self) -> Adapter {
+        let c = &self.model.config;
+        let mut targets: Vec<Target> = self.config.targets.clone();
+        targets.sort();
+        targets.dedup();
+        let config = AdapterConfig {
+            r: self.config.rank,
+            lora_alpha: self.config.alpha,
+            target_modules: targets.iter().map(|t| t.module().to_owned()).collect(),
+            use_rslora: false,
+            fan_in_fan_out: false,
+            peft_type: "LORA".into(),
+            base_model_name_or_path: self.config.base_model.clone(),
+            task_type: Some("CAUSAL_LM".into()),
+            rank_pattern: HashMap::new(),
+            alpha_pattern: HashMap::new(),
+        };
+        let mut layers = vec![HashMap::new(); c.n_layer];
+        for (&(l, t), p) in &self.pairs {
+            layers[l].insert(
+                t,
+                LoraPair { a: p.a.value.clone(), b: p.b.value.clone(), rank: self.config.rank, scale: self.scale() },
+            );
+        }
+        Adapter { config, layers }
+    }
+
+    fn scale(&self) -> f32 {
+        self.config.alpha / self.config.rank as f32
+    }
+
+    /// The whole training state (pairs, optimizer moments, step, configuration) as safetensors
+    /// bytes: what a checkpoint stores.
+    pub fn save_state(&self) -> Result<Vec<u8>> {
+        let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+        for (&(l, t), p) in &self.pairs {
+            for (name, param, shape) in
+                [("A", &p.a, [self.config.rank, p.in_f]), ("B", &p.b, [p.out_f, self.config.rank])]
+            {
+                for (part, v) in [("value", &param.value), ("m", &param.m), ("v", &param.v)] {
+                    let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    tensors.push((format!("{l}.{}.{name}.{part}", t.module()), bytes, shape.to_vec()));
+                }
+            }
+        }
+        let views = tensors
+            .iter()
+            .map(|(n, d, s)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| Error::Training(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut meta = HashMap::new();
+        meta.insert("step".to_owned(), self.step.to_string());
+        meta.insert(
+            "config".to_owned(),
+            serde_json::to_string(&self.config).map_err(|e| Error::Training(e.to_string()))?,
+        );
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Training(e.to_string()))
+    }
+
+    /// A trainer restored from [`Trainer::save_state`] bytes, continuing where it stopped.
+    pub fn load_state(model: Arc<Model>, bytes: &[u8]) -> Result<Self> {
+        let bad = |m: String| Error::Training(format!("checkpoint: {m}"));
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+        let meta = meta.metadata().clone().ok_or_else(|| bad("no metadata".into()))?;
+        let config: TrainConfig = serde_json::from_str(meta.get("config").ok_or_else(|| bad("no config".into()))?)
+            .map_err(|e| bad(e.to_string()))?;
+        let step: usize = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no step count".into()))?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let mut t = Trainer::new(model, config)?;
+        t.step = step;
+        let rank = t.config.rank;
+        for (&(l, tg), p) in t.pairs.iter_mut() {
+            for (name, param) in [("A", &mut p.a), ("B", &mut p.b)] {
+                for part in ["value", "m", "v"] {
+                    let key = format!("{l}.{}.{name}.{part}", tg.module());
+                    let view = st.tensor(&key).map_err(|_| bad(format!("{key} missing")))?;
+                    let want = param.value.len();
+                    if view.dtype() != safetensors::Dtype::F32 || view.data().len() != want * 4 {
+                        return Err(bad(format!("{key}: wrong type or size for rank {rank}")));
+                    }
+                    let vals: Vec<f32> =
+                        view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    if vals.iter().any(|v| !v.is_finite()) {
+                        return Err(bad(format!("{key}: non-finite values")));
+                    }
+                    match part {
+                        "value" => param.value = vals,
+                        "m" => param.m = vals,
+                        _ => param.v = vals,
+                    }
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Forward (and with `backward`, backward) over one packed sequence: the summed weighted loss
+    /// and the pairs' gradients of `loss / norm`.
+    fn run(&self, p: &Packed, norm: f32, backward: bool) -> Result<(f64, Grads)> {
+        let m = &*self.model;
+        let c = &m.config;
+        let (d, n) = (c.n_embd, p.tokens.len());
+        let mut x = vec![0f32; n * d];
+        for (i, &t) in p.tokens.iter().enumerate() {
+            m.tok_embd.dequantize_row(t as usize, &mut x[i * d..(i + 1) * d])?;
+        }
+        let half = c.rope_dims / 2;
+        let mut rope = Rope { cos: vec![0.0; n * half], sin: vec![0.0; n * half], half };
+        for (i, &pos) in p.pos.iter().enumerate() {
+            fwd::rope_angles(
+                pos,
+                c.rope_dims,
+                c.rope_base,
+                &mut rope.cos[i * half..(i + 1) * half],
+                &mut rope.sin[i * half..(i + 1) * half],
+            );
+        }
+        let lowest = self.lowest_layer();
+        let mut caches: Vec<Option<LayerCache>> = Vec::with_capacity(c.n_layer);
+        let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); c.n_layer];
+        for l in 0..c.n_layer {
+            let keep = backward && l >= lowest;
+            if keep && self.config.checkpoint_activations {
+                inputs[l] = x.clone();
+            }
+            let (out, cache) = self.layer_forward(l, x, &rope, &p.starts)?;
+            caches.push(if keep && !self.config.checkpoint_activations { Some(cache) } else { None });
+            x = out;
+        }
+        // Head: logits only for rows that predict a weighted token.
+        let rows: Vec<usize> = (0..n.saturating_sub(1)).filter(|&i| p.weights[i + 1] > 0.0).collect();
+        let mut dx = vec![0f32; if backward { n * d } else { 0 }];
+        let mut loss = 0f64;
+        let exact_out = if backward && self.output_t.is_none() { Some(m.output.dequantize()?) } else { None };
+        for chunk in rows.chunks(32) {
+            let mut h = vec![0f32; chunk.len() * d];
+            for (k, &r) in chunk.iter().enumerate() {
+                fwd::rms_norm(&x[r * d..(r + 1) * d], &m.output_norm, c.eps, &mut h[k * d..(k + 1) * d]);
+            }
+            let mut z = vec![0f32; chunk.len() * c.vocab];
+            m.output.matmul(&h, &mut z, self.config.precision)?;
+            let losses: Vec<f32> = z
+                .par_chunks_mut(c.vocab)
+                .zip(chunk.par_iter())
+                .map(|(zr, &r)| ops::cross_entropy_backward(zr, p.tokens[r + 1] as usize, p.weights[r + 1], norm))
+                .collect();
+            loss += losses.iter().map(|&v| f64::from(v)).sum::<f64>();
+            if !backward {
+                continue;
+            }
+            let mut dh = vec![0f32; chunk.len() * d];
+            match (&self.output_t, &exact_out) {
+                (Some(wt), _) => cpu::matmul(GgmlType::Q8_0, wt, d, c.vocab, &z, &mut dh)?,
+                (None, Some(w)) => ops::gemm_nn_add(&z, w, c.vocab, 1.0, &mut dh),
+                (None, None) => return Err(Error::Training("no output weight for the backward pass".into())),
+            }
+            for (k, &r) in chunk.iter().enumerate() {
+                ops::rms_norm_backward(
+                    &x[r * d..(r + 1) * d],
+                    &m.output_norm,
+                    c.eps,
+                    &dh[k * d..(k + 1) * d],
+                    &mut dx[r * d..(r + 1) * d],
+                );
+            }
+        }
+        let mut grads = Grads::new();
+        if !backward {
+            return Ok((loss, grads));
+        }
+        for l in (lowest..c.n_layer).rev() {
+            let cache = match caches[l].take() {
+                Some(cache) => cache,
+                None => self.layer_forward(l, std::mem::take(&mut inputs[l]), &rope, &p.starts)?.1,
+            };
+            dx = self.layer_backward(l, &cache, &rope, &p.starts, dx, l > lowest, &mut grads)?;
+        }
+        Ok((loss, grads))
+    }
+
+    /// A base projection plus its pair (if any): `out = input·Wᵀ (+ scale·B·A·input)`.
+    fn project(
+        &self,
+        l: usize,
+        t: Target,
+        input: &[f32],
+        out: &mut [f32],
+        ax: &mut HashMap<Target, Vec<f32>>,
+    ) -> Result<()> {
+        self.model.layers[l].weight(t).matmul(input, out, self.config.precision)?;
+        if let Some(p) = self.pairs.get(&(l, t)) {
+            ax.insert(t, ops::lora_forward(&p.a.value, &p.b.value, self.config.rank, self.scale(), input, out));
+        }
+        Ok(())
+    }
+
+    fn layer_forward(&self, l: usize, x: Vec<f32>, rope: &Rope, starts: &[usize]) -> Result<(Vec<f32>, LayerCache)> {
+        let c = &self.model.config;
+        let layer = &self.model.layers[l];
+        let n = starts.len();
+        let (d, qd, kvd, hd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim, c.n_ff);
+        let mut ax = HashMap::new();
+        let mut xn1 = vec![0f32; n * d];
+        norm_rows(&x, &layer.attn_norm, c.eps, &mut xn1);
+        let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
+        self.project(l, Target::Q, &xn1, &mut q, &mut ax)?;
+        self.project(l, Target::K, &xn1, &mut k, &mut ax)?;
+        self.project(l, Target::V, &xn1, &mut v, &mut ax)?;
+        if let Some([bq, bk, bv]) = &layer.bias {
+            add_bias(&mut q, bq);
+            add_bias(&mut k, bk);
+            add_bias(&mut v, bv);
+        }
+        for i in 0..n {
+            let (cs, sn) =
+                (&rope.cos[i * rope.half..(i + 1) * rope.half], &rope.sin[i * rope.half..(i + 1) * rope.half]);
+            for h in 0..c.n_head {
+                fwd::rope(&mut q[i * qd + h * hd..i * qd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
+            }
+            for h in 0..c.n_head_kv {
+                fwd::rope(&mut k[i * kvd + h * hd..i * kvd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
+            }
+        }
+        let heads = Heads { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd };
+        let mut att = vec![0f32; n * qd];
+        let mut lse = vec![0f32; n * c.n_head];
+        ops::attention_forward(heads, &q, &k, &v, starts, &mut att, &mut lse);
+        let mut o = vec![0f32; n * d];
+        self.project(l, Target::O, &att, &mut o, &mut ax)?;
+        let mut xmid = x.clone();
+        xmid.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        let mut xn2 = vec![0f32; n * d];
+        norm_rows(&xmid, &layer.ffn_norm, c.eps, &mut xn2);
+        let (mut g, mut u) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        self.project(l, Target::Gate, &xn2, &mut g, &mut ax)?;
+        self.project(l, Target::Up, &xn2, &mut u, &mut ax)?;
+        let mut h = g.clone();
+        h.par_chunks_mut(ff).zip(u.par_chunks(ff)).for_each(|(hr, ur)| fwd::swiglu(hr, ur));
+        let mut out = vec![0f32; n * d];
+        self.project(l, Target::Down, &h, &mut out, &mut ax)?;
+        out.iter_mut().zip(&xmid).for_each(|(a, b)| *a += b);
+        Ok((out, LayerCache { x, xn1, q, k, v, att, lse, xmid, xn2, g, u, ax }))
+    }
+
+    /// `dx += dy·W` through the frozen base weight.
+    fn frozen_backward(&self, l: usize, t: Target, dy: &[f32], dx: &mut [f32]) -> Result<()> {
+        let w = self.model.layers[l].weight(t);
+        match self.transposed.get(&(l, t)) {
+            Some(wt) => {
+                let mut tmp = vec![0f32; dx.len()];
+                cpu::matmul(GgmlType::Q8_0, wt, w.cols, w.rows, dy, &mut tmp)?;
+                dx.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+            }
+            None => ops::gemm_nn_add(dy, &w.dequantize()?, w.rows, 1.0, dx),
+        }
+        Ok(())
+    }
+
+    /// Backward of [`Trainer::project`]: the pair's gradients into `grads`, and (when `dx` is given)
+    /// the input gradient through the frozen weight and the pair.
+    #[allow(clippy::too_many_arguments)]
+    fn project_backward(
+        &self,
+        l: usize,
+        t: Target,
+        input: &[f32],
+        cache: &LayerCache,
+        dy: &[f32],
+        mut dx: Option<&mut [f32]>,
+        grads: &mut Grads,
+    ) -> Result<()> {
+        if let Some(dx) = dx.as_deref_mut() {
+            self.frozen_backward(l, t, dy, dx)?;
+        }
+        if let (Some(p), Some(ax)) = (self.pairs.get(&(l, t)), cache.ax.get(&t)) {
+            let e = grads.entry((l, t)).or_insert_with(|| (vec![0.0; p.a.value.len()], vec![0.0; p.b.value.len()]));
+            let g = LoraGrads { da: &mut e.0, db: &mut e.1, dx };
+            ops::lora_backward(&p.a.value, &p.b.value, self.config.rank, self.scale(), input, ax, dy, g);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(
+        &self,
+        l: usize,
+        cache: &LayerCache,
+        rope: &Rope,
+        starts: &[usize],
+        dout: Vec<f32>,
+        need_dx: bool,
+        grads: &mut Grads,
+    ) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        let layer = &self.model.layers[l];
+        let n = starts.len();
+        let (d, qd, kvd, hd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim, c.n_ff);
+        // Feed-forward.
+        let mut h = cache.g.clone();
+        h.par_chunks_mut(ff).zip(cache.u.par_chunks(ff)).for_each(|(hr, ur)| fwd::swiglu(hr, ur));
+        let mut dh = vec![0f32; n * ff];
+        self.project_backward(l, Target::Down, &h, cache, &dout, Some(&mut dh), grads)?;
+        let (mut dg, mut du) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        dg.par_chunks_mut(ff).zip(du.par_chunks_mut(ff)).enumerate().for_each(|(i, (dgr, dur))| {
+            let r = i * ff..(i + 1) * ff;
+            ops::swiglu_backward(&cache.g[r.clone()], &cache.u[r.clone()], &dh[r], dgr, dur);
+        });
+        let mut dxn2 = vec![0f32; n * d];
+        self.project_backward(l, Target::Gate, &cache.xn2, cache, &dg, Some(&mut dxn2), grads)?;
+        self.project_backward(l, Target::Up, &cache.xn2, cache, &du, Some(&mut dxn2), grads)?;
+        let mut dxmid = dout;
+        ops::rms_norm_backward_rows(&cache.xmid, &layer.ffn_norm, c.eps, &dxn2, &mut dxmid);
+        // Attention.
+        let mut datt = vec![0f32; n * qd];
+        self.project_backward(l, Target::O, &cache.att, cache, &dxmid, Some(&mut datt), grads)?;
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
+        let heads = Heads { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd };
+        ops::attention_backward(
+            heads, &cache.q, &cache.k, &cache.v, &cache.att, &cache.lse, starts, &datt, &mut dq, &mut dk, &mut dv,
+        );
+        for i in 0..n {
+            let (cs, sn) =
+                (&rope.cos[i * rope.half..(i + 1) * rope.half], &rope.sin[i * rope.half..(i + 1) * rope.half]);
+            for h in 0..c.n_head {
+                ops::rope_backward(&mut dq[i * qd + h * hd..i * qd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
+            }
+            for h in 0..c.n_head_kv {
+                ops::rope_backward(&mut dk[i * kvd + h * hd..i * kvd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
+            }
+        }
+        let mut dxn1 = vec![0f32; if need_dx { n * d } else { 0 }];
+        for (t, dy) in [(Target::Q, &dq), (Target::K, &dk), (Target::V, &dv)] {
+            let dx = if need_dx { Some(&mut dxn1[..]) } else { None };
+            self.project_backward(l, t, &cache.xn1, cache, dy, dx, grads)?;
+        }
+        if !need_dx {
+            return Ok(Vec::new());
+        }
+        let mut dx = dxmid;
+        ops::rms_norm_backward_rows(&cache.x, &layer.attn_norm, c.eps, &dxn1, &mut dx);
+        Ok(dx)
+    }
+}
+
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| fwd::rms_norm(xr, w, eps, o));
+}
+
+fn add_bias(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(v, bv)| *v += bv);
+    }
+}
+
+/// A deterministic plan of batches: `epochs` passes over `n` examples, each pass shuffled from the
+/// seed, cut into batches of `batch_size` (the last batch of a pass may be smaller).
+pub fn batch_plan(n: usize, batch_size: usize, epochs: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_DA7A);
+    let mut plan = Vec::new();
+    for _ in 0..epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        plan.extend(order.chunks(batch_size.max(1)).map(<[usize]>::to_vec));
+    }
+    plan
+}
