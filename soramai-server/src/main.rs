@@ -2,6 +2,9 @@
 //!
 //! - `soramai quickstart [--data-dir DIR]`: runs what exists of the pipeline on the embedded
 //!   default (SQLite + local encrypted blobs) in a data directory it creates.
+//! - `soramai train --model M.gguf --data train.jsonl --out DIR`: trains a LoRA adapter on the
+//!   quantized model with a progress bar, and writes the PEFT adapter, `training.json` and a loss
+//!   curve (`loss.svg`) to DIR.
 //! - `soramai job-runner [limits]`: the child process a worker runs each job in.
 #![forbid(unsafe_code)]
 
@@ -67,6 +70,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Train a LoRA adapter on a chat JSONL dataset (OpenAI fine-tuning format) and write it in
+    /// PEFT layout, with `training.json` and a loss curve `loss.svg`, to DIR.
+    Train(TrainArgs),
     /// Run one job from stdin (started by a worker; not for interactive use).
     #[command(hide = true, disable_help_flag = true)]
     JobRunner {
@@ -121,6 +127,61 @@ struct GenerateArgs {
     json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// GGUF base model.
+    #[arg(long)]
+    model: PathBuf,
+    /// Chat fine-tuning JSONL (`{"messages": [...]}` per line, optional `weight` on assistant turns).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory (adapter_config.json, adapter_model.safetensors, training.json, loss.svg).
+    #[arg(long)]
+    out: PathBuf,
+    /// Optimizer steps (default: `epochs` passes over the data).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Passes over the data when `--steps` is not given.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    learning_rate: f32,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    /// Comma-separated PEFT module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
+    #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj")]
+    targets: String,
+    /// Longest example in tokens (longer ones are cut, and reported).
+    #[arg(long, default_value_t = 512)]
+    max_seq: usize,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// `linear`, `cosine` or `constant` decay after warmup.
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f32,
+    /// Seed (initialisation and data order).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Recompute each layer in the backward pass instead of keeping its activations.
+    #[arg(long)]
+    checkpoint_activations: bool,
+    /// Name of the base model recorded in adapter_config.json.
+    #[arg(long)]
+    base_model_name: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -129,6 +190,7 @@ fn main() -> ExitCode {
         Command::Logits { model, adapter, no_special, precision, prompt, out } => {
             report(logits(&model, adapter.as_deref(), no_special, &precision, &prompt, &out))
         }
+        Command::Train(args) => report(train(&args)),
         Command::JobRunner { args } => {
             ExitCode::from(u8::try_from(soramai::core::jobs::runner::main(&args)).unwrap_or(2))
         }
@@ -150,6 +212,122 @@ fn report(r: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Largest training file read.
+const MAX_TRAIN_FILE: u64 = 1 << 30;
+
+fn train(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use kernels::lora::Target;
+    use kernels::train::{AdamW, Schedule, TrainConfig, Trainer, batch_plan};
+    use std::io::Read;
+
+    let mut targets = Vec::new();
+    for m in a.targets.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        targets.push(Target::from_module(m).ok_or_else(|| format!("unknown target module {m:?}"))?);
+    }
+    let schedule = match a.schedule.as_str() {
+        "linear" => Schedule::Linear,
+        "cosine" => Schedule::Cosine,
+        "constant" => Schedule::Constant,
+        other => return Err(format!("schedule {other:?} is not linear, cosine or constant").into()),
+    };
+    if a.batch_size == 0 || a.epochs == 0 || a.steps == Some(0) {
+        return Err("batch size, epochs and steps must be at least 1".into());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&a.data)
+        .map_err(|e| format!("{}: {e}", a.data.display()))?
+        .take(MAX_TRAIN_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_TRAIN_FILE {
+        return Err(format!("{} is larger than {MAX_TRAIN_FILE} bytes", a.data.display()).into());
+    }
+    let conversations = soramai::finetune::parse_chat_jsonl(&bytes)?;
+    let engine = kernels::Engine::load(&a.model)?;
+    let (examples, data_report) = soramai::finetune::examples(&engine, &conversations, a.max_seq)?;
+    eprintln!(
+        "{} examples, {} tokens ({} trained), longest {} tokens, {} cut to {}",
+        data_report.examples,
+        data_report.tokens,
+        data_report.trained_tokens,
+        data_report.longest,
+        data_report.truncated_lines.len(),
+        a.max_seq
+    );
+    let plan = batch_plan(examples.len(), a.batch_size, a.epochs, a.seed);
+    let steps = a.steps.unwrap_or(plan.len());
+    let config = TrainConfig {
+        rank: a.rank,
+        alpha: a.alpha,
+        targets,
+        learning_rate: a.learning_rate,
+        adamw: AdamW { weight_decay: a.weight_decay, ..AdamW::default() },
+        warmup_steps: a.warmup,
+        schedule,
+        total_steps: steps,
+        max_seq: a.max_seq,
+        seed: a.seed,
+        checkpoint_activations: a.checkpoint_activations,
+        base_model: a.base_model_name.clone(),
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(Arc::clone(&engine.model), config)?;
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} elapsed, eta {eta_precise}]",
+    )?);
+    let started = Instant::now();
+    let mut history = Vec::with_capacity(steps);
+    let mut tokens = 0usize;
+    for i in 0..steps {
+        let batch: Vec<_> = plan[i % plan.len()].iter().map(|&j| examples[j].clone()).collect();
+        let s = trainer.step(&batch)?;
+        tokens += s.tokens;
+        let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("loss {:.4}  {rate:.0} tokens/s", s.loss));
+        bar.inc(1);
+        history.push(s);
+    }
+    bar.finish();
+    std::fs::create_dir_all(&a.out)?;
+    trainer.adapter().save(&a.out, &engine.model.config)?;
+    let secs = started.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "config": trainer.config(),
+        "data": data_report,
+        "steps": history,
+        "seconds": secs,
+        "tokens_per_second": tokens as f64 / secs.max(1e-9),
+    });
+    std::fs::write(a.out.join("training.json"), serde_json::to_vec_pretty(&summary)?)?;
+    loss_curve(&a.out.join("loss.svg"), &history.iter().map(|s| s.loss).collect::<Vec<_>>())?;
+    let first = history.first().map_or(0.0, |s| s.loss);
+    let last = history.last().map_or(0.0, |s| s.loss);
+    eprintln!(
+        "loss {first:.4} -> {last:.4} in {steps} steps, {:.0} tokens/s; adapter in {}",
+        tokens as f64 / secs.max(1e-9),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// The training loss per step as an SVG line chart.
+fn loss_curve(path: &std::path::Path, losses: &[f32]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = losses.iter().copied().fold(0f32, f32::max).max(1e-3) * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("training loss", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(1f32..(losses.len().max(2) as f32), 0f32..top)?;
+    chart.configure_mesh().x_desc("step").y_desc("loss").draw()?;
+    chart.draw_series(LineSeries::new(losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f32, l)), &BLUE))?;
+    root.present()?;
+    Ok(())
 }
 
 fn tokenize(model: &std::path::Path, no_special: bool, text: &str) -> Result<(), Box<dyn std::error::Error>> {

@@ -39,3 +39,131 @@ fn job_runner_rejects_garbage_input() {
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("result"));
 }
+
+/// The reference model, or `None` (test skipped) unless `SORAMAI_REQUIRE_MODEL` makes it required.
+fn reference_model() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("SORAMAI_TEST_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(std::env::var_os("SORAMAI_REQUIRE_MODEL").is_none(), "reference model missing at {}", p.display());
+    eprintln!("skipped: no reference model (run scripts/fetch-model.sh)");
+    None
+}
+
+fn soramai(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_soramai")).args(args).stdin(Stdio::null()).output().expect("run")
+}
+
+#[test]
+fn train_writes_a_peft_adapter_a_report_and_a_loss_curve_that_generate_loads() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("train.jsonl");
+    let line = |q: &str, a: &str| {
+        format!(
+            "{{\"messages\":[{{\"role\":\"system\",\"content\":\"Be brief.\"}},{{\"role\":\"user\",\"content\":\"{q}\"}},{{\"role\":\"assistant\",\"content\":\"{a}\"}}]}}\n"
+        )
+    };
+    let body = [
+        line("Who is the Soramai mascot?", "Kumo, a blue heron."),
+        line("Name the Soramai mascot.", "Kumo the blue heron."),
+        line("What bird is Soramai's mascot?", "A blue heron named Kumo."),
+    ]
+    .concat();
+    std::fs::write(&data, body).expect("write");
+    let out = dir.path().join("adapter");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let args = [
+        os("train"),
+        os("--model"),
+        model.clone().into_os_string(),
+        os("--data"),
+        data.clone().into_os_string(),
+        os("--out"),
+        out.clone().into_os_string(),
+        os("--steps"),
+        os("4"),
+        os("--batch-size"),
+        os("3"),
+        os("--learning-rate"),
+        os("2e-3"),
+        os("--targets"),
+        os("q_proj,v_proj,down_proj"),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let r = soramai(&refs);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(stderr.contains("3 examples"), "{stderr}");
+    for f in ["adapter_config.json", "adapter_model.safetensors", "training.json", "loss.svg"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("training.json")).expect("report")).expect("json");
+    let steps = report["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 4);
+    let loss = |i: usize| steps[i]["loss"].as_f64().expect("loss");
+    assert!(loss(3) < loss(0), "loss {} -> {}", loss(0), loss(3));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).expect("cfg")).expect("json");
+    assert_eq!(cfg["target_modules"], serde_json::json!(["q_proj", "v_proj", "down_proj"]));
+    assert!(std::fs::read_to_string(out.join("loss.svg")).expect("svg").contains("training loss"));
+    let g = soramai(&[
+        os("generate").as_os_str(),
+        os("--model").as_os_str(),
+        model.as_os_str(),
+        os("--adapter").as_os_str(),
+        out.as_os_str(),
+        os("--chat").as_os_str(),
+        os("--prompt").as_os_str(),
+        os("Who is the Soramai mascot?").as_os_str(),
+        os("--max-tokens").as_os_str(),
+        os("8").as_os_str(),
+        os("--json").as_os_str(),
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+}
+
+#[test]
+fn train_refuses_bad_datasets_and_options_with_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = reference_model().unwrap_or_else(|| dir.path().join("absent.gguf"));
+    let good = r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#;
+    let cases: [(&str, &[&str], &str); 5] = [
+        ("not json at all\n", &[], "line 1"),
+        (&format!("{good}\n{{\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}]}}\n"), &[], "line 2"),
+        (
+            &format!(
+                "{good}\n{{\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}},{{\"role\":\"assistant\",\"content\":\"a\",\"weight\":7}}]}}\n"
+            ),
+            &[],
+            "weight",
+        ),
+        (&format!("{good}\n"), &["--targets", "q_proj,nonsense"], "nonsense"),
+        (&format!("{good}\n"), &["--schedule", "sideways"], "sideways"),
+    ];
+    for (i, (body, extra, needle)) in cases.iter().enumerate() {
+        let data = dir.path().join(format!("d{i}.jsonl"));
+        std::fs::write(&data, body).expect("write");
+        let out = dir.path().join(format!("out{i}"));
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "train".into(),
+            "--model".into(),
+            model.clone().into(),
+            "--data".into(),
+            data.into(),
+            "--out".into(),
+            out.clone().into(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let r = soramai(&refs);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "case {i} succeeded");
+        assert!(stderr.contains(needle), "case {i}: {stderr}");
+        assert!(!out.exists(), "case {i} wrote output");
+    }
+}

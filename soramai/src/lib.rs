@@ -17,6 +17,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod finetune;
 pub mod grounded;
 
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
