@@ -73,6 +73,22 @@ enum Command {
     /// Train a LoRA adapter on a chat JSONL dataset (OpenAI fine-tuning format) and write it in
     /// PEFT layout, with `training.json` and a loss curve `loss.svg`, to DIR.
     Train(TrainArgs),
+    /// Merge a PEFT adapter into its base model and write a standalone GGUF.
+    Merge {
+        /// GGUF base model.
+        #[arg(long)]
+        model: PathBuf,
+        /// PEFT adapter directory.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Output GGUF path.
+        #[arg(long)]
+        out: PathBuf,
+        /// `f16` (every weight matrix F16) or `base` (merged projections requantized to the base's
+        /// format, the rest copied).
+        #[arg(long, default_value = "base")]
+        r#type: String,
+    },
     /// Run one job from stdin (started by a worker; not for interactive use).
     #[command(hide = true, disable_help_flag = true)]
     JobRunner {
@@ -191,6 +207,7 @@ fn main() -> ExitCode {
             report(logits(&model, adapter.as_deref(), no_special, &precision, &prompt, &out))
         }
         Command::Train(args) => report(train(&args)),
+        Command::Merge { model, adapter, out, r#type } => report(merge(&model, &adapter, &out, &r#type)),
         Command::JobRunner { args } => {
             ExitCode::from(u8::try_from(soramai::core::jobs::runner::main(&args)).unwrap_or(2))
         }
@@ -212,6 +229,21 @@ fn report(r: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn merge(
+    model: &std::path::Path,
+    adapter: &std::path::Path,
+    out: &std::path::Path,
+    ty: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let ty: kernels::lora::merge::MergeType = ty.parse()?;
+    let m = kernels::Model::load(model)?;
+    let a = kernels::lora::Adapter::load(adapter, &m.config)?;
+    let w = kernels::lora::merge::merge(&m, &a, ty)?;
+    w.write(out)?;
+    eprintln!("merged {} into {}", adapter.display(), out.display());
+    Ok(())
 }
 
 /// Largest training file read.

@@ -125,6 +125,41 @@ fn train_writes_a_peft_adapter_a_report_and_a_loss_curve_that_generate_loads() {
         os("--json").as_os_str(),
     ]);
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    // Merged into a standalone GGUF that generates without the adapter.
+    let merged = dir.path().join("merged.gguf");
+    let m = soramai(&[
+        os("merge").as_os_str(),
+        os("--model").as_os_str(),
+        model.as_os_str(),
+        os("--adapter").as_os_str(),
+        out.as_os_str(),
+        os("--out").as_os_str(),
+        merged.as_os_str(),
+    ]);
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    let g = soramai(&[
+        os("generate").as_os_str(),
+        os("--model").as_os_str(),
+        merged.as_os_str(),
+        os("--chat").as_os_str(),
+        os("--prompt").as_os_str(),
+        os("Who is the Soramai mascot?").as_os_str(),
+        os("--max-tokens").as_os_str(),
+        os("8").as_os_str(),
+        os("--json").as_os_str(),
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let bad = soramai(&[
+        os("merge").as_os_str(),
+        os("--model").as_os_str(),
+        model.as_os_str(),
+        os("--adapter").as_os_str(),
+        dir.path().as_os_str(),
+        os("--out").as_os_str(),
+        dir.path().join("never.gguf").as_os_str(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(!dir.path().join("never.gguf").exists());
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! permuted for interleaved RoPE, so the `B` of `q_proj`/`k_proj` is permuted the same way on load
 //! (and back on save): an adapter trained on the Hugging Face model applies exactly.
 
+pub mod merge;
+
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -1,0 +1,100 @@
+//! Merging an adapter into the base and exporting GGUF: the merged model alone computes what the
+//! base computes with the adapter applied.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{tiny_model_bytes, write_peft};
+use soramai_kernels::gguf::Gguf;
+use soramai_kernels::lora::merge::{MergeType, merge};
+use soramai_kernels::lora::{Adapter, Target};
+use soramai_kernels::model::Model;
+use soramai_kernels::quant::GgmlType;
+use soramai_kernels::tokenizer::template::Message;
+use soramai_kernels::{Engine, Error, Precision};
+
+fn engine(bytes: Vec<u8>) -> Engine {
+    Engine::new(Model::from_gguf(Arc::new(Gguf::from_bytes(bytes).expect("gguf"))).expect("model")).expect("engine")
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let top = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / top
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    d / (n(a) * n(b))
+}
+
+fn argmax(v: &[f32]) -> Option<usize> {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i)
+}
+
+#[test]
+fn a_merged_export_computes_what_base_plus_adapter_computes() {
+    for arch in ["llama", "qwen2"] {
+        let base = engine(tiny_model_bytes(arch, GgmlType::Q8_0, 5));
+        let dir = tempfile::tempdir().expect("dir");
+        write_peft(dir.path(), &base.model.config, 4, 8.0, &[Target::Q, Target::K, Target::O, Target::Down], 3);
+        let adapter = Adapter::load(dir.path(), &base.model.config).expect("adapter");
+        base.add_adapter("a", adapter.clone()).expect("add");
+        let prompt = base.chat_tokens(&[Message::new("user", "hello world")]).expect("prompt");
+        let with = base.logits(&prompt, Some("a"), Precision::Exact).expect("with");
+        let without = base.logits(&prompt, None, Precision::Exact).expect("without");
+        assert!(max_rel(&without, &with) > 0.05, "{arch}: the adapter must matter for this test to mean anything");
+        let f32_base = engine(tiny_model_bytes(arch, GgmlType::F32, 5));
+        let quant_noise = 1.0 - cosine(&f32_base.logits(&prompt, None, Precision::Exact).expect("f32"), &without);
+        assert!(quant_noise > 0.0);
+
+        // F16 keeps the merged weights to half precision: close to exact. Requantizing to the base
+        // format (Q8_0 here) rounds the merged weights as the base's were: the logits keep their
+        // direction and their best token.
+        for ty in [MergeType::F16, MergeType::Base] {
+            let merged = engine(merge(&base.model, &adapter, ty).expect("merge").to_bytes());
+            // Metadata travels: same tokenizer and template.
+            assert_eq!(merged.chat_tokens(&[Message::new("user", "hello world")]).expect("prompt"), prompt);
+            let got = merged.logits(&prompt, None, Precision::Exact).expect("merged");
+            if ty == MergeType::F16 {
+                let err = max_rel(&got, &with);
+                assert!(err < 5e-3, "{arch} {ty:?}: relative error {err}");
+            }
+            // Requantizing rounds the merged weights at the format's precision. This random
+            // adapter's deltas are larger than the base weights (real ones are small), so the
+            // Q8_0 blocks' scales grow and the rounding costs several times what quantizing the
+            // base did; the direction of the logits and the best token hold.
+            let cos = cosine(&got, &with);
+            assert!(
+                1.0 - cos < 25.0 * quant_noise.max(1e-5),
+                "{arch} {ty:?}: 1 - cosine {} (quantization: {quant_noise})",
+                1.0 - cos
+            );
+            assert_eq!(argmax(&got), argmax(&with), "{arch} {ty:?}");
+            let q = &merged.model.layers[0].wq;
+            let want = if ty == MergeType::F16 { GgmlType::F16 } else { GgmlType::Q8_0 };
+            assert_eq!(q.ty, want);
+            // Unadapted projections are untouched in `base` mode.
+            if ty == MergeType::Base {
+                assert_eq!(merged.model.layers[1].wv.bytes(), base.model.layers[1].wv.bytes());
+            }
+        }
+    }
+}
+
+#[test]
+fn merging_an_adapter_of_another_shape_is_refused() {
+    let base = engine(tiny_model_bytes("llama", GgmlType::Q8_0, 5));
+    let dir = tempfile::tempdir().expect("dir");
+    write_peft(dir.path(), &base.model.config, 2, 4.0, &[Target::V], 1);
+    let mut adapter = Adapter::load(dir.path(), &base.model.config).expect("adapter");
+    adapter.layers.pop();
+    assert!(matches!(merge(&base.model, &adapter, MergeType::F16), Err(Error::Adapter(_))));
+    let mut adapter = Adapter::load(dir.path(), &base.model.config).expect("adapter");
+    if let Some(p) = adapter.layers[0].get_mut(&Target::V) {
+        p.a.pop();
+    }
+    assert!(matches!(merge(&base.model, &adapter, MergeType::Base), Err(Error::Adapter(_))));
+    assert!("f32".parse::<MergeType>().is_err());
+}
