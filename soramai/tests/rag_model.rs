@@ -11,22 +11,7 @@ use soramai::{Config, Core, GroundedOptions, LocalRootKey, ModelEmbedder, ModelT
 
 const HANDBOOK: &str = include_str!("../../soramai-rag/tests/data/handbook.md");
 
-/// (question, a phrase only the answering section contains) — the same pairs as
-/// `soramai-rag/tests/relevance.rs`.
-const QA: &[(&str, &str)] = &[
-    ("How many days of paid leave do staff get?", "thirty days of paid leave"),
-    ("Who approves travel expenses?", "travel must be approved"),
-    ("What happens if I lose my laptop?", "report a lost laptop"),
-    ("How often are passwords rotated?", "passwords every ninety days"),
-    ("When is payroll run?", "payroll runs on the last"),
-    ("Can I work from another country?", "working abroad"),
-    ("How do I request a new monitor?", "equipment requests"),
-    ("What is the parental leave policy?", "parental leave"),
-    ("Where do I report a security incident?", "security incident"),
-    ("How are performance reviews scheduled?", "reviews happen twice"),
-    ("What is the policy on gifts from vendors?", "gifts from vendors"),
-    ("How do I book a meeting room?", "meeting rooms are booked"),
-];
+include!("../../soramai-rag/tests/data/handbook_qa.rs");
 
 /// The reference model, or `None` (test skipped) unless `SORAMAI_REQUIRE_MODEL` makes it required.
 fn engine() -> Option<Arc<Engine>> {

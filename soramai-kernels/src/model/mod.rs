@@ -362,7 +362,7 @@ impl Model {
     }
 }
 
-fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+pub(crate) fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     if x.len() == d {
         return ops::rms_norm(x, w, eps, out);
@@ -370,7 +370,7 @@ fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| ops::rms_norm(xr, w, eps, o));
 }
 
-fn add_bias(x: &mut [f32], b: &[f32]) {
+pub(crate) fn add_bias(x: &mut [f32], b: &[f32]) {
     for row in x.chunks_exact_mut(b.len()) {
         for (v, bv) in row.iter_mut().zip(b) {
             *v += bv;

@@ -25,10 +25,11 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::ops::RopeLayout;
 use crate::cpu::{self, ops as fwd};
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, AdapterConfig, LoraPair, MAX_RANK, Target};
-use crate::model::{Model, Precision, QMat};
+use crate::model::{Model, Precision, QMat, add_bias, norm_rows};
 use crate::quant::GgmlType;
 use crate::tokenizer::TokenId;
 
@@ -210,6 +211,30 @@ struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
     half: usize,
+}
+
+impl Rope {
+    /// Applies `f` (the rotation, or its transpose in the backward pass) to the rotated dimensions
+    /// of every head of every row of `q` (`T × q_dim`) and `k` (`T × kv_dim`).
+    fn apply(
+        &self,
+        c: &crate::model::Config,
+        q: &mut [f32],
+        k: &mut [f32],
+        f: fn(&mut [f32], &[f32], &[f32], RopeLayout),
+    ) {
+        let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+        for i in 0..q.len() / qd.max(1) {
+            let cs = &self.cos[i * self.half..(i + 1) * self.half];
+            let sn = &self.sin[i * self.half..(i + 1) * self.half];
+            for h in 0..c.n_head {
+                f(&mut q[i * qd + h * hd..i * qd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
+            }
+            for h in 0..c.n_head_kv {
+                f(&mut k[i * kvd + h * hd..i * kvd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
+            }
+        }
+    }
 }
 
 type Grads = BTreeMap<(usize, Target), (Vec<f32>, Vec<f32>)>;
@@ -645,16 +670,7 @@ impl Trainer {
             add_bias(&mut k, bk);
             add_bias(&mut v, bv);
         }
-        for i in 0..n {
-            let (cs, sn) =
-                (&rope.cos[i * rope.half..(i + 1) * rope.half], &rope.sin[i * rope.half..(i + 1) * rope.half]);
-            for h in 0..c.n_head {
-                fwd::rope(&mut q[i * qd + h * hd..i * qd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
-            }
-            for h in 0..c.n_head_kv {
-                fwd::rope(&mut k[i * kvd + h * hd..i * kvd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
-            }
-        }
+        rope.apply(c, &mut q, &mut k, fwd::rope);
         let heads = Heads { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd };
         let mut att = vec![0f32; n * qd];
         let mut lse = vec![0f32; n * c.n_head];
@@ -752,16 +768,7 @@ impl Trainer {
         ops::attention_backward(
             heads, &cache.q, &cache.k, &cache.v, &cache.att, &cache.lse, starts, &datt, &mut dq, &mut dk, &mut dv,
         );
-        for i in 0..n {
-            let (cs, sn) =
-                (&rope.cos[i * rope.half..(i + 1) * rope.half], &rope.sin[i * rope.half..(i + 1) * rope.half]);
-            for h in 0..c.n_head {
-                ops::rope_backward(&mut dq[i * qd + h * hd..i * qd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
-            }
-            for h in 0..c.n_head_kv {
-                ops::rope_backward(&mut dk[i * kvd + h * hd..i * kvd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
-            }
-        }
+        rope.apply(c, &mut dq, &mut dk, ops::rope_backward);
         let mut dxn1 = vec![0f32; if need_dx { n * d } else { 0 }];
         for (t, dy) in [(Target::Q, &dq), (Target::K, &dk), (Target::V, &dv)] {
             let dx = if need_dx { Some(&mut dxn1[..]) } else { None };
@@ -773,17 +780,6 @@ impl Trainer {
         let mut dx = dxmid;
         ops::rms_norm_backward_rows(&cache.x, &layer.attn_norm, c.eps, &dxn1, &mut dx);
         Ok(dx)
-    }
-}
-
-fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let d = w.len();
-    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| fwd::rms_norm(xr, w, eps, o));
-}
-
-fn add_bias(x: &mut [f32], b: &[f32]) {
-    for row in x.chunks_exact_mut(b.len()) {
-        row.iter_mut().zip(b).for_each(|(v, bv)| *v += bv);
     }
 }
 
