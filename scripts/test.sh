@@ -35,6 +35,13 @@ fi
 echo "== doc tests"
 cargo test --workspace --locked --doc
 
+echo "== adapter interop with Hugging Face PEFT (transformers on the dequantized GGUF)"
+peft_python="$(./scripts/peft-venv.sh)"
+interop_dir="$(mktemp -d)"
+cargo build --locked -p soramai-server
+"$peft_python" -W ignore scripts/peft_interop.py target/debug/soramai "$SORAMAI_TEST_MODEL" "$interop_dir"
+rm -rf "$interop_dir"
+
 echo "== object-store backend"
 cargo test -p soramai-core --features object-store --locked --lib --test object_store
 

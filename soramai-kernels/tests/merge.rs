@@ -98,3 +98,50 @@ fn merging_an_adapter_of_another_shape_is_refused() {
     assert!(matches!(merge(&base.model, &adapter, MergeType::Base), Err(Error::Adapter(_))));
     assert!("f32".parse::<MergeType>().is_err());
 }
+
+/// The effective weight change of every targeted projection, read back two ways, equals
+/// `(alpha/r)·B·A` computed independently in the engine's (GGUF) row order: from the loaded
+/// adapter's pairs, and from the weights of an F16 export merged from an F32 base. The PEFT files
+/// hold Q/K rows in Hugging Face order; the expected deltas permute them per head as llama.cpp's
+/// converter does.
+#[test]
+fn effective_weight_change_is_scaled_b_times_a_in_engine_row_order() {
+    let targets = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+    let base = engine(tiny_model_bytes("llama", GgmlType::F32, 9));
+    let c = &base.model.config;
+    let dir = tempfile::tempdir().expect("dir");
+    let (rank, alpha) = (4, 12.0);
+    let want = write_peft(dir.path(), c, rank, alpha, &targets, 4);
+    let adapter = Adapter::load(dir.path(), c).expect("adapter");
+    let merged = engine(merge(&base.model, &adapter, MergeType::F16).expect("merge").to_bytes());
+    for l in 0..c.n_layer {
+        for t in targets {
+            let expected = &want[&(l, t)];
+            let p = adapter.pair(l, t).expect("pair");
+            assert_eq!(p.rank, rank);
+            assert!((p.scale - alpha / rank as f32).abs() < 1e-6);
+            let (out_f, in_f) = t.shape(c);
+            let top = expected.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let from_pairs: Vec<f64> = (0..out_f * in_f)
+                .map(|k| {
+                    let (o, i) = (k / in_f, k % in_f);
+                    f64::from(p.scale)
+                        * (0..rank).map(|r| f64::from(p.b[o * rank + r]) * f64::from(p.a[r * in_f + i])).sum::<f64>()
+                })
+                .collect();
+            let err = from_pairs.iter().zip(expected).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max);
+            assert!(err <= 1e-5 * top, "layer {l} {t:?}: pairs differ by {err} (largest {top})");
+            let before = base.model.layers[l].weight(t).dequantize().expect("base");
+            let after = merged.model.layers[l].weight(t).dequantize().expect("merged");
+            let err = after
+                .iter()
+                .zip(&before)
+                .zip(expected)
+                .map(|((a, b), d)| (f64::from(a - b) - d).abs())
+                .fold(0f64, f64::max);
+            // F16 keeps 11 significant bits of each merged weight.
+            let largest = after.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(err <= f64::from(largest) * 1e-3, "layer {l} {t:?}: merged delta off by {err}");
+        }
+    }
+}
