@@ -80,6 +80,8 @@ pub enum Action {
     DocumentsIndexed,
     DocumentsDeleted,
     ModelAccessed,
+    ModelCreated,
+    ModelDeleted,
     AdminAccess,
 }
 
@@ -114,6 +116,8 @@ impl Action {
             Action::DocumentsIndexed => "documents.indexed",
             Action::DocumentsDeleted => "documents.deleted",
             Action::ModelAccessed => "model.accessed",
+            Action::ModelCreated => "model.created",
+            Action::ModelDeleted => "model.deleted",
             Action::AdminAccess => "admin.access",
         }
     }

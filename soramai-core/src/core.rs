@@ -603,6 +603,7 @@ impl Core {
             tx.execute("DELETE FROM objects WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM datasets WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM secrets WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM fine_tuned_models WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE tenant_id = ?1 AND revoked_at IS NULL",
                 params![id.as_str(), now],

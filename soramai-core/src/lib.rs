@@ -37,6 +37,7 @@ pub mod error;
 pub mod ids;
 pub mod jobs;
 pub mod metering;
+pub mod models;
 pub mod retention;
 pub mod store;
 pub mod tier;
@@ -52,7 +53,10 @@ pub use crate::crypto::keys::{KeyProvider, LocalRootKey};
 pub use crate::datasets::{DatasetInfo, DatasetStats};
 pub use crate::error::{Error, Result};
 pub use crate::ids::{ApiKeyId, DatasetId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId};
-pub use crate::jobs::{Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker};
+pub use crate::jobs::{
+    FineTuneSpec, Hyperparameters, Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker,
+};
 pub use crate::metering::{AccessRecord, Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary};
+pub use crate::models::{AdapterFiles, BaseModel, FineTunedModel};
 pub use crate::retention::SweepReport;
 pub use crate::tier::{ComputePool, Policy, RagIsolation, Tier};

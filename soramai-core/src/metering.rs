@@ -159,28 +159,53 @@ impl Core {
     }
 
     fn ledger_entry(&self, tenant: &TenantId, kind: &str, amount: i64, reference: &str) -> Result<Receipt> {
+        self.tenant(tenant)?;
+        self.meta.write(|tx| self.ledger_entry_tx(tx, tenant, kind, amount, reference))
+    }
+
+    /// A ledger entry inside the caller's transaction (so a charge commits with what it pays for).
+    pub(crate) fn ledger_entry_tx(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        tenant: &TenantId,
+        kind: &str,
+        amount: i64,
+        reference: &str,
+    ) -> Result<Receipt> {
         if amount <= 0 {
             return Err(Error::InvalidArgument(format!("a {kind} amount must be positive")));
         }
         let amount = if kind == "usage" { -amount } else { amount };
         check_reference(reference)?;
-        self.tenant(tenant)?;
         let now = self.now();
-        self.meta.write(|tx| {
-            let balance = Self::balance_in(tx, tenant)?;
-            let after = balance.checked_add(amount).ok_or_else(|| Error::InvalidArgument("credit amount overflows".into()))?;
-            if after < 0 {
-                return Err(Error::InsufficientCredits { balance, needed: -amount });
-            }
-            let receipt = format!("rcpt-{}", random_hex(10));
-            tx.execute(
-                "INSERT INTO ledger (receipt, tenant_id, at, kind, amount, balance_after, reference) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![receipt, tenant.as_str(), now, kind, amount, after, reference],
+        let balance = Self::balance_in(tx, tenant)?;
+        let after =
+            balance.checked_add(amount).ok_or_else(|| Error::InvalidArgument("credit amount overflows".into()))?;
+        if after < 0 {
+            return Err(Error::InsufficientCredits { balance, needed: -amount });
+        }
+        let receipt = format!("rcpt-{}", random_hex(10));
+        tx.execute(
+            "INSERT INTO ledger (receipt, tenant_id, at, kind, amount, balance_after, reference) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![receipt, tenant.as_str(), now, kind, amount, after, reference],
+        )?;
+        if kind == "grant" {
+            self.audit_tx(
+                tx,
+                tenant,
+                &crate::audit::Actor::Operator,
+                Action::CreditsGranted,
+                &receipt,
+                serde_json::json!({"amount": amount}),
             )?;
-            if kind == "grant" {
-                self.audit_tx(tx, tenant, &crate::audit::Actor::Operator, Action::CreditsGranted, &receipt, serde_json::json!({"amount": amount}))?;
-            }
-            Ok(Receipt { receipt, kind: kind.to_string(), amount, balance_after: after, reference: reference.to_string(), at: now })
+        }
+        Ok(Receipt {
+            receipt,
+            kind: kind.to_string(),
+            amount,
+            balance_after: after,
+            reference: reference.to_string(),
+            at: now,
         })
     }
 
@@ -231,6 +256,10 @@ pub struct AccessRecord {
 }
 
 /// Marks a detail stored sealed: `sealed:v1:<nonce hex>:<envelope hex>`.
+/// Credits a fine-tuning job costs per trained token (a token that carries loss, counted once per
+/// epoch). Charged at each checkpoint and at the end, never twice for a token across a resume.
+pub const CREDITS_PER_TRAINED_TOKEN: i64 = 1;
+
 const SEALED_DETAIL: &str = "sealed:v1:";
 
 impl Core {

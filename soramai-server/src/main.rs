@@ -209,7 +209,9 @@ fn main() -> ExitCode {
         Command::Train(args) => report(train(&args)),
         Command::Merge { model, adapter, out, r#type } => report(merge(&model, &adapter, &out, &r#type)),
         Command::JobRunner { args } => {
-            ExitCode::from(u8::try_from(soramai::core::jobs::runner::main(&args)).unwrap_or(2))
+            let kinds: [(&str, soramai::core::jobs::runner::KindHandler); 1] =
+                [("fine_tune", soramai::finetune::run_job)];
+            ExitCode::from(u8::try_from(soramai::core::jobs::runner::main_with(&args, &kinds)).unwrap_or(2))
         }
         Command::Quickstart { data_dir } => match quickstart(&data_dir) {
             Ok(()) => ExitCode::SUCCESS,

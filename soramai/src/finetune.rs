@@ -92,3 +92,155 @@ pub fn examples(
     }
     Ok((out, report))
 }
+
+/// The `fine_tune` kind of the job runner (`soramai_core::jobs::runner::main_with`): the child
+/// process side of a fine-tuning job.
+///
+/// Reads the dataset (and, on a resume, the last checkpoint) from stdin, validates and tokenizes
+/// the dataset (reporting counts and cut lines as a `validation` metric), trains, and writes
+/// `progress` events (step, loss, tokens/s, eta), a `checkpoint` with the whole training state every
+/// `checkpoint_every` steps, the adapter's two PEFT files as `artifact`s, and the `result`. The data
+/// and state pass through pipes only; nothing is written to disk. Errors name lines and fields,
+/// never content.
+pub fn run_job(
+    header: &serde_json::Value,
+    input: &mut dyn std::io::Read,
+    out: &mut dyn std::io::Write,
+) -> Result<(), String> {
+    use soramai_core::jobs::runner::{emit, emit_bytes};
+    use soramai_core::jobs::{BASE_LEARNING_RATE, Hyperparameters};
+    use soramai_kernels::lora::Target;
+    use soramai_kernels::train::{AdamW, Schedule, TrainConfig, Trainer, batch_plan};
+    use zeroize::Zeroizing;
+
+    let io = |e: std::io::Error| format!("job output: {e}");
+    let hp: Hyperparameters = serde_json::from_value(header.get("hyperparameters").cloned().unwrap_or_default())
+        .map_err(|e| format!("hyperparameters: {e}"))?;
+    hp.validate().map_err(|e| e.to_string())?;
+    let len = |k: &str| {
+        header.get(k).and_then(|v| v.as_u64()).and_then(|n| usize::try_from(n).ok()).ok_or(format!("header: no {k}"))
+    };
+    let (data_len, state_len) = (len("input_len")?, len("checkpoint_len")?);
+    let model_path = header.get("base_model_path").and_then(|p| p.as_str()).ok_or("header: no base_model_path")?;
+    let base_name = header.get("base_model").and_then(|p| p.as_str()).map(str::to_owned);
+    let mut data = Zeroizing::new(vec![0u8; data_len]);
+    input.read_exact(&mut data).map_err(|e| format!("reading the dataset: {e}"))?;
+    let mut state = Zeroizing::new(vec![0u8; state_len]);
+    input.read_exact(&mut state).map_err(|e| format!("reading the checkpoint: {e}"))?;
+
+    let conversations = parse_chat_jsonl(&data).map_err(|e| format!("dataset: {e}"))?;
+    let engine = Engine::load(model_path).map_err(|e| format!("base model: {e}"))?;
+    let (examples, report) =
+        examples(&engine, &conversations, hp.max_seq as usize).map_err(|e| format!("dataset: {e}"))?;
+    drop(conversations);
+    emit(out, "metric", serde_json::json!({"name": "validation", "report": report})).map_err(io)?;
+
+    let targets = hp
+        .target_modules
+        .iter()
+        .map(|m| Target::from_module(m).ok_or_else(|| format!("unknown target module {m:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = batch_plan(examples.len(), hp.batch_size as usize, hp.n_epochs as usize, hp.seed);
+    let total = plan.len();
+    let config = TrainConfig {
+        rank: hp.rank as usize,
+        alpha: hp.alpha as f32,
+        targets,
+        learning_rate: (BASE_LEARNING_RATE * hp.learning_rate_multiplier) as f32,
+        adamw: AdamW::default(),
+        warmup_steps: (total / 10).min(50),
+        schedule: Schedule::Linear,
+        total_steps: total,
+        max_seq: hp.max_seq as usize,
+        seed: hp.seed,
+        base_model: base_name,
+        ..TrainConfig::default()
+    };
+    let mut trainer = if state_len > 0 {
+        let t = Trainer::load_state(std::sync::Arc::clone(&engine.model), &state).map_err(|e| e.to_string())?;
+        if t.config() != &config || t.steps_done() > total {
+            return Err("the checkpoint belongs to another training configuration".into());
+        }
+        t
+    } else {
+        Trainer::new(std::sync::Arc::clone(&engine.model), config).map_err(|e| e.to_string())?
+    };
+    drop(state);
+    let done = trainer.steps_done();
+    let count = |steps: std::ops::Range<usize>, f: fn(&Example) -> usize| -> u64 {
+        steps.flat_map(|i| plan[i].iter()).map(|&j| f(&examples[j]) as u64).sum()
+    };
+    let mut trained = count(0..done, Example::trained_tokens);
+    let mut tokens = count(0..done, |e| e.tokens.len());
+    if done > 0 {
+        emit(out, "metric", serde_json::json!({"name": "resumed", "step": done})).map_err(io)?;
+    }
+    let started = std::time::Instant::now();
+    let (mut first_loss, mut last_loss) = (None, 0f32);
+    let mut this_run = 0u64;
+    for (i, batch_ids) in plan.iter().enumerate().skip(done) {
+        let batch: Vec<Example> = batch_ids.iter().map(|&j| examples[j].clone()).collect();
+        let s = trainer.step(&batch).map_err(|e| e.to_string())?;
+        trained += s.trained_tokens as u64;
+        tokens += s.tokens as u64;
+        this_run += s.tokens as u64;
+        first_loss.get_or_insert(s.loss);
+        last_loss = s.loss;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let per_step = secs / (i + 1 - done) as f64;
+        emit(
+            out,
+            "progress",
+            serde_json::json!({
+                "fraction": (i + 1) as f64 / total as f64,
+                "step": i + 1,
+                "total_steps": total,
+                "loss": s.loss,
+                "tokens_per_second": this_run as f64 / secs,
+                "eta_seconds": per_step * (total - i - 1) as f64,
+                "trained_tokens": trained,
+            }),
+        )
+        .map_err(io)?;
+        if (i + 1) % hp.checkpoint_every as usize == 0 && i + 1 < total {
+            let bytes = Zeroizing::new(trainer.save_state().map_err(|e| e.to_string())?);
+            emit_bytes(out, "checkpoint", serde_json::json!({"step": i + 1, "trained_tokens": trained}), &bytes)
+                .map_err(io)?;
+        }
+    }
+    let (config_json, weights) = trainer.adapter().to_bytes(&engine.model.config).map_err(|e| e.to_string())?;
+    let weights = Zeroizing::new(weights);
+    emit_bytes(out, "artifact", serde_json::json!({"name": "adapter_config.json"}), &config_json).map_err(io)?;
+    emit_bytes(out, "artifact", serde_json::json!({"name": "adapter_model.safetensors"}), &weights).map_err(io)?;
+    emit(
+        out,
+        "result",
+        serde_json::json!({
+            "steps": total,
+            "resumed_at_step": done,
+            "trained_tokens": trained,
+            "tokens": tokens,
+            "seconds": started.elapsed().as_secs_f64(),
+            "first_loss": first_loss,
+            "final_loss": last_loss,
+            "trainable_parameters": trainer.trainable_parameters(),
+            "validation": report,
+        }),
+    )
+    .map_err(io)
+}
+
+/// Loads one of the principal's tenant's fine-tuned models into an engine serving its base model,
+/// under the model id as the adapter name, so that requests can name it. Only the owning tenant
+/// resolves the id (another gets `NotFound`); the adapter is decrypted in memory only.
+pub fn load_fine_tuned(
+    core: &soramai_core::Core,
+    principal: &soramai_core::Principal,
+    id: &soramai_core::ModelId,
+    engine: &Engine,
+) -> Result<soramai_core::FineTunedModel, PlatformError> {
+    let files = core.fine_tuned_adapter(principal, id)?;
+    let adapter = soramai_kernels::lora::Adapter::from_bytes(&files.config, &files.weights, &engine.model.config)?;
+    engine.add_adapter(id.as_str(), adapter)?;
+    Ok(files.model)
+}

@@ -23,10 +23,10 @@ pub mod grounded;
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
 
 pub use soramai_core::{
-    ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, Config, Core, DatasetId, DatasetInfo, Error, IssuedKey, Job,
-    JobEvent, JobId, JobSpec, JobState, KeyOptions, KeyProvider, LocalRootKey, ModelId, ObjectPath, PoolId, Principal,
-    Receipt, Result, RunnerCommand, Scope, SecretName, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus,
-    Worker,
+    ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, BaseModel, Config, Core, DatasetId, DatasetInfo, Error,
+    FineTuneSpec, FineTunedModel, Hyperparameters, IssuedKey, Job, JobEvent, JobId, JobSpec, JobState, KeyOptions,
+    KeyProvider, LocalRootKey, ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand, Scope,
+    SecretName, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
 };
 
 /// The security core's full API (storage, crypto, audit, metering, retention).

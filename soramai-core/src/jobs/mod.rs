@@ -11,14 +11,15 @@ use std::fmt;
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::audit::{Action, Actor};
 use crate::auth::{Principal, Scope};
 use crate::clock::{Millis, millis};
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::ids::{DatasetId, JobId, PoolId, TenantId};
+use crate::ids::{DatasetId, JobId, ModelId, ObjectPath, PoolId, TenantId};
+use crate::metering::{CREDITS_PER_TRAINED_TOKEN, UsageEvent, UsageKind, UsageStatus};
 use crate::tier::ComputePool;
 
 pub use worker::{RunnerCommand, Worker};
@@ -74,7 +75,7 @@ impl fmt::Display for JobState {
 }
 
 /// What a job does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobSpec {
     /// Checksums a dataset (SHA-256, lines, bytes): the test job that proves the machinery.
@@ -85,13 +86,129 @@ pub enum JobSpec {
         /// Milliseconds to pause per step.
         pace_ms: u64,
     },
+    /// Trains a LoRA adapter on a chat dataset over a registered base model; on success the
+    /// adapter is stored encrypted and registered as a fine-tuned model id.
+    FineTune(FineTuneSpec),
+}
+
+/// A `fine_tune` job: the dataset, the base model, and how to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FineTuneSpec {
+    /// The training data (chat JSONL), one of the tenant's datasets.
+    pub dataset: DatasetId,
+    /// A registered base model.
+    pub base_model: ModelId,
+    /// Part of the model id, `a-z0-9-_`, up to 40 characters.
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// Training settings.
+    #[serde(default)]
+    pub hyperparameters: Hyperparameters,
+}
+
+/// Training settings of a `fine_tune` job: OpenAI's three (`n_epochs`, `batch_size`,
+/// `learning_rate_multiplier`) and the LoRA shape, with the defaults a plain request gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hyperparameters {
+    /// Passes over the dataset (1..=50).
+    pub n_epochs: u32,
+    /// Examples per optimizer step (1..=256).
+    pub batch_size: u32,
+    /// Multiplies the base learning rate 2e-4 (above 0, at most 10).
+    pub learning_rate_multiplier: f64,
+    /// LoRA rank (1..=128).
+    pub rank: u32,
+    /// LoRA alpha (scale = alpha / rank; above 0, at most 1024).
+    pub alpha: f64,
+    /// PEFT module names: `q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`.
+    pub target_modules: Vec<String>,
+    /// Longest example in tokens (16..=8192); longer ones are cut and reported.
+    pub max_seq: u32,
+    /// Initialisation and data order.
+    pub seed: u64,
+    /// Optimizer steps between encrypted checkpoints (1..=10000).
+    pub checkpoint_every: u32,
+}
+
+/// The base learning rate that `learning_rate_multiplier` scales.
+pub const BASE_LEARNING_RATE: f64 = 2e-4;
+
+/// The projections a LoRA adapter can target.
+pub const TARGET_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+impl Default for Hyperparameters {
+    fn default() -> Self {
+        Self {
+            n_epochs: 3,
+            batch_size: 4,
+            learning_rate_multiplier: 1.0,
+            rank: 8,
+            alpha: 16.0,
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            max_seq: 512,
+            seed: 0,
+            checkpoint_every: 10,
+        }
+    }
+}
+
+impl Hyperparameters {
+    /// Checks every range; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidArgument(m.into()));
+        if !(1..=50).contains(&self.n_epochs) {
+            return bad("n_epochs is 1 to 50");
+        }
+        if !(1..=256).contains(&self.batch_size) {
+            return bad("batch_size is 1 to 256");
+        }
+        if !(self.learning_rate_multiplier > 0.0 && self.learning_rate_multiplier <= 10.0) {
+            return bad("learning_rate_multiplier is above 0 and at most 10");
+        }
+        if !(1..=128).contains(&self.rank) {
+            return bad("rank is 1 to 128");
+        }
+        if !(self.alpha > 0.0 && self.alpha <= 1024.0) {
+            return bad("alpha is above 0 and at most 1024");
+        }
+        if self.target_modules.is_empty() || self.target_modules.len() > TARGET_MODULES.len() {
+            return bad("target_modules names 1 to 7 projections");
+        }
+        for (i, m) in self.target_modules.iter().enumerate() {
+            if !TARGET_MODULES.contains(&m.as_str()) {
+                return bad("target_modules may name q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+            }
+            if self.target_modules[..i].contains(m) {
+                return bad("target_modules names a projection twice");
+            }
+        }
+        if !(16..=8192).contains(&self.max_seq) {
+            return bad("max_seq is 16 to 8192");
+        }
+        if !(1..=10_000).contains(&self.checkpoint_every) {
+            return bad("checkpoint_every is 1 to 10000");
+        }
+        Ok(())
+    }
 }
 
 impl JobSpec {
     fn kind(&self) -> &'static str {
         match self {
             JobSpec::Checksum { .. } => "checksum",
+            JobSpec::FineTune(_) => "fine_tune",
         }
+    }
+
+    fn to_stored(&self) -> Result<serde_json::Value> {
+        Ok(match self {
+            JobSpec::Checksum { dataset, pace_ms } => {
+                serde_json::json!({"dataset": dataset.as_str(), "pace_ms": pace_ms})
+            }
+            JobSpec::FineTune(spec) => serde_json::to_value(spec)?,
+        })
     }
 
     fn from_stored(kind: &str, spec: &str) -> Result<Self> {
@@ -101,7 +218,16 @@ impl JobSpec {
                 dataset: DatasetId::new(v.get("dataset").and_then(|d| d.as_str()).unwrap_or_default())?,
                 pace_ms: v.get("pace_ms").and_then(|p| p.as_u64()).unwrap_or(0),
             }),
+            "fine_tune" => Ok(JobSpec::FineTune(serde_json::from_value(v)?)),
             other => Err(Error::InvalidArgument(format!("unknown job kind {other:?}"))),
+        }
+    }
+
+    /// The dataset the job reads.
+    pub fn dataset(&self) -> &DatasetId {
+        match self {
+            JobSpec::Checksum { dataset, .. } => dataset,
+            JobSpec::FineTune(spec) => &spec.dataset,
         }
     }
 }
@@ -219,6 +345,18 @@ impl Core {
                     return Err(Error::InvalidArgument("pace_ms is at most 1000".into()));
                 }
             }
+            JobSpec::FineTune(ft) => {
+                self.dataset(principal, &ft.dataset)?;
+                let balance = self.balance(&tenant.id)?;
+                if balance < CREDITS_PER_TRAINED_TOKEN {
+                    return Err(Error::InsufficientCredits { balance, needed: CREDITS_PER_TRAINED_TOKEN });
+                }
+                self.base_model(&ft.base_model)?;
+                if let Some(s) = &ft.suffix {
+                    crate::models::check_suffix(s)?;
+                }
+                ft.hyperparameters.validate()?;
+            }
         }
         let pool = match (principal.pool(), tenant.tier.policy().compute) {
             (Some(p), _) => p.clone(),
@@ -227,11 +365,7 @@ impl Core {
         };
         let id = JobId::generate();
         let now = self.now();
-        let spec_json = match &spec {
-            JobSpec::Checksum { dataset, pace_ms } => {
-                serde_json::json!({"dataset": dataset.as_str(), "pace_ms": pace_ms})
-            }
-        };
+        let spec_json = spec.to_stored()?;
         self.meta.write(|tx| {
             tx.execute(
                 "INSERT INTO jobs (id, tenant_id, kind, spec, pool, state, max_attempts, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 3, ?6)",
@@ -461,8 +595,110 @@ impl Core {
     /// The decrypted input of a claimed job, for the worker holding its lease only.
     pub(crate) fn job_input(&self, job: &Job, worker: &str) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         self.meta.write(|tx| Self::check_lease(tx, &job.id, worker).map(|_| ()))?;
-        match &job.spec {
-            JobSpec::Checksum { dataset, .. } => self.dataset_bytes(&job.tenant, dataset),
+        self.dataset_bytes(&job.tenant, job.spec.dataset())
+    }
+
+    /// The job's last checkpoint, decrypted, for the worker holding its lease; `None` before the
+    /// first one.
+    pub(crate) fn job_checkpoint(&self, job: &Job, worker: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        let step: Option<u64> = self.meta.write(|tx| {
+            Self::check_lease(tx, &job.id, worker)?;
+            Ok(tx.query_row("SELECT checkpoint_step FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))?)
+        })?;
+        match step {
+            None => Ok(None),
+            Some(_) => Ok(Some(self.get_object(&job.tenant, &checkpoint_path(&job.id)?)?)),
         }
     }
+
+    /// Stores a training checkpoint encrypted under the tenant key and charges the tokens trained
+    /// up to it, in one transaction: a checkpoint is never kept unpaid, nor a token paid twice.
+    pub(crate) fn save_job_checkpoint(
+        &self,
+        job: &Job,
+        worker: &str,
+        step: u64,
+        trained_tokens: u64,
+        state: &[u8],
+    ) -> Result<()> {
+        self.put_object_with(&job.tenant, &checkpoint_path(&job.id)?, state, |tx| {
+            Self::check_lease(tx, &job.id, worker)?;
+            self.charge_training_tx(tx, job, trained_tokens)?;
+            tx.execute("UPDATE jobs SET checkpoint_step = ?2 WHERE id = ?1", params![job.id.as_str(), step])?;
+            self.add_event(
+                tx,
+                &job.id,
+                "checkpoint",
+                &serde_json::json!({"step": step, "trained_tokens": trained_tokens}),
+            )
+        })
+    }
+
+    fn charge_training_tx(&self, tx: &Transaction<'_>, job: &Job, trained_tokens: u64) -> Result<()> {
+        let charged: u64 =
+            tx.query_row("SELECT charged_tokens FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))?;
+        if trained_tokens > charged {
+            let amount = i64::try_from(trained_tokens - charged)
+                .map_err(|_| Error::InvalidArgument("trained token count overflows".into()))?
+                .saturating_mul(CREDITS_PER_TRAINED_TOKEN);
+            self.ledger_entry_tx(tx, &job.tenant, "usage", amount, &format!("fine-tune {}", job.id.as_str()))?;
+            tx.execute("UPDATE jobs SET charged_tokens = ?2 WHERE id = ?1", params![job.id.as_str(), trained_tokens])?;
+        }
+        Ok(())
+    }
+
+    /// Registers a finished fine-tune's adapter (encrypted, under a new model id), charging its
+    /// remaining trained tokens in the same transaction; returns the result with the model id.
+    pub(crate) fn complete_fine_tune(
+        &self,
+        job: &Job,
+        worker: &str,
+        spec: &FineTuneSpec,
+        mut result: serde_json::Value,
+        files: &[(String, zeroize::Zeroizing<Vec<u8>>)],
+    ) -> Result<serde_json::Value> {
+        let count = |k: &str| result.get(k).and_then(|v| v.as_u64());
+        let trained =
+            count("trained_tokens").ok_or_else(|| Error::Runner("the result has no trained_tokens".into()))?;
+        let tokens = count("tokens").unwrap_or(trained);
+        let millis = result.get("seconds").and_then(|v| v.as_f64()).map_or(0, |s| (s * 1000.0) as u64);
+        let model = self.register_fine_tuned(
+            &job.tenant,
+            &spec.base_model,
+            spec.suffix.as_deref(),
+            &job.id,
+            trained,
+            files,
+            |tx| {
+                Self::check_lease(tx, &job.id, worker)?;
+                self.charge_training_tx(tx, job, trained)
+            },
+        )?;
+        self.record_usage(
+            &job.tenant,
+            &UsageEvent {
+                kind: UsageKind::Training,
+                model: spec.base_model.clone(),
+                adapter: Some(model.id.clone()),
+                input_tokens: tokens,
+                output_tokens: trained,
+                latency_ms: millis,
+                status: UsageStatus::Ok,
+            },
+        )?;
+        result["fine_tuned_model"] = serde_json::json!(model.id.as_str());
+        Ok(result)
+    }
+
+    /// Removes a job's checkpoint once the job has ended (nothing to do without one).
+    pub(crate) fn drop_job_checkpoint(&self, job: &Job) -> Result<()> {
+        match self.delete_object(&job.tenant, &checkpoint_path(&job.id)?) {
+            Err(Error::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn checkpoint_path(job: &JobId) -> Result<ObjectPath> {
+    ObjectPath::new(format!("jobs/{}/checkpoint", job.as_str()))
 }

@@ -1,8 +1,12 @@
 //! The job runner: the child process side of a job.
 //!
 //! It applies its resource limits first, then reads one JSON header line and the job's input from
-//! stdin, and writes JSON-line events (`progress`, `metric`, `result`) to stdout. It sees nothing
-//! but its arguments, its stdin and its private working directory.
+//! stdin, and writes JSON-line events (`progress`, `metric`, `error`, `result`, and `checkpoint` /
+//! `artifact` lines each followed by their raw bytes) to stdout. It sees nothing but its arguments,
+//! its stdin and its private working directory.
+//!
+//! The core runs `checksum` itself; crates with engines add kinds through [`main_with`] (the
+//! `soramai` CLI's `job-runner` adds `fine_tune`).
 
 use std::io::{BufRead, Read, Write};
 
@@ -13,10 +17,22 @@ fn arg_value(args: &[String], name: &str) -> Option<u64> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
 
-fn emit(out: &mut impl Write, kind: &str, data: serde_json::Value) -> std::io::Result<()> {
+/// Writes one event line.
+pub fn emit(out: &mut dyn Write, kind: &str, data: serde_json::Value) -> std::io::Result<()> {
     writeln!(out, "{}", serde_json::json!({"type": kind, "data": data}))?;
     out.flush()
 }
+
+/// Writes a `checkpoint` or `artifact` line (with `bytes` added to `data`) and the bytes after it.
+pub fn emit_bytes(out: &mut dyn Write, kind: &str, mut data: serde_json::Value, bytes: &[u8]) -> std::io::Result<()> {
+    data["bytes"] = serde_json::json!(bytes.len());
+    writeln!(out, "{}", serde_json::json!({"type": kind, "data": data}))?;
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// A job kind added to the runner: given the header, the input after it and stdout.
+pub type KindHandler = fn(&serde_json::Value, &mut dyn Read, &mut dyn Write) -> Result<(), String>;
 
 /// The soft limits this process runs under, for the job's record.
 fn limits_in_force() -> serde_json::Value {
@@ -30,16 +46,24 @@ fn limits_in_force() -> serde_json::Value {
 
 /// Runs one job from stdin; returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
-    match run(args) {
+    main_with(args, &[])
+}
+
+/// Runs one job from stdin with extra kinds; returns the process exit code. A failure is also
+/// reported as an `error` event, whose message becomes the job's error: it must name what was
+/// wrong (a line number, a field), never echo content.
+pub fn main_with(args: &[String], kinds: &[(&str, KindHandler)]) -> i32 {
+    match run(args, kinds) {
         Ok(()) => 0,
         Err(e) => {
+            let _ = emit(&mut std::io::stdout().lock(), "error", serde_json::json!({"message": e}));
             let _ = writeln!(std::io::stderr(), "job runner: {e}");
             2
         }
     }
 }
 
-fn run(args: &[String]) -> Result<(), String> {
+fn run(args: &[String], kinds: &[(&str, KindHandler)]) -> Result<(), String> {
     for (name, resource) in [
         ("--max-memory-bytes", Resource::AS),
         ("--max-cpu-seconds", Resource::CPU),
@@ -55,7 +79,11 @@ fn run(args: &[String]) -> Result<(), String> {
     input.by_ref().take(64 << 10).read_line(&mut header).map_err(|e| e.to_string())?;
     let header: serde_json::Value = serde_json::from_str(&header).map_err(|e| format!("bad header: {e}"))?;
     let mut out = std::io::stdout().lock();
-    match header.get("kind").and_then(|k| k.as_str()) {
+    let kind = header.get("kind").and_then(|k| k.as_str());
+    if let Some((_, handler)) = kinds.iter().find(|(k, _)| Some(*k) == kind) {
+        return handler(&header, &mut input, &mut out);
+    }
+    match kind {
         Some("checksum") => {
             let pace =
                 std::time::Duration::from_millis(header.get("pace_ms").and_then(|p| p.as_u64()).unwrap_or(0).min(1000));

@@ -5,8 +5,14 @@
 //! resource limits it applies to itself before reading any input; the job's decrypted input passed
 //! through a pipe (never written to disk); events read back as JSON lines. The worker heartbeats the
 //! lease while the child runs and kills the child when the job is cancelled or the lease is lost.
+//!
+//! The child's stdout is JSON lines (`progress`, `metric`, `error`, `result`); a `checkpoint` or
+//! `artifact` line announces `bytes` raw bytes that follow it at once. Those bytes (training state,
+//! adapter files) stay in memory: a checkpoint is encrypted under the tenant key and stored at
+//! once, an artifact when the job succeeds. A resumed job gets its last checkpoint through stdin
+//! after the dataset, so nothing of either is ever written to the scratch directory.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -17,6 +23,10 @@ use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::ids::PoolId;
 use crate::jobs::{Job, JobSpec, Outcome};
+use zeroize::Zeroizing;
+
+/// Largest checkpoint or artifact a runner may hand back.
+const MAX_BLOB: u64 = 2 << 30;
 
 /// How to start the job runner process (the `soramai-job-runner` binary, or the `soramai` CLI's
 /// `job-runner` subcommand), and the limits it is given.
@@ -59,7 +69,40 @@ pub struct Worker {
 
 enum ChildMsg {
     Event(serde_json::Value),
+    Blob(serde_json::Value, Zeroizing<Vec<u8>>),
     Closed,
+}
+
+/// Reads the runner's stdout: JSON lines, each `checkpoint`/`artifact` line followed by its bytes.
+fn read_child(stdout: impl Read, tx: &mpsc::Sender<ChildMsg>) {
+    let mut r = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.by_ref().take(64 << 10).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') {
+            return; // an overlong line: the protocol is broken, stop listening
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+        let blob = matches!(v.get("type").and_then(|t| t.as_str()), Some("checkpoint" | "artifact"));
+        let msg = if blob {
+            let Some(n) = v.pointer("/data/bytes").and_then(|b| b.as_u64()).filter(|&n| n <= MAX_BLOB) else { return };
+            let Ok(len) = usize::try_from(n) else { return };
+            let mut bytes = Zeroizing::new(vec![0u8; len]);
+            if r.read_exact(&mut bytes).is_err() {
+                return;
+            }
+            ChildMsg::Blob(v, bytes)
+        } else {
+            ChildMsg::Event(v)
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
 }
 
 impl Worker {
@@ -89,7 +132,12 @@ impl Worker {
             Err(Error::LeaseLost) => return Err(Error::LeaseLost),
             Err(e) => Outcome::Failed(e.to_string()),
         };
-        Ok(Some(self.core.finish_job(&job.id, &self.id, outcome)?))
+        let done = self.core.finish_job(&job.id, &self.id, outcome)?;
+        // An ended job needs no checkpoint (a lost lease returned above and keeps it for a resume).
+        if matches!(done.spec, JobSpec::FineTune(_)) {
+            self.core.drop_job_checkpoint(&done)?;
+        }
+        Ok(Some(done))
     }
 
     fn run_in_scratch(&self, job: &Job, scratch: &std::path::Path) -> Result<Outcome> {
@@ -98,9 +146,22 @@ impl Worker {
             std::fs::DirBuilder::new().mode(0o700).create(scratch)?;
         }
         let input = self.core.job_input(job, &self.id)?;
+        let mut checkpoint = None;
         let header = match &job.spec {
             JobSpec::Checksum { pace_ms, .. } => {
                 serde_json::json!({"kind": "checksum", "pace_ms": pace_ms, "input_len": input.len()})
+            }
+            JobSpec::FineTune(spec) => {
+                checkpoint = self.core.job_checkpoint(job, &self.id)?;
+                let base = self.core.base_model(&spec.base_model)?;
+                serde_json::json!({
+                    "kind": "fine_tune",
+                    "input_len": input.len(),
+                    "checkpoint_len": checkpoint.as_ref().map_or(0, |c| c.len()),
+                    "base_model": spec.base_model.as_str(),
+                    "base_model_path": base.path,
+                    "hyperparameters": spec.hyperparameters,
+                })
             }
         };
         let mut child = Command::new(&self.runner.program)
@@ -124,33 +185,57 @@ impl Worker {
             stdin.write_all(header.to_string().as_bytes())?;
             stdin.write_all(b"\n")?;
             stdin.write_all(&input)?;
+            if let Some(c) = &checkpoint {
+                stdin.write_all(c)?;
+            }
             stdin.flush()
         });
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.len() > 64 << 10 {
-                    continue;
-                }
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && tx.send(ChildMsg::Event(v)).is_err()
-                {
-                    break;
-                }
-            }
+            read_child(stdout, &tx);
             let _ = tx.send(ChildMsg::Closed);
         });
 
         let beat = self.lease / 3;
         let mut next_beat = Instant::now() + beat;
         let mut result: Option<serde_json::Value> = None;
+        let mut error: Option<String> = None;
+        let mut artifacts: Vec<(String, Zeroizing<Vec<u8>>)> = Vec::new();
         let mut cancelled = false;
         let mut closed = false;
         let status = loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(ChildMsg::Blob(ev, bytes)) => {
+                    let data = ev.get("data").cloned().unwrap_or(serde_json::Value::Null);
+                    if ev.get("type").and_then(|t| t.as_str()) == Some("artifact") {
+                        let name = data.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+                        if crate::models::ADAPTER_FILES.contains(&name) && !artifacts.iter().any(|(n, _)| n == name) {
+                            artifacts.push((name.to_owned(), bytes));
+                        }
+                        continue;
+                    }
+                    let num = |k: &str| data.get(k).and_then(|v| v.as_u64());
+                    let saved = match (num("step"), num("trained_tokens")) {
+                        (Some(step), Some(tokens)) => {
+                            self.core.save_job_checkpoint(job, &self.id, step, tokens, &bytes)
+                        }
+                        _ => Err(Error::Runner("a checkpoint without step and trained_tokens".into())),
+                    };
+                    if let Err(e) = saved {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return match e {
+                            Error::LeaseLost => Err(e),
+                            e => Ok(Outcome::Failed(e.to_string())),
+                        };
+                    }
+                }
                 Ok(ChildMsg::Event(ev)) => match ev.get("type").and_then(|t| t.as_str()) {
                     Some("result") => result = ev.get("data").cloned(),
+                    Some("error") => {
+                        let msg = ev.pointer("/data/message").and_then(|m| m.as_str()).unwrap_or("the job failed");
+                        error = Some(msg.chars().take(1000).collect());
+                    }
                     Some(kind @ ("progress" | "metric")) => {
                         let data = ev.get("data").cloned().unwrap_or(serde_json::Value::Null);
                         if let Err(e) = self.core.report_job_event(&job.id, &self.id, kind, &data) {
@@ -190,11 +275,19 @@ impl Worker {
             return Ok(Outcome::Cancelled);
         }
         match (status.success(), result) {
-            (true, Some(r)) => Ok(Outcome::Succeeded(r)),
+            (true, Some(r)) => match &job.spec {
+                JobSpec::FineTune(spec) => match self.core.complete_fine_tune(job, &self.id, spec, r, &artifacts) {
+                    Ok(r) => Ok(Outcome::Succeeded(r)),
+                    Err(Error::LeaseLost) => Err(Error::LeaseLost),
+                    Err(e) => Ok(Outcome::Failed(e.to_string())),
+                },
+                JobSpec::Checksum { .. } => Ok(Outcome::Succeeded(r)),
+            },
             (true, None) => Ok(Outcome::Failed("the job runner ended without a result".into())),
-            (false, _) => Ok(Outcome::Failed(match status.code() {
-                Some(c) => format!("the job runner exited with status {c}"),
-                None => "the job runner was killed by a signal (resource limit?)".into(),
+            (false, _) => Ok(Outcome::Failed(match (error, status.code()) {
+                (Some(e), _) => e,
+                (None, Some(c)) => format!("the job runner exited with status {c}"),
+                (None, None) => "the job runner was killed by a signal (resource limit?)".into(),
             })),
         }
     }

@@ -179,6 +179,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tenants ADD COLUMN log_query_text INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 6: base models, fine-tuned models, and fine-tuning checkpoints and charges per job
+    r#"
+    CREATE TABLE base_models (
+        id TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        registered_at INTEGER NOT NULL
+    );
+    CREATE TABLE fine_tuned_models (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        base TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        trained_tokens INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX fine_tuned_models_tenant ON fine_tuned_models(tenant_id);
+    ALTER TABLE jobs ADD COLUMN checkpoint_step INTEGER;
+    ALTER TABLE jobs ADD COLUMN charged_tokens INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The SQLite metadata database.

@@ -1,0 +1,353 @@
+//! Fine-tuning jobs end to end on the reference model: a tenant's encrypted chat dataset trains a
+//! LoRA adapter in the `soramai job-runner` child process; progress, checkpoints and credits are
+//! recorded; the adapter is stored encrypted, registered under an `ft:` model id only its tenant
+//! resolves, and serves. A worker killed mid-run leaves the job to resume from its checkpoint.
+//! Neither the dataset nor the adapter is ever on disk in plaintext.
+//!
+//! The crash test's victim is this test binary re-run on an ignored "child" test, by name.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use soramai::core::Scope;
+use soramai::kernels::{Engine, Precision};
+use soramai::{
+    Config, Core, Error, FineTuneSpec, Hyperparameters, JobSpec, JobState, LocalRootKey, ModelId, PoolId, Principal,
+    RunnerCommand, TenantId, Tier, Worker,
+};
+
+const CANARY: &str = "zq7-canary-Kumo-4471";
+const DIR_VAR: &str = "SORAMAI_FT_CRASH_DIR";
+
+fn reference_model() -> Option<PathBuf> {
+    let p = std::env::var_os("SORAMAI_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(std::env::var_os("SORAMAI_REQUIRE_MODEL").is_none(), "reference model missing at {}", p.display());
+    eprintln!("skipped: no reference model (run scripts/fetch-model.sh)");
+    None
+}
+
+fn runner() -> RunnerCommand {
+    RunnerCommand { args: vec!["job-runner".into()], ..RunnerCommand::new(env!("CARGO_BIN_EXE_soramai")) }
+}
+
+fn open_core(dir: &Path) -> Core {
+    let root = LocalRootKey::from_file(&dir.join("root.key")).expect("root");
+    Core::open(Config::new(dir.join("data"), Arc::new(root))).expect("open")
+}
+
+/// A fresh data directory with a registered base model and a funded tenant.
+fn setup(dir: &Path, model: &Path, tenant: &str) -> (Arc<Core>, Principal) {
+    drop(LocalRootKey::create_file(&dir.join("root.key")).expect("root"));
+    let core = Arc::new(open_core(dir));
+    core.register_base_model(&ModelId::new("smollm2").expect("id"), model).expect("register");
+    let t = TenantId::new(tenant).expect("tenant");
+    core.create_tenant(&t, Tier::Basic).expect("create");
+    core.grant_credits(&t, 1_000_000, "test").expect("grant");
+    (core, Principal::operator(&t))
+}
+
+fn dataset(n: usize) -> Vec<u8> {
+    let mut out = String::new();
+    for i in 0..n {
+        let line = serde_json::json!({"messages": [
+            {"role": "system", "content": "You answer in one sentence."},
+            {"role": "user", "content": format!("Where does the cloud council meet? ({i})")},
+            {"role": "assistant", "content": format!("The cloud council meets in Kumo. {CANARY}")},
+        ]});
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+fn spec(dataset: soramai::DatasetId, epochs: u32, batch: u32, checkpoint_every: u32) -> JobSpec {
+    JobSpec::FineTune(FineTuneSpec {
+        dataset,
+        base_model: ModelId::new("smollm2").expect("id"),
+        suffix: Some("kumo".into()),
+        hyperparameters: Hyperparameters {
+            n_epochs: epochs,
+            batch_size: batch,
+            learning_rate_multiplier: 10.0,
+            rank: 4,
+            alpha: 8.0,
+            target_modules: vec!["q_proj".into(), "v_proj".into()],
+            max_seq: 64,
+            seed: 3,
+            checkpoint_every,
+        },
+    })
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// No file under `dir` holds the canary or a 64-byte stretch of the adapter's tensor data.
+fn assert_no_plaintext(dir: &Path, adapter_weights: &[u8]) {
+    // The last 64 bytes of the safetensors file are tensor data (the header comes first).
+    let tail = &adapter_weights[adapter_weights.len() - 64..];
+    assert!(tail.iter().any(|&b| b != 0), "the probe must be non-trivial");
+    for f in files_under(dir) {
+        let bytes = std::fs::read(&f).expect("read");
+        assert!(!contains(&bytes, CANARY.as_bytes()), "dataset text in plaintext in {}", f.display());
+        assert!(!contains(&bytes, tail), "adapter bytes in plaintext in {}", f.display());
+    }
+}
+
+#[test]
+fn a_fine_tune_job_trains_charges_registers_and_serves_its_adapter() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let (core, p) = setup(dir.path(), &model, "acme");
+    let ds = core.upload_dataset(&p, "train.jsonl", &dataset(8)).expect("upload");
+    let job = core.submit_job(&p, spec(ds.id, 2, 4, 2)).expect("submit");
+    let done = Worker::new(core.clone(), "w", PoolId::shared(), runner()).run_once().expect("run").expect("job");
+    assert_eq!(done.id, job.id);
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+    let result = done.result.expect("result");
+    let trained = result["trained_tokens"].as_u64().expect("trained tokens");
+    assert!(trained > 0);
+    assert_eq!(result["steps"], 4, "8 examples, batch 4, 2 epochs");
+    assert!(result["final_loss"].as_f64() < result["first_loss"].as_f64(), "{result}");
+    let id = ModelId::new(result["fine_tuned_model"].as_str().expect("model id")).expect("valid id");
+    assert!(id.as_str().starts_with("ft:smollm2:acme:kumo:"), "{id}");
+
+    // Events: validation report, progress with loss, speed and eta, checkpoints; numbers only.
+    let events = core.job_events(&p, &job.id).expect("events");
+    let validation = events.iter().find(|e| e.data["name"] == "validation").expect("validation metric");
+    assert_eq!(validation.data["report"]["examples"], 8);
+    let progress: Vec<_> = events.iter().filter(|e| e.kind == "progress").collect();
+    assert_eq!(progress.len(), 4);
+    for e in &progress {
+        for k in ["step", "total_steps", "loss", "tokens_per_second", "eta_seconds", "trained_tokens"] {
+            assert!(e.data.get(k).is_some(), "progress event without {k}: {}", e.data);
+        }
+    }
+    assert_eq!(progress.last().map(|e| e.data["eta_seconds"].as_f64()), Some(Some(0.0)));
+    assert_eq!(events.iter().filter(|e| e.kind == "checkpoint").count(), 1, "at step 2 (step 4 is the end)");
+    for e in &events {
+        assert!(!e.data.to_string().contains(CANARY), "content in a job event");
+    }
+
+    // Credits: one per trained token, charged in full; a training usage record.
+    assert_eq!(core.balance(p.tenant()).expect("balance"), 1_000_000 - trained as i64);
+    let receipts = core.receipts(p.tenant()).expect("receipts");
+    let charged: i64 = receipts.iter().filter(|r| r.kind == "usage").map(|r| -r.amount).sum();
+    assert_eq!(charged, trained as i64);
+
+    // The model id serves: the adapter loads and changes the logits. Another tenant cannot see it.
+    let engine = Engine::load(&model).expect("engine");
+    let ft = soramai::finetune::load_fine_tuned(&core, &p, &id, &engine).expect("load");
+    assert_eq!(ft.trained_tokens, trained);
+    let prompt = engine
+        .chat_tokens(&[soramai::kernels::tokenizer::template::Message::new(
+            "user",
+            "Where does the cloud council meet?",
+        )])
+        .expect("prompt");
+    let base = engine.logits(&prompt, None, Precision::Fast).expect("base");
+    let tuned = engine.logits(&prompt, Some(id.as_str()), Precision::Fast).expect("tuned");
+    let moved = base.iter().zip(&tuned).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 0.1, "the adapter changes the logits ({moved})");
+    assert_eq!(core.list_fine_tuned_models(&p).expect("list").len(), 1);
+    let other = TenantId::new("globex").expect("id");
+    core.create_tenant(&other, Tier::Basic).expect("tenant");
+    let op = Principal::operator(&other);
+    assert!(matches!(core.fine_tuned_model(&op, &id), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        soramai::finetune::load_fine_tuned(&core, &op, &id, &engine),
+        Err(soramai::PlatformError::Core(Error::NotFound { .. }))
+    ));
+    assert!(core.list_fine_tuned_models(&op).expect("list").is_empty());
+    let key = core.create_api_key(&p, soramai::KeyOptions::new("rag", &[Scope::Rag])).expect("key");
+    let rag_only = core.authenticate(key.secret()).expect("auth");
+    assert!(matches!(core.fine_tuned_adapter(&rag_only, &id), Err(Error::MissingScope(Scope::Inference))));
+
+    // At rest: nothing of the dataset or the adapter in clear; the scratch directory is gone.
+    let files = core.fine_tuned_adapter(&p, &id).expect("adapter");
+    assert_no_plaintext(dir.path(), &files.weights);
+    assert_eq!(std::fs::read_dir(dir.path().join("data/scratch")).expect("scratch").count(), 0);
+
+    core.delete_fine_tuned_model(&p, &id).expect("delete");
+    assert!(matches!(core.fine_tuned_model(&p, &id), Err(Error::NotFound { .. })));
+}
+
+#[test]
+fn fine_tune_jobs_refuse_bad_requests_and_fail_cleanly_on_data_that_cannot_train() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let (core, p) = setup(dir.path(), &model, "acme");
+    let ds = core.upload_dataset(&p, "train.jsonl", &dataset(2)).expect("upload");
+    let with = |f: &dyn Fn(&mut FineTuneSpec)| {
+        let JobSpec::FineTune(mut s) = spec(ds.id.clone(), 1, 1, 1) else { unreachable!() };
+        f(&mut s);
+        core.submit_job(&p, JobSpec::FineTune(s))
+    };
+    type Edit<'a> = &'a dyn Fn(&mut FineTuneSpec);
+    let invalid: [(&str, Edit<'_>); 9] = [
+        ("rank 0", &|s| s.hyperparameters.rank = 0),
+        ("epochs", &|s| s.hyperparameters.n_epochs = 51),
+        ("batch", &|s| s.hyperparameters.batch_size = 0),
+        ("lr", &|s| s.hyperparameters.learning_rate_multiplier = f64::NAN),
+        ("alpha", &|s| s.hyperparameters.alpha = -1.0),
+        ("module", &|s| s.hyperparameters.target_modules = vec!["lm_head".into()]),
+        ("twice", &|s| s.hyperparameters.target_modules = vec!["q_proj".into(), "q_proj".into()]),
+        ("max_seq", &|s| s.hyperparameters.max_seq = 100_000),
+        ("suffix", &|s| s.suffix = Some("Has Spaces".into())),
+    ];
+    for (what, f) in invalid {
+        assert!(matches!(with(f), Err(Error::InvalidArgument(_))), "{what}");
+    }
+    assert!(matches!(
+        with(&|s| s.base_model = ModelId::new("no-such-model").expect("id")),
+        Err(Error::NotFound { kind: "base model" })
+    ));
+    // Another tenant's dataset is not found.
+    let other = TenantId::new("globex").expect("id");
+    core.create_tenant(&other, Tier::Basic).expect("tenant");
+    core.grant_credits(&other, 10, "t").expect("grant");
+    let op = Principal::operator(&other);
+    let JobSpec::FineTune(s) = spec(ds.id.clone(), 1, 1, 1) else { unreachable!() };
+    assert!(matches!(core.submit_job(&op, JobSpec::FineTune(s)), Err(Error::NotFound { .. })));
+    // No credits, no job.
+    let broke = TenantId::new("broke").expect("id");
+    core.create_tenant(&broke, Tier::Basic).expect("tenant");
+    let bp = Principal::operator(&broke);
+    let bds = core.upload_dataset(&bp, "d.jsonl", &dataset(1)).expect("upload");
+    let JobSpec::FineTune(s) = spec(bds.id, 1, 1, 1) else { unreachable!() };
+    assert!(matches!(core.submit_job(&bp, JobSpec::FineTune(s)), Err(Error::InsufficientCredits { .. })));
+    // Unknown fields in a stored spec are refused rather than ignored.
+    assert!(serde_json::from_str::<Hyperparameters>(r#"{"n_epoch": 3}"#).is_err());
+
+    // Valid JSONL whose only answer lies past max_seq: the job fails naming the line and the fix,
+    // charges nothing, and leaves no checkpoint or model behind.
+    let long_user = "word ".repeat(200);
+    let line = serde_json::json!({"messages": [
+        {"role": "user", "content": long_user},
+        {"role": "assistant", "content": CANARY},
+    ]});
+    let ds = core.upload_dataset(&p, "long.jsonl", format!("{line}\n").as_bytes()).expect("upload");
+    let JobSpec::FineTune(mut s) = spec(ds.id, 1, 1, 1) else { unreachable!() };
+    s.hyperparameters.max_seq = 32;
+    let job = core.submit_job(&p, JobSpec::FineTune(s)).expect("submit");
+    let done = Worker::new(core.clone(), "w", PoolId::shared(), runner()).run_once().expect("run").expect("job");
+    assert_eq!(done.id, job.id);
+    assert_eq!(done.state, JobState::Failed);
+    let err = done.error.expect("error");
+    assert!(err.contains("line 1") && err.contains("max_seq"), "{err}");
+    assert!(!err.contains(CANARY) && !err.contains("word word"), "the error echoes content: {err}");
+    assert_eq!(core.balance(p.tenant()).expect("balance"), 1_000_000);
+    assert!(core.list_fine_tuned_models(&p).expect("list").is_empty());
+}
+
+#[test]
+fn a_running_fine_tune_can_be_cancelled() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let (core, p) = setup(dir.path(), &model, "acme");
+    let ds = core.upload_dataset(&p, "train.jsonl", &dataset(8)).expect("upload");
+    let job = core.submit_job(&p, spec(ds.id, 20, 1, 1)).expect("submit");
+    let worker = Worker::new(core.clone(), "w", PoolId::shared(), runner()).with_lease(Duration::from_millis(600));
+    let handle = std::thread::spawn(move || worker.run_once());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !core.job_events(&p, &job.id).expect("events").iter().any(|e| e.kind == "checkpoint") {
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    core.cancel_job(&p, &job.id).expect("cancel");
+    let done = handle.join().expect("join").expect("run").expect("job");
+    assert_eq!(done.state, JobState::Cancelled);
+    assert!(core.list_fine_tuned_models(&p).expect("list").is_empty());
+    // The checkpoint went with the job; the tokens trained up to it stay paid for.
+    assert!(
+        files_under(&dir.path().join("data"))
+            .iter()
+            .all(|f| !contains(&std::fs::read(f).expect("read"), CANARY.as_bytes()))
+    );
+    let charged = 1_000_000 - core.balance(p.tenant()).expect("balance");
+    assert!(charged > 0);
+}
+
+#[test]
+#[ignore = "child process of a_worker_killed_mid_fine_tune_resumes_from_its_checkpoint"]
+fn fine_tune_crash_child_worker() {
+    let Some(dir) = std::env::var_os(DIR_VAR) else { return };
+    let core = Arc::new(open_core(Path::new(&dir)));
+    let worker = Worker::new(core, "doomed", PoolId::shared(), runner()).with_lease(Duration::from_millis(1500));
+    let _ = worker.run_once();
+}
+
+#[test]
+fn a_worker_killed_mid_fine_tune_resumes_from_its_checkpoint() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let (core, p) = setup(dir.path(), &model, "acme");
+    let ds = core.upload_dataset(&p, "train.jsonl", &dataset(8)).expect("upload");
+    // 8 steps (batch 2, 2 epochs), a checkpoint every 2.
+    let job = core.submit_job(&p, spec(ds.id, 2, 2, 2)).expect("submit");
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args(["--ignored", "--exact", "fine_tune_crash_child_worker", "--test-threads=1"])
+        .env(DIR_VAR, dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let checkpoint_step = loop {
+        let events = core.job_events(&p, &job.id).expect("events");
+        if let Some(e) = events.iter().find(|e| e.kind == "checkpoint") {
+            break e.data["step"].as_u64().expect("step");
+        }
+        assert!(Instant::now() < deadline, "the child worker never checkpointed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let paid_at_kill = 1_000_000 - core.balance(p.tenant()).expect("balance");
+    assert!(paid_at_kill > 0, "the checkpoint's tokens are paid");
+
+    // The lease runs out; the job is requeued and a new worker resumes it from the checkpoint.
+    std::thread::sleep(Duration::from_millis(1600));
+    core.reap_expired_leases().expect("reap");
+    let requeued = core.job(&p, &job.id).expect("job");
+    assert_eq!(requeued.state, JobState::Queued);
+    let done = Worker::new(core.clone(), "survivor", PoolId::shared(), runner()).run_once().expect("run").expect("job");
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+    assert_eq!(done.attempts, 2);
+    let result = done.result.expect("result");
+    let resumed = result["resumed_at_step"].as_u64().expect("resumed");
+    assert!(resumed >= checkpoint_step && resumed < 8, "resumed at {resumed}, checkpoint at {checkpoint_step}");
+    let events = core.job_events(&p, &job.id).expect("events");
+    assert!(events.iter().any(|e| e.data["name"] == "resumed"));
+
+    // Every trained token paid exactly once across both attempts.
+    let trained = result["trained_tokens"].as_u64().expect("trained") as i64;
+    assert_eq!(1_000_000 - core.balance(p.tenant()).expect("balance"), trained);
+
+    // Nothing in clear anywhere under the data directory, the dead worker's scratch included.
+    let id = ModelId::new(result["fine_tuned_model"].as_str().expect("id")).expect("id");
+    let files = core.fine_tuned_adapter(&p, &id).expect("adapter");
+    assert_no_plaintext(dir.path(), &files.weights);
+}
