@@ -19,17 +19,30 @@ export SORAMAI_TEST_MODEL
 # The model-dependent tests fail rather than skip when the model is missing.
 export SORAMAI_REQUIRE_MODEL=1
 
+echo "== software Vulkan for the GPU kernels' tests (Mesa lavapipe)"
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo -n"
+  $sudo_cmd apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+# The wgpu backend's tests fail (rather than skip) without a device; cuda's skip on a machine
+# without an NVIDIA GPU.
+export SORAMAI_REQUIRE_GPU=wgpu
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+features="soramai-core/object-store,soramai-kernels/wgpu"
+
 echo "== format"
 cargo fmt --all -- --check
 
 echo "== clippy (all targets, warnings are errors)"
-cargo clippy --workspace --all-targets --features soramai-core/object-store --locked -- -D warnings
+cargo clippy --workspace --all-targets --features "$features" --locked -- -D warnings
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --features soramai-kernels/wgpu --locked --no-fail-fast
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --features soramai-kernels/wgpu --locked --no-fail-fast
 fi
 
 echo "== doc tests"

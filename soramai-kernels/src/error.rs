@@ -48,6 +48,9 @@ pub enum Error {
     /// A training configuration, example, batch or checkpoint is invalid.
     #[error("training: {0}")]
     Training(String),
+    /// A backend this build lacks, a device the machine lacks, or a device failure.
+    #[error("backend: {0}")]
+    Backend(String),
     /// A request to the model is invalid (empty prompt, token id out of range, context exceeded...).
     #[error("invalid request: {0}")]
     Request(String),

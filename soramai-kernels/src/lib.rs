@@ -8,6 +8,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod cpu;
+pub mod cube;
 pub mod engine;
 pub mod error;
 pub mod gguf;
@@ -19,6 +20,7 @@ pub mod sample;
 pub mod tokenizer;
 pub mod train;
 
+pub use cube::Backend;
 pub use error::{Error, Result};
 
 pub use engine::{Engine, Finish, Generation, Request};

@@ -316,9 +316,10 @@ pub fn matmul_group(items: &mut [GroupItem<'_>], cols: usize, x: &[f32]) -> Resu
     Ok(())
 }
 
-/// Attention of one query group against cached keys and values (see [`ops::attend_body`]).
+/// Attention of one query group against cached keys and values (see [`ops::attend_body`]): the
+/// CPU reference the GPU attention kernel is tested against.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attend(
+pub fn attend(
     q: &[f32],
     ks: &[f32],
     vs: &[f32],

@@ -1,0 +1,974 @@
+//! The cubecl backend's host side: the device, buffers, one launcher per op, and [`GpuModel`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cubecl::client::Client;
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::kernels::{self, ATTN_CHUNK, LANES, ROW_THREADS, ROWS_PER_CUBE};
+use super::pack::{Packed, pack};
+use super::{Backend, not_compiled};
+use crate::cpu::ops::{self, RopeLayout};
+use crate::error::{Error, Result};
+use crate::lora::{Adapter, Target};
+use crate::model::{Logits, Model, QMat};
+use crate::tokenizer::TokenId;
+
+/// A device and its compute client.
+#[derive(Clone)]
+pub struct Gpu {
+    client: Client,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("backend", &self.backend).field("device", &self.client.name()).finish()
+    }
+}
+
+/// An f32 buffer on the device.
+#[derive(Clone, Debug)]
+pub(crate) struct Buf {
+    handle: Handle,
+    len: usize,
+}
+
+impl Buf {
+    fn arg(&self) -> BufferArg {
+        // SAFETY: `len` is the number of f32 (or u32) elements the buffer was created with, so
+        // the kernels' bounds (which every kernel checks against its own size arguments) stay
+        // inside the allocation.
+        unsafe { BufferArg::from_raw_parts(self.handle.clone(), self.len) }
+    }
+}
+
+impl Gpu {
+    /// Opens the first device of a GPU backend. [`Backend::Cpu`] is refused (it needs no device).
+    pub fn new(backend: Backend) -> Result<Self> {
+        let device = match backend {
+            Backend::Cpu => return Err(Error::Backend("the cpu backend has no GPU device".into())),
+            Backend::Wgpu if cfg!(feature = "wgpu") => cubecl::Device::wgpu(Default::default()),
+            Backend::Cuda if cfg!(feature = "cuda") => cubecl::Device::cuda(0),
+            other => return Err(not_compiled(other)),
+        }
+        .map_err(|e| Error::Backend(format!("no {backend} device: {e}")))?;
+        // Creating the client can panic inside the runtime when no adapter answers.
+        let client = std::panic::catch_unwind(|| device.client())
+            .map_err(|_| Error::Backend(format!("the {backend} device could not be opened")))?;
+        Ok(Gpu { client, backend })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The device's name as the runtime gives it.
+    pub fn name(&self) -> &'static str {
+        self.client.name()
+    }
+
+    pub(crate) fn upload(&self, v: &[f32]) -> Buf {
+        let v: &[f32] = if v.is_empty() { &[0.0] } else { v };
+        Buf { handle: self.client.create_from_slice(f32::as_bytes(v)), len: v.len() }
+    }
+
+    pub(crate) fn upload_u32(&self, v: &[u32]) -> Buf {
+        let v: &[u32] = if v.is_empty() { &[0] } else { v };
+        Buf { handle: self.client.create_from_slice(u32::as_bytes(v)), len: v.len() }
+    }
+
+    pub(crate) fn zeros(&self, n: usize) -> Buf {
+        self.upload(&vec![0f32; n.max(1)])
+    }
+
+    /// A buffer of NaNs: an output a kernel must overwrite entirely (op tests).
+    pub(crate) fn poisoned(&self, n: usize) -> Buf {
+        self.upload(&vec![f32::NAN; n.max(1)])
+    }
+
+    pub(crate) fn read(&self, b: &Buf) -> Result<Vec<f32>> {
+        let bytes =
+            self.client.read_one(b.handle.clone()).map_err(|e| Error::Backend(format!("device read: {e:?}")))?;
+        Ok(f32::from_bytes(&bytes)[..b.len].to_vec())
+    }
+
+    fn cubes(n: usize, per: u32) -> u32 {
+        u32::try_from(n.div_ceil(per as usize)).unwrap_or(u32::MAX)
+    }
+
+    /// `out (ntok × rows) (+)= x (ntok × cols) · Wᵀ`.
+    pub(crate) fn matmul(&self, w: &GpuMat, x: &Buf, ntok: usize, out: &Buf, accumulate: bool) {
+        let tile: u32 = if ntok == 1 { 1 } else { 8 };
+        let count = CubeCount::Static(Self::cubes(w.rows, ROWS_PER_CUBE), Self::cubes(ntok, tile), 1);
+        let dim = CubeDim::new_2d(LANES, ROWS_PER_CUBE);
+        let (rows, ntok) = (w.rows as u32, ntok as u32);
+        match &w.data {
+            GpuWeights::Q4 { scales, mins, quants } => kernels::matmul_q4::launch(
+                &self.client,
+                count,
+                dim,
+                scales.arg(),
+                mins.arg(),
+                quants.arg(),
+                x.arg(),
+                out.arg(),
+                rows,
+                (w.cols / 32) as u32,
+                ntok,
+                tile,
+                accumulate,
+            ),
+            GpuWeights::Q8 { scales, mins, quants } => kernels::matmul_q8::launch(
+                &self.client,
+                count,
+                dim,
+                scales.arg(),
+                mins.arg(),
+                quants.arg(),
+                x.arg(),
+                out.arg(),
+                rows,
+                (w.cols / 32) as u32,
+                ntok,
+                tile,
+                accumulate,
+            ),
+            GpuWeights::F32(m) => kernels::matmul_f32::launch(
+                &self.client,
+                count,
+                dim,
+                m.arg(),
+                x.arg(),
+                out.arg(),
+                rows,
+                w.cols as u32,
+                ntok,
+                tile,
+                accumulate,
+            ),
+        }
+    }
+
+    pub(crate) fn rms_norm(&self, x: &Buf, w: &Buf, out: &Buf, nrows: usize, eps: f32) {
+        kernels::rms_norm::launch(
+            &self.client,
+            CubeCount::Static(nrows as u32, 1, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            x.arg(),
+            w.arg(),
+            out.arg(),
+            w.len as u32,
+            eps,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rope(
+        &self,
+        x: &Buf,
+        cos: &Buf,
+        sin: &Buf,
+        nrows: usize,
+        heads: usize,
+        head_dim: usize,
+        rope_dims: usize,
+        layout: RopeLayout,
+    ) {
+        let n = nrows * heads * rope_dims / 2;
+        kernels::rope::launch(
+            &self.client,
+            CubeCount::Static(Self::cubes(n, 256), 1, 1),
+            CubeDim::new_1d(256),
+            x.arg(),
+            cos.arg(),
+            sin.arg(),
+            nrows as u32,
+            heads as u32,
+            head_dim as u32,
+            rope_dims as u32,
+            layout == RopeLayout::Neox,
+        );
+    }
+
+    pub(crate) fn swiglu(&self, g: &Buf, u: &Buf, n: usize) {
+        kernels::swiglu::launch(
+            &self.client,
+            CubeCount::Static(Self::cubes(n, 256), 1, 1),
+            CubeDim::new_1d(256),
+            g.arg(),
+            u.arg(),
+            n as u32,
+        );
+    }
+
+    pub(crate) fn add_bias(&self, x: &Buf, bias: &Buf, n: usize) {
+        kernels::add_bias::launch(
+            &self.client,
+            CubeCount::Static(Self::cubes(n, 256), 1, 1),
+            CubeDim::new_1d(256),
+            x.arg(),
+            bias.arg(),
+            n as u32,
+            bias.len as u32,
+        );
+    }
+
+    pub(crate) fn softmax(&self, x: &Buf, nrows: usize, d: usize) {
+        kernels::softmax::launch(
+            &self.client,
+            CubeCount::Static(nrows as u32, 1, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            x.arg(),
+            d as u32,
+        );
+    }
+
+    pub(crate) fn scatter_rows(&self, src: &Buf, slots: &Buf, cache: &Buf, n: usize, width: usize) {
+        kernels::scatter_rows::launch(
+            &self.client,
+            CubeCount::Static(Self::cubes(n * width, 256), 1, 1),
+            CubeDim::new_1d(256),
+            src.arg(),
+            slots.arg(),
+            cache.arg(),
+            n as u32,
+            width as u32,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attention(
+        &self,
+        q: &Buf,
+        k: &Buf,
+        v: &Buf,
+        table: &Buf,
+        table_start: &Buf,
+        pos: &Buf,
+        out: &Buf,
+        nrows: usize,
+        shape: AttnShape,
+    ) {
+        let dims_per_thread = (shape.head_dim as u32).div_ceil(ROW_THREADS).max(1);
+        kernels::attention::launch(
+            &self.client,
+            CubeCount::Static((nrows * shape.n_head) as u32, 1, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            q.arg(),
+            k.arg(),
+            v.arg(),
+            table.arg(),
+            table_start.arg(),
+            pos.arg(),
+            out.arg(),
+            shape.n_head as u32,
+            shape.n_head_kv as u32,
+            shape.head_dim as u32,
+            shape.page as u32,
+            1.0 / (shape.head_dim as f32).sqrt(),
+            dims_per_thread,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn lora(&self, bank: &LoraBank, slots: &Buf, x: &Buf, tmp: &Buf, out: &Buf, n: usize) {
+        kernels::lora_shrink::launch(
+            &self.client,
+            CubeCount::Static(Self::cubes(n * bank.rank, 64), 1, 1),
+            CubeDim::new_1d(64),
+            x.arg(),
+            bank.a.arg(),
+            slots.arg(),
+            tmp.arg(),
+            n as u32,
+            bank.rank as u32,
+            bank.cols as u32,
+        );
+        kernels::lora_expand::launch(
+            &self.client,
+            CubeCount::Static(Self::cubes(n * bank.rows, 256), 1, 1),
+            CubeDim::new_1d(256),
+            tmp.arg(),
+            bank.b.arg(),
+            bank.scales.arg(),
+            slots.arg(),
+            out.arg(),
+            n as u32,
+            bank.rank as u32,
+            bank.rows as u32,
+        );
+    }
+}
+
+/// Attention shape (heads and the cache's page size).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttnShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub page: usize,
+}
+
+#[derive(Debug)]
+enum GpuWeights {
+    Q4 { scales: Buf, mins: Buf, quants: Buf },
+    Q8 { scales: Buf, mins: Buf, quants: Buf },
+    F32(Buf),
+}
+
+/// A weight matrix on the device.
+#[derive(Debug)]
+pub(crate) struct GpuMat {
+    rows: usize,
+    cols: usize,
+    data: GpuWeights,
+    bytes: usize,
+}
+
+impl GpuMat {
+    pub(crate) fn upload(gpu: &Gpu, m: &QMat) -> Result<Self> {
+        Self::from_packed(gpu, pack(m.ty, m.bytes(), m.rows, m.cols)?, m.rows, m.cols)
+    }
+
+    pub(crate) fn from_packed(gpu: &Gpu, p: Packed, rows: usize, cols: usize) -> Result<Self> {
+        let bytes = p.device_bytes();
+        let data = match p {
+            Packed::Q4 { scales, mins, quants } => {
+                GpuWeights::Q4 { scales: gpu.upload(&scales), mins: gpu.upload(&mins), quants: gpu.upload_u32(&quants) }
+            }
+            Packed::Q8 { scales, mins, quants } => {
+                GpuWeights::Q8 { scales: gpu.upload(&scales), mins: gpu.upload(&mins), quants: gpu.upload_u32(&quants) }
+            }
+            Packed::F32(w) => GpuWeights::F32(gpu.upload(&w)),
+        };
+        Ok(GpuMat { rows, cols, data, bytes })
+    }
+}
+
+/// Every loaded adapter's pair for one (layer, projection), stacked by slot and padded to the
+/// largest rank: `a` is `slots × rank × cols`, `b` `slots × rows × rank`.
+#[derive(Debug)]
+pub(crate) struct LoraBank {
+    a: Buf,
+    b: Buf,
+    scales: Buf,
+    rank: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// Options of a [`GpuModel`].
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOptions {
+    /// Token positions the paged KV cache holds, over all sequences together.
+    pub kv_tokens: usize,
+    /// Positions per page.
+    pub page: usize,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { kv_tokens: 16_384, page: 16 }
+    }
+}
+
+#[derive(Debug)]
+struct GpuLayer {
+    attn_norm: Buf,
+    wq: GpuMat,
+    wk: GpuMat,
+    wv: GpuMat,
+    wo: GpuMat,
+    bias: Option<[Buf; 3]>,
+    ffn_norm: Buf,
+    gate: GpuMat,
+    up: GpuMat,
+    down: GpuMat,
+}
+
+impl GpuLayer {
+    fn weight(&self, t: Target) -> &GpuMat {
+        match t {
+            Target::Q => &self.wq,
+            Target::K => &self.wk,
+            Target::V => &self.wv,
+            Target::O => &self.wo,
+            Target::Gate => &self.gate,
+            Target::Up => &self.up,
+            Target::Down => &self.down,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Adapters {
+    names: Vec<String>,
+    hosts: Vec<Arc<Adapter>>,
+    banks: HashMap<(usize, Target), LoraBank>,
+}
+
+/// A sequence's place in the paged KV cache. Its pages go back to the pool when it is dropped.
+#[derive(Debug)]
+pub struct GpuCache {
+    pages: Vec<u32>,
+    len: usize,
+    free: Arc<Mutex<Vec<u32>>>,
+}
+
+impl GpuCache {
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for GpuCache {
+    fn drop(&mut self) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.append(&mut self.pages);
+    }
+}
+
+/// One sequence's part of a batch on the GPU (as [`crate::model::Lane`]).
+#[derive(Debug)]
+pub struct GpuLane<'a> {
+    /// Its cache; the tokens are appended.
+    pub cache: &'a mut GpuCache,
+    /// New tokens.
+    pub tokens: &'a [TokenId],
+    /// The name of a loaded adapter, if any.
+    pub adapter: Option<&'a str>,
+    /// Which logits to return.
+    pub logits: Logits,
+}
+
+/// A model on a GPU: every weight uploaded once, a paged KV cache shared by all sequences, and
+/// LoRA adapters stacked per projection so a batch mixes adapters in one pass.
+pub struct GpuModel {
+    gpu: Gpu,
+    model: Arc<Model>,
+    layers: Vec<GpuLayer>,
+    output_norm: Buf,
+    output: GpuMat,
+    k_cache: Vec<Buf>,
+    v_cache: Vec<Buf>,
+    free: Arc<Mutex<Vec<u32>>>,
+    options: GpuOptions,
+    adapters: Mutex<Adapters>,
+    weight_bytes: usize,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel").field("gpu", &self.gpu).field("weight_bytes", &self.weight_bytes).finish()
+    }
+}
+
+impl GpuModel {
+    /// Uploads a model's weights to `gpu` and allocates its KV cache.
+    pub fn new(gpu: Gpu, model: Arc<Model>, options: GpuOptions) -> Result<Self> {
+        let c = &model.config;
+        if options.page == 0 || options.kv_tokens < options.page {
+            return Err(Error::Backend("the KV cache needs at least one page".into()));
+        }
+        if c.head_dim > (ROW_THREADS * 8) as usize {
+            return Err(Error::Backend(format!("head dimension {} is too large for the GPU kernels", c.head_dim)));
+        }
+        let mut weight_bytes = 0;
+        let mut up = |m: &QMat| -> Result<GpuMat> {
+            let g = GpuMat::upload(&gpu, m)?;
+            weight_bytes += g.bytes;
+            Ok(g)
+        };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for l in &model.layers {
+            layers.push(GpuLayer {
+                attn_norm: gpu.upload(&l.attn_norm),
+                wq: up(&l.wq)?,
+                wk: up(&l.wk)?,
+                wv: up(&l.wv)?,
+                wo: up(&l.wo)?,
+                bias: l.bias.as_ref().map(|[q, k, v]| [gpu.upload(q), gpu.upload(k), gpu.upload(v)]),
+                ffn_norm: gpu.upload(&l.ffn_norm),
+                gate: up(&l.gate)?,
+                up: up(&l.up)?,
+                down: up(&l.down)?,
+            });
+        }
+        let output = up(&model.output)?;
+        let pages = options.kv_tokens / options.page;
+        let slots = pages * options.page * c.kv_dim();
+        let k_cache = (0..c.n_layer).map(|_| gpu.zeros(slots)).collect();
+        let v_cache = (0..c.n_layer).map(|_| gpu.zeros(slots)).collect();
+        let free = Arc::new(Mutex::new((0..pages as u32).rev().collect()));
+        Ok(GpuModel {
+            output_norm: gpu.upload(&model.output_norm),
+            gpu,
+            layers,
+            output,
+            k_cache,
+            v_cache,
+            free,
+            options,
+            adapters: Mutex::new(Adapters::default()),
+            weight_bytes,
+            model,
+        })
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The model on the host (configuration, embeddings, tokenizer data).
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// Bytes of weights on the device (the bytes a decode step reads at least).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// A fresh cache for one sequence.
+    pub fn new_cache(&self) -> GpuCache {
+        GpuCache { pages: Vec::new(), len: 0, free: Arc::clone(&self.free) }
+    }
+
+    /// Loads (or replaces) an adapter under `name`; the stacked banks are rebuilt.
+    pub fn add_adapter(&self, name: impl Into<String>, adapter: Adapter) -> Result<()> {
+        let c = &self.model.config;
+        if adapter.layers.len() != c.n_layer {
+            return Err(Error::Adapter("adapter was built for another model shape".into()));
+        }
+        let name = name.into();
+        let mut a = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        match a.names.iter().position(|n| *n == name) {
+            Some(i) => a.hosts[i] = Arc::new(adapter),
+            None => {
+                a.names.push(name);
+                a.hosts.push(Arc::new(adapter));
+            }
+        }
+        self.rebuild_banks(&mut a)
+    }
+
+    /// Unloads an adapter; returns whether it was loaded.
+    pub fn remove_adapter(&self, name: &str) -> Result<bool> {
+        let mut a = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(i) = a.names.iter().position(|n| n == name) else { return Ok(false) };
+        a.names.remove(i);
+        a.hosts.remove(i);
+        self.rebuild_banks(&mut a)?;
+        Ok(true)
+    }
+
+    fn rebuild_banks(&self, a: &mut Adapters) -> Result<()> {
+        let c = &self.model.config;
+        a.banks.clear();
+        for l in 0..c.n_layer {
+            for t in Target::ALL {
+                let pairs: Vec<_> = a.hosts.iter().map(|h| h.pair(l, t)).collect();
+                let Some(rank) = pairs.iter().flatten().map(|p| p.rank).max() else { continue };
+                let (rows, cols) = t.shape(c);
+                let slots = pairs.len();
+                let mut am = vec![0f32; slots * rank * cols];
+                let mut bm = vec![0f32; slots * rows * rank];
+                let mut scales = vec![0f32; slots];
+                for (s, p) in pairs.iter().enumerate() {
+                    let Some(p) = p else { continue };
+                    if p.a.len() != p.rank * cols || p.b.len() != rows * p.rank {
+                        return Err(Error::Adapter(format!("layer {l} {}: wrong pair shape", t.module())));
+                    }
+                    scales[s] = p.scale;
+                    for j in 0..p.rank {
+                        am[(s * rank + j) * cols..(s * rank + j + 1) * cols]
+                            .copy_from_slice(&p.a[j * cols..(j + 1) * cols]);
+                    }
+                    for o in 0..rows {
+                        bm[(s * rows + o) * rank..(s * rows + o) * rank + p.rank]
+                            .copy_from_slice(&p.b[o * p.rank..(o + 1) * p.rank]);
+                    }
+                }
+                let bank = LoraBank {
+                    a: self.gpu.upload(&am),
+                    b: self.gpu.upload(&bm),
+                    scales: self.gpu.upload(&scales),
+                    rank,
+                    rows,
+                    cols,
+                };
+                a.banks.insert((l, t), bank);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the lanes' new tokens through the model in one pass; returns per lane the logits it
+    /// asked for (as [`Model::forward`]).
+    pub fn forward(&self, lanes: &mut [GpuLane<'_>]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.model.config;
+        let (d, qd, kvd, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim);
+        let page = self.options.page;
+        let adapters = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        // Validate everything before touching the cache.
+        let mut lane_slot = Vec::with_capacity(lanes.len());
+        for lane in lanes.iter() {
+            if lane.tokens.is_empty() {
+                return Err(Error::Request("a lane has no tokens".into()));
+            }
+            if let Some(&t) = lane.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(Error::Request(format!("token id {t} is outside the {}-token vocabulary", c.vocab)));
+            }
+            if !Arc::ptr_eq(&lane.cache.free, &self.free) {
+                return Err(Error::Request("a KV cache from another model".into()));
+            }
+            let end = lane.cache.len + lane.tokens.len();
+            if end > c.n_ctx {
+                return Err(Error::Request(format!("{end} tokens exceed the {}-token context", c.n_ctx)));
+            }
+            lane_slot.push(match lane.adapter {
+                None => u32::MAX,
+                Some(name) => adapters
+                    .names
+                    .iter()
+                    .position(|n| n == name)
+                    .ok_or_else(|| Error::Adapter(format!("no adapter named {name:?} is loaded")))?
+                    as u32,
+            });
+        }
+        // Pages for the new positions.
+        {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let need: usize = lanes
+                .iter()
+                .map(|l| (l.cache.len + l.tokens.len()).div_ceil(page).saturating_sub(l.cache.pages.len()))
+                .sum();
+            if need > free.len() {
+                return Err(Error::Request(format!(
+                    "the GPU KV cache is full ({} free pages, {need} needed)",
+                    free.len()
+                )));
+            }
+            for lane in lanes.iter_mut() {
+                while lane.cache.pages.len() * page < lane.cache.len + lane.tokens.len() {
+                    let p = free.pop().ok_or_else(|| Error::Request("the GPU KV cache is full".into()))?;
+                    lane.cache.pages.push(p);
+                }
+            }
+        }
+        // Row tables.
+        let n: usize = lanes.iter().map(|l| l.tokens.len()).sum();
+        let h2 = c.rope_dims / 2;
+        let (mut x, mut cos, mut sin) = (vec![0f32; n * d], vec![0f32; n * h2], vec![0f32; n * h2]);
+        let (mut slots, mut pos, mut starts, mut table, mut row_adapter) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::new(), Vec::with_capacity(n));
+        let mut spans = Vec::with_capacity(lanes.len());
+        let mut r = 0;
+        for (i, lane) in lanes.iter().enumerate() {
+            let start = table.len() as u32;
+            table.extend_from_slice(&lane.cache.pages);
+            spans.push(r..r + lane.tokens.len());
+            for (k, &t) in lane.tokens.iter().enumerate() {
+                let p = lane.cache.len + k;
+                self.model.tok_embd.dequantize_row(t as usize, &mut x[r * d..(r + 1) * d])?;
+                ops::rope_angles(
+                    p,
+                    c.rope_dims,
+                    c.rope_base,
+                    &mut cos[r * h2..(r + 1) * h2],
+                    &mut sin[r * h2..(r + 1) * h2],
+                );
+                slots.push(lane.cache.pages[p / page] * page as u32 + (p % page) as u32);
+                pos.push(p as u32);
+                starts.push(start);
+                row_adapter.push(lane_slot[i]);
+                r += 1;
+            }
+        }
+        let g = &self.gpu;
+        let (xb, cosb, sinb) = (g.upload(&x), g.upload(&cos), g.upload(&sin));
+        let (slotb, posb, startb, tableb) =
+            (g.upload_u32(&slots), g.upload_u32(&pos), g.upload_u32(&starts), g.upload_u32(&table));
+        let any_adapter = row_adapter.iter().any(|&s| s != u32::MAX);
+        let adapterb = g.upload_u32(&row_adapter);
+        let (xn, q, kk, vv, att) =
+            (g.zeros(n * d), g.zeros(n * qd), g.zeros(n * kvd), g.zeros(n * kvd), g.zeros(n * qd));
+        let (gb, ub) = (g.zeros(n * c.n_ff), g.zeros(n * c.n_ff));
+        let max_rank = adapters.banks.values().map(|b| b.rank).max().unwrap_or(1);
+        let tmp = g.zeros(n * max_rank);
+        let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, page };
+        let lora = |l: usize, t: Target, input: &Buf, out: &Buf| {
+            if any_adapter && let Some(bank) = adapters.banks.get(&(l, t)) {
+                g.lora(bank, &adapterb, input, &tmp, out, n);
+            }
+        };
+        for (l, layer) in self.layers.iter().enumerate() {
+            g.rms_norm(&xb, &layer.attn_norm, &xn, n, c.eps);
+            for (t, out) in [(Target::Q, &q), (Target::K, &kk), (Target::V, &vv)] {
+                g.matmul(layer.weight(t), &xn, n, out, false);
+                lora(l, t, &xn, out);
+            }
+            if let Some([bq, bk, bv]) = &layer.bias {
+                g.add_bias(&q, bq, n * qd);
+                g.add_bias(&kk, bk, n * kvd);
+                g.add_bias(&vv, bv, n * kvd);
+            }
+            g.rope(&q, &cosb, &sinb, n, c.n_head, hd, c.rope_dims, c.rope_layout);
+            g.rope(&kk, &cosb, &sinb, n, c.n_head_kv, hd, c.rope_dims, c.rope_layout);
+            g.scatter_rows(&kk, &slotb, &self.k_cache[l], n, kvd);
+            g.scatter_rows(&vv, &slotb, &self.v_cache[l], n, kvd);
+            g.attention(&q, &self.k_cache[l], &self.v_cache[l], &tableb, &startb, &posb, &att, n, shape);
+            g.matmul(&layer.wo, &att, n, &xb, true);
+            lora(l, Target::O, &att, &xb);
+            g.rms_norm(&xb, &layer.ffn_norm, &xn, n, c.eps);
+            g.matmul(&layer.gate, &xn, n, &gb, false);
+            lora(l, Target::Gate, &xn, &gb);
+            g.matmul(&layer.up, &xn, n, &ub, false);
+            lora(l, Target::Up, &xn, &ub);
+            g.swiglu(&gb, &ub, n * c.n_ff);
+            g.matmul(&layer.down, &gb, n, &xb, true);
+            lora(l, Target::Down, &gb, &xb);
+        }
+        drop(adapters);
+        for lane in lanes.iter_mut() {
+            lane.cache.len += lane.tokens.len();
+        }
+        // Final norm on the device; the wanted rows' logits (or mean hidden states) come back.
+        g.rms_norm(&xb, &self.output_norm, &xn, n, c.eps);
+        let wanted: Vec<usize> = lanes
+            .iter()
+            .zip(&spans)
+            .flat_map(|(lane, span)| match lane.logits {
+                Logits::None | Logits::MeanHidden => 0..0,
+                Logits::Last => span.end - 1..span.end,
+                Logits::All => span.clone(),
+            })
+            .collect();
+        let need_hidden = lanes.iter().any(|l| l.logits == Logits::MeanHidden) || !wanted.is_empty();
+        let hidden = if need_hidden { g.read(&xn)? } else { Vec::new() };
+        let logits = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let mut h = vec![0f32; wanted.len() * d];
+            for (k, &row) in wanted.iter().enumerate() {
+                h[k * d..(k + 1) * d].copy_from_slice(&hidden[row * d..(row + 1) * d]);
+            }
+            let out = g.zeros(wanted.len() * c.vocab);
+            g.matmul(&self.output, &g.upload(&h), wanted.len(), &out, false);
+            g.read(&out)?
+        };
+        let mut result = Vec::with_capacity(lanes.len());
+        let mut at = 0;
+        for (lane, span) in lanes.iter().zip(&spans) {
+            match lane.logits {
+                Logits::None => result.push(Vec::new()),
+                Logits::MeanHidden => {
+                    let mut mean = vec![0f32; d];
+                    for row in span.clone() {
+                        for (m, v) in mean.iter_mut().zip(&hidden[row * d..(row + 1) * d]) {
+                            *m += v;
+                        }
+                    }
+                    let inv = 1.0 / span.len() as f32;
+                    mean.iter_mut().for_each(|m| *m *= inv);
+                    result.push(mean);
+                }
+                Logits::Last | Logits::All => {
+                    let m = if lane.logits == Logits::Last { 1 } else { span.len() };
+                    result.push(logits[at * c.vocab..(at + m) * c.vocab].to_vec());
+                    at += m;
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// Greedy decoding of `max_tokens` after `prompt` (for tests and benchmarks).
+    pub fn greedy(&self, prompt: &[TokenId], max_tokens: usize, adapter: Option<&str>) -> Result<Vec<TokenId>> {
+        let mut cache = self.new_cache();
+        let mut out = Vec::with_capacity(max_tokens);
+        let mut next = prompt.to_vec();
+        for _ in 0..max_tokens {
+            let logits =
+                self.forward(&mut [GpuLane { cache: &mut cache, tokens: &next, adapter, logits: Logits::Last }])?;
+            let t = argmax(&logits[0]);
+            out.push(t);
+            next = vec![t];
+        }
+        Ok(out)
+    }
+}
+
+/// Single-op entry points on host slices (upload, launch, read back), for the op test suite that
+/// compares every kernel with the CPU reference.
+pub mod op {
+    use super::*;
+
+    /// `x (ntok × cols) · Wᵀ` for weights in GGUF format `ty`.
+    pub fn matmul(
+        gpu: &Gpu,
+        ty: crate::quant::GgmlType,
+        w: &[u8],
+        rows: usize,
+        cols: usize,
+        x: &[f32],
+    ) -> Result<Vec<f32>> {
+        let m = GpuMat::from_packed(gpu, pack(ty, w, rows, cols)?, rows, cols)?;
+        let ntok = x.len() / cols;
+        let out = gpu.poisoned(ntok * rows);
+        gpu.matmul(&m, &gpu.upload(x), ntok, &out, false);
+        gpu.read(&out)
+    }
+
+    /// RMSNorm of each row.
+    pub fn rms_norm(gpu: &Gpu, x: &[f32], w: &[f32], eps: f32) -> Result<Vec<f32>> {
+        let out = gpu.poisoned(x.len());
+        gpu.rms_norm(&gpu.upload(x), &gpu.upload(w), &out, x.len() / w.len(), eps);
+        gpu.read(&out)
+    }
+
+    /// RoPE on `nrows` rows of `heads` heads with per-row angles.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        gpu: &Gpu,
+        x: &[f32],
+        cos: &[f32],
+        sin: &[f32],
+        heads: usize,
+        head_dim: usize,
+        rope_dims: usize,
+        layout: RopeLayout,
+    ) -> Result<Vec<f32>> {
+        let b = gpu.upload(x);
+        let nrows = x.len() / (heads * head_dim);
+        gpu.rope(&b, &gpu.upload(cos), &gpu.upload(sin), nrows, heads, head_dim, rope_dims, layout);
+        gpu.read(&b)
+    }
+
+    /// `silu(g) · u`.
+    pub fn swiglu(gpu: &Gpu, g: &[f32], u: &[f32]) -> Result<Vec<f32>> {
+        let b = gpu.upload(g);
+        gpu.swiglu(&b, &gpu.upload(u), g.len());
+        gpu.read(&b)
+    }
+
+    /// Row-wise softmax.
+    pub fn softmax(gpu: &Gpu, x: &[f32], d: usize) -> Result<Vec<f32>> {
+        let b = gpu.upload(x);
+        gpu.softmax(&b, x.len() / d, d);
+        gpu.read(&b)
+    }
+
+    /// Causal GQA attention of `q` (rows × n_head × head_dim) at positions `pos` over per-row
+    /// caches given as dense `k`/`v` (`len × n_head_kv × head_dim` each, row `r` using the
+    /// cache of sequence `seq[r]`), laid out in pages of `page` positions.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        gpu: &Gpu,
+        q: &[f32],
+        caches: &[(Vec<f32>, Vec<f32>)],
+        seq: &[usize],
+        pos: &[u32],
+        n_head: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        page: usize,
+    ) -> Result<Vec<f32>> {
+        let kvd = n_head_kv * head_dim;
+        // Pages of every sequence, scattered in reverse order to exercise the tables.
+        let mut table_of = Vec::new();
+        let mut next_page = 0u32;
+        let total: usize = caches.iter().map(|(k, _)| (k.len() / kvd).div_ceil(page)).sum();
+        let mut k_arena = vec![0f32; total.max(1) * page * kvd];
+        let mut v_arena = vec![0f32; total.max(1) * page * kvd];
+        for (k, v) in caches {
+            let len = k.len() / kvd;
+            let mut pages = Vec::new();
+            for p in 0..len.div_ceil(page) {
+                let phys = total as u32 - 1 - next_page;
+                next_page += 1;
+                pages.push(phys);
+                for i in 0..page.min(len - p * page) {
+                    let src = (p * page + i) * kvd;
+                    let dst = (phys as usize * page + i) * kvd;
+                    k_arena[dst..dst + kvd].copy_from_slice(&k[src..src + kvd]);
+                    v_arena[dst..dst + kvd].copy_from_slice(&v[src..src + kvd]);
+                }
+            }
+            table_of.push(pages);
+        }
+        let mut table = Vec::new();
+        let mut starts_of = Vec::new();
+        for pages in &table_of {
+            starts_of.push(table.len() as u32);
+            table.extend_from_slice(pages);
+        }
+        let starts: Vec<u32> = seq.iter().map(|&s| starts_of[s]).collect();
+        let out = gpu.poisoned(q.len());
+        let nrows = pos.len();
+        gpu.attention(
+            &gpu.upload(q),
+            &gpu.upload(&k_arena),
+            &gpu.upload(&v_arena),
+            &gpu.upload_u32(&table),
+            &gpu.upload_u32(&starts),
+            &gpu.upload_u32(pos),
+            &out,
+            nrows,
+            AttnShape { n_head, n_head_kv, head_dim, page },
+        );
+        gpu.read(&out)
+    }
+
+    /// `out + scale_s · B_s·A_s·x` per row, `s` the row's slot (`None`: unchanged), for pairs
+    /// `(a: rank × cols, b: rows × rank, scale)` of possibly different ranks.
+    pub fn lora(
+        gpu: &Gpu,
+        pairs: &[(Vec<f32>, Vec<f32>, usize, f32)],
+        row_slot: &[Option<usize>],
+        x: &[f32],
+        out: &[f32],
+    ) -> Result<Vec<f32>> {
+        let n = row_slot.len();
+        let (cols, rows) = (x.len() / n, out.len() / n);
+        let rank = pairs.iter().map(|p| p.2).max().unwrap_or(1);
+        let mut am = vec![0f32; pairs.len() * rank * cols];
+        let mut bm = vec![0f32; pairs.len() * rows * rank];
+        for (s, (a, b, r, _)) in pairs.iter().enumerate() {
+            am[s * rank * cols..(s * rank + r) * cols].copy_from_slice(a);
+            for o in 0..rows {
+                bm[(s * rows + o) * rank..(s * rows + o) * rank + r].copy_from_slice(&b[o * r..(o + 1) * r]);
+            }
+        }
+        let scales: Vec<f32> = pairs.iter().map(|p| p.3).collect();
+        let bank = LoraBank { a: gpu.upload(&am), b: gpu.upload(&bm), scales: gpu.upload(&scales), rank, rows, cols };
+        let slots: Vec<u32> = row_slot.iter().map(|s| s.map_or(u32::MAX, |s| s as u32)).collect();
+        let o = gpu.upload(out);
+        gpu.lora(&bank, &gpu.upload_u32(&slots), &gpu.upload(x), &gpu.poisoned(n * rank), &o, n);
+        gpu.read(&o)
+    }
+
+    /// Writes rows into slots of a cache of `slots_total` rows of `width` (returns the cache).
+    pub fn scatter(gpu: &Gpu, src: &[f32], slots: &[u32], slots_total: usize, width: usize) -> Result<Vec<f32>> {
+        let cache = gpu.zeros(slots_total * width);
+        gpu.scatter_rows(&gpu.upload(src), &gpu.upload_u32(slots), &cache, slots.len(), width);
+        gpu.read(&cache)
+    }
+}
+
+const _: () = assert!(ATTN_CHUNK >= ROW_THREADS);
+
+fn argmax(v: &[f32]) -> TokenId {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
+        as TokenId
+}

@@ -1,0 +1,113 @@
+//! The GPU types in a build without `wgpu` or `cuda`: the same API, refusing with
+//! [`Error::Backend`] at the first call (no value of these types can exist).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use super::{Backend, not_compiled};
+use crate::error::{Error, Result};
+use crate::lora::Adapter;
+use crate::model::{Logits, Model};
+use crate::tokenizer::TokenId;
+
+/// A device and its compute client (none in this build).
+#[derive(Clone, Debug)]
+pub struct Gpu(Infallible);
+
+impl Gpu {
+    /// Refuses: this build has no GPU backend.
+    pub fn new(backend: Backend) -> Result<Self> {
+        match backend {
+            Backend::Cpu => Err(Error::Backend("the cpu backend has no GPU device".into())),
+            other => Err(not_compiled(other)),
+        }
+    }
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        match self.0 {}
+    }
+    /// The device's name.
+    pub fn name(&self) -> &'static str {
+        match self.0 {}
+    }
+}
+
+/// Options of a [`GpuModel`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GpuOptions {
+    /// Token positions the paged KV cache holds, over all sequences together.
+    pub kv_tokens: usize,
+    /// Positions per page.
+    pub page: usize,
+}
+
+/// A sequence's place in the paged KV cache.
+#[derive(Debug)]
+pub struct GpuCache(Infallible);
+
+impl GpuCache {
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        match self.0 {}
+    }
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        match self.0 {}
+    }
+}
+
+/// One sequence's part of a batch on the GPU.
+#[derive(Debug)]
+pub struct GpuLane<'a> {
+    /// Its cache.
+    pub cache: &'a mut GpuCache,
+    /// New tokens.
+    pub tokens: &'a [TokenId],
+    /// The name of a loaded adapter, if any.
+    pub adapter: Option<&'a str>,
+    /// Which logits to return.
+    pub logits: Logits,
+}
+
+/// A model on a GPU (none in this build).
+#[derive(Debug)]
+pub struct GpuModel(Infallible);
+
+impl GpuModel {
+    /// Unreachable without a [`Gpu`].
+    pub fn new(gpu: Gpu, _model: Arc<Model>, _options: GpuOptions) -> Result<Self> {
+        match gpu.0 {}
+    }
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        match self.0 {}
+    }
+    /// The model on the host.
+    pub fn model(&self) -> &Arc<Model> {
+        match self.0 {}
+    }
+    /// Bytes of weights on the device.
+    pub fn weight_bytes(&self) -> usize {
+        match self.0 {}
+    }
+    /// A fresh cache.
+    pub fn new_cache(&self) -> GpuCache {
+        match self.0 {}
+    }
+    /// Loads an adapter.
+    pub fn add_adapter(&self, _name: impl Into<String>, _adapter: Adapter) -> Result<()> {
+        match self.0 {}
+    }
+    /// Unloads an adapter.
+    pub fn remove_adapter(&self, _name: &str) -> Result<bool> {
+        match self.0 {}
+    }
+    /// One pass over the lanes.
+    pub fn forward(&self, _lanes: &mut [GpuLane<'_>]) -> Result<Vec<Vec<f32>>> {
+        match self.0 {}
+    }
+    /// Greedy decoding.
+    pub fn greedy(&self, _prompt: &[TokenId], _max_tokens: usize, _adapter: Option<&str>) -> Result<Vec<TokenId>> {
+        match self.0 {}
+    }
+}

@@ -1,0 +1,247 @@
+//! The model end to end on each available GPU backend against the CPU in `exact` precision (the
+//! GPU computes in f32 on the exact block values, as `exact` does): logits of prefill and decode,
+//! the reference model's greedy tokens, and a batch that mixes adapters equal to per-sequence runs.
+//! Missing backends are skipped with the reason printed (see `gpu_ops.rs` for
+//! `SORAMAI_REQUIRE_GPU`).
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{reference_model, tiny_model_bytes, write_peft};
+use soramai_kernels::cube::{Backend, Gpu, GpuLane, GpuModel, GpuOptions};
+use soramai_kernels::gguf::Gguf;
+use soramai_kernels::lora::{Adapter, Target};
+use soramai_kernels::model::{Lane, Logits, Model};
+use soramai_kernels::quant::GgmlType;
+use soramai_kernels::tokenizer::TokenId;
+use soramai_kernels::{Engine, Error, Precision};
+
+fn devices() -> Vec<Gpu> {
+    let mut out = Vec::new();
+    for b in [Backend::Wgpu, Backend::Cuda] {
+        match Gpu::new(b) {
+            Ok(g) => out.push(g),
+            Err(e) => {
+                let required =
+                    std::env::var("SORAMAI_REQUIRE_GPU").is_ok_and(|v| v.split(',').any(|x| x == b.as_str()));
+                assert!(!required, "{b} is required but unavailable: {e}");
+                eprintln!("skipped {b}: {e}");
+            }
+        }
+    }
+    out
+}
+
+fn tiny(arch: &str, ty: GgmlType, seed: u64) -> Arc<Model> {
+    Arc::new(
+        Model::from_gguf(Arc::new(Gguf::from_bytes(tiny_model_bytes(arch, ty, seed)).expect("gguf"))).expect("model"),
+    )
+}
+
+fn cpu_logits(model: &Model, tokens: &[TokenId], adapter: Option<&Adapter>, logits: Logits) -> Vec<f32> {
+    let mut cache = model.new_cache();
+    model
+        .forward(&mut [Lane { cache: &mut cache, tokens, adapter, logits }], Precision::Exact)
+        .expect("cpu forward")
+        .remove(0)
+}
+
+fn max_rel(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let top = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) })
+        / top
+}
+
+#[test]
+fn prefill_and_decode_logits_match_the_cpu_on_tiny_models() {
+    for gpu in devices() {
+        for (arch, ty) in
+            [("llama", GgmlType::Q8_0), ("qwen2", GgmlType::Q4_0), ("llama", GgmlType::Q4_1), ("llama", GgmlType::F16)]
+        {
+            let model = tiny(arch, ty, 3);
+            let g =
+                GpuModel::new(gpu.clone(), Arc::clone(&model), GpuOptions { kv_tokens: 256, page: 4 }).expect("upload");
+            let prompt: Vec<TokenId> = vec![1, 7, 3, 9, 12, 5, 8];
+            let mut cache = g.new_cache();
+            let got = g
+                .forward(&mut [GpuLane { cache: &mut cache, tokens: &prompt, adapter: None, logits: Logits::All }])
+                .expect("gpu")
+                .remove(0);
+            let want = cpu_logits(&model, &prompt, None, Logits::All);
+            assert!(
+                max_rel(&got, &want) < 1e-4,
+                "{} {arch} {ty}: prefill off by {}",
+                gpu.backend(),
+                max_rel(&got, &want)
+            );
+            // Decode steps continue from the paged cache (pages of 4: crossing page boundaries).
+            let mut seq = prompt.clone();
+            for t in [4u32, 11, 2] {
+                seq.push(t);
+                let got = g
+                    .forward(&mut [GpuLane { cache: &mut cache, tokens: &[t], adapter: None, logits: Logits::Last }])
+                    .expect("gpu")
+                    .remove(0);
+                let want = cpu_logits(&model, &seq, None, Logits::Last);
+                assert!(max_rel(&got, &want) < 1e-4, "{arch} {ty}: decode off by {}", max_rel(&got, &want));
+            }
+            assert_eq!(cache.len(), seq.len());
+            // Mean hidden states (embeddings) agree too.
+            let mut c2 = g.new_cache();
+            let got = g
+                .forward(&mut [GpuLane { cache: &mut c2, tokens: &prompt, adapter: None, logits: Logits::MeanHidden }])
+                .expect("gpu")
+                .remove(0);
+            assert!(max_rel(&got, &cpu_logits(&model, &prompt, None, Logits::MeanHidden)) < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn a_batch_mixing_adapters_equals_per_sequence_runs_and_the_cpu() {
+    for gpu in devices() {
+        let model = tiny("llama", GgmlType::Q4_1, 5);
+        let c = &model.config;
+        let dir = tempfile::tempdir().expect("dir");
+        write_peft(&dir.path().join("a"), c, 4, 8.0, &[Target::Q, Target::V, Target::Down], 1);
+        write_peft(&dir.path().join("b"), c, 8, 4.0, Target::ALL.as_slice(), 2);
+        let a = Adapter::load(dir.path().join("a"), c).expect("a");
+        let b = Adapter::load(dir.path().join("b"), c).expect("b");
+        let g = GpuModel::new(gpu.clone(), Arc::clone(&model), GpuOptions::default()).expect("upload");
+        g.add_adapter("a", a.clone()).expect("add a");
+        g.add_adapter("b", b.clone()).expect("add b");
+        let prompts: [(&[TokenId], Option<&str>); 4] = [
+            (&[1, 2, 3, 4, 5], Some("a")),
+            (&[9, 8, 7], None),
+            (&[3, 3, 14, 2, 6, 1, 10], Some("b")),
+            (&[5], Some("a")),
+        ];
+        let mut caches: Vec<_> = prompts.iter().map(|_| g.new_cache()).collect();
+        let mut lanes: Vec<GpuLane<'_>> = caches
+            .iter_mut()
+            .zip(&prompts)
+            .map(|(cache, (tokens, adapter))| GpuLane { cache, tokens, adapter: *adapter, logits: Logits::All })
+            .collect();
+        let batched = g.forward(&mut lanes).expect("batch");
+        for (i, (tokens, adapter)) in prompts.iter().enumerate() {
+            let mut cache = g.new_cache();
+            let alone = g
+                .forward(&mut [GpuLane { cache: &mut cache, tokens, adapter: *adapter, logits: Logits::All }])
+                .expect("alone")
+                .remove(0);
+            let diff = batched[i].iter().zip(&alone).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff <= 1e-6, "{}: lane {i} differs from its own run by {diff}", gpu.backend());
+            let host = adapter.map(|n| if n == "a" { &a } else { &b });
+            let want = cpu_logits(&model, tokens, host, Logits::All);
+            assert!(max_rel(&alone, &want) < 1e-4, "lane {i}: {} off the cpu", max_rel(&alone, &want));
+        }
+        // The adapters matter (else the test would prove nothing).
+        let none = cpu_logits(&model, prompts[0].0, None, Logits::All);
+        assert!(max_rel(&batched[0], &none) > 1e-2);
+        // Unloading one leaves the other serving.
+        assert!(g.remove_adapter("a").expect("remove"));
+        let mut cache = g.new_cache();
+        let err =
+            g.forward(&mut [GpuLane { cache: &mut cache, tokens: &[1], adapter: Some("a"), logits: Logits::Last }]);
+        assert!(matches!(err, Err(Error::Adapter(_))));
+        let again = g
+            .forward(&mut [GpuLane {
+                cache: &mut cache,
+                tokens: prompts[2].0,
+                adapter: Some("b"),
+                logits: Logits::All,
+            }])
+            .expect("b still loaded")
+            .remove(0);
+        assert!(max_rel(&again, &batched[2]) < 1e-6);
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_and_cache_pages_come_back() {
+    for gpu in devices() {
+        let model = tiny("llama", GgmlType::Q8_0, 7);
+        let g = GpuModel::new(gpu.clone(), Arc::clone(&model), GpuOptions { kv_tokens: 8, page: 4 }).expect("upload");
+        let mut cache = g.new_cache();
+        let vocab = model.config.vocab as TokenId;
+        for (tokens, what) in [(vec![], "empty"), (vec![vocab], "out of vocabulary")] {
+            let r =
+                g.forward(&mut [GpuLane { cache: &mut cache, tokens: &tokens, adapter: None, logits: Logits::Last }]);
+            assert!(matches!(r, Err(Error::Request(_))), "{what}");
+        }
+        assert!(cache.is_empty(), "a refused request leaves the cache as it was");
+        // Two pages of four positions: nine tokens do not fit, eight do, and then only after a drop.
+        let r = g.forward(&mut [GpuLane { cache: &mut cache, tokens: &[1; 9], adapter: None, logits: Logits::None }]);
+        assert!(matches!(r, Err(Error::Request(_))));
+        g.forward(&mut [GpuLane { cache: &mut cache, tokens: &[1; 8], adapter: None, logits: Logits::None }])
+            .expect("fits");
+        let mut other = g.new_cache();
+        let r = g.forward(&mut [GpuLane { cache: &mut other, tokens: &[1], adapter: None, logits: Logits::None }]);
+        assert!(matches!(r, Err(Error::Request(_))), "the cache is full");
+        drop(cache);
+        g.forward(&mut [GpuLane { cache: &mut other, tokens: &[1], adapter: None, logits: Logits::None }])
+            .expect("pages came back");
+        // A cache of another model is refused.
+        let g2 = GpuModel::new(gpu.clone(), Arc::clone(&model), GpuOptions { kv_tokens: 8, page: 4 }).expect("upload");
+        let r = g2.forward(&mut [GpuLane { cache: &mut other, tokens: &[1], adapter: None, logits: Logits::None }]);
+        assert!(matches!(r, Err(Error::Request(_))));
+        // An adapter for another shape is refused.
+        let dir = tempfile::tempdir().expect("dir");
+        write_peft(dir.path(), &model.config, 2, 4.0, &[Target::V], 1);
+        let mut bad = Adapter::load(dir.path(), &model.config).expect("adapter");
+        bad.layers.pop();
+        assert!(matches!(g.add_adapter("bad", bad), Err(Error::Adapter(_))));
+    }
+    assert!(matches!("tpu".parse::<Backend>(), Err(Error::Backend(_))));
+    assert!(matches!(Gpu::new(Backend::Cpu), Err(Error::Backend(_))));
+}
+
+#[test]
+fn the_reference_model_gives_the_same_greedy_tokens_as_the_cpu() {
+    let Some(path) = reference_model() else { return };
+    let devices = devices();
+    if devices.is_empty() {
+        return;
+    }
+    let engine = Engine::load(&path).expect("engine");
+    let prompt = engine
+        .chat_tokens(&[soramai_kernels::tokenizer::template::Message::new("user", "What is the capital of France?")])
+        .expect("prompt");
+    let steps = 12;
+    let mut want = Vec::new();
+    let mut cache = engine.model.new_cache();
+    let mut next = prompt.clone();
+    for _ in 0..steps {
+        let l = engine
+            .model
+            .forward(
+                &mut [Lane { cache: &mut cache, tokens: &next, adapter: None, logits: Logits::Last }],
+                Precision::Exact,
+            )
+            .expect("cpu")
+            .remove(0);
+        let t = l.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+            as TokenId;
+        want.push(t);
+        next = vec![t];
+    }
+    for gpu in devices {
+        let g = GpuModel::new(gpu.clone(), Arc::clone(&engine.model), GpuOptions { kv_tokens: 1024, page: 16 })
+            .expect("upload");
+        let got = g.greedy(&prompt, steps, None).expect("gpu greedy");
+        assert_eq!(
+            got,
+            want,
+            "{}: {:?} vs {:?}",
+            gpu.backend(),
+            engine.tokenizer.decode(&got, false),
+            engine.tokenizer.decode(&want, false)
+        );
+    }
+}
