@@ -79,7 +79,9 @@ def torch_side(name):
         return timed(lambda: m(x, use_cache=False, logits_to_keep=1, **kw))
 
     @torch.no_grad()
-    def decode(m, b, steps, **kw):
+    def decode(m, b, steps, warm=True, **kw):
+        if warm:
+            decode(m, b, 4, warm=False, **kw)
         cache = DynamicCache()
         out = m(ids(b, 128), past_key_values=cache, use_cache=True, logits_to_keep=1, **kw)
         nxt = ids(b, 1)

@@ -245,7 +245,7 @@ mod bench {
             let steps = 32;
             let t = Instant::now();
             for s in 0..steps {
-                let next: Vec<[TokenId; 1]> = (0..32).map(|i| [prompts[i][s]]).collect();
+                let next: Vec<[TokenId; 1]> = prompts.iter().map(|p| [p[s]]).collect();
                 let mut lanes: Vec<GpuLane<'_>> = caches
                     .iter_mut()
                     .enumerate()

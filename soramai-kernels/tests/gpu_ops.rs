@@ -93,7 +93,8 @@ fn matmul_matches_the_cpu_for_every_format_and_ragged_shapes() {
 #[test]
 fn rms_norm_matches_the_cpu() {
     for gpu in devices() {
-        for (rows, d) in [(1, 576), (7, 1000), (3, 5)] {
+        // 70000 rows: more cubes than one axis allows.
+        for (rows, d) in [(1, 576), (7, 1000), (3, 5), (70_000, 5)] {
             let x = rand_vec(d as u64, rows * d, 3.0);
             let w = rand_vec(d as u64 + 1, d, 1.0);
             let mut want = vec![0f32; rows * d];
@@ -148,7 +149,8 @@ fn rope_matches_the_cpu_in_both_layouts_and_partial_rotation() {
 #[test]
 fn swiglu_and_softmax_match_the_cpu() {
     for gpu in devices() {
-        for n in [1, 1000, 4097] {
+        // 2^24 + 300 elements: more than 65535 cubes of 256, so the launch spreads over two axes.
+        for n in [1, 1000, 4097, (1 << 24) + 300] {
             let g = rand_vec(n as u64, n, 4.0);
             let u = rand_vec(n as u64 + 9, n, 2.0);
             let mut want = g.clone();
@@ -158,7 +160,7 @@ fn swiglu_and_softmax_match_the_cpu() {
             let scale: Vec<f64> = want.iter().map(|v| v.abs().max(1.0)).collect();
             assert_close(&format!("swiglu {n}"), &got, &want, &scale, 1e-5);
         }
-        for (rows, d) in [(3, 1), (2, 7), (4, 1000), (1, 5000)] {
+        for (rows, d) in [(3, 1), (2, 7), (4, 1000), (1, 5000), (70_000, 3)] {
             // Large logits: the maximum must be subtracted first.
             let x = rand_vec(d as u64, rows * d, 80.0);
             let mut want = Vec::new();

@@ -85,6 +85,11 @@ impl Gpu {
         self.upload(&vec![0f32; n.max(1)])
     }
 
+    /// A buffer whose contents are undefined until a kernel writes all of it.
+    pub(crate) fn scratch(&self, n: usize) -> Buf {
+        Buf { handle: self.client.empty(4 * n.max(1)), len: n.max(1) }
+    }
+
     /// A buffer of NaNs: an output a kernel must overwrite entirely (op tests).
     pub(crate) fn poisoned(&self, n: usize) -> Buf {
         self.upload(&vec![f32::NAN; n.max(1)])
@@ -98,6 +103,17 @@ impl Gpu {
 
     fn cubes(n: usize, per: u32) -> u32 {
         u32::try_from(n.div_ceil(per as usize)).unwrap_or(u32::MAX)
+    }
+
+    /// Enough cubes of `per` units for `n` units, spread over x and y: devices allow at most
+    /// 65535 cubes along one axis (the kernels use the linear position and check bounds).
+    fn cubes_1d(n: usize, per: u32) -> CubeCount {
+        let c = n.div_ceil(per as usize).max(1);
+        if c <= 65_535 {
+            CubeCount::Static(c as u32, 1, 1)
+        } else {
+            CubeCount::Static(65_535, u32::try_from(c.div_ceil(65_535)).unwrap_or(u32::MAX), 1)
+        }
     }
 
     /// `out (ntok × rows) (+)= x (ntok × cols) · Wᵀ`.
@@ -156,13 +172,14 @@ impl Gpu {
     pub(crate) fn rms_norm(&self, x: &Buf, w: &Buf, out: &Buf, nrows: usize, eps: f32) {
         kernels::rms_norm::launch(
             &self.client,
-            CubeCount::Static(nrows as u32, 1, 1),
+            Self::cubes_1d(nrows, 1),
             CubeDim::new_1d(ROW_THREADS),
             x.arg(),
             w.arg(),
             out.arg(),
             w.len as u32,
             eps,
+            nrows as u32,
         );
     }
 
@@ -181,7 +198,7 @@ impl Gpu {
         let n = nrows * heads * rope_dims / 2;
         kernels::rope::launch(
             &self.client,
-            CubeCount::Static(Self::cubes(n, 256), 1, 1),
+            Self::cubes_1d(n, 256),
             CubeDim::new_1d(256),
             x.arg(),
             cos.arg(),
@@ -195,20 +212,13 @@ impl Gpu {
     }
 
     pub(crate) fn swiglu(&self, g: &Buf, u: &Buf, n: usize) {
-        kernels::swiglu::launch(
-            &self.client,
-            CubeCount::Static(Self::cubes(n, 256), 1, 1),
-            CubeDim::new_1d(256),
-            g.arg(),
-            u.arg(),
-            n as u32,
-        );
+        kernels::swiglu::launch(&self.client, Self::cubes_1d(n, 256), CubeDim::new_1d(256), g.arg(), u.arg(), n as u32);
     }
 
     pub(crate) fn add_bias(&self, x: &Buf, bias: &Buf, n: usize) {
         kernels::add_bias::launch(
             &self.client,
-            CubeCount::Static(Self::cubes(n, 256), 1, 1),
+            Self::cubes_1d(n, 256),
             CubeDim::new_1d(256),
             x.arg(),
             bias.arg(),
@@ -220,17 +230,18 @@ impl Gpu {
     pub(crate) fn softmax(&self, x: &Buf, nrows: usize, d: usize) {
         kernels::softmax::launch(
             &self.client,
-            CubeCount::Static(nrows as u32, 1, 1),
+            Self::cubes_1d(nrows, 1),
             CubeDim::new_1d(ROW_THREADS),
             x.arg(),
             d as u32,
+            nrows as u32,
         );
     }
 
     pub(crate) fn scatter_rows(&self, src: &Buf, slots: &Buf, cache: &Buf, n: usize, width: usize) {
         kernels::scatter_rows::launch(
             &self.client,
-            CubeCount::Static(Self::cubes(n * width, 256), 1, 1),
+            Self::cubes_1d(n * width, 256),
             CubeDim::new_1d(256),
             src.arg(),
             slots.arg(),
@@ -256,7 +267,7 @@ impl Gpu {
         let dims_per_thread = (shape.head_dim as u32).div_ceil(ROW_THREADS).max(1);
         kernels::attention::launch(
             &self.client,
-            CubeCount::Static((nrows * shape.n_head) as u32, 1, 1),
+            CubeCount::Static(shape.n_head as u32, nrows as u32, 1),
             CubeDim::new_1d(ROW_THREADS),
             q.arg(),
             k.arg(),
@@ -278,7 +289,7 @@ impl Gpu {
     pub(crate) fn lora(&self, bank: &LoraBank, slots: &Buf, x: &Buf, tmp: &Buf, out: &Buf, n: usize) {
         kernels::lora_shrink::launch(
             &self.client,
-            CubeCount::Static(Self::cubes(n * bank.rank, 64), 1, 1),
+            Self::cubes_1d(n * bank.rank, 64),
             CubeDim::new_1d(64),
             x.arg(),
             bank.a.arg(),
@@ -290,7 +301,7 @@ impl Gpu {
         );
         kernels::lora_expand::launch(
             &self.client,
-            CubeCount::Static(Self::cubes(n * bank.rows, 256), 1, 1),
+            Self::cubes_1d(n * bank.rows, 256),
             CubeDim::new_1d(256),
             tmp.arg(),
             bank.b.arg(),
@@ -763,7 +774,7 @@ impl GpuModel {
             for (k, &row) in wanted.iter().enumerate() {
                 h[k * d..(k + 1) * d].copy_from_slice(&hidden[row * d..(row + 1) * d]);
             }
-            let out = g.zeros(wanted.len() * c.vocab);
+            let out = g.scratch(wanted.len() * c.vocab);
             g.matmul(&self.output, &g.upload(&h), wanted.len(), &out, false);
             g.read(&out)?
         };

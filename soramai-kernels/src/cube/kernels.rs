@@ -254,9 +254,11 @@ pub fn matmul_f32(
 
 /// RMSNorm of each row (`d` values): `out = x / sqrt(mean(x²) + eps) · w`. One cube per row.
 #[cube(launch)]
-pub fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], d: u32, eps: f32) {
+pub fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], d: u32, eps: f32, nrows: u32) {
     let tid = UNIT_POS_X;
-    let row = CUBE_POS_X;
+    // Cubes past the last row (a 2-D launch rounds up) redo the last row and write nothing.
+    let live = (CUBE_POS as u32) < nrows;
+    let row = u32::min(CUBE_POS as u32, nrows - 1);
     let mut shared = Shared::<[f32]>::new_slice(128usize);
     let mut ss = 0.0f32;
     let mut c = tid;
@@ -280,7 +282,9 @@ pub fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], d: u32, eps: f32) {
     let mut c = tid;
     while c < d {
         let i = (row * d + c) as usize;
-        out[i] = x[i] * inv * w[c as usize];
+        if live {
+            out[i] = x[i] * inv * w[c as usize];
+        }
         c += 128u32;
     }
 }
@@ -337,9 +341,12 @@ pub fn add_bias(x: &mut [f32], bias: &[f32], n: u32, width: u32) {
 
 /// Softmax of each row of `d` values in place. One cube per row.
 #[cube(launch)]
-pub fn softmax(x: &mut [f32], d: u32) {
+pub fn softmax(x: &mut [f32], d: u32, nrows: u32) {
     let tid = UNIT_POS_X;
-    let row = CUBE_POS_X;
+    // Cubes past the last row (a 2-D launch rounds up) would race on the last row: they only
+    // take part in the barriers.
+    let live = (CUBE_POS as u32) < nrows;
+    let row = u32::min(CUBE_POS as u32, nrows - 1);
     let mut shared = Shared::<[f32]>::new_slice(128usize);
     let mut m = f32::new(-3.0e38);
     let mut c = tid;
@@ -364,10 +371,7 @@ pub fn softmax(x: &mut [f32], d: u32) {
     let mut s = 0.0f32;
     let mut c = tid;
     while c < d {
-        let i = (row * d + c) as usize;
-        let e = f32::exp(x[i] - top);
-        x[i] = e;
-        s += e;
+        s += f32::exp(x[(row * d + c) as usize] - top);
         c += 128u32;
     }
     shared[tid as usize] = s;
@@ -385,7 +389,9 @@ pub fn softmax(x: &mut [f32], d: u32) {
     let mut c = tid;
     while c < d {
         let i = (row * d + c) as usize;
-        x[i] *= inv;
+        if live {
+            x[i] = f32::exp(x[i] - top) * inv;
+        }
         c += 128u32;
     }
 }
@@ -424,8 +430,8 @@ pub fn attention(
     #[comptime] dims_per_thread: u32,
 ) {
     let tid = UNIT_POS_X;
-    let r = CUBE_POS_X / n_head;
-    let h = CUBE_POS_X % n_head;
+    let r = CUBE_POS_Y;
+    let h = CUBE_POS_X;
     let kvh = h / (n_head / n_head_kv);
     let kv_dim = n_head_kv * head_dim;
     let len = pos[r as usize] + 1;
