@@ -765,10 +765,17 @@ impl GpuModel {
                 Logits::All => span.clone(),
             })
             .collect();
-        let need_hidden = lanes.iter().any(|l| l.logits == Logits::MeanHidden) || !wanted.is_empty();
+        // When every row wants logits (decode steps, full-sequence scoring) the projection reads
+        // the normed rows where they are; otherwise the wanted rows come back and go up again.
+        let every_row = wanted.len() == n;
+        let need_hidden = lanes.iter().any(|l| l.logits == Logits::MeanHidden) || (!wanted.is_empty() && !every_row);
         let hidden = if need_hidden { g.read(&xn)? } else { Vec::new() };
         let logits = if wanted.is_empty() {
             Vec::new()
+        } else if every_row {
+            let out = g.scratch(n * c.vocab);
+            g.matmul(&self.output, &xn, n, &out, false);
+            g.read(&out)?
         } else {
             let mut h = vec![0f32; wanted.len() * d];
             for (k, &row) in wanted.iter().enumerate() {
