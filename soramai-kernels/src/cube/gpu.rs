@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::lora::{Adapter, Target};
 use crate::model::{Logits, Model, QMat};
 use crate::tokenizer::TokenId;
+use crate::train::{AdamW, Param};
 
 /// A device and its compute client.
 #[derive(Clone)]
@@ -311,6 +312,135 @@ impl Gpu {
             n as u32,
             bank.rank as u32,
             bank.rows as u32,
+        );
+    }
+
+    /// `dx (ntok × cols) (+)= dy (ntok × rows) · W`: the input gradient through a frozen weight.
+    pub(crate) fn matmul_t(&self, w: &GpuMat, dy: &Buf, ntok: usize, dx: &Buf, accumulate: bool) {
+        let count = Self::cubes_1d(ntok * w.cols, 256);
+        let dim = CubeDim::new_1d(256);
+        let (rows, ntok) = (w.rows as u32, ntok as u32);
+        match &w.data {
+            GpuWeights::Q4 { scales, mins, quants } => kernels::matmul_t_q4::launch(
+                &self.client,
+                count,
+                dim,
+                scales.arg(),
+                mins.arg(),
+                quants.arg(),
+                dy.arg(),
+                dx.arg(),
+                rows,
+                (w.cols / 32) as u32,
+                ntok,
+                accumulate,
+            ),
+            GpuWeights::Q8 { scales, mins, quants } => kernels::matmul_t_q8::launch(
+                &self.client,
+                count,
+                dim,
+                scales.arg(),
+                mins.arg(),
+                quants.arg(),
+                dy.arg(),
+                dx.arg(),
+                rows,
+                (w.cols / 32) as u32,
+                ntok,
+                accumulate,
+            ),
+            GpuWeights::F32(m) => kernels::matmul_t_f32::launch(
+                &self.client,
+                count,
+                dim,
+                m.arg(),
+                dy.arg(),
+                dx.arg(),
+                rows,
+                w.cols as u32,
+                ntok,
+                accumulate,
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rms_norm_backward(&self, x: &Buf, w: &Buf, dy: &Buf, dx: &Buf, nrows: usize, eps: f32) {
+        kernels::rms_norm_backward::launch(
+            &self.client,
+            Self::cubes_1d(nrows, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            x.arg(),
+            w.arg(),
+            dy.arg(),
+            dx.arg(),
+            w.len as u32,
+            eps,
+            nrows as u32,
+        );
+    }
+
+    pub(crate) fn swiglu_backward(&self, g: &Buf, u: &Buf, dh: &Buf, dg: &Buf, du: &Buf, n: usize) {
+        kernels::swiglu_backward::launch(
+            &self.client,
+            Self::cubes_1d(n, 256),
+            CubeDim::new_1d(256),
+            g.arg(),
+            u.arg(),
+            dh.arg(),
+            dg.arg(),
+            du.arg(),
+            n as u32,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm_add(
+        &self,
+        a: &Buf,
+        b: &Buf,
+        out: &Buf,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        trans_a: bool,
+        trans_b: bool,
+    ) {
+        kernels::gemm_add::launch(
+            &self.client,
+            Self::cubes_1d(m * n, 256),
+            CubeDim::new_1d(256),
+            a.arg(),
+            b.arg(),
+            out.arg(),
+            m as u32,
+            n as u32,
+            k as u32,
+            alpha,
+            trans_a,
+            trans_b,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn adamw(&self, value: &Buf, grad: &Buf, m: &Buf, v: &Buf, opt: &AdamW, lr: f32, t: usize, gscale: f32) {
+        let step = i32::try_from(t).unwrap_or(i32::MAX);
+        kernels::adamw::launch(
+            &self.client,
+            Self::cubes_1d(value.len, 256),
+            CubeDim::new_1d(256),
+            value.arg(),
+            grad.arg(),
+            m.arg(),
+            v.arg(),
+            value.len as u32,
+            lr,
+            opt.beta1,
+            opt.beta2,
+            opt.eps,
+            opt.weight_decay,
+            1.0 - opt.beta1.powi(step),
+            1.0 - opt.beta2.powi(step),
+            gscale,
         );
     }
 }
@@ -974,6 +1104,81 @@ pub mod op {
         let o = gpu.upload(out);
         gpu.lora(&bank, &gpu.upload_u32(&slots), &gpu.upload(x), &gpu.poisoned(n * rank), &o, n);
         gpu.read(&o)
+    }
+
+    /// RMSNorm backward over rows, added into `dx`.
+    pub fn rms_norm_backward(gpu: &Gpu, x: &[f32], w: &[f32], eps: f32, dy: &[f32], dx: &[f32]) -> Result<Vec<f32>> {
+        let out = gpu.upload(dx);
+        gpu.rms_norm_backward(&gpu.upload(x), &gpu.upload(w), &gpu.upload(dy), &out, x.len() / w.len(), eps);
+        gpu.read(&out)
+    }
+
+    /// SwiGLU backward: `(dg, du)`.
+    pub fn swiglu_backward(gpu: &Gpu, g: &[f32], u: &[f32], dh: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (dg, du) = (gpu.poisoned(g.len()), gpu.poisoned(g.len()));
+        gpu.swiglu_backward(&gpu.upload(g), &gpu.upload(u), &gpu.upload(dh), &dg, &du, g.len());
+        Ok((gpu.read(&dg)?, gpu.read(&du)?))
+    }
+
+    /// RoPE backward: the rotation by the opposite angle (the forward kernel with `-sin`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_backward(
+        gpu: &Gpu,
+        dx: &[f32],
+        cos: &[f32],
+        sin: &[f32],
+        heads: usize,
+        head_dim: usize,
+        rope_dims: usize,
+        layout: RopeLayout,
+    ) -> Result<Vec<f32>> {
+        let neg: Vec<f32> = sin.iter().map(|s| -s).collect();
+        rope(gpu, dx, cos, &neg, heads, head_dim, rope_dims, layout)
+    }
+
+    /// `dy (ntok × rows) · W` for weights in GGUF format `ty`: the input gradient of a frozen
+    /// projection, read from its blocks.
+    pub fn matmul_t(
+        gpu: &Gpu,
+        ty: crate::quant::GgmlType,
+        w: &[u8],
+        rows: usize,
+        cols: usize,
+        dy: &[f32],
+    ) -> Result<Vec<f32>> {
+        let m = GpuMat::from_packed(gpu, pack(ty, w, rows, cols)?, rows, cols)?;
+        let ntok = dy.len() / rows;
+        let out = gpu.poisoned(ntok * cols);
+        gpu.matmul_t(&m, &gpu.upload(dy), ntok, &out, false);
+        gpu.read(&out)
+    }
+
+    /// `out + alpha · op(a)·op(b)` (`m × n`, inner size `k`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_add(
+        gpu: &Gpu,
+        a: &[f32],
+        b: &[f32],
+        out: &[f32],
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Result<Vec<f32>> {
+        let o = gpu.upload(out);
+        gpu.gemm_add(&gpu.upload(a), &gpu.upload(b), &o, (m, n, k), alpha, trans_a, trans_b);
+        gpu.read(&o)
+    }
+
+    /// One AdamW step of a parameter on the device (step `t` from 1); the gradient is cleared.
+    pub fn adamw(gpu: &Gpu, p: &mut Param, opt: &AdamW, lr: f32, t: usize, gscale: f32) -> Result<()> {
+        let (value, grad, m, v) = (gpu.upload(&p.value), gpu.upload(&p.grad), gpu.upload(&p.m), gpu.upload(&p.v));
+        gpu.adamw(&value, &grad, &m, &v, opt, lr, t, gscale);
+        p.value = gpu.read(&value)?;
+        p.grad = gpu.read(&grad)?;
+        p.m = gpu.read(&m)?;
+        p.v = gpu.read(&v)?;
+        Ok(())
     }
 
     /// Writes rows into slots of a cache of `slots_total` rows of `width` (returns the cache).

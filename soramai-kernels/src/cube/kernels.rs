@@ -589,6 +589,238 @@ pub fn lora_expand(
     }
 }
 
+// ---- Backward ops of the QLoRA trainer (see `crate::train::ops`). ----
+
+/// RMSNorm backward over rows, *adding* into `dx`: `dx_j += s·w_j·dy_j − x_j·s³/n·Σ x·w·dy`.
+/// One cube per row.
+#[cube(launch)]
+pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], d: u32, eps: f32, nrows: u32) {
+    let tid = UNIT_POS_X;
+    let live = (CUBE_POS as u32) < nrows;
+    let row = u32::min(CUBE_POS as u32, nrows - 1);
+    let mut ss = Shared::<[f32]>::new_slice(128usize);
+    let mut dot = Shared::<[f32]>::new_slice(128usize);
+    let mut a = 0.0f32;
+    let mut b = 0.0f32;
+    let mut c = tid;
+    while c < d {
+        let i = (row * d + c) as usize;
+        let v = x[i];
+        a += v * v;
+        b += v * w[c as usize] * dy[i];
+        c += 128u32;
+    }
+    ss[tid as usize] = a;
+    dot[tid as usize] = b;
+    sync_cube();
+    let mut stride = 64u32;
+    while stride > 0 {
+        if tid < stride {
+            let p = ss[(tid + stride) as usize];
+            let q = dot[(tid + stride) as usize];
+            ss[tid as usize] += p;
+            dot[tid as usize] += q;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let n = f32::cast_from(d);
+    let s = 1.0f32 / f32::sqrt(ss[0] / n + eps);
+    let k = s * s * s * dot[0] / n;
+    let mut c = tid;
+    while c < d {
+        let i = (row * d + c) as usize;
+        if live {
+            dx[i] += s * w[c as usize] * dy[i] - k * x[i];
+        }
+        c += 128u32;
+    }
+}
+
+/// SwiGLU backward: `dg = dh·u·σ(g)·(1 + g·(1 − σ(g)))`, `du = dh·silu(g)` (written).
+#[cube(launch)]
+pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32], dg: &mut [f32], du: &mut [f32], n: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < n {
+        let gv = g[i as usize];
+        let s = 1.0f32 / (1.0f32 + f32::exp(-gv));
+        let h = dh[i as usize];
+        dg[i as usize] = h * u[i as usize] * s * (1.0f32 + gv * (1.0f32 - s));
+        du[i as usize] = h * gv * s;
+    }
+}
+
+/// Input gradient through a frozen 4-bit weight: `dx[t][c] (+)= Σ_r w[r][c]·dy[t][r]`. One
+/// thread per (t, c); the weight is read in its blocks.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_t_q4(
+    scales: &[f32],
+    mins: &[f32],
+    quants: &[u32],
+    dy: &[f32],
+    dx: &mut [f32],
+    rows: u32,
+    nblocks: u32,
+    ntok: u32,
+    #[comptime] accumulate: bool,
+) {
+    let i = ABSOLUTE_POS as u32;
+    let cols = nblocks * 32;
+    if i < ntok * cols {
+        let t = i / cols;
+        let c = i % cols;
+        let j = c % 32;
+        let byte = if j < 16 { j } else { j - 16 };
+        let shift = 8 * (byte % 4) + if j < 16 { 0u32 } else { 4u32 };
+        let mut acc = 0.0f32;
+        let mut r = 0u32;
+        while r < rows {
+            let bi = r * nblocks + c / 32;
+            let q = (quants[(bi * 4 + byte / 4) as usize] >> shift) & 15u32;
+            acc += (scales[bi as usize] * f32::cast_from(q) + mins[bi as usize]) * dy[(t * rows + r) as usize];
+            r += 1;
+        }
+        if accumulate {
+            dx[i as usize] += acc;
+        } else {
+            dx[i as usize] = acc;
+        }
+    }
+}
+
+/// As [`matmul_t_q4`] for 8-bit blocks.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_t_q8(
+    scales: &[f32],
+    mins: &[f32],
+    quants: &[u32],
+    dy: &[f32],
+    dx: &mut [f32],
+    rows: u32,
+    nblocks: u32,
+    ntok: u32,
+    #[comptime] accumulate: bool,
+) {
+    let i = ABSOLUTE_POS as u32;
+    let cols = nblocks * 32;
+    if i < ntok * cols {
+        let t = i / cols;
+        let c = i % cols;
+        let j = c % 32;
+        let mut acc = 0.0f32;
+        let mut r = 0u32;
+        while r < rows {
+            let bi = r * nblocks + c / 32;
+            let q = (quants[(bi * 8 + j / 4) as usize] >> (8 * (j % 4))) & 255u32;
+            acc += (scales[bi as usize] * f32::cast_from(q) + mins[bi as usize]) * dy[(t * rows + r) as usize];
+            r += 1;
+        }
+        if accumulate {
+            dx[i as usize] += acc;
+        } else {
+            dx[i as usize] = acc;
+        }
+    }
+}
+
+/// As [`matmul_t_q4`] for f32 weights (`rows × cols`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_t_f32(
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    rows: u32,
+    cols: u32,
+    ntok: u32,
+    #[comptime] accumulate: bool,
+) {
+    let i = ABSOLUTE_POS as u32;
+    if i < ntok * cols {
+        let t = i / cols;
+        let c = i % cols;
+        let mut acc = 0.0f32;
+        let mut r = 0u32;
+        while r < rows {
+            acc += w[(r * cols + c) as usize] * dy[(t * rows + r) as usize];
+            r += 1;
+        }
+        if accumulate {
+            dx[i as usize] += acc;
+        } else {
+            dx[i as usize] = acc;
+        }
+    }
+}
+
+/// `out (m × n) += alpha · op(a) · op(b)` over `k`, with `a` stored `m × k` (or `k × m` when
+/// `trans_a`) and `b` stored `k × n` (or `n × k` when `trans_b`): the LoRA pairs' forward and
+/// gradient products. One thread per output element.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_add(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    m: u32,
+    n: u32,
+    k: u32,
+    alpha: f32,
+    #[comptime] trans_a: bool,
+    #[comptime] trans_b: bool,
+) {
+    let i = ABSOLUTE_POS as u32;
+    if i < m * n {
+        let r = i / n;
+        let c = i % n;
+        let mut acc = 0.0f32;
+        let mut p = 0u32;
+        while p < k {
+            let av = if trans_a { a[(p * m + r) as usize] } else { a[(r * k + p) as usize] };
+            let bv = if trans_b { b[(c * k + p) as usize] } else { b[(p * n + c) as usize] };
+            acc += av * bv;
+            p += 1;
+        }
+        out[i as usize] += alpha * acc;
+    }
+}
+
+/// One AdamW step on `n` parameters (decoupled weight decay), the gradient scaled by `gscale`
+/// (clipping) and then cleared; `b1t`/`b2t` are the bias corrections `1 − β^t`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn adamw(
+    value: &mut [f32],
+    grad: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    n: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    b1t: f32,
+    b2t: f32,
+    gscale: f32,
+) {
+    let i = ABSOLUTE_POS as u32;
+    if i < n {
+        let j = i as usize;
+        let g = grad[j] * gscale;
+        let mj = beta1 * m[j] + (1.0f32 - beta1) * g;
+        let vj = beta2 * v[j] + (1.0f32 - beta2) * g * g;
+        m[j] = mj;
+        v[j] = vj;
+        let mhat = mj / b1t;
+        let vhat = vj / b2t;
+        value[j] -= lr * (mhat / (f32::sqrt(vhat) + eps) + weight_decay * value[j]);
+        grad[j] = 0.0;
+    }
+}
+
 // Inside the kernels the shared-memory sizes, thread counts and the reductions' first strides are
 // literals: a mutable kernel variable initialised from a folded constant expression (`128u32 / 2`)
 // fails cubecl 0.11's verifier ("expected cube.ptr, found builtin.integer"). These consts are the
