@@ -1,6 +1,7 @@
 //! The QLoRA trainer's backward ops on each available GPU backend against the CPU trainer's own
 //! (`soramai_kernels::train::ops`, themselves checked against finite differences): RMSNorm,
-//! SwiGLU and RoPE backward, the input gradient through every frozen weight format, the f32
+//! SwiGLU and RoPE backward, causal attention over packed examples (forward with log-sum-exp, and
+//! backward), the input gradient through every frozen weight format, the f32
 //! products of the LoRA pairs' forward and gradients, and AdamW. Inputs are fresh and random,
 //! written outputs are poisoned first, and shapes are ragged. Tolerances as in `gpu_ops.rs`.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -145,5 +146,40 @@ fn lora_products_and_adamw_match_the_cpu_trainer() {
             close(&format!("adamw v, step {t}"), &dev.v, &cpu.v, 1e-6);
             assert!(dev.grad.iter().all(|&g| g == 0.0), "the gradient is cleared");
         }
+    }
+}
+
+#[test]
+fn training_attention_forward_and_backward_match_the_cpu_trainer() {
+    for gpu in devices() {
+        let (nh, nkv, hd) = (6usize, 2usize, 32usize);
+        let heads = tops::Heads { n_head: nh, n_head_kv: nkv, head_dim: hd };
+        // Packed examples of 3, 1 and 1100 rows (the last spans two 1024-position chunks).
+        let mut starts = Vec::new();
+        for (s, len) in [(0usize, 3usize), (3, 1), (4, 1100)] {
+            starts.extend(std::iter::repeat_n(s, len));
+        }
+        let t = starts.len();
+        let (q, k, v) = (rand_vec(1, t * nh * hd, 1.0), rand_vec(2, t * nkv * hd, 1.0), rand_vec(3, t * nkv * hd, 1.0));
+        let (mut o, mut lse) = (vec![0f32; t * nh * hd], vec![0f32; t * nh]);
+        tops::attention_forward(heads, &q, &k, &v, &starts, &mut o, &mut lse);
+        let (go, glse) = op::attention_train_forward(&gpu, (nh, nkv, hd), &q, &k, &v, &starts).expect("gpu forward");
+        close("attention forward o", &go, &o, 2e-5);
+        close("attention forward lse", &glse, &lse, 2e-5);
+        let d_o = rand_vec(4, t * nh * hd, 1.0);
+        let (dq0, dk0, dv0) = (rand_vec(5, q.len(), 0.1), rand_vec(6, k.len(), 0.1), rand_vec(7, v.len(), 0.1));
+        let (mut dq, mut dk, mut dv) = (dq0.clone(), dk0.clone(), dv0.clone());
+        tops::attention_backward(heads, &q, &k, &v, &o, &lse, &starts, &d_o, &mut dq, &mut dk, &mut dv);
+        let (gq, gk, gv) = op::attention_train_backward(
+            &gpu,
+            (nh, nkv, hd),
+            [&q, &k, &v, &o, &lse, &d_o],
+            &starts,
+            [&dq0, &dk0, &dv0],
+        )
+        .expect("gpu backward");
+        close("attention dq", &gq, &dq, 1e-4);
+        close("attention dk", &gk, &dk, 1e-4);
+        close("attention dv", &gv, &dv, 1e-4);
     }
 }

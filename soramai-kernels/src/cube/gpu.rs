@@ -262,6 +262,7 @@ impl Gpu {
         table_start: &Buf,
         pos: &Buf,
         out: &Buf,
+        lse: &Buf,
         nrows: usize,
         shape: AttnShape,
     ) {
@@ -277,6 +278,7 @@ impl Gpu {
             table_start.arg(),
             pos.arg(),
             out.arg(),
+            lse.arg(),
             shape.n_head as u32,
             shape.n_head_kv as u32,
             shape.head_dim as u32,
@@ -441,6 +443,60 @@ impl Gpu {
             1.0 - opt.beta1.powi(step),
             1.0 - opt.beta2.powi(step),
             gscale,
+        );
+    }
+    /// Attention backward for training (packed rows, `starts`/`ends` per row): adds into `dq`,
+    /// `dk`, `dv`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attention_backward(
+        &self,
+        t: [&Buf; 6],
+        starts: &Buf,
+        ends: &Buf,
+        grads: [&Buf; 3],
+        nrows: usize,
+        shape: AttnShape,
+    ) {
+        let [q, k, v, o, d_o, lse] = t;
+        let [dq, dk, dv] = grads;
+        let dims = (shape.head_dim as u32).div_ceil(ROW_THREADS).max(1);
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        kernels::attention_backward_q::launch(
+            &self.client,
+            CubeCount::Static(shape.n_head as u32, nrows as u32, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            q.arg(),
+            k.arg(),
+            v.arg(),
+            o.arg(),
+            d_o.arg(),
+            lse.arg(),
+            starts.arg(),
+            dq.arg(),
+            shape.n_head as u32,
+            shape.n_head_kv as u32,
+            shape.head_dim as u32,
+            scale,
+            dims,
+        );
+        kernels::attention_backward_kv::launch(
+            &self.client,
+            CubeCount::Static(shape.n_head_kv as u32, nrows as u32, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            q.arg(),
+            k.arg(),
+            v.arg(),
+            o.arg(),
+            d_o.arg(),
+            lse.arg(),
+            ends.arg(),
+            dk.arg(),
+            dv.arg(),
+            shape.n_head as u32,
+            shape.n_head_kv as u32,
+            shape.head_dim as u32,
+            scale,
+            dims,
         );
     }
 }
@@ -842,11 +898,13 @@ impl GpuModel {
             (g.upload_u32(&slots), g.upload_u32(&pos), g.upload_u32(&starts), g.upload_u32(&table));
         let any_adapter = row_adapter.iter().any(|&s| s != u32::MAX);
         let adapterb = g.upload_u32(&row_adapter);
+        // Scratch, each written in full by the kernel that produces it before anything reads it.
         let (xn, q, kk, vv, att) =
-            (g.zeros(n * d), g.zeros(n * qd), g.zeros(n * kvd), g.zeros(n * kvd), g.zeros(n * qd));
-        let (gb, ub) = (g.zeros(n * c.n_ff), g.zeros(n * c.n_ff));
+            (g.scratch(n * d), g.scratch(n * qd), g.scratch(n * kvd), g.scratch(n * kvd), g.scratch(n * qd));
+        let (gb, ub) = (g.scratch(n * c.n_ff), g.scratch(n * c.n_ff));
         let max_rank = adapters.banks.values().map(|b| b.rank).max().unwrap_or(1);
-        let tmp = g.zeros(n * max_rank);
+        let tmp = g.scratch(n * max_rank);
+        let lse = g.scratch(n * c.n_head);
         let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, page };
         let lora = |l: usize, t: Target, input: &Buf, out: &Buf| {
             if any_adapter && let Some(bank) = adapters.banks.get(&(l, t)) {
@@ -868,7 +926,7 @@ impl GpuModel {
             g.rope(&kk, &cosb, &sinb, n, c.n_head_kv, hd, c.rope_dims, c.rope_layout);
             g.scatter_rows(&kk, &slotb, &self.k_cache[l], n, kvd);
             g.scatter_rows(&vv, &slotb, &self.v_cache[l], n, kvd);
-            g.attention(&q, &self.k_cache[l], &self.v_cache[l], &tableb, &startb, &posb, &att, n, shape);
+            g.attention(&q, &self.k_cache[l], &self.v_cache[l], &tableb, &startb, &posb, &att, &lse, n, shape);
             g.matmul(&layer.wo, &att, n, &xb, true);
             lora(l, Target::O, &att, &xb);
             g.rms_norm(&xb, &layer.ffn_norm, &xn, n, c.eps);
@@ -1072,6 +1130,7 @@ pub mod op {
             &gpu.upload_u32(&starts),
             &gpu.upload_u32(pos),
             &out,
+            &gpu.scratch(nrows * n_head),
             nrows,
             AttnShape { n_head, n_head_kv, head_dim, page },
         );
@@ -1179,6 +1238,66 @@ pub mod op {
         p.m = gpu.read(&m)?;
         p.v = gpu.read(&v)?;
         Ok(())
+    }
+
+    /// Training attention over packed rows (row `i` attends `starts[i]..=i`): `(o, lse)`, as
+    /// `train::ops::attention_forward`. The inference kernel with pages of one position.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_train_forward(
+        gpu: &Gpu,
+        (n_head, n_head_kv, head_dim): (usize, usize, usize),
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        starts: &[usize],
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let t = starts.len();
+        let table: Vec<u32> = (0..t as u32).collect();
+        let st: Vec<u32> = starts.iter().map(|&s| s as u32).collect();
+        let pos: Vec<u32> = starts.iter().enumerate().map(|(i, &s)| (i - s) as u32).collect();
+        let (out, lse) = (gpu.poisoned(q.len()), gpu.poisoned(t * n_head));
+        gpu.attention(
+            &gpu.upload(q),
+            &gpu.upload(k),
+            &gpu.upload(v),
+            &gpu.upload_u32(&table),
+            &gpu.upload_u32(&st),
+            &gpu.upload_u32(&pos),
+            &out,
+            &lse,
+            t,
+            AttnShape { n_head, n_head_kv, head_dim, page: 1 },
+        );
+        Ok((gpu.read(&out)?, gpu.read(&lse)?))
+    }
+
+    /// Training attention backward (as `train::ops::attention_backward`): `(dq, dk, dv)` added to
+    /// the given ones.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_train_backward(
+        gpu: &Gpu,
+        (n_head, n_head_kv, head_dim): (usize, usize, usize),
+        [q, k, v, o, lse, d_o]: [&[f32]; 6],
+        starts: &[usize],
+        [dq, dk, dv]: [&[f32]; 3],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let t = starts.len();
+        let mut ends = vec![0u32; t];
+        for i in (0..t).rev() {
+            ends[i] = if i + 1 < t && starts[i + 1] == starts[i] { ends[i + 1] } else { i as u32 + 1 };
+        }
+        let st: Vec<u32> = starts.iter().map(|&s| s as u32).collect();
+        let (gq, gk, gv) = (gpu.upload(dq), gpu.upload(dk), gpu.upload(dv));
+        let up = |x: &[f32]| gpu.upload(x);
+        gpu.attention_backward(
+            [&up(q), &up(k), &up(v), &up(o), &up(d_o), &up(lse)],
+            &gpu.upload_u32(&st),
+            &gpu.upload_u32(&ends),
+            [&gq, &gk, &gv],
+            t,
+            AttnShape { n_head, n_head_kv, head_dim, page: 1 },
+        );
+        Ok((gpu.read(&gq)?, gpu.read(&gk)?, gpu.read(&gv)?))
     }
 
     /// Writes rows into slots of a cache of `slots_total` rows of `width` (returns the cache).

@@ -409,7 +409,8 @@ pub fn scatter_rows(src: &[f32], slots: &[u32], cache: &mut [f32], n: u32, width
 
 /// Causal attention with grouped KV heads over a paged cache. One cube per (row, query head);
 /// row `r` attends to positions `0..=pos[r]` of its sequence, whose pages are
-/// `table[table_start[r]..]` (`page` positions each). Scores are taken `ATTN_CHUNK` at a time with
+/// `table[table_start[r]..]` (`page` positions each). Also writes each (row, head)'s log-sum-exp of
+/// the scaled scores to `lse` (the training backward rebuilds the probabilities from it). Scores are taken `ATTN_CHUNK` at a time with
 /// a running maximum and sum, so any context length works; each thread owns output dimensions
 /// `tid, tid + ROW_THREADS, …` (`head_dim` ≤ `ROW_THREADS · dims_per_thread`).
 #[cube(launch)]
@@ -422,6 +423,7 @@ pub fn attention(
     table_start: &[u32],
     pos: &[u32],
     out: &mut [f32],
+    lse: &mut [f32],
     n_head: u32,
     n_head_kv: u32,
     head_dim: u32,
@@ -528,6 +530,9 @@ pub fn attention(
         if d < head_dim {
             out[(qo + d) as usize] = acc[j as usize] * inv;
         }
+    }
+    if tid == 0 {
+        lse[(r * n_head + h) as usize] = run_max + f32::ln(run_sum);
     }
 }
 
@@ -818,6 +823,186 @@ pub fn adamw(
         let vhat = vj / b2t;
         value[j] -= lr * (mhat / (f32::sqrt(vhat) + eps) + weight_decay * value[j]);
         grad[j] = 0.0;
+    }
+}
+
+/// Training attention backward, query side, over a packed batch (`k`, `v`: `T × kv_dim`, row `i`
+/// attending rows `starts[i]..=i`): `dq_i += scale · Σ_j p_ij·(dO_i·v_j − dO_i·O_i)·k_j` with
+/// `p_ij = exp(scale·q_i·k_j − lse_i)`. One cube per (head, row); adds into `dq`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_q(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    d_o: &[f32],
+    lse: &[f32],
+    starts: &[u32],
+    dq: &mut [f32],
+    n_head: u32,
+    n_head_kv: u32,
+    head_dim: u32,
+    scale: f32,
+    #[comptime] dims_per_thread: u32,
+) {
+    let tid = UNIT_POS_X;
+    let i = CUBE_POS_Y;
+    let h = CUBE_POS_X;
+    let kvh = h / (n_head / n_head_kv);
+    let kvd = n_head_kv * head_dim;
+    let qo = (i * n_head + h) * head_dim;
+    let mut di = 0.0f32;
+    let mut d = 0u32;
+    while d < head_dim {
+        di += d_o[(qo + d) as usize] * o[(qo + d) as usize];
+        d += 1;
+    }
+    let l = lse[(i * n_head + h) as usize];
+    let s0 = starts[i as usize];
+    let len = i + 1 - s0;
+    let mut ds = Shared::<[f32]>::new_slice(1024usize);
+    let mut acc = Array::<f32>::new(dims_per_thread as usize);
+    #[unroll]
+    for jd in 0..dims_per_thread {
+        acc[jd as usize] = 0.0;
+    }
+    let mut c0 = 0u32;
+    while c0 < len {
+        let clen = u32::min(1024u32, len - c0);
+        let mut p = tid;
+        while p < clen {
+            let ko = (s0 + c0 + p) * kvd + kvh * head_dim;
+            let mut s = 0.0f32;
+            let mut dv = 0.0f32;
+            let mut d = 0u32;
+            while d < head_dim {
+                s += q[(qo + d) as usize] * k[(ko + d) as usize];
+                dv += d_o[(qo + d) as usize] * v[(ko + d) as usize];
+                d += 1;
+            }
+            let pr = f32::exp(s * scale - l);
+            ds[p as usize] = pr * (dv - di) * scale;
+            p += 128u32;
+        }
+        sync_cube();
+        #[unroll]
+        for jd in 0..dims_per_thread {
+            let d = tid + jd * 128u32;
+            if d < head_dim {
+                let mut a = acc[jd as usize];
+                let mut p = 0u32;
+                while p < clen {
+                    a += ds[p as usize] * k[((s0 + c0 + p) * kvd + kvh * head_dim + d) as usize];
+                    p += 1;
+                }
+                acc[jd as usize] = a;
+            }
+        }
+        sync_cube();
+        c0 += 1024u32;
+    }
+    #[unroll]
+    for jd in 0..dims_per_thread {
+        let d = tid + jd * 128u32;
+        if d < head_dim {
+            dq[(qo + d) as usize] += acc[jd as usize];
+        }
+    }
+}
+
+/// Training attention backward, key/value side: for row `j` and KV head `g`, over the query heads
+/// of the group and the rows `i` in `j..ends[j]` (the rest of `j`'s example), `dv_j += Σ p_ij·dO_i`
+/// and `dk_j += scale · Σ p_ij·(dO_i·v_j − dO_i·O_i)·q_i`. One cube per (KV head, row); adds.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_kv(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    d_o: &[f32],
+    lse: &[f32],
+    ends: &[u32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    n_head: u32,
+    n_head_kv: u32,
+    head_dim: u32,
+    scale: f32,
+    #[comptime] dims_per_thread: u32,
+) {
+    let tid = UNIT_POS_X;
+    let j = CUBE_POS_Y;
+    let g = CUBE_POS_X;
+    let group = n_head / n_head_kv;
+    let kvd = n_head_kv * head_dim;
+    let ko = j * kvd + g * head_dim;
+    let len = ends[j as usize] - j;
+    let mut pb = Shared::<[f32]>::new_slice(1024usize);
+    let mut db = Shared::<[f32]>::new_slice(1024usize);
+    let mut acc_k = Array::<f32>::new(dims_per_thread as usize);
+    let mut acc_v = Array::<f32>::new(dims_per_thread as usize);
+    #[unroll]
+    for jd in 0..dims_per_thread {
+        acc_k[jd as usize] = 0.0;
+        acc_v[jd as usize] = 0.0;
+    }
+    let mut hh = 0u32;
+    while hh < group {
+        let h = g * group + hh;
+        let mut c0 = 0u32;
+        while c0 < len {
+            let clen = u32::min(1024u32, len - c0);
+            let mut p = tid;
+            while p < clen {
+                let qo = ((j + c0 + p) * n_head + h) * head_dim;
+                let mut s = 0.0f32;
+                let mut di = 0.0f32;
+                let mut dvv = 0.0f32;
+                let mut d = 0u32;
+                while d < head_dim {
+                    let dov = d_o[(qo + d) as usize];
+                    s += q[(qo + d) as usize] * k[(ko + d) as usize];
+                    di += dov * o[(qo + d) as usize];
+                    dvv += dov * v[(ko + d) as usize];
+                    d += 1;
+                }
+                let pr = f32::exp(s * scale - lse[((j + c0 + p) * n_head + h) as usize]);
+                pb[p as usize] = pr;
+                db[p as usize] = pr * (dvv - di) * scale;
+                p += 128u32;
+            }
+            sync_cube();
+            #[unroll]
+            for jd in 0..dims_per_thread {
+                let d = tid + jd * 128u32;
+                if d < head_dim {
+                    let mut ak = acc_k[jd as usize];
+                    let mut av = acc_v[jd as usize];
+                    let mut p = 0u32;
+                    while p < clen {
+                        let qo = ((j + c0 + p) * n_head + h) * head_dim;
+                        av += pb[p as usize] * d_o[(qo + d) as usize];
+                        ak += db[p as usize] * q[(qo + d) as usize];
+                        p += 1;
+                    }
+                    acc_k[jd as usize] = ak;
+                    acc_v[jd as usize] = av;
+                }
+            }
+            sync_cube();
+            c0 += 1024u32;
+        }
+        hh += 1;
+    }
+    #[unroll]
+    for jd in 0..dims_per_thread {
+        let d = tid + jd * 128u32;
+        if d < head_dim {
+            dk[(ko + d) as usize] += acc_k[jd as usize];
+            dv[(ko + d) as usize] += acc_v[jd as usize];
+        }
     }
 }
 
