@@ -135,8 +135,10 @@ fn a_batch_mixing_adapters_equals_per_sequence_runs_and_the_cpu() {
                 .forward(&mut [GpuLane { cache: &mut cache, tokens, adapter: *adapter, logits: Logits::All }])
                 .expect("alone")
                 .remove(0);
-            let diff = batched[i].iter().zip(&alone).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(diff <= 1e-6, "{}: lane {i} differs from its own run by {diff}", gpu.backend());
+            // Each row's arithmetic is its own, but the batch's size picks the product kernel (the
+            // tiled one from 16 tokens), which sums in another order: equal to f32 rounding.
+            let diff = max_rel(&batched[i], &alone);
+            assert!(diff <= 2e-5, "{}: lane {i} differs from its own run by {diff} (relative)", gpu.backend());
             let host = adapter.map(|n| if n == "a" { &a } else { &b });
             let want = cpu_logits(&model, tokens, host, Logits::All);
             assert!(max_rel(&alone, &want) < 1e-4, "lane {i}: {} off the cpu", max_rel(&alone, &want));
@@ -159,7 +161,7 @@ fn a_batch_mixing_adapters_equals_per_sequence_runs_and_the_cpu() {
             }])
             .expect("b still loaded")
             .remove(0);
-        assert!(max_rel(&again, &batched[2]) < 1e-6);
+        assert!(max_rel(&again, &batched[2]) < 2e-5);
     }
 }
 

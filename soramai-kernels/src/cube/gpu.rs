@@ -119,6 +119,32 @@ impl Gpu {
 
     /// `out (ntok × rows) (+)= x (ntok × cols) · Wᵀ`.
     pub(crate) fn matmul(&self, w: &GpuMat, x: &Buf, ntok: usize, out: &Buf, accumulate: bool) {
+        // Many tokens: the shared-memory tiled product (64 rows × 32 tokens per cube).
+        if ntok >= TILED_MIN_TOKENS {
+            let (bits, scales, mins, quants) = match &w.data {
+                GpuWeights::Q4 { scales, mins, quants } => (4, scales, mins, quants),
+                GpuWeights::Q8 { scales, mins, quants } => (8, scales, mins, quants),
+                GpuWeights::F32(_) => (0, x, x, x),
+            };
+            if bits != 0 {
+                kernels::matmul_q_tiled::launch(
+                    &self.client,
+                    CubeCount::Static(Self::cubes(w.rows, 64), Self::cubes(ntok, 32), 1),
+                    CubeDim::new_1d(256),
+                    scales.arg(),
+                    mins.arg(),
+                    quants.arg(),
+                    x.arg(),
+                    out.arg(),
+                    w.rows as u32,
+                    (w.cols / 32) as u32,
+                    ntok as u32,
+                    bits,
+                    accumulate,
+                );
+                return;
+            }
+        }
         let tile: u32 = if ntok == 1 { 1 } else { 8 };
         let count = CubeCount::Static(Self::cubes(w.rows, ROWS_PER_CUBE), Self::cubes(ntok, tile), 1);
         let dim = CubeDim::new_2d(LANES, ROWS_PER_CUBE);
@@ -500,6 +526,9 @@ impl Gpu {
         );
     }
 }
+
+/// Token counts from which block-quantized products take the tiled kernel.
+pub(crate) const TILED_MIN_TOKENS: usize = 16;
 
 /// Attention shape (heads and the cache's page size).
 #[derive(Clone, Copy, Debug)]

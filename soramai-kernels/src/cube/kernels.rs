@@ -111,6 +111,109 @@ pub fn matmul_q4(
     }
 }
 
+/// Block-quantized matrix product for many tokens, tiled through shared memory: a cube computes
+/// 64 rows × 32 tokens, stepping through the blocks of 32 columns; each step dequantizes the 64 ×
+/// 32 weights once (`bits` 4 or 8: the layouts of [`matmul_q4`] / [`matmul_q8`]) and stages the 32
+/// tokens' activations, then each thread accumulates 4 rows × 2 tokens from shared memory.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_q_tiled(
+    scales: &[f32],
+    mins: &[f32],
+    quants: &[u32],
+    x: &[f32],
+    out: &mut [f32],
+    rows: u32,
+    nblocks: u32,
+    ntok: u32,
+    #[comptime] bits: u32,
+    #[comptime] accumulate: bool,
+) {
+    let u = UNIT_POS_X;
+    let tx = u % 16u32;
+    let ty = u / 16u32;
+    let r0 = CUBE_POS_X * 64u32;
+    let t0 = CUBE_POS_Y * 32u32;
+    let cols = nblocks * 32u32;
+    let mut wsh = Shared::<[f32]>::new_slice(2112usize);
+    let mut xsh = Shared::<[f32]>::new_slice(1056usize);
+    let mut acc = Array::<f32>::new(8usize);
+    #[unroll]
+    for i in 0..8u32 {
+        acc[i as usize] = 0.0;
+    }
+    // This thread's share of the loads.
+    let lrow = u / 4u32;
+    let part = u % 4u32;
+    let xtok = u / 8u32;
+    let xcol = (u % 8u32) * 4u32;
+    let mut b = 0u32;
+    while b < nblocks {
+        let grow = r0 + lrow;
+        if grow < rows {
+            let bi = grow * nblocks + b;
+            let d = scales[bi as usize];
+            let m = mins[bi as usize];
+            #[unroll]
+            for e in 0..8u32 {
+                let q = if bits == 4 {
+                    let word = quants[(bi * 4u32 + (part % 2u32) * 2u32 + e / 4u32) as usize];
+                    (word >> (8u32 * (e % 4u32) + (part / 2u32) * 4u32)) & 15u32
+                } else {
+                    let word = quants[(bi * 8u32 + part * 2u32 + e / 4u32) as usize];
+                    (word >> (8u32 * (e % 4u32))) & 255u32
+                };
+                wsh[(lrow * 33u32 + part * 8u32 + e) as usize] = d * f32::cast_from(q) + m;
+            }
+        } else {
+            #[unroll]
+            for e in 0..8u32 {
+                wsh[(lrow * 33u32 + part * 8u32 + e) as usize] = 0.0;
+            }
+        }
+        let gt = t0 + xtok;
+        #[unroll]
+        for e in 0..4u32 {
+            let v = if gt < ntok { x[(gt * cols + b * 32u32 + xcol + e) as usize] } else { 0.0f32 };
+            xsh[(xtok * 33u32 + xcol + e) as usize] = v;
+        }
+        sync_cube();
+        let mut c = 0u32;
+        while c < 32u32 {
+            let w0 = wsh[((ty * 4u32) * 33u32 + c) as usize];
+            let w1 = wsh[((ty * 4u32 + 1u32) * 33u32 + c) as usize];
+            let w2 = wsh[((ty * 4u32 + 2u32) * 33u32 + c) as usize];
+            let w3 = wsh[((ty * 4u32 + 3u32) * 33u32 + c) as usize];
+            let xa = xsh[((tx * 2u32) * 33u32 + c) as usize];
+            let xb = xsh[((tx * 2u32 + 1u32) * 33u32 + c) as usize];
+            acc[0] += w0 * xa;
+            acc[1] += w0 * xb;
+            acc[2] += w1 * xa;
+            acc[3] += w1 * xb;
+            acc[4] += w2 * xa;
+            acc[5] += w2 * xb;
+            acc[6] += w3 * xa;
+            acc[7] += w3 * xb;
+            c += 1u32;
+        }
+        sync_cube();
+        b += 1u32;
+    }
+    #[unroll]
+    for i in 0..8u32 {
+        let row = r0 + ty * 4u32 + i / 2u32;
+        let tok = t0 + tx * 2u32 + i % 2u32;
+        if row < rows && tok < ntok {
+            let o = (tok * rows + row) as usize;
+            if accumulate {
+                out[o] += acc[i as usize];
+            } else {
+                out[o] = acc[i as usize];
+            }
+        }
+    }
+}
+
 /// As [`matmul_q4`] for 8-bit blocks: 8 words per block, byte `i` carrying weight `i`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]

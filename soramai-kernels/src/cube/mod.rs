@@ -1,7 +1,7 @@
 //! The GPU backend, written once in cubecl: the same ops as [`crate::cpu`] as cubecl kernels, and
 //! the llama-family forward pass on them ([`GpuModel`]) with weights uploaded once, a paged KV
 //! cache and batched multi-LoRA (each row of a batch with its own adapter, BGMV-style); and the
-//! QLoRA trainer's backward ops ([`op`] exposes every kernel on host slices for the tests that
+//! QLoRA trainer's backward ops (`op` exposes every kernel on host slices for the tests that
 //! hold them to the CPU's).
 //!
 //! | runtime | feature | devices |
