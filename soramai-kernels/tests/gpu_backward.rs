@@ -10,26 +10,10 @@ mod common;
 
 use common::rand_vec;
 use soramai_kernels::cpu::ops::{self, RopeLayout};
-use soramai_kernels::cube::{Backend, Gpu, op};
+use soramai_kernels::cube::op;
 use soramai_kernels::quant::{self, GgmlType};
 use soramai_kernels::train::ops as tops;
 use soramai_kernels::train::{AdamW, Param};
-
-fn devices() -> Vec<Gpu> {
-    let mut out = Vec::new();
-    for b in [Backend::Wgpu, Backend::Cuda] {
-        match Gpu::new(b) {
-            Ok(g) => out.push(g),
-            Err(e) => {
-                let required =
-                    std::env::var("SORAMAI_REQUIRE_GPU").is_ok_and(|v| v.split(',').any(|x| x == b.as_str()));
-                assert!(!required, "{b} is required but unavailable: {e}");
-                eprintln!("skipped {b}: {e}");
-            }
-        }
-    }
-    out
-}
 
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -41,7 +25,7 @@ fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 
 #[test]
 fn rms_norm_swiglu_and_rope_backward_match_the_cpu_trainer() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         for (rows, d) in [(1, 576), (5, 1000), (70_000, 3)] {
             let x = rand_vec(d as u64, rows * d, 2.0);
             let w = rand_vec(d as u64 + 1, d, 1.0);
@@ -86,7 +70,7 @@ fn rms_norm_swiglu_and_rope_backward_match_the_cpu_trainer() {
 
 #[test]
 fn input_gradients_through_frozen_weights_match_the_dense_product() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16] {
             for (rows, cols, ntok) in [(37, 256, 1), (200, 512, 7)] {
                 let w = quant::quantize(ty, &rand_vec(rows as u64, rows * cols, 1.0)).expect("quantize");
@@ -110,7 +94,7 @@ fn input_gradients_through_frozen_weights_match_the_dense_product() {
 
 #[test]
 fn lora_products_and_adamw_match_the_cpu_trainer() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         // The three shapes of a LoRA pair's gradients: out += alpha·A·Bᵀ, A·B and Aᵀ·B.
         let (m, n, k) = (17, 33, 40);
         let out0 = rand_vec(9, m * n, 1.0);
@@ -151,7 +135,7 @@ fn lora_products_and_adamw_match_the_cpu_trainer() {
 
 #[test]
 fn training_attention_forward_and_backward_match_the_cpu_trainer() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         let (nh, nkv, hd) = (6usize, 2usize, 32usize);
         let heads = tops::Heads { n_head: nh, n_head_kv: nkv, head_dim: hd };
         // Packed examples of 3, 1 and 1100 rows (the last spans two 1024-position chunks).

@@ -18,22 +18,6 @@ use soramai_kernels::quant::GgmlType;
 use soramai_kernels::tokenizer::TokenId;
 use soramai_kernels::{Engine, Error, Precision};
 
-fn devices() -> Vec<Gpu> {
-    let mut out = Vec::new();
-    for b in [Backend::Wgpu, Backend::Cuda] {
-        match Gpu::new(b) {
-            Ok(g) => out.push(g),
-            Err(e) => {
-                let required =
-                    std::env::var("SORAMAI_REQUIRE_GPU").is_ok_and(|v| v.split(',').any(|x| x == b.as_str()));
-                assert!(!required, "{b} is required but unavailable: {e}");
-                eprintln!("skipped {b}: {e}");
-            }
-        }
-    }
-    out
-}
-
 fn tiny(arch: &str, ty: GgmlType, seed: u64) -> Arc<Model> {
     Arc::new(
         Model::from_gguf(Arc::new(Gguf::from_bytes(tiny_model_bytes(arch, ty, seed)).expect("gguf"))).expect("model"),
@@ -60,7 +44,7 @@ fn max_rel(got: &[f32], want: &[f32]) -> f32 {
 
 #[test]
 fn prefill_and_decode_logits_match_the_cpu_on_tiny_models() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         for (arch, ty) in
             [("llama", GgmlType::Q8_0), ("qwen2", GgmlType::Q4_0), ("llama", GgmlType::Q4_1), ("llama", GgmlType::F16)]
         {
@@ -105,7 +89,7 @@ fn prefill_and_decode_logits_match_the_cpu_on_tiny_models() {
 
 #[test]
 fn a_batch_mixing_adapters_equals_per_sequence_runs_and_the_cpu() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         let model = tiny("llama", GgmlType::Q4_1, 5);
         let c = &model.config;
         let dir = tempfile::tempdir().expect("dir");
@@ -167,7 +151,7 @@ fn a_batch_mixing_adapters_equals_per_sequence_runs_and_the_cpu() {
 
 #[test]
 fn bad_requests_are_refused_and_cache_pages_come_back() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         let model = tiny("llama", GgmlType::Q8_0, 7);
         let g = GpuModel::new(gpu.clone(), Arc::clone(&model), GpuOptions { kv_tokens: 8, page: 4 }).expect("upload");
         let mut cache = g.new_cache();
@@ -207,7 +191,7 @@ fn bad_requests_are_refused_and_cache_pages_come_back() {
 #[test]
 fn the_reference_model_gives_the_same_greedy_tokens_as_the_cpu() {
     let Some(path) = reference_model() else { return };
-    let devices = devices();
+    let devices = common::gpu_devices();
     if devices.is_empty() {
         return;
     }

@@ -18,28 +18,8 @@ mod common;
 use common::rand_vec;
 use soramai_kernels::cpu::ops::{self, RopeLayout};
 use soramai_kernels::cube::pack::pack;
-use soramai_kernels::cube::{Backend, Gpu, op};
+use soramai_kernels::cube::op;
 use soramai_kernels::quant::{self, GgmlType};
-
-/// The devices to test on, each announced; missing ones are skipped with the reason.
-pub fn devices() -> Vec<Gpu> {
-    let mut out = Vec::new();
-    for b in [Backend::Wgpu, Backend::Cuda] {
-        match Gpu::new(b) {
-            Ok(g) => {
-                eprintln!("testing on {b}: {}", g.name());
-                out.push(g);
-            }
-            Err(e) => {
-                let required =
-                    std::env::var("SORAMAI_REQUIRE_GPU").is_ok_and(|v| v.split(',').any(|x| x == b.as_str()));
-                assert!(!required, "{b} is required but unavailable: {e}");
-                eprintln!("skipped {b}: {e}");
-            }
-        }
-    }
-    out
-}
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], scale: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -66,7 +46,7 @@ fn repacking_for_the_gpu_is_lossless() {
 
 #[test]
 fn matmul_matches_the_cpu_for_every_format_and_ragged_shapes() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         for ty in FORMATS {
             // From 16 tokens the tiled kernel runs (64 rows × 32 tokens a cube): ragged both ways too.
             for (rows, cols, ntok) in [
@@ -101,7 +81,7 @@ fn matmul_matches_the_cpu_for_every_format_and_ragged_shapes() {
 
 #[test]
 fn rms_norm_matches_the_cpu() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         // 70000 rows: more cubes than one axis allows.
         for (rows, d) in [(1, 576), (7, 1000), (3, 5), (70_000, 5)] {
             let x = rand_vec(d as u64, rows * d, 3.0);
@@ -120,7 +100,7 @@ fn rms_norm_matches_the_cpu() {
 
 #[test]
 fn rope_matches_the_cpu_in_both_layouts_and_partial_rotation() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         for layout in [RopeLayout::Interleaved, RopeLayout::Neox] {
             for (heads, hd, dims) in [(9, 64, 64), (3, 64, 32), (1, 8, 8)] {
                 let rows = 5;
@@ -157,7 +137,7 @@ fn rope_matches_the_cpu_in_both_layouts_and_partial_rotation() {
 
 #[test]
 fn swiglu_and_softmax_match_the_cpu() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         // 2^24 + 300 elements: more than 65535 cubes of 256, so the launch spreads over two axes.
         for n in [1, 1000, 4097, (1 << 24) + 300] {
             let g = rand_vec(n as u64, n, 4.0);
@@ -187,7 +167,7 @@ fn swiglu_and_softmax_match_the_cpu() {
 
 #[test]
 fn paged_attention_matches_the_cpu_for_prefill_decode_and_long_contexts() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         let (nh, nkv, hd, page) = (9usize, 3usize, 64usize, 16usize);
         let kvd = nkv * hd;
         // Three sequences: 1, 17 and 1500 cached positions (past one 1024-position chunk).
@@ -229,7 +209,7 @@ fn paged_attention_matches_the_cpu_for_prefill_decode_and_long_contexts() {
 
 #[test]
 fn batched_lora_applies_each_rows_own_adapter() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         let (cols, rows) = (96usize, 40usize);
         let pairs = vec![
             (rand_vec(1, 4 * cols, 0.5), rand_vec(2, rows * 4, 0.5), 4usize, 2.0f32),
@@ -261,7 +241,7 @@ fn batched_lora_applies_each_rows_own_adapter() {
 
 #[test]
 fn kv_scatter_writes_exactly_the_slots() {
-    for gpu in devices() {
+    for gpu in common::gpu_devices() {
         let width = 12;
         let src = rand_vec(7, 3 * width, 1.0);
         let got = op::scatter(&gpu, &src, &[5, 0, 2], 6, width).expect("gpu");

@@ -310,3 +310,25 @@ pub fn write_peft(
     std::fs::write(dir.join("adapter_config.json"), serde_json::to_vec_pretty(&cfg).expect("json")).expect("write");
     deltas
 }
+
+/// The GPU devices this build and machine have, each announced; a missing backend is skipped with
+/// the reason printed, unless `SORAMAI_REQUIRE_GPU` names it (the CI script sets `wgpu`).
+pub fn gpu_devices() -> Vec<soramai_kernels::cube::Gpu> {
+    use soramai_kernels::cube::{Backend, Gpu};
+    let mut out = Vec::new();
+    for b in [Backend::Wgpu, Backend::Cuda] {
+        match Gpu::new(b) {
+            Ok(g) => {
+                eprintln!("testing on {b}: {}", g.name());
+                out.push(g);
+            }
+            Err(e) => {
+                let required =
+                    std::env::var("SORAMAI_REQUIRE_GPU").is_ok_and(|v| v.split(',').any(|x| x == b.as_str()));
+                assert!(!required, "{b} is required but unavailable: {e}");
+                eprintln!("skipped {b}: {e}");
+            }
+        }
+    }
+    out
+}
