@@ -17,8 +17,8 @@ mod common;
 
 use common::rand_vec;
 use soramai_kernels::cpu::ops::{self, RopeLayout};
-use soramai_kernels::cube::pack::pack;
 use soramai_kernels::cube::op;
+use soramai_kernels::cube::pack::pack;
 use soramai_kernels::quant::{self, GgmlType};
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], scale: &[f64], tol: f64) {
