@@ -120,37 +120,32 @@ impl Gpu {
     /// `out (ntok × rows) (+)= x (ntok × cols) · Wᵀ`.
     pub(crate) fn matmul(&self, w: &GpuMat, x: &Buf, ntok: usize, out: &Buf, accumulate: bool) {
         // Many tokens: the shared-memory tiled product (64 rows × 32 tokens per cube).
-        if ntok >= TILED_MIN_TOKENS {
-            let (bits, scales, mins, quants) = match &w.data {
-                GpuWeights::Q4 { scales, mins, quants } => (4, scales, mins, quants),
-                GpuWeights::Q8 { scales, mins, quants } => (8, scales, mins, quants),
-                GpuWeights::F32(_) => (0, x, x, x),
-            };
-            if bits != 0 {
-                kernels::matmul_q_tiled::launch(
-                    &self.client,
-                    CubeCount::Static(Self::cubes(w.rows, 64), Self::cubes(ntok, 32), 1),
-                    CubeDim::new_1d(256),
-                    scales.arg(),
-                    mins.arg(),
-                    quants.arg(),
-                    x.arg(),
-                    out.arg(),
-                    w.rows as u32,
-                    (w.cols / 32) as u32,
-                    ntok as u32,
-                    bits,
-                    accumulate,
-                );
-                return;
-            }
+        if ntok >= TILED_MIN_TOKENS
+            && let GpuWeights::Quant { bits, scales, mins, quants } = &w.data
+        {
+            kernels::matmul_q_tiled::launch(
+                &self.client,
+                CubeCount::Static(Self::cubes(w.rows, 64), Self::cubes(ntok, 32), 1),
+                CubeDim::new_1d(256),
+                scales.arg(),
+                mins.arg(),
+                quants.arg(),
+                x.arg(),
+                out.arg(),
+                w.rows as u32,
+                (w.cols / 32) as u32,
+                ntok as u32,
+                *bits,
+                accumulate,
+            );
+            return;
         }
         let tile: u32 = if ntok == 1 { 1 } else { 8 };
         let count = CubeCount::Static(Self::cubes(w.rows, ROWS_PER_CUBE), Self::cubes(ntok, tile), 1);
         let dim = CubeDim::new_2d(LANES, ROWS_PER_CUBE);
         let (rows, ntok) = (w.rows as u32, ntok as u32);
         match &w.data {
-            GpuWeights::Q4 { scales, mins, quants } => kernels::matmul_q4::launch(
+            GpuWeights::Quant { bits, scales, mins, quants } => kernels::matmul_q::launch(
                 &self.client,
                 count,
                 dim,
@@ -162,21 +157,7 @@ impl Gpu {
                 rows,
                 (w.cols / 32) as u32,
                 ntok,
-                tile,
-                accumulate,
-            ),
-            GpuWeights::Q8 { scales, mins, quants } => kernels::matmul_q8::launch(
-                &self.client,
-                count,
-                dim,
-                scales.arg(),
-                mins.arg(),
-                quants.arg(),
-                x.arg(),
-                out.arg(),
-                rows,
-                (w.cols / 32) as u32,
-                ntok,
+                *bits,
                 tile,
                 accumulate,
             ),
@@ -349,7 +330,7 @@ impl Gpu {
         let dim = CubeDim::new_1d(256);
         let (rows, ntok) = (w.rows as u32, ntok as u32);
         match &w.data {
-            GpuWeights::Q4 { scales, mins, quants } => kernels::matmul_t_q4::launch(
+            GpuWeights::Quant { bits, scales, mins, quants } => kernels::matmul_t_q::launch(
                 &self.client,
                 count,
                 dim,
@@ -361,20 +342,7 @@ impl Gpu {
                 rows,
                 (w.cols / 32) as u32,
                 ntok,
-                accumulate,
-            ),
-            GpuWeights::Q8 { scales, mins, quants } => kernels::matmul_t_q8::launch(
-                &self.client,
-                count,
-                dim,
-                scales.arg(),
-                mins.arg(),
-                quants.arg(),
-                dy.arg(),
-                dx.arg(),
-                rows,
-                (w.cols / 32) as u32,
-                ntok,
+                *bits,
                 accumulate,
             ),
             GpuWeights::F32(m) => kernels::matmul_t_f32::launch(
@@ -541,8 +509,13 @@ pub(crate) struct AttnShape {
 
 #[derive(Debug)]
 enum GpuWeights {
-    Q4 { scales: Buf, mins: Buf, quants: Buf },
-    Q8 { scales: Buf, mins: Buf, quants: Buf },
+    /// Blocks of 32 with `bits` (4 or 8) per code.
+    Quant {
+        bits: u32,
+        scales: Buf,
+        mins: Buf,
+        quants: Buf,
+    },
     F32(Buf),
 }
 
@@ -563,12 +536,13 @@ impl GpuMat {
     pub(crate) fn from_packed(gpu: &Gpu, p: Packed, rows: usize, cols: usize) -> Result<Self> {
         let bytes = p.device_bytes();
         let data = match p {
-            Packed::Q4 { scales, mins, quants } => {
-                GpuWeights::Q4 { scales: gpu.upload(&scales), mins: gpu.upload(&mins), quants: gpu.upload_u32(&quants) }
-            }
-            Packed::Q8 { scales, mins, quants } => {
-                GpuWeights::Q8 { scales: gpu.upload(&scales), mins: gpu.upload(&mins), quants: gpu.upload_u32(&quants) }
-            }
+            Packed::Q4 { scales, mins, quants } | Packed::Q8 { scales, mins, quants } => GpuWeights::Quant {
+                // 32 codes of `bits` bits take `bits` words.
+                bits: (quants.len() / scales.len().max(1)) as u32,
+                scales: gpu.upload(&scales),
+                mins: gpu.upload(&mins),
+                quants: gpu.upload_u32(&quants),
+            },
             Packed::F32(w) => GpuWeights::F32(gpu.upload(&w)),
         };
         Ok(GpuMat { rows, cols, data, bytes })

@@ -15,12 +15,13 @@ pub const ROW_THREADS: u32 = 128;
 /// Key positions scored per pass of the attention kernel (shared memory).
 pub const ATTN_CHUNK: u32 = 1024;
 
-/// `out[t][r] (+)= Σ_c w[r][c]·x[t][c]` for 4-bit blocks: `quants` holds 4 words per block, byte
-/// `i` of the 16 carrying weight `i` (low nibble) and `i + 16` (high nibble). Cube: `ROWS_PER_CUBE`
-/// rows × `LANES` lanes; cube y: a tile of `tile` tokens.
+/// `out[t][r] (+)= Σ_c w[r][c]·x[t][c]` for block-quantized weights, `bits` 4 or 8. 4-bit:
+/// `quants` holds 4 words per block, byte `i` of the 16 carrying weight `i` (low nibble) and
+/// `i + 16` (high nibble); 8-bit: 8 words per block, byte `i` carrying weight `i`. Cube:
+/// `ROWS_PER_CUBE` rows × `LANES` lanes; cube y: a tile of `tile` tokens.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_q4(
+pub fn matmul_q(
     scales: &[f32],
     mins: &[f32],
     quants: &[u32],
@@ -29,6 +30,7 @@ pub fn matmul_q4(
     rows: u32,
     nblocks: u32,
     ntok: u32,
+    #[comptime] bits: u32,
     #[comptime] tile: u32,
     #[comptime] accumulate: bool,
 ) {
@@ -48,10 +50,6 @@ pub fn matmul_q4(
             let bi = row * nblocks + b;
             let d = scales[bi as usize];
             let m = mins[bi as usize];
-            let q0 = quants[(bi * 4) as usize];
-            let q1 = quants[(bi * 4 + 1) as usize];
-            let q2 = quants[(bi * 4 + 2) as usize];
-            let q3 = quants[(bi * 4 + 3) as usize];
             #[unroll]
             for t in 0..tile {
                 if t0 + t < ntok {
@@ -59,24 +57,23 @@ pub fn matmul_q4(
                     let mut dot = 0.0f32;
                     let mut xs = 0.0f32;
                     #[unroll]
-                    for k in 0..4u32 {
-                        let q = if k == 0 {
-                            q0
-                        } else if k == 1 {
-                            q1
-                        } else if k == 2 {
-                            q2
-                        } else {
-                            q3
-                        };
+                    for k in 0..bits {
+                        let q = quants[(bi * bits + k) as usize];
                         #[unroll]
                         for i in 0..4u32 {
-                            let lo = f32::cast_from((q >> (8 * i)) & 15u32);
-                            let hi = f32::cast_from((q >> (8 * i + 4)) & 15u32);
-                            let xl = x[(xo + 4 * k + i) as usize];
-                            let xh = x[(xo + 4 * k + i + 16) as usize];
-                            dot += lo * xl + hi * xh;
-                            xs += xl + xh;
+                            if bits == 4 {
+                                let lo = f32::cast_from((q >> (8 * i)) & 15u32);
+                                let hi = f32::cast_from((q >> (8 * i + 4)) & 15u32);
+                                let xl = x[(xo + 4 * k + i) as usize];
+                                let xh = x[(xo + 4 * k + i + 16) as usize];
+                                dot += lo * xl + hi * xh;
+                                xs += xl + xh;
+                            } else {
+                                let v = f32::cast_from((q >> (8 * i)) & 255u32);
+                                let xv = x[(xo + 4 * k + i) as usize];
+                                dot += v * xv;
+                                xs += xv;
+                            }
                         }
                     }
                     acc[t as usize] += d * dot + m * xs;
@@ -113,7 +110,7 @@ pub fn matmul_q4(
 
 /// Block-quantized matrix product for many tokens, tiled through shared memory: a cube computes
 /// 64 rows × 32 tokens, stepping through the blocks of 32 columns; each step dequantizes the 64 ×
-/// 32 weights once (`bits` 4 or 8: the layouts of [`matmul_q4`] / [`matmul_q8`]) and stages the 32
+/// 32 weights once (`bits` 4 or 8: the layouts of [`matmul_q`]) and stages the 32
 /// tokens' activations, then each thread accumulates 4 rows × 2 tokens from shared memory.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -214,87 +211,7 @@ pub fn matmul_q_tiled(
     }
 }
 
-/// As [`matmul_q4`] for 8-bit blocks: 8 words per block, byte `i` carrying weight `i`.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_q8(
-    scales: &[f32],
-    mins: &[f32],
-    quants: &[u32],
-    x: &[f32],
-    out: &mut [f32],
-    rows: u32,
-    nblocks: u32,
-    ntok: u32,
-    #[comptime] tile: u32,
-    #[comptime] accumulate: bool,
-) {
-    let lane = UNIT_POS_X;
-    let row = CUBE_POS_X * 8u32 + UNIT_POS_Y;
-    let t0 = CUBE_POS_Y * tile;
-    let cols = nblocks * 32;
-    let mut shared = Shared::<[f32]>::new_slice(256usize);
-    let mut acc = Array::<f32>::new(tile as usize);
-    #[unroll]
-    for t in 0..tile {
-        acc[t as usize] = 0.0;
-    }
-    if row < rows {
-        let mut b = lane;
-        while b < nblocks {
-            let bi = row * nblocks + b;
-            let d = scales[bi as usize];
-            let m = mins[bi as usize];
-            #[unroll]
-            for t in 0..tile {
-                if t0 + t < ntok {
-                    let xo = (t0 + t) * cols + b * 32;
-                    let mut dot = 0.0f32;
-                    let mut xs = 0.0f32;
-                    #[unroll]
-                    for k in 0..8u32 {
-                        let q = quants[(bi * 8 + k) as usize];
-                        #[unroll]
-                        for i in 0..4u32 {
-                            let v = f32::cast_from((q >> (8 * i)) & 255u32);
-                            let xv = x[(xo + 4 * k + i) as usize];
-                            dot += v * xv;
-                            xs += xv;
-                        }
-                    }
-                    acc[t as usize] += d * dot + m * xs;
-                }
-            }
-            b += 32u32;
-        }
-    }
-    let base = UNIT_POS_Y * 32u32;
-    #[unroll]
-    for t in 0..tile {
-        shared[(base + lane) as usize] = acc[t as usize];
-        sync_cube();
-        let mut stride = 16u32;
-        while stride > 0 {
-            if lane < stride {
-                let a = shared[(base + lane + stride) as usize];
-                shared[(base + lane) as usize] += a;
-            }
-            sync_cube();
-            stride /= 2;
-        }
-        if lane == 0 && row < rows && t0 + t < ntok {
-            let o = ((t0 + t) * rows + row) as usize;
-            if accumulate {
-                out[o] += shared[base as usize];
-            } else {
-                out[o] = shared[base as usize];
-            }
-        }
-        sync_cube();
-    }
-}
-
-/// As [`matmul_q4`] for f32 weights (`rows × cols`).
+/// As [`matmul_q`] for f32 weights (`rows × cols`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_f32(
@@ -758,11 +675,11 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32], dg: &mut [f32], du: &mu
     }
 }
 
-/// Input gradient through a frozen 4-bit weight: `dx[t][c] (+)= Σ_r w[r][c]·dy[t][r]`. One
-/// thread per (t, c); the weight is read in its blocks.
+/// Input gradient through a frozen block-quantized weight (`bits` 4 or 8, the layouts of
+/// [`matmul_q`]): `dx[t][c] (+)= Σ_r w[r][c]·dy[t][r]`. One thread per (t, c).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_t_q4(
+pub fn matmul_t_q(
     scales: &[f32],
     mins: &[f32],
     quants: &[u32],
@@ -771,6 +688,7 @@ pub fn matmul_t_q4(
     rows: u32,
     nblocks: u32,
     ntok: u32,
+    #[comptime] bits: u32,
     #[comptime] accumulate: bool,
 ) {
     let i = ABSOLUTE_POS as u32;
@@ -779,13 +697,18 @@ pub fn matmul_t_q4(
         let t = i / cols;
         let c = i % cols;
         let j = c % 32;
-        let byte = if j < 16 { j } else { j - 16 };
-        let shift = 8 * (byte % 4) + if j < 16 { 0u32 } else { 4u32 };
+        // The word and shift of weight `j` within its block.
+        let (word, shift, mask) = if bits == 4 {
+            let byte = if j < 16 { j } else { j - 16 };
+            (byte / 4, 8 * (byte % 4) + if j < 16 { 0u32 } else { 4u32 }, 15u32)
+        } else {
+            (j / 4, 8 * (j % 4), 255u32)
+        };
         let mut acc = 0.0f32;
         let mut r = 0u32;
         while r < rows {
             let bi = r * nblocks + c / 32;
-            let q = (quants[(bi * 4 + byte / 4) as usize] >> shift) & 15u32;
+            let q = (quants[(bi * bits + word) as usize] >> shift) & mask;
             acc += (scales[bi as usize] * f32::cast_from(q) + mins[bi as usize]) * dy[(t * rows + r) as usize];
             r += 1;
         }
@@ -797,43 +720,7 @@ pub fn matmul_t_q4(
     }
 }
 
-/// As [`matmul_t_q4`] for 8-bit blocks.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_t_q8(
-    scales: &[f32],
-    mins: &[f32],
-    quants: &[u32],
-    dy: &[f32],
-    dx: &mut [f32],
-    rows: u32,
-    nblocks: u32,
-    ntok: u32,
-    #[comptime] accumulate: bool,
-) {
-    let i = ABSOLUTE_POS as u32;
-    let cols = nblocks * 32;
-    if i < ntok * cols {
-        let t = i / cols;
-        let c = i % cols;
-        let j = c % 32;
-        let mut acc = 0.0f32;
-        let mut r = 0u32;
-        while r < rows {
-            let bi = r * nblocks + c / 32;
-            let q = (quants[(bi * 8 + j / 4) as usize] >> (8 * (j % 4))) & 255u32;
-            acc += (scales[bi as usize] * f32::cast_from(q) + mins[bi as usize]) * dy[(t * rows + r) as usize];
-            r += 1;
-        }
-        if accumulate {
-            dx[i as usize] += acc;
-        } else {
-            dx[i as usize] = acc;
-        }
-    }
-}
-
-/// As [`matmul_t_q4`] for f32 weights (`rows × cols`).
+/// As [`matmul_t_q`] for f32 weights (`rows × cols`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_t_f32(
