@@ -153,3 +153,56 @@ fn a_failing_runner_fails_the_job_and_cleans_up() {
     assert_eq!(limits["open_files"], 32);
     assert_eq!(std::fs::read_dir(env.data_dir().join("scratch")).expect("scratch").count(), 0);
 }
+
+/// A runner that prints `script`'s output instead of doing the job (its stdin is ignored).
+fn scripted(script: &str) -> RunnerCommand {
+    RunnerCommand { args: vec!["-c".into(), script.into(), "sh".into()], ..RunnerCommand::new("/bin/sh") }
+}
+
+#[test]
+fn hostile_runner_output_fails_the_job_and_stores_nothing() {
+    let env = Env::new();
+    let (_, p) = env.tenant("acme", Tier::Basic);
+    let ds = env.core.upload_dataset(&p, "d.jsonl", &dataset(3, "h")).expect("upload");
+    let cases = [
+        // A blob larger than any runner may hand back: the worker stops listening.
+        (
+            r#"printf '{"type":"checkpoint","data":{"step":1,"trained_tokens":5,"bytes":99999999999}}\n'"#,
+            "without a result",
+        ),
+        // Fewer bytes than announced, then the runner ends.
+        (
+            r#"printf '{"type":"checkpoint","data":{"step":1,"trained_tokens":5,"bytes":100}}\nshort'"#,
+            "without a result",
+        ),
+        // A checkpoint that does not say how far it got.
+        (r#"printf '{"type":"checkpoint","data":{"bytes":3}}\nabc'; sleep 5"#, "without step"),
+        // A checkpoint the tenant cannot pay for (no credits granted).
+        (
+            r#"printf '{"type":"checkpoint","data":{"step":1,"trained_tokens":5,"bytes":3}}\nabc'; sleep 5"#,
+            "insufficient credits",
+        ),
+        // An artifact of an unknown name is ignored; a reported error becomes the job's error.
+        (
+            r#"printf '{"type":"artifact","data":{"name":"../../etc/passwd","bytes":3}}\nabc{"type":"error","data":{"message":"line 3: bad"}}\n'; exit 2"#,
+            "line 3: bad",
+        ),
+    ];
+    for (script, want) in cases {
+        let job = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id.clone(), pace_ms: 0 }).expect("submit");
+        let done = Worker::new(env.core.clone(), "w", PoolId::shared(), scripted(script))
+            .run_once()
+            .expect("run")
+            .expect("job");
+        assert_eq!(done.id, job.id);
+        assert_eq!(done.state, JobState::Failed, "{script}");
+        let err = done.error.expect("error");
+        assert!(err.to_lowercase().contains(want), "{script}: {err}");
+        let path = soramai_core::ObjectPath::new(format!("jobs/{}/checkpoint", job.id.as_str())).expect("path");
+        assert!(env.core.get_object(p.tenant(), &path).is_err(), "{script}: a checkpoint was stored");
+        let events = env.core.job_events(&p, &job.id).expect("events");
+        assert!(!events.iter().any(|e| e.kind == "checkpoint"), "{script}");
+    }
+    assert_eq!(env.core.balance(p.tenant()).expect("balance"), 0, "nothing was charged");
+    assert_eq!(std::fs::read_dir(env.data_dir().join("scratch")).expect("scratch").count(), 0);
+}
