@@ -67,6 +67,11 @@ impl Gpu {
         self.backend
     }
 
+    /// Waits until the device has finished every queued launch and transfer.
+    pub fn sync(&self) -> Result<()> {
+        cubecl::future::block_on(self.client.sync()).map_err(|e| Error::Backend(format!("device sync: {e:?}")))
+    }
+
     /// The device's name as the runtime gives it.
     pub fn name(&self) -> &'static str {
         self.client.name()
@@ -664,6 +669,15 @@ pub struct GpuModel {
     options: GpuOptions,
     adapters: Mutex<Adapters>,
     weight_bytes: usize,
+}
+
+impl Drop for GpuModel {
+    fn drop(&mut self) {
+        // Let queued work finish before its buffers go: a process that ends right after (a test,
+        // a CLI call) then never tears the driver down under running launches, which software
+        // Vulkan answers with a crash at exit.
+        let _ = self.gpu.sync();
+    }
 }
 
 impl std::fmt::Debug for GpuModel {
