@@ -42,6 +42,8 @@ pub struct Request {
     pub stop: Vec<String>,
     /// Arithmetic path.
     pub precision: Precision,
+    /// Report log-probabilities of each sampled token and of this many alternatives (0..=20).
+    pub logprobs: Option<usize>,
 }
 
 impl Request {
@@ -54,6 +56,7 @@ impl Request {
             sampling: SamplingParams::greedy(),
             stop: Vec::new(),
             precision: Precision::Fast,
+            logprobs: None,
         }
     }
 }
@@ -80,19 +83,6 @@ pub struct Engine {
     pub tokenizer: Arc<Tokenizer>,
     template: Option<ChatTemplate>,
     adapters: RwLock<HashMap<String, Arc<Adapter>>>,
-}
-
-struct Seq {
-    req_idx: usize,
-    cache: KvCache,
-    adapter: Option<Arc<Adapter>>,
-    sampler: Sampler,
-    history: Vec<TokenId>,
-    out: Vec<TokenId>,
-    bytes: Vec<u8>,
-    emitted: usize,
-    finish: Option<Finish>,
-    pending: Vec<TokenId>,
 }
 
 impl Engine {
@@ -249,109 +239,265 @@ impl Engine {
         self.run(reqs, on_text)
     }
 
+    /// A running batch that requests join and leave between steps (continuous batching).
+    pub fn batch(&self, precision: Precision) -> Batch<'_> {
+        Batch { engine: self, precision, seqs: Vec::new() }
+    }
+
     fn run(&self, reqs: &[Request], on_text: &mut dyn FnMut(usize, TokenId, &str) -> bool) -> Result<Vec<Generation>> {
-        let n_ctx = self.model.config.n_ctx;
-        let mut seqs = Vec::with_capacity(reqs.len());
-        for (i, r) in reqs.iter().enumerate() {
-            if r.prompt.is_empty() {
-                return Err(Error::Request("empty prompt".into()));
-            }
-            if r.prompt.len() > n_ctx {
-                return Err(Error::Request(format!(
-                    "prompt of {} tokens exceeds the {n_ctx}-token context",
-                    r.prompt.len()
-                )));
-            }
-            if r.stop.iter().any(String::is_empty) {
-                return Err(Error::Request("empty stop string".into()));
-            }
-            seqs.push(Seq {
-                req_idx: i,
-                cache: self.model.new_cache(),
-                adapter: self.adapter(r.adapter.as_deref())?,
-                sampler: Sampler::new(r.sampling.clone())?,
-                history: r.prompt.clone(),
-                out: Vec::new(),
-                bytes: Vec::new(),
-                emitted: 0,
-                finish: if r.max_tokens == 0 { Some(Finish::Length) } else { None },
-                pending: r.prompt.clone(),
-            });
-        }
         let precision = reqs.first().map_or(Precision::Fast, |r| r.precision);
         if reqs.iter().any(|r| r.precision != precision) {
             return Err(Error::Request("one batch runs at one precision".into()));
         }
-        loop {
-            let active: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].finish.is_none()).collect();
-            if active.is_empty() {
-                break;
-            }
-            let logits = {
-                let mut lanes: Vec<Lane<'_>> = Vec::with_capacity(active.len());
-                let mut refs: Vec<&mut Seq> = seqs.iter_mut().filter(|s| s.finish.is_none()).collect();
-                for s in refs.iter_mut() {
-                    let s: &mut Seq = s;
-                    lanes.push(Lane {
-                        cache: &mut s.cache,
-                        tokens: &s.pending,
-                        adapter: s.adapter.as_deref(),
-                        logits: Logits::Last,
-                    });
-                }
-                self.model.forward(&mut lanes, precision)?
-            };
-            for (&i, lg) in active.iter().zip(logits) {
-                let s = &mut seqs[i];
-                let r = &reqs[s.req_idx];
-                let tok = s.sampler.sample(&lg, &s.history);
-                if self.tokenizer.is_stop(tok) {
-                    s.finish = Some(Finish::Stop);
-                    continue;
-                }
-                s.out.push(tok);
-                s.history.push(tok);
-                s.pending = vec![tok];
-                s.bytes.extend(self.tokenizer.token_bytes(tok, false));
-                // Stop strings are found in bytes; text streams up to any incomplete UTF-8 sequence
-                // at the end, held back while a stop string could still be completing.
-                if let Some(cut) = r.stop.iter().filter_map(|st| find_bytes(&s.bytes, st.as_bytes())).min() {
-                    s.bytes.truncate(cut);
-                    if cut > s.emitted {
-                        let piece = String::from_utf8_lossy(&s.bytes[s.emitted..cut]).into_owned();
-                        on_text(s.req_idx, tok, &piece);
-                    }
-                    s.emitted = cut;
-                    s.finish = Some(Finish::StopString);
-                    continue;
-                }
-                let hold = r.stop.iter().map(|st| partial_suffix(&s.bytes, st.as_bytes())).max().unwrap_or(0);
-                let safe = complete_len(&s.bytes[..s.bytes.len() - hold]);
-                if safe > s.emitted {
-                    let piece = String::from_utf8_lossy(&s.bytes[s.emitted..safe]).into_owned();
-                    s.emitted = safe;
-                    if !on_text(s.req_idx, tok, &piece) {
-                        s.finish = Some(Finish::Cancelled);
-                        continue;
-                    }
-                }
-                if s.out.len() >= r.max_tokens {
-                    s.finish = Some(Finish::Length);
-                } else if s.history.len() >= n_ctx {
-                    s.finish = Some(Finish::Context);
-                }
+        let mut batch = self.batch(precision);
+        for (i, r) in reqs.iter().enumerate() {
+            batch.admit(i as u64, r.clone())?;
+        }
+        let mut done: Vec<Option<Generation>> = vec![None; reqs.len()];
+        while !batch.is_empty() {
+            let finished = batch.step(&mut |id, ev| on_text(id as usize, ev.token, &ev.text))?;
+            for (id, g) in finished {
+                done[id as usize] = Some(g);
             }
         }
-        Ok(seqs
-            .into_iter()
-            .map(|s| Generation {
-                prompt_ids: reqs[s.req_idx].prompt.clone(),
-                output_ids: s.out,
-                text: String::from_utf8_lossy(&s.bytes).into_owned(),
-                finish: s.finish.unwrap_or(Finish::Length),
-            })
-            .collect())
+        done.into_iter().map(|g| g.ok_or_else(|| Error::Request("no result".into()))).collect()
     }
+}
+
+/// One generated token, as a [`Batch`] step reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenEvent {
+    /// The token.
+    pub token: TokenId,
+    /// New text this token completes (may be empty: an incomplete UTF-8 sequence, or text held
+    /// back while a stop string could still be completing).
+    pub text: String,
+    /// Log-probabilities, when the request asked for them.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// The model's log-probability of a sampled token and of the most likely alternatives (from the
+/// raw logits, before temperature and filtering, as OpenAI reports them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    /// Log-probability of the sampled token.
+    pub logprob: f32,
+    /// The most likely tokens with theirs, most likely first.
+    pub top: Vec<(TokenId, f32)>,
+}
+
+struct Seq {
+    id: u64,
+    req: Request,
+    cache: KvCache,
+    adapter: Option<Arc<Adapter>>,
+    sampler: Sampler,
+    history: Vec<TokenId>,
+    out: Vec<TokenId>,
+    bytes: Vec<u8>,
+    emitted: usize,
+    finish: Option<Finish>,
+    pending: Vec<TokenId>,
+}
+
+/// Requests generating together: each step runs one forward pass over every active sequence (the
+/// prompt of one just admitted, the last token of the others), each with its own adapter, KV cache
+/// and sampler. Requests join with [`Batch::admit`] and leave when they finish or are cancelled.
+pub struct Batch<'e> {
+    engine: &'e Engine,
+    precision: Precision,
+    seqs: Vec<Seq>,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("precision", &self.precision).field("active", &self.seqs.len()).finish()
+    }
+}
+
+/// Most alternatives a request may ask log-probabilities for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+impl Batch<'_> {
+    /// Adds a request under a caller-chosen id; it starts with the next step. A request that is
+    /// invalid (empty or over-long prompt, empty stop string, unknown adapter, bad sampling) is
+    /// refused and the batch is unchanged.
+    pub fn admit(&mut self, id: u64, req: Request) -> Result<()> {
+        let n_ctx = self.engine.model.config.n_ctx;
+        if req.prompt.is_empty() {
+            return Err(Error::Request("empty prompt".into()));
+        }
+        if req.prompt.len() > n_ctx {
+            return Err(Error::Request(format!(
+                "prompt of {} tokens exceeds the {n_ctx}-token context",
+                req.prompt.len()
+            )));
+        }
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.engine.model.config.vocab) {
+            return Err(Error::Request(format!("token id {bad} is outside the vocabulary")));
+        }
+        if req.stop.iter().any(String::is_empty) {
+            return Err(Error::Request("empty stop string".into()));
+        }
+        if req.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(Error::Request(format!("top_logprobs is at most {MAX_TOP_LOGPROBS}")));
+        }
+        if req.precision != self.precision {
+            return Err(Error::Request("one batch runs at one precision".into()));
+        }
+        if self.seqs.iter().any(|s| s.id == id) {
+            return Err(Error::Request(format!("request id {id} is already in the batch")));
+        }
+        let adapter = self.engine.adapter(req.adapter.as_deref())?;
+        let sampler = Sampler::new(req.sampling.clone())?;
+        self.seqs.push(Seq {
+            id,
+            cache: self.engine.model.new_cache(),
+            adapter,
+            sampler,
+            history: req.prompt.clone(),
+            out: Vec::new(),
+            bytes: Vec::new(),
+            emitted: 0,
+            finish: if req.max_tokens == 0 { Some(Finish::Length) } else { None },
+            pending: req.prompt.clone(),
+            req,
+        });
+        Ok(())
+    }
+
+    /// Requests in the batch.
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Whether no request is in the batch.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Ends a request at the next step (its generation is reported as cancelled).
+    pub fn cancel(&mut self, id: u64) {
+        if let Some(s) = self.seqs.iter_mut().find(|s| s.id == id) {
+            s.finish.get_or_insert(Finish::Cancelled);
+        }
+    }
+
+    /// Runs one forward pass over every active request and samples one token for each. `on_token`
+    /// gets each request's new token (return false to cancel that request). Returns the requests
+    /// that finished, which leave the batch. On an error the batch is emptied (its caches could be
+    /// half-written); the caller fails those requests.
+    pub fn step(&mut self, on_token: &mut dyn FnMut(u64, TokenEvent) -> bool) -> Result<Vec<(u64, Generation)>> {
+        let result = self.forward_and_sample(on_token);
+        if result.is_err() {
+            self.seqs.clear();
+            return result.map(|_| Vec::new());
+        }
+        let mut finished = Vec::new();
+        let mut i = 0;
+        while i < self.seqs.len() {
+            if let Some(finish) = self.seqs[i].finish {
+                let s = self.seqs.swap_remove(i);
+                finished.push((
+                    s.id,
+                    Generation {
+                        prompt_ids: s.req.prompt,
+                        output_ids: s.out,
+                        text: String::from_utf8_lossy(&s.bytes).into_owned(),
+                        finish,
+                    },
+                ));
+            } else {
+                i += 1;
+            }
+        }
+        finished.sort_by_key(|(id, _)| *id);
+        Ok(finished)
+    }
+
+    fn forward_and_sample(&mut self, on_token: &mut dyn FnMut(u64, TokenEvent) -> bool) -> Result<()> {
+        let engine = self.engine;
+        let n_ctx = engine.model.config.n_ctx;
+        let logits = {
+            let mut lanes: Vec<Lane<'_>> = self
+                .seqs
+                .iter_mut()
+                .filter(|s| s.finish.is_none())
+                .map(|s| Lane {
+                    cache: &mut s.cache,
+                    tokens: &s.pending,
+                    adapter: s.adapter.as_deref(),
+                    logits: Logits::Last,
+                })
+                .collect();
+            if lanes.is_empty() {
+                return Ok(());
+            }
+            engine.model.forward(&mut lanes, self.precision)?
+        };
+        for (s, lg) in self.seqs.iter_mut().filter(|s| s.finish.is_none()).zip(logits) {
+            let tok = s.sampler.sample(&lg, &s.history);
+            if engine.tokenizer.is_stop(tok) {
+                s.finish = Some(Finish::Stop);
+                continue;
+            }
+            let logprobs = s.req.logprobs.map(|n| token_logprobs(&lg, tok, n));
+            s.out.push(tok);
+            s.history.push(tok);
+            s.pending = vec![tok];
+            s.bytes.extend(engine.tokenizer.token_bytes(tok, false));
+            // Stop strings are found in bytes; text streams up to any incomplete UTF-8 sequence
+            // at the end, held back while a stop string could still be completing.
+            if let Some(cut) = s.req.stop.iter().filter_map(|st| find_bytes(&s.bytes, st.as_bytes())).min() {
+                s.bytes.truncate(cut);
+                let text = String::from_utf8_lossy(&s.bytes[s.emitted.min(cut)..cut]).into_owned();
+                s.emitted = cut;
+                s.finish = Some(Finish::StopString);
+                on_token(s.id, TokenEvent { token: tok, text, logprobs });
+                continue;
+            }
+            let hold = s.req.stop.iter().map(|st| partial_suffix(&s.bytes, st.as_bytes())).max().unwrap_or(0);
+            let safe = complete_len(&s.bytes[..s.bytes.len() - hold]);
+            let text = if safe > s.emitted {
+                let piece = String::from_utf8_lossy(&s.bytes[s.emitted..safe]).into_owned();
+                s.emitted = safe;
+                piece
+            } else {
+                String::new()
+            };
+            if !on_token(s.id, TokenEvent { token: tok, text, logprobs }) {
+                s.finish = Some(Finish::Cancelled);
+                continue;
+            }
+            if s.out.len() >= s.req.max_tokens {
+                s.finish = Some(Finish::Length);
+            } else if s.history.len() >= n_ctx {
+                s.finish = Some(Finish::Context);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Log-softmax of `logits` at `tok`, and the `n` most likely tokens with theirs.
+fn token_logprobs(logits: &[f32], tok: TokenId, n: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let logprob = logits.get(tok as usize).map_or(f32::NEG_INFINITY, |&l| l - lse);
+    let mut top: Vec<(TokenId, f32)> = Vec::with_capacity(n + 1);
+    if n > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() < n || l > top[top.len() - 1].1 {
+                let at = top.partition_point(|&(_, v)| v >= l);
+                top.insert(at, (i as TokenId, l));
+                top.truncate(n);
+            }
+        }
+    }
+    for t in &mut top {
+        t.1 -= lse;
+    }
+    TokenLogprobs { logprob, top }
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of `stop`.

@@ -260,3 +260,106 @@ fn sentencepiece_tokenizer_merges_by_score_with_byte_fallback() {
     assert_eq!(t.decode(&[1, 13, 14, 15, 16], false), " hello!é");
     assert_eq!(t.encode("</s>", false, true), vec![2]);
 }
+
+#[test]
+fn requests_joining_a_running_batch_generate_what_they_would_alone() {
+    let e = tiny("llama", GgmlType::Q4_1);
+    let dir = tempfile::tempdir().expect("tmp");
+    write_peft(&dir.path().join("a"), &e.model.config, 4, 8.0, &Target::ALL, 1);
+    e.load_adapter("a", dir.path().join("a")).expect("a");
+    let mut reqs =
+        vec![Request::new(vec![3, 4, 5], 24), Request::new(vec![9, 8, 7, 6, 5], 16), Request::new(vec![42], 20)];
+    reqs[1].adapter = Some("a".into());
+    reqs[2].sampling = SamplingParams { temperature: 0.9, seed: 5, ..SamplingParams::default() };
+    let alone: Vec<_> = reqs.iter().map(|r| e.generate(r, &mut |_, _| true).expect("alone")).collect();
+
+    // Request 0 starts alone; 1 joins after 3 steps, 2 after 7; each finishes on its own.
+    let mut batch = e.batch(Precision::Fast);
+    batch.admit(0, reqs[0].clone()).expect("admit");
+    let mut streamed: Vec<String> = vec![String::new(); 3];
+    let mut done = Vec::new();
+    let mut steps = 0;
+    while !batch.is_empty() || done.len() < 3 {
+        if steps == 3 {
+            batch.admit(1, reqs[1].clone()).expect("admit 1");
+        }
+        if steps == 7 {
+            batch.admit(2, reqs[2].clone()).expect("admit 2");
+        }
+        done.extend(
+            batch
+                .step(&mut |id, ev| {
+                    streamed[id as usize].push_str(&ev.text);
+                    true
+                })
+                .expect("step"),
+        );
+        steps += 1;
+        assert!(steps < 200, "the batch never drained");
+    }
+    done.sort_by_key(|(id, _)| *id);
+    for (id, g) in &done {
+        let a = &alone[*id as usize];
+        assert_eq!(g.output_ids, a.output_ids, "request {id} differs when it joins a running batch");
+        assert_eq!(streamed[*id as usize], a.text, "request {id}: streamed text");
+    }
+
+    // Invalid requests are refused and leave the batch as it was; a cancelled one leaves at the next step.
+    let mut batch = e.batch(Precision::Fast);
+    batch.admit(1, reqs[0].clone()).expect("admit");
+    let vocab = e.model.config.vocab as u32;
+    let bad = [
+        Request::new(vec![], 4),
+        Request::new(vec![vocab], 4),
+        Request { stop: vec![String::new()], ..reqs[0].clone() },
+        Request { adapter: Some("nope".into()), ..reqs[0].clone() },
+        Request { logprobs: Some(21), ..reqs[0].clone() },
+        Request { precision: Precision::Exact, ..reqs[0].clone() },
+        reqs[0].clone(),
+    ];
+    for r in bad {
+        let id = if r.prompt == reqs[0].prompt && r.logprobs.is_none() && r.adapter.is_none() { 1 } else { 2 };
+        assert!(matches!(batch.admit(id, r), Err(Error::Request(_))));
+    }
+    assert_eq!(batch.len(), 1);
+    batch.cancel(1);
+    let out = batch.step(&mut |_, _| panic!("a cancelled request generates nothing")).expect("step");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.finish, Finish::Cancelled);
+    assert!(batch.is_empty());
+}
+
+#[test]
+fn log_probabilities_are_normalized_and_rank_the_alternatives() {
+    let e = tiny("llama", GgmlType::Q8_0);
+    let r = Request { logprobs: Some(5), ..Request::new(vec![3, 4, 5], 6) };
+    let mut batch = e.batch(Precision::Fast);
+    batch.admit(0, r.clone()).expect("admit");
+    let mut events = Vec::new();
+    while !batch.is_empty() {
+        batch
+            .step(&mut |_, ev| {
+                events.push(ev);
+                true
+            })
+            .expect("step");
+    }
+    assert!(!events.is_empty());
+    let mut history = r.prompt.clone();
+    for ev in &events {
+        let lp = ev.logprobs.as_ref().expect("logprobs asked for");
+        assert_eq!(lp.top.len(), 5);
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1), "most likely first");
+        let mass: f32 = lp.top.iter().map(|t| t.1.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4 && lp.top.iter().all(|t| t.1 <= 0.0));
+        // Greedy: the sampled token is the most likely one.
+        assert_eq!(lp.top[0].0, ev.token);
+        assert!((lp.top[0].1 - lp.logprob).abs() < 1e-6);
+        // And the figure is the log-softmax of the model's logits.
+        let logits = e.logits(&history, None, Precision::Fast).expect("logits");
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+        assert!((logits[ev.token as usize] - lse - lp.logprob).abs() < 1e-3);
+        history.push(ev.token);
+    }
+}

@@ -400,6 +400,7 @@ fn generate(a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         stop: a.stop.clone(),
         precision: a.precision.parse()?,
+        logprobs: None,
     };
     let json = a.json;
     let mut stdout = std::io::stdout();
