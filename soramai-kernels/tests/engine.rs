@@ -267,8 +267,7 @@ fn requests_joining_a_running_batch_generate_what_they_would_alone() {
     let dir = tempfile::tempdir().expect("tmp");
     write_peft(&dir.path().join("a"), &e.model.config, 4, 8.0, &Target::ALL, 1);
     e.load_adapter("a", dir.path().join("a")).expect("a");
-    let mut reqs =
-        vec![Request::new(vec![3, 4, 5], 24), Request::new(vec![9, 8, 7, 6, 5], 16), Request::new(vec![42], 20)];
+    let mut reqs = [Request::new(vec![3, 4, 5], 24), Request::new(vec![9, 8, 7, 6, 5], 16), Request::new(vec![42], 20)];
     reqs[1].adapter = Some("a".into());
     reqs[2].sampling = SamplingParams { temperature: 0.9, seed: 5, ..SamplingParams::default() };
     let alone: Vec<_> = reqs.iter().map(|r| e.generate(r, &mut |_, _| true).expect("alone")).collect();
