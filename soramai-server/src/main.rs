@@ -13,6 +13,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod http;
+
 use clap::{Parser, Subcommand};
 use soramai::core::crypto::envelope;
 use soramai::kernels;
@@ -89,12 +91,37 @@ enum Command {
         #[arg(long, default_value = "base")]
         r#type: String,
     },
+    /// Serve the OpenAI-compatible API. On a fresh data directory: creates it, registers the
+    /// model, and prints a bootstrap admin key once.
+    Serve(ServeArgs),
     /// Run one job from stdin (started by a worker; not for interactive use).
     #[command(hide = true, disable_help_flag = true)]
     JobRunner {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Data directory (created, mode 0700).
+    #[arg(long, default_value = ".soramai-data")]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// A GGUF base model to register (under --model-id) if it is not registered yet.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The id the model is served under.
+    #[arg(long, default_value = "smollm2-135m-instruct")]
+    model_id: String,
+    /// Job worker threads (each runs one fine-tuning job at a time, in its own child process).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Most requests in one forward pass.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -208,6 +235,7 @@ fn main() -> ExitCode {
         }
         Command::Train(args) => report(train(&args)),
         Command::Merge { model, adapter, out, r#type } => report(merge(&model, &adapter, &out, &r#type)),
+        Command::Serve(args) => report(serve(&args)),
         Command::JobRunner { args } => {
             let kinds: [(&str, soramai::core::jobs::runner::KindHandler); 1] =
                 [("fine_tune", soramai::finetune::run_job)];
@@ -221,6 +249,44 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    std::fs::create_dir_all(&a.data_dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let core = Arc::new(Core::open_embedded(&a.data_dir)?);
+    if let Some(model) = &a.model {
+        let id = ModelId::new(&a.model_id)?;
+        if core.base_model(&id).is_err() {
+            core.register_base_model(&id, model)?;
+        }
+    }
+    let runner = RunnerCommand { args: vec!["job-runner".into()], ..RunnerCommand::new(std::env::current_exe()?) };
+    let options = soramai::PlatformOptions {
+        runner: Some(runner),
+        workers: a.workers,
+        max_batch: a.max_batch,
+        ..soramai::PlatformOptions::default()
+    };
+    let platform = Arc::new(soramai::Platform::with_core(core, options)?);
+    let mut out = std::io::stdout();
+    if let Some(key) = platform.bootstrap_operator()? {
+        writeln!(out, "bootstrap admin key (shown once, store it now): {}", key.secret())?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&a.addr).await?;
+        writeln!(out, "listening on http://{}", listener.local_addr()?)?;
+        out.flush()?;
+        http::serve(listener, http::AppState::new(platform.clone())).await
+    })?;
+    platform.shutdown();
+    Ok(())
 }
 
 fn report(r: Result<(), Box<dyn std::error::Error>>) -> ExitCode {

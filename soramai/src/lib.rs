@@ -19,8 +19,13 @@
 
 pub mod finetune;
 pub mod grounded;
+pub mod platform;
 
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
+pub use platform::{
+    ChatMessage, Completion, Embeddings, FinishReason, GenerationOptions, GenerationStream, ModelInfo, Permit,
+    Platform, PlatformOptions, Prompt, StreamEvent, TokenLogprob, TopLogprob, Usage,
+};
 
 pub use soramai_core::{
     ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, BaseModel, Config, Core, DatasetId, DatasetInfo, Error,
@@ -52,4 +57,18 @@ pub enum PlatformError {
     /// A request the SDK itself refuses.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The prompt does not fit the model's context.
+    #[error("the prompt has {tokens} tokens; the model's context holds {context}")]
+    ContextLength {
+        /// Prompt tokens.
+        tokens: usize,
+        /// The context length.
+        context: usize,
+    },
+    /// A tier limit (requests per minute, concurrent requests) was reached.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// The engine failed while running a request.
+    #[error("inference failed: {0}")]
+    Engine(String),
 }

@@ -1,0 +1,100 @@
+// The official `openai` npm client against `soramai serve`: list models, chat (plain and
+// streaming), upload a dataset, fine-tune, follow the job's events to success, chat with the `ft:`
+// model. Run with node's test runner; env SORAMAI_BIN, SORAMAI_TEST_MODEL, OPENAI_NODE_DIR.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+
+const require = createRequire(path.join(path.resolve(process.env.OPENAI_NODE_DIR), 'package.json'));
+const { default: OpenAI, toFile } = require('openai');
+const MODEL = 'smollm2-135m-instruct';
+const QUESTION = [{ role: 'user', content: 'Where does the cloud council meet?' }];
+
+async function startServer() {
+  const dir = mkdtempSync(path.join(tmpdir(), 'soramai-node-'));
+  const proc = spawn(process.env.SORAMAI_BIN, ['serve', '--data-dir', path.join(dir, 'data'), '--addr', '127.0.0.1:0',
+    '--model', process.env.SORAMAI_TEST_MODEL], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let admin;
+  for await (const line of readline.createInterface({ input: proc.stdout })) {
+    if (line.startsWith('bootstrap admin key')) admin = line.split(' ').pop();
+    if (line.startsWith('listening on ')) return { proc, admin, url: line.split(' ')[2] };
+  }
+  throw new Error('the server did not start');
+}
+
+async function admin(server, p, body) {
+  const r = await fetch(server.url + p, { method: 'POST', body: JSON.stringify(body),
+    headers: { authorization: `Bearer ${server.admin}`, 'content-type': 'application/json' } });
+  assert.ok(r.ok, `${p}: ${r.status}`);
+  return r.json();
+}
+
+async function tenant(server, name) {
+  await admin(server, '/v1/tenants', { id: name, tier: 'basic' });
+  await admin(server, `/v1/tenants/${name}/credits`, { amount: 10_000_000 });
+  return (await admin(server, '/v1/api_keys', { name: 'node', scopes: ['inference', 'train'], tenant: name })).key;
+}
+
+function dataset() {
+  let out = '';
+  for (let i = 0; i < 8; i++) {
+    out += JSON.stringify({ messages: [
+      { role: 'system', content: 'You answer in one sentence.' },
+      { role: 'user', content: `Where does the cloud council meet? (${i})` },
+      { role: 'assistant', content: 'The cloud council meets in Kumo.' },
+    ] }) + '\n';
+  }
+  return Buffer.from(out);
+}
+
+test('the openai npm client drives models, chat, streaming, files and fine-tuning', { timeout: 900_000 }, async () => {
+  const server = await startServer();
+  try {
+    const client = new OpenAI({ baseURL: server.url + '/v1', apiKey: await tenant(server, 'acme'), maxRetries: 0 });
+    const models = [];
+    for await (const m of client.models.list()) models.push(m.id);
+    assert.deepEqual(models, [MODEL]);
+
+    const chat = await client.chat.completions.create({ model: MODEL, messages: QUESTION, max_tokens: 16, temperature: 0, seed: 1 });
+    assert.equal(chat.object, 'chat.completion');
+    assert.ok(chat.choices[0].message.content.length > 0);
+
+    const stream = await client.chat.completions.create({ model: MODEL, messages: QUESTION, max_tokens: 16, temperature: 0,
+      seed: 1, stream: true, stream_options: { include_usage: true } });
+    let text = ''; let usage = null;
+    for await (const chunk of stream) {
+      if (chunk.usage) usage = chunk.usage;
+      for (const c of chunk.choices) text += c.delta.content ?? '';
+    }
+    assert.equal(text, chat.choices[0].message.content);
+    assert.equal(usage.completion_tokens, chat.usage.completion_tokens);
+
+    await assert.rejects(client.chat.completions.create({ model: 'no-such-model', messages: QUESTION }),
+      (e) => e instanceof OpenAI.NotFoundError);
+
+    const file = await client.files.create({ file: await toFile(dataset(), 'train.jsonl'), purpose: 'fine-tune' });
+    let job = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, suffix: 'kumo', seed: 3,
+      hyperparameters: { n_epochs: 8, batch_size: 4, learning_rate_multiplier: 10, rank: 8, alpha: 16,
+        target_modules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'], max_seq: 64 } });
+    const deadline = Date.now() + 600_000;
+    while (!['succeeded', 'failed', 'cancelled'].includes(job.status)) {
+      assert.ok(Date.now() < deadline, 'the job did not finish in time');
+      await new Promise((r) => setTimeout(r, 1000));
+      job = await client.fineTuning.jobs.retrieve(job.id);
+    }
+    assert.equal(job.status, 'succeeded', JSON.stringify(job.error));
+    const events = [];
+    for await (const e of client.fineTuning.jobs.listEvents(job.id)) events.push(e);
+    assert.ok(events.some((e) => e.type === 'metrics'));
+    assert.ok(job.fine_tuned_model.startsWith(`ft:${MODEL}:acme:kumo:`));
+    const tuned = await client.chat.completions.create({ model: job.fine_tuned_model, messages: QUESTION, max_tokens: 16, temperature: 0 });
+    assert.match(tuned.choices[0].message.content, /Kumo/);
+  } finally {
+    server.proc.kill('SIGTERM');
+  }
+});
