@@ -34,6 +34,10 @@ export SORAMAI_REQUIRE_GPU=wgpu
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 features="soramai-core/object-store,soramai-kernels/wgpu"
 
+echo "== the official OpenAI clients (Python and npm) for the server's compatibility tests"
+./scripts/openai-clients.sh >/dev/null
+export SORAMAI_REQUIRE_CLIENTS=1
+
 echo "== format"
 cargo fmt --all -- --check
 
@@ -54,7 +58,7 @@ echo "== adapter interop with Hugging Face PEFT (transformers on the dequantized
 peft_python="$(./scripts/peft-venv.sh)"
 interop_dir="$(mktemp -d)"
 # The binary the tests just built (same features), not a second build of it.
-cargo build --locked -p soramai-server --features soramai-kernels/wgpu
+cargo build --locked --workspace --features soramai-kernels/wgpu --bin soramai
 "$peft_python" -W ignore scripts/peft_interop.py target/debug/soramai "$SORAMAI_TEST_MODEL" "$interop_dir"
 rm -rf "$interop_dir"
 

@@ -1,0 +1,377 @@
+//! `soramai serve` over HTTP: hostile requests (no key, revoked, expired, another tenant's, a key
+//! without the scope, oversized and malformed bodies, path tricks in ids, tier limits) each get
+//! the right status and an OpenAI-shaped error and change nothing; a canary prompt reaches no log,
+//! metric, database row or file.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+
+const CANARY: &str = "zq9-canary-Sora-7713";
+const MODEL: &str = "smollm2-135m-instruct";
+
+fn reference_model() -> Option<PathBuf> {
+    let p = std::env::var_os("SORAMAI_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(std::env::var_os("SORAMAI_REQUIRE_MODEL").is_none(), "reference model missing at {}", p.display());
+    eprintln!("skipped: no reference model (run scripts/fetch-model.sh)");
+    None
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    admin: String,
+    http: Client,
+    stderr: PathBuf,
+    stdout_rest: std::thread::JoinHandle<String>,
+}
+
+impl Server {
+    fn start(dir: &Path, model: &Path) -> Self {
+        let stderr = dir.join("server.stderr");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_soramai"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.join("data"))
+            .arg("--model")
+            .arg(model)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let (mut admin, mut url) = (String::new(), String::new());
+        let mut line = String::new();
+        while url.is_empty() {
+            line.clear();
+            assert!(out.read_line(&mut line).expect("read") > 0, "the server exited before listening");
+            if line.starts_with("bootstrap admin key") {
+                admin = line.rsplit(' ').next().expect("key").trim().to_owned();
+            }
+            if let Some(u) = line.strip_prefix("listening on ") {
+                url = u.trim().to_owned();
+            }
+        }
+        let stdout_rest = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = out.read_to_string(&mut rest);
+            rest
+        });
+        let http = Client::builder().timeout(Duration::from_secs(300)).build().expect("client");
+        Server { child, url, admin, http, stderr, stdout_rest }
+    }
+
+    fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method.parse().expect("method"), format!("{}{path}", self.url));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().expect("send");
+        let status = res.status();
+        let text = res.text().expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn tenant(&self, id: &str, tier: &str, credits: i64) -> String {
+        let (s, _) = self.call("POST", "/v1/tenants", Some(&self.admin), Some(json!({"id": id, "tier": tier})));
+        assert_eq!(s, StatusCode::CREATED);
+        if credits > 0 {
+            let (s, _) = self.call(
+                "POST",
+                &format!("/v1/tenants/{id}/credits"),
+                Some(&self.admin),
+                Some(json!({"amount": credits})),
+            );
+            assert_eq!(s, StatusCode::OK);
+        }
+        self.key(&self.admin, id, &["inference", "train", "rag", "admin"], None)
+    }
+
+    fn key(&self, by: &str, tenant: &str, scopes: &[&str], expires: Option<u64>) -> String {
+        let body = json!({"name": "t", "scopes": scopes, "tenant": tenant, "expires_in_seconds": expires});
+        let (s, v) = self.call("POST", "/v1/api_keys", Some(by), Some(body));
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["key"].as_str().expect("key").to_owned()
+    }
+
+    /// Stops the server (SIGTERM: graceful) and returns what it printed after starting.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        let mut out = self.stdout_rest.join().unwrap_or_default();
+        out.push_str(&std::fs::read_to_string(&self.stderr).unwrap_or_default());
+        out
+    }
+}
+
+/// An OpenAI-shaped error with this status and code.
+fn assert_error(got: (StatusCode, Value), status: StatusCode, code: &str) {
+    let (s, v) = got;
+    assert_eq!(s, status, "{v}");
+    let e = &v["error"];
+    assert!(e["message"].is_string() && e["type"].is_string() && e.get("param").is_some(), "not OpenAI's shape: {v}");
+    assert_eq!(e["code"], code, "{v}");
+}
+
+fn chat(model: &str, content: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 0})
+}
+
+fn upload(server: &Server, key: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("purpose", "fine-tune")
+        .part("file", reqwest::blocking::multipart::Part::bytes(bytes).file_name("train.jsonl"));
+    let res =
+        server.http.post(format!("{}/v1/files", server.url)).bearer_auth(key).multipart(form).send().expect("send");
+    let status = res.status();
+    (status, res.json().unwrap_or(Value::Null))
+}
+
+fn dataset() -> Vec<u8> {
+    let line = json!({"messages": [
+        {"role": "user", "content": "Where does the cloud council meet?"},
+        {"role": "assistant", "content": "In Kumo."},
+    ]});
+    format!("{line}\n{line}\n").into_bytes()
+}
+
+#[test]
+fn hostile_requests_get_openai_errors_and_change_nothing() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &model);
+    let acme = server.tenant("acme", "basic", 1_000_000);
+    let globex = server.tenant("globex", "basic", 1_000_000);
+    let (s, file) = upload(&server, &acme, dataset());
+    assert_eq!(s, StatusCode::OK, "{file}");
+    let file_id = file["id"].as_str().expect("id").to_owned();
+    let (s, balance_before) = server.call("GET", "/v1/usage", Some(&acme), None);
+    assert_eq!(s, StatusCode::OK);
+
+    // No key, a garbage key, a well-formed but unknown key.
+    assert_error(server.call("GET", "/v1/models", None, None), StatusCode::UNAUTHORIZED, "missing_api_key");
+    assert_error(server.call("GET", "/v1/models", Some("nonsense"), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
+    let forged = format!("sk-{}-{}", "0".repeat(16), "0".repeat(64));
+    assert_error(server.call("GET", "/v1/models", Some(&forged), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
+
+    // A revoked key stops at once; an expired one too.
+    let revoked = server.key(&acme, "acme", &["inference"], None);
+    let id = revoked.split('-').nth(1).expect("id");
+    assert_eq!(server.call("GET", "/v1/models", Some(&revoked), None).0, StatusCode::OK);
+    assert_eq!(server.call("DELETE", &format!("/v1/api_keys/{id}"), Some(&acme), None).0, StatusCode::OK);
+    assert_error(server.call("GET", "/v1/models", Some(&revoked), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
+    let expiring = server.key(&acme, "acme", &["inference"], Some(1));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_error(server.call("GET", "/v1/models", Some(&expiring), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
+
+    // Another tenant's key sees none of acme's files; a key without the scope is refused.
+    assert_error(
+        server.call("GET", &format!("/v1/files/{file_id}"), Some(&globex), None),
+        StatusCode::NOT_FOUND,
+        "dataset_not_found",
+    );
+    assert_error(
+        server.call("DELETE", &format!("/v1/files/{file_id}"), Some(&globex), None),
+        StatusCode::NOT_FOUND,
+        "dataset_not_found",
+    );
+    let (_, files) = server.call("GET", "/v1/files", Some(&globex), None);
+    assert_eq!(files["data"], json!([]));
+    let rag_only = server.key(&acme, "acme", &["rag"], None);
+    assert_error(
+        server.call("POST", "/v1/chat/completions", Some(&rag_only), Some(chat(MODEL, "hi"))),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    // A tenant admin is not a platform admin, and cannot mint keys in another tenant.
+    assert_error(
+        server.call("POST", "/v1/tenants", Some(&acme), Some(json!({"id": "evil", "tier": "org"}))),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    assert_error(
+        server.call(
+            "POST",
+            "/v1/api_keys",
+            Some(&acme),
+            Some(json!({"name": "x", "scopes": ["admin"], "tenant": "globex"})),
+        ),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    assert_error(
+        server.call("POST", "/v1/tenants/acme/credits", Some(&acme), Some(json!({"amount": 5}))),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+
+    // Oversized and malformed bodies, wrong types, unknown fields where they are refused.
+    let huge = vec![b'a'; 33 << 20];
+    let res = server
+        .http
+        .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth(&acme)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    for body in ["{", "[]", "{\"model\": 5}", "null", "{\"model\":\"m\",\"messages\":\"x\"}"] {
+        let res = server
+            .http
+            .post(format!("{}/v1/chat/completions", server.url))
+            .bearer_auth(&acme)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("send");
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{body}");
+        let v: Value = res.json().expect("json");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{body}: {v}");
+    }
+    for (body, code) in [
+        (json!({"model": MODEL, "messages": []}), "invalid_request"),
+        (json!({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}), "invalid_request"),
+        (json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 9}), "invalid_request"),
+        (json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 3}), "invalid_request"),
+        (json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stop": ["", "a"]}), "invalid_request"),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 50, "logprobs": true}),
+            "invalid_request",
+        ),
+        (
+            json!({"model": "ft:smollm2-135m-instruct:globex:x:00", "messages": [{"role": "user", "content": "x"}]}),
+            "model_not_found",
+        ),
+        (json!({"model": "../../etc/passwd", "messages": [{"role": "user", "content": "x"}]}), "model_not_found"),
+    ] {
+        let got = server.call("POST", "/v1/chat/completions", Some(&acme), Some(body.clone()));
+        let status = if code == "model_not_found" { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+        assert_error(got, status, code);
+    }
+    let long = "word ".repeat(9000);
+    assert_error(
+        server.call("POST", "/v1/chat/completions", Some(&acme), Some(chat(MODEL, &long))),
+        StatusCode::BAD_REQUEST,
+        "context_length_exceeded",
+    );
+    // A malformed dataset is refused with its line, and stores nothing.
+    let (s, v) = upload(&server, &acme, b"{\"messages\": 3}\nnot json\n".to_vec());
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/v1/fine_tuning/jobs",
+        Some(&acme),
+        Some(json!({"model": MODEL, "training_file": file_id, "hyperparameters": {"n_epochs": 0}})),
+    );
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/v1/fine_tuning/jobs",
+        Some(&acme),
+        Some(json!({"model": MODEL, "training_file": file_id, "hyperparameters": {"bogus": 1}})),
+    );
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // Path tricks in ids are unknown ids, never files.
+    for path in [
+        "/v1/files/..%2F..%2Fdata%2Fmeta.db",
+        "/v1/files/%2e%2e/content",
+        "/v1/fine_tuning/jobs/..%2Fx",
+        "/v1/fine_tuning/jobs/%00/events",
+        "/v1/models/..%2F..%2Froot.key",
+    ] {
+        let (s, v) = server.call("GET", path, Some(&acme), None);
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+        // (A client may normalise `..` away, leaving an unknown URL: also a 404.)
+        let code = v["error"]["code"].as_str().unwrap_or_default();
+        assert!(code.ends_with("not_found") || code == "unknown_url", "{path}: {v}");
+    }
+    assert_error(server.call("GET", "/v1/nothing-here", Some(&acme), None), StatusCode::NOT_FOUND, "unknown_url");
+
+    // Nothing changed: the same files, the same balance (refused requests charge nothing).
+    let (_, files) = server.call("GET", "/v1/files", Some(&acme), None);
+    assert_eq!(files["data"].as_array().map(Vec::len), Some(1));
+    let (_, jobs) = server.call("GET", "/v1/fine_tuning/jobs", Some(&acme), None);
+    assert_eq!(jobs["data"], json!([]));
+    let (_, balance_after) = server.call("GET", "/v1/usage", Some(&acme), None);
+    assert_eq!(balance_after["credits"], balance_before["credits"]);
+
+    // Tier limits: a free tenant gets 20 requests a minute, then 429 rate_limit_exceeded.
+    let free = server.tenant("freebie", "free", 0);
+    for _ in 0..20 {
+        assert_eq!(server.call("GET", "/v1/models", Some(&free), None).0, StatusCode::OK);
+    }
+    assert_error(
+        server.call("GET", "/v1/models", Some(&free), None),
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+    );
+    // No credits: refused before anything runs.
+    let broke = server.tenant("broke", "basic", 0);
+    assert_error(
+        server.call("POST", "/v1/chat/completions", Some(&broke), Some(chat(MODEL, "hi"))),
+        StatusCode::TOO_MANY_REQUESTS,
+        "insufficient_quota",
+    );
+    server.stop();
+}
+
+#[test]
+fn a_canary_prompt_reaches_no_log_metric_row_or_file() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &model);
+    let key = server.tenant("acme", "basic", 1_000_000);
+    let prompt = format!("Repeat after me: {CANARY} {CANARY}");
+    let (s, v) = server.call("POST", "/v1/chat/completions", Some(&key), Some(chat(MODEL, &prompt)));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut streamed = chat(MODEL, &prompt);
+    streamed["stream"] = json!(true);
+    let res = server.http.post(format!("{}/v1/chat/completions", server.url)).bearer_auth(&key).json(&streamed).send();
+    let body = res.expect("send").text().expect("stream");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let (_, v) = server.call("POST", "/v1/embeddings", Some(&key), Some(json!({"model": MODEL, "input": prompt})));
+    assert!(v["data"][0]["embedding"].is_array(), "{v}");
+    // A failing request must not echo it either.
+    let (_, v) =
+        server.call("POST", "/v1/chat/completions", Some(&key), Some(json!({"model": CANARY, "messages": []})));
+    assert!(!v.to_string().contains(CANARY), "{v}");
+
+    let (_, metrics) = server.call("GET", "/metrics", None, None);
+    let metrics = metrics.as_str().expect("text").to_owned();
+    assert!(metrics.contains("soramai_completions_total 2"), "{metrics}");
+    let (_, usage) = server.call("GET", "/v1/usage", Some(&key), None);
+    assert_eq!(usage["usage"]["requests"], 3, "{usage}");
+    let (_, audit) = server.call("GET", "/v1/audit", Some(&key), None);
+    let logs = server.stop();
+    for (what, text) in
+        [("metrics", &metrics), ("server output", &logs), ("usage", &usage.to_string()), ("audit", &audit.to_string())]
+    {
+        assert!(!text.contains(CANARY), "the canary is in the {what}");
+    }
+    let mut files = vec![dir.path().to_path_buf()];
+    let mut scanned = 0;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).expect("dir").flatten().map(|e| e.path()));
+        } else {
+            let bytes = std::fs::read(&p).expect("read");
+            scanned += 1;
+            assert!(!bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()), "the canary is in {}", p.display());
+        }
+    }
+    assert!(scanned >= 3, "the database and its WAL were scanned ({scanned} files)");
+}
