@@ -125,6 +125,20 @@ impl From<PlatformError> for ApiError {
                 }
                 _ => server_error(),
             },
+            PlatformError::Rag(r) => match r {
+                soramai::rag::Error::Core(c) => PlatformError::Core(c).into(),
+                soramai::rag::Error::CorpusNotFound => {
+                    Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "corpus_not_found", msg)
+                }
+                soramai::rag::Error::CorpusExists => {
+                    Self::new(StatusCode::CONFLICT, "invalid_request_error", "already_exists", msg)
+                }
+                soramai::rag::Error::InvalidArgument(_) => Self::invalid(msg),
+                soramai::rag::Error::TooLarge { .. } => {
+                    Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "too_large", msg)
+                }
+                _ => server_error(),
+            },
             PlatformError::InvalidArgument(_) => Self::invalid(msg),
             PlatformError::ContextLength { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "context_length_exceeded", msg)
@@ -218,6 +232,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api_keys", post(create_key).get(list_keys))
         .route("/api_keys/{id}", axum::routing::delete(revoke_key))
         .route("/api_keys/{id}/rotate", post(rotate_key))
+        .route("/corpora", post(create_corpus).get(list_corpora))
+        .route("/corpora/{id}", axum::routing::delete(delete_corpus))
+        .route("/corpora/{id}/documents", post(add_documents).get(list_documents))
+        .route("/corpora/{id}/documents/{doc}", axum::routing::delete(delete_document))
+        .route("/corpora/{id}/search", post(search))
+        .route("/corpora/{id}/chat", post(grounded_chat))
         .route("/audit", get(audit_log))
         .route("/audit/verify", get(audit_verify))
         .route("/usage", get(usage))
@@ -1056,6 +1076,172 @@ async fn job_checkpoints(
         .collect();
     items.reverse();
     Ok(axum::Json(page(items, &q)?).into_response())
+}
+
+// ---------- RAG ----------
+
+fn corpus_id(id: &str) -> ApiResult<soramai::rag::CorpusId> {
+    soramai::rag::CorpusId::new(id).map_err(|_| PlatformError::Rag(soramai::rag::Error::CorpusNotFound).into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorpusBody {
+    id: String,
+}
+
+async fn create_corpus(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(b): JsonBody<CorpusBody>,
+) -> ApiResult<Response> {
+    let id = soramai::rag::CorpusId::new(&b.id).map_err(|e| ApiError::from(PlatformError::Rag(e)).param("id"))?;
+    let shown = id.as_str().to_owned();
+    blocking(move || Ok(s.platform.rag()?.create_corpus(&p, &id)?)).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"id": shown, "object": "corpus"}))).into_response())
+}
+
+async fn list_corpora(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
+    let ids = blocking(move || Ok(s.platform.rag()?.list_corpora(&p)?)).await?;
+    let data: Vec<Value> = ids.iter().map(|c| json!({"id": c.as_str(), "object": "corpus"})).collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+async fn delete_corpus(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = corpus_id(&id)?;
+    let shown = id.as_str().to_owned();
+    blocking(move || Ok(s.platform.rag()?.delete_corpus(&p, &id)?)).await?;
+    Ok(axum::Json(json!({"id": shown, "object": "corpus", "deleted": true})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocIn {
+    id: String,
+    #[serde(default)]
+    title: String,
+    text: String,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocsBody {
+    documents: Vec<DocIn>,
+}
+
+async fn add_documents(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<DocsBody>,
+) -> ApiResult<Response> {
+    let id = corpus_id(&id)?;
+    let mut docs = Vec::with_capacity(b.documents.len());
+    for d in b.documents {
+        let format = match d.format.as_deref() {
+            None | Some("text") => soramai::rag::Format::Text,
+            Some("markdown") => soramai::rag::Format::Markdown,
+            Some("html") => soramai::rag::Format::Html,
+            Some(_) => return Err(ApiError::invalid("format is text, markdown or html.").param("documents")),
+        };
+        docs.push(soramai::rag::Document { id: d.id, title: d.title, body: d.text, format, metadata: d.metadata });
+    }
+    let report = blocking(move || Ok(s.platform.rag()?.add_documents(&p, &id, &docs)?)).await?;
+    Ok(axum::Json(json!({"object": "ingestion", "documents": report.documents, "chunks": report.chunks}))
+        .into_response())
+}
+
+async fn list_documents(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = corpus_id(&id)?;
+    let docs = blocking(move || Ok(s.platform.rag()?.list_documents(&p, &id)?)).await?;
+    let data: Vec<Value> = docs.iter().map(|d| json!({"id": d, "object": "document"})).collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+async fn delete_document(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path((id, doc)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let id = corpus_id(&id)?;
+    let shown = doc.clone();
+    blocking(move || Ok(s.platform.rag()?.delete_documents(&p, &id, &[doc])?)).await?;
+    Ok(axum::Json(json!({"id": shown, "object": "document", "deleted": true})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    query: String,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    hybrid: bool,
+    #[serde(default)]
+    filters: std::collections::BTreeMap<String, String>,
+}
+
+async fn search(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<SearchBody>,
+) -> ApiResult<Response> {
+    let id = corpus_id(&id)?;
+    let mut req = soramai::rag::SearchRequest::new(b.query, b.top_k.unwrap_or(5));
+    req.hybrid = b.hybrid;
+    req.filters = b.filters.into_iter().collect();
+    let hits = blocking(move || Ok(s.platform.rag()?.search(&p, &id, &req)?)).await?;
+    Ok(axum::Json(json!({"object": "list", "data": hits})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroundedBody {
+    model: String,
+    question: String,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    hybrid: bool,
+}
+
+async fn grounded_chat(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<GroundedBody>,
+) -> ApiResult<Response> {
+    let state = s.clone();
+    let (c, prompt) = blocking(move || {
+        let retrieval = soramai::Retrieval { top_k: b.top_k.unwrap_or(5), hybrid: b.hybrid };
+        let options = GenerationOptions {
+            max_tokens: b.max_tokens,
+            temperature: b.temperature,
+            seed: b.seed,
+            ..GenerationOptions::default()
+        };
+        let (stream, prompt) = s.platform.grounded_chat(&p, &b.model, &id, &b.question, &retrieval, &options)?;
+        Ok((stream.collect()?, prompt))
+    })
+    .await?;
+    note_usage(&state, &c.usage);
+    Ok(axum::Json(json!({
+        "id": c.id, "object": "grounded.answer", "created": c.created, "model": c.model,
+        "answer": c.text, "citations": prompt.citations(&c.text), "sources": prompt.sources,
+        "finish_reason": finish_str(c.finish_reason), "usage": c.usage,
+    }))
+    .into_response())
 }
 
 // ---------- tenants, keys, audit, usage ----------

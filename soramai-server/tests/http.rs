@@ -375,3 +375,79 @@ fn a_canary_prompt_reaches_no_log_metric_row_or_file() {
     }
     assert!(scanned >= 3, "the database and its WAL were scanned ({scanned} files)");
 }
+
+#[test]
+fn rag_over_http_grounds_answers_in_the_tenants_own_documents_only() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &model);
+    let acme = server.tenant("acme", "basic", 1_000_000);
+    let globex = server.tenant("globex", "basic", 1_000_000);
+    let free = server.tenant("freebie", "free", 1_000_000);
+
+    let (s, v) = server.call("POST", "/v1/corpora", Some(&acme), Some(json!({"id": "handbook"})));
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_error(
+        server.call("POST", "/v1/corpora", Some(&acme), Some(json!({"id": "handbook"}))),
+        StatusCode::CONFLICT,
+        "already_exists",
+    );
+    let docs = json!({"documents": [
+        {"id": "travel", "title": "Travel policy", "text": "Employees book trains for trips under 600 km. The travel desk is on floor 7.", "metadata": {"team": "ops"}},
+        {"id": "leave", "title": "Leave", "format": "markdown", "text": "# Leave\n\nEveryone gets 30 days of paid leave a year."},
+    ]});
+    let (s, v) = server.call("POST", "/v1/corpora/handbook/documents", Some(&acme), Some(docs));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["documents"], 2);
+    let (s, v) =
+        server.call("POST", "/v1/corpora/handbook/search", Some(&acme), Some(json!({"query": "travel desk floor"})));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"][0]["doc_id"], "travel", "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/v1/corpora/handbook/chat",
+        Some(&acme),
+        Some(json!({"model": MODEL, "question": "Which floor is the travel desk on?", "max_tokens": 24, "temperature": 0})),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["sources"].as_array().is_some_and(|a| a.iter().any(|s| s["doc_id"] == "travel")), "{v}");
+    assert!(v["usage"]["prompt_tokens"].as_u64() > Some(20), "{v}");
+
+    // Another tenant cannot reach acme's corpus; a free tenant has no RAG; bad input is refused.
+    for (method, path, body) in [
+        ("POST", "/v1/corpora/handbook/search", json!({"query": "travel"})),
+        ("POST", "/v1/corpora/handbook/chat", json!({"model": MODEL, "question": "floor?"})),
+        ("POST", "/v1/corpora/handbook/documents", json!({"documents": []})),
+    ] {
+        assert_error(server.call(method, path, Some(&globex), Some(body)), StatusCode::NOT_FOUND, "corpus_not_found");
+    }
+    let (_, v) = server.call("GET", "/v1/corpora", Some(&globex), None);
+    assert_eq!(v["data"], json!([]));
+    assert_error(
+        server.call("POST", "/v1/corpora", Some(&free), Some(json!({"id": "mine"}))),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    for body in [
+        json!({"documents": [{"id": "x", "text": "y", "format": "pdf"}]}),
+        json!({"documents": [{"id": "x"}]}),
+        json!({"docs": []}),
+    ] {
+        let (s, v) = server.call("POST", "/v1/corpora/handbook/documents", Some(&acme), Some(body));
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
+    assert_error(
+        server.call("POST", "/v1/corpora", Some(&acme), Some(json!({"id": "../x"}))),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    let (_, v) = server.call("GET", "/v1/corpora/handbook/documents", Some(&acme), None);
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(2), "refused requests changed nothing");
+    assert_eq!(server.call("DELETE", "/v1/corpora/handbook", Some(&acme), None).0, StatusCode::OK);
+    assert_error(
+        server.call("POST", "/v1/corpora/handbook/search", Some(&acme), Some(json!({"query": "travel"}))),
+        StatusCode::NOT_FOUND,
+        "corpus_not_found",
+    );
+    server.stop();
+}

@@ -24,7 +24,7 @@ pub mod platform;
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
 pub use platform::{
     ChatMessage, Completion, Embeddings, FinishReason, GenerationOptions, GenerationStream, ModelInfo, Permit,
-    Platform, PlatformOptions, Prompt, StreamEvent, TokenLogprob, TopLogprob, Usage,
+    Platform, PlatformOptions, Prompt, Retrieval, StreamEvent, TokenLogprob, TopLogprob, Usage,
 };
 
 pub use soramai_core::{

@@ -22,6 +22,7 @@ use soramai_core::{
 use soramai_kernels::sample::SamplingParams;
 use soramai_kernels::tokenizer::template::Message;
 use soramai_kernels::{Engine, Finish, Precision, Request, TokenEvent};
+use soramai_rag::{CorpusId, GroundedPrompt, Rag, RagOptions, SearchRequest};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::PlatformError;
@@ -501,6 +502,24 @@ impl Drop for Permit {
     }
 }
 
+/// How a grounded chat retrieves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retrieval {
+    /// Chunks retrieved before the context budget cut (1..=100).
+    pub top_k: usize,
+    /// Rerank BM25 candidates by embedding similarity.
+    pub hybrid: bool,
+}
+
+impl Default for Retrieval {
+    fn default() -> Self {
+        Self { top_k: 5, hybrid: false }
+    }
+}
+
+/// Decrypted index chunks kept in memory across every tenant's corpora.
+pub const RAG_CACHE_BYTES: usize = 64 << 20;
+
 /// The tenant whose admin keys administer the platform (tenants, tiers, credits).
 pub const OPERATOR_TENANT: &str = "operator";
 
@@ -513,6 +532,7 @@ pub struct Platform {
     workers: Mutex<Vec<JoinHandle<()>>>,
     counter: AtomicU64,
     limiter: Arc<Limiter>,
+    rag: Mutex<Option<Arc<Rag>>>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -543,6 +563,7 @@ impl Platform {
             workers: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
             limiter: Arc::new(Limiter::default()),
+            rag: Mutex::new(None),
         };
         if let Some(runner) = p.options.runner.clone() {
             let mut handles = p.workers.lock().map_err(|_| PlatformError::Engine("worker list poisoned".into()))?;
@@ -950,6 +971,71 @@ impl Platform {
         Self::require_platform_admin(principal)?;
         self.core.tenant(&tenant)?;
         Ok(self.core.create_api_key(&Principal::operator(&tenant), options)?)
+    }
+
+    /// Retrieval, on the first registered base model's tokenizer (chunk windows) and embeddings
+    /// (hybrid search); created on first use.
+    pub fn rag(&self) -> Result<Arc<Rag>, PlatformError> {
+        let mut slot = self.rag.lock().map_err(|_| PlatformError::Engine("rag poisoned".into()))?;
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let mut options = RagOptions::default();
+        if let Some(base) = self.core.base_models()?.into_iter().next() {
+            let engine = self.serving(&base.id)?.engine.clone();
+            options.tokens = Arc::new(crate::grounded::ModelTokens(engine.tokenizer.clone()));
+            options.embedder = Some(Arc::new(crate::grounded::ModelEmbedder::new(engine)));
+        }
+        let r = Arc::new(Rag::with_options(self.core.clone(), RAG_CACHE_BYTES, options));
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Starts a chat grounded in one of the caller's corpora (rag and inference scopes, a tier
+    /// with RAG): retrieves `top_k` chunks (reranked by embeddings when `hybrid`), fits them with
+    /// the question into the model's context (leaving room for `max_tokens`, default 256), and
+    /// generates like [`Platform::generate`]. Returns the stream and the prompt, whose sources
+    /// resolve the answer's `[n]` citations.
+    pub fn grounded_chat(
+        &self,
+        principal: &Principal,
+        model: &str,
+        corpus: &str,
+        question: &str,
+        retrieval: &Retrieval,
+        options: &GenerationOptions,
+    ) -> Result<(GenerationStream, GroundedPrompt), PlatformError> {
+        principal.require(Scope::Inference)?;
+        if question.trim().is_empty() {
+            return Err(PlatformError::InvalidArgument("question is empty".into()));
+        }
+        let rag = self.rag()?;
+        let corpus = CorpusId::new(corpus).map_err(|_| soramai_rag::Error::CorpusNotFound)?;
+        let (serving, _, _) = self.resolve(principal, model)?;
+        let engine = &serving.engine;
+        let max_tokens = options.max_tokens.unwrap_or(256);
+        let n_ctx = engine.model.config.n_ctx;
+        let frame = engine.chat_tokens(&[Message::new("system", ""), Message::new("user", "")])?.len();
+        let budget = n_ctx.saturating_sub(max_tokens + frame);
+        if budget == 0 {
+            return Err(PlatformError::InvalidArgument(format!("max_tokens {max_tokens} leaves no room for sources")));
+        }
+        let mut request = SearchRequest::new(question, retrieval.top_k);
+        request.hybrid = retrieval.hybrid;
+        let hits = rag.search(principal, &corpus, &request)?;
+        let prompt = soramai_rag::grounding::assemble(
+            question,
+            &hits,
+            budget,
+            &crate::grounded::ModelTokens(engine.tokenizer.clone()),
+        );
+        let chat = Prompt::Chat(vec![
+            ChatMessage { role: "system".into(), content: prompt.system.clone() },
+            ChatMessage { role: "user".into(), content: prompt.user.clone() },
+        ]);
+        let options = GenerationOptions { max_tokens: Some(max_tokens), ..options.clone() };
+        let stream = self.generate(principal, model, &chat, &options)?;
+        Ok((stream, prompt))
     }
 
     /// A dataset id as given by a caller, or not-found.
