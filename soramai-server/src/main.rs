@@ -37,6 +37,10 @@ enum Command {
         /// Data directory (created, mode 0700).
         #[arg(long, default_value = ".soramai-data")]
         data_dir: PathBuf,
+        /// The GGUF base model: with it the quickstart also fine-tunes an adapter, chats with it
+        /// and answers a question grounded in the indexed documents.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
     /// Print the token ids of TEXT as a JSON array.
     Tokenize {
@@ -241,7 +245,7 @@ fn main() -> ExitCode {
                 [("fine_tune", soramai::finetune::run_job)];
             ExitCode::from(u8::try_from(soramai::core::jobs::runner::main_with(&args, &kinds)).unwrap_or(2))
         }
-        Command::Quickstart { data_dir } => match quickstart(&data_dir) {
+        Command::Quickstart { data_dir, model } => match quickstart(&data_dir, model.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("quickstart failed: {e}");
@@ -506,11 +510,129 @@ fn logits(
 
 const SAMPLE: &[u8] = include_bytes!("../assets/quickstart.jsonl");
 
-fn step(n: usize, what: &str) {
-    println!("[{n}/9] {what}");
+/// The quickstart's steps on the model: fine-tune, chat with the adapter, a grounded answer.
+fn model_steps(
+    core: &Arc<Core>,
+    me: &Principal,
+    data_dir: &std::path::Path,
+    model: &std::path::Path,
+    kb: &soramai::rag::CorpusId,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let base = ModelId::new("smollm2-135m-instruct")?;
+    if core.base_model(&base).is_err() {
+        core.register_base_model(&base, model)?;
+    }
+    core.grant_credits(me.tenant(), 1_000_000, "quickstart-training")?;
+    let platform = Arc::new(soramai::Platform::with_core(core.clone(), soramai::PlatformOptions::default())?);
+
+    step(9, "fine-tune a LoRA adapter on the dataset (QLoRA on the GGUF, in a child process)");
+    let ds = core.upload_dataset(me, "support-train.jsonl", SAMPLE)?;
+    let spec = soramai::FineTuneSpec {
+        dataset: ds.id,
+        base_model: base.clone(),
+        suffix: Some("support".into()),
+        hyperparameters: soramai::Hyperparameters {
+            n_epochs: 12,
+            batch_size: 2,
+            learning_rate_multiplier: 10.0,
+            rank: 8,
+            alpha: 16.0,
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            max_seq: 128,
+            seed: 7,
+            checkpoint_every: 8,
+        },
+    };
+    let job = platform.create_fine_tuning_job(me, spec)?;
+    let runner = RunnerCommand { args: vec!["job-runner".into()], ..RunnerCommand::new(std::env::current_exe()?) };
+    let worker = Worker::new(core.clone(), "quickstart-trainer", job.pool.clone(), runner);
+    let training = std::thread::spawn(move || worker.run_once());
+    let bar = indicatif::ProgressBar::new(24);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "      {bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]",
+    )?);
+    while !training.is_finished() {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Some(e) = core.job_events(me, &job.id)?.iter().rev().find(|e| e.kind == "progress") {
+            bar.set_position(e.data["step"].as_u64().unwrap_or(0));
+            bar.set_message(format!(
+                "loss {:.3}  {:.0} tokens/s",
+                e.data["loss"].as_f64().unwrap_or(0.0),
+                e.data["tokens_per_second"].as_f64().unwrap_or(0.0)
+            ));
+        }
+    }
+    bar.finish();
+    let done = training.join().map_err(|_| "the training thread panicked")??.ok_or("the job was not claimed")?;
+    let result = done.result.clone().unwrap_or_default();
+    let ft =
+        result["fine_tuned_model"].as_str().ok_or_else(|| format!("the job ended {}: {:?}", done.state, done.error))?;
+    println!(
+        "      {} {}: loss {:.3} -> {:.3}, {} trained tokens; model {ft}",
+        done.id,
+        done.state,
+        result["first_loss"].as_f64().unwrap_or(0.0),
+        result["final_loss"].as_f64().unwrap_or(0.0),
+        result["trained_tokens"]
+    );
+
+    step(10, "chat with the fine-tuned model (streamed, batched with any other requests)");
+    let question = "How do I rotate an API key?";
+    println!("      user: {question}");
+    print!("      {ft}: ");
+    let options = soramai::GenerationOptions { max_tokens: Some(48), temperature: Some(0.0), ..Default::default() };
+    let prompt = soramai::Prompt::Chat(vec![
+        soramai::ChatMessage { role: "system".into(), content: "You are Soramai's support assistant.".into() },
+        soramai::ChatMessage { role: "user".into(), content: question.into() },
+    ]);
+    for ev in platform.generate(me, ft, &prompt, &options)? {
+        match ev? {
+            soramai::StreamEvent::Delta { text, .. } => {
+                print!("{text}");
+                std::io::stdout().flush()?;
+            }
+            soramai::StreamEvent::Done { usage, .. } => {
+                println!("\n      ({} prompt + {} completion tokens)", usage.prompt_tokens, usage.completion_tokens);
+            }
+        }
+    }
+
+    step(11, "ask a question grounded in the indexed documents, with citations");
+    let question = "What happens to backups when I close my account?";
+    let (stream, grounded) =
+        platform.grounded_chat(me, base.as_str(), kb.as_str(), question, &soramai::Retrieval::default(), &options)?;
+    let answer = stream.collect()?;
+    println!("      user: {question}");
+    println!("      answer: {}", answer.text.trim());
+    let cited = grounded.citations(&answer.text);
+    let sources: Vec<&str> = grounded.sources.iter().map(|s| s.chunk_id.as_str()).collect();
+    println!("      sources in the prompt: {sources:?}; cited: {cited:?}");
+    if !sources.contains(&"deletion#0") {
+        return Err("the grounded prompt lacks the closure policy".into());
+    }
+    let usage = core.usage_summary(me, 0)?;
+    println!(
+        "      usage so far: {} requests, {} prompt + {} completion tokens; {} credits left",
+        usage.requests,
+        usage.input_tokens,
+        usage.output_tokens,
+        core.balance(me.tenant())?
+    );
+    let leaked = scan_for(data_dir, b"grace period you choose")?;
+    println!("      files holding training text in plaintext: {leaked}");
+    if leaked > 0 {
+        return Err("plaintext training data found at rest".into());
+    }
+    platform.shutdown();
+    Ok(())
 }
 
-fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+fn step(n: usize, what: &str) {
+    println!("[{n}/12] {what}");
+}
+
+fn quickstart(data_dir: &std::path::Path, model: Option<&std::path::Path>) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let core = Arc::new(Core::open_embedded(data_dir)?);
     println!("data directory: {} (embedded default: SQLite + encrypted local blobs)", data_dir.display());
@@ -644,7 +766,13 @@ fn quickstart(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
         return Err("plaintext index data found at rest".into());
     }
 
-    step(9, "verify the tamper-evident audit log");
+    if let Some(model) = model {
+        model_steps(&core, &me, data_dir, model, &kb)?;
+    } else {
+        println!("      (no --model: skipping fine-tuning, chat and grounded answers)");
+    }
+
+    step(12, "verify the tamper-evident audit log");
     let report = core.verify_audit(&tenant)?;
     for r in core.audit_log(&Principal::operator(&tenant))? {
         println!("      #{:<2} {:<20} {:<18} {}", r.seq, r.action, r.actor, r.target);

@@ -7,17 +7,28 @@ use std::process::{Command, Stdio};
 fn quickstart_runs_on_a_fresh_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
+    // The first run is the whole pipeline on the reference model (when present); the second
+    // reopens the same directory.
+    let model = std::env::var_os("SORAMAI_TEST_MODEL").map(std::path::PathBuf::from).filter(|p| p.is_file());
     for run in 0..2 {
-        let out = Command::new(env!("CARGO_BIN_EXE_soramai"))
-            .args(["quickstart", "--data-dir"])
-            .arg(&data)
-            .env_remove("SORAMAI_ROOT_KEY")
-            .output()
-            .expect("run");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_soramai"));
+        cmd.args(["quickstart", "--data-dir"]).arg(&data).env_remove("SORAMAI_ROOT_KEY");
+        if run == 0
+            && let Some(m) = &model
+        {
+            cmd.arg("--model").arg(m);
+        }
+        let out = cmd.output().expect("run");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "run {run}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("audit chain verified"), "{stdout}");
         assert!(stdout.contains("plaintext: 0"), "{stdout}");
+        assert!(!stdout.contains("plaintext: 1"), "{stdout}");
+        if run == 0 && model.is_some() {
+            for step in ["succeeded: loss", "ft:smollm2-135m-instruct:", "sources in the prompt", "model.accessed"] {
+                assert!(stdout.contains(step), "missing {step:?} in {stdout}");
+            }
+        }
     }
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&data).expect("meta").permissions().mode() & 0o777, 0o700);
