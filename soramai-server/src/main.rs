@@ -126,6 +126,12 @@ struct ServeArgs {
     /// Most requests in one forward pass.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -263,6 +269,10 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls_config(cert, key)?),
+        _ => None,
+    };
     let core = Arc::new(Core::open_embedded(&a.data_dir)?);
     if let Some(model) = &a.model {
         let id = ModelId::new(&a.model_id)?;
@@ -285,9 +295,10 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.addr).await?;
-        writeln!(out, "listening on http://{}", listener.local_addr()?)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        writeln!(out, "listening on {scheme}://{}", listener.local_addr()?)?;
         out.flush()?;
-        http::serve(listener, http::AppState::new(platform.clone())).await
+        http::serve(listener, tls, http::AppState::new(platform.clone())).await
     })?;
     platform.shutdown();
     Ok(())

@@ -38,12 +38,17 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, model: &Path) -> Self {
+        Self::start_with(dir, model, &[])
+    }
+
+    fn start_with(dir: &Path, model: &Path, extra: &[&Path]) -> Self {
         let stderr = dir.join("server.stderr");
         let mut child = Command::new(env!("CARGO_BIN_EXE_soramai"))
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(dir.join("data"))
             .arg("--model")
             .arg(model)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
@@ -449,5 +454,59 @@ fn rag_over_http_grounds_answers_in_the_tenants_own_documents_only() {
         StatusCode::NOT_FOUND,
         "corpus_not_found",
     );
+    server.stop();
+}
+
+#[test]
+fn tls_serves_https_1_2_and_up_only() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("cert");
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).expect("write");
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("write");
+
+    // A key file that is not a key is refused at start with a clear error.
+    let bad = Command::new(env!("CARGO_BIN_EXE_soramai"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("bad"))
+        .arg("--tls-cert")
+        .arg(&cert_pem)
+        .arg("--tls-key")
+        .arg(&cert_pem)
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cert.pem"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    let tls_flag = PathBuf::from("--tls-cert");
+    let key_flag = PathBuf::from("--tls-key");
+    let server = Server::start_with(dir.path(), &model, &[&tls_flag, &cert_pem, &key_flag, &key_pem]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&cert_pem)
+            .args(args)
+            .output()
+            .expect("curl")
+    };
+    let ok = curl(&[&format!("{}/healthz", server.url)]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "ok");
+    let tls12 = curl(&["--tlsv1.2", "--tls-max", "1.2", &format!("{}/healthz", server.url)]);
+    assert!(tls12.status.success(), "TLS 1.2 is served: {}", String::from_utf8_lossy(&tls12.stderr));
+    let old = curl(&["--tlsv1.0", "--tls-max", "1.1", &format!("{}/healthz", server.url)]);
+    assert!(!old.status.success(), "TLS 1.1 must be refused");
+    let plain = curl(&[&format!("{}/healthz", server.url.replace("https://", "http://"))]);
+    assert!(!plain.status.success() || String::from_utf8_lossy(&plain.stdout) != "ok", "plain HTTP must not be served");
+    // The server still answers after the refused handshakes, API keys included.
+    let with_key = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&cert_pem)
+        .args(["-H", &format!("Authorization: Bearer {}", server.admin), &format!("{}/v1/models", server.url)])
+        .output()
+        .expect("curl");
+    assert!(String::from_utf8_lossy(&with_key.stdout).contains(MODEL), "{}", String::from_utf8_lossy(&with_key.stdout));
     server.stop();
 }
