@@ -57,8 +57,9 @@ cargo test --workspace --locked --doc
 echo "== adapter interop with Hugging Face PEFT (transformers on the dequantized GGUF)"
 peft_python="$(./scripts/peft-venv.sh)"
 interop_dir="$(mktemp -d)"
-# The binary the tests just built (same features), not a second build of it.
-cargo build --locked --workspace --features soramai-kernels/wgpu --bin soramai
+# The binary the tests just built (a build here would resolve features apart from the tests' and
+# compile the dependencies a second time).
+[ -x target/debug/soramai ] || cargo build --locked -p soramai-server --bin soramai
 "$peft_python" -W ignore scripts/peft_interop.py target/debug/soramai "$SORAMAI_TEST_MODEL" "$interop_dir"
 rm -rf "$interop_dir"
 
