@@ -161,13 +161,19 @@ def main():
         keys, models = setup_adapters(url, admin)
         print(f"setup: 8 tenants, 8 adapters trained in {time.perf_counter() - t:.0f} s", flush=True)
         # Warm up (engine load, adapters loaded on first use).
-        asyncio.run(load(url, [(keys[i], models[i]) for i in range(TENANTS)]))
+        try:
+            asyncio.run(load(url, [(keys[i], models[i]) for i in range(TENANTS)]))
+        except Exception as e:
+            raise RuntimeError(f"warm-up: {e!r}; server exit status {proc.poll()}") from None
         mixed = [(keys[i % TENANTS], models[i % TENANTS]) for i in range(CONCURRENCY)]
         single = [(keys[0], models[0])] * CONCURRENCY
         base = [(keys[i % TENANTS], MODEL) for i in range(CONCURRENCY)]
-        rows["soramai, 8 adapters (8 tenants)"] = asyncio.run(load(url, mixed))
-        rows["soramai, 1 adapter"] = asyncio.run(load(url, single))
-        rows["soramai, base model"] = asyncio.run(load(url, base))
+        for name, jobs in [("soramai, 8 adapters (8 tenants)", mixed), ("soramai, 1 adapter", single),
+                           ("soramai, base model", base)]:
+            try:
+                rows[name] = asyncio.run(load(url, jobs))
+            except Exception as e:
+                raise RuntimeError(f"{name}: {e!r}; server exit status {proc.poll()}") from None
     finally:
         proc.terminate()
         proc.wait()
