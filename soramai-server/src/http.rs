@@ -298,12 +298,17 @@ async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -
     match checked {
         Ok(Ok((principal, permit))) => {
             req.extensions_mut().insert(principal);
-            let permit = Arc::new(permit);
-            req.extensions_mut().insert(permit.clone());
-            let mut res = next.run(req).await;
-            // Streams hold the permit until they end.
-            res.extensions_mut().insert(permit);
-            res
+
+            let res = next.run(req).await;
+            // The permit lives as long as the response body, so a stream holds its place until it
+            // ends or its client goes away (response extensions are dropped once the head is sent).
+            res.map(|body| {
+                let data = futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
+                    let _held = &permit;
+                    chunk
+                });
+                axum::body::Body::from_stream(data)
+            })
         }
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(_) => server_error().into_response(),

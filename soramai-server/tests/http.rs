@@ -324,6 +324,38 @@ fn hostile_requests_get_openai_errors_and_change_nothing() {
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limit_exceeded",
     );
+    // Concurrency: a basic tenant runs 2 requests at once; open streams hold their places until
+    // they end, then the places come back.
+    let busy = server.tenant("busy", "basic", 1_000_000);
+    let mut long = chat(MODEL, "Tell me a long story about the sea.");
+    long["max_tokens"] = json!(400);
+    long["stream"] = json!(true);
+    let open: Vec<_> = (0..2)
+        .map(|_| {
+            let res =
+                server.http.post(format!("{}/v1/chat/completions", server.url)).bearer_auth(&busy).json(&long).send();
+            let mut res = res.expect("send");
+            assert_eq!(res.status(), StatusCode::OK);
+            let mut first = [0u8; 16];
+            res.read_exact(&mut first).expect("the stream started");
+            res
+        })
+        .collect();
+    assert_error(
+        server.call("GET", "/v1/models", Some(&busy), None),
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+    );
+    drop(open);
+    let mut freed = false;
+    for _ in 0..50 {
+        if server.call("GET", "/v1/models", Some(&busy), None).0 == StatusCode::OK {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(freed, "closed streams give their places back");
     // No credits: refused before anything runs.
     let broke = server.tenant("broke", "basic", 0);
     assert_error(
