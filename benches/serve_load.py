@@ -139,7 +139,9 @@ async def load(url, jobs):
 def start_llama(python, model):
     port = 18000 + os.getpid() % 1000
     proc = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"],
+                             "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
+                             # Queue concurrent requests instead of cutting the running stream off.
+                             "--interrupt_requests", "False"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
