@@ -1034,12 +1034,7 @@ async fn job_events(
     Path(id): Path<String>,
     Query(q): Query<Page>,
 ) -> ApiResult<Response> {
-    let (job, events) = blocking(move || {
-        let job = s.platform.fine_tuning_job(&p, &id)?;
-        let events = s.platform.core().job_events(&p, &job.id)?;
-        Ok((job, events))
-    })
-    .await?;
+    let (job, events) = blocking(move || s.platform.fine_tuning_job_events(&p, &id)).await?;
     let mut items: Vec<(String, Value)> = events
         .iter()
         .map(|e| {
@@ -1060,12 +1055,7 @@ async fn job_checkpoints(
     Path(id): Path<String>,
     Query(q): Query<Page>,
 ) -> ApiResult<Response> {
-    let (job, events) = blocking(move || {
-        let job = s.platform.fine_tuning_job(&p, &id)?;
-        let events = s.platform.core().job_events(&p, &job.id)?;
-        Ok((job, events))
-    })
-    .await?;
+    let (job, events) = blocking(move || s.platform.fine_tuning_job_events(&p, &id)).await?;
     let mut items: Vec<(String, Value)> = events
         .iter()
         .filter(|e| e.kind == "checkpoint")

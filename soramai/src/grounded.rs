@@ -108,6 +108,20 @@ pub struct GroundedAnswer {
     pub truncated: bool,
 }
 
+/// Tokens left for retrieved sources in a grounded prompt: the model's context less the answer's
+/// `max_tokens` and what the chat template adds around a system and a user message.
+pub(crate) fn source_budget(engine: &Engine, max_tokens: usize) -> Result<usize, PlatformError> {
+    let n_ctx = engine.model.config.n_ctx;
+    let frame = engine.chat_tokens(&[Message::new("system", ""), Message::new("user", "")])?.len();
+    let budget = n_ctx.saturating_sub(max_tokens + frame);
+    if budget == 0 {
+        return Err(PlatformError::InvalidArgument(format!(
+            "max_tokens {max_tokens} leaves no room for sources in the {n_ctx}-token context"
+        )));
+    }
+    Ok(budget)
+}
+
 /// Retrieves from `corpus` for `question`, builds a prompt that leaves room for `max_tokens` of
 /// answer inside the model's context, generates, and resolves the answer's citations. Access
 /// rules are `Rag`'s: the principal needs the `rag` scope, a tier with RAG, and its own corpus.
@@ -119,16 +133,7 @@ pub fn answer(
     question: &str,
     options: &GroundedOptions,
 ) -> Result<GroundedAnswer, PlatformError> {
-    let n_ctx = engine.model.config.n_ctx;
-    // What the chat template adds around the two messages, measured on empty ones.
-    let frame = engine.chat_tokens(&[Message::new("system", ""), Message::new("user", "")])?.len();
-    let budget = n_ctx.saturating_sub(options.max_tokens + frame);
-    if budget == 0 {
-        return Err(PlatformError::InvalidArgument(format!(
-            "max_tokens {} leaves no room for sources in the {n_ctx}-token context",
-            options.max_tokens
-        )));
-    }
+    let budget = source_budget(engine, options.max_tokens)?;
     let mut request = SearchRequest::new(question, options.top_k);
     request.hybrid = options.hybrid;
     let hits = rag.search(principal, corpus, &request)?;

@@ -871,6 +871,17 @@ impl Platform {
         Ok(job)
     }
 
+    /// One of the tenant's fine-tuning jobs with its events, oldest first.
+    pub fn fine_tuning_job_events(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(Job, Vec<soramai_core::JobEvent>), PlatformError> {
+        let job = self.fine_tuning_job(principal, id)?;
+        let events = self.core.job_events(principal, &job.id)?;
+        Ok((job, events))
+    }
+
     /// The tenant's fine-tuning jobs, newest first.
     pub fn list_fine_tuning_jobs(&self, principal: &Principal) -> Result<Vec<Job>, PlatformError> {
         let mut jobs: Vec<Job> =
@@ -912,16 +923,17 @@ impl Platform {
         }
     }
 
+    /// Records a platform admin's change to a tenant in the operator's audit log.
+    fn audit_admin(&self, principal: &Principal, op: &str, t: &Tenant) -> Result<(), PlatformError> {
+        let detail = serde_json::json!({"op": op, "tier": t.tier.as_str()});
+        Ok(self.core.record_audit(principal, Action::AdminAccess, t.id.as_str(), detail)?)
+    }
+
     /// Creates a tenant on a tier (platform admin).
     pub fn create_tenant(&self, principal: &Principal, id: &str, tier: Tier) -> Result<Tenant, PlatformError> {
         Self::require_platform_admin(principal)?;
         let t = self.core.create_tenant(&TenantId::new(id)?, tier)?;
-        self.core.record_audit(
-            principal,
-            Action::AdminAccess,
-            id,
-            serde_json::json!({"op": "tenant.create", "tier": tier.as_str()}),
-        )?;
+        self.audit_admin(principal, "tenant.create", &t)?;
         Ok(t)
     }
 
@@ -929,12 +941,7 @@ impl Platform {
     pub fn set_tier(&self, principal: &Principal, id: &str, tier: Tier) -> Result<Tenant, PlatformError> {
         Self::require_platform_admin(principal)?;
         let t = self.core.set_tier(&TenantId::new(id)?, tier)?;
-        self.core.record_audit(
-            principal,
-            Action::AdminAccess,
-            id,
-            serde_json::json!({"op": "tenant.tier", "tier": tier.as_str()}),
-        )?;
+        self.audit_admin(principal, "tenant.tier", &t)?;
         Ok(t)
     }
 
@@ -1014,12 +1021,7 @@ impl Platform {
         let (serving, _, _) = self.resolve(principal, model)?;
         let engine = &serving.engine;
         let max_tokens = options.max_tokens.unwrap_or(256);
-        let n_ctx = engine.model.config.n_ctx;
-        let frame = engine.chat_tokens(&[Message::new("system", ""), Message::new("user", "")])?.len();
-        let budget = n_ctx.saturating_sub(max_tokens + frame);
-        if budget == 0 {
-            return Err(PlatformError::InvalidArgument(format!("max_tokens {max_tokens} leaves no room for sources")));
-        }
+        let budget = crate::grounded::source_budget(engine, max_tokens)?;
         let mut request = SearchRequest::new(question, retrieval.top_k);
         request.hybrid = retrieval.hybrid;
         let hits = rag.search(principal, &corpus, &request)?;
