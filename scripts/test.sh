@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need, checks formatting and
-# lints, runs every test (cargo-nextest when present, else cargo test), the doc tests, and the
-# optional object-store backend's tests. Prints the total time at the end.
+# lints, runs every test (cargo-nextest when present, else cargo test), the doc tests, the Python
+# and Node bindings' suites, and the optional object-store backend's tests. Prints the total time at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -53,6 +53,15 @@ fi
 
 echo "== doc tests"
 cargo test --workspace --locked --doc
+
+echo "== Python bindings (PyO3, built with maturin; pytest)"
+# --features wgpu: the kernels' feature set of the tests above, so their build is reused.
+bindings_python="$(./scripts/python-bindings.sh --features wgpu)"
+"$bindings_python" -m pytest -q -p no:cacheprovider bindings/python/tests
+
+echo "== Node bindings (napi-rs; node --test)"
+./scripts/node-bindings.sh --features wgpu >/dev/null
+node --test bindings/node/test/
 
 echo "== adapter interop with Hugging Face PEFT (transformers on the dequantized GGUF)"
 peft_python="$(./scripts/peft-venv.sh)"

@@ -93,63 +93,30 @@ impl IntoResponse for ApiError {
 
 impl From<PlatformError> for ApiError {
     fn from(e: PlatformError) -> Self {
-        use soramai::core::Error as C;
-        let msg = e.to_string();
-        match e {
-            PlatformError::Core(c) => match c {
-                C::Unauthenticated => Self::new(
+        use soramai::ErrorKind as K;
+        let (status, kind) = match e.kind() {
+            K::Authentication => {
+                return Self::new(
                     StatusCode::UNAUTHORIZED,
                     "invalid_request_error",
                     "invalid_api_key",
                     "Incorrect API key provided.",
-                ),
-                C::MissingScope(_) | C::NotAllowed { .. } | C::TenantLocked => {
-                    Self::new(StatusCode::FORBIDDEN, "permission_error", "permission_denied", msg)
-                }
-                C::NotFound { kind } => {
-                    let code = format!("{}_not_found", kind.replace(' ', "_"));
-                    Self::new(StatusCode::NOT_FOUND, "invalid_request_error", &code, msg)
-                }
-                C::AlreadyExists { .. } => {
-                    Self::new(StatusCode::CONFLICT, "invalid_request_error", "already_exists", msg)
-                }
-                C::InvalidArgument(_) | C::InvalidDataset { .. } => Self::invalid(msg),
-                C::TooLarge { .. } => {
-                    Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "too_large", msg)
-                }
-                C::InsufficientCredits { .. } => {
-                    Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", "insufficient_quota", msg)
-                }
-                C::InvalidJobState { .. } => {
-                    Self::new(StatusCode::CONFLICT, "invalid_request_error", "invalid_state", msg)
-                }
-                _ => server_error(),
-            },
-            PlatformError::Rag(r) => match r {
-                soramai::rag::Error::Core(c) => PlatformError::Core(c).into(),
-                soramai::rag::Error::CorpusNotFound => {
-                    Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "corpus_not_found", msg)
-                }
-                soramai::rag::Error::CorpusExists => {
-                    Self::new(StatusCode::CONFLICT, "invalid_request_error", "already_exists", msg)
-                }
-                soramai::rag::Error::InvalidArgument(_) => Self::invalid(msg),
-                soramai::rag::Error::TooLarge { .. } => {
-                    Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "too_large", msg)
-                }
-                _ => server_error(),
-            },
-            PlatformError::InvalidArgument(_) => Self::invalid(msg),
-            PlatformError::ContextLength { .. } => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "context_length_exceeded", msg)
-                    .param("messages")
+                );
             }
-            PlatformError::Inference(soramai::kernels::Error::Request(_)) => Self::invalid(msg),
-            PlatformError::RateLimited(_) => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", msg)
+            K::PermissionDenied => (StatusCode::FORBIDDEN, "permission_error"),
+            K::NotFound => (StatusCode::NOT_FOUND, "invalid_request_error"),
+            K::Conflict => (StatusCode::CONFLICT, "invalid_request_error"),
+            K::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            K::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
+            K::ContextLength => {
+                return Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", &e.code(), e.to_string())
+                    .param("messages");
             }
-            _ => server_error(),
-        }
+            K::InsufficientCredits => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
+            K::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "requests"),
+            _ => return server_error(),
+        };
+        Self::new(status, kind, &e.code(), e.to_string())
     }
 }
 

@@ -20,11 +20,16 @@
 pub mod finetune;
 pub mod grounded;
 pub mod platform;
+pub mod session;
 
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
 pub use platform::{
-    ChatMessage, Completion, Embeddings, FinishReason, GenerationOptions, GenerationStream, ModelInfo, Permit,
-    Platform, PlatformOptions, Prompt, Retrieval, StreamEvent, TokenLogprob, TopLogprob, Usage,
+    ChatMessage, Completion, DEFAULT_MODEL_ID, Embeddings, FinishReason, GenerationOptions, GenerationStream,
+    ModelInfo, OpenOptions, Permit, Platform, PlatformOptions, Prompt, Retrieval, StreamEvent, TokenLogprob,
+    TopLogprob, Usage,
+};
+pub use session::{
+    DocumentInput, FineTuneRequest, GroundedChat, KeyRequest, NewKey, SearchInput, Session, UsageReport,
 };
 
 pub use soramai_core::{
@@ -71,4 +76,90 @@ pub enum PlatformError {
     /// The engine failed while running a request.
     #[error("inference failed: {0}")]
     Engine(String),
+}
+
+/// What kind of failure a [`PlatformError`] is, for callers that answer it (an HTTP status, an
+/// exception class): every layer's errors folded into the handful a client acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No key, or a key that is unknown, revoked or expired.
+    Authentication,
+    /// The key lacks the scope, the tier lacks the feature, or the tenant is locked.
+    PermissionDenied,
+    /// No such resource for this caller (another tenant's resources are not found either).
+    NotFound,
+    /// The resource exists already, or is in a state that refuses the request.
+    Conflict,
+    /// A malformed or out-of-range argument.
+    InvalidRequest,
+    /// Over a size limit.
+    TooLarge,
+    /// The prompt does not fit the model's context.
+    ContextLength,
+    /// The tenant's credits do not cover the request.
+    InsufficientCredits,
+    /// A tier limit (requests per minute, concurrent requests).
+    RateLimited,
+    /// Anything else: storage, integrity, the engine. Not the caller's fault.
+    Internal,
+}
+
+impl PlatformError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        use soramai_core::Error as C;
+        match self {
+            PlatformError::Core(c) | PlatformError::Rag(soramai_rag::Error::Core(c)) => match c {
+                C::Unauthenticated => ErrorKind::Authentication,
+                C::MissingScope(_) | C::NotAllowed { .. } | C::TenantLocked => ErrorKind::PermissionDenied,
+                C::NotFound { .. } => ErrorKind::NotFound,
+                C::AlreadyExists { .. } | C::InvalidJobState { .. } => ErrorKind::Conflict,
+                C::InvalidArgument(_) | C::InvalidDataset { .. } => ErrorKind::InvalidRequest,
+                C::TooLarge { .. } => ErrorKind::TooLarge,
+                C::InsufficientCredits { .. } => ErrorKind::InsufficientCredits,
+                _ => ErrorKind::Internal,
+            },
+            PlatformError::Rag(r) => match r {
+                soramai_rag::Error::CorpusNotFound => ErrorKind::NotFound,
+                soramai_rag::Error::CorpusExists => ErrorKind::Conflict,
+                soramai_rag::Error::InvalidArgument(_) => ErrorKind::InvalidRequest,
+                soramai_rag::Error::TooLarge { .. } => ErrorKind::TooLarge,
+                _ => ErrorKind::Internal,
+            },
+            PlatformError::InvalidArgument(_) | PlatformError::Inference(soramai_kernels::Error::Request(_)) => {
+                ErrorKind::InvalidRequest
+            }
+            PlatformError::ContextLength { .. } => ErrorKind::ContextLength,
+            PlatformError::RateLimited(_) => ErrorKind::RateLimited,
+            _ => ErrorKind::Internal,
+        }
+    }
+
+    /// A stable machine-readable code in OpenAI's style: `invalid_api_key`, `permission_denied`,
+    /// `<kind>_not_found`, `already_exists`, `invalid_state`, `invalid_request`, `too_large`,
+    /// `context_length_exceeded`, `insufficient_quota`, `rate_limit_exceeded`, `internal_error`.
+    pub fn code(&self) -> String {
+        use soramai_core::Error as C;
+        match (self.kind(), self) {
+            (ErrorKind::NotFound, PlatformError::Core(C::NotFound { kind }))
+            | (ErrorKind::NotFound, PlatformError::Rag(soramai_rag::Error::Core(C::NotFound { kind }))) => {
+                format!("{}_not_found", kind.replace(' ', "_"))
+            }
+            (ErrorKind::NotFound, _) => "corpus_not_found".into(),
+            (ErrorKind::Conflict, PlatformError::Core(C::InvalidJobState { .. })) => "invalid_state".into(),
+            (kind, _) => match kind {
+                ErrorKind::Authentication => "invalid_api_key",
+                ErrorKind::PermissionDenied => "permission_denied",
+                ErrorKind::Conflict => "already_exists",
+                ErrorKind::InvalidRequest => "invalid_request",
+                ErrorKind::TooLarge => "too_large",
+                ErrorKind::ContextLength => "context_length_exceeded",
+                ErrorKind::InsufficientCredits => "insufficient_quota",
+                ErrorKind::RateLimited => "rate_limit_exceeded",
+                ErrorKind::NotFound | ErrorKind::Internal => "internal_error",
+            }
+            .into(),
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use soramai_core::{
     Action, Core, DatasetId, FineTuneSpec, IssuedKey, Job, JobId, JobSpec, KeyOptions, ModelId, PoolId, Principal,
     Receipt, RunnerCommand, Scope, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
@@ -49,8 +49,26 @@ impl Default for PlatformOptions {
     }
 }
 
+/// The id a base model gets when none is named.
+pub const DEFAULT_MODEL_ID: &str = "smollm2";
+
+/// How [`Platform::open_with`] sets up a platform.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenOptions {
+    /// A GGUF file to register as a base model.
+    pub model: Option<std::path::PathBuf>,
+    /// Its id (default [`DEFAULT_MODEL_ID`]).
+    pub model_id: Option<String>,
+    /// Job worker threads (default 1).
+    pub workers: Option<usize>,
+    /// Most requests in one forward pass (default 32).
+    pub max_batch: Option<usize>,
+}
+
 /// One message of a chat.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     /// `system`, `developer` (as system), `user` or `assistant`.
     pub role: String,
@@ -59,7 +77,8 @@ pub struct ChatMessage {
 }
 
 /// How to sample and when to stop.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GenerationOptions {
     /// Most tokens to generate; by default what the context and the tenant's credits allow.
     pub max_tokens: Option<usize>,
@@ -130,7 +149,8 @@ pub enum FinishReason {
 }
 
 /// What a generation stream yields.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamEvent {
     /// New text (possibly empty, when a token only completes part of a character).
     Delta {
@@ -149,7 +169,7 @@ pub enum StreamEvent {
 }
 
 /// A finished generation.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Completion {
     /// The request id (`chatcmpl-…`/`cmpl-…`).
     pub id: String,
@@ -267,6 +287,7 @@ pub struct GenerationStream {
     seen: u64,
     want_logprobs: bool,
     created: u64,
+    permit: Option<Permit>,
 }
 
 impl std::fmt::Debug for GenerationStream {
@@ -327,6 +348,12 @@ impl GenerationStream {
         self.prompt_tokens
     }
 
+    /// Keeps a tier permit until the stream ends or is dropped.
+    pub fn hold(mut self, permit: Permit) -> Self {
+        self.permit = Some(permit);
+        self
+    }
+
     /// The next event, waiting for it without blocking the async runtime; `None` after `Done`.
     pub async fn next_event(&mut self) -> Option<Result<StreamEvent, PlatformError>> {
         self.settle.as_ref()?;
@@ -335,6 +362,15 @@ impl GenerationStream {
     }
 
     fn observe(&mut self, msg: Option<Msg>) -> Result<StreamEvent, PlatformError> {
+        let ev = self.observe_msg(msg);
+        if self.settle.is_none() {
+            // Ended: the tier place is free for the tenant's next request.
+            self.permit = None;
+        }
+        ev
+    }
+
+    fn observe_msg(&mut self, msg: Option<Msg>) -> Result<StreamEvent, PlatformError> {
         match msg {
             Some(Msg::Token(ev)) => {
                 self.seen += 1;
@@ -458,7 +494,7 @@ pub struct ModelInfo {
 }
 
 /// Embedding vectors with their token count.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Embeddings {
     /// One unit vector per input.
     pub vectors: Vec<Vec<f32>>,
@@ -503,7 +539,8 @@ impl Drop for Permit {
 }
 
 /// How a grounded chat retrieves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Retrieval {
     /// Chunks retrieved before the context budget cut (1..=100).
     pub top_k: usize,
@@ -584,6 +621,32 @@ impl Platform {
             }
         }
         Ok(p)
+    }
+
+    /// Opens (or creates) the embedded default in `data_dir` as an embedding program wants it:
+    /// `options.model` registered as a base model (under `options.model_id`, default
+    /// [`DEFAULT_MODEL_ID`]) unless one of that id exists, and job workers running `runner`.
+    pub fn open_with(
+        data_dir: impl AsRef<Path>,
+        options: &OpenOptions,
+        runner: Option<RunnerCommand>,
+    ) -> Result<Arc<Self>, PlatformError> {
+        let core = Arc::new(Core::open_embedded(data_dir.as_ref())?);
+        if let Some(model) = &options.model {
+            let id = options.model_id.as_deref().unwrap_or(DEFAULT_MODEL_ID);
+            let id = ModelId::new(id)?;
+            if core.base_model(&id).is_err() {
+                core.register_base_model(&id, model)?;
+            }
+        }
+        let defaults = PlatformOptions::default();
+        let platform_options = PlatformOptions {
+            runner,
+            workers: options.workers.unwrap_or(defaults.workers),
+            max_batch: options.max_batch.unwrap_or(defaults.max_batch).max(1),
+            ..defaults
+        };
+        Ok(Arc::new(Self::with_core(core, platform_options)?))
     }
 
     /// The security core (tenants, keys, datasets, jobs, audit, metering).
@@ -819,6 +882,7 @@ impl Platform {
             seen: 0,
             want_logprobs: options.logprobs.is_some(),
             created: unix_seconds(),
+            permit: None,
         })
     }
 

@@ -1,7 +1,8 @@
 //! Byte-level BPE (GPT-2 style): pre-tokenize with the model's regexes, map bytes to printable
 //! characters, merge adjacent symbols by merge rank.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use fancy_regex::Regex;
 
@@ -114,32 +115,139 @@ impl Bpe {
                 out.push(id);
                 continue;
             }
-            // Symbols: one per byte-level character, with its token (if any) and its bytes.
-            let mut syms: Vec<(Option<TokenId>, Vec<u8>)> =
-                word.bytes().map(|b| (self.byte_tokens[b as usize], vec![b])).collect();
-            // Multi-byte characters start as several byte symbols; BPE merges treat each mapped
-            // char as a symbol, which is one byte here, exactly as llama.cpp's byte-level path.
-            loop {
-                let mut best: Option<(u32, usize, TokenId)> = None;
-                for i in 0..syms.len().saturating_sub(1) {
-                    if let (Some(l), Some(r)) = (syms[i].0, syms[i + 1].0)
-                        && let Some(&(rank, merged)) = self.merges.get(&(l, r))
-                        && best.is_none_or(|(br, _, _)| rank < br)
-                    {
-                        best = Some((rank, i, merged));
-                    }
-                }
-                let Some((_, i, merged)) = best else { break };
-                let right = syms.remove(i + 1);
-                syms[i].0 = Some(merged);
-                syms[i].1.extend(right.1);
+            self.merge_word(word.as_bytes(), out);
+        }
+    }
+
+    /// Merges one pre-token's bytes by merge rank, lowest rank first and leftmost among equals
+    /// (as a rescan after every merge would), in O(n log n): the symbols form a linked list and
+    /// candidate pairs wait in a heap, checked against the list when popped. A hostile prompt of
+    /// one 50,000-byte "word" takes milliseconds, not the seconds a quadratic rescan would.
+    fn merge_word(&self, bytes: &[u8], out: &mut Vec<TokenId>) {
+        struct Sym {
+            id: Option<TokenId>,
+            start: usize,
+            end: usize,
+            prev: Option<usize>,
+            next: Option<usize>,
+            merged_away: bool,
+        }
+        let n = bytes.len();
+        // Multi-byte characters start as several byte symbols, exactly as llama.cpp's
+        // byte-level path.
+        let mut syms: Vec<Sym> = bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| Sym {
+                id: self.byte_tokens[b as usize],
+                start: i,
+                end: i + 1,
+                prev: i.checked_sub(1),
+                next: (i + 1 < n).then_some(i + 1),
+                merged_away: false,
+            })
+            .collect();
+        // (rank, left symbol, left id, right id, merged id), smallest first.
+        let mut heap = BinaryHeap::new();
+        let candidate = |syms: &[Sym], i: usize| {
+            let j = syms[i].next?;
+            let (l, r) = (syms[i].id?, syms[j].id?);
+            let &(rank, merged) = self.merges.get(&(l, r))?;
+            Some(Reverse((rank, i, l, r, merged)))
+        };
+        for i in 0..n {
+            heap.extend(candidate(&syms, i));
+        }
+        while let Some(Reverse((_, i, l, r, merged))) = heap.pop() {
+            let Some(j) = syms[i].next else { continue };
+            if syms[i].merged_away || syms[i].id != Some(l) || syms[j].id != Some(r) {
+                continue; // stale: one side has merged since
             }
-            for (id, bytes) in syms {
-                match id {
-                    Some(id) => out.push(id),
-                    None => out.extend(bytes.iter().filter_map(|b| self.byte_tokens[*b as usize])),
+            syms[i].id = Some(merged);
+            syms[i].end = syms[j].end;
+            syms[i].next = syms[j].next;
+            syms[j].merged_away = true;
+            if let Some(k) = syms[j].next {
+                syms[k].prev = Some(i);
+            }
+            if let Some(p) = syms[i].prev {
+                heap.extend(candidate(&syms, p));
+            }
+            heap.extend(candidate(&syms, i));
+        }
+        let mut at = (n > 0).then_some(0);
+        while let Some(i) = at {
+            let sym = &syms[i];
+            match sym.id {
+                Some(id) => out.push(id),
+                None => out.extend(bytes[sym.start..sym.end].iter().filter_map(|b| self.byte_tokens[*b as usize])),
+            }
+            at = sym.next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The obvious merge loop: rescan every pair after each merge, take the lowest rank (the
+    /// leftmost among equals).
+    fn naive(bpe: &Bpe, word: &[u8]) -> Vec<TokenId> {
+        let mut syms: Vec<(Option<TokenId>, Vec<u8>)> =
+            word.iter().map(|&b| (bpe.byte_tokens[b as usize], vec![b])).collect();
+        loop {
+            let mut best: Option<(u32, usize, TokenId)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                if let (Some(l), Some(r)) = (syms[i].0, syms[i + 1].0)
+                    && let Some(&(rank, merged)) = bpe.merges.get(&(l, r))
+                    && best.is_none_or(|(br, _, _)| rank < br)
+                {
+                    best = Some((rank, i, merged));
                 }
+            }
+            let Some((_, i, merged)) = best else { break };
+            let right = syms.remove(i + 1);
+            syms[i].0 = Some(merged);
+            syms[i].1.extend(right.1);
+        }
+        let mut out = Vec::new();
+        for (id, bytes) in syms {
+            match id {
+                Some(id) => out.push(id),
+                None => out.extend(bytes.iter().filter_map(|b| bpe.byte_tokens[*b as usize])),
             }
         }
+        out
+    }
+
+    /// A small vocabulary over `a b c d` (`d` has no merges) with overlapping merges.
+    fn toy() -> Bpe {
+        let tokens = ["a", "b", "c", "d", "aa", "ab", "bc", "aaa", "abc", "aab", "bcbc", "aaaa", "bb"];
+        let vocab: HashMap<String, TokenId> =
+            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as TokenId)).collect();
+        let merges = ["a b", "a a", "b c", "aa a", "ab c", "a ab", "bc bc", "aa aa", "b b"];
+        Bpe::new(&vocab, &merges, None).expect("toy vocabulary")
+    }
+
+    proptest! {
+        #[test]
+        fn heap_merge_matches_the_rescan(word in "[abcd]{0,200}") {
+            let bpe = toy();
+            let mut fast = Vec::new();
+            bpe.merge_word(word.as_bytes(), &mut fast);
+            prop_assert_eq!(fast, naive(&bpe, word.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn a_long_word_merges() {
+        let bpe = toy();
+        let word = "a".repeat(50_000);
+        let mut out = Vec::new();
+        bpe.merge_word(word.as_bytes(), &mut out);
+        assert_eq!(out.len(), 12_500, "fifty thousand a's are 12,500 aaaa tokens");
+        assert!(out.iter().all(|&t| t == 11));
     }
 }

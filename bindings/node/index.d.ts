@@ -1,0 +1,300 @@
+// Types of the `soramai` Node package. Results are the SDK's JSON shapes (snake_case fields).
+
+export declare const DEFAULT_MODEL_ID: string
+
+export type Scope = 'inference' | 'train' | 'rag' | 'admin'
+export type Tier = 'free' | 'basic' | 'pro' | 'org' | 'enterprise'
+export type FinishReason = 'stop' | 'length'
+
+export interface ChatMessage {
+  role: 'system' | 'developer' | 'user' | 'assistant'
+  content: string
+}
+
+export interface GenerationOptions {
+  max_tokens?: number
+  temperature?: number
+  top_p?: number
+  seed?: number
+  stop?: string[]
+  /** Report each token's log-probability and this many alternatives (0..=20). */
+  logprobs?: number
+}
+
+export interface Usage {
+  prompt_tokens: number
+  completion_tokens: number
+  total_tokens: number
+}
+
+export interface TopLogprob {
+  token: string
+  bytes: number[]
+  logprob: number
+}
+
+export interface TokenLogprob extends TopLogprob {
+  top_logprobs: TopLogprob[]
+}
+
+export interface DeltaEvent {
+  type: 'delta'
+  text: string
+  logprob: TokenLogprob | null
+}
+
+export interface DoneEvent {
+  type: 'done'
+  finish_reason: FinishReason
+  usage: Usage
+}
+
+export type StreamEvent = DeltaEvent | DoneEvent
+
+export interface Source {
+  /** What the answer's `[n]` citations name. */
+  number: number
+  chunk_id: string
+  doc_id: string
+  title: string
+}
+
+export interface Completion {
+  id: string
+  model: string
+  text: string
+  finish_reason: FinishReason
+  usage: Usage
+  logprobs: TokenLogprob[] | null
+  created: number
+  /** A grounded chat's numbered sources. */
+  sources?: Source[]
+}
+
+export interface Model {
+  id: string
+  created: number
+  owned_by: string
+}
+
+export interface Embeddings {
+  vectors: number[][]
+  prompt_tokens: number
+}
+
+export interface Dataset {
+  id: string
+  name: string
+  bytes: number
+  examples: number
+  created_at: number
+}
+
+export interface Hyperparameters {
+  n_epochs?: number
+  batch_size?: number
+  learning_rate_multiplier?: number
+  rank?: number
+  alpha?: number
+  target_modules?: string[]
+  max_seq?: number
+  seed?: number
+  checkpoint_every?: number
+}
+
+export interface Job {
+  id: string
+  tenant: string
+  spec: Record<string, unknown>
+  pool: string
+  state: 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled'
+  progress: number
+  attempts: number
+  max_attempts: number
+  cancel_requested: boolean
+  result: ({ fine_tuned_model?: string } & Record<string, unknown>) | null
+  error: string | null
+  created_at: number
+  finished_at: number | null
+}
+
+export interface JobEvent {
+  seq: number
+  at: number
+  kind: string
+  data: Record<string, unknown>
+}
+
+export interface Document {
+  id: string
+  title?: string
+  text: string
+  format?: 'text' | 'markdown' | 'html'
+  metadata?: Record<string, string>
+}
+
+export interface Ingestion {
+  documents: number
+  chunks: number
+}
+
+export interface SearchOptions {
+  top_k?: number
+  filters?: Record<string, string>
+  hybrid?: boolean
+}
+
+export interface Hit {
+  chunk_id: string
+  doc_id: string
+  title: string
+  heading: string
+  text: string
+  snippet: string
+  score: number
+  similarity: number | null
+}
+
+export interface ApiKey {
+  id: string
+  tenant: string
+  name: string
+  scopes: Scope[]
+  pool: string | null
+  created_at: number
+  expires_at: number | null
+  revoked_at: number | null
+  replaced_by: string | null
+}
+
+export interface NewApiKey extends ApiKey {
+  /** The secret, shown this once. */
+  key: string
+}
+
+export interface Tenant {
+  id: string
+  tier: Tier
+  status: string
+  store: string
+  key_custody: string
+  created_at: number
+}
+
+export interface UsageReport {
+  requests: number
+  input_tokens: number
+  output_tokens: number
+  balance: number
+}
+
+export declare class SoramaiError extends Error {
+  readonly code: string
+}
+export declare class AuthenticationError extends SoramaiError {}
+export declare class PermissionDeniedError extends SoramaiError {}
+export declare class NotFoundError extends SoramaiError {}
+export declare class ConflictError extends SoramaiError {}
+export declare class InvalidRequestError extends SoramaiError {}
+export declare class TooLargeError extends SoramaiError {}
+export declare class ContextLengthError extends SoramaiError {}
+export declare class InsufficientCreditsError extends SoramaiError {}
+export declare class RateLimitError extends SoramaiError {}
+export declare class InternalError extends SoramaiError {}
+
+/** A generation under way: `for await` its events, or `collect()` the rest. */
+export declare class TokenStream implements AsyncIterable<StreamEvent> {
+  readonly id: string
+  /** A grounded chat's numbered sources; `null` for other generations. */
+  readonly sources: Source[] | null
+  next(): Promise<StreamEvent | null>
+  [Symbol.asyncIterator](): AsyncGenerator<StreamEvent, void, undefined>
+  collect(): Promise<Completion>
+  close(): Promise<void>
+}
+
+type Streamed<O> = O & { stream: true }
+
+/** One API key's view of the platform. */
+export declare class Session {
+  readonly tenant: string
+  models(): Promise<Model[]>
+  chat(model: string, messages: ChatMessage[], options: Streamed<GenerationOptions>): Promise<TokenStream>
+  chat(model: string, messages: ChatMessage[], options?: GenerationOptions & { stream?: false }): Promise<Completion>
+  complete(model: string, prompt: string, options: Streamed<GenerationOptions>): Promise<TokenStream>
+  complete(model: string, prompt: string, options?: GenerationOptions & { stream?: false }): Promise<Completion>
+  embed(model: string, inputs: string[]): Promise<Embeddings>
+  uploadDataset(name: string, data: Buffer | Uint8Array | string): Promise<Dataset>
+  datasets(): Promise<Dataset[]>
+  dataset(id: string): Promise<Dataset>
+  downloadDataset(id: string): Promise<Buffer>
+  deleteDataset(id: string): Promise<void>
+  createFineTuningJob(
+    trainingFile: string,
+    model: string,
+    options?: { suffix?: string; hyperparameters?: Hyperparameters },
+  ): Promise<Job>
+  fineTuningJobs(): Promise<Job[]>
+  fineTuningJob(id: string): Promise<Job>
+  fineTuningJobEvents(id: string): Promise<JobEvent[]>
+  cancelFineTuningJob(id: string): Promise<Job>
+  /** Resolves when the job ends or `timeout` seconds (default 600) pass. */
+  waitFineTuningJob(id: string, options?: { timeout?: number }): Promise<Job>
+  createCorpus(id: string): Promise<void>
+  corpora(): Promise<string[]>
+  deleteCorpus(id: string): Promise<void>
+  addDocuments(corpus: string, documents: Document[]): Promise<Ingestion>
+  documents(corpus: string): Promise<string[]>
+  deleteDocument(corpus: string, id: string): Promise<void>
+  search(corpus: string, query: string, options?: SearchOptions): Promise<Hit[]>
+  groundedChat(
+    model: string,
+    corpus: string,
+    question: string,
+    options: Streamed<GenerationOptions & { top_k?: number; hybrid?: boolean }>,
+  ): Promise<TokenStream>
+  groundedChat(
+    model: string,
+    corpus: string,
+    question: string,
+    options?: GenerationOptions & { top_k?: number; hybrid?: boolean; stream?: false },
+  ): Promise<Completion>
+  createApiKey(
+    name: string,
+    scopes: Scope[],
+    options?: { tenant?: string; expires_in_seconds?: number },
+  ): Promise<NewApiKey>
+  apiKeys(): Promise<ApiKey[]>
+  revokeApiKey(id: string): Promise<void>
+  rotateApiKey(id: string, options?: { grace_seconds?: number }): Promise<NewApiKey>
+  createTenant(id: string, tier?: Tier): Promise<Tenant>
+  setTier(id: string, tier: Tier): Promise<Tenant>
+  tenants(): Promise<Tenant[]>
+  grantCredits(tenant: string, amount: number, reference: string): Promise<Record<string, unknown>>
+  auditLog(): Promise<Record<string, unknown>[]>
+  verifyAudit(): Promise<{ records: number } & Record<string, unknown>>
+  usage(options?: { since_ms?: number }): Promise<UsageReport>
+}
+
+export interface OpenOptions {
+  /** A GGUF file registered as base model `model_id` when absent. */
+  model?: string
+  model_id?: string
+  /** Job worker threads (default 1). */
+  workers?: number
+  /** Most requests in one forward pass (default 32). */
+  max_batch?: number
+  /** The job runner command (default: this Node running the package's `runner.js`). */
+  runner?: string[]
+}
+
+/** A platform on the embedded default: SQLite and encrypted local blobs in a data directory. */
+export declare class Platform {
+  static open(dataDir: string, options?: OpenOptions): Promise<Platform>
+  /** The operator's first admin key, once; `null` afterwards. */
+  bootstrap(): Promise<string | null>
+  session(apiKey: string): Promise<Session>
+  close(): Promise<void>
+}
+
+export declare function defaultRunner(): string[]

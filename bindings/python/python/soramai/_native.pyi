@@ -1,0 +1,283 @@
+"""Type stubs of the native module (the Rust SDK through PyO3)."""
+
+from typing import Any, Iterator, Literal, Mapping, Sequence, TypedDict, final
+
+DEFAULT_MODEL_ID: str
+
+class SoramaiError(Exception):
+    """Base class of every Soramai error."""
+
+    code: str
+
+class AuthenticationError(SoramaiError): ...
+class PermissionDeniedError(SoramaiError): ...
+class NotFoundError(SoramaiError): ...
+class ConflictError(SoramaiError): ...
+class InvalidRequestError(SoramaiError): ...
+class TooLargeError(SoramaiError): ...
+class ContextLengthError(SoramaiError): ...
+class InsufficientCreditsError(SoramaiError): ...
+class RateLimitError(SoramaiError): ...
+class InternalError(SoramaiError): ...
+
+Scope = Literal["inference", "train", "rag", "admin"]
+Tier = Literal["free", "basic", "pro", "org", "enterprise"]
+
+class ChatMessage(TypedDict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+class Usage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+class TopLogprob(TypedDict):
+    token: str
+    bytes: list[int]
+    logprob: float
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+class DeltaEvent(TypedDict):
+    type: Literal["delta"]
+    text: str
+    logprob: TokenLogprob | None
+
+class DoneEvent(TypedDict):
+    type: Literal["done"]
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+
+class Source(TypedDict):
+    number: int
+    chunk_id: str
+    doc_id: str
+    title: str
+
+class Completion(TypedDict, total=False):
+    id: str
+    model: str
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    logprobs: list[TokenLogprob] | None
+    created: int
+    sources: list[Source]
+
+class Model(TypedDict):
+    id: str
+    created: int
+    owned_by: str
+
+class Embeddings(TypedDict):
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+class Dataset(TypedDict):
+    id: str
+    name: str
+    bytes: int
+    examples: int
+    created_at: int
+
+class Hyperparameters(TypedDict, total=False):
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    max_seq: int
+    seed: int
+    checkpoint_every: int
+
+class Job(TypedDict):
+    id: str
+    tenant: str
+    spec: dict[str, Any]
+    pool: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: int
+    finished_at: int | None
+
+class JobEvent(TypedDict):
+    seq: int
+    at: int
+    kind: str
+    data: dict[str, Any]
+
+class Document(TypedDict, total=False):
+    id: str
+    title: str
+    text: str
+    format: Literal["text", "markdown", "html"]
+    metadata: dict[str, str]
+
+class Ingestion(TypedDict):
+    documents: int
+    chunks: int
+
+class Hit(TypedDict):
+    chunk_id: str
+    doc_id: str
+    title: str
+    heading: str
+    text: str
+    snippet: str
+    score: float
+    similarity: float | None
+
+class ApiKey(TypedDict):
+    id: str
+    tenant: str
+    name: str
+    scopes: list[Scope]
+    pool: str | None
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+    replaced_by: str | None
+
+class NewApiKey(ApiKey):
+    key: str
+
+class Tenant(TypedDict):
+    id: str
+    tier: Tier
+    status: Literal["active", "locked", "deleted"]
+    store: str
+    key_custody: str
+    created_at: int
+
+class UsageReport(TypedDict):
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    balance: int
+
+@final
+class TokenStream(Iterator[DeltaEvent | DoneEvent]):
+    """A generation under way; iterating releases the GIL while it waits for each token."""
+
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def sources(self) -> list[Source] | None: ...
+    def __iter__(self) -> TokenStream: ...
+    def __next__(self) -> DeltaEvent | DoneEvent: ...
+    def collect(self) -> Completion: ...
+    def close(self) -> None: ...
+
+@final
+class Session:
+    """One API key's view of the platform."""
+
+    @property
+    def tenant(self) -> str: ...
+    def models(self) -> list[Model]: ...
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[ChatMessage] | Sequence[Mapping[str, str]],
+        *,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        logprobs: int | None = None,
+    ) -> Any:
+        """A :class:`Completion`, or with ``stream=True`` a :class:`TokenStream`."""
+    def complete(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        logprobs: int | None = None,
+    ) -> Any:
+        """A :class:`Completion`, or with ``stream=True`` a :class:`TokenStream`."""
+    def embed(self, model: str, inputs: Sequence[str]) -> Embeddings: ...
+    def upload_dataset(self, name: str, data: bytes) -> Dataset: ...
+    def datasets(self) -> list[Dataset]: ...
+    def dataset(self, id: str) -> Dataset: ...
+    def download_dataset(self, id: str) -> bytes: ...
+    def delete_dataset(self, id: str) -> None: ...
+    def create_fine_tuning_job(
+        self, training_file: str, model: str, *, suffix: str | None = None, hyperparameters: Hyperparameters | None = None
+    ) -> Job: ...
+    def fine_tuning_jobs(self) -> list[Job]: ...
+    def fine_tuning_job(self, id: str) -> Job: ...
+    def fine_tuning_job_events(self, id: str) -> list[JobEvent]: ...
+    def cancel_fine_tuning_job(self, id: str) -> Job: ...
+    def wait_fine_tuning_job(self, id: str, *, timeout: float = 600.0) -> Job: ...
+    def create_corpus(self, id: str) -> None: ...
+    def corpora(self) -> list[str]: ...
+    def delete_corpus(self, id: str) -> None: ...
+    def add_documents(self, corpus: str, documents: Sequence[Document]) -> Ingestion: ...
+    def documents(self, corpus: str) -> list[str]: ...
+    def delete_document(self, corpus: str, id: str) -> None: ...
+    def search(
+        self, corpus: str, query: str, *, top_k: int = 5, filters: Mapping[str, str] | None = None, hybrid: bool = False
+    ) -> list[Hit]: ...
+    def grounded_chat(
+        self,
+        model: str,
+        corpus: str,
+        question: str,
+        *,
+        top_k: int = 5,
+        hybrid: bool = False,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> Any:
+        """A :class:`Completion` with ``sources``, or with ``stream=True`` a :class:`TokenStream`
+        whose ``sources`` resolve the answer's ``[n]`` citations."""
+    def create_api_key(
+        self, name: str, scopes: Sequence[Scope], *, tenant: str | None = None, expires_in_seconds: int | None = None
+    ) -> NewApiKey: ...
+    def api_keys(self) -> list[ApiKey]: ...
+    def revoke_api_key(self, id: str) -> None: ...
+    def rotate_api_key(self, id: str, *, grace_seconds: int = 0) -> NewApiKey: ...
+    def create_tenant(self, id: str, tier: Tier = "basic") -> Tenant: ...
+    def set_tier(self, id: str, tier: Tier) -> Tenant: ...
+    def tenants(self) -> list[Tenant]: ...
+    def grant_credits(self, tenant: str, amount: int, reference: str) -> dict[str, Any]: ...
+    def audit_log(self) -> list[dict[str, Any]]: ...
+    def verify_audit(self) -> dict[str, Any]: ...
+    def usage(self, since_ms: int = 0) -> UsageReport: ...
+
+class Platform:
+    def __new__(
+        cls,
+        data_dir: str,
+        *,
+        runner: list[str],
+        model: str | None = None,
+        model_id: str | None = None,
+        workers: int | None = None,
+        max_batch: int | None = None,
+    ) -> Platform: ...
+    def bootstrap(self) -> str | None: ...
+    def session(self, api_key: str) -> Session: ...
+    def close(self) -> None: ...
+
+def job_runner(args: list[str]) -> int: ...

@@ -1,0 +1,222 @@
+"""The tenant / dataset / fine-tune / chat / RAG flow through the Python bindings, with the
+hostile cases: wrong keys, missing scopes, another tenant's resources, malformed arguments."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+import time
+
+import pytest
+
+import soramai
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+DATASET = (REPO / "soramai-server" / "assets" / "quickstart.jsonl").read_bytes()
+CANARY = "CANARY-7f3a-python-binding-never-on-disk"
+
+
+def model_path() -> str:
+    path = os.environ.get("SORAMAI_TEST_MODEL", "")
+    if not path or not os.path.exists(path):
+        if os.environ.get("SORAMAI_REQUIRE_MODEL") == "1":
+            pytest.fail("SORAMAI_TEST_MODEL does not name the reference model")
+        pytest.skip("the reference model is not here (scripts/fetch-model.sh)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("platform")
+    platform = soramai.Platform(data, model=model_path(), workers=1)
+    admin_key = platform.bootstrap()
+    assert admin_key and admin_key.startswith("sk-")
+    assert platform.bootstrap() is None, "the bootstrap key is shown once"
+    admin = platform.session(admin_key)
+    sessions = {}
+    for tenant, tier in (("acme", "basic"), ("globex", "basic"), ("tiny", "free")):
+        admin.create_tenant(tenant, tier)
+        admin.grant_credits(tenant, 2_000_000, f"{tenant}-trial")
+        key = admin.create_api_key("app", ["inference", "train", "rag", "admin"], tenant=tenant)
+        assert key["key"].startswith("sk-") and key["tenant"] == tenant
+        sessions[tenant] = platform.session(key["key"])
+    yield {"platform": platform, "admin": admin, "data": data, **sessions}
+    platform.close()
+
+
+@pytest.fixture(scope="module")
+def tuned(world) -> str:
+    """acme's fine-tuned model id, trained through a job in a child process."""
+    acme = world["acme"]
+    ds = acme.upload_dataset("support.jsonl", DATASET)
+    assert ds["name"] == "support.jsonl"
+    job = acme.create_fine_tuning_job(
+        ds["id"],
+        soramai.DEFAULT_MODEL_ID,
+        suffix="support",
+        hyperparameters={"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 10.0, "rank": 4, "max_seq": 96},
+    )
+    assert job["state"] == "queued"
+    done = acme.wait_fine_tuning_job(job["id"], timeout=600)
+    assert done["state"] == "succeeded", done["error"]
+    kinds = {e["kind"] for e in acme.fine_tuning_job_events(job["id"])}
+    assert "progress" in kinds or "metric" in kinds, kinds
+    return done["result"]["fine_tuned_model"]
+
+
+def test_fine_tuned_model_is_the_tenants_own(world, tuned):
+    acme, globex = world["acme"], world["globex"]
+    assert tuned.startswith("ft:")
+    assert tuned in [m["id"] for m in acme.models()]
+    assert tuned not in [m["id"] for m in globex.models()]
+    with pytest.raises(soramai.NotFoundError) as e:
+        globex.chat(tuned, [{"role": "user", "content": "hi"}], max_tokens=4)
+    assert e.value.code == "model_not_found"
+
+
+def test_chat_plain_and_streaming_agree(world, tuned):
+    acme = world["acme"]
+    messages = [{"role": "user", "content": "How do I rotate an API key?"}]
+    whole = acme.chat(tuned, messages, max_tokens=24, seed=11, temperature=0.7)
+    assert whole["text"] and whole["usage"]["completion_tokens"] <= 24
+    assert whole["finish_reason"] in ("stop", "length")
+    stream = acme.chat(tuned, messages, max_tokens=24, seed=11, temperature=0.7, stream=True)
+    assert isinstance(stream, soramai.TokenStream) and stream.id.startswith("chatcmpl-")
+    events = list(stream)
+    assert events[-1]["type"] == "done" and events[-1]["usage"] == whole["usage"]
+    assert "".join(e["text"] for e in events if e["type"] == "delta") == whole["text"]
+    assert list(stream) == [], "an ended stream stays ended"
+
+
+def test_completion_logprobs_and_embeddings(world):
+    acme = world["acme"]
+    c = acme.complete(soramai.DEFAULT_MODEL_ID, "The capital of France is", max_tokens=3, temperature=0, logprobs=2)
+    assert len(c["logprobs"]) == c["usage"]["completion_tokens"]
+    assert all(len(lp["top_logprobs"]) == 2 for lp in c["logprobs"])
+    e = acme.embed(soramai.DEFAULT_MODEL_ID, ["a cat", "a kitten"])
+    assert len(e["vectors"]) == 2 and e["prompt_tokens"] > 0
+    assert abs(sum(x * x for x in e["vectors"][0]) - 1.0) < 1e-3
+
+
+def test_blocking_calls_release_the_gil(world):
+    acme = world["acme"]
+    ticks = 0
+    done = threading.Event()
+
+    def count():
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=count)
+    t.start()
+    started = time.monotonic()
+    acme.complete(soramai.DEFAULT_MODEL_ID, "Once upon a time", max_tokens=24, temperature=0)
+    elapsed = time.monotonic() - started
+    done.set()
+    t.join()
+    # With the GIL held the counter could not run at all during the call.
+    assert ticks >= min(20, int(elapsed * 100)), (ticks, elapsed)
+
+
+def test_rag_and_grounded_chat(world):
+    acme, globex, tiny = world["acme"], world["globex"], world["tiny"]
+    acme.create_corpus("handbook")
+    report = acme.add_documents(
+        "handbook",
+        [
+            {"id": "keys", "title": "API keys", "text": "Rotate an API key with rotate; the old key works for the grace period."},
+            {"id": "billing", "title": "Billing", "text": "Credits are charged per token, prompt and completion alike.", "format": "markdown"},
+        ],
+    )
+    assert report["documents"] == 2 and report["chunks"] >= 2
+    assert sorted(acme.documents("handbook")) == ["billing", "keys"]
+    hits = acme.search("handbook", "rotate key", top_k=2)
+    assert hits and hits[0]["doc_id"] == "keys"
+    answer = acme.grounded_chat(soramai.DEFAULT_MODEL_ID, "handbook", "How do I rotate a key?", max_tokens=16, seed=1)
+    assert answer["text"] and answer["sources"] and answer["sources"][0]["doc_id"] in ("keys", "billing")
+    stream = acme.grounded_chat(soramai.DEFAULT_MODEL_ID, "handbook", "How are credits charged?", max_tokens=8, stream=True)
+    assert stream.sources and list(stream)[-1]["type"] == "done"
+    # Another tenant cannot see the corpus; the free tier has no RAG.
+    with pytest.raises(soramai.NotFoundError):
+        globex.search("handbook", "rotate")
+    assert globex.corpora() == []
+    with pytest.raises(soramai.PermissionDeniedError):
+        tiny.create_corpus("notes")
+
+
+def test_keys_scopes_and_isolation(world):
+    platform, acme, globex = world["platform"], world["acme"], world["globex"]
+    reader = acme.create_api_key("reader", ["inference"])
+    limited = platform.session(reader["key"])
+    with pytest.raises(soramai.PermissionDeniedError) as e:
+        limited.upload_dataset("x.jsonl", DATASET)
+    assert e.value.code == "permission_denied"
+    with pytest.raises(soramai.PermissionDeniedError):
+        acme.create_tenant("intruder")
+    ds = acme.upload_dataset("private.jsonl", DATASET)
+    with pytest.raises(soramai.NotFoundError):
+        globex.download_dataset(ds["id"])
+    assert acme.download_dataset(ds["id"]) == DATASET
+    acme.revoke_api_key(reader["id"])
+    with pytest.raises(soramai.AuthenticationError):
+        platform.session(reader["key"])
+    with pytest.raises(soramai.AuthenticationError):
+        platform.session("sk-not-a-key")
+    rotated = acme.rotate_api_key(acme.create_api_key("temp", ["inference"])["id"])
+    assert platform.session(rotated["key"]).tenant == "acme"
+    assert all("key" not in k for k in acme.api_keys()), "listed keys never hold secrets"
+
+
+def test_malformed_arguments_are_typed_errors_and_change_nothing(world):
+    acme = world["acme"]
+    before = acme.usage()
+    bad_calls = [
+        lambda: acme.chat(soramai.DEFAULT_MODEL_ID, [{"role": "wizard", "content": "hi"}]),
+        lambda: acme.chat(soramai.DEFAULT_MODEL_ID, [{"content": "no role"}]),
+        lambda: acme.chat(soramai.DEFAULT_MODEL_ID, "not a list"),
+        lambda: acme.chat(soramai.DEFAULT_MODEL_ID, [], max_tokens=4),
+        lambda: acme.chat(soramai.DEFAULT_MODEL_ID, [{"role": "user", "content": "hi"}], temperature=9),
+        lambda: acme.chat(soramai.DEFAULT_MODEL_ID, [{"role": "user", "content": "hi"}], bogus=1),
+        lambda: acme.chat(soramai.DEFAULT_MODEL_ID, [{"role": "user", "content": "hi"}], max_tokens=-1),
+        lambda: acme.chat(soramai.DEFAULT_MODEL_ID, [{"role": "user", "content": object()}]),
+        lambda: acme.complete(soramai.DEFAULT_MODEL_ID, "x" * 50_000),
+        lambda: acme.create_fine_tuning_job("ds-unknown", soramai.DEFAULT_MODEL_ID, hyperparameters={"rank": 0}),
+        lambda: acme.create_fine_tuning_job("../../etc/passwd", soramai.DEFAULT_MODEL_ID),
+        lambda: acme.add_documents("handbook", [{"id": "x"}]),
+        lambda: acme.upload_dataset("bad.jsonl", b"\xff\xfe not json"),
+        lambda: acme.create_tenant("x", "platinum"),
+        lambda: acme.search("handbook", "q", top_k="many"),
+    ]
+    for call in bad_calls:
+        with pytest.raises(soramai.SoramaiError) as e:
+            call()
+        assert not isinstance(e.value, soramai.InternalError), e.value
+        assert e.value.code and str(e.value)
+    after = acme.usage()
+    assert after["balance"] == before["balance"], "a refused request costs nothing"
+
+
+def test_canary_prompt_never_reaches_disk(world):
+    acme, data = world["acme"], world["data"]
+    acme.chat(soramai.DEFAULT_MODEL_ID, [{"role": "user", "content": f"Remember {CANARY}"}], max_tokens=4)
+    acme.complete(soramai.DEFAULT_MODEL_ID, f"{CANARY} says", max_tokens=4)
+    needle = CANARY.encode()
+    for path in pathlib.Path(data).rglob("*"):
+        if path.is_file():
+            assert needle not in path.read_bytes(), f"the canary is in {path}"
+
+
+def test_usage_and_audit(world):
+    acme = world["acme"]
+    usage = acme.usage()
+    assert usage["balance"] < 2_000_000
+    report = acme.verify_audit()
+    assert report["records"] > 0
+    with pytest.raises(soramai.PermissionDeniedError):
+        acme.audit_log()  # reading the log is an Org feature
+    world["admin"].set_tier("acme", "org")
+    actions = {r["action"] for r in acme.audit_log()}
+    assert {"dataset.uploaded", "api_key.created", "job.finished", "corpus.created"} <= actions, actions
