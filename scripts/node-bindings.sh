@@ -4,6 +4,7 @@
 # features the workspace's tests were built with, so the shared crates are not compiled twice).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p .cache
 cargo build --locked -p soramai-node --message-format=json-render-diagnostics "$@" >.cache/node-build.json
 lib="$(grep -o '"filenames":\["[^"]*libsoramai_node\.so"' .cache/node-build.json | tail -1 | sed 's/.*\["//; s/"$//')"
 [ -n "$lib" ] || { echo "cargo did not report the addon's path" >&2; exit 1; }
