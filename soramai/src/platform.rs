@@ -41,11 +41,21 @@ pub struct PlatformOptions {
     pub precision: Precision,
     /// How often an idle worker looks for a job.
     pub poll: Duration,
+    /// Also run the dedicated pools' jobs (Pro tiers and up), each pool on a worker of its own
+    /// that no other tenant's job shares. Off for a node that serves the shared pool only.
+    pub dedicated_pools: bool,
 }
 
 impl Default for PlatformOptions {
     fn default() -> Self {
-        Self { runner: None, workers: 1, max_batch: 32, precision: Precision::Fast, poll: Duration::from_millis(200) }
+        Self {
+            runner: None,
+            workers: 1,
+            max_batch: 32,
+            precision: Precision::Fast,
+            poll: Duration::from_millis(200),
+            dedicated_pools: true,
+        }
     }
 }
 
@@ -619,6 +629,15 @@ impl Platform {
                         .map_err(|e| PlatformError::Engine(format!("starting a worker: {e}")))?,
                 );
             }
+            if p.options.dedicated_pools {
+                let (core, stop, poll) = (p.core.clone(), p.stop.clone(), p.options.poll);
+                handles.push(
+                    std::thread::Builder::new()
+                        .name("soramai-dedicated".into())
+                        .spawn(move || supervise_dedicated(&core, &runner, &stop, poll))
+                        .map_err(|e| PlatformError::Engine(format!("starting a worker: {e}")))?,
+                );
+            }
         }
         Ok(p)
     }
@@ -1122,6 +1141,33 @@ fn work(worker: &Worker, stop: &AtomicBool, poll: Duration) {
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => std::thread::sleep(poll),
         }
+    }
+}
+
+/// Starts a worker for each dedicated pool with queued jobs (one per pool at a time) and lets it
+/// run until its pool's queue is empty; joins them all when the platform stops.
+fn supervise_dedicated(core: &Arc<Core>, runner: &RunnerCommand, stop: &Arc<AtomicBool>, poll: Duration) {
+    let mut running: HashMap<PoolId, JoinHandle<()>> = HashMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        running.retain(|_, h| !h.is_finished());
+        for pool in core.queued_pools().unwrap_or_default() {
+            if pool.is_shared() || running.contains_key(&pool) {
+                continue;
+            }
+            let name = format!("worker-{}-{}", std::process::id(), pool.as_str());
+            let worker = Worker::new(core.clone(), name, pool.clone(), runner.clone());
+            let stop = stop.clone();
+            let spawned = std::thread::Builder::new()
+                .name("soramai-dedicated-worker".into())
+                .spawn(move || while !stop.load(Ordering::SeqCst) && matches!(worker.run_once(), Ok(Some(_))) {});
+            if let Ok(h) = spawned {
+                running.insert(pool, h);
+            }
+        }
+        std::thread::sleep(poll);
+    }
+    for (_, h) in running {
+        let _ = h.join();
     }
 }
 

@@ -75,6 +75,18 @@ def test_fine_tuned_model_is_the_tenants_own(world, tuned):
     assert e.value.code == "model_not_found"
 
 
+def test_a_pro_tenants_job_runs_on_its_dedicated_pool(world):
+    admin, platform = world["admin"], world["platform"]
+    admin.create_tenant("initech", "pro")
+    admin.grant_credits("initech", 1_000_000, "initech-trial")
+    initech = platform.session(admin.create_api_key("app", ["train"], tenant="initech")["key"])
+    ds = initech.upload_dataset("support.jsonl", DATASET)
+    job = initech.create_fine_tuning_job(ds["id"], soramai.DEFAULT_MODEL_ID, hyperparameters={"n_epochs": 1, "rank": 2, "max_seq": 64})
+    assert job["pool"] == "dedicated:initech"
+    done = initech.wait_fine_tuning_job(job["id"], timeout=600)
+    assert done["state"] == "succeeded", done["error"]
+
+
 def test_chat_plain_and_streaming_agree(world, tuned):
     acme = world["acme"]
     messages = [{"role": "user", "content": "How do I rotate an API key?"}]

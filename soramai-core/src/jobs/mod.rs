@@ -499,6 +499,18 @@ impl Core {
         })
     }
 
+    /// The pools with queued jobs of active tenants (what a node's workers may look for).
+    pub fn queued_pools(&self) -> Result<Vec<PoolId>> {
+        self.meta.read(|c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT j.pool FROM jobs j JOIN tenants t ON t.id = j.tenant_id
+                 WHERE j.state = 'queued' AND t.status = 'active' ORDER BY j.pool",
+            )?;
+            let pools = st.query_map([], |r| r.get::<_, String>(0))?.collect::<std::result::Result<Vec<_>, _>>()?;
+            pools.into_iter().map(PoolId::new).collect()
+        })
+    }
+
     /// Claims the oldest queued job of `pool` for `worker` with a lease of `lease`.
     pub fn claim_job(&self, worker: &str, pool: &PoolId, lease: Duration) -> Result<Option<Claim>> {
         self.reap_expired_leases()?;
