@@ -1,7 +1,8 @@
 //! SentencePiece (llama style): spaces become `▁`, adjacent symbols merge highest score first,
 //! and what is not in the vocabulary falls back to `<0xXX>` byte tokens.
 
-use std::collections::HashMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
 
 use super::TokenId;
 
@@ -12,6 +13,30 @@ pub(super) fn byte_token_value(text: &str) -> Option<u8> {
         return None;
     }
     u8::from_str_radix(hex, 16).ok()
+}
+
+/// A merge score, totally ordered (`f32::total_cmp`).
+#[derive(Debug, Clone, Copy)]
+struct Score(f32);
+
+impl PartialEq for Score {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Score {}
+
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 #[derive(Debug)]
@@ -35,13 +60,90 @@ impl Spm {
         }
         s.push_str(text);
         let s = s.replace(' ', "\u{2581}");
+        self.merge(&s, out);
+    }
+
+    /// The score of the token two adjacent symbols would merge into, if the vocabulary has it.
+    fn pair(&self, text: &str) -> Option<Score> {
+        let &id = self.vocab.get(text)?;
+        Some(Score(self.scores.get(id as usize).copied().unwrap_or(0.0)))
+    }
+
+    /// Merges adjacent symbols, the highest-scoring pair first and the leftmost among equals (as a
+    /// rescan after every merge would), in O(n log n): symbols are byte ranges of `s` in a linked
+    /// list, candidate pairs wait in a heap and are checked against the list when popped.
+    fn merge(&self, s: &str, out: &mut Vec<TokenId>) {
+        struct Sym {
+            start: usize,
+            end: usize,
+            prev: Option<usize>,
+            next: Option<usize>,
+            merged_away: bool,
+        }
+        let starts: Vec<usize> = s.char_indices().map(|(i, _)| i).collect();
+        let n = starts.len();
+        let mut syms: Vec<Sym> = starts
+            .iter()
+            .enumerate()
+            .map(|(k, &start)| Sym {
+                start,
+                end: starts.get(k + 1).copied().unwrap_or(s.len()),
+                prev: k.checked_sub(1),
+                next: (k + 1 < n).then_some(k + 1),
+                merged_away: false,
+            })
+            .collect();
+        // (score, leftmost first, left symbol, right symbol, right symbol's end when pushed).
+        let mut heap = BinaryHeap::new();
+        let candidate = |syms: &[Sym], i: usize| {
+            let j = syms[i].next?;
+            let score = self.pair(&s[syms[i].start..syms[j].end])?;
+            Some((score, Reverse(i), j, syms[j].end))
+        };
+        for i in 0..n {
+            heap.extend(candidate(&syms, i));
+        }
+        while let Some((_, Reverse(i), j, end)) = heap.pop() {
+            if syms[i].merged_away || syms[i].next != Some(j) || syms[j].end != end {
+                continue; // stale: one side has merged since
+            }
+            syms[i].end = end;
+            syms[i].next = syms[j].next;
+            syms[j].merged_away = true;
+            if let Some(k) = syms[j].next {
+                syms[k].prev = Some(i);
+            }
+            if let Some(p) = syms[i].prev {
+                heap.extend(candidate(&syms, p));
+            }
+            heap.extend(candidate(&syms, i));
+        }
+        let mut at = (n > 0).then_some(0);
+        while let Some(i) = at {
+            let sym = &s[syms[i].start..syms[i].end];
+            match self.vocab.get(sym) {
+                Some(&id) => out.push(id),
+                None => out.extend(sym.bytes().filter_map(|b| self.byte_tokens[b as usize])),
+            }
+            at = syms[i].next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The obvious loop: rescan every pair after each merge, take the highest score (the leftmost
+    /// among equals).
+    fn naive(spm: &Spm, s: &str) -> Vec<TokenId> {
         let mut syms: Vec<String> = s.chars().map(String::from).collect();
         loop {
             let mut best: Option<(f32, usize)> = None;
             for i in 0..syms.len().saturating_sub(1) {
-                let joined = format!("{}{}", syms[i], syms[i + 1]);
-                if let Some(&id) = self.vocab.get(&joined) {
-                    let score = self.scores.get(id as usize).copied().unwrap_or(0.0);
+                if let Some(&id) = spm.vocab.get(&format!("{}{}", syms[i], syms[i + 1])) {
+                    let score = spm.scores.get(id as usize).copied().unwrap_or(0.0);
                     if best.is_none_or(|(bs, _)| score > bs) {
                         best = Some((score, i));
                     }
@@ -51,11 +153,43 @@ impl Spm {
             let right = syms.remove(i + 1);
             syms[i].push_str(&right);
         }
+        let mut out = Vec::new();
         for sym in syms {
-            match self.vocab.get(&sym) {
+            match spm.vocab.get(&sym) {
                 Some(&id) => out.push(id),
-                None => out.extend(sym.bytes().filter_map(|b| self.byte_tokens[b as usize])),
+                None => out.extend(sym.bytes().filter_map(|b| spm.byte_tokens[b as usize])),
             }
         }
+        out
+    }
+
+    /// A small vocabulary over `a b ▁ é` (with equal scores to exercise ties) and byte tokens.
+    fn toy() -> Spm {
+        let mut tokens: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        let pieces =
+            ["a", "b", "\u{2581}", "ab", "aa", "ba", "aab", "\u{2581}a", "\u{2581}ab", "bb", "abab", "é", "éa"];
+        tokens.extend(pieces.iter().map(|p| p.to_string()));
+        let scores: Vec<f32> = (0..tokens.len()).map(|i| if i < 256 { 0.0 } else { -(((i * 7) % 5) as f32) }).collect();
+        let vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as TokenId)).collect();
+        Spm::new(&vocab, scores, false)
+    }
+
+    proptest! {
+        #[test]
+        fn heap_merge_matches_the_rescan(text in "[ab é]{0,160}") {
+            let spm = toy();
+            let s = text.replace(' ', "\u{2581}");
+            let mut fast = Vec::new();
+            spm.merge(&s, &mut fast);
+            prop_assert_eq!(fast, naive(&spm, &s));
+        }
+    }
+
+    #[test]
+    fn a_long_prompt_merges() {
+        let spm = toy();
+        let mut out = Vec::new();
+        spm.encode(&"ab ".repeat(20_000), false, &mut out);
+        assert!(!out.is_empty() && out.len() < 60_000);
     }
 }
