@@ -2,7 +2,7 @@
 //! characters, merge adjacent symbols by merge rank.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 
 use fancy_regex::Regex;
 
@@ -120,69 +120,27 @@ impl Bpe {
     }
 
     /// Merges one pre-token's bytes by merge rank, lowest rank first and leftmost among equals
-    /// (as a rescan after every merge would), in O(n log n): the symbols form a linked list and
-    /// candidate pairs wait in a heap, checked against the list when popped. A hostile prompt of
-    /// one 50,000-byte "word" takes milliseconds, not the seconds a quadratic rescan would.
+    /// ([`super::merge::merge`]: a hostile 50,000-byte "word" takes milliseconds).
     fn merge_word(&self, bytes: &[u8], out: &mut Vec<TokenId>) {
+        #[derive(PartialEq)]
         struct Sym {
             id: Option<TokenId>,
             start: usize,
             end: usize,
-            prev: Option<usize>,
-            next: Option<usize>,
-            merged_away: bool,
         }
-        let n = bytes.len();
         // Multi-byte characters start as several byte symbols, exactly as llama.cpp's
         // byte-level path.
-        let mut syms: Vec<Sym> = bytes
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| Sym {
-                id: self.byte_tokens[b as usize],
-                start: i,
-                end: i + 1,
-                prev: i.checked_sub(1),
-                next: (i + 1 < n).then_some(i + 1),
-                merged_away: false,
-            })
-            .collect();
-        // (rank, left symbol, left id, right id, merged id), smallest first.
-        let mut heap = BinaryHeap::new();
-        let candidate = |syms: &[Sym], i: usize| {
-            let j = syms[i].next?;
-            let (l, r) = (syms[i].id?, syms[j].id?);
-            let &(rank, merged) = self.merges.get(&(l, r))?;
-            Some(Reverse((rank, i, l, r, merged)))
-        };
-        for i in 0..n {
-            heap.extend(candidate(&syms, i));
-        }
-        while let Some(Reverse((_, i, l, r, merged))) = heap.pop() {
-            let Some(j) = syms[i].next else { continue };
-            if syms[i].merged_away || syms[i].id != Some(l) || syms[j].id != Some(r) {
-                continue; // stale: one side has merged since
-            }
-            syms[i].id = Some(merged);
-            syms[i].end = syms[j].end;
-            syms[i].next = syms[j].next;
-            syms[j].merged_away = true;
-            if let Some(k) = syms[j].next {
-                syms[k].prev = Some(i);
-            }
-            if let Some(p) = syms[i].prev {
-                heap.extend(candidate(&syms, p));
-            }
-            heap.extend(candidate(&syms, i));
-        }
-        let mut at = (n > 0).then_some(0);
-        while let Some(i) = at {
-            let sym = &syms[i];
+        let syms =
+            bytes.iter().enumerate().map(|(i, &b)| Sym { id: self.byte_tokens[b as usize], start: i, end: i + 1 });
+        let merged = super::merge::merge(syms.collect(), |l, r| {
+            let &(rank, id) = self.merges.get(&(l.id?, r.id?))?;
+            Some((Reverse(rank), Sym { id: Some(id), start: l.start, end: r.end }))
+        });
+        for sym in merged {
             match sym.id {
                 Some(id) => out.push(id),
                 None => out.extend(bytes[sym.start..sym.end].iter().filter_map(|b| self.byte_tokens[*b as usize])),
             }
-            at = sym.next;
         }
     }
 }

@@ -4,6 +4,7 @@
 //! minijinja in a sandbox ([`template`]).
 
 mod bpe;
+mod merge;
 mod spm;
 pub mod template;
 

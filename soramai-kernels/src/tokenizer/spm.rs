@@ -1,8 +1,8 @@
 //! SentencePiece (llama style): spaces become `▁`, adjacent symbols merge highest score first,
 //! and what is not in the vocabulary falls back to `<0xXX>` byte tokens.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use super::TokenId;
 
@@ -69,63 +69,17 @@ impl Spm {
         Some(Score(self.scores.get(id as usize).copied().unwrap_or(0.0)))
     }
 
-    /// Merges adjacent symbols, the highest-scoring pair first and the leftmost among equals (as a
-    /// rescan after every merge would), in O(n log n): symbols are byte ranges of `s` in a linked
-    /// list, candidate pairs wait in a heap and are checked against the list when popped.
+    /// Merges adjacent symbols (byte ranges of `s`), the highest-scoring pair first and the
+    /// leftmost among equals ([`super::merge::merge`]: a long prompt takes milliseconds).
     fn merge(&self, s: &str, out: &mut Vec<TokenId>) {
-        struct Sym {
-            start: usize,
-            end: usize,
-            prev: Option<usize>,
-            next: Option<usize>,
-            merged_away: bool,
-        }
-        let starts: Vec<usize> = s.char_indices().map(|(i, _)| i).collect();
-        let n = starts.len();
-        let mut syms: Vec<Sym> = starts
-            .iter()
-            .enumerate()
-            .map(|(k, &start)| Sym {
-                start,
-                end: starts.get(k + 1).copied().unwrap_or(s.len()),
-                prev: k.checked_sub(1),
-                next: (k + 1 < n).then_some(k + 1),
-                merged_away: false,
-            })
-            .collect();
-        // (score, leftmost first, left symbol, right symbol, right symbol's end when pushed).
-        let mut heap = BinaryHeap::new();
-        let candidate = |syms: &[Sym], i: usize| {
-            let j = syms[i].next?;
-            let score = self.pair(&s[syms[i].start..syms[j].end])?;
-            Some((score, Reverse(i), j, syms[j].end))
-        };
-        for i in 0..n {
-            heap.extend(candidate(&syms, i));
-        }
-        while let Some((_, Reverse(i), j, end)) = heap.pop() {
-            if syms[i].merged_away || syms[i].next != Some(j) || syms[j].end != end {
-                continue; // stale: one side has merged since
-            }
-            syms[i].end = end;
-            syms[i].next = syms[j].next;
-            syms[j].merged_away = true;
-            if let Some(k) = syms[j].next {
-                syms[k].prev = Some(i);
-            }
-            if let Some(p) = syms[i].prev {
-                heap.extend(candidate(&syms, p));
-            }
-            heap.extend(candidate(&syms, i));
-        }
-        let mut at = (n > 0).then_some(0);
-        while let Some(i) = at {
-            let sym = &s[syms[i].start..syms[i].end];
+        let chars = s.char_indices().map(|(i, c)| (i, i + c.len_utf8()));
+        let merged = super::merge::merge(chars.collect(), |l, r| Some((self.pair(&s[l.0..r.1])?, (l.0, r.1))));
+        for (start, end) in merged {
+            let sym = &s[start..end];
             match self.vocab.get(sym) {
                 Some(&id) => out.push(id),
                 None => out.extend(sym.bytes().filter_map(|b| self.byte_tokens[b as usize])),
             }
-            at = syms[i].next;
         }
     }
 }

@@ -1,6 +1,6 @@
 """Type stubs of the native module (the Rust SDK through PyO3)."""
 
-from typing import Any, Iterator, Literal, Mapping, Sequence, TypedDict, final
+from typing import Any, Iterator, Literal, Mapping, Sequence, TypedDict, Unpack, final
 
 DEFAULT_MODEL_ID: str
 
@@ -26,6 +26,14 @@ Tier = Literal["free", "basic", "pro", "org", "enterprise"]
 class ChatMessage(TypedDict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str
+
+class GenerationOptions(TypedDict, total=False):
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: list[str]
+    logprobs: int
 
 class Usage(TypedDict):
     prompt_tokens: int
@@ -189,12 +197,7 @@ class Session:
         messages: Sequence[ChatMessage] | Sequence[Mapping[str, str]],
         *,
         stream: bool = False,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        logprobs: int | None = None,
+        **options: Unpack[GenerationOptions],
     ) -> Any:
         """A :class:`Completion`, or with ``stream=True`` a :class:`TokenStream`."""
     def complete(
@@ -203,12 +206,7 @@ class Session:
         prompt: str,
         *,
         stream: bool = False,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        logprobs: int | None = None,
+        **options: Unpack[GenerationOptions],
     ) -> Any:
         """A :class:`Completion`, or with ``stream=True`` a :class:`TokenStream`."""
     def embed(self, model: str, inputs: Sequence[str]) -> Embeddings: ...
@@ -243,11 +241,7 @@ class Session:
         top_k: int = 5,
         hybrid: bool = False,
         stream: bool = False,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | None = None,
+        **options: Unpack[GenerationOptions],
     ) -> Any:
         """A :class:`Completion` with ``sources``, or with ``stream=True`` a :class:`TokenStream`
         whose ``sources`` resolve the answer's ``[n]`` citations."""
