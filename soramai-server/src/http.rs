@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use soramai::core::{Job, JobState, Scope};
 use soramai::platform::{FinishReason, GenerationStream, TokenLogprob};
 use soramai::{
-    ChatMessage, FineTuneSpec, GenerationOptions, Hyperparameters, KeyOptions, ModelId, Platform, PlatformError,
-    Principal, Prompt, StreamEvent, Tier,
+    ChatMessage, FineTuneSpec, GenerationOptions, Hyperparameters, ModelId, Platform, PlatformError, Principal, Prompt,
+    Session, StreamEvent, Tier,
 };
 
 /// Largest request body (a dataset upload included).
@@ -1078,21 +1078,8 @@ async fn delete_corpus(State(s): State<AppState>, Caller(p): Caller, Path(id): P
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DocIn {
-    id: String,
-    #[serde(default)]
-    title: String,
-    text: String,
-    #[serde(default)]
-    format: Option<String>,
-    #[serde(default)]
-    metadata: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct DocsBody {
-    documents: Vec<DocIn>,
+    documents: Vec<soramai::DocumentInput>,
 }
 
 async fn add_documents(
@@ -1102,16 +1089,7 @@ async fn add_documents(
     JsonBody(b): JsonBody<DocsBody>,
 ) -> ApiResult<Response> {
     let id = corpus_id(&id)?;
-    let mut docs = Vec::with_capacity(b.documents.len());
-    for d in b.documents {
-        let format = match d.format.as_deref() {
-            None | Some("text") => soramai::rag::Format::Text,
-            Some("markdown") => soramai::rag::Format::Markdown,
-            Some("html") => soramai::rag::Format::Html,
-            Some(_) => return Err(ApiError::invalid("format is text, markdown or html.").param("documents")),
-        };
-        docs.push(soramai::rag::Document { id: d.id, title: d.title, body: d.text, format, metadata: d.metadata });
-    }
+    let docs: Vec<soramai::rag::Document> = b.documents.into_iter().map(Into::into).collect();
     let report = blocking(move || Ok(s.platform.rag()?.add_documents(&p, &id, &docs)?)).await?;
     Ok(axum::Json(json!({"object": "ingestion", "documents": report.documents, "chunks": report.chunks}))
         .into_response())
@@ -1135,29 +1113,13 @@ async fn delete_document(
     Ok(axum::Json(json!({"id": shown, "object": "document", "deleted": true})).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SearchBody {
-    query: String,
-    #[serde(default)]
-    top_k: Option<usize>,
-    #[serde(default)]
-    hybrid: bool,
-    #[serde(default)]
-    filters: std::collections::BTreeMap<String, String>,
-}
-
 async fn search(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
-    JsonBody(b): JsonBody<SearchBody>,
+    JsonBody(b): JsonBody<soramai::SearchInput>,
 ) -> ApiResult<Response> {
-    let id = corpus_id(&id)?;
-    let mut req = soramai::rag::SearchRequest::new(b.query, b.top_k.unwrap_or(5));
-    req.hybrid = b.hybrid;
-    req.filters = b.filters.into_iter().collect();
-    let hits = blocking(move || Ok(s.platform.rag()?.search(&p, &id, &req)?)).await?;
+    let hits = blocking(move || Session::new(s.platform, p).search(&id, b)).await?;
     Ok(axum::Json(json!({"object": "list", "data": hits})).into_response())
 }
 
@@ -1308,11 +1270,11 @@ async fn create_key(
     Caller(p): Caller,
     JsonBody(b): JsonBody<KeyBody>,
 ) -> ApiResult<Response> {
+    // Scopes are checked here to answer with `param: scopes`; the SDK does the rest.
     let scopes = b.scopes.iter().map(|n| scope(n)).collect::<ApiResult<Vec<_>>>()?;
-    let mut options = KeyOptions::new(b.name, &scopes);
-    options.expires_in = b.expires_in_seconds.map(Duration::from_secs);
-    let tenant = b.tenant.unwrap_or_else(|| p.tenant().as_str().to_owned());
-    let key = blocking(move || s.platform.create_api_key(&p, &tenant, options)).await?;
+    let request =
+        soramai::KeyRequest { name: b.name, scopes, tenant: b.tenant, expires_in_seconds: b.expires_in_seconds };
+    let key = blocking(move || Session::new(s.platform, p).create_api_key(request)).await?;
     let mut v = key_json(&key.info);
     v["key"] = json!(key.secret());
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())

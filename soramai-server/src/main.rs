@@ -273,21 +273,14 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         (Some(cert), Some(key)) => Some(http::tls_config(cert, key)?),
         _ => None,
     };
-    let core = Arc::new(Core::open_embedded(&a.data_dir)?);
-    if let Some(model) = &a.model {
-        let id = ModelId::new(&a.model_id)?;
-        if core.base_model(&id).is_err() {
-            core.register_base_model(&id, model)?;
-        }
-    }
     let runner = RunnerCommand { args: vec!["job-runner".into()], ..RunnerCommand::new(std::env::current_exe()?) };
-    let options = soramai::PlatformOptions {
-        runner: Some(runner),
-        workers: a.workers,
-        max_batch: a.max_batch,
-        ..soramai::PlatformOptions::default()
+    let options = soramai::OpenOptions {
+        model: a.model.clone(),
+        model_id: Some(a.model_id.clone()),
+        workers: Some(a.workers),
+        max_batch: Some(a.max_batch),
     };
-    let platform = Arc::new(soramai::Platform::with_core(core, options)?);
+    let platform = soramai::Platform::open_with(&a.data_dir, &options, Some(runner))?;
     let mut out = std::io::stdout();
     if let Some(key) = platform.bootstrap_operator()? {
         writeln!(out, "bootstrap admin key (shown once, store it now): {}", key.secret())?;

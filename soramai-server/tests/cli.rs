@@ -3,6 +3,10 @@
 
 use std::process::{Command, Stdio};
 
+#[path = "../../soramai-kernels/tests/common/reference_model.rs"]
+mod reference_model;
+use reference_model::reference_model;
+
 #[test]
 fn quickstart_runs_on_a_fresh_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -49,19 +53,6 @@ fn job_runner_rejects_garbage_input() {
     let out = child.wait_with_output().expect("wait");
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("result"));
-}
-
-/// The reference model, or `None` (test skipped) unless `SORAMAI_REQUIRE_MODEL` makes it required.
-fn reference_model() -> Option<std::path::PathBuf> {
-    let p = std::env::var_os("SORAMAI_TEST_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(std::env::var_os("SORAMAI_REQUIRE_MODEL").is_none(), "reference model missing at {}", p.display());
-    eprintln!("skipped: no reference model (run scripts/fetch-model.sh)");
-    None
 }
 
 fn soramai(args: &[&std::ffi::OsStr]) -> std::process::Output {

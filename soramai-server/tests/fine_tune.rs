@@ -18,20 +18,12 @@ use soramai::{
     RunnerCommand, TenantId, Tier, Worker,
 };
 
+#[path = "../../soramai-kernels/tests/common/reference_model.rs"]
+mod reference_model;
+use reference_model::reference_model;
+
 const CANARY: &str = "zq7-canary-Kumo-4471";
 const DIR_VAR: &str = "SORAMAI_FT_CRASH_DIR";
-
-fn reference_model() -> Option<PathBuf> {
-    let p = std::env::var_os("SORAMAI_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(std::env::var_os("SORAMAI_REQUIRE_MODEL").is_none(), "reference model missing at {}", p.display());
-    eprintln!("skipped: no reference model (run scripts/fetch-model.sh)");
-    None
-}
 
 fn runner() -> RunnerCommand {
     RunnerCommand { args: vec!["job-runner".into()], ..RunnerCommand::new(env!("CARGO_BIN_EXE_soramai")) }

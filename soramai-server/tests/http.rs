@@ -12,20 +12,12 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
+#[path = "../../soramai-kernels/tests/common/reference_model.rs"]
+mod reference_model;
+use reference_model::reference_model;
+
 const CANARY: &str = "zq9-canary-Sora-7713";
 const MODEL: &str = "smollm2-135m-instruct";
-
-fn reference_model() -> Option<PathBuf> {
-    let p = std::env::var_os("SORAMAI_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(std::env::var_os("SORAMAI_REQUIRE_MODEL").is_none(), "reference model missing at {}", p.display());
-    eprintln!("skipped: no reference model (run scripts/fetch-model.sh)");
-    None
-}
 
 struct Server {
     child: Child,

@@ -7,17 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn model() -> Option<PathBuf> {
-    let p = std::env::var_os("SORAMAI_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    if p.is_file() {
-        return Some(std::fs::canonicalize(&p).expect("canonical path"));
-    }
-    assert!(std::env::var_os("SORAMAI_REQUIRE_MODEL").is_none(), "reference model missing at {}", p.display());
-    eprintln!("skipped: no reference model (run scripts/fetch-model.sh)");
-    None
-}
+#[path = "../../soramai-kernels/tests/common/reference_model.rs"]
+mod reference_model;
+use reference_model::reference_model;
 
 /// The installed client under `.cache`, or a skip (a failure when clients are required).
 fn client(path: &str) -> Option<PathBuf> {
@@ -40,7 +32,7 @@ fn scripts() -> PathBuf {
 
 #[test]
 fn the_openai_python_client_runs_the_whole_flow() {
-    let (Some(model), Some(python)) = (model(), client("openai-venv/bin/python")) else { return };
+    let (Some(model), Some(python)) = (reference_model(), client("openai-venv/bin/python")) else { return };
     let status = Command::new(python)
         .arg(scripts().join("openai_flow.py"))
         .arg(env!("CARGO_BIN_EXE_soramai"))
@@ -52,7 +44,7 @@ fn the_openai_python_client_runs_the_whole_flow() {
 
 #[test]
 fn the_openai_npm_client_runs_the_whole_flow() {
-    let (Some(model), Some(dir)) = (model(), client("openai-node")) else { return };
+    let (Some(model), Some(dir)) = (reference_model(), client("openai-node")) else { return };
     let status = Command::new("node")
         .arg("--test")
         .arg(scripts().join("openai_flow.test.mjs"))

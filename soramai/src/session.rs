@@ -171,11 +171,16 @@ fn corpus_id(id: &str) -> Result<CorpusId, PlatformError> {
 impl Platform {
     /// Opens a session for an API key (`sk-…`).
     pub fn session(self: &Arc<Self>, api_key: &str) -> Result<Session, PlatformError> {
-        Ok(Session { platform: self.clone(), principal: self.authenticate(api_key)? })
+        Ok(Session::new(self.clone(), self.authenticate(api_key)?))
     }
 }
 
 impl Session {
+    /// A session for a caller already authenticated (a server's middleware checked the key).
+    pub fn new(platform: Arc<Platform>, principal: Principal) -> Self {
+        Self { platform, principal }
+    }
+
     /// The key's principal: tenant, key id, scopes.
     pub fn principal(&self) -> &Principal {
         &self.principal

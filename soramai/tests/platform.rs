@@ -2,7 +2,6 @@
 //! batch and each gets what it would alone; credits are reserved up front and settled exactly;
 //! a stream dropped early is cancelled and refunded; tier limits hold.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use soramai::platform::OPERATOR_TENANT;
@@ -11,17 +10,9 @@ use soramai::{
     Prompt, Scope, StreamEvent, TenantId, Tier,
 };
 
-fn reference_model() -> Option<PathBuf> {
-    let p = std::env::var_os("SORAMAI_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(std::env::var_os("SORAMAI_REQUIRE_MODEL").is_none(), "reference model missing at {}", p.display());
-    eprintln!("skipped: no reference model (run scripts/fetch-model.sh)");
-    None
-}
+#[path = "../../soramai-kernels/tests/common/reference_model.rs"]
+mod reference_model;
+use reference_model::reference_model;
 
 const MODEL: &str = "smollm2";
 

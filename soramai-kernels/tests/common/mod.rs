@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use soramai_kernels::cpu::ops::RopeLayout;
 use soramai_kernels::gguf::{GgufWriter, Value};
@@ -11,24 +10,10 @@ use soramai_kernels::lora::Target;
 use soramai_kernels::model::Model;
 use soramai_kernels::quant::GgmlType;
 
-/// The reference model (SmolLM2-135M-Instruct Q4_1), from `SORAMAI_TEST_MODEL` or
-/// `.cache/models/` (where `scripts/fetch-model.sh` puts it). When it is absent the test is skipped,
-/// unless `SORAMAI_REQUIRE_MODEL` is set (as the CI script does), which makes absence a failure.
-pub fn reference_model() -> Option<PathBuf> {
-    let p = std::env::var_os("SORAMAI_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("SORAMAI_REQUIRE_MODEL").is_none(),
-        "reference model missing at {} (run scripts/fetch-model.sh)",
-        p.display()
-    );
-    eprintln!("skipped: reference model not found at {} (run scripts/fetch-model.sh)", p.display());
-    None
-}
+mod reference_model;
+// Not every test binary asks for the model.
+#[allow(unused_imports)]
+pub use reference_model::reference_model;
 
 pub fn rand_vec(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
