@@ -8,8 +8,9 @@
 
 use std::fmt;
 
+use crate::params;
+use crate::store::{Db, OptionalExt as _, Row};
 use hmac::{Hmac, KeyInit, Mac};
-use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -202,7 +203,7 @@ impl AuditKey {
 const GENESIS: [u8; 32] = [0u8; 32];
 
 /// Reads an `AuditRecord` from columns `seq, at, actor, action, target, detail` (in that order).
-fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+fn record_from_row(r: &Row) -> Result<AuditRecord> {
     Ok(AuditRecord {
         seq: r.get(0)?,
         at: r.get(1)?,
@@ -222,13 +223,7 @@ pub(crate) struct Entry<'a> {
 }
 
 /// Appends one record inside the caller's transaction.
-pub(crate) fn append(
-    tx: &Transaction<'_>,
-    key: &AuditKey,
-    tenant: &TenantId,
-    at: Millis,
-    entry: Entry<'_>,
-) -> Result<()> {
+pub(crate) fn append(tx: &Db<'_>, key: &AuditKey, tenant: &TenantId, at: Millis, entry: Entry<'_>) -> Result<()> {
     let Entry { actor, action, target, detail } = entry;
     let head: Option<(u64, Vec<u8>)> = tx
         .query_row("SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1", [tenant.as_str()], |r| {
@@ -300,11 +295,11 @@ impl Core {
 
     fn audit_records(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
         self.meta.read(|c| {
-            let mut st = c.prepare(
+            c.query_map(
                 "SELECT seq, at, actor, action, target, detail FROM audit_log WHERE tenant_id = ?1 ORDER BY seq",
-            )?;
-            let rows = st.query_map([tenant.as_str()], record_from_row)?;
-            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+                [tenant.as_str()],
+                record_from_row,
+            )
         })
     }
 
@@ -312,15 +307,12 @@ impl Core {
     /// record yields [`Error::AuditChainBroken`] naming the first bad position.
     pub fn verify_audit(&self, tenant: &TenantId) -> Result<AuditReport> {
         let (rows, head) = self.meta.read(|c| {
-            let mut st = c.prepare(
+            let rows = c.query_map(
                 "SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log
-                 WHERE tenant_id = ?1 ORDER BY rowid",
+                 WHERE tenant_id = ?1 ORDER BY seq",
+                [tenant.as_str()],
+                |r| Ok((record_from_row(r)?, r.get::<Vec<u8>>(6)?, r.get::<Vec<u8>>(7)?)),
             )?;
-            let rows = st
-                .query_map([tenant.as_str()], |r| {
-                    Ok((record_from_row(r)?, r.get::<_, Vec<u8>>(6)?, r.get::<_, Vec<u8>>(7)?))
-                })?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
             let head: Option<(u64, Vec<u8>, Vec<u8>)> = c
                 .query_row("SELECT seq, hash, tag FROM audit_heads WHERE tenant_id = ?1", [tenant.as_str()], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))

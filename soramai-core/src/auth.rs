@@ -9,7 +9,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, params};
+use crate::params;
+use crate::store::{OptionalExt as _, Row};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -212,7 +213,7 @@ type KeyRow =
 const KEY_COLUMNS: &str =
     "id, tenant_id, name, secret_hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by";
 
-fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
+fn key_row(r: &Row) -> Result<KeyRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
 }
 
@@ -311,12 +312,12 @@ impl Core {
     pub fn authenticate(&self, token: &str) -> Result<Principal> {
         let (id, secret) = parse_token(token).ok_or(Error::Unauthenticated)?;
         let row = self.meta.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 &format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE id = ?1 AND EXISTS (SELECT 1 FROM tenants t WHERE t.id = k.tenant_id AND t.status = 'active')"),
                 [id.as_str()],
                 key_row,
             )
-            .optional()?)
+            .optional()
         })?;
         let presented = hash_secret(secret.as_bytes());
         let Some(row) = row else {
@@ -351,10 +352,11 @@ impl Core {
         principal.require(Scope::Admin)?;
         self.tenant(principal.tenant())?;
         let rows = self.meta.read(|c| {
-            let mut st =
-                c.prepare(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"))?;
-            let rows =
-                st.query_map([principal.tenant().as_str()], key_row)?.collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"),
+                [principal.tenant().as_str()],
+                key_row,
+            )?;
             Ok(rows)
         })?;
         rows.into_iter().map(|r| key_info(r).map(|(i, _)| i)).collect()
@@ -362,12 +364,12 @@ impl Core {
 
     fn own_key(&self, principal: &Principal, id: &ApiKeyId) -> Result<ApiKeyInfo> {
         let row = self.meta.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND tenant_id = ?2"),
                 params![id.as_str(), principal.tenant().as_str()],
                 key_row,
             )
-            .optional()?)
+            .optional()
         })?;
         Ok(key_info(row.ok_or(Error::NotFound { kind: "api key" })?)?.0)
     }

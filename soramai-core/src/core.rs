@@ -6,7 +6,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use crate::params;
+use crate::store::{Db, OptionalExt as _, Row};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -39,11 +40,76 @@ impl Default for Limits {
     }
 }
 
+/// Where the metadata (ids, states, counters, hashes, wrapped keys; never content) lives.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Database {
+    /// SQLite in `<data_dir>/meta.sqlite3`: the embedded default, for one node.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by several nodes, by connection string
+    /// (`postgres://user:password@host:5432/db`, or `host=… user=… dbname=…`). Needs the
+    /// `postgres` feature.
+    Postgres(String),
+}
+
+impl fmt::Debug for Database {
+    // The connection string can hold a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite => f.write_str("Sqlite"),
+            Database::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
+
+impl Database {
+    /// Parses a database URL: `sqlite` (the embedded default), or a `postgres://` or
+    /// `postgresql://` connection string.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let url = url.trim();
+        if url.is_empty() || url == "sqlite" {
+            Ok(Database::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Database::Postgres(url.to_owned()))
+        } else {
+            Err(Error::InvalidArgument(
+                "the database URL must be `sqlite` or start with postgres:// or postgresql://".into(),
+            ))
+        }
+    }
+
+    fn open(&self, data_dir: &Path) -> Result<MetaStore> {
+        match self {
+            Database::Sqlite => {
+                let meta_path = data_dir.join("meta.sqlite3");
+                let meta = MetaStore::open(&meta_path)?;
+                for suffix in ["", "-wal", "-shm"] {
+                    let f = PathBuf::from(format!("{}{suffix}", meta_path.display()));
+                    if f.exists() {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))?;
+                    }
+                }
+                Ok(meta)
+            }
+            #[cfg(feature = "postgres")]
+            Database::Postgres(url) => MetaStore::connect_postgres(url),
+            #[cfg(not(feature = "postgres"))]
+            Database::Postgres(_) => Err(Error::InvalidArgument(
+                "this build has no PostgreSQL support (the `postgres` feature of soramai-core)".into(),
+            )),
+        }
+    }
+}
+
 /// How to open a [`Core`].
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The data directory (created with mode 0700).
+    /// The data directory (created with mode 0700): the SQLite database and local blobs when
+    /// those are the choice, and scratch space for jobs.
     pub data_dir: PathBuf,
+    /// The metadata database.
+    pub database: Database,
     /// The root key provider.
     pub root: Arc<dyn KeyProvider>,
     /// The shared blob store; `None` uses `<data_dir>/blobs`. When you set it to an object store
@@ -83,6 +149,7 @@ impl Config {
         let dedicated: Arc<dyn StoreRouter> = Arc::new(DedicatedDirectories::new(data_dir.join("dedicated")));
         Self {
             data_dir,
+            database: Database::Sqlite,
             root,
             blobs: None,
             dedicated: Some(dedicated),
@@ -176,7 +243,7 @@ const AUDIT_KEY_AAD: &[u8] = b"soramai system key\0audit";
 
 type TenantRow = (String, String, String, String, Millis, String);
 
-fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRow> {
+fn tenant_from_row(r: &Row) -> Result<TenantRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
@@ -294,23 +361,17 @@ impl Core {
     pub fn open(config: Config) -> Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
         set_private_dir(&config.data_dir)?;
-        let meta_path = config.data_dir.join("meta.sqlite3");
-        let meta = MetaStore::open(&meta_path)?;
-        for suffix in ["", "-wal", "-shm"] {
-            let f = PathBuf::from(format!("{}{suffix}", meta_path.display()));
-            if f.exists() {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))?;
-            }
-        }
+        let meta = config.database.open(&config.data_dir)?;
         let shared: Arc<dyn BlobStore> = match config.blobs {
             Some(b) => b,
             None => Arc::new(LocalBlobStore::open(config.data_dir.join("blobs"))?),
         };
         let routes = Arc::new(RoutedBlobStore::new(shared));
         let dedicated_tenants: Vec<String> = meta.read(|c| {
-            let mut st = c.prepare("SELECT id FROM tenants WHERE store = 'dedicated' AND status = 'active'")?;
-            let rows = st.query_map([], |r| r.get(0))?.collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows =
+                c.query_map("SELECT id FROM tenants WHERE store = 'dedicated' AND status = 'active'", (), |r| {
+                    r.get(0)
+                })?;
             Ok(rows)
         })?;
         for t in dedicated_tenants {
@@ -346,31 +407,33 @@ impl Core {
     }
 
     fn system_key(meta: &MetaStore, root: &dyn KeyProvider) -> Result<AuditKey> {
-        let existing: Option<(Vec<u8>, String)> = meta.read(|c| {
-            Ok(c.query_row("SELECT wrapped, root_fingerprint FROM system_keys WHERE name = 'audit'", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+        let stored = |meta: &MetaStore| -> Result<Option<Vec<u8>>> {
+            meta.read(|c| {
+                c.query_row("SELECT wrapped FROM system_keys WHERE name = 'audit'", (), |r| r.get(0)).optional()
             })
-            .optional()?)
-        })?;
-        match existing {
-            Some((wrapped, _)) => root
-                .unwrap(AUDIT_KEY_AAD, &wrapped)
-                .map(AuditKey)
-                .map_err(|_| Error::KeyProvider("the root key does not match this data directory".into())),
+        };
+        let wrapped = match stored(meta)? {
+            Some(wrapped) => wrapped,
             None => {
                 let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
                 random_bytes(&mut key);
                 let wrapped = root.wrap(AUDIT_KEY_AAD, &key)?;
+                // Nodes starting together on one shared database: the first insert wins, and
+                // every node then uses the stored key.
                 meta.write(|tx| {
                     tx.execute(
-                        "INSERT INTO system_keys (name, wrapped, root_fingerprint) VALUES ('audit', ?1, ?2)",
+                        "INSERT INTO system_keys (name, wrapped, root_fingerprint) VALUES ('audit', ?1, ?2)
+                         ON CONFLICT (name) DO NOTHING",
                         params![wrapped, root.fingerprint()],
                     )?;
                     Ok(())
                 })?;
-                Ok(AuditKey(key))
+                stored(meta)?.ok_or(Error::NotFound { kind: "system key" })?
             }
-        }
+        };
+        root.unwrap(AUDIT_KEY_AAD, &wrapped)
+            .map(AuditKey)
+            .map_err(|_| Error::KeyProvider("the root key does not match this data directory".into()))
     }
 
     /// The data directory.
@@ -405,7 +468,7 @@ impl Core {
 
     pub(crate) fn audit_tx(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Db<'_>,
         tenant: &TenantId,
         actor: &Actor,
         action: Action,
@@ -519,12 +582,12 @@ impl Core {
     /// An active tenant. A deleted or unknown tenant is [`Error::NotFound`].
     pub fn tenant(&self, id: &TenantId) -> Result<Tenant> {
         let row = self.meta.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT id, tier, status, key_custody, created_at, store FROM tenants WHERE id = ?1 AND status = 'active'",
                 [id.as_str()],
                 tenant_from_row,
             )
-            .optional()?)
+            .optional()
         })?;
         parse_tenant(row.ok_or(Error::NotFound { kind: "tenant" })?)
     }
@@ -532,10 +595,7 @@ impl Core {
     /// All active tenants.
     pub fn tenants(&self) -> Result<Vec<Tenant>> {
         let rows = self.meta.read(|c| {
-            let mut st = c.prepare(
-                "SELECT id, tier, status, key_custody, created_at, store FROM tenants WHERE status = 'active' ORDER BY id",
-            )?;
-            let rows = st.query_map([], tenant_from_row)?.collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map("SELECT id, tier, status, key_custody, created_at, store FROM tenants WHERE status = 'active' ORDER BY id", (), tenant_from_row)?;
             Ok(rows)
         })?;
         rows.into_iter().map(parse_tenant).collect()
@@ -594,10 +654,8 @@ impl Core {
         self.tenant(id)?;
         let now = self.now();
         let blobs: Vec<String> = self.meta.write(|tx| {
-            let blobs: Vec<String> = {
-                let mut st = tx.prepare("SELECT blob FROM objects WHERE tenant_id = ?1")?;
-                st.query_map([id.as_str()], |r| r.get(0))?.collect::<std::result::Result<Vec<_>, _>>()?
-            };
+            let blobs: Vec<String> =
+                { tx.query_map("SELECT blob FROM objects WHERE tenant_id = ?1", [id.as_str()], |r| r.get(0))? };
             tx.execute("DELETE FROM tenant_keys WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM scope_keys WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM objects WHERE tenant_id = ?1", [id.as_str()])?;
@@ -656,13 +714,13 @@ impl Core {
     fn primary_version(&self, tenant: &TenantId) -> Result<u32> {
         self.meta
             .read(|c| {
-                Ok(c.query_row(
+                c.query_row(
                     "SELECT k.version FROM tenant_keys k JOIN tenants t ON t.id = k.tenant_id
                      WHERE k.tenant_id = ?1 AND k.state = 'primary' AND t.status = 'active'",
                     [tenant.as_str()],
                     |r| r.get(0),
                 )
-                .optional()?)
+                .optional()
             })?
             .ok_or(Error::NotFound { kind: "tenant" })
     }
@@ -670,12 +728,12 @@ impl Core {
     fn wrapped_key(&self, tenant: &TenantId, version: u32) -> Result<Vec<u8>> {
         self.meta
             .read(|c| {
-                Ok(c.query_row(
+                c.query_row(
                     "SELECT wrapped FROM tenant_keys WHERE tenant_id = ?1 AND version = ?2 AND wrapped IS NOT NULL",
                     params![tenant.as_str(), version],
-                    |r| r.get::<_, Vec<u8>>(0),
+                    |r| r.get::<Vec<u8>>(0),
                 )
-                .optional()?)
+                .optional()
             })?
             // A destroyed (retired or shredded) version: its data can no longer be decrypted.
             .ok_or(Error::Integrity)
@@ -683,12 +741,10 @@ impl Core {
 
     fn root_for(&self, tenant: &TenantId) -> Result<Arc<dyn KeyProvider>> {
         let custody: Option<String> = self.meta.read(|c| {
-            Ok(c.query_row(
-                "SELECT key_custody FROM tenants WHERE id = ?1 AND status = 'active'",
-                [tenant.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?)
+            c.query_row("SELECT key_custody FROM tenants WHERE id = ?1 AND status = 'active'", [tenant.as_str()], |r| {
+                r.get(0)
+            })
+            .optional()
         })?;
         match custody.as_deref() {
             None => Err(Error::NotFound { kind: "tenant" }),
@@ -727,10 +783,11 @@ impl Core {
         let now = self.now();
         // Scope keys are rewrapped under the new version (small keys, not data).
         let scopes: Vec<(String, Vec<u8>, u32)> = self.meta.read(|c| {
-            let mut st = c.prepare("SELECT scope, wrapped, tenant_key_version FROM scope_keys WHERE tenant_id = ?1")?;
-            let rows = st
-                .query_map([tenant.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map(
+                "SELECT scope, wrapped, tenant_key_version FROM scope_keys WHERE tenant_id = ?1",
+                [tenant.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
             Ok(rows)
         })?;
         let mut scope_keys = Vec::with_capacity(scopes.len());
@@ -779,11 +836,11 @@ impl Core {
     pub fn rewrap_tenant_objects(&self, tenant: &TenantId) -> Result<usize> {
         let primary = self.primary_version(tenant)?;
         let stale: Vec<String> = self.meta.read(|c| {
-            let mut st =
-                c.prepare("SELECT path FROM objects WHERE tenant_id = ?1 AND key_version != ?2 AND scope = ''")?;
-            let rows = st
-                .query_map(params![tenant.as_str(), primary], |r| r.get(0))?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map(
+                "SELECT path FROM objects WHERE tenant_id = ?1 AND key_version != ?2 AND scope = ''",
+                params![tenant.as_str(), primary],
+                |r| r.get(0),
+            )?;
             Ok(rows)
         })?;
         for path in &stale {
@@ -805,12 +862,9 @@ impl Core {
     pub fn retire_tenant_keys(&self, tenant: &TenantId) -> Result<Vec<u32>> {
         let retired = self.meta.write(|tx| {
             let versions: Vec<u32> = {
-                let mut st = tx.prepare(
-                    "SELECT version FROM tenant_keys k WHERE tenant_id = ?1 AND state = 'active'
+                tx.query_map("SELECT version FROM tenant_keys k WHERE tenant_id = ?1 AND state = 'active'
                      AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.tenant_id = k.tenant_id AND o.key_version = k.version)
-                     AND NOT EXISTS (SELECT 1 FROM scope_keys s WHERE s.tenant_id = k.tenant_id AND s.tenant_key_version = k.version)",
-                )?;
-                st.query_map([tenant.as_str()], |r| r.get(0))?.collect::<std::result::Result<Vec<_>, _>>()?
+                     AND NOT EXISTS (SELECT 1 FROM scope_keys s WHERE s.tenant_id = k.tenant_id AND s.tenant_key_version = k.version)", [tenant.as_str()], |r| r.get(0))?
             };
             for v in &versions {
                 tx.execute(
@@ -856,7 +910,7 @@ impl Core {
         tenant: &TenantId,
         path: &ObjectPath,
         staged: &StagedObject,
-        extra: impl FnOnce(&Transaction<'_>) -> Result<T>,
+        extra: impl FnOnce(&Db<'_>) -> Result<T>,
     ) -> Result<T> {
         let committed = self.meta.write(|tx| {
             let old = self.commit_object(tx, tenant, path, staged)?;
@@ -880,7 +934,7 @@ impl Core {
     /// to be deleted after the commit.
     pub(crate) fn commit_object(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Db<'_>,
         tenant: &TenantId,
         path: &ObjectPath,
         staged: &StagedObject,
@@ -907,7 +961,7 @@ impl Core {
         tenant: &TenantId,
         path: &ObjectPath,
         data: &[u8],
-        extra: impl FnOnce(&Transaction<'_>) -> Result<T>,
+        extra: impl FnOnce(&Db<'_>) -> Result<T>,
     ) -> Result<T> {
         let staged = self.stage_object(tenant, path, data)?;
         self.commit_staged(tenant, path, &staged, extra)
@@ -945,14 +999,14 @@ impl Core {
     /// The key scope covering `path`, if any (the longest registered prefix), with its key.
     fn scope_for_path(&self, tenant: &TenantId, path: &ObjectPath) -> Result<Option<(String, TenantKey)>> {
         let row: Option<(String, Vec<u8>, u32)> = self.meta.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT scope, wrapped, tenant_key_version FROM scope_keys
                  WHERE tenant_id = ?1 AND substr(?2, 1, length(scope) + 1) = scope || '/'
                  ORDER BY length(scope) DESC LIMIT 1",
                 params![tenant.as_str(), path.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .optional()?)
+            .optional()
         })?;
         match row {
             None => Ok(None),
@@ -990,7 +1044,8 @@ impl Core {
         let now = self.now();
         self.meta.write(|tx| {
             let inserted = tx.execute(
-                "INSERT OR IGNORE INTO scope_keys (tenant_id, scope, wrapped, tenant_key_version, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO scope_keys (tenant_id, scope, wrapped, tenant_key_version, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant_id, scope) DO NOTHING",
                 params![tenant.as_str(), scope.as_str(), wrapped, primary.version(), now],
             )?;
             if inserted == 0 {
@@ -1014,9 +1069,11 @@ impl Core {
                 return Err(Error::NotFound { kind: "key scope" });
             }
             let blobs: Vec<String> = {
-                let mut st = tx.prepare("SELECT blob FROM objects WHERE tenant_id = ?1 AND scope = ?2")?;
-                st.query_map(params![tenant.as_str(), scope.as_str()], |r| r.get(0))?
-                    .collect::<std::result::Result<Vec<_>, _>>()?
+                tx.query_map(
+                    "SELECT blob FROM objects WHERE tenant_id = ?1 AND scope = ?2",
+                    params![tenant.as_str(), scope.as_str()],
+                    |r| r.get(0),
+                )?
             };
             tx.execute(
                 "DELETE FROM objects WHERE tenant_id = ?1 AND scope = ?2",
@@ -1049,13 +1106,13 @@ impl Core {
     /// The object's blob, metadata and key scope ("" for the tenant key).
     fn object_row_scoped(&self, tenant: &TenantId, path: &ObjectPath) -> Result<(BlobKey, ObjectInfo, String)> {
         let row: Option<(String, u32, u64, String)> = self.meta.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT o.blob, o.key_version, o.plaintext_len, o.scope FROM objects o JOIN tenants t ON t.id = o.tenant_id
                  WHERE o.tenant_id = ?1 AND o.path = ?2 AND t.status = 'active'",
                 params![tenant.as_str(), path.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
-            .optional()?)
+            .optional()
         })?;
         let (blob, key_version, len, scope) = row.ok_or(Error::NotFound { kind: "object" })?;
         Ok((BlobKey::new(blob)?, ObjectInfo { path: path.as_str().to_string(), len, key_version }, scope))
@@ -1094,7 +1151,7 @@ impl Core {
         &self,
         tenant: &TenantId,
         path: &ObjectPath,
-        extra: impl FnOnce(&Transaction<'_>) -> Result<()>,
+        extra: impl FnOnce(&Db<'_>) -> Result<()>,
     ) -> Result<()> {
         let (blob, _) = self.object_row(tenant, path)?;
         self.meta.write(|tx| {
@@ -1111,12 +1168,7 @@ impl Core {
     pub fn list_objects(&self, tenant: &TenantId, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.tenant(tenant)?;
         self.meta.read(|c| {
-            let mut st = c.prepare(
-                "SELECT path, plaintext_len, key_version FROM objects WHERE tenant_id = ?1 AND substr(path, 1, length(?2)) = ?2 ORDER BY path",
-            )?;
-            let rows = st
-                .query_map(params![tenant.as_str(), prefix], |r| Ok(ObjectInfo { path: r.get(0)?, len: r.get(1)?, key_version: r.get(2)? }))?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map("SELECT path, plaintext_len, key_version FROM objects WHERE tenant_id = ?1 AND substr(path, 1, length(CAST(?2 AS TEXT))) = CAST(?2 AS TEXT) ORDER BY path", params![tenant.as_str(), prefix], |r| Ok(ObjectInfo { path: r.get(0)?, len: r.get(1)?, key_version: r.get(2)? }))?;
             Ok(rows)
         })
     }
@@ -1127,11 +1179,9 @@ impl Core {
     pub fn collect_orphan_blobs(&self, min_age: std::time::Duration) -> Result<usize> {
         let mut removed = self.blobs.sweep_incomplete(min_age)?;
         let listed = self.blobs.list("t/")?;
-        let referenced: std::collections::HashSet<String> = self.meta.read(|c| {
-            let mut st = c.prepare("SELECT blob FROM objects")?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?.collect::<std::result::Result<_, _>>()?;
-            Ok(rows)
-        })?;
+        let referenced: std::collections::HashSet<String> = self
+            .meta
+            .read(|c| Ok(c.query_map("SELECT blob FROM objects", (), |r| r.get::<String>(0))?.into_iter().collect()))?;
         for key in listed {
             if referenced.contains(key.as_str()) {
                 continue;

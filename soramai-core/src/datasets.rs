@@ -4,7 +4,8 @@
 //! "weight": 0|1 (assistant only, optional)}, ...]}` with at least one user and one assistant turn.
 //! The first bad line is reported by number and nothing is stored.
 
-use rusqlite::{OptionalExtension, params};
+use crate::params;
+use crate::store::OptionalExt as _;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -170,10 +171,7 @@ impl Core {
         principal.require(Scope::Train)?;
         self.tenant(principal.tenant())?;
         let rows = self.meta.read(|c| {
-            let mut st = c.prepare("SELECT id, name, bytes, examples, created_at FROM datasets WHERE tenant_id = ?1 ORDER BY created_at, id")?;
-            let rows = st
-                .query_map([principal.tenant().as_str()], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map("SELECT id, name, bytes, examples, created_at FROM datasets WHERE tenant_id = ?1 ORDER BY created_at, id", [principal.tenant().as_str()], |r| Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
             Ok(rows)
         })?;
         rows.into_iter()
@@ -188,12 +186,12 @@ impl Core {
         principal.require(Scope::Train)?;
         self.tenant(principal.tenant())?;
         let row = self.meta.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT name, bytes, examples, created_at FROM datasets WHERE id = ?1 AND tenant_id = ?2",
                 params![id.as_str(), principal.tenant().as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
-            .optional()?)
+            .optional()
         })?;
         let (name, bytes, examples, created_at) = row.ok_or(Error::NotFound { kind: "dataset" })?;
         Ok(DatasetInfo { id: id.clone(), name, bytes, examples, created_at })

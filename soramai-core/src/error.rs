@@ -94,7 +94,7 @@ pub enum Error {
     KeyProvider(String),
     /// The metadata database failed.
     #[error("metadata store: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(#[from] crate::store::DbError),
     /// An I/O failure in the blob store or a file.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

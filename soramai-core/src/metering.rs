@@ -3,7 +3,8 @@
 //! A [`UsageEvent`] has only ids, counts, a latency and a status: there is no field a prompt or a
 //! completion could be put in, so inference logs hold metrics only by construction.
 
-use rusqlite::{OptionalExtension, params};
+use crate::params;
+use crate::store::{Db, OptionalExt as _};
 use serde::Serialize;
 
 use crate::audit::Action;
@@ -134,21 +135,21 @@ impl Core {
         principal.require(Scope::Admin)?;
         self.tenant(principal.tenant())?;
         self.meta.read(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) FROM usage_events WHERE tenant_id = ?1 AND at >= ?2",
+            c.query_row(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) FROM usage_events WHERE tenant_id = ?1 AND at >= ?2",
                 params![principal.tenant().as_str(), since],
                 |r| Ok(UsageSummary { requests: r.get(0)?, input_tokens: r.get(1)?, output_tokens: r.get(2)? }),
-            )?)
+            )
         })
     }
 
     /// The tenant's credit balance.
     pub fn balance(&self, tenant: &TenantId) -> Result<i64> {
         self.tenant(tenant)?;
-        self.meta.read(|c| Ok(Self::balance_in(c, tenant)?))
+        self.meta.read(|c| Self::balance_in(c, tenant))
     }
 
-    fn balance_in(c: &rusqlite::Connection, tenant: &TenantId) -> rusqlite::Result<i64> {
+    fn balance_in(c: &Db<'_>, tenant: &TenantId) -> Result<i64> {
         Ok(c.query_row(
             "SELECT balance_after FROM ledger WHERE tenant_id = ?1 ORDER BY id DESC LIMIT 1",
             [tenant.as_str()],
@@ -166,7 +167,7 @@ impl Core {
     /// A ledger entry inside the caller's transaction (so a charge commits with what it pays for).
     pub(crate) fn ledger_entry_tx(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Db<'_>,
         tenant: &TenantId,
         kind: &str,
         amount: i64,
@@ -228,12 +229,9 @@ impl Core {
     /// The tenant's ledger, oldest first (the billing records).
     pub fn receipts(&self, tenant: &TenantId) -> Result<Vec<Receipt>> {
         self.meta.read(|c| {
-            let mut st = c.prepare("SELECT receipt, kind, amount, balance_after, reference, at FROM ledger WHERE tenant_id = ?1 ORDER BY id")?;
-            let rows = st
-                .query_map([tenant.as_str()], |r| {
+            let rows = c.query_map("SELECT receipt, kind, amount, balance_after, reference, at FROM ledger WHERE tenant_id = ?1 ORDER BY id", [tenant.as_str()], |r| {
                     Ok(Receipt { receipt: r.get(0)?, kind: r.get(1)?, amount: r.get(2)?, balance_after: r.get(3)?, reference: r.get(4)?, at: r.get(5)? })
-                })?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+                })?;
             Ok(rows)
         })
     }
@@ -282,9 +280,8 @@ impl Core {
     }
 
     fn logs_query_text(&self, tenant: &crate::ids::TenantId) -> Result<bool> {
-        self.meta.read(|c| {
-            Ok(c.query_row("SELECT log_query_text FROM tenants WHERE id = ?1", [tenant.as_str()], |r| r.get(0))?)
-        })
+        self.meta
+            .read(|c| c.query_row("SELECT log_query_text FROM tenants WHERE id = ?1", [tenant.as_str()], |r| r.get(0)))
     }
 
     fn seal_detail(&self, tenant: &crate::ids::TenantId, detail: &str) -> Result<String> {
@@ -347,11 +344,10 @@ impl Core {
         }
         self.meta
             .read(|c| {
-                let mut st = c.prepare(
+                let rows = c.query_map(
                     "SELECT at, actor, resource, action, detail FROM access_log WHERE tenant_id = ?1 ORDER BY id",
-                )?;
-                let rows = st
-                    .query_map([t.id.as_str()], |r| {
+                    [t.id.as_str()],
+                    |r| {
                         Ok(AccessRecord {
                             at: r.get(0)?,
                             actor: r.get(1)?,
@@ -359,8 +355,8 @@ impl Core {
                             action: r.get(3)?,
                             detail: r.get(4)?,
                         })
-                    })?
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                    },
+                )?;
                 Ok(rows)
             })?
             .into_iter()

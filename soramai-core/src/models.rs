@@ -8,7 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{OptionalExtension, params};
+use crate::params;
+use crate::store::{Db, OptionalExt as _};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -102,7 +103,7 @@ impl Core {
     /// A registered base model.
     pub fn base_model(&self, id: &ModelId) -> Result<BaseModel> {
         let path: Option<String> = self.meta.read(|c| {
-            Ok(c.query_row("SELECT path FROM base_models WHERE id = ?1", [id.as_str()], |r| r.get(0)).optional()?)
+            c.query_row("SELECT path FROM base_models WHERE id = ?1", [id.as_str()], |r| r.get(0)).optional()
         })?;
         let path = path.ok_or(Error::NotFound { kind: "base model" })?;
         Ok(BaseModel { id: id.clone(), path: PathBuf::from(path) })
@@ -111,10 +112,9 @@ impl Core {
     /// Every registered base model.
     pub fn base_models(&self) -> Result<Vec<BaseModel>> {
         self.meta.read(|c| {
-            let mut st = c.prepare("SELECT id, path FROM base_models ORDER BY id")?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map("SELECT id, path FROM base_models ORDER BY id", (), |r| {
+                Ok((r.get::<String>(0)?, r.get::<String>(1)?))
+            })?;
             rows.into_iter()
                 .map(|(id, path)| Ok(BaseModel { id: ModelId::new(id)?, path: PathBuf::from(path) }))
                 .collect()
@@ -132,7 +132,7 @@ impl Core {
         job: &JobId,
         trained_tokens: u64,
         files: &[(String, Zeroizing<Vec<u8>>)],
-        extra: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<()>,
+        extra: impl FnOnce(&Db<'_>) -> Result<()>,
     ) -> Result<FineTunedModel> {
         let file = |name: &str| {
             files
@@ -178,12 +178,12 @@ impl Core {
 
     fn fine_tuned_row(&self, tenant: &TenantId, id: &ModelId) -> Result<FineTunedModel> {
         let row: Option<(String, String, u64, Millis)> = self.meta.read(|c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT base, job_id, trained_tokens, created_at FROM fine_tuned_models WHERE id = ?1 AND tenant_id = ?2",
                 params![id.as_str(), tenant.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
-            .optional()?)
+            .optional()
         })?;
         let (base, job, trained_tokens, created_at) = row.ok_or(Error::NotFound { kind: "model" })?;
         Ok(FineTunedModel {
@@ -210,11 +210,11 @@ impl Core {
             principal.require(Scope::Train)?;
         }
         let ids: Vec<String> = self.meta.read(|c| {
-            let mut st =
-                c.prepare("SELECT id FROM fine_tuned_models WHERE tenant_id = ?1 ORDER BY created_at DESC, id")?;
-            let rows = st
-                .query_map([principal.tenant().as_str()], |r| r.get(0))?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map(
+                "SELECT id FROM fine_tuned_models WHERE tenant_id = ?1 ORDER BY created_at DESC, id",
+                [principal.tenant().as_str()],
+                |r| r.get(0),
+            )?;
             Ok(rows)
         })?;
         ids.into_iter().map(|id| self.fine_tuned_row(principal.tenant(), &ModelId::new(id)?)).collect()

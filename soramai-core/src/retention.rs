@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rusqlite::params;
+use crate::params;
 use serde::Serialize;
 
 use crate::clock::millis;

@@ -1,7 +1,7 @@
 //! The per-tenant secrets vault (hub tokens, deploy keys): values encrypted under the tenant's key
 //! in the same object format as everything else; only names and timestamps are metadata.
 
-use rusqlite::params;
+use crate::params;
 use zeroize::Zeroizing;
 
 use crate::audit::Action;
@@ -52,10 +52,11 @@ impl Core {
         principal.require(Scope::Admin)?;
         self.tenant(principal.tenant())?;
         let names: Vec<String> = self.meta.read(|c| {
-            let mut st = c.prepare("SELECT name FROM secrets WHERE tenant_id = ?1 ORDER BY name")?;
-            let rows = st
-                .query_map([principal.tenant().as_str()], |r| r.get(0))?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map(
+                "SELECT name FROM secrets WHERE tenant_id = ?1 ORDER BY name",
+                [principal.tenant().as_str()],
+                |r| r.get(0),
+            )?;
             Ok(rows)
         })?;
         names.into_iter().map(SecretName::new).collect()

@@ -11,10 +11,7 @@ use soramai_core::crypto::{envelope, keys::TenantKey};
 use soramai_core::{Error, KeyCustody, LocalRootKey, ObjectPath, Principal, SecretName, TenantId, Tier};
 
 fn all_wrapped_keys(env: &Env) -> Vec<(String, u32, Vec<u8>)> {
-    let db = rusqlite::Connection::open(env.data_dir().join("meta.sqlite3")).expect("db");
-    let mut st =
-        db.prepare("SELECT tenant_id, version, wrapped FROM tenant_keys WHERE wrapped IS NOT NULL").expect("prep");
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).expect("q").collect::<Result<_, _>>().expect("rows")
+    env.wrapped_keys()
 }
 
 #[test]
@@ -67,12 +64,14 @@ fn deleted_tenant_backups_are_undecryptable() {
         }
     }
     // The wrapped keys themselves are gone from the database files (secure_delete + checkpoint).
-    for f in files_under(&env.data_dir()) {
-        if f.to_string_lossy().contains("meta.sqlite3") {
-            let bytes = std::fs::read(&f).expect("read");
-            for w in &victim_wrapped {
-                assert!(!contains(&bytes, w), "{} still holds a wrapped key", f.display());
-            }
+    // (PostgreSQL: the database's table files, rewritten by VACUUM FULL.)
+    let files = env.metadata_files();
+    assert!(!files.is_empty());
+    for f in files {
+        // A PostgreSQL file can vanish between the listing and the read (a rewritten table).
+        let Ok(bytes) = std::fs::read(&f) else { continue };
+        for w in &victim_wrapped {
+            assert!(!contains(&bytes, w), "{} still holds a wrapped key", f.display());
         }
     }
     // The other tenant is untouched, and the audit trail records the closure.
@@ -134,7 +133,7 @@ fn enterprise_data_needs_the_customer_key() {
 fn opening_with_the_wrong_root_key_is_refused() {
     let env = Env::new();
     env.tenant("x", Tier::Free);
-    let mut config = soramai_core::Config::new(env.data_dir(), Arc::new(LocalRootKey::generate()));
+    let mut config = env.config_with_root(Arc::new(LocalRootKey::generate()));
     config.clock = env.clock.clone();
     assert!(matches!(soramai_core::Core::open(config), Err(Error::KeyProvider(_))));
 }

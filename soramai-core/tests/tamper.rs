@@ -105,10 +105,6 @@ fn tampered_blob_on_disk_fails_reads_through_the_core() {
     assert_eq!(&env.core.get_object(&t, &path).expect("intact")[..], &data[..]);
 }
 
-fn audit_db(env: &Env) -> rusqlite::Connection {
-    rusqlite::Connection::open(env.data_dir().join("meta.sqlite3")).expect("db")
-}
-
 fn fixture_with_audit() -> (Env, soramai_core::TenantId) {
     let env = Env::new();
     let (t, p) = env.tenant("audited", Tier::Org);
@@ -122,7 +118,7 @@ fn fixture_with_audit() -> (Env, soramai_core::TenantId) {
 #[test]
 fn audit_edit_is_detected() {
     let (env, t) = fixture_with_audit();
-    audit_db(&env).execute("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3", []).expect("edit");
+    env.raw_sql("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3");
     assert!(matches!(env.core.verify_audit(&t), Err(Error::AuditChainBroken { seq: 3 })));
 }
 
@@ -130,7 +126,7 @@ fn audit_edit_is_detected() {
 fn audit_field_edits_are_each_detected() {
     for col in ["at = at + 1", "action = 'dataset.deleted'", "target = 'file-x'", "detail = '{}'"] {
         let (env, t) = fixture_with_audit();
-        audit_db(&env).execute(&format!("UPDATE audit_log SET {col} WHERE seq = 2"), []).expect("edit");
+        env.raw_sql(&format!("UPDATE audit_log SET {col} WHERE seq = 2"));
         assert!(matches!(env.core.verify_audit(&t), Err(Error::AuditChainBroken { .. })), "{col}");
     }
 }
@@ -138,26 +134,22 @@ fn audit_field_edits_are_each_detected() {
 #[test]
 fn audit_deletion_is_detected() {
     let (env, t) = fixture_with_audit();
-    audit_db(&env).execute("DELETE FROM audit_log WHERE seq = 2", []).expect("delete");
+    env.raw_sql("DELETE FROM audit_log WHERE seq = 2");
     assert!(matches!(env.core.verify_audit(&t), Err(Error::AuditChainBroken { seq: 2 })));
     // Dropping the tail is caught by the MACed head, and so is rewinding the head with it.
     let (env, t) = fixture_with_audit();
-    let db = audit_db(&env);
-    db.execute("DELETE FROM audit_log WHERE seq = 5", []).expect("delete tail");
+    env.raw_sql("DELETE FROM audit_log WHERE seq = 5");
     assert!(env.core.verify_audit(&t).is_err());
-    db.execute("UPDATE audit_heads SET seq = 4, hash = (SELECT hash FROM audit_log WHERE seq = 4)", [])
-        .expect("rewind");
+    env.raw_sql("UPDATE audit_heads SET seq = 4, hash = (SELECT hash FROM audit_log WHERE seq = 4)");
     assert!(env.core.verify_audit(&t).is_err());
 }
 
 #[test]
 fn audit_reordering_is_detected() {
     let (env, t) = fixture_with_audit();
-    let db = audit_db(&env);
-    db.execute_batch(
+    env.raw_sql(
         "UPDATE audit_log SET seq = -1 WHERE seq = 2; UPDATE audit_log SET seq = 2 WHERE seq = 3; UPDATE audit_log SET seq = 3 WHERE seq = -1;",
-    )
-    .expect("swap");
+    );
     assert!(matches!(env.core.verify_audit(&t), Err(Error::AuditChainBroken { seq: 2 })));
 }
 
@@ -165,14 +157,10 @@ fn audit_reordering_is_detected() {
 fn audit_records_of_another_tenant_do_not_verify_here() {
     let (env, t) = fixture_with_audit();
     let (u, _) = env.tenant("other", Tier::Org);
-    let db = audit_db(&env);
     // Graft t's chain onto u: the tenant id is inside every MAC.
-    db.execute("DELETE FROM audit_log WHERE tenant_id = 'other'", []).expect("clear");
-    db.execute(
-        "INSERT INTO audit_log SELECT 'other', seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log WHERE tenant_id = 'audited'",
-        [],
-    )
-    .expect("graft");
+    env.raw_sql("DELETE FROM audit_log WHERE tenant_id = 'other'");
+    env.raw_sql(
+        "INSERT INTO audit_log SELECT 'other', seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log WHERE tenant_id = 'audited'");
     assert!(env.core.verify_audit(&u).is_err());
     assert!(env.core.verify_audit(&t).is_ok());
 }

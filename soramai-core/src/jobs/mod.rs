@@ -10,7 +10,8 @@ pub mod worker;
 use std::fmt;
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use crate::params;
+use crate::store::{Db, OptionalExt as _, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Action, Actor};
@@ -278,7 +279,7 @@ pub struct JobEvent {
 
 const JOB_COLUMNS: &str = "id, tenant_id, kind, spec, pool, state, progress, attempts, max_attempts, cancel_requested, result, error, created_at, finished_at";
 
-fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job>> {
+fn job_from_row(r: &Row) -> Result<Result<Job>> {
     let id: String = r.get(0)?;
     let tenant: String = r.get(1)?;
     let kind: String = r.get(2)?;
@@ -379,8 +380,8 @@ impl Core {
     pub(crate) fn job_by_id(&self, id: &JobId) -> Result<Job> {
         self.meta
             .read(|c| {
-                Ok(c.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id.as_str()], job_from_row)
-                    .optional()?)
+                c.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id.as_str()], job_from_row)
+                    .optional()
             })?
             .ok_or(Error::NotFound { kind: "job" })?
     }
@@ -399,12 +400,11 @@ impl Core {
     pub fn list_jobs(&self, principal: &Principal) -> Result<Vec<Job>> {
         principal.require(Scope::Train)?;
         self.meta.read(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = ?1 ORDER BY created_at DESC, id"
-            ))?;
-            let rows = st
-                .query_map([principal.tenant().as_str()], job_from_row)?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = ?1 ORDER BY created_at DESC, id"),
+                [principal.tenant().as_str()],
+                job_from_row,
+            )?;
             rows.into_iter().collect()
         })
     }
@@ -413,10 +413,11 @@ impl Core {
     pub fn job_events(&self, principal: &Principal, id: &JobId) -> Result<Vec<JobEvent>> {
         self.job(principal, id)?;
         self.meta.read(|c| {
-            let mut st = c.prepare("SELECT seq, at, kind, data FROM job_events WHERE job_id = ?1 ORDER BY seq")?;
-            let rows = st
-                .query_map([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)))?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let rows = c.query_map(
+                "SELECT seq, at, kind, data FROM job_events WHERE job_id = ?1 ORDER BY seq",
+                [id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<String>(3)?)),
+            )?;
             rows.into_iter()
                 .map(|(seq, at, kind, data)| Ok(JobEvent { seq, at, kind, data: serde_json::from_str(&data)? }))
                 .collect()
@@ -453,7 +454,7 @@ impl Core {
         self.job_by_id(id)
     }
 
-    fn add_event(&self, tx: &Transaction<'_>, job: &JobId, kind: &str, data: &serde_json::Value) -> Result<()> {
+    fn add_event(&self, tx: &Db<'_>, job: &JobId, kind: &str, data: &serde_json::Value) -> Result<()> {
         tx.execute(
             "INSERT INTO job_events (job_id, seq, at, kind, data)
              VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = ?1), ?2, ?3, ?4)",
@@ -468,11 +469,7 @@ impl Core {
         let now = self.now();
         self.meta.write(|tx| {
             let expired: Vec<(String, String, u32, u32, bool)> = {
-                let mut st = tx.prepare(
-                    "SELECT id, tenant_id, attempts, max_attempts, cancel_requested FROM jobs WHERE state = 'running' AND lease_expires_at < ?1",
-                )?;
-                st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                    .collect::<std::result::Result<Vec<_>, _>>()?
+                tx.query_map("SELECT id, tenant_id, attempts, max_attempts, cancel_requested FROM jobs WHERE state = 'running' AND lease_expires_at < ?1", [now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
             };
             for (id, tenant, attempts, max, cancel) in &expired {
                 let job = JobId::new(id.clone())?;
@@ -502,11 +499,12 @@ impl Core {
     /// The pools with queued jobs of active tenants (what a node's workers may look for).
     pub fn queued_pools(&self) -> Result<Vec<PoolId>> {
         self.meta.read(|c| {
-            let mut st = c.prepare(
+            let pools = c.query_map(
                 "SELECT DISTINCT j.pool FROM jobs j JOIN tenants t ON t.id = j.tenant_id
                  WHERE j.state = 'queued' AND t.status = 'active' ORDER BY j.pool",
+                (),
+                |r| r.get::<String>(0),
             )?;
-            let pools = st.query_map([], |r| r.get::<_, String>(0))?.collect::<std::result::Result<Vec<_>, _>>()?;
             pools.into_iter().map(PoolId::new).collect()
         })
     }
@@ -542,7 +540,7 @@ impl Core {
         }
     }
 
-    fn check_lease(tx: &Transaction<'_>, job: &JobId, worker: &str) -> Result<bool> {
+    fn check_lease(tx: &Db<'_>, job: &JobId, worker: &str) -> Result<bool> {
         let row: Option<(String, Option<String>, bool)> = tx
             .query_row("SELECT state, lease_owner, cancel_requested FROM jobs WHERE id = ?1", [job.as_str()], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -615,7 +613,7 @@ impl Core {
     pub(crate) fn job_checkpoint(&self, job: &Job, worker: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
         let step: Option<u64> = self.meta.write(|tx| {
             Self::check_lease(tx, &job.id, worker)?;
-            Ok(tx.query_row("SELECT checkpoint_step FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))?)
+            tx.query_row("SELECT checkpoint_step FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))
         })?;
         match step {
             None => Ok(None),
@@ -646,7 +644,7 @@ impl Core {
         })
     }
 
-    fn charge_training_tx(&self, tx: &Transaction<'_>, job: &Job, trained_tokens: u64) -> Result<()> {
+    fn charge_training_tx(&self, tx: &Db<'_>, job: &Job, trained_tokens: u64) -> Result<()> {
         let charged: u64 =
             tx.query_row("SELECT charged_tokens FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))?;
         if trained_tokens > charged {

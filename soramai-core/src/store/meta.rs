@@ -1,4 +1,4 @@
-//! The metadata store: SQLite in WAL mode with `synchronous=FULL`, `secure_delete` (a deleted
+//! The metadata store. Embedded default: SQLite in WAL mode with `synchronous=FULL`, `secure_delete` (a deleted
 //! wrapped key leaves no copy in free pages) and numbered migrations.
 //!
 //! It holds ids, states, counters, hashes and wrapped keys, never customer content: datasets,
@@ -7,8 +7,9 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, Transaction};
+use rusqlite::Connection;
 
+use super::sql::{Db, Sqlite};
 use crate::error::{Error, Result};
 
 const MIGRATIONS: &[&str] = &[
@@ -200,22 +201,46 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// The SQLite metadata database.
+/// The metadata database: SQLite in the data directory (the embedded default), or a PostgreSQL
+/// shared by several nodes (the `postgres` feature).
 #[derive(Debug)]
 pub struct MetaStore {
-    conn: Mutex<Connection>,
+    backend: Store,
+}
+
+#[derive(Debug)]
+enum Store {
+    Sqlite(Mutex<Connection>),
+    #[cfg(feature = "postgres")]
+    Postgres(super::postgres::PgStore),
 }
 
 impl MetaStore {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed) the SQLite database at `path` and applies pending migrations.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
         Self::init(conn)
     }
 
-    /// An in-memory database, for tests.
+    /// An in-memory SQLite database, for tests.
     pub fn open_in_memory() -> Result<Self> {
         Self::init(Connection::open_in_memory()?)
+    }
+
+    /// Connects to PostgreSQL (`postgres://user:password@host:port/database`, or the key=value
+    /// form) and applies pending migrations, under a lock that lets only one node migrate.
+    #[cfg(feature = "postgres")]
+    pub fn connect_postgres(url: &str) -> Result<Self> {
+        Ok(Self { backend: Store::Postgres(super::postgres::PgStore::connect(url)?) })
+    }
+
+    /// Which backend this is: `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Store::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => "postgres",
+        }
     }
 
     fn init(mut conn: Connection) -> Result<Self> {
@@ -237,34 +262,57 @@ impl MetaStore {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { backend: Store::Sqlite(Mutex::new(conn)) })
     }
 
-    /// Locks the connection (a poisoned lock is recovered: SQLite's own transactions keep the data
-    /// consistent even if a thread panicked mid-way).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Locks the SQLite connection (a poisoned lock is recovered: SQLite's own transactions keep
+    /// the data consistent even if a thread panicked mid-way).
+    fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+        conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` in one immediate (write-locking) transaction, committed only if `f` succeeds.
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+    /// Runs `f` in one write transaction, committed only if `f` succeeds. Writes are serialized:
+    /// SQLite's immediate transaction, or a transaction-scoped advisory lock that every node of a
+    /// PostgreSQL deployment takes (so counters, hash chains and leases stay consistent across
+    /// nodes).
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&Db<'_>) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Store::Sqlite(conn) => {
+                let mut conn = Self::lock(conn);
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let out = f(&Db::new(&Sqlite(&tx)))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pg) => pg.write(f),
+        }
     }
 
-    /// Runs a read-only closure on the connection.
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.lock();
-        f(&conn)
+    /// Runs a read-only closure on one consistent view of the data.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Db<'_>) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Store::Sqlite(conn) => {
+                let conn = Self::lock(conn);
+                f(&Db::new(&Sqlite(&conn)))
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pg) => pg.read(f),
+        }
     }
 
-    /// Checkpoints the WAL into the main file and truncates it (after deletions of key material).
+    /// After deletions of key material: SQLite checkpoints the WAL into the main file and
+    /// truncates it (with `secure_delete`, no copy is left in the file); PostgreSQL rewrites the
+    /// key tables (`VACUUM FULL`), so no dead row version keeps a deleted wrapped key.
     pub(crate) fn checkpoint(&self) -> Result<()> {
-        let conn = self.lock();
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
+        match &self.backend {
+            Store::Sqlite(conn) => {
+                let conn = Self::lock(conn);
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pg) => pg.purge_key_tables(),
+        }
     }
 }

@@ -1,11 +1,15 @@
-//! Storage: the SQLite metadata store and the blob stores.
+//! Storage: the metadata store (SQLite, or PostgreSQL for several nodes) and the blob stores.
 
 pub mod blob;
 pub mod meta;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod routed;
+pub mod sql;
 
 #[cfg(feature = "object-store")]
 pub use blob::ObjectBlobStore;
 pub use blob::{BlobKey, BlobStore, BlobWrite, LocalBlobStore};
 pub use meta::MetaStore;
 pub use routed::{DedicatedDirectories, StoreRouter};
+pub use sql::{Db, DbError, FromValue, OptionalExt, Params, Row, ToValue, Value};

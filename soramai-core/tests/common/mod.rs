@@ -4,13 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use soramai_core::{Config, Core, LocalRootKey, ManualClock, Principal, TenantId, Tier};
+use soramai_core::{Config, Core, Database, LocalRootKey, ManualClock, Principal, TenantId, Tier};
 
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub core: Arc<Core>,
     pub clock: Arc<ManualClock>,
     pub root: Arc<LocalRootKey>,
+    /// The metadata database every open of this environment uses: SQLite in the data directory,
+    /// or, when `SORAMAI_TEST_POSTGRES` names a server, a fresh PostgreSQL database of its own.
+    pub database: Database,
+    pg: Option<PgDatabase>,
 }
 
 pub const T0: i64 = 1_800_000_000_000;
@@ -20,18 +24,28 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = Arc::new(LocalRootKey::generate());
         let clock = Arc::new(ManualClock::new(T0));
-        let core = Arc::new(Self::open_with(dir.path(), root.clone(), clock.clone()));
-        Self { dir, core, clock, root }
+        let pg = PgDatabase::create();
+        let database = pg.as_ref().map_or(Database::Sqlite, |pg| Database::Postgres(pg.url.clone()));
+        let core = Arc::new(Self::open_on(dir.path(), &database, root.clone(), clock.clone()));
+        Self { dir, core, clock, root, database, pg }
     }
 
-    pub fn open_with(dir: &Path, root: Arc<LocalRootKey>, clock: Arc<ManualClock>) -> Core {
+    fn open_on(dir: &Path, database: &Database, root: Arc<LocalRootKey>, clock: Arc<ManualClock>) -> Core {
         let mut config = Config::new(dir.join("data"), root);
+        config.database = database.clone();
         config.clock = clock;
         Core::open(config).expect("open core")
     }
 
+    /// A config on this environment's data directory and database, with another root key.
+    pub fn config_with_root(&self, root: Arc<LocalRootKey>) -> Config {
+        let mut config = Config::new(self.data_dir(), root);
+        config.database = self.database.clone();
+        config
+    }
+
     pub fn reopen(&self) -> Core {
-        Self::open_with(self.dir.path(), self.root.clone(), self.clock.clone())
+        Self::open_on(self.dir.path(), &self.database, self.root.clone(), self.clock.clone())
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -43,6 +57,153 @@ impl Env {
         self.core.create_tenant(&id, tier).expect("create tenant");
         let p = Principal::operator(&id);
         (id, p)
+    }
+
+    /// Runs SQL on the metadata database behind the core's back (to tamper with it).
+    pub fn raw_sql(&self, sql: &str) {
+        match &self.pg {
+            None => rusqlite::Connection::open(self.data_dir().join("meta.sqlite3"))
+                .expect("db")
+                .execute_batch(sql)
+                .expect("sql"),
+            Some(pg) => pg.batch(sql),
+        }
+    }
+
+    /// Every (tenant, version, wrapped key) row still holding a wrapped key.
+    pub fn wrapped_keys(&self) -> Vec<(String, u32, Vec<u8>)> {
+        const SQL: &str = "SELECT tenant_id, version, wrapped FROM tenant_keys WHERE wrapped IS NOT NULL";
+        match &self.pg {
+            None => {
+                let db = rusqlite::Connection::open(self.data_dir().join("meta.sqlite3")).expect("db");
+                let mut st = db.prepare(SQL).expect("prepare");
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .expect("query")
+                    .collect::<Result<_, _>>()
+                    .expect("rows")
+            }
+            Some(pg) => pg.wrapped_keys(SQL),
+        }
+    }
+
+    /// The files that hold the metadata tables: the SQLite database (and its WAL), or the
+    /// PostgreSQL database's own directory in the server's data directory.
+    pub fn metadata_files(&self) -> Vec<PathBuf> {
+        match &self.pg {
+            None => files_under(&self.data_dir())
+                .into_iter()
+                .filter(|f| f.to_string_lossy().contains("meta.sqlite3"))
+                .collect(),
+            Some(pg) => pg.table_files(),
+        }
+    }
+
+    /// Every file the platform's data can reach: the data directory, and with PostgreSQL the
+    /// database's files and the server's write-ahead log.
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        let mut files = files_under(&self.data_dir());
+        if let Some(pg) = &self.pg {
+            files.extend(pg.table_files());
+            files.extend(pg.wal_files());
+        }
+        files
+    }
+}
+
+/// A database of its own on the PostgreSQL server named by `SORAMAI_TEST_POSTGRES` (an admin
+/// connection string), dropped with the environment. The server's data directory, for the tests
+/// that look at files, is `SORAMAI_TEST_POSTGRES_DATA`.
+struct PgDatabase {
+    admin: String,
+    name: String,
+    url: String,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    data_dir: PathBuf,
+}
+
+#[cfg(feature = "postgres")]
+impl PgDatabase {
+    fn create() -> Option<Self> {
+        let admin = std::env::var("SORAMAI_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
+        let data_dir = PathBuf::from(
+            std::env::var("SORAMAI_TEST_POSTGRES_DATA")
+                .expect("SORAMAI_TEST_POSTGRES_DATA: the server's data directory"),
+        );
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("soramai_test_{}_{nanos}_{n}", std::process::id());
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to the test server");
+        client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
+        let base = admin.rsplit_once('/').expect("a database in the admin URL").0;
+        let url = format!("{base}/{name}");
+        Some(Self { admin, name, url, data_dir })
+    }
+
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect")
+    }
+
+    fn batch(&self, sql: &str) {
+        self.client().batch_execute(sql).expect("sql");
+    }
+
+    fn wrapped_keys(&self, sql: &str) -> Vec<(String, u32, Vec<u8>)> {
+        self.client()
+            .query(sql, &[])
+            .expect("query")
+            .iter()
+            .map(|r| (r.get(0), u32::try_from(r.get::<_, i64>(1)).expect("version"), r.get(2)))
+            .collect()
+    }
+
+    fn table_files(&self) -> Vec<PathBuf> {
+        let oid: u32 = self
+            .client()
+            .query_one("SELECT oid FROM pg_database WHERE datname = current_database()", &[])
+            .expect("oid")
+            .get(0);
+        files_under(&self.data_dir.join("base").join(oid.to_string()))
+    }
+
+    fn wal_files(&self) -> Vec<PathBuf> {
+        files_under(&self.data_dir.join("pg_wal"))
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+impl PgDatabase {
+    fn create() -> Option<Self> {
+        assert!(
+            std::env::var_os("SORAMAI_TEST_POSTGRES").is_none(),
+            "SORAMAI_TEST_POSTGRES is set: run the tests with `--features postgres`"
+        );
+        None
+    }
+
+    fn batch(&self, _: &str) {
+        unreachable!()
+    }
+
+    fn wrapped_keys(&self, _: &str) -> Vec<(String, u32, Vec<u8>)> {
+        unreachable!()
+    }
+
+    fn table_files(&self) -> Vec<PathBuf> {
+        unreachable!()
+    }
+
+    fn wal_files(&self) -> Vec<PathBuf> {
+        unreachable!()
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        #[cfg(feature = "postgres")]
+        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
     }
 }
 
