@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need, checks formatting and
-# lints, runs every test (cargo-nextest when present, else cargo test), the doc tests, the Python
-# and Node bindings' suites, and the optional object-store backend's tests. Prints the total time at the end.
+# lints, runs every test (cargo-nextest when present, else cargo test) with the optional backends
+# (object store, PostgreSQL on a loopback server it starts), the core's tests again on PostgreSQL,
+# the doc tests, and the Python and Node bindings' suites. Prints the total time at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -21,6 +22,13 @@ export SORAMAI_TEST_MODEL
 # The model-dependent tests fail rather than skip when the model is missing.
 export SORAMAI_REQUIRE_MODEL=1
 
+echo "== PostgreSQL on loopback (the shared metadata store's tests)"
+SORAMAI_TEST_POSTGRES="$(./scripts/postgres.sh)"
+export SORAMAI_TEST_POSTGRES
+export SORAMAI_TEST_POSTGRES_DATA="$PWD/.cache/postgres/data"
+export SORAMAI_REQUIRE_POSTGRES=1
+trap './scripts/postgres.sh stop >/dev/null 2>&1 || true' EXIT
+
 echo "== software Vulkan for the GPU kernels' tests (Mesa lavapipe)"
 if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then
   sudo_cmd=""
@@ -32,7 +40,7 @@ fi
 # without an NVIDIA GPU.
 export SORAMAI_REQUIRE_GPU=wgpu
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-features="soramai-core/object-store,soramai-kernels/wgpu"
+features="soramai-core/object-store,soramai-core/postgres,soramai-kernels/wgpu"
 
 echo "== the official OpenAI clients (Python and npm) for the server's compatibility tests"
 ./scripts/openai-clients.sh >/dev/null
@@ -46,9 +54,18 @@ cargo clippy --workspace --all-targets --features "$features" --locked -- -D war
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --features soramai-kernels/wgpu --locked --no-fail-fast
+  cargo nextest run --workspace --features "$features" --locked --no-fail-fast
 else
-  cargo test --workspace --features soramai-kernels/wgpu --locked --no-fail-fast
+  cargo test --workspace --features "$features" --locked --no-fail-fast
+fi
+
+echo "== the security core's tests again, on PostgreSQL"
+# The same build; every core test's environment gets a fresh database on the loopback server.
+if cargo nextest --version >/dev/null 2>&1; then
+  SORAMAI_TEST_CORE_ON_POSTGRES=1 cargo nextest run --workspace --features "$features" --locked --no-fail-fast \
+    -E 'package(soramai-core)'
+else
+  SORAMAI_TEST_CORE_ON_POSTGRES=1 cargo test -p soramai-core --features "$features" --locked --no-fail-fast
 fi
 
 echo "== doc tests"
@@ -71,9 +88,6 @@ interop_dir="$(mktemp -d)"
 [ -x target/debug/soramai ] || cargo build --locked -p soramai-server --bin soramai
 "$peft_python" -W ignore scripts/peft_interop.py target/debug/soramai "$SORAMAI_TEST_MODEL" "$interop_dir"
 rm -rf "$interop_dir"
-
-echo "== object-store backend"
-cargo test -p soramai-core --features object-store --locked --lib --test object_store
 
 end=$(date +%s)
 echo "== disk: target/ holds $(du -sh target 2>/dev/null | cut -f1), $(df -h --output=avail . | tail -1 | tr -d ' ') left"

@@ -284,6 +284,11 @@ export interface OpenOptions {
   workers?: number
   /** Most requests in one forward pass (default 32). */
   max_batch?: number
+  /** The metadata database: `sqlite` (default, in the data directory) or
+   *  `postgres://user:password@host:5432/db` (shared by several nodes). */
+  database?: string
+  /** The blob store shared by several nodes: `file:///mnt/shared` or `s3://bucket`. */
+  blob_store?: string
   /** The job runner command (default: this Node running the package's `runner.js`). */
   runner?: string[]
 }

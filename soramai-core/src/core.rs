@@ -159,6 +159,45 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Puts the blobs in a store that several nodes share, by URL:
+    /// - `file:///mnt/shared`: a shared volume, with the shared store in `blobs/` and each
+    ///   dedicated store in `dedicated/<tenant>/` under it;
+    /// - `s3://bucket` (the `s3` feature): an S3 or S3-compatible bucket, configured from the
+    ///   `AWS_*` environment variables, with each dedicated store under a `dedicated/<tenant>/`
+    ///   prefix of its own.
+    pub fn with_blob_url(mut self, url: &str) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("file://") {
+            let root = PathBuf::from(path);
+            if !root.is_absolute() {
+                return Err(Error::InvalidArgument("a file:// blob store needs an absolute path".into()));
+            }
+            std::fs::create_dir_all(&root)?;
+            set_private_dir(&root)?;
+            self.blobs = Some(Arc::new(LocalBlobStore::open(root.join("blobs"))?));
+            self.dedicated = Some(Arc::new(DedicatedDirectories::new(root.join("dedicated"))));
+            return Ok(self);
+        }
+        if let Some(bucket) = url.strip_prefix("s3://") {
+            return self.with_s3(bucket.trim_end_matches('/'));
+        }
+        Err(Error::InvalidArgument("the blob store URL must start with file:// or s3://".into()))
+    }
+
+    #[cfg(feature = "s3")]
+    fn with_s3(mut self, bucket: &str) -> Result<Self> {
+        let (shared, dedicated) = crate::store::blob::s3_stores_from_env(bucket)?;
+        self.blobs = Some(shared);
+        self.dedicated = Some(dedicated);
+        Ok(self)
+    }
+
+    #[cfg(not(feature = "s3"))]
+    fn with_s3(self, _bucket: &str) -> Result<Self> {
+        Err(Error::InvalidArgument("this build has no S3 support (the `s3` feature of soramai-core)".into()))
+    }
+}
+
 /// A tenant's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -84,3 +84,25 @@ fn large_streams_go_up_in_parts_and_abandoned_uploads_leave_nothing() {
     assert!(matches!(store.get(&other), Err(Error::NotFound { .. })));
     assert_eq!(store.list("t/acme/").expect("list"), vec![key]);
 }
+
+#[test]
+fn dedicated_stores_are_prefixes_of_the_bucket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let mut config = Config::new(dir.path().join("meta"), Arc::new(LocalRootKey::generate()));
+    config.blobs = Some(Arc::new(ObjectBlobStore::new(memory.clone()).expect("store")));
+    config.dedicated = Some(Arc::new(soramai_core::store::DedicatedPrefixes::new(memory.clone())));
+    let core = Core::open(config).expect("open");
+    let (basic, pro) = (TenantId::new("small").expect("id"), TenantId::new("big").expect("id"));
+    core.create_tenant(&basic, Tier::Basic).expect("basic");
+    core.create_tenant(&pro, Tier::Pro).expect("pro");
+    let path = ObjectPath::new("docs/a").expect("path");
+    core.put_object(&basic, &path, b"shared store").expect("put basic");
+    core.put_object(&pro, &path, b"dedicated store").expect("put pro");
+    let listed = ObjectBlobStore::new(memory).expect("store").list("").expect("list");
+    let names: Vec<&str> = listed.iter().map(BlobKey::as_str).collect();
+    assert!(names.iter().any(|k| k.starts_with("t/small/")), "{names:?}");
+    assert!(names.iter().any(|k| k.starts_with("dedicated/big/t/big/")), "{names:?}");
+    assert!(!names.iter().any(|k| k.starts_with("t/big/")), "{names:?}");
+    assert_eq!(&core.get_object(&pro, &path).expect("get")[..], b"dedicated store");
+}

@@ -123,6 +123,15 @@ struct ServeArgs {
     /// Job worker threads (each runs one fine-tuning job at a time, in its own child process).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// The metadata database: `sqlite` (default, in the data directory) or
+    /// `postgres://user:password@host:5432/db`, shared by every node. Prefer the
+    /// SORAMAI_DATABASE_URL environment variable: other users can read a process's arguments.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The blob store shared by every node: `file:///mnt/shared` or `s3://bucket` (AWS_*
+    /// variables for credentials, region and endpoint); default `<data-dir>/blobs`.
+    #[arg(long)]
+    blob_store: Option<String>,
     /// Most requests in one forward pass.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
@@ -279,6 +288,8 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         model_id: Some(a.model_id.clone()),
         workers: Some(a.workers),
         max_batch: Some(a.max_batch),
+        database: a.database_url.clone().or_else(|| std::env::var("SORAMAI_DATABASE_URL").ok()),
+        blob_store: a.blob_store.clone(),
     };
     let platform = soramai::Platform::open_with(&a.data_dir, &options, Some(runner))?;
     let mut out = std::io::stdout();

@@ -33,7 +33,7 @@ pub use session::{
 };
 
 pub use soramai_core::{
-    ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, BaseModel, Config, Core, DatasetId, DatasetInfo, Error,
+    ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, BaseModel, Config, Core, Database, DatasetId, DatasetInfo, Error,
     FineTuneSpec, FineTunedModel, Hyperparameters, IssuedKey, Job, JobEvent, JobId, JobSpec, JobState, KeyOptions,
     KeyProvider, LocalRootKey, ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand, Scope,
     SecretName, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,

@@ -63,7 +63,7 @@ impl Default for PlatformOptions {
 pub const DEFAULT_MODEL_ID: &str = "smollm2";
 
 /// How [`Platform::open_with`] sets up a platform.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenOptions {
     /// A GGUF file to register as a base model.
@@ -74,6 +74,28 @@ pub struct OpenOptions {
     pub workers: Option<usize>,
     /// Most requests in one forward pass (default 32).
     pub max_batch: Option<usize>,
+    /// The metadata database by URL: `sqlite` (the default: SQLite in the data directory) or
+    /// `postgres://user:password@host:5432/db` (the `postgres` feature). Several nodes share one
+    /// PostgreSQL, one blob store ([`OpenOptions::blob_store`]) and one root key
+    /// (`SORAMAI_ROOT_KEY`, or the same `root.key` in each data directory).
+    pub database: Option<String>,
+    /// The blob store shared by several nodes: `file:///mnt/shared` or `s3://bucket` (the `s3`
+    /// feature); default `<data_dir>/blobs`. See `Config::with_blob_url`.
+    pub blob_store: Option<String>,
+}
+
+impl std::fmt::Debug for OpenOptions {
+    // The database URL can hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("model", &self.model)
+            .field("model_id", &self.model_id)
+            .field("workers", &self.workers)
+            .field("max_batch", &self.max_batch)
+            .field("database", &self.database.as_ref().map(|_| ".."))
+            .field("blob_store", &self.blob_store)
+            .finish()
+    }
 }
 
 /// One message of a chat.
@@ -650,7 +672,14 @@ impl Platform {
         options: &OpenOptions,
         runner: Option<RunnerCommand>,
     ) -> Result<Arc<Self>, PlatformError> {
-        let core = Arc::new(Core::open_embedded(data_dir.as_ref())?);
+        let mut config = soramai_core::Config::embedded(data_dir.as_ref())?;
+        if let Some(url) = &options.database {
+            config.database = soramai_core::Database::from_url(url)?;
+        }
+        if let Some(url) = &options.blob_store {
+            config = config.with_blob_url(url)?;
+        }
+        let core = Arc::new(Core::open(config)?);
         if let Some(model) = &options.model {
             let id = options.model_id.as_deref().unwrap_or(DEFAULT_MODEL_ID);
             let id = ModelId::new(id)?;

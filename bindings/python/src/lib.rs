@@ -100,7 +100,9 @@ impl Platform {
     /// Opens (or creates) a platform. `model` (a GGUF path) is registered as base model
     /// `model_id` when absent; `runner` is the job runner command (the package's own by default).
     #[new]
-    #[pyo3(signature = (data_dir, *, runner, model=None, model_id=None, workers=None, max_batch=None))]
+    // Python's keyword arguments, one parameter each.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (data_dir, *, runner, model=None, model_id=None, workers=None, max_batch=None, database=None, blob_store=None))]
     fn new(
         py: Python<'_>,
         data_dir: std::path::PathBuf,
@@ -109,10 +111,12 @@ impl Platform {
         model_id: Option<String>,
         workers: Option<usize>,
         max_batch: Option<usize>,
+        database: Option<String>,
+        blob_store: Option<String>,
     ) -> PyResult<Self> {
         let (program, args) = runner.split_first().ok_or_else(|| invalid("runner names a program"))?;
         let runner = RunnerCommand { args: args.to_vec(), ..RunnerCommand::new(program) };
-        let options = OpenOptions { model, model_id, workers, max_batch };
+        let options = OpenOptions { model, model_id, workers, max_batch, database, blob_store };
         let inner = call(py, || soramai::Platform::open_with(&data_dir, &options, Some(runner)))?;
         Ok(Self { inner })
     }

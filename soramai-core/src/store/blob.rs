@@ -406,6 +406,44 @@ impl ObjectBlobStore {
     }
 }
 
+/// The shared store and the dedicated-store router for an S3 bucket configured from `AWS_*`.
+#[cfg(feature = "s3")]
+pub(crate) fn s3_stores_from_env(
+    bucket: &str,
+) -> Result<(std::sync::Arc<dyn BlobStore>, std::sync::Arc<dyn super::StoreRouter>)> {
+    let s3: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
+        object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("S3 configuration: {e}")))?,
+    );
+    Ok((std::sync::Arc::new(ObjectBlobStore::new(s3.clone())?), std::sync::Arc::new(DedicatedPrefixes { store: s3 })))
+}
+
+/// Dedicated stores as prefixes `dedicated/<tenant>/` of one object store.
+#[cfg(feature = "object-store")]
+#[derive(Debug)]
+pub struct DedicatedPrefixes {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+}
+
+#[cfg(feature = "object-store")]
+impl DedicatedPrefixes {
+    /// Dedicated stores under prefixes of `store`.
+    pub fn new(store: std::sync::Arc<dyn object_store::ObjectStore>) -> Self {
+        Self { store }
+    }
+}
+
+#[cfg(feature = "object-store")]
+impl super::StoreRouter for DedicatedPrefixes {
+    fn dedicated_store(&self, tenant: &crate::ids::TenantId) -> Result<std::sync::Arc<dyn BlobStore>> {
+        let prefixed =
+            object_store::prefix::PrefixStore::new(self.store.clone(), format!("dedicated/{}", tenant.as_str()));
+        Ok(std::sync::Arc::new(ObjectBlobStore::new(std::sync::Arc::new(prefixed))?))
+    }
+}
+
 #[cfg(feature = "object-store")]
 use object_store::ObjectStoreExt as _;
 

@@ -7,9 +7,9 @@ pub mod postgres;
 pub mod routed;
 pub mod sql;
 
-#[cfg(feature = "object-store")]
-pub use blob::ObjectBlobStore;
 pub use blob::{BlobKey, BlobStore, BlobWrite, LocalBlobStore};
+#[cfg(feature = "object-store")]
+pub use blob::{DedicatedPrefixes, ObjectBlobStore};
 pub use meta::MetaStore;
 pub use routed::{DedicatedDirectories, StoreRouter};
 pub use sql::{Db, DbError, FromValue, OptionalExt, Params, Row, ToValue, Value};

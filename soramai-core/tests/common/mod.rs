@@ -12,7 +12,8 @@ pub struct Env {
     pub clock: Arc<ManualClock>,
     pub root: Arc<LocalRootKey>,
     /// The metadata database every open of this environment uses: SQLite in the data directory,
-    /// or, when `SORAMAI_TEST_POSTGRES` names a server, a fresh PostgreSQL database of its own.
+    /// or, when `SORAMAI_TEST_CORE_ON_POSTGRES=1` and `SORAMAI_TEST_POSTGRES` names a server, a
+    /// fresh PostgreSQL database of its own.
     pub database: Database,
     pg: Option<PgDatabase>,
 }
@@ -111,7 +112,7 @@ impl Env {
 }
 
 /// A database of its own on the PostgreSQL server named by `SORAMAI_TEST_POSTGRES` (an admin
-/// connection string), dropped with the environment. The server's data directory, for the tests
+/// connection string), dropped with the environment, when `SORAMAI_TEST_CORE_ON_POSTGRES=1`. The server's data directory, for the tests
 /// that look at files, is `SORAMAI_TEST_POSTGRES_DATA`.
 struct PgDatabase {
     admin: String,
@@ -124,7 +125,10 @@ struct PgDatabase {
 #[cfg(feature = "postgres")]
 impl PgDatabase {
     fn create() -> Option<Self> {
-        let admin = std::env::var("SORAMAI_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
+        if std::env::var("SORAMAI_TEST_CORE_ON_POSTGRES").as_deref() != Ok("1") {
+            return None;
+        }
+        let admin = std::env::var("SORAMAI_TEST_POSTGRES").expect("SORAMAI_TEST_POSTGRES: the test server");
         let data_dir = PathBuf::from(
             std::env::var("SORAMAI_TEST_POSTGRES_DATA")
                 .expect("SORAMAI_TEST_POSTGRES_DATA: the server's data directory"),
@@ -175,8 +179,8 @@ impl PgDatabase {
 impl PgDatabase {
     fn create() -> Option<Self> {
         assert!(
-            std::env::var_os("SORAMAI_TEST_POSTGRES").is_none(),
-            "SORAMAI_TEST_POSTGRES is set: run the tests with `--features postgres`"
+            std::env::var("SORAMAI_TEST_CORE_ON_POSTGRES").as_deref() != Ok("1"),
+            "SORAMAI_TEST_CORE_ON_POSTGRES is set: run the tests with `--features postgres`"
         );
         None
     }

@@ -68,11 +68,14 @@ def default_runner() -> list[str]:
 
 
 class Platform(_native.Platform):
-    """A platform on the embedded default: SQLite and encrypted local blobs in ``data_dir``.
+    """A platform, by default on the embedded default: SQLite and encrypted local blobs in
+    ``data_dir``.
 
     ``model`` (a GGUF file) is registered as base model ``model_id`` (default ``"smollm2"``) when
     no model has that id; ``workers`` job workers run fine-tuning jobs in child processes started
-    with ``runner`` (by default :func:`default_runner`)."""
+    with ``runner`` (by default :func:`default_runner`). Several nodes share a ``database``
+    (``"postgres://user:password@host/db"``, when the extension is built with PostgreSQL
+    support) and a ``blob_store`` (``"file:///mnt/shared"`` or ``"s3://bucket"``)."""
 
     def __new__(
         cls,
@@ -83,6 +86,8 @@ class Platform(_native.Platform):
         workers: int | None = None,
         max_batch: int | None = None,
         runner: Sequence[str] | None = None,
+        database: str | None = None,
+        blob_store: str | None = None,
     ) -> "Platform":
         return super().__new__(
             cls,
@@ -92,6 +97,8 @@ class Platform(_native.Platform):
             model_id=model_id,
             workers=workers,
             max_batch=max_batch,
+            database=database,
+            blob_store=blob_store,
         )
 
     def __enter__(self) -> "Platform":
