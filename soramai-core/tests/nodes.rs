@@ -71,3 +71,20 @@ fn two_cores_writing_at_once_lose_nothing_and_claim_each_job_once() {
     assert_eq!(claimed.len(), jobs.len(), "{claimed:?}");
     assert_eq!(claimed.iter().cloned().collect::<HashSet<_>>(), jobs);
 }
+
+#[test]
+fn a_lost_database_connection_is_reestablished() {
+    let env = Env::new();
+    let (t, p) = env.tenant("steady", Tier::Basic);
+    env.core.grant_credits(&t, 5, "before").expect("grant");
+    if !env.drop_database_connections() {
+        return; // SQLite: no connection to lose
+    }
+    // The next transaction finds its session gone, reconnects and runs; nothing is lost.
+    assert_eq!(env.core.balance(&t).expect("balance after the loss"), 5);
+    env.drop_database_connections();
+    env.core.grant_credits(&t, 2, "after").expect("grant after the loss");
+    assert_eq!(env.core.list_datasets(&p).expect("list").len(), 0);
+    assert_eq!(env.core.balance(&t).expect("balance"), 7);
+    env.core.verify_audit(&t).expect("verify");
+}

@@ -416,17 +416,35 @@ impl Connection {
         }
     }
 
+    fn reconnect(&mut self) -> Result<()> {
+        self.client = self.config.connect(NoTls).map_err(pg_err)?;
+        self.statements.clear();
+        self.in_transaction = false;
+        Ok(())
+    }
+
     fn begin(&mut self, sql: &str) -> Result<()> {
         if self.client.is_closed() {
-            self.client = self.config.connect(NoTls).map_err(pg_err)?;
-            self.statements.clear();
-            self.in_transaction = false;
+            self.reconnect()?;
         }
         if self.in_transaction {
             // Left open by a caller that panicked: nothing of it may commit.
-            self.client.batch_execute("ROLLBACK").map_err(pg_err)?;
+            match self.client.batch_execute("ROLLBACK") {
+                Ok(()) => self.in_transaction = false,
+                Err(e) if e.is_closed() => self.reconnect()?,
+                Err(e) => return Err(pg_err(e)),
+            }
         }
-        self.client.batch_execute(sql).map_err(pg_err)?;
+        match self.client.batch_execute(sql) {
+            Ok(()) => {}
+            // The server ended the session while the connection sat idle (a restart, a failover,
+            // an idle timeout): nothing of this transaction has run, so it starts afresh.
+            Err(e) if e.is_closed() || self.client.is_closed() => {
+                self.reconnect()?;
+                self.client.batch_execute(sql).map_err(pg_err)?;
+            }
+            Err(e) => return Err(pg_err(e)),
+        }
         self.in_transaction = true;
         Ok(())
     }

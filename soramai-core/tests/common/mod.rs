@@ -99,6 +99,21 @@ impl Env {
         }
     }
 
+    /// Ends every server session on this environment's PostgreSQL database (as a server restart
+    /// or failover would); `false` on SQLite.
+    pub fn drop_database_connections(&self) -> bool {
+        match &self.pg {
+            None => false,
+            Some(pg) => {
+                pg.batch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                );
+                true
+            }
+        }
+    }
+
     /// Every file the platform's data can reach: the data directory, and with PostgreSQL the
     /// database's files and the server's write-ahead log.
     pub fn stored_files(&self) -> Vec<PathBuf> {
