@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need, checks formatting and
 # lints, runs every test (cargo-nextest when present, else cargo test) with the optional backends
-# (object store, PostgreSQL on a loopback server it starts), the core's tests again on PostgreSQL,
+# (S3 against moto's server and PostgreSQL, both on loopback, both started here), the core's tests
+# again on PostgreSQL,
 # the doc tests, and the Python and Node bindings' suites. Prints the total time at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,13 @@ SORAMAI_TEST_POSTGRES="$(./scripts/postgres.sh)"
 export SORAMAI_TEST_POSTGRES
 export SORAMAI_TEST_POSTGRES_DATA="$PWD/.cache/postgres/data"
 export SORAMAI_REQUIRE_POSTGRES=1
-trap './scripts/postgres.sh stop >/dev/null 2>&1 || true' EXIT
+
+echo "== an S3-compatible endpoint on loopback (moto's server; the S3 blob store's tests)"
+./scripts/s3-mock.sh >/dev/null
+export AWS_ENDPOINT="http://127.0.0.1:${SORAMAI_S3_PORT:-54340}" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=soramai-test AWS_SECRET_ACCESS_KEY=soramai-test
+export SORAMAI_TEST_S3_BUCKET=soramai-test SORAMAI_REQUIRE_S3=1
+trap './scripts/postgres.sh stop >/dev/null 2>&1 || true; ./scripts/s3-mock.sh stop || true' EXIT
 
 echo "== software Vulkan for the GPU kernels' tests (Mesa lavapipe)"
 if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then
@@ -40,7 +47,7 @@ fi
 # without an NVIDIA GPU.
 export SORAMAI_REQUIRE_GPU=wgpu
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-features="soramai-core/object-store,soramai-core/postgres,soramai-kernels/wgpu"
+features="soramai-core/s3,soramai-core/postgres,soramai-kernels/wgpu"
 
 echo "== the official OpenAI clients (Python and npm) for the server's compatibility tests"
 ./scripts/openai-clients.sh >/dev/null

@@ -386,7 +386,8 @@ impl ObjectBlobStore {
     /// Wraps an object store (for S3: `object_store::aws::AmazonS3Builder`, enabled through
     /// `object_store`'s `aws` feature in the embedding application).
     pub fn new(store: std::sync::Arc<dyn object_store::ObjectStore>) -> Result<Self> {
-        let runtime = std::sync::Arc::new(tokio::runtime::Builder::new_current_thread().build()?);
+        // Timers and sockets: a network store (S3's client) needs both.
+        let runtime = std::sync::Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build()?);
         Ok(Self { store, runtime })
     }
 
