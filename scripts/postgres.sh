@@ -2,8 +2,9 @@
 # A throwaway PostgreSQL server on loopback for the PostgreSQL metadata store's tests: installs
 # Debian's postgresql when there is none, creates a cluster in .cache/postgres (owned by the
 # `postgres` system user when run as root: initdb refuses root), starts it on 127.0.0.1 with
-# SCRAM password authentication, and prints its admin connection string. Running it again reuses
-# the running server. `scripts/postgres.sh stop` stops it.
+# SCRAM password authentication and TLS (a test CA in .cache/postgres/ca.pem signs the server's
+# certificate for 127.0.0.1; other-ca.pem is a CA that signed nothing), and prints its admin
+# connection string. Running it again reuses the running server. `scripts/postgres.sh stop` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="$PWD/.cache/postgres"
@@ -58,9 +59,27 @@ if [ ! -f "$data/PG_VERSION" ]; then
     --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >&2
 fi
 
+# TLS: a test CA, the server's certificate for 127.0.0.1 signed by it, and a second, unrelated CA.
+if [ ! -f "$dir/server.crt" ]; then
+  tmp="$(mktemp -d)"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=soramai test CA" \
+    -keyout "$tmp/ca.key" -out "$tmp/ca.pem" >/dev/null 2>&1
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=unrelated CA" \
+    -keyout "$tmp/other.key" -out "$tmp/other-ca.pem" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$tmp/server.key" -out "$tmp/server.csr" >/dev/null 2>&1
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tmp/san.ext"
+  openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$tmp/san.ext" -out "$tmp/server.crt" >/dev/null 2>&1
+  install -m 644 "$tmp/ca.pem" "$tmp/other-ca.pem" "$dir/"
+  install -m 600 "$tmp/server.key" "$dir/server.key"
+  install -m 644 "$tmp/server.crt" "$dir/server.crt"
+  [ "$(id -u)" -eq 0 ] && chown postgres: "$dir/server.key" "$dir/server.crt"
+  rm -rf "$tmp"
+fi
+
 if ! as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
   as_owner "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=200" start >&2
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=200 -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" start >&2
 fi
 
 echo "postgres://$user:$(cat "$password_file")@127.0.0.1:$port/postgres"

@@ -26,7 +26,7 @@ export SORAMAI_REQUIRE_MODEL=1
 echo "== PostgreSQL on loopback (the shared metadata store's tests)"
 SORAMAI_TEST_POSTGRES="$(./scripts/postgres.sh)"
 export SORAMAI_TEST_POSTGRES
-export SORAMAI_TEST_POSTGRES_DATA="$PWD/.cache/postgres/data"
+export SORAMAI_TEST_POSTGRES_DATA="$PWD/.cache/postgres/data" SORAMAI_TEST_POSTGRES_CA="$PWD/.cache/postgres"
 export SORAMAI_REQUIRE_POSTGRES=1
 
 echo "== an S3-compatible endpoint on loopback (moto's server; the S3 blob store's tests)"

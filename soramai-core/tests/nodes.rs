@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use soramai_core::{JobSpec, PoolId, Tier};
+use soramai_core::{Config, Core, Database, Error, JobSpec, PoolId, Tier};
 
 #[test]
 fn two_cores_writing_at_once_lose_nothing_and_claim_each_job_once() {
@@ -87,4 +87,35 @@ fn a_lost_database_connection_is_reestablished() {
     assert_eq!(env.core.list_datasets(&p).expect("list").len(), 0);
     assert_eq!(env.core.balance(&t).expect("balance"), 7);
     env.core.verify_audit(&t).expect("verify");
+}
+
+#[test]
+fn tls_to_postgres_verifies_the_server() {
+    let env = Env::new();
+    let Database::Postgres(url) = &env.database else {
+        return; // SQLite: no connection to secure
+    };
+    let cas = std::path::PathBuf::from(std::env::var("SORAMAI_TEST_POSTGRES_CA").expect("SORAMAI_TEST_POSTGRES_CA"));
+    let open = |database: String| {
+        let mut config = Config::new(env.dir.path().join("tls"), env.root.clone());
+        config.database = Database::Postgres(database);
+        Core::open(config)
+    };
+    let with_ca =
+        |ca: &str| format!("{url}?sslmode=require&application_name=soramai-tls&sslrootcert={}", cas.join(ca).display());
+
+    // The test CA signed the server's certificate for 127.0.0.1: the session runs over TLS.
+    let core = open(with_ca("ca.pem")).expect("open over TLS");
+    core.tenant(&env.tenant("over-tls", Tier::Basic).0).expect("read over TLS");
+    assert_eq!(env.database_sessions("soramai-tls"), Some((1, 1)), "one session, encrypted");
+    drop(core);
+
+    // A CA that signed nothing of the server's: refused, never a plain fallback.
+    assert!(matches!(open(with_ca("other-ca.pem")), Err(Error::Database(_))));
+    // `require` with no CA to verify against, or a CA file that is not one: refused up front.
+    assert!(matches!(open(format!("{url}?sslmode=require")), Err(Error::InvalidArgument(_))));
+    let not_a_cert = env.dir.path().join("not-a-cert.pem");
+    std::fs::write(&not_a_cert, "hello").expect("write");
+    let bad = format!("{url}?sslmode=require&sslrootcert={}", not_a_cert.display());
+    assert!(matches!(open(bad), Err(Error::InvalidArgument(_))));
 }

@@ -197,6 +197,16 @@ describe('soramai through napi', { skip: haveModel ? false : 'the reference mode
     assert.equal((await t.acme.usage()).balance, before, 'a refused request costs nothing')
   })
 
+  test('bad storage URLs are typed errors', async () => {
+    for (const options of [
+      { database: 'mysql://root@localhost/db' },
+      { blob_store: 'ftp://example.invalid/bucket' },
+      { blob_store: 'file://relative/path' },
+    ]) {
+      await assert.rejects(soramai.Platform.open(path.join(data, 'refused'), options), soramai.InvalidRequestError)
+    }
+  })
+
   test('a canary prompt never reaches disk', async () => {
     await t.acme.chat(MODEL, [{ role: 'user', content: `Remember ${CANARY}` }], { max_tokens: 4 })
     await t.acme.complete(MODEL, `${CANARY} says`, { max_tokens: 4 })

@@ -211,6 +211,17 @@ def test_malformed_arguments_are_typed_errors_and_change_nothing(world):
     assert after["balance"] == before["balance"], "a refused request costs nothing"
 
 
+def test_bad_storage_urls_are_typed_errors(tmp_path):
+    for kwargs in [
+        {"database": "mysql://root@localhost/db"},
+        {"blob_store": "ftp://example.invalid/bucket"},
+        {"blob_store": "file://relative/path"},
+    ]:
+        with pytest.raises(soramai.InvalidRequestError):
+            soramai.Platform(tmp_path / "node", **kwargs)
+    assert not (tmp_path / "node" / "meta.sqlite3").exists()
+
+
 def test_canary_prompt_never_reaches_disk(world):
     acme, data = world["acme"], world["data"]
     acme.chat(soramai.DEFAULT_MODEL_ID, [{"role": "user", "content": f"Remember {CANARY}"}], max_tokens=4)

@@ -14,6 +14,10 @@
 //!
 //! A lost connection is re-established at the start of the next transaction; the transaction
 //! that was under way fails and commits nothing.
+//!
+//! TLS follows libpq's parameters: `sslmode=require&sslrootcert=/path/ca.pem` connects over TLS
+//! (rustls) and verifies the server's certificate and name against that CA; `prefer` (the
+//! default) with a CA file tries TLS first. There is no mode that skips verification.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -262,10 +266,81 @@ fn describe(config: &postgres::Config) -> String {
     )
 }
 
+/// How the connection is secured: plain, or TLS (rustls) verifying the server against a CA.
+#[derive(Clone)]
+enum Tls {
+    None,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Tls {
+    /// From libpq's `sslmode` (parsed by `postgres`) and `sslrootcert` (taken out of the URL here,
+    /// which `postgres` does not know). Certificates are always verified: `require` without a CA
+    /// file is refused rather than trusting any certificate.
+    fn from(config: &postgres::Config, root_cert: Option<&str>) -> Result<Self> {
+        use postgres::config::SslMode;
+        let mode = config.get_ssl_mode();
+        let Some(path) = root_cert else {
+            return match mode {
+                SslMode::Require => Err(Error::InvalidArgument(
+                    "sslmode=require needs sslrootcert=<CA file>: the server's certificate is always verified".into(),
+                )),
+                _ => Ok(Tls::None),
+            };
+        };
+        if mode == SslMode::Disable {
+            return Ok(Tls::None);
+        }
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("sslrootcert {path}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(&"no certificate"));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
+    }
+
+    fn connect(&self, config: &postgres::Config) -> std::result::Result<Client, postgres::Error> {
+        match self {
+            Tls::None => config.connect(NoTls),
+            Tls::Rustls(tls) => config.connect(tls.clone()),
+        }
+    }
+}
+
+/// Takes libpq's `sslrootcert` out of a URL's query string: `(url without it, its value)`.
+fn split_root_cert(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
+    let mut root = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("sslrootcert=") {
+            Some(v) => {
+                root = Some(v.replace("%2F", "/").replace("%2f", "/"));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if kept.is_empty() { (base.to_owned(), root) } else { (format!("{base}?{}", kept.join("&")), root) }
+}
+
 impl PgStore {
     pub(crate) fn connect(url: &str) -> Result<Self> {
+        let (url, root_cert) = split_root_cert(url);
         let mut config: postgres::Config =
             url.parse().map_err(|e| Error::InvalidArgument(format!("the PostgreSQL connection string: {e}")))?;
+        let tls = Tls::from(&config, root_cert.as_deref())?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
@@ -275,10 +350,10 @@ impl PgStore {
         let target = describe(&config);
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        std::thread::Builder::new().name("soramai-postgres".into()).spawn(move || match config.connect(NoTls) {
+        std::thread::Builder::new().name("soramai-postgres".into()).spawn(move || match tls.connect(&config) {
             Ok(client) => {
                 let _ = ready_tx.send(Ok(()));
-                Connection { config, client, statements: HashMap::new(), in_transaction: false }.serve(rx);
+                Connection { config, tls, client, statements: HashMap::new(), in_transaction: false }.serve(rx);
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(pg_err(e)));
@@ -386,6 +461,7 @@ impl Backend for PgConn<'_> {
 /// The connection's thread.
 struct Connection {
     config: postgres::Config,
+    tls: Tls,
     client: Client,
     statements: HashMap<String, Statement>,
     in_transaction: bool,
@@ -417,7 +493,7 @@ impl Connection {
     }
 
     fn reconnect(&mut self) -> Result<()> {
-        self.client = self.config.connect(NoTls).map_err(pg_err)?;
+        self.client = self.tls.connect(&self.config).map_err(pg_err)?;
         self.statements.clear();
         self.in_transaction = false;
         Ok(())
@@ -564,4 +640,31 @@ impl ToSql for Value {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_the_url() {
+        assert_eq!(split_root_cert("postgres://h/db"), ("postgres://h/db".into(), None));
+        assert_eq!(
+            split_root_cert("postgres://h/db?sslmode=require&sslrootcert=%2Fetc%2Fca.pem&application_name=x"),
+            ("postgres://h/db?sslmode=require&application_name=x".into(), Some("/etc/ca.pem".into()))
+        );
+        assert_eq!(
+            split_root_cert("postgres://h/db?sslrootcert=/ca.pem"),
+            ("postgres://h/db".into(), Some("/ca.pem".into()))
+        );
+    }
+
+    #[test]
+    fn require_without_a_ca_is_refused() {
+        let config: postgres::Config = "postgres://u@h/db?sslmode=require".parse().expect("config");
+        assert!(matches!(Tls::from(&config, None), Err(Error::InvalidArgument(_))));
+        assert!(matches!(Tls::from(&config, Some("/nonexistent/ca.pem")), Err(Error::InvalidArgument(_))));
+        let plain: postgres::Config = "postgres://u@h/db".parse().expect("config");
+        assert!(matches!(Tls::from(&plain, None), Ok(Tls::None)));
+    }
 }

@@ -114,6 +114,12 @@ impl Env {
         }
     }
 
+    /// With PostgreSQL: how many sessions of `application_name` are open on this environment's
+    /// database, and how many of them run over TLS.
+    pub fn database_sessions(&self, application_name: &str) -> Option<(i64, i64)> {
+        self.pg.as_ref().map(|pg| pg.sessions(application_name))
+    }
+
     /// Every file the platform's data can reach: the data directory, and with PostgreSQL the
     /// database's files and the server's write-ahead log.
     pub fn stored_files(&self) -> Vec<PathBuf> {
@@ -176,6 +182,18 @@ impl PgDatabase {
             .collect()
     }
 
+    fn sessions(&self, application_name: &str) -> (i64, i64) {
+        let row = self
+            .client()
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                 WHERE a.datname = current_database() AND a.application_name = $1",
+                &[&application_name],
+            )
+            .expect("sessions");
+        (row.get(0), row.get(1))
+    }
+
     fn table_files(&self) -> Vec<PathBuf> {
         let oid: u32 = self
             .client()
@@ -205,6 +223,10 @@ impl PgDatabase {
     }
 
     fn wrapped_keys(&self, _: &str) -> Vec<(String, u32, Vec<u8>)> {
+        unreachable!()
+    }
+
+    fn sessions(&self, _: &str) -> (i64, i64) {
         unreachable!()
     }
 
