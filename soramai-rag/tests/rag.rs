@@ -3,7 +3,7 @@
 //! tiers, scopes, the Org access log, idempotent ingestion and relevance.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use soramai_core::{Config, Core, KeyOptions, LocalRootKey, Principal, Scope, TenantId, Tier};
@@ -37,21 +37,9 @@ impl Env {
     }
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() { stack.push(p) } else { out.push(p) }
-        }
-    }
-    out
-}
-
-fn contains(h: &[u8], n: &[u8]) -> bool {
-    h.windows(n.len()).any(|w| w == n)
-}
+#[path = "../../soramai-kernels/tests/common/files.rs"]
+mod files;
+use files::{contains, files_under};
 
 const CANARY: &str = "Zorblaxifications";
 

@@ -6,7 +6,7 @@
 //!
 //! The crash test's victim is this test binary re-run on an ignored "child" test, by name.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,23 +78,9 @@ fn spec(dataset: soramai::DatasetId, epochs: u32, batch: u32, checkpoint_every: 
     })
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
+#[path = "../../soramai-kernels/tests/common/files.rs"]
+mod files;
+use files::{contains, files_under};
 
 /// No file under `dir` holds the canary or a 64-byte stretch of the adapter's tensor data.
 fn assert_no_plaintext(dir: &Path, adapter_weights: &[u8]) {

@@ -66,21 +66,9 @@ impl Drop for TestDatabase {
     }
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.is_file() {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
+#[path = "../../soramai-kernels/tests/common/files.rs"]
+mod files;
+use files::{contains, files_under};
 
 fn dataset(n: usize) -> Vec<u8> {
     let mut out = String::new();
@@ -195,7 +183,7 @@ fn two_nodes_share_one_postgres_and_one_blob_store() {
     assert!(files.iter().any(|f| f.starts_with(&shared)));
     for f in files {
         let Ok(bytes) = std::fs::read(&f) else { continue };
-        assert!(!bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()), "{} holds the canary", f.display());
+        assert!(!contains(&bytes, CANARY.as_bytes()), "{} holds the canary", f.display());
     }
 }
 

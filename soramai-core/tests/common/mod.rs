@@ -260,26 +260,7 @@ pub fn dataset(n: usize, tag: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Every regular file under `dir`.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.is_file() {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
+#[path = "../../../soramai-kernels/tests/common/files.rs"]
+mod files;
+#[allow(unused_imports)] // not every test file scans files
+pub use files::{contains, files_under};
