@@ -64,12 +64,17 @@ impl fmt::Debug for Database {
 
 impl Database {
     /// Parses a database URL: `sqlite` (the embedded default), or a `postgres://` or
-    /// `postgresql://` connection string.
+    /// `postgresql://` connection string; connects to nothing.
     pub fn from_url(url: &str) -> Result<Self> {
         let url = url.trim();
         if url.is_empty() || url == "sqlite" {
             Ok(Database::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            if !cfg!(feature = "postgres") {
+                return Err(Error::InvalidArgument(
+                    "this build has no PostgreSQL support (the `postgres` feature of soramai-core)".into(),
+                ));
+            }
             Ok(Database::Postgres(url.to_owned()))
         } else {
             Err(Error::InvalidArgument(
@@ -159,29 +164,64 @@ impl Config {
     }
 }
 
-impl Config {
-    /// Puts the blobs in a store that several nodes share, by URL:
-    /// - `file:///mnt/shared`: a shared volume, with the shared store in `blobs/` and each
-    ///   dedicated store in `dedicated/<tenant>/` under it;
-    /// - `s3://bucket` (the `s3` feature): an S3 or S3-compatible bucket, configured from the
-    ///   `AWS_*` environment variables, with each dedicated store under a `dedicated/<tenant>/`
-    ///   prefix of its own.
-    pub fn with_blob_url(mut self, url: &str) -> Result<Self> {
+/// Where the blobs of several nodes live, parsed from a URL before anything is opened:
+/// - `file:///mnt/shared`: a shared volume, with the shared store in `blobs/` and each
+///   dedicated store in `dedicated/<tenant>/` under it;
+/// - `s3://bucket` (the `s3` feature): an S3 or S3-compatible bucket, configured from the
+///   `AWS_*` environment variables, with each dedicated store under a `dedicated/<tenant>/`
+///   prefix of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobLocation {
+    /// A shared volume at this absolute path.
+    File(PathBuf),
+    /// An S3 bucket.
+    S3(String),
+}
+
+impl BlobLocation {
+    /// Parses `file:///absolute/path` or `s3://bucket`; touches nothing.
+    pub fn parse(url: &str) -> Result<Self> {
         if let Some(path) = url.strip_prefix("file://") {
             let root = PathBuf::from(path);
             if !root.is_absolute() {
                 return Err(Error::InvalidArgument("a file:// blob store needs an absolute path".into()));
             }
-            std::fs::create_dir_all(&root)?;
-            set_private_dir(&root)?;
-            self.blobs = Some(Arc::new(LocalBlobStore::open(root.join("blobs"))?));
-            self.dedicated = Some(Arc::new(DedicatedDirectories::new(root.join("dedicated"))));
-            return Ok(self);
+            return Ok(BlobLocation::File(root));
         }
         if let Some(bucket) = url.strip_prefix("s3://") {
-            return self.with_s3(bucket.trim_end_matches('/'));
+            let bucket = bucket.trim_end_matches('/');
+            if bucket.is_empty() || bucket.contains('/') {
+                return Err(Error::InvalidArgument("an s3:// blob store names one bucket: s3://bucket".into()));
+            }
+            if !cfg!(feature = "s3") {
+                return Err(Error::InvalidArgument(
+                    "this build has no S3 support (the `s3` feature of soramai-core)".into(),
+                ));
+            }
+            return Ok(BlobLocation::S3(bucket.to_owned()));
         }
         Err(Error::InvalidArgument("the blob store URL must start with file:// or s3://".into()))
+    }
+}
+
+impl Config {
+    /// Puts the blobs in a store that several nodes share, by URL (see [`BlobLocation`]).
+    pub fn with_blob_url(self, url: &str) -> Result<Self> {
+        self.with_blobs_at(&BlobLocation::parse(url)?)
+    }
+
+    /// Puts the blobs in a store that several nodes share.
+    pub fn with_blobs_at(mut self, location: &BlobLocation) -> Result<Self> {
+        match location {
+            BlobLocation::File(root) => {
+                std::fs::create_dir_all(root)?;
+                set_private_dir(root)?;
+                self.blobs = Some(Arc::new(LocalBlobStore::open(root.join("blobs"))?));
+                self.dedicated = Some(Arc::new(DedicatedDirectories::new(root.join("dedicated"))));
+                Ok(self)
+            }
+            BlobLocation::S3(bucket) => self.with_s3(bucket),
+        }
     }
 
     #[cfg(feature = "s3")]

@@ -47,8 +47,8 @@ pub use crate::audit::{Action, Actor, AuditRecord, AuditReport};
 pub use crate::auth::{ApiKeyInfo, IssuedKey, KeyOptions, Principal, Scope};
 pub use crate::clock::{Clock, ManualClock, Millis, SystemClock};
 pub use crate::core::{
-    Config, Core, Database, KeyCustody, Limits, ObjectInfo, ObjectReader, ObjectWriter, StorePlacement, Tenant,
-    TenantStatus,
+    BlobLocation, Config, Core, Database, KeyCustody, Limits, ObjectInfo, ObjectReader, ObjectWriter, StorePlacement,
+    Tenant, TenantStatus,
 };
 pub use crate::crypto::keys::{KeyProvider, LocalRootKey};
 pub use crate::datasets::{DatasetInfo, DatasetStats};

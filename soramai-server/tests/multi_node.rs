@@ -29,42 +29,9 @@ fn runner() -> RunnerCommand {
     RunnerCommand { args: vec!["job-runner".into()], ..RunnerCommand::new(env!("CARGO_BIN_EXE_soramai")) }
 }
 
-/// A database of its own on the test server, dropped at the end.
-struct TestDatabase {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl TestDatabase {
-    fn create(admin: String) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let name = format!("soramai_nodes_{}_{nanos}", std::process::id());
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to the test server");
-        client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
-        let url = format!("{}/{name}", admin.rsplit_once('/').expect("a database in the URL").0);
-        Self { admin, name, url }
-    }
-
-    fn files(&self, server_data: &Path) -> Vec<PathBuf> {
-        let mut client = postgres::Client::connect(&self.url, postgres::NoTls).expect("connect");
-        let oid: u32 = client
-            .query_one("SELECT oid FROM pg_database WHERE datname = current_database()", &[])
-            .expect("oid")
-            .get(0);
-        let mut files = files_under(&server_data.join("base").join(oid.to_string()));
-        files.extend(files_under(&server_data.join("pg_wal")));
-        files
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-        }
-    }
-}
+#[path = "../../soramai-core/tests/common/test_database.rs"]
+mod test_database;
+use test_database::TestDatabase;
 
 #[path = "../../soramai-kernels/tests/common/files.rs"]
 mod files;
@@ -102,7 +69,7 @@ fn two_nodes_share_one_postgres_and_one_blob_store() {
     };
     let server_data = PathBuf::from(std::env::var("SORAMAI_TEST_POSTGRES_DATA").expect("SORAMAI_TEST_POSTGRES_DATA"));
     let Some(model) = reference_model() else { return };
-    let db = TestDatabase::create(admin);
+    let db = TestDatabase::create(&admin);
     let dir = tempfile::tempdir().expect("tempdir");
     let (dir_a, dir_b, shared) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("shared"));
 
@@ -179,7 +146,8 @@ fn two_nodes_share_one_postgres_and_one_blob_store() {
     // The canary is in no file: either node's directory, the shared volume, or the database's
     // files and write-ahead log on the PostgreSQL server.
     let mut files = files_under(dir.path());
-    files.extend(db.files(&server_data));
+    files.extend(db.table_files(&server_data));
+    files.extend(TestDatabase::wal_files(&server_data));
     assert!(files.iter().any(|f| f.starts_with(&shared)));
     for f in files {
         let Ok(bytes) = std::fs::read(&f) else { continue };
@@ -203,12 +171,15 @@ fn bad_storage_urls_are_refused_with_typed_errors() {
         (Some("postgres://"), Some("ftp://example.invalid/x")),
         (None, Some("file://relative/path")),
         (None, Some("/no/scheme")),
+        (None, Some("s3://")),
+        (None, Some("s3://bucket/with/a/path")),
     ] {
         let err = open(database, blobs).expect_err("refused");
         assert!(
             matches!(err, PlatformError::Core(soramai::Error::InvalidArgument(_))),
             "{database:?} {blobs:?}: {err:?}"
         );
+        assert!(!dir.path().join("node").exists(), "a refused URL created the data directory");
     }
     // A server that is not there: a database error, which never repeats the password.
     let err = open(Some("postgres://u:hunter2-secret@127.0.0.1:9/db?connect_timeout=2"), None).expect_err("refused");

@@ -80,7 +80,7 @@ pub struct OpenOptions {
     /// (`SORAMAI_ROOT_KEY`, or the same `root.key` in each data directory).
     pub database: Option<String>,
     /// The blob store shared by several nodes: `file:///mnt/shared` or `s3://bucket` (the `s3`
-    /// feature); default `<data_dir>/blobs`. See `Config::with_blob_url`.
+    /// feature); default `<data_dir>/blobs`. See `BlobLocation`.
     pub blob_store: Option<String>,
 }
 
@@ -672,12 +672,15 @@ impl Platform {
         options: &OpenOptions,
         runner: Option<RunnerCommand>,
     ) -> Result<Arc<Self>, PlatformError> {
+        // Both URLs are checked before anything is created.
+        let database = options.database.as_deref().map(soramai_core::Database::from_url).transpose()?;
+        let blobs = options.blob_store.as_deref().map(soramai_core::BlobLocation::parse).transpose()?;
         let mut config = soramai_core::Config::embedded(data_dir.as_ref())?;
-        if let Some(url) = &options.database {
-            config.database = soramai_core::Database::from_url(url)?;
+        if let Some(database) = database {
+            config.database = database;
         }
-        if let Some(url) = &options.blob_store {
-            config = config.with_blob_url(url)?;
+        if let Some(blobs) = &blobs {
+            config = config.with_blobs_at(blobs)?;
         }
         let core = Arc::new(Core::open(config)?);
         if let Some(model) = &options.model {

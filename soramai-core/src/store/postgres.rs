@@ -247,6 +247,17 @@ fn gone() -> Error {
     Error::Database(DbError::Postgres("the connection's thread has stopped".into()))
 }
 
+/// Whether the server ended the session: the socket closed, or the server said so first
+/// (SQLSTATE class 08, connection exception, or 57P, operator intervention: a shutdown, a
+/// restart, `pg_terminate_backend`), which can arrive before the client sees the close.
+fn session_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.as_db_error().is_some_and(|db| {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57P")
+        })
+}
+
 /// Where a config points, without its password.
 fn describe(config: &postgres::Config) -> String {
     let hosts: Vec<String> = config
@@ -277,7 +288,7 @@ impl Tls {
     /// From libpq's `sslmode` (parsed by `postgres`) and `sslrootcert` (taken out of the URL here,
     /// which `postgres` does not know). Certificates are always verified: `require` without a CA
     /// file is refused rather than trusting any certificate.
-    fn from(config: &postgres::Config, root_cert: Option<&str>) -> Result<Self> {
+    fn for_config(config: &postgres::Config, root_cert: Option<&str>) -> Result<Self> {
         use postgres::config::SslMode;
         let mode = config.get_ssl_mode();
         let Some(path) = root_cert else {
@@ -340,7 +351,7 @@ impl PgStore {
         let (url, root_cert) = split_root_cert(url);
         let mut config: postgres::Config =
             url.parse().map_err(|e| Error::InvalidArgument(format!("the PostgreSQL connection string: {e}")))?;
-        let tls = Tls::from(&config, root_cert.as_deref())?;
+        let tls = Tls::for_config(&config, root_cert.as_deref())?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
@@ -423,11 +434,31 @@ impl PgStore {
     }
 
     /// Rewrites the key tables so that no dead row version keeps a destroyed wrapped key (what
-    /// `secure_delete` and the WAL checkpoint do for SQLite). Write-ahead log segments and
-    /// backups keep older pages until PostgreSQL recycles them, as for any row it held.
+    /// `secure_delete` and the WAL checkpoint do for SQLite). A dead row is kept while an older
+    /// snapshot could still see it (another node's read, autovacuum's analyze), so this first
+    /// waits, up to 10 s, for the snapshots older than the deletion to end. Write-ahead log
+    /// segments and backups keep older pages until PostgreSQL recycles them, as for any row.
     pub(crate) fn purge_key_tables(&self) -> Result<()> {
         let sender = self.lock();
-        PgConn { sender: &sender }.batch(&format!("VACUUM (FULL) {KEY_TABLES}"))
+        let conn = PgConn { sender: &sender };
+        let db = Db::new(&conn);
+        // The 32-bit transaction id after the deletion, comparable with `backend_xmin`.
+        let after: i64 = db.query_row("SELECT txid_current() % 4294967296", (), |r| r.get(0))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let older: i64 = db.query_row(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL
+                   AND CAST(CAST(backend_xmin AS TEXT) AS BIGINT) < ?1",
+                [after],
+                |r| r.get(0),
+            )?;
+            if older == 0 || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        conn.batch(&format!("VACUUM (FULL) {KEY_TABLES}"))
     }
 }
 
@@ -507,7 +538,7 @@ impl Connection {
             // Left open by a caller that panicked: nothing of it may commit.
             match self.client.batch_execute("ROLLBACK") {
                 Ok(()) => self.in_transaction = false,
-                Err(e) if e.is_closed() => self.reconnect()?,
+                Err(e) if session_lost(&e) => self.reconnect()?,
                 Err(e) => return Err(pg_err(e)),
             }
         }
@@ -515,7 +546,7 @@ impl Connection {
             Ok(()) => {}
             // The server ended the session while the connection sat idle (a restart, a failover,
             // an idle timeout): nothing of this transaction has run, so it starts afresh.
-            Err(e) if e.is_closed() || self.client.is_closed() => {
+            Err(e) if session_lost(&e) || self.client.is_closed() => {
                 self.reconnect()?;
                 self.client.batch_execute(sql).map_err(pg_err)?;
             }
@@ -662,9 +693,9 @@ mod tests {
     #[test]
     fn require_without_a_ca_is_refused() {
         let config: postgres::Config = "postgres://u@h/db?sslmode=require".parse().expect("config");
-        assert!(matches!(Tls::from(&config, None), Err(Error::InvalidArgument(_))));
-        assert!(matches!(Tls::from(&config, Some("/nonexistent/ca.pem")), Err(Error::InvalidArgument(_))));
+        assert!(matches!(Tls::for_config(&config, None), Err(Error::InvalidArgument(_))));
+        assert!(matches!(Tls::for_config(&config, Some("/nonexistent/ca.pem")), Err(Error::InvalidArgument(_))));
         let plain: postgres::Config = "postgres://u@h/db".parse().expect("config");
-        assert!(matches!(Tls::from(&plain, None), Ok(Tls::None)));
+        assert!(matches!(Tls::for_config(&plain, None), Ok(Tls::None)));
     }
 }

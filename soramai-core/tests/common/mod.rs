@@ -26,7 +26,7 @@ impl Env {
         let root = Arc::new(LocalRootKey::generate());
         let clock = Arc::new(ManualClock::new(T0));
         let pg = PgDatabase::create();
-        let database = pg.as_ref().map_or(Database::Sqlite, |pg| Database::Postgres(pg.url.clone()));
+        let database = pg.as_ref().map_or(Database::Sqlite, |pg| Database::Postgres(pg.url().to_owned()));
         let core = Arc::new(Self::open_on(dir.path(), &database, root.clone(), clock.clone()));
         Self { dir, core, clock, root, database, pg }
     }
@@ -133,15 +133,17 @@ impl Env {
 }
 
 /// A database of its own on the PostgreSQL server named by `SORAMAI_TEST_POSTGRES` (an admin
-/// connection string), dropped with the environment, when `SORAMAI_TEST_CORE_ON_POSTGRES=1`. The server's data directory, for the tests
-/// that look at files, is `SORAMAI_TEST_POSTGRES_DATA`.
+/// connection string), dropped with the environment, when `SORAMAI_TEST_CORE_ON_POSTGRES=1`. The
+/// server's data directory, for the tests that look at files, is `SORAMAI_TEST_POSTGRES_DATA`.
+#[cfg(feature = "postgres")]
 struct PgDatabase {
-    admin: String,
-    name: String,
-    url: String,
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    db: test_database::TestDatabase,
     data_dir: PathBuf,
 }
+
+#[cfg(feature = "postgres")]
+#[path = "test_database.rs"]
+mod test_database;
 
 #[cfg(feature = "postgres")]
 impl PgDatabase {
@@ -154,27 +156,20 @@ impl PgDatabase {
             std::env::var("SORAMAI_TEST_POSTGRES_DATA")
                 .expect("SORAMAI_TEST_POSTGRES_DATA: the server's data directory"),
         );
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("soramai_test_{}_{nanos}_{n}", std::process::id());
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to the test server");
-        client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
-        let base = admin.rsplit_once('/').expect("a database in the admin URL").0;
-        let url = format!("{base}/{name}");
-        Some(Self { admin, name, url, data_dir })
+        Some(Self { db: test_database::TestDatabase::create(&admin), data_dir })
     }
 
-    fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect")
+    fn url(&self) -> &str {
+        &self.db.url
     }
 
     fn batch(&self, sql: &str) {
-        self.client().batch_execute(sql).expect("sql");
+        self.db.client().batch_execute(sql).expect("sql");
     }
 
     fn wrapped_keys(&self, sql: &str) -> Vec<(String, u32, Vec<u8>)> {
-        self.client()
+        self.db
+            .client()
             .query(sql, &[])
             .expect("query")
             .iter()
@@ -184,6 +179,7 @@ impl PgDatabase {
 
     fn sessions(&self, application_name: &str) -> (i64, i64) {
         let row = self
+            .db
             .client()
             .query_one(
                 "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
@@ -195,18 +191,17 @@ impl PgDatabase {
     }
 
     fn table_files(&self) -> Vec<PathBuf> {
-        let oid: u32 = self
-            .client()
-            .query_one("SELECT oid FROM pg_database WHERE datname = current_database()", &[])
-            .expect("oid")
-            .get(0);
-        files_under(&self.data_dir.join("base").join(oid.to_string()))
+        self.db.table_files(&self.data_dir)
     }
 
     fn wal_files(&self) -> Vec<PathBuf> {
-        files_under(&self.data_dir.join("pg_wal"))
+        test_database::TestDatabase::wal_files(&self.data_dir)
     }
 }
+
+/// Without the `postgres` feature there is no PostgreSQL database: a type with no values.
+#[cfg(not(feature = "postgres"))]
+enum PgDatabase {}
 
 #[cfg(not(feature = "postgres"))]
 impl PgDatabase {
@@ -218,33 +213,28 @@ impl PgDatabase {
         None
     }
 
+    fn url(&self) -> &str {
+        match *self {}
+    }
+
     fn batch(&self, _: &str) {
-        unreachable!()
+        match *self {}
     }
 
     fn wrapped_keys(&self, _: &str) -> Vec<(String, u32, Vec<u8>)> {
-        unreachable!()
+        match *self {}
     }
 
     fn sessions(&self, _: &str) -> (i64, i64) {
-        unreachable!()
+        match *self {}
     }
 
     fn table_files(&self) -> Vec<PathBuf> {
-        unreachable!()
+        match *self {}
     }
 
     fn wal_files(&self) -> Vec<PathBuf> {
-        unreachable!()
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        #[cfg(feature = "postgres")]
-        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-        }
+        match *self {}
     }
 }
 

@@ -74,8 +74,9 @@ class Platform(_native.Platform):
     ``model`` (a GGUF file) is registered as base model ``model_id`` (default ``"smollm2"``) when
     no model has that id; ``workers`` job workers run fine-tuning jobs in child processes started
     with ``runner`` (by default :func:`default_runner`). Several nodes share a ``database``
-    (``"postgres://user:password@host/db"``, when the extension is built with PostgreSQL
-    support) and a ``blob_store`` (``"file:///mnt/shared"`` or ``"s3://bucket"``)."""
+    (``"postgres://user:password@host/db"``) and a ``blob_store`` (``"file:///mnt/shared"`` or
+    ``"s3://bucket"``); build the extension with ``--features postgres,s3`` for them
+    (``scripts/python-bindings.sh --features wgpu,postgres,s3``)."""
 
     def __new__(
         cls,
