@@ -111,6 +111,43 @@ pub(crate) unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
     }
 }
 
+/// One block of 32 activations to symmetric 8-bit codes, the twin of the portable
+/// `gemm::quantize_block` (same scale, same round-to-nearest-even): returns the scale and the codes'
+/// sum.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `xs` and `q` hold 32 values each.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_block_i8(xs: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let sign = _mm256_set1_ps(-0.0);
+    // SAFETY: xs holds 32 f32s, read as four 8-lane loads.
+    let v: [__m256; 4] = unsafe { std::array::from_fn(|k| _mm256_loadu_ps(xs.as_ptr().add(8 * k))) };
+    let mut m = _mm256_andnot_ps(sign, v[0]);
+    for vk in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vk));
+    }
+    let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    let scale = amax / 127.0;
+    let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+    let r: [__m256i; 4] = std::array::from_fn(|k| {
+        _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            v[k], inv,
+        )))
+    });
+    let total = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+    let t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256::<1>(total));
+    let t4 = _mm_add_epi32(t4, _mm_shuffle_epi32::<0b01_00_11_10>(t4));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(t4, _mm_shuffle_epi32::<0b10_11_00_01>(t4)));
+    let ab = _mm256_packs_epi32(r[0], r[1]);
+    let cd = _mm256_packs_epi32(r[2], r[3]);
+    let packed = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    // SAFETY: q holds 32 bytes.
+    unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), packed) };
+    (scale, sum)
+}
+
 /// e^x for 8 lanes: range reduction by ln 2 (split in two constants), a degree-6 polynomial on
 /// [-ln2/2, ln2/2] and the exponent put back through the float's bits. Relative error about 2 ulp;
 /// inputs below -87.3 give 0 (the softmax here only feeds it values <= 0).

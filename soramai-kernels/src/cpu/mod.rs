@@ -13,6 +13,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+pub mod gemm;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
 mod qdot;

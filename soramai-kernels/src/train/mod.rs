@@ -25,12 +25,12 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::gemm::{PackedMat, QuantRows, packable};
+use crate::cpu::ops as fwd;
 use crate::cpu::ops::RopeLayout;
-use crate::cpu::{self, ops as fwd};
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, AdapterConfig, LoraPair, MAX_RANK, Target};
 use crate::model::{Model, Precision, QMat, add_bias, norm_rows};
-use crate::quant::GgmlType;
 use crate::tokenizer::TokenId;
 
 pub use data::{Example, TrainMessage};
@@ -244,30 +244,45 @@ pub struct Trainer {
     model: Arc<Model>,
     config: TrainConfig,
     pairs: BTreeMap<(usize, Target), Pair>,
-    /// Q8_0 copies of `Wᵀ` for the input gradients (fast path).
-    transposed: HashMap<(usize, Target), Vec<u8>>,
-    output_t: Option<Vec<u8>>,
+    /// Packed copies of the frozen weights of the trained layers (fast path).
+    frozen: HashMap<(usize, Target), Frozen>,
+    output: Frozen,
     step: usize,
+}
+
+/// A frozen weight packed for the batched integer products: `W` for the forward product and `Wᵀ`
+/// for the input gradient (each absent where the shape does not pack, or on the exact path).
+#[derive(Default)]
+struct Frozen {
+    fwd: Option<PackedMat>,
+    bwd: Option<PackedMat>,
+}
+
+impl Frozen {
+    fn new(m: &QMat) -> Result<Self> {
+        let fwd = if packable(m.rows, m.cols) {
+            Some(PackedMat::from_blocks(m.ty, m.bytes(), m.rows, m.cols)?)
+        } else {
+            None
+        };
+        let bwd = if packable(m.cols, m.rows) {
+            Some(PackedMat::transposed_from_f32(&m.dequantize()?, m.rows, m.cols)?)
+        } else {
+            None
+        };
+        Ok(Frozen { fwd, bwd })
+    }
+}
+
+/// Activations quantized for the packed products, when their width allows it.
+fn quantized(x: &[f32], cols: usize) -> Result<Option<QuantRows>> {
+    if cols.is_multiple_of(crate::cpu::gemm::BLOCK) { QuantRows::new(x, cols).map(Some) } else { Ok(None) }
 }
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer").field("config", &self.config).field("step", &self.step).finish_non_exhaustive()
     }
-}
-
-fn transpose_q8(m: &QMat) -> Result<Option<Vec<u8>>> {
-    if !m.rows.is_multiple_of(32) {
-        return Ok(None);
-    }
-    let w = m.dequantize()?;
-    let mut t = vec![0f32; w.len()];
-    for r in 0..m.rows {
-        for c in 0..m.cols {
-            t[c * m.rows + r] = w[r * m.cols + c];
-        }
-    }
-    crate::quant::quantize(GgmlType::Q8_0, &t).map(Some)
 }
 
 impl Trainer {
@@ -292,12 +307,12 @@ impl Trainer {
                 pairs.insert((l, t), pair);
             }
         }
-        let mut trainer = Trainer { model, config, pairs, transposed: HashMap::new(), output_t: None, step: 0 };
-        trainer.build_transposed()?;
+        let mut trainer = Trainer { model, config, pairs, frozen: HashMap::new(), output: Frozen::default(), step: 0 };
+        trainer.pack_frozen()?;
         Ok(trainer)
     }
 
-    fn build_transposed(&mut self) -> Result<()> {
+    fn pack_frozen(&mut self) -> Result<()> {
         if self.config.precision != Precision::Fast {
             return Ok(());
         }
@@ -305,13 +320,11 @@ impl Trainer {
         let jobs: Vec<(usize, Target)> =
             (lowest..self.model.config.n_layer).flat_map(|l| Target::ALL.map(|t| (l, t))).collect();
         let model = &self.model;
-        type Built = Vec<((usize, Target), Option<Vec<u8>>)>;
-        let built: Built = jobs
+        self.frozen = jobs
             .par_iter()
-            .map(|&(l, t)| transpose_q8(model.layers[l].weight(t)).map(|w| ((l, t), w)))
+            .map(|&(l, t)| Frozen::new(model.layers[l].weight(t)).map(|f| ((l, t), f)))
             .collect::<Result<_>>()?;
-        self.transposed = built.into_iter().filter_map(|(k, w)| w.map(|w| (k, w))).collect();
-        self.output_t = transpose_q8(&self.model.output)?;
+        self.output = Frozen::new(&self.model.output)?;
         Ok(())
     }
 
@@ -590,14 +603,17 @@ impl Trainer {
         let rows: Vec<usize> = (0..n.saturating_sub(1)).filter(|&i| p.weights[i + 1] > 0.0).collect();
         let mut dx = vec![0f32; if backward { n * d } else { 0 }];
         let mut loss = 0f64;
-        let exact_out = if backward && self.output_t.is_none() { Some(m.output.dequantize()?) } else { None };
+        let exact_out = if backward && self.output.bwd.is_none() { Some(m.output.dequantize()?) } else { None };
         for chunk in rows.chunks(32) {
             let mut h = vec![0f32; chunk.len() * d];
             for (k, &r) in chunk.iter().enumerate() {
                 fwd::rms_norm(&x[r * d..(r + 1) * d], &m.output_norm, c.eps, &mut h[k * d..(k + 1) * d]);
             }
             let mut z = vec![0f32; chunk.len() * c.vocab];
-            m.output.matmul(&h, &mut z, self.config.precision)?;
+            match &self.output.fwd {
+                Some(w) => w.matmul(&QuantRows::new(&h, d)?, &mut z, false)?,
+                None => m.output.matmul(&h, &mut z, self.config.precision)?,
+            }
             let losses: Vec<f32> = z
                 .par_chunks_mut(c.vocab)
                 .zip(chunk.par_iter())
@@ -608,8 +624,8 @@ impl Trainer {
                 continue;
             }
             let mut dh = vec![0f32; chunk.len() * d];
-            match (&self.output_t, &exact_out) {
-                (Some(wt), _) => cpu::matmul(GgmlType::Q8_0, wt, d, c.vocab, &z, &mut dh)?,
+            match (&self.output.bwd, &exact_out) {
+                (Some(wt), _) => wt.matmul(&QuantRows::new(&z, c.vocab)?, &mut dh, true)?,
                 (None, Some(w)) => ops::gemm_nn_add(&z, w, c.vocab, 1.0, &mut dh),
                 (None, None) => return Err(Error::Training("no output weight for the backward pass".into())),
             }
@@ -643,14 +659,23 @@ impl Trainer {
         l: usize,
         t: Target,
         input: &[f32],
+        qin: Option<&QuantRows>,
         out: &mut [f32],
         ax: &mut HashMap<Target, Vec<f32>>,
     ) -> Result<()> {
-        self.model.layers[l].weight(t).matmul(input, out, self.config.precision)?;
+        match (self.frozen.get(&(l, t)).and_then(|f| f.fwd.as_ref()), qin) {
+            (Some(w), Some(q)) => w.matmul(q, out, false)?,
+            _ => self.model.layers[l].weight(t).matmul(input, out, self.config.precision)?,
+        }
         if let Some(p) = self.pairs.get(&(l, t)) {
             ax.insert(t, ops::lora_forward(&p.a.value, &p.b.value, self.config.rank, self.scale(), input, out));
         }
         Ok(())
+    }
+
+    /// `x` quantized for layer `l`'s packed products (none where the layer has none).
+    fn quantize_for(&self, l: usize, x: &[f32], cols: usize) -> Result<Option<QuantRows>> {
+        if self.frozen.contains_key(&(l, Target::Q)) { quantized(x, cols) } else { Ok(None) }
     }
 
     fn layer_forward(&self, l: usize, x: Vec<f32>, rope: &Rope, starts: &[usize]) -> Result<(Vec<f32>, LayerCache)> {
@@ -662,9 +687,10 @@ impl Trainer {
         let mut xn1 = vec![0f32; n * d];
         norm_rows(&x, &layer.attn_norm, c.eps, &mut xn1);
         let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
-        self.project(l, Target::Q, &xn1, &mut q, &mut ax)?;
-        self.project(l, Target::K, &xn1, &mut k, &mut ax)?;
-        self.project(l, Target::V, &xn1, &mut v, &mut ax)?;
+        let q1 = self.quantize_for(l, &xn1, d)?;
+        self.project(l, Target::Q, &xn1, q1.as_ref(), &mut q, &mut ax)?;
+        self.project(l, Target::K, &xn1, q1.as_ref(), &mut k, &mut ax)?;
+        self.project(l, Target::V, &xn1, q1.as_ref(), &mut v, &mut ax)?;
         if let Some([bq, bk, bv]) = &layer.bias {
             add_bias(&mut q, bq);
             add_bias(&mut k, bk);
@@ -676,18 +702,19 @@ impl Trainer {
         let mut lse = vec![0f32; n * c.n_head];
         ops::attention_forward(heads, &q, &k, &v, starts, &mut att, &mut lse);
         let mut o = vec![0f32; n * d];
-        self.project(l, Target::O, &att, &mut o, &mut ax)?;
+        self.project(l, Target::O, &att, self.quantize_for(l, &att, qd)?.as_ref(), &mut o, &mut ax)?;
         let mut xmid = x.clone();
         xmid.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         let mut xn2 = vec![0f32; n * d];
         norm_rows(&xmid, &layer.ffn_norm, c.eps, &mut xn2);
         let (mut g, mut u) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        self.project(l, Target::Gate, &xn2, &mut g, &mut ax)?;
-        self.project(l, Target::Up, &xn2, &mut u, &mut ax)?;
+        let q2 = self.quantize_for(l, &xn2, d)?;
+        self.project(l, Target::Gate, &xn2, q2.as_ref(), &mut g, &mut ax)?;
+        self.project(l, Target::Up, &xn2, q2.as_ref(), &mut u, &mut ax)?;
         let mut h = g.clone();
         h.par_chunks_mut(ff).zip(u.par_chunks(ff)).for_each(|(hr, ur)| fwd::swiglu(hr, ur));
         let mut out = vec![0f32; n * d];
-        self.project(l, Target::Down, &h, &mut out, &mut ax)?;
+        self.project(l, Target::Down, &h, self.quantize_for(l, &h, ff)?.as_ref(), &mut out, &mut ax)?;
         out.iter_mut().zip(&xmid).for_each(|(a, b)| *a += b);
         Ok((out, LayerCache { x, xn1, q, k, v, att, lse, xmid, xn2, g, u, ax }))
     }
@@ -695,12 +722,8 @@ impl Trainer {
     /// `dx += dy·W` through the frozen base weight.
     fn frozen_backward(&self, l: usize, t: Target, dy: &[f32], dx: &mut [f32]) -> Result<()> {
         let w = self.model.layers[l].weight(t);
-        match self.transposed.get(&(l, t)) {
-            Some(wt) => {
-                let mut tmp = vec![0f32; dx.len()];
-                cpu::matmul(GgmlType::Q8_0, wt, w.cols, w.rows, dy, &mut tmp)?;
-                dx.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
-            }
+        match self.frozen.get(&(l, t)).and_then(|f| f.bwd.as_ref()) {
+            Some(wt) => wt.matmul(&QuantRows::new(dy, w.rows)?, dx, true)?,
             None => ops::gemm_nn_add(dy, &w.dequantize()?, w.rows, 1.0, dx),
         }
         Ok(())

@@ -81,45 +81,165 @@ impl Heads {
     }
 }
 
+/// `a (m × k) · b (k × n)`, row-major, as a new `m × n` matrix: the small dense products of the
+/// training attention. Tiles of 4 rows × 16 columns stay in registers over the whole `k` loop; the
+/// body is compiled a second time with AVX2 and FMA, used where the CPU has them.
+pub fn matmul_f32(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    if a.len() < m * k || b.len() < k * n {
+        return c;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::isa() != crate::cpu::Isa::Scalar {
+        // SAFETY: AVX2 and FMA were detected (every non-scalar ISA here has them); the body indexes
+        // through checked slices only.
+        #[allow(unsafe_code)]
+        unsafe {
+            matmul_f32_fma(a, b, m, k, n, &mut c)
+        };
+        return c;
+    }
+    matmul_f32_body(a, b, m, k, n, &mut c, |x, y, acc| x * y + acc);
+    c
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn matmul_f32_fma(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, c: &mut [f32]) {
+    matmul_f32_body(a, b, m, k, n, c, f32::mul_add);
+}
+
+#[inline(always)]
+fn matmul_f32_body(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    c: &mut [f32],
+    fma: impl Fn(f32, f32, f32) -> f32,
+) {
+    const MR: usize = 4;
+    const NR: usize = 16;
+    let mut i = 0;
+    while i + MR <= m {
+        let mut j = 0;
+        while j + NR <= n {
+            let mut acc = [[0f32; NR]; MR];
+            for kk in 0..k {
+                let brow: &[f32; NR] = b[kk * n + j..kk * n + j + NR].try_into().unwrap_or(&[0.0; NR]);
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let av = a[(i + r) * k + kk];
+                    for (x, &bv) in accr.iter_mut().zip(brow) {
+                        *x = fma(av, bv, *x);
+                    }
+                }
+            }
+            for (r, accr) in acc.iter().enumerate() {
+                c[(i + r) * n + j..(i + r) * n + j + NR].copy_from_slice(accr);
+            }
+            j += NR;
+        }
+        for r in i..i + MR {
+            for jj in j..n {
+                c[r * n + jj] = (0..k).fold(0.0, |s, kk| fma(a[r * k + kk], b[kk * n + jj], s));
+            }
+        }
+        i += MR;
+    }
+    for r in i..m {
+        for kk in 0..k {
+            let av = a[r * k + kk];
+            for (x, &bv) in c[r * n..(r + 1) * n].iter_mut().zip(&b[kk * n..(kk + 1) * n]) {
+                *x = fma(av, bv, *x);
+            }
+        }
+    }
+}
+
+/// `m` (`r × c`) transposed.
+fn transpose(m: &[f32], r: usize, c: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for i in 0..r {
+        for j in 0..c {
+            t[j * r + i] = m[i * c + j];
+        }
+    }
+    t
+}
+
+/// Rows `rows` of one head (`hd` values at `offset` in rows of `stride`), gathered `n × hd`.
+fn gather(x: &[f32], rows: std::ops::Range<usize>, stride: usize, offset: usize, hd: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * hd);
+    for i in rows {
+        out.extend_from_slice(&x[i * stride + offset..i * stride + offset + hd]);
+    }
+    out
+}
+
+/// The examples of a packed sequence: maximal runs of rows sharing a start.
+fn example_spans(starts: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < starts.len() {
+        let mut e = i + 1;
+        while e < starts.len() && starts[e] == starts[i] {
+            e += 1;
+        }
+        spans.push(i..e);
+        i = e;
+    }
+    spans
+}
+
 /// Causal attention over a packed sequence for training: row `i` attends to rows
 /// `starts[i]..=i` (its own example's earlier tokens). `q` is `T × n_head·hd`, `k`/`v` are
 /// `T × n_head_kv·hd`; writes `o` (`T × n_head·hd`) and the log-sum-exp of each row's scaled
 /// scores per head, `lse` (`T × n_head`), which the backward pass uses to rebuild the
-/// probabilities instead of keeping a `T × T` matrix per head.
+/// probabilities instead of keeping a `T × T` matrix per head. Each (head, example) is three
+/// dense products: `S = Q·Kᵀ`, the masked softmax, `O = P·V`.
 pub fn attention_forward(h: Heads, q: &[f32], k: &[f32], v: &[f32], starts: &[usize], o: &mut [f32], lse: &mut [f32]) {
     let (hd, qd, kvd) = (h.head_dim, h.qd(), h.kvd());
     let scale = 1.0 / (hd as f32).sqrt();
-    o.par_chunks_mut(qd).zip(lse.par_chunks_mut(h.n_head)).enumerate().for_each_init(
-        Vec::new,
-        |p, (i, (orow, lrow))| {
-            let s0 = starts[i];
-            for head in 0..h.n_head {
-                let kh = h.kv_head(head) * hd;
-                let qh = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-                p.clear();
-                p.extend((s0..=i).map(|j| dot_f32(qh, &k[j * kvd + kh..j * kvd + kh + hd]) * scale));
-                let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let spans = example_spans(starts);
+    let tasks: Vec<(usize, std::ops::Range<usize>)> =
+        (0..h.n_head).flat_map(|head| spans.iter().map(move |s| (head, s.clone()))).collect();
+    let done: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|(head, span)| {
+            let n = span.len();
+            let kh = h.kv_head(*head) * hd;
+            let qb = gather(q, span.clone(), qd, head * hd, hd);
+            let kt = transpose(&gather(k, span.clone(), kvd, kh, hd), n, hd);
+            let mut p = matmul_f32(&qb, &kt, n, hd, n);
+            let mut l = vec![0f32; n];
+            for (i, row) in p.chunks_exact_mut(n).enumerate() {
+                let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
                 let mut sum = 0f32;
-                for x in p.iter_mut() {
-                    *x = (*x - max).exp();
+                for x in row[..=i].iter_mut() {
+                    *x = (*x * scale - max).exp();
                     sum += *x;
                 }
-                lrow[head] = max + sum.ln();
-                let out = &mut orow[head * hd..(head + 1) * hd];
-                out.fill(0.0);
-                for (jj, &w) in p.iter().enumerate() {
-                    let j = s0 + jj;
-                    axpy(w / sum, &v[j * kvd + kh..j * kvd + kh + hd], out);
-                }
+                row[..=i].iter_mut().for_each(|x| *x /= sum);
+                row[i + 1..].fill(0.0);
+                l[i] = max + sum.ln();
             }
-        },
-    );
+            (matmul_f32(&p, &gather(v, span.clone(), kvd, kh, hd), n, n, hd), l)
+        })
+        .collect();
+    for ((head, span), (ob, l)) in tasks.iter().zip(&done) {
+        for (r, i) in span.clone().enumerate() {
+            o[i * qd + head * hd..i * qd + (head + 1) * hd].copy_from_slice(&ob[r * hd..(r + 1) * hd]);
+            lse[i * h.n_head + head] = l[r];
+        }
+    }
 }
 
 /// Backward of [`attention_forward`]: from `d_o` adds into `dq`, `dk`, `dv`. With `P` the
 /// probabilities rebuilt from `lse`: `dV = Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`,
-/// `dQ = scale · dS·K`, `dK = scale · dSᵀ·Q`. Parallel over query heads, each with its own
-/// key/value gradient buffers, summed afterwards in a fixed order (identical runs stay identical).
+/// `dQ = scale · dS·K`, `dK = scale · dSᵀ·Q`, each a dense product per (head, example). The
+/// (head, example) tasks run in parallel and their gradients are summed afterwards in a fixed
+/// order (identical runs stay identical).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     h: Heads,
@@ -135,35 +255,44 @@ pub fn attention_backward(
     dv: &mut [f32],
 ) {
     let (hd, qd, kvd) = (h.head_dim, h.qd(), h.kvd());
-    let t = starts.len();
     let scale = 1.0 / (hd as f32).sqrt();
-    let per_head: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..h.n_head)
-        .into_par_iter()
-        .map(|head| {
-            let kh = h.kv_head(head) * hd;
-            let (mut gq, mut gk, mut gv) = (vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]);
-            for i in 0..t {
-                let at = i * qd + head * hd;
-                let (qi, oi, doi) = (&q[at..at + hd], &o[at..at + hd], &d_o[at..at + hd]);
-                let di = dot_f32(doi, oi);
-                let l = lse[i * h.n_head + head];
-                for j in starts[i]..=i {
-                    let kj = &k[j * kvd + kh..j * kvd + kh + hd];
-                    let vj = &v[j * kvd + kh..j * kvd + kh + hd];
-                    let p = (dot_f32(qi, kj) * scale - l).exp();
-                    axpy(p, doi, &mut gv[j * hd..(j + 1) * hd]);
-                    let ds = p * (dot_f32(doi, vj) - di) * scale;
-                    axpy(ds, kj, &mut gq[i * hd..(i + 1) * hd]);
-                    axpy(ds, qi, &mut gk[j * hd..(j + 1) * hd]);
+    let spans = example_spans(starts);
+    let tasks: Vec<(usize, std::ops::Range<usize>)> =
+        (0..h.n_head).flat_map(|head| spans.iter().map(move |s| (head, s.clone()))).collect();
+    type Parts = (Vec<f32>, Vec<f32>, Vec<f32>);
+    let done: Vec<Parts> = tasks
+        .par_iter()
+        .map(|(head, span)| {
+            let n = span.len();
+            let kh = h.kv_head(*head) * hd;
+            let qb = gather(q, span.clone(), qd, head * hd, hd);
+            let kb = gather(k, span.clone(), kvd, kh, hd);
+            let vb = gather(v, span.clone(), kvd, kh, hd);
+            let dob = gather(d_o, span.clone(), qd, head * hd, hd);
+            let ob = gather(o, span.clone(), qd, head * hd, hd);
+            let mut p = matmul_f32(&qb, &transpose(&kb, n, hd), n, hd, n);
+            let mut ds = matmul_f32(&dob, &transpose(&vb, n, hd), n, hd, n);
+            for i in 0..n {
+                let l = lse[(span.start + i) * h.n_head + head];
+                let di = dot_f32(&dob[i * hd..(i + 1) * hd], &ob[i * hd..(i + 1) * hd]);
+                let (prow, drow) = (&mut p[i * n..(i + 1) * n], &mut ds[i * n..(i + 1) * n]);
+                for j in 0..=i {
+                    prow[j] = (prow[j] * scale - l).exp();
+                    drow[j] = prow[j] * (drow[j] - di) * scale;
                 }
+                prow[i + 1..].fill(0.0);
+                drow[i + 1..].fill(0.0);
             }
+            let gq = matmul_f32(&ds, &kb, n, n, hd);
+            let gk = matmul_f32(&transpose(&ds, n, n), &qb, n, n, hd);
+            let gv = matmul_f32(&transpose(&p, n, n), &dob, n, n, hd);
             (gq, gk, gv)
         })
         .collect();
-    for (head, (gq, gk, gv)) in per_head.iter().enumerate() {
-        let kh = h.kv_head(head) * hd;
-        for i in 0..t {
-            let src = i * hd..(i + 1) * hd;
+    for ((head, span), (gq, gk, gv)) in tasks.iter().zip(&done) {
+        let kh = h.kv_head(*head) * hd;
+        for (r, i) in span.clone().enumerate() {
+            let src = r * hd..(r + 1) * hd;
             for (d, s) in dq[i * qd + head * hd..i * qd + (head + 1) * hd].iter_mut().zip(&gq[src.clone()]) {
                 *d += s;
             }
@@ -232,13 +361,32 @@ pub fn gemm_tn_add(a: &[f32], b: &[f32], p: usize, alpha: f32, out: &mut [f32]) 
     });
 }
 
+/// `Bᵀ` (`r × out`) of a pair's `B` (`out × r`): the layout in which the rank-sized products run as
+/// long rows (a dot or an axpy over `out` values) instead of one call per output value.
+fn transpose_b(b: &[f32], rank: usize) -> Vec<f32> {
+    let out_f = b.len() / rank.max(1);
+    let mut bt = vec![0f32; b.len()];
+    for o in 0..out_f {
+        for k in 0..rank {
+            bt[k * out_f + o] = b[o * rank + k];
+        }
+    }
+    bt
+}
+
 /// LoRA forward: `ax = x·Aᵀ` (`T × r`, kept for the backward pass) and `y += scale · ax·Bᵀ`.
 pub fn lora_forward(a: &[f32], b: &[f32], rank: usize, scale: f32, x: &[f32], y: &mut [f32]) -> Vec<f32> {
     let in_f = a.len() / rank.max(1);
     let m = x.len() / in_f.max(1);
     let mut ax = vec![0f32; m * rank];
     gemm_nt_add(x, a, in_f, 1.0, &mut ax);
-    gemm_nt_add(&ax, b, rank, scale, y);
+    let bt = transpose_b(b, rank);
+    let out_f = b.len() / rank.max(1);
+    y.par_chunks_mut(out_f.max(1)).zip(ax.par_chunks(rank.max(1))).for_each(|(yr, axr)| {
+        for (k, &v) in axr.iter().enumerate() {
+            axpy(scale * v, &bt[k * out_f..(k + 1) * out_f], yr);
+        }
+    });
     ax
 }
 
@@ -267,10 +415,22 @@ pub fn lora_backward(
     g: LoraGrads<'_>,
 ) {
     let out_f = b.len() / rank.max(1);
-    gemm_tn_add(dy, ax, out_f, scale, g.db);
     let m = ax.len() / rank.max(1);
+    // dBᵀ (r × out): row k gathers Σ_t scale·ax[t][k]·dy[t].
+    let mut dbt = vec![0f32; rank * out_f];
+    gemm_tn_add(ax, dy, rank, scale, &mut dbt);
+    for o in 0..out_f {
+        for k in 0..rank {
+            g.db[o * rank + k] += dbt[k * out_f + o];
+        }
+    }
+    let bt = transpose_b(b, rank);
     let mut dax = vec![0f32; m * rank];
-    gemm_nn_add(dy, b, out_f, scale, &mut dax);
+    dax.par_chunks_mut(rank.max(1)).zip(dy.par_chunks(out_f.max(1))).for_each(|(dr, dyr)| {
+        for (k, v) in dr.iter_mut().enumerate() {
+            *v = scale * dot_f32(dyr, &bt[k * out_f..(k + 1) * out_f]);
+        }
+    });
     gemm_tn_add(&dax, x, rank, 1.0, g.da);
     if let Some(dx) = g.dx {
         gemm_nn_add(&dax, a, rank, 1.0, dx);
