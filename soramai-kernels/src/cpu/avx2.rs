@@ -170,6 +170,31 @@ fn exp256(x: __m256) -> __m256 {
     _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
 }
 
+/// `x[i] = e^(x[i] − shift)` in place with the 8-lane exp; returns the sum.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn exp_shift_sum(x: &mut [f32], shift: f32) -> f32 {
+    let sv = _mm256_set1_ps(shift);
+    let mut acc = _mm256_setzero_ps();
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: c has exactly 8 f32s.
+        unsafe {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), sv));
+            acc = _mm256_add_ps(acc, e);
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+        }
+    }
+    let mut sum = hsum(acc);
+    for v in chunks.into_remainder() {
+        *v = (*v - shift).exp();
+        sum += *v;
+    }
+    sum
+}
+
 /// In-place softmax over a slice with the 8-lane exp.
 #[target_feature(enable = "avx2,fma")]
 fn softmax(x: &mut [f32]) {

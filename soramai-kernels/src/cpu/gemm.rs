@@ -216,32 +216,50 @@ impl PackedMat {
         }
         let vnni = isa == Isa::Avx512Vnni && super::isa() == Isa::Avx512Vnni;
         let nb = self.cols / BLOCK;
-        // Tasks of two panels (16 rows) over every activation row; results `[t][16]` per task.
+        // Tasks of two panels (16 rows) over every activation row; each writes its own columns.
         const TP: usize = 2;
-        let mut tmp = vec![0f32; t * self.rows];
-        tmp.par_chunks_mut(t * TP * PANEL).enumerate().for_each(|(ci, chunk)| {
-            let np = chunk.len() / (t * PANEL);
+        let n_tasks = self.rows.div_ceil(TP * PANEL);
+        let (rows, dst) = (self.rows, OutPtr(out.as_mut_ptr()));
+        (0..n_tasks).into_par_iter().for_each_init(Vec::new, |tile, ci| {
             let p0 = ci * TP;
+            let np = (rows / PANEL - p0).min(TP);
             let w = Panels {
                 q: &self.q[p0 * nb * PB..(p0 + np) * nb * PB],
                 d: &self.d[p0 * nb * PANEL..(p0 + np) * nb * PANEL],
                 m: &self.m[p0 * nb * PANEL..(p0 + np) * nb * PANEL],
                 nb,
             };
-            panel_rows(vnni, &w, np, x, chunk);
-        });
-        for (ci, chunk) in tmp.chunks(t * TP * PANEL).enumerate() {
-            let width = chunk.len() / t;
-            for (tok, src) in chunk.chunks_exact(width).enumerate() {
-                let dst = &mut out[tok * self.rows + ci * TP * PANEL..tok * self.rows + ci * TP * PANEL + width];
+            let width = np * PANEL;
+            tile.clear();
+            tile.resize(t * width, 0f32);
+            panel_rows(vnni, &w, np, x, tile);
+            let col = p0 * PANEL;
+            for (tok, src) in tile.chunks_exact(width).enumerate() {
+                // SAFETY: `out` holds t × rows values (checked above) and outlives this parallel
+                // loop; task ci alone writes columns col..col + width of each row, so the
+                // slices of different tasks never overlap.
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.at(tok * rows + col), width) };
                 if accumulate {
-                    dst.iter_mut().zip(src).for_each(|(o, v)| *o += v);
+                    o.iter_mut().zip(src).for_each(|(a, v)| *a += v);
                 } else {
-                    dst.copy_from_slice(src);
+                    o.copy_from_slice(src);
                 }
             }
-        }
+        });
         Ok(())
+    }
+}
+
+/// The output of a parallel product, written by tasks that own disjoint columns.
+struct OutPtr(*mut f32);
+
+// SAFETY: the pointer is only used to build non-overlapping slices (one column range per task)
+// of an output that outlives the parallel loop.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
     }
 }
 
@@ -276,7 +294,8 @@ impl QuantRows {
             }
         };
         let it = q.par_chunks_mut(cols).zip(a.par_chunks_mut(nb)).zip(s.par_chunks_mut(nb).zip(x.par_chunks(cols)));
-        if rows >= 4 {
+        // Small inputs quantize on the calling thread: a parallel region costs more than it saves.
+        if rows * cols >= 1 << 18 {
             it.for_each(quant);
         } else {
             q.chunks_mut(cols).zip(a.chunks_mut(nb)).zip(s.chunks_mut(nb).zip(x.chunks(cols))).for_each(quant);

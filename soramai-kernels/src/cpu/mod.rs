@@ -355,6 +355,21 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     x.iter().zip(y).map(|(a, b)| a * b).sum()
 }
 
+/// `x[i] = e^(x[i] − shift)` in place; returns the sum (a softmax's denominator).
+pub fn exp_shift_sum(x: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2/FMA were detected.
+        return unsafe { avx2::exp_shift_sum(x, shift) };
+    }
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - shift).exp();
+        sum += *v;
+    }
+    sum
+}
+
 /// y += a·x.
 #[inline]
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {

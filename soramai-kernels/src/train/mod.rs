@@ -202,6 +202,8 @@ struct LayerCache {
     xn2: Vec<f32>,
     g: Vec<f32>,
     u: Vec<f32>,
+    /// `silu(g)·u`, the down projection's input.
+    h: Vec<f32>,
     /// `x·Aᵀ` of each LoRA pair of the layer.
     ax: HashMap<Target, Vec<f32>>,
 }
@@ -716,7 +718,7 @@ impl Trainer {
         let mut out = vec![0f32; n * d];
         self.project(l, Target::Down, &h, self.quantize_for(l, &h, ff)?.as_ref(), &mut out, &mut ax)?;
         out.iter_mut().zip(&xmid).for_each(|(a, b)| *a += b);
-        Ok((out, LayerCache { x, xn1, q, k, v, att, lse, xmid, xn2, g, u, ax }))
+        Ok((out, LayerCache { x, xn1, q, k, v, att, lse, xmid, xn2, g, u, h, ax }))
     }
 
     /// `dx += dy·W` through the frozen base weight.
@@ -769,10 +771,8 @@ impl Trainer {
         let n = starts.len();
         let (d, qd, kvd, hd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim, c.n_ff);
         // Feed-forward.
-        let mut h = cache.g.clone();
-        h.par_chunks_mut(ff).zip(cache.u.par_chunks(ff)).for_each(|(hr, ur)| fwd::swiglu(hr, ur));
         let mut dh = vec![0f32; n * ff];
-        self.project_backward(l, Target::Down, &h, cache, &dout, Some(&mut dh), grads)?;
+        self.project_backward(l, Target::Down, &cache.h, cache, &dout, Some(&mut dh), grads)?;
         let (mut dg, mut du) = (vec![0f32; n * ff], vec![0f32; n * ff]);
         dg.par_chunks_mut(ff).zip(du.par_chunks_mut(ff)).enumerate().for_each(|(i, (dgr, dur))| {
             let r = i * ff..(i + 1) * ff;

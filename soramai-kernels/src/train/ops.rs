@@ -310,16 +310,13 @@ pub fn attention_backward(
 /// − onehot(target))` into `z` (in place) and returns the row's loss `w · (logsumexp(z) − z_target)`.
 pub fn cross_entropy_backward(z: &mut [f32], target: usize, w: f32, norm: f32) -> f32 {
     let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0f64;
-    for x in z.iter() {
-        sum += f64::from((x - max).exp());
-    }
-    let lse = max + sum.ln() as f32;
-    let loss = w * (lse - z[target]);
+    let zt = z[target];
+    let sum = crate::cpu::exp_shift_sum(z, max);
+    let lse = max + sum.ln();
+    let loss = w * (lse - zt);
     let c = w / norm;
-    for x in z.iter_mut() {
-        *x = c * (*x - lse).exp();
-    }
+    let k = c / sum;
+    z.iter_mut().for_each(|x| *x *= k);
     z[target] -= c;
     loss
 }
