@@ -353,7 +353,7 @@ struct Panels<'a> {
 }
 
 /// Activation rows per kernel call.
-const MR: usize = 4;
+const MR: usize = 6;
 
 /// Every activation row against `np` (1 or 2) panels; `out` is `[t][np·8]`.
 fn panel_rows(vnni: bool, w: &Panels<'_>, np: usize, x: &QuantRows, out: &mut [f32]) {
@@ -378,10 +378,14 @@ fn panel_rows(vnni: bool, w: &Panels<'_>, np: usize, x: &QuantRows, out: &mut [f
                 };
             }
             match (mr, np) {
+                (6, 2) => go!(6, 2),
+                (5, 2) => go!(5, 2),
                 (4, 2) => go!(4, 2),
                 (3, 2) => go!(3, 2),
                 (2, 2) => go!(2, 2),
                 (1, 2) => go!(1, 2),
+                (6, _) => go!(6, 1),
+                (5, _) => go!(5, 1),
                 (4, _) => go!(4, 1),
                 (3, _) => go!(3, 1),
                 (2, _) => go!(2, 1),
