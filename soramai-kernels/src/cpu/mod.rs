@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | scalar (all targets) | every format, the reference |
 //! | AVX2 + FMA + F16C (x86_64) | Q4_0, Q4_1, Q8_0 dot products, f32 dot/axpy, activation quantization |
-//! | AVX-512 VNNI + VL (x86_64) | the same dot products with `vpdpbusd` |
+//! | AVX-512 VNNI + VL (x86_64) | the same dot products with `vpdpbusd`; the packed many-row products of [`gemm`] |
 //!
 //! The quantized kernels take one weight row and up to four activation rows at once, so a batch
 //! unpacks each weight block once per four tokens. A NEON path is not written yet: on aarch64 the

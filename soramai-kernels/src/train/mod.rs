@@ -7,8 +7,9 @@
 //! checkpointing), then backward through every op of the block — the loss on weighted target
 //! tokens only, the final and per-block RMSNorms, SwiGLU, attention with its causal mask and
 //! grouped KV heads, RoPE, and the frozen matmuls, whose input gradient goes through the
-//! transposed quantized weight (a Q8_0 copy of `Wᵀ` built once, so the backward product runs on
-//! the same integer kernels as the forward one; `Precision::Exact` uses dequantized f32 instead).
+//! transposed quantized weight (an 8-bit copy of `Wᵀ` built once, so the backward product runs on
+//! the same integer kernels as the forward one: both are [`PackedMat`]s, the forward one holding
+//! the GGUF blocks' own codes; `Precision::Exact` uses dequantized f32 instead).
 //! Gradients of the step's sequences accumulate; the global norm is clipped, and AdamW updates
 //! the pairs at the scheduled learning rate. Everything is ordered: the same seed, data and
 //! configuration give bit-identical runs.
