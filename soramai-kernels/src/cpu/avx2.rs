@@ -75,34 +75,12 @@ pub(crate) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 pub(crate) unsafe fn quantize_q8(x: &[f32], out: &mut [u8], q8_1: bool) {
     let bb = if q8_1 { 36 } else { 34 };
     let off = bb - 32;
-    let sign = _mm256_set1_ps(-0.0);
+    let mut q = [0i8; 32];
     for (xs, b) in x.chunks_exact(32).zip(out.chunks_exact_mut(bb)) {
-        // SAFETY: xs has exactly 32 f32s, read as four 8-lane loads.
-        let v: [__m256; 4] = unsafe { std::array::from_fn(|k| _mm256_loadu_ps(xs.as_ptr().add(8 * k))) };
-        let mut m = _mm256_andnot_ps(sign, v[0]);
-        for vk in &v[1..] {
-            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vk));
-        }
-        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
-        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        let amax = _mm_cvtss_f32(m4);
-        let d = amax / 127.0;
-        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-        let r: [__m256i; 4] = std::array::from_fn(|k| {
-            _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-                v[k], id,
-            )))
-        });
-        let mut q = [0i32; 32];
-        for (k, rk) in r.iter().enumerate() {
-            // SAFETY: q has 32 i32s; lanes 8k..8k+8 are in bounds for k < 4.
-            unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(8 * k).cast(), *rk) };
-        }
-        let mut sum = 0i32;
+        // SAFETY: AVX2/FMA per this function's contract; xs and q hold 32 values each.
+        let (d, sum) = unsafe { quantize_block_i8(xs, &mut q) };
         for (o, &qi) in b[off..].iter_mut().zip(&q) {
-            *o = qi as i8 as u8;
-            sum += qi;
+            *o = qi as u8;
         }
         crate::quant::wr_f16(b, 0, d);
         if q8_1 {
@@ -199,23 +177,8 @@ pub(crate) unsafe fn exp_shift_sum(x: &mut [f32], shift: f32) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mv = _mm256_set1_ps(max);
-    let mut acc = _mm256_setzero_ps();
-    let mut chunks = x.chunks_exact_mut(8);
-    for c in &mut chunks {
-        // SAFETY: c has exactly 8 f32s.
-        unsafe {
-            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mv));
-            acc = _mm256_add_ps(acc, e);
-            _mm256_storeu_ps(c.as_mut_ptr(), e);
-        }
-    }
-    let mut sum = hsum(acc);
-    for v in chunks.into_remainder() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    // SAFETY: this function's own target features are the ones exp_shift_sum needs.
+    let inv = 1.0 / unsafe { exp_shift_sum(x, max) };
     for v in x.iter_mut() {
         *v *= inv;
     }

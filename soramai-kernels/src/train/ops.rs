@@ -358,27 +358,15 @@ pub fn gemm_tn_add(a: &[f32], b: &[f32], p: usize, alpha: f32, out: &mut [f32]) 
     });
 }
 
-/// `Bᵀ` (`r × out`) of a pair's `B` (`out × r`): the layout in which the rank-sized products run as
-/// long rows (a dot or an axpy over `out` values) instead of one call per output value.
-fn transpose_b(b: &[f32], rank: usize) -> Vec<f32> {
-    let out_f = b.len() / rank.max(1);
-    let mut bt = vec![0f32; b.len()];
-    for o in 0..out_f {
-        for k in 0..rank {
-            bt[k * out_f + o] = b[o * rank + k];
-        }
-    }
-    bt
-}
-
 /// LoRA forward: `ax = x·Aᵀ` (`T × r`, kept for the backward pass) and `y += scale · ax·Bᵀ`.
 pub fn lora_forward(a: &[f32], b: &[f32], rank: usize, scale: f32, x: &[f32], y: &mut [f32]) -> Vec<f32> {
     let in_f = a.len() / rank.max(1);
     let m = x.len() / in_f.max(1);
     let mut ax = vec![0f32; m * rank];
     gemm_nt_add(x, a, in_f, 1.0, &mut ax);
-    let bt = transpose_b(b, rank);
     let out_f = b.len() / rank.max(1);
+    // Bᵀ (r × out): the rank-sized products run as long rows, not one call per output value.
+    let bt = transpose(b, out_f, rank);
     y.par_chunks_mut(out_f.max(1)).zip(ax.par_chunks(rank.max(1))).for_each(|(yr, axr)| {
         for (k, &v) in axr.iter().enumerate() {
             axpy(scale * v, &bt[k * out_f..(k + 1) * out_f], yr);
@@ -421,7 +409,7 @@ pub fn lora_backward(
             g.db[o * rank + k] += dbt[k * out_f + o];
         }
     }
-    let bt = transpose_b(b, rank);
+    let bt = transpose(b, out_f, rank);
     let mut dax = vec![0f32; m * rank];
     dax.par_chunks_mut(rank.max(1)).zip(dy.par_chunks(out_f.max(1))).for_each(|(dr, dyr)| {
         for (k, v) in dr.iter_mut().enumerate() {
