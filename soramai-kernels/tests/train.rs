@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Deltas, rand_vec, reference_logits, tiny_model_bytes};
+use common::{Deltas, rand_vec, reference_logits, retarget, tiny_model_bytes, tiny_train_model, train_example};
 use soramai_kernels::cpu::ops::{self as fwd, RopeLayout};
 use soramai_kernels::gguf::Gguf;
 use soramai_kernels::lora::Target;
@@ -228,20 +228,6 @@ fn lora_backward_matches_finite_differences() {
     assert_close("lora dx", &dx, &numeric(|x| f(&a64, &b64, x), &x64), 1e-5);
 }
 
-fn tiny_model(arch: &str, ty: GgmlType) -> Arc<Model> {
-    let g = Gguf::from_bytes(tiny_model_bytes(arch, ty, 21)).expect("gguf");
-    Arc::new(Model::from_gguf(Arc::new(g)).expect("model"))
-}
-
-fn example(seed: u64, len: usize, vocab: usize) -> Example {
-    let tokens: Vec<u32> =
-        rand_vec(seed, len, 1.0).iter().map(|v| ((v + 1.0) * 0.5 * (vocab - 1) as f32) as u32).collect();
-    // Loss on the second half, one token at half weight.
-    let mut weights: Vec<f32> = (0..len).map(|i| if i >= len / 2 { 1.0 } else { 0.0 }).collect();
-    weights[len - 2] = 0.5;
-    Example { tokens, weights }
-}
-
 /// The batch's mean weighted loss from the independent f64 forward, each example on its own.
 fn reference_loss(model: &Model, batch: &[Example], deltas: &Deltas) -> f64 {
     let (mut sum, mut norm) = (0.0, 0.0);
@@ -291,7 +277,7 @@ fn deltas_of(tr: &Trainer, model: &Model, scale: f64, a_override: Option<(usize,
 #[test]
 fn whole_model_lora_gradients_match_finite_differences_of_the_f64_reference() {
     for arch in ["llama", "qwen2"] {
-        let model = tiny_model(arch, GgmlType::F32);
+        let model = tiny_train_model(arch, GgmlType::F32);
         let cfg = TrainConfig {
             rank: 2,
             alpha: 3.0,
@@ -310,7 +296,7 @@ fn whole_model_lora_gradients_match_finite_differences_of_the_f64_reference() {
         }
         let vocab = model.config.vocab;
         // Two examples that pack into one sequence.
-        let batch = [example(31, 9, vocab), example(32, 7, vocab)];
+        let batch = [train_example(31, 9, vocab), train_example(32, 7, vocab)];
         let (loss, grads) = tr.gradients(&batch).expect("gradients");
         let scale = 1.5;
         let base = reference_loss(&model, &batch, &deltas_of(&tr, &model, scale, None));
@@ -360,9 +346,9 @@ fn train_cfg(precision: Precision) -> TrainConfig {
 
 #[test]
 fn fast_path_gradients_follow_the_exact_ones_and_checkpointing_changes_nothing() {
-    let model = tiny_model("llama", GgmlType::Q8_0);
+    let model = tiny_train_model("llama", GgmlType::Q8_0);
     let vocab = model.config.vocab;
-    let batch = [example(41, 12, vocab), example(42, 10, vocab), example(43, 20, vocab)];
+    let batch = [train_example(41, 12, vocab), train_example(42, 10, vocab), train_example(43, 20, vocab)];
     let mut exact = Trainer::new(model.clone(), train_cfg(Precision::Exact)).expect("trainer");
     exact.step(&batch).expect("a step so B is non-zero");
     let state = exact.save_state().expect("state");
@@ -387,21 +373,11 @@ fn fast_path_gradients_follow_the_exact_ones_and_checkpointing_changes_nothing()
     assert_eq!(gc, gf);
 }
 
-/// The same checkpoint with another configuration (precision, checkpointing) in its metadata.
-fn retarget(state: &[u8], cfg: &TrainConfig) -> Vec<u8> {
-    let st = safetensors::SafeTensors::deserialize(state).expect("state");
-    let (_, meta) = safetensors::SafeTensors::read_metadata(state).expect("meta");
-    let mut m = meta.metadata().clone().expect("metadata");
-    m.insert("config".into(), serde_json::to_string(cfg).expect("json"));
-    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
-    safetensors::serialize(tensors, Some(m)).expect("serialize")
-}
-
 #[test]
 fn training_lowers_the_loss_identically_for_a_seed_and_resumes_exactly() {
-    let model = tiny_model("llama", GgmlType::Q8_0);
+    let model = tiny_train_model("llama", GgmlType::Q8_0);
     let vocab = model.config.vocab;
-    let data: Vec<Example> = (0..6).map(|i| example(50 + i, 10 + i as usize, vocab)).collect();
+    let data: Vec<Example> = (0..6).map(|i| train_example(50 + i, 10 + i as usize, vocab)).collect();
     let plan = batch_plan(data.len(), 3, 8, 5);
     assert_eq!(plan.len(), 16);
     assert_eq!(plan, batch_plan(data.len(), 3, 8, 5));
@@ -431,17 +407,17 @@ fn training_lowers_the_loss_identically_for_a_seed_and_resumes_exactly() {
     let c = Trainer::new(model, cfg).expect("c");
     assert_ne!(
         c.adapter(),
-        Trainer::new(tiny_model("llama", GgmlType::Q8_0), train_cfg(Precision::Fast)).expect("d").adapter()
+        Trainer::new(tiny_train_model("llama", GgmlType::Q8_0), train_cfg(Precision::Fast)).expect("d").adapter()
     );
 }
 
 #[test]
 fn hostile_training_input_is_refused_and_changes_nothing() {
-    let model = tiny_model("llama", GgmlType::Q8_0);
+    let model = tiny_train_model("llama", GgmlType::Q8_0);
     let vocab = model.config.vocab;
     let mut tr = Trainer::new(model.clone(), train_cfg(Precision::Fast)).expect("trainer");
     let before = tr.adapter();
-    let good = example(60, 10, vocab);
+    let good = train_example(60, 10, vocab);
     let mut out_of_vocab = good.clone();
     out_of_vocab.tokens[3] = vocab as u32;
     let mut nan = good.clone();
@@ -451,7 +427,7 @@ fn hostile_training_input_is_refused_and_changes_nothing() {
     let short = Example { tokens: vec![1], weights: vec![1.0] };
     let mismatched = Example { tokens: good.tokens.clone(), weights: vec![1.0; 3] };
     let no_loss = Example { tokens: good.tokens.clone(), weights: vec![0.0; good.tokens.len()] };
-    let too_long = example(61, 30, vocab);
+    let too_long = train_example(61, 30, vocab);
     for bad in [
         vec![],
         vec![out_of_vocab],
@@ -489,7 +465,7 @@ fn hostile_training_input_is_refused_and_changes_nothing() {
     if let Ok(t) = Trainer::load_state(model.clone(), &flipped) {
         assert!(t.adapter().layers.iter().flatten().all(|(_, p)| p.a.iter().chain(&p.b).all(|v| v.is_finite())));
     }
-    let other = tiny_model("qwen2", GgmlType::Q8_0);
+    let other = tiny_train_model("qwen2", GgmlType::Q8_0);
     let mut cfg = train_cfg(Precision::Fast);
     cfg.rank = 6;
     let wrong = Trainer::new(other, cfg).expect("other").save_state().expect("state");

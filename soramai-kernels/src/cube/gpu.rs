@@ -34,7 +34,7 @@ impl std::fmt::Debug for Gpu {
 #[derive(Clone, Debug)]
 pub(crate) struct Buf {
     handle: Handle,
-    len: usize,
+    pub(crate) len: usize,
 }
 
 impl Buf {
@@ -87,8 +87,99 @@ impl Gpu {
         Buf { handle: self.client.create_from_slice(u32::as_bytes(v)), len: v.len() }
     }
 
+    /// A buffer of zeros (filled on the device).
     pub(crate) fn zeros(&self, n: usize) -> Buf {
-        self.upload(&vec![0f32; n.max(1)])
+        let b = self.scratch(n);
+        self.fill(&b, 0.0);
+        b
+    }
+
+    /// Sets every value of `b`.
+    pub(crate) fn fill(&self, b: &Buf, value: f32) {
+        kernels::fill::launch(
+            &self.client,
+            Self::cubes_1d(b.len, 256),
+            CubeDim::new_1d(256),
+            b.arg(),
+            value,
+            b.len as u32,
+        );
+    }
+
+    /// A device copy of `src`.
+    pub(crate) fn copy(&self, src: &Buf) -> Buf {
+        let dst = self.scratch(src.len);
+        kernels::copy::launch(
+            &self.client,
+            Self::cubes_1d(src.len, 256),
+            CubeDim::new_1d(256),
+            src.arg(),
+            dst.arg(),
+            src.len as u32,
+        );
+        dst
+    }
+
+    /// `dst[r] = src[rows[r]]` for `n` rows of `width`.
+    pub(crate) fn gather_rows(&self, src: &Buf, rows: &Buf, dst: &Buf, n: usize, width: usize) {
+        kernels::gather_rows::launch(
+            &self.client,
+            Self::cubes_1d(n * width, 256),
+            CubeDim::new_1d(256),
+            src.arg(),
+            rows.arg(),
+            dst.arg(),
+            n as u32,
+            width as u32,
+        );
+    }
+
+    /// Weighted cross-entropy of `nrows` rows of logits, in place (see the kernel): the rows
+    /// become the loss's gradient, `loss[base + r]` the row's weighted loss.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn cross_entropy(
+        &self,
+        z: &Buf,
+        targets: &Buf,
+        weights: &Buf,
+        loss: &Buf,
+        (nrows, vocab): (usize, usize),
+        norm: f32,
+        base: usize,
+    ) {
+        kernels::cross_entropy::launch(
+            &self.client,
+            Self::cubes_1d(nrows, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            z.arg(),
+            targets.arg(),
+            weights.arg(),
+            loss.arg(),
+            vocab as u32,
+            nrows as u32,
+            norm,
+            base as u32,
+        );
+    }
+
+    /// Values of `partial` that [`Gpu::sum_squares`] writes for a buffer of `n` values.
+    pub(crate) fn sum_squares_len(n: usize) -> usize {
+        n.div_ceil(SUM_BLOCK).max(1)
+    }
+
+    /// Partial sums of squares of `x` into `partial[base..base + sum_squares_len(x.len)]`.
+    pub(crate) fn sum_squares(&self, x: &Buf, partial: &Buf, base: usize) {
+        let nblocks = Self::sum_squares_len(x.len);
+        kernels::sum_squares::launch(
+            &self.client,
+            Self::cubes_1d(nblocks, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            x.arg(),
+            partial.arg(),
+            x.len as u32,
+            nblocks as u32,
+            base as u32,
+        );
     }
 
     /// A buffer whose contents are undefined until a kernel writes all of it.
@@ -331,6 +422,27 @@ impl Gpu {
 
     /// `dx (ntok × cols) (+)= dy (ntok × rows) · W`: the input gradient through a frozen weight.
     pub(crate) fn matmul_t(&self, w: &GpuMat, dy: &Buf, ntok: usize, dx: &Buf, accumulate: bool) {
+        // Many tokens: the shared-memory tiled product (64 columns × 32 tokens per cube).
+        if ntok >= TILED_MIN_TOKENS
+            && let GpuWeights::Quant { bits, scales, mins, quants } = &w.data
+        {
+            kernels::matmul_t_q_tiled::launch(
+                &self.client,
+                CubeCount::Static(Self::cubes(w.cols, 64), Self::cubes(ntok, 32), 1),
+                CubeDim::new_1d(256),
+                scales.arg(),
+                mins.arg(),
+                quants.arg(),
+                dy.arg(),
+                dx.arg(),
+                w.rows as u32,
+                (w.cols / 32) as u32,
+                ntok as u32,
+                *bits,
+                accumulate,
+            );
+            return;
+        }
         let count = Self::cubes_1d(ntok * w.cols, 256);
         let dim = CubeDim::new_1d(256);
         let (rows, ntok) = (w.rows as u32, ntok as u32);
@@ -500,6 +612,28 @@ impl Gpu {
     }
 }
 
+/// For packed rows where row `i` attends rows `starts[i]..=i`: the end of each row's example (the
+/// rows that attend it are `i..ends[i]`), as the training attention's key/value backward takes it.
+pub(crate) fn row_ends(starts: &[usize]) -> Vec<u32> {
+    let n = starts.len();
+    let mut ends = vec![0u32; n];
+    for i in (0..n).rev() {
+        ends[i] = if i + 1 < n && starts[i + 1] == starts[i] { ends[i + 1] } else { i as u32 + 1 };
+    }
+    ends
+}
+
+/// Refuses models whose heads the attention kernels cannot hold.
+pub(crate) fn check_head_dim(c: &crate::model::Config) -> Result<()> {
+    if c.head_dim > (ROW_THREADS * 8) as usize {
+        return Err(Error::Backend(format!("head dimension {} is too large for the GPU kernels", c.head_dim)));
+    }
+    Ok(())
+}
+
+/// Values per partial sum of [`kernels::sum_squares`].
+const SUM_BLOCK: usize = 4096;
+
 /// Token counts from which block-quantized products take the tiled kernel.
 pub(crate) const TILED_MIN_TOKENS: usize = 16;
 
@@ -558,12 +692,12 @@ impl GpuMat {
 /// largest rank: `a` is `slots × rank × cols`, `b` `slots × rows × rank`.
 #[derive(Debug)]
 pub(crate) struct LoraBank {
-    a: Buf,
-    b: Buf,
-    scales: Buf,
-    rank: usize,
-    rows: usize,
-    cols: usize,
+    pub(crate) a: Buf,
+    pub(crate) b: Buf,
+    pub(crate) scales: Buf,
+    pub(crate) rank: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
 }
 
 /// Options of a [`GpuModel`].
@@ -582,21 +716,21 @@ impl Default for GpuOptions {
 }
 
 #[derive(Debug)]
-struct GpuLayer {
-    attn_norm: Buf,
+pub(crate) struct GpuLayer {
+    pub(crate) attn_norm: Buf,
     wq: GpuMat,
     wk: GpuMat,
     wv: GpuMat,
-    wo: GpuMat,
-    bias: Option<[Buf; 3]>,
-    ffn_norm: Buf,
+    pub(crate) wo: GpuMat,
+    pub(crate) bias: Option<[Buf; 3]>,
+    pub(crate) ffn_norm: Buf,
     gate: GpuMat,
     up: GpuMat,
     down: GpuMat,
 }
 
 impl GpuLayer {
-    fn weight(&self, t: Target) -> &GpuMat {
+    pub(crate) fn weight(&self, t: Target) -> &GpuMat {
         match t {
             Target::Q => &self.wq,
             Target::K => &self.wk,
@@ -655,54 +789,26 @@ pub struct GpuLane<'a> {
     pub logits: Logits,
 }
 
-/// A model on a GPU: every weight uploaded once, a paged KV cache shared by all sequences, and
-/// LoRA adapters stacked per projection so a batch mixes adapters in one pass.
-pub struct GpuModel {
-    gpu: Gpu,
-    model: Arc<Model>,
-    layers: Vec<GpuLayer>,
-    output_norm: Buf,
-    output: GpuMat,
-    k_cache: Vec<Buf>,
-    v_cache: Vec<Buf>,
-    free: Arc<Mutex<Vec<u32>>>,
-    options: GpuOptions,
-    adapters: Mutex<Adapters>,
-    weight_bytes: usize,
+/// A model's frozen weights on the device, uploaded once (embeddings stay on the host: a step
+/// uploads only its rows).
+#[derive(Debug)]
+pub(crate) struct DeviceWeights {
+    pub(crate) layers: Vec<GpuLayer>,
+    pub(crate) output_norm: Buf,
+    pub(crate) output: GpuMat,
+    /// Bytes of matrices on the device.
+    pub(crate) bytes: usize,
 }
 
-impl Drop for GpuModel {
-    fn drop(&mut self) {
-        // Let queued work finish before its buffers go: a process that ends right after (a test,
-        // a CLI call) then never tears the driver down under running launches, which software
-        // Vulkan answers with a crash at exit.
-        let _ = self.gpu.sync();
-    }
-}
-
-impl std::fmt::Debug for GpuModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuModel").field("gpu", &self.gpu).field("weight_bytes", &self.weight_bytes).finish()
-    }
-}
-
-impl GpuModel {
-    /// Uploads a model's weights to `gpu` and allocates its KV cache.
-    pub fn new(gpu: Gpu, model: Arc<Model>, options: GpuOptions) -> Result<Self> {
-        let c = &model.config;
-        if options.page == 0 || options.kv_tokens < options.page {
-            return Err(Error::Backend("the KV cache needs at least one page".into()));
-        }
-        if c.head_dim > (ROW_THREADS * 8) as usize {
-            return Err(Error::Backend(format!("head dimension {} is too large for the GPU kernels", c.head_dim)));
-        }
-        let mut weight_bytes = 0;
+impl DeviceWeights {
+    pub(crate) fn upload(gpu: &Gpu, model: &Model) -> Result<Self> {
+        let mut bytes = 0;
         let mut up = |m: &QMat| -> Result<GpuMat> {
-            let g = GpuMat::upload(&gpu, m)?;
-            weight_bytes += g.bytes;
+            let g = GpuMat::upload(gpu, m)?;
+            bytes += g.bytes;
             Ok(g)
         };
-        let mut layers = Vec::with_capacity(c.n_layer);
+        let mut layers = Vec::with_capacity(model.layers.len());
         for l in &model.layers {
             layers.push(GpuLayer {
                 attn_norm: gpu.upload(&l.attn_norm),
@@ -718,24 +824,53 @@ impl GpuModel {
             });
         }
         let output = up(&model.output)?;
+        Ok(DeviceWeights { layers, output_norm: gpu.upload(&model.output_norm), output, bytes })
+    }
+}
+
+/// A model on a GPU: every weight uploaded once, a paged KV cache shared by all sequences, and
+/// LoRA adapters stacked per projection so a batch mixes adapters in one pass.
+pub struct GpuModel {
+    gpu: Gpu,
+    model: Arc<Model>,
+    weights: DeviceWeights,
+    k_cache: Vec<Buf>,
+    v_cache: Vec<Buf>,
+    free: Arc<Mutex<Vec<u32>>>,
+    options: GpuOptions,
+    adapters: Mutex<Adapters>,
+}
+
+impl Drop for GpuModel {
+    fn drop(&mut self) {
+        // Let queued work finish before its buffers go: a process that ends right after (a test,
+        // a CLI call) then never tears the driver down under running launches, which software
+        // Vulkan answers with a crash at exit.
+        let _ = self.gpu.sync();
+    }
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel").field("gpu", &self.gpu).field("weight_bytes", &self.weights.bytes).finish()
+    }
+}
+
+impl GpuModel {
+    /// Uploads a model's weights to `gpu` and allocates its KV cache.
+    pub fn new(gpu: Gpu, model: Arc<Model>, options: GpuOptions) -> Result<Self> {
+        let c = &model.config;
+        if options.page == 0 || options.kv_tokens < options.page {
+            return Err(Error::Backend("the KV cache needs at least one page".into()));
+        }
+        check_head_dim(c)?;
+        let weights = DeviceWeights::upload(&gpu, &model)?;
         let pages = options.kv_tokens / options.page;
         let slots = pages * options.page * c.kv_dim();
         let k_cache = (0..c.n_layer).map(|_| gpu.zeros(slots)).collect();
         let v_cache = (0..c.n_layer).map(|_| gpu.zeros(slots)).collect();
         let free = Arc::new(Mutex::new((0..pages as u32).rev().collect()));
-        Ok(GpuModel {
-            output_norm: gpu.upload(&model.output_norm),
-            gpu,
-            layers,
-            output,
-            k_cache,
-            v_cache,
-            free,
-            options,
-            adapters: Mutex::new(Adapters::default()),
-            weight_bytes,
-            model,
-        })
+        Ok(GpuModel { gpu, weights, k_cache, v_cache, free, options, adapters: Mutex::new(Adapters::default()), model })
     }
 
     /// The device.
@@ -750,7 +885,7 @@ impl GpuModel {
 
     /// Bytes of weights on the device (the bytes a decode step reads at least).
     pub fn weight_bytes(&self) -> usize {
-        self.weight_bytes
+        self.weights.bytes
     }
 
     /// A fresh cache for one sequence.
@@ -928,7 +1063,7 @@ impl GpuModel {
                 g.lora(bank, &adapterb, input, &tmp, out, n);
             }
         };
-        for (l, layer) in self.layers.iter().enumerate() {
+        for (l, layer) in self.weights.layers.iter().enumerate() {
             g.rms_norm(&xb, &layer.attn_norm, &xn, n, c.eps);
             for (t, out) in [(Target::Q, &q), (Target::K, &kk), (Target::V, &vv)] {
                 g.matmul(layer.weight(t), &xn, n, out, false);
@@ -960,7 +1095,7 @@ impl GpuModel {
             lane.cache.len += lane.tokens.len();
         }
         // Final norm on the device; the wanted rows' logits (or mean hidden states) come back.
-        g.rms_norm(&xb, &self.output_norm, &xn, n, c.eps);
+        g.rms_norm(&xb, &self.weights.output_norm, &xn, n, c.eps);
         let wanted: Vec<usize> = lanes
             .iter()
             .zip(&spans)
@@ -979,7 +1114,7 @@ impl GpuModel {
             Vec::new()
         } else if every_row {
             let out = g.scratch(n * c.vocab);
-            g.matmul(&self.output, &xn, n, &out, false);
+            g.matmul(&self.weights.output, &xn, n, &out, false);
             g.read(&out)?
         } else {
             let mut h = vec![0f32; wanted.len() * d];
@@ -987,7 +1122,7 @@ impl GpuModel {
                 h[k * d..(k + 1) * d].copy_from_slice(&hidden[row * d..(row + 1) * d]);
             }
             let out = g.scratch(wanted.len() * c.vocab);
-            g.matmul(&self.output, &g.upload(&h), wanted.len(), &out, false);
+            g.matmul(&self.weights.output, &g.upload(&h), wanted.len(), &out, false);
             g.read(&out)?
         };
         let mut result = Vec::with_capacity(lanes.len());
@@ -1299,10 +1434,7 @@ pub mod op {
         [dq, dk, dv]: [&[f32]; 3],
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let t = starts.len();
-        let mut ends = vec![0u32; t];
-        for i in (0..t).rev() {
-            ends[i] = if i + 1 < t && starts[i + 1] == starts[i] { ends[i + 1] } else { i as u32 + 1 };
-        }
+        let ends = row_ends(starts);
         let st: Vec<u32> = starts.iter().map(|&s| s as u32).collect();
         let (gq, gk, gv) = (gpu.upload(dq), gpu.upload(dk), gpu.upload(dv));
         let up = |x: &[f32]| gpu.upload(x);

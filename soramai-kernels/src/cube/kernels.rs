@@ -720,6 +720,114 @@ pub fn matmul_t_q(
     }
 }
 
+/// The input gradient through a block-quantized weight for many tokens, tiled through shared
+/// memory as [`matmul_q_tiled`] is: a cube computes 64 columns × 32 tokens of `dx (+)= dy · W`,
+/// stepping through the rows 32 at a time; each step dequantizes the 32 rows × 64 columns of
+/// weights once (two blocks a row) and stages the 32 tokens' gradients, then each thread
+/// accumulates 4 columns × 2 tokens from shared memory.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_t_q_tiled(
+    scales: &[f32],
+    mins: &[f32],
+    quants: &[u32],
+    dy: &[f32],
+    dx: &mut [f32],
+    rows: u32,
+    nblocks: u32,
+    ntok: u32,
+    #[comptime] bits: u32,
+    #[comptime] accumulate: bool,
+) {
+    let u = UNIT_POS_X;
+    let tx = u % 16u32;
+    let ty = u / 16u32;
+    let c0 = CUBE_POS_X * 64u32;
+    let t0 = CUBE_POS_Y * 32u32;
+    let cols = nblocks * 32u32;
+    let mut wsh = Shared::<[f32]>::new_slice(2080usize);
+    let mut ysh = Shared::<[f32]>::new_slice(1056usize);
+    let mut acc = Array::<f32>::new(8usize);
+    #[unroll]
+    for i in 0..8u32 {
+        acc[i as usize] = 0.0;
+    }
+    // This thread's share of the loads: 8 weights of one row (a quarter of one of the tile's two
+    // blocks), 4 gradients of one token.
+    let lrow = u / 8u32;
+    let part = u % 8u32;
+    let quarter = part % 4u32;
+    let block = c0 / 32u32 + part / 4u32;
+    let ytok = u / 8u32;
+    let yrow = (u % 8u32) * 4u32;
+    let mut r0 = 0u32;
+    while r0 < rows {
+        let grow = r0 + lrow;
+        if grow < rows && block < nblocks {
+            let bi = grow * nblocks + block;
+            let d = scales[bi as usize];
+            let m = mins[bi as usize];
+            #[unroll]
+            for e in 0..8u32 {
+                let q = if bits == 4 {
+                    let word = quants[(bi * 4u32 + (quarter % 2u32) * 2u32 + e / 4u32) as usize];
+                    (word >> (8u32 * (e % 4u32) + (quarter / 2u32) * 4u32)) & 15u32
+                } else {
+                    let word = quants[(bi * 8u32 + quarter * 2u32 + e / 4u32) as usize];
+                    (word >> (8u32 * (e % 4u32))) & 255u32
+                };
+                wsh[(lrow * 65u32 + part * 8u32 + e) as usize] = d * f32::cast_from(q) + m;
+            }
+        } else {
+            #[unroll]
+            for e in 0..8u32 {
+                wsh[(lrow * 65u32 + part * 8u32 + e) as usize] = 0.0;
+            }
+        }
+        let gt = t0 + ytok;
+        #[unroll]
+        for e in 0..4u32 {
+            let r = r0 + yrow + e;
+            let v = if gt < ntok && r < rows { dy[(gt * rows + r) as usize] } else { 0.0f32 };
+            ysh[(ytok * 33u32 + yrow + e) as usize] = v;
+        }
+        sync_cube();
+        let mut k = 0u32;
+        while k < 32u32 {
+            let w0 = wsh[(k * 65u32 + ty * 4u32) as usize];
+            let w1 = wsh[(k * 65u32 + ty * 4u32 + 1u32) as usize];
+            let w2 = wsh[(k * 65u32 + ty * 4u32 + 2u32) as usize];
+            let w3 = wsh[(k * 65u32 + ty * 4u32 + 3u32) as usize];
+            let ya = ysh[((tx * 2u32) * 33u32 + k) as usize];
+            let yb = ysh[((tx * 2u32 + 1u32) * 33u32 + k) as usize];
+            acc[0] += w0 * ya;
+            acc[1] += w0 * yb;
+            acc[2] += w1 * ya;
+            acc[3] += w1 * yb;
+            acc[4] += w2 * ya;
+            acc[5] += w2 * yb;
+            acc[6] += w3 * ya;
+            acc[7] += w3 * yb;
+            k += 1u32;
+        }
+        sync_cube();
+        r0 += 32u32;
+    }
+    #[unroll]
+    for i in 0..8u32 {
+        let col = c0 + ty * 4u32 + i / 2u32;
+        let tok = t0 + tx * 2u32 + i % 2u32;
+        if col < cols && tok < ntok {
+            let o = (tok * cols + col) as usize;
+            if accumulate {
+                dx[o] += acc[i as usize];
+            } else {
+                dx[o] = acc[i as usize];
+            }
+        }
+    }
+}
+
 /// As [`matmul_t_q`] for f32 weights (`rows × cols`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -993,6 +1101,149 @@ pub fn attention_backward_kv(
             dk[(ko + d) as usize] += acc_k[jd as usize];
             dv[(ko + d) as usize] += acc_v[jd as usize];
         }
+    }
+}
+
+// ---- Glue of the trainer's step on the device. ----
+
+/// `x[i] = value` for `i < n`.
+#[cube(launch)]
+pub fn fill(x: &mut [f32], value: f32, n: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < n {
+        x[i as usize] = value;
+    }
+}
+
+/// `dst[i] = src[i]` for `i < n`.
+#[cube(launch)]
+pub fn copy(src: &[f32], dst: &mut [f32], n: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < n {
+        dst[i as usize] = src[i as usize];
+    }
+}
+
+/// `dst[r] = src[rows[r]]` for `n` rows of `width` values (the inverse of [`scatter_rows`]).
+#[cube(launch)]
+pub fn gather_rows(src: &[f32], rows: &[u32], dst: &mut [f32], n: u32, width: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < n * width {
+        let r = i / width;
+        let c = i % width;
+        dst[i as usize] = src[(rows[r as usize] * width + c) as usize];
+    }
+}
+
+/// Weighted cross-entropy of rows of logits, in place: row `r`, predicting `targets[r]` with
+/// weight `w = weights[r]`, becomes the gradient of `w·(lse − z_t) / norm` (`softmax·w/norm`, less
+/// `w/norm` at the target), and `loss[base + r]` gets `w·(lse − z_t)`. One cube per row.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy(
+    z: &mut [f32],
+    targets: &[u32],
+    weights: &[f32],
+    loss: &mut [f32],
+    vocab: u32,
+    nrows: u32,
+    norm: f32,
+    base: u32,
+) {
+    let tid = UNIT_POS_X;
+    let live = (CUBE_POS as u32) < nrows;
+    let row = u32::min(CUBE_POS as u32, nrows - 1);
+    let target = targets[row as usize];
+    // Read before any thread writes the row (the writes come after the barriers below).
+    let zt = z[(row * vocab + target) as usize];
+    let mut shared = Shared::<[f32]>::new_slice(128usize);
+    let mut m = f32::new(-3.0e38);
+    let mut c = tid;
+    while c < vocab {
+        m = f32::max(m, z[(row * vocab + c) as usize]);
+        c += 128u32;
+    }
+    shared[tid as usize] = m;
+    sync_cube();
+    let mut stride = 64u32;
+    while stride > 0 {
+        if tid < stride {
+            let a = shared[(tid + stride) as usize];
+            let b = shared[tid as usize];
+            shared[tid as usize] = f32::max(a, b);
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let top = shared[0];
+    sync_cube();
+    let mut s = 0.0f32;
+    let mut c = tid;
+    while c < vocab {
+        s += f32::exp(z[(row * vocab + c) as usize] - top);
+        c += 128u32;
+    }
+    shared[tid as usize] = s;
+    sync_cube();
+    let mut stride = 64u32;
+    while stride > 0 {
+        if tid < stride {
+            let a = shared[(tid + stride) as usize];
+            shared[tid as usize] += a;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let sum = shared[0];
+    let w = weights[row as usize];
+    let cw = w / norm;
+    let k = cw / sum;
+    let mut c = tid;
+    while c < vocab {
+        let i = (row * vocab + c) as usize;
+        if live {
+            let mut g = f32::exp(z[i] - top) * k;
+            if c == target {
+                g -= cw;
+            }
+            z[i] = g;
+        }
+        c += 128u32;
+    }
+    if live && tid == 0 {
+        loss[(base + row) as usize] = w * (top + f32::ln(sum) - zt);
+    }
+}
+
+/// Partial sums of squares: cube `b` writes `Σ x[i]²` over `i` in `b·4096 .. (b+1)·4096` (and
+/// below `n`) to `partial[base + b]`. The host adds the partials in order (the gradient norm).
+#[cube(launch)]
+pub fn sum_squares(x: &[f32], partial: &mut [f32], n: u32, nblocks: u32, base: u32) {
+    let tid = UNIT_POS_X;
+    let live = (CUBE_POS as u32) < nblocks;
+    let b = u32::min(CUBE_POS as u32, nblocks - 1);
+    let mut shared = Shared::<[f32]>::new_slice(128usize);
+    let mut s = 0.0f32;
+    let mut i = b * 4096u32 + tid;
+    let end = u32::min(b * 4096u32 + 4096u32, n);
+    while i < end {
+        let v = x[i as usize];
+        s += v * v;
+        i += 128u32;
+    }
+    shared[tid as usize] = s;
+    sync_cube();
+    let mut stride = 64u32;
+    while stride > 0 {
+        if tid < stride {
+            let a = shared[(tid + stride) as usize];
+            shared[tid as usize] += a;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if live && tid == 0 {
+        partial[(base + b) as usize] = shared[0];
     }
 }
 

@@ -1,8 +1,8 @@
 //! The GPU backend, written once in cubecl: the same ops as [`crate::cpu`] as cubecl kernels, and
 //! the llama-family forward pass on them ([`GpuModel`]) with weights uploaded once, a paged KV
 //! cache and batched multi-LoRA (each row of a batch with its own adapter, BGMV-style); and the
-//! QLoRA trainer's backward ops (`op` exposes every kernel on host slices for the tests that
-//! hold them to the CPU's).
+//! QLoRA trainer's step ([`GpuTrainer`]: forward, backward and AdamW with everything kept on the
+//! device; `op` exposes every kernel on host slices for the tests that hold them to the CPU's).
 //!
 //! | runtime | feature | devices |
 //! | --- | --- | --- |
@@ -23,6 +23,8 @@ mod gpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod kernels;
 pub mod pack;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod train;
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,11 +33,13 @@ use crate::error::{Error, Result};
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use gpu::{Gpu, GpuCache, GpuLane, GpuModel, GpuOptions, op};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use train::GpuTrainer;
 
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 mod stub;
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-pub use stub::{Gpu, GpuCache, GpuLane, GpuModel, GpuOptions};
+pub use stub::{Gpu, GpuCache, GpuLane, GpuModel, GpuOptions, GpuTrainer};
 
 /// Where the kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

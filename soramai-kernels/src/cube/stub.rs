@@ -1,14 +1,16 @@
 //! The GPU types in a build without `wgpu` or `cuda`: the same API, refusing with
 //! [`Error::Backend`] at the first call (no value of these types can exist).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use super::{Backend, not_compiled};
 use crate::error::{Error, Result};
-use crate::lora::Adapter;
+use crate::lora::{Adapter, Target};
 use crate::model::{Logits, Model};
 use crate::tokenizer::TokenId;
+use crate::train::{Example, StepStats, TrainConfig};
 
 /// A device and its compute client (none in this build).
 #[derive(Clone, Debug)]
@@ -28,6 +30,10 @@ impl Gpu {
     }
     /// The device's name.
     pub fn name(&self) -> &'static str {
+        match self.0 {}
+    }
+    /// Waits for the device.
+    pub fn sync(&self) -> Result<()> {
         match self.0 {}
     }
 }
@@ -108,6 +114,62 @@ impl GpuModel {
     }
     /// Greedy decoding.
     pub fn greedy(&self, _prompt: &[TokenId], _max_tokens: usize, _adapter: Option<&str>) -> Result<Vec<TokenId>> {
+        match self.0 {}
+    }
+}
+
+/// The QLoRA trainer's step on a GPU (none in this build).
+#[derive(Debug)]
+pub struct GpuTrainer(Infallible);
+
+#[allow(clippy::type_complexity)]
+impl GpuTrainer {
+    /// Unreachable without a [`Gpu`].
+    pub fn new(gpu: Gpu, _model: Arc<Model>, _config: TrainConfig) -> Result<Self> {
+        match gpu.0 {}
+    }
+    /// Unreachable without a [`Gpu`].
+    pub fn from_state(gpu: Gpu, _model: Arc<Model>, _bytes: &[u8]) -> Result<Self> {
+        match gpu.0 {}
+    }
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        match self.0 {}
+    }
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        match self.0 {}
+    }
+    /// Optimizer steps taken.
+    pub fn steps_done(&self) -> usize {
+        match self.0 {}
+    }
+    /// Number of trained values.
+    pub fn trainable_parameters(&self) -> usize {
+        match self.0 {}
+    }
+    /// Bytes of frozen weight matrices on the device.
+    pub fn weight_bytes(&self) -> usize {
+        match self.0 {}
+    }
+    /// Mean weighted loss of a batch.
+    pub fn loss(&self, _batch: &[Example]) -> Result<f32> {
+        match self.0 {}
+    }
+    /// One optimizer step.
+    pub fn step(&mut self, _batch: &[Example]) -> Result<StepStats> {
+        match self.0 {}
+    }
+    /// The analytic gradients of a batch's mean loss.
+    pub fn gradients(&mut self, _batch: &[Example]) -> Result<(f32, BTreeMap<(usize, Target), (Vec<f32>, Vec<f32>)>)> {
+        match self.0 {}
+    }
+    /// The adapter as trained so far.
+    pub fn adapter(&mut self) -> Result<Adapter> {
+        match self.0 {}
+    }
+    /// The whole training state.
+    pub fn save_state(&mut self) -> Result<Vec<u8>> {
         match self.0 {}
     }
 }

@@ -149,23 +149,23 @@ pub struct StepStats {
 
 /// One trained LoRA pair.
 #[derive(Clone, Debug)]
-struct Pair {
-    a: Param,
-    b: Param,
-    in_f: usize,
-    out_f: usize,
+pub(crate) struct Pair {
+    pub(crate) a: Param,
+    pub(crate) b: Param,
+    pub(crate) in_f: usize,
+    pub(crate) out_f: usize,
 }
 
 /// A packed training sequence: several examples back to back.
 #[derive(Debug, Default)]
-struct Packed {
-    tokens: Vec<TokenId>,
+pub(crate) struct Packed {
+    pub(crate) tokens: Vec<TokenId>,
     /// `weights[i]`: the loss weight of predicting `tokens[i]` (from row `i − 1`).
-    weights: Vec<f32>,
+    pub(crate) weights: Vec<f32>,
     /// First row each row may attend to.
-    starts: Vec<usize>,
+    pub(crate) starts: Vec<usize>,
     /// Position of each row within its example.
-    pos: Vec<usize>,
+    pub(crate) pos: Vec<usize>,
 }
 
 /// Packs examples first-fit, in order, into sequences of at most `max_seq` tokens.
@@ -246,11 +246,11 @@ type Grads = BTreeMap<(usize, Target), (Vec<f32>, Vec<f32>)>;
 pub struct Trainer {
     model: Arc<Model>,
     config: TrainConfig,
-    pairs: BTreeMap<(usize, Target), Pair>,
+    pub(crate) pairs: BTreeMap<(usize, Target), Pair>,
     /// Packed copies of the frozen weights of the trained layers (fast path).
     frozen: HashMap<(usize, Target), Frozen>,
     output: Frozen,
-    step: usize,
+    pub(crate) step: usize,
 }
 
 /// A frozen weight packed for the batched integer products: `W` for the forward product and `Wᵀ`
@@ -292,6 +292,12 @@ impl Trainer {
     /// A fresh trainer: every pair's `A` drawn uniformly in `±1/√in` from the seed (as PEFT's
     /// Kaiming-uniform initialisation), `B` zero, so the untrained adapter changes nothing.
     pub fn new(model: Arc<Model>, config: TrainConfig) -> Result<Self> {
+        Self::build(model, config, true)
+    }
+
+    /// As [`Trainer::new`]; `pack` false skips the CPU's packed copies of the frozen weights (a
+    /// trainer whose products run elsewhere: the GPU trainer keeps its state in one).
+    pub(crate) fn build(model: Arc<Model>, config: TrainConfig, pack: bool) -> Result<Self> {
         config.validate(&model)?;
         let c = &model.config;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -311,7 +317,9 @@ impl Trainer {
             }
         }
         let mut trainer = Trainer { model, config, pairs, frozen: HashMap::new(), output: Frozen::default(), step: 0 };
-        trainer.pack_frozen()?;
+        if pack {
+            trainer.pack_frozen()?;
+        }
         Ok(trainer)
     }
 
@@ -331,7 +339,7 @@ impl Trainer {
         Ok(())
     }
 
-    fn lowest_layer(&self) -> usize {
+    pub(crate) fn lowest_layer(&self) -> usize {
         self.pairs.keys().map(|(l, _)| *l).min().unwrap_or(0)
     }
 
@@ -350,7 +358,7 @@ impl Trainer {
         self.pairs.values().map(|p| p.a.value.len() + p.b.value.len()).sum()
     }
 
-    fn check_batch(&self, batch: &[Example]) -> Result<(Vec<Packed>, f32, usize)> {
+    pub(crate) fn check_batch(&self, batch: &[Example]) -> Result<(Vec<Packed>, f32, usize)> {
         if batch.is_empty() {
             return Err(Error::Training("an empty batch".into()));
         }
@@ -404,22 +412,16 @@ impl Trainer {
         }
         let gsq: f64 = self.pairs.values().map(|p| p.a.grad_sq() + p.b.grad_sq()).sum();
         let grad_norm = gsq.sqrt();
-        if !grad_norm.is_finite() {
-            self.pairs.values_mut().for_each(|p| {
-                p.a.grad.fill(0.0);
-                p.b.grad.fill(0.0);
-            });
-            return Err(Error::Training("the gradient is not finite (learning rate too high?)".into()));
-        }
-        let clip = optim::clip_factor(grad_norm, self.config.max_grad_norm);
-        let lr = optim::learning_rate(
-            self.config.learning_rate,
-            self.step,
-            self.config.total_steps,
-            self.config.warmup_steps,
-            self.config.schedule,
-        );
-        self.step += 1;
+        let (clip, lr) = match self.begin_update(grad_norm) {
+            Ok(update) => update,
+            Err(e) => {
+                self.pairs.values_mut().for_each(|p| {
+                    p.a.grad.fill(0.0);
+                    p.b.grad.fill(0.0);
+                });
+                return Err(e);
+            }
+        };
         let (opt, t) = (self.config.adamw, self.step);
         self.pairs.values_mut().for_each(|p| {
             p.a.update(&opt, lr, t, clip);
@@ -433,6 +435,25 @@ impl Trainer {
             grad_norm: grad_norm as f32,
             learning_rate: lr,
         })
+    }
+
+    /// Once a step's gradients are in: the update's clip factor and learning rate, with the step
+    /// counted (the update is step `self.step` from 1). A non-finite gradient norm is refused and
+    /// nothing is counted; the caller then clears the gradients.
+    pub(crate) fn begin_update(&mut self, grad_norm: f64) -> Result<(f32, f32)> {
+        if !grad_norm.is_finite() {
+            return Err(Error::Training("the gradient is not finite (learning rate too high?)".into()));
+        }
+        let clip = optim::clip_factor(grad_norm, self.config.max_grad_norm);
+        let lr = optim::learning_rate(
+            self.config.learning_rate,
+            self.step,
+            self.config.total_steps,
+            self.config.warmup_steps,
+            self.config.schedule,
+        );
+        self.step += 1;
+        Ok((clip, lr))
     }
 
     /// The analytic gradients of a batch's mean loss (for gradient checks): `(layer, target) →
@@ -497,7 +518,7 @@ impl Trainer {
         Adapter { config, layers }
     }
 
-    fn scale(&self) -> f32 {
+    pub(crate) fn scale(&self) -> f32 {
         self.config.alpha / self.config.rank as f32
     }
 
@@ -534,6 +555,11 @@ impl Trainer {
 
     /// A trainer restored from [`Trainer::save_state`] bytes, continuing where it stopped.
     pub fn load_state(model: Arc<Model>, bytes: &[u8]) -> Result<Self> {
+        Self::restore(model, bytes, true)
+    }
+
+    /// As [`Trainer::load_state`], with `pack` as in [`Trainer::build`].
+    pub(crate) fn restore(model: Arc<Model>, bytes: &[u8], pack: bool) -> Result<Self> {
         let bad = |m: String| Error::Training(format!("checkpoint: {m}"));
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let meta = meta.metadata().clone().ok_or_else(|| bad("no metadata".into()))?;
@@ -541,7 +567,7 @@ impl Trainer {
             .map_err(|e| bad(e.to_string()))?;
         let step: usize = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no step count".into()))?;
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
-        let mut t = Trainer::new(model, config)?;
+        let mut t = Trainer::build(model, config, pack)?;
         t.step = step;
         let rank = t.config.rank;
         for (&(l, tg), p) in t.pairs.iter_mut() {

@@ -3,12 +3,14 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use soramai_kernels::cpu::ops::RopeLayout;
-use soramai_kernels::gguf::{GgufWriter, Value};
+use soramai_kernels::gguf::{Gguf, GgufWriter, Value};
 use soramai_kernels::lora::Target;
 use soramai_kernels::model::Model;
 use soramai_kernels::quant::GgmlType;
+use soramai_kernels::train::{Example, TrainConfig};
 
 mod reference_model;
 // Not every test binary asks for the model.
@@ -316,4 +318,29 @@ pub fn gpu_devices() -> Vec<soramai_kernels::cube::Gpu> {
         }
     }
     out
+}
+
+/// The tiny model the training tests use.
+pub fn tiny_train_model(arch: &str, ty: GgmlType) -> Arc<Model> {
+    let g = Gguf::from_bytes(tiny_model_bytes(arch, ty, 21)).expect("gguf");
+    Arc::new(Model::from_gguf(Arc::new(g)).expect("model"))
+}
+
+/// A random training example: loss on its second half, one token at half weight.
+pub fn train_example(seed: u64, len: usize, vocab: usize) -> Example {
+    let tokens: Vec<u32> =
+        rand_vec(seed, len, 1.0).iter().map(|v| ((v + 1.0) * 0.5 * (vocab - 1) as f32) as u32).collect();
+    let mut weights: Vec<f32> = (0..len).map(|i| if i >= len / 2 { 1.0 } else { 0.0 }).collect();
+    weights[len - 2] = 0.5;
+    Example { tokens, weights }
+}
+
+/// The same checkpoint with another configuration (precision, checkpointing) in its metadata.
+pub fn retarget(state: &[u8], cfg: &TrainConfig) -> Vec<u8> {
+    let st = safetensors::SafeTensors::deserialize(state).expect("state");
+    let (_, meta) = safetensors::SafeTensors::read_metadata(state).expect("meta");
+    let mut m = meta.metadata().clone().expect("metadata");
+    m.insert("config".into(), serde_json::to_string(cfg).expect("json"));
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    safetensors::serialize(tensors, Some(m)).expect("serialize")
 }
