@@ -103,6 +103,14 @@ pub struct GpuTrainer {
     pairs: BTreeMap<(usize, Target), DevicePair>,
 }
 
+impl Drop for GpuTrainer {
+    fn drop(&mut self) {
+        // As `GpuModel`: let queued launches finish before their buffers go (software Vulkan
+        // answers a teardown under running work with a crash at exit).
+        let _ = self.gpu.sync();
+    }
+}
+
 impl std::fmt::Debug for GpuTrainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuTrainer")
