@@ -108,6 +108,20 @@ pub fn matmul_q(
     }
 }
 
+/// Code `j` (0..32) of block `bi` in the layouts of [`matmul_q`]: 4-bit, byte `j % 16` of the
+/// block's 4 words, low nibble for `j < 16`; 8-bit, byte `j` of its 8 words.
+#[cube]
+fn block_code(quants: &[u32], bi: u32, j: u32, #[comptime] bits: u32) -> u32 {
+    if bits == 4 {
+        let byte = j % 16u32;
+        let word = quants[(bi * 4u32 + byte / 4u32) as usize];
+        (word >> (8u32 * (byte % 4u32) + (j / 16u32) * 4u32)) & 15u32
+    } else {
+        let word = quants[(bi * 8u32 + j / 4u32) as usize];
+        (word >> (8u32 * (j % 4u32))) & 255u32
+    }
+}
+
 /// Block-quantized matrix product for many tokens, tiled through shared memory: a cube computes
 /// 64 rows × 32 tokens, stepping through the blocks of 32 columns; each step dequantizes the 64 ×
 /// 32 weights once (`bits` 4 or 8: the layouts of [`matmul_q`]) and stages the 32
@@ -153,13 +167,7 @@ pub fn matmul_q_tiled(
             let m = mins[bi as usize];
             #[unroll]
             for e in 0..8u32 {
-                let q = if bits == 4 {
-                    let word = quants[(bi * 4u32 + (part % 2u32) * 2u32 + e / 4u32) as usize];
-                    (word >> (8u32 * (e % 4u32) + (part / 2u32) * 4u32)) & 15u32
-                } else {
-                    let word = quants[(bi * 8u32 + part * 2u32 + e / 4u32) as usize];
-                    (word >> (8u32 * (e % 4u32))) & 255u32
-                };
+                let q = block_code(quants, bi, part * 8u32 + e, bits);
                 wsh[(lrow * 33u32 + part * 8u32 + e) as usize] = d * f32::cast_from(q) + m;
             }
         } else {
@@ -769,13 +777,7 @@ pub fn matmul_t_q_tiled(
             let m = mins[bi as usize];
             #[unroll]
             for e in 0..8u32 {
-                let q = if bits == 4 {
-                    let word = quants[(bi * 4u32 + (quarter % 2u32) * 2u32 + e / 4u32) as usize];
-                    (word >> (8u32 * (e % 4u32) + (quarter / 2u32) * 4u32)) & 15u32
-                } else {
-                    let word = quants[(bi * 8u32 + quarter * 2u32 + e / 4u32) as usize];
-                    (word >> (8u32 * (e % 4u32))) & 255u32
-                };
+                let q = block_code(quants, bi, quarter * 8u32 + e, bits);
                 wsh[(lrow * 65u32 + part * 8u32 + e) as usize] = d * f32::cast_from(q) + m;
             }
         } else {
