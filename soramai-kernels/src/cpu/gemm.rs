@@ -12,7 +12,12 @@
 //! pair. Activations are [`QuantRows`]: symmetric 8-bit blocks with an f32 scale `a` and
 //! `s = a·Σq`, so `Σ w·x = Σ_blocks d·a·Σ(q_w·q_x) + m·s`.
 //!
-//! The AVX-512 VNNI kernel and the portable one compute the same sums in the same order with fused
+//! Without VNNI, the AVX2 kernel forms the same integer sums with `vpmaddubsw`, whose 16-bit pair
+//! sums saturate: a block's products accumulate in 16-bit lanes, exact while every code is at most
+//! 16 (the 4-bit formats: 16 products of at most 16·127 per lane), and 8-bit codes are split into
+//! their two nibbles, each summed so, then joined as `lo + 16·hi` in 32 bits.
+//!
+//! The AVX-512 VNNI, AVX2 and portable kernels compute the same sums in the same order with fused
 //! multiply-adds, so they agree bit for bit (tested).
 
 #![allow(unsafe_code)]
@@ -29,6 +34,27 @@ pub const PANEL: usize = 8;
 pub const BLOCK: usize = 32;
 /// Bytes of one panel's block.
 const PB: usize = PANEL * BLOCK;
+/// The largest code the AVX2 kernel sums without splitting: 16 products of 16·127 fit in 16 bits.
+const NARROW_MAX: u8 = 16;
+
+/// The kernel a product runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernel {
+    Portable,
+    Avx2,
+    Vnni,
+}
+
+impl Kernel {
+    /// The kernel for a requested instruction set, never beyond what this CPU has.
+    fn for_isa(requested: Isa) -> Self {
+        match (requested, isa()) {
+            (Isa::Avx512Vnni, Isa::Avx512Vnni) => Kernel::Vnni,
+            (Isa::Avx2 | Isa::Avx512Vnni, Isa::Avx2 | Isa::Avx512Vnni) => Kernel::Avx2,
+            _ => Kernel::Portable,
+        }
+    }
+}
 
 /// A `rows × cols` weight matrix repacked for [`PackedMat::matmul`]. `rows` is a multiple of 8,
 /// `cols` of 32.
@@ -42,6 +68,8 @@ pub struct PackedMat {
     d: Vec<f32>,
     /// `[panel][block][row]`.
     m: Vec<f32>,
+    /// Every code is at most 16, so the AVX2 kernel sums whole blocks in 16 bits without splitting.
+    narrow: bool,
 }
 
 impl std::fmt::Debug for PackedMat {
@@ -145,7 +173,8 @@ impl PackedMat {
                 }
                 Ok(())
             })?;
-        Ok(PackedMat { rows, cols, q, d, m })
+        let narrow = q.par_iter().all(|&c| c <= NARROW_MAX);
+        Ok(PackedMat { rows, cols, q, d, m, narrow })
     }
 
     /// Packs a `rows × cols` matrix of `ty` blocks (row-major, as GGUF stores them).
@@ -198,7 +227,8 @@ impl PackedMat {
         self.matmul_on(isa(), x, out, accumulate)
     }
 
-    /// [`PackedMat::matmul`] with a given kernel (`Isa::Avx512Vnni` runs only where detected).
+    /// [`PackedMat::matmul`] with a given kernel (none beyond what this CPU has: a request for VNNI
+    /// runs AVX2 on a CPU without it, and the portable kernel without AVX2).
     pub fn matmul_on(&self, isa: Isa, x: &QuantRows, out: &mut [f32], accumulate: bool) -> Result<()> {
         let t = x.rows;
         if x.cols != self.cols || out.len() != t * self.rows {
@@ -214,7 +244,7 @@ impl PackedMat {
         if t == 0 {
             return Ok(());
         }
-        let vnni = isa == Isa::Avx512Vnni && super::isa() == Isa::Avx512Vnni;
+        let kernel = Kernel::for_isa(isa);
         let nb = self.cols / BLOCK;
         // Tasks of two panels (16 rows) over every activation row; each writes its own columns.
         const TP: usize = 2;
@@ -228,11 +258,12 @@ impl PackedMat {
                 d: &self.d[p0 * nb * PANEL..(p0 + np) * nb * PANEL],
                 m: &self.m[p0 * nb * PANEL..(p0 + np) * nb * PANEL],
                 nb,
+                narrow: self.narrow,
             };
             let width = np * PANEL;
             tile.clear();
             tile.resize(t * width, 0f32);
-            panel_rows(vnni, &w, np, x, tile);
+            panel_rows(kernel, &w, np, x, tile);
             let col = p0 * PANEL;
             for (tok, src) in tile.chunks_exact(width).enumerate() {
                 // SAFETY: `out` holds t × rows values (checked above) and outlives this parallel
@@ -350,53 +381,75 @@ struct Panels<'a> {
     d: &'a [f32],
     m: &'a [f32],
     nb: usize,
+    narrow: bool,
 }
 
 /// Activation rows per kernel call.
 const MR: usize = 6;
+/// Activation rows per AVX2 kernel call, with narrow and with split codes.
+const MR_AVX2: usize = 4;
+const MR_AVX2_WIDE: usize = 2;
 
 /// Every activation row against `np` (1 or 2) panels; `out` is `[t][np·8]`.
-fn panel_rows(vnni: bool, w: &Panels<'_>, np: usize, x: &QuantRows, out: &mut [f32]) {
+fn panel_rows(kernel: Kernel, w: &Panels<'_>, np: usize, x: &QuantRows, out: &mut [f32]) {
     let (cols, nb) = (x.cols, w.nb);
     let width = np * PANEL;
+    // AVX2 has 16 vector registers: fewer rows per call, fewer still with split (wide) codes.
+    let step = match kernel {
+        Kernel::Avx2 if w.narrow => MR_AVX2,
+        Kernel::Avx2 => MR_AVX2_WIDE,
+        _ => MR,
+    };
     let mut tok = 0;
     while tok < x.rows {
-        let mr = (x.rows - tok).min(MR);
+        let mr = (x.rows - tok).min(step);
         let rows = Rows {
             q: &x.q[tok * cols..(tok + mr) * cols],
             a: &x.a[tok * nb..(tok + mr) * nb],
             s: &x.s[tok * nb..(tok + mr) * nb],
         };
         let o = &mut out[tok * width..(tok + mr) * width];
+        tok += mr;
         #[cfg(target_arch = "x86_64")]
-        if vnni {
+        {
             macro_rules! go {
-                ($r:literal, $p:literal) => {
-                    // SAFETY: VNNI was detected; `Panels` holds `$p` panels of `nb` blocks, `rows`
-                    // holds `$r` rows of `nb` blocks and `o` holds `$r × $p·8` values (built above).
-                    unsafe { vnni::tile::<$r, $p>(w, &rows, o) }
+                ($m:ident, $r:literal, $p:literal $(, $wide:literal)?) => {
+                    // SAFETY: the kernel's instruction set was detected (`Kernel::for_isa`);
+                    // `Panels` holds `$p` panels of `nb` blocks, `rows` holds `$r` rows of `nb`
+                    // blocks and `o` holds `$r × $p·8` values (built above).
+                    unsafe { $m::tile::<$r, $p $(, $wide)?>(w, &rows, o) }
                 };
             }
-            match (mr, np) {
-                (6, 2) => go!(6, 2),
-                (5, 2) => go!(5, 2),
-                (4, 2) => go!(4, 2),
-                (3, 2) => go!(3, 2),
-                (2, 2) => go!(2, 2),
-                (1, 2) => go!(1, 2),
-                (6, _) => go!(6, 1),
-                (5, _) => go!(5, 1),
-                (4, _) => go!(4, 1),
-                (3, _) => go!(3, 1),
-                (2, _) => go!(2, 1),
-                _ => go!(1, 1),
+            match (kernel, w.narrow, mr, np) {
+                (Kernel::Vnni, _, 6, 2) => go!(vnni, 6, 2),
+                (Kernel::Vnni, _, 5, 2) => go!(vnni, 5, 2),
+                (Kernel::Vnni, _, 4, 2) => go!(vnni, 4, 2),
+                (Kernel::Vnni, _, 3, 2) => go!(vnni, 3, 2),
+                (Kernel::Vnni, _, 2, 2) => go!(vnni, 2, 2),
+                (Kernel::Vnni, _, 1, 2) => go!(vnni, 1, 2),
+                (Kernel::Vnni, _, 6, _) => go!(vnni, 6, 1),
+                (Kernel::Vnni, _, 5, _) => go!(vnni, 5, 1),
+                (Kernel::Vnni, _, 4, _) => go!(vnni, 4, 1),
+                (Kernel::Vnni, _, 3, _) => go!(vnni, 3, 1),
+                (Kernel::Vnni, _, 2, _) => go!(vnni, 2, 1),
+                (Kernel::Vnni, _, _, _) => go!(vnni, 1, 1),
+                (Kernel::Avx2, true, 4, 2) => go!(avx2, 4, 2, false),
+                (Kernel::Avx2, true, 3, 2) => go!(avx2, 3, 2, false),
+                (Kernel::Avx2, true, 2, 2) => go!(avx2, 2, 2, false),
+                (Kernel::Avx2, true, 1, 2) => go!(avx2, 1, 2, false),
+                (Kernel::Avx2, true, 4, _) => go!(avx2, 4, 1, false),
+                (Kernel::Avx2, true, 3, _) => go!(avx2, 3, 1, false),
+                (Kernel::Avx2, true, 2, _) => go!(avx2, 2, 1, false),
+                (Kernel::Avx2, true, _, _) => go!(avx2, 1, 1, false),
+                (Kernel::Avx2, false, 2, 2) => go!(avx2, 2, 2, true),
+                (Kernel::Avx2, false, 1, 2) => go!(avx2, 1, 2, true),
+                (Kernel::Avx2, false, 2, _) => go!(avx2, 2, 1, true),
+                (Kernel::Avx2, false, _, _) => go!(avx2, 1, 1, true),
+                (Kernel::Portable, ..) => tile_portable(w, np, &rows, mr, o),
             }
-            tok += mr;
-            continue;
         }
-        let _ = vnni;
+        #[cfg(not(target_arch = "x86_64"))]
         tile_portable(w, np, &rows, mr, o);
-        tok += mr;
     }
 }
 
@@ -407,7 +460,7 @@ struct Rows<'a> {
     s: &'a [f32],
 }
 
-/// The portable kernel: the VNNI kernel's arithmetic in the same order.
+/// The portable kernel: the SIMD kernels' arithmetic in the same order.
 fn tile_portable(w: &Panels<'_>, np: usize, x: &Rows<'_>, mr: usize, out: &mut [f32]) {
     let nb = w.nb;
     let cols = nb * BLOCK;
@@ -495,6 +548,83 @@ mod vnni {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, PANEL, PB, Panels, Rows};
+
+    /// `R` activation rows × `P` panels; `WIDE` splits 8-bit codes into nibbles (without it every
+    /// code is at most [`super::NARROW_MAX`]).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `w` holds `P` panels of `w.nb` blocks, `x` holds `R` rows of
+    /// `w.nb` blocks, and `out` holds `R × P·8` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const R: usize, const P: usize, const WIDE: bool>(
+        w: &Panels<'_>,
+        x: &Rows<'_>,
+        out: &mut [f32],
+    ) {
+        let nb = w.nb;
+        let cols = nb * BLOCK;
+        let (wq, wd, wm) = (w.q.as_ptr(), w.d.as_ptr(), w.m.as_ptr());
+        let (xq, xa, xs) = (x.q.as_ptr(), x.a.as_ptr(), x.s.as_ptr());
+        let (ones, sixteens, nibble) = (_mm256_set1_epi16(1), _mm256_set1_epi16(16), _mm256_set1_epi8(0x0f));
+        let mut acc = [[_mm256_setzero_ps(); P]; R];
+        for b in 0..nb {
+            // 16-bit sums of a block: every code (narrow), or the low and high nibbles (wide).
+            let mut lo = [[_mm256_setzero_si256(); P]; R];
+            let mut hi = [[_mm256_setzero_si256(); P]; R];
+            for g in 0..BLOCK / 4 {
+                // SAFETY: panel p's block b group g is 32 bytes inside `w.q` (P panels of nb blocks);
+                // row j's 4 codes at b·32 + 4g are inside `x.q` (R rows of `cols`).
+                unsafe {
+                    let wv: [__m256i; P] =
+                        std::array::from_fn(|p| _mm256_loadu_si256(wq.add((p * nb + b) * PB + g * 32).cast()));
+                    let wl: [__m256i; P] =
+                        std::array::from_fn(|p| if WIDE { _mm256_and_si256(wv[p], nibble) } else { wv[p] });
+                    let wh: [__m256i; P] = std::array::from_fn(|p| {
+                        if WIDE { _mm256_and_si256(_mm256_srli_epi16(wv[p], 4), nibble) } else { wv[p] }
+                    });
+                    for j in 0..R {
+                        let xv = _mm256_set1_epi32(xq.add(j * cols + b * BLOCK + g * 4).cast::<i32>().read_unaligned());
+                        for p in 0..P {
+                            lo[j][p] = _mm256_add_epi16(lo[j][p], _mm256_maddubs_epi16(wl[p], xv));
+                            if WIDE {
+                                hi[j][p] = _mm256_add_epi16(hi[j][p], _mm256_maddubs_epi16(wh[p], xv));
+                            }
+                        }
+                    }
+                }
+            }
+            for p in 0..P {
+                // SAFETY: block b of panel p has 8 scales and 8 offsets inside `w.d`/`w.m`; row j's
+                // block b scale and sum are inside `x.a`/`x.s`.
+                unsafe {
+                    let d = _mm256_loadu_ps(wd.add((p * nb + b) * PANEL));
+                    let m = _mm256_loadu_ps(wm.add((p * nb + b) * PANEL));
+                    for j in 0..R {
+                        let mut sums = _mm256_madd_epi16(lo[j][p], ones);
+                        if WIDE {
+                            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(hi[j][p], sixteens));
+                        }
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(*xa.add(j * nb + b)));
+                        acc[j][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[j][p]);
+                        acc[j][p] = _mm256_fmadd_ps(m, _mm256_set1_ps(*xs.add(j * nb + b)), acc[j][p]);
+                    }
+                }
+            }
+        }
+        for j in 0..R {
+            for p in 0..P {
+                // SAFETY: out holds R rows of P·8 values.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j * P * PANEL + p * PANEL), acc[j][p]) };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,13 +664,48 @@ mod tests {
                 let qx = QuantRows::new(&x, cols).expect("quantize rows");
                 let mut got = vec![f32::NAN; t * rows];
                 p.matmul(&qx, &mut got, false).expect("matmul");
-                let mut portable = vec![f32::NAN; t * rows];
-                p.matmul_on(Isa::Scalar, &qx, &mut portable, false).expect("matmul");
-                assert_eq!(got, portable, "{ty} t={t}: SIMD and portable kernels differ");
+                for isa in [Isa::Scalar, Isa::Avx2] {
+                    let mut other = vec![f32::NAN; t * rows];
+                    p.matmul_on(isa, &qx, &mut other, false).expect("matmul");
+                    assert_eq!(got, other, "{ty} t={t}: the {isa:?} kernel differs");
+                }
                 for (g, w) in got.iter().zip(&want) {
                     // 8-bit activations: ~0.4% of each block's largest value per element.
                     assert!((f64::from(*g) - w).abs() < 0.15, "{ty} t={t}: {g} vs {w}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_codes_sum_exactly_in_every_kernel() {
+        // The largest products the 16-bit AVX2 sums meet: codes 0 and 255 (and 0 and 15) against
+        // activations ±127, every sign pattern, so a saturating or overflowing lane would show.
+        let (rows, cols) = (32, 128);
+        let pattern = |i: usize, salt: usize| if (i * 7 + salt).is_multiple_of(3) { -1.0f32 } else { 1.0 };
+        let w: Vec<f32> =
+            (0..rows * cols).map(|i| pattern(i, 1) * if i.is_multiple_of(5) { 0.0 } else { 1.0 }).collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::F16] {
+            let blocks = quantize(ty, &w).expect("quantize");
+            let p = if ty == GgmlType::F16 {
+                PackedMat::transposed_from_f32(&w, rows, cols).expect("pack")
+            } else {
+                PackedMat::from_blocks(ty, &blocks, rows, cols).expect("pack")
+            };
+            let (pr, pc) = (p.rows(), p.cols());
+            for salt in 0..3 {
+                let x: Vec<f32> =
+                    (0..5 * pc).map(|i| pattern(i, salt) * if i.is_multiple_of(11) { 0.5 } else { 1.0 }).collect();
+                let qx = QuantRows::new(&x, pc).expect("rows");
+                let outs: Vec<Vec<f32>> = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+                    .into_iter()
+                    .map(|isa| {
+                        let mut o = vec![f32::NAN; 5 * pr];
+                        p.matmul_on(isa, &qx, &mut o, false).expect("matmul");
+                        o
+                    })
+                    .collect();
+                assert!(outs[1] == outs[0] && outs[2] == outs[0], "{ty} salt {salt}: kernels differ");
             }
         }
     }
