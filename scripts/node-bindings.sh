@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Node addon (napi-rs) with cargo and puts it beside the package's JavaScript as
-# bindings/node/soramai.node. Extra arguments go to `cargo build` (the test script passes the
-# features the workspace's tests were built with, so the shared crates are not compiled twice).
+# bindings/node/soramai.node. Extra arguments go to `cargo build` (the test script passes
+# `--workspace --all-targets` and the tests' features, so the shared crates are not compiled twice).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .cache

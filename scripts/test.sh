@@ -80,7 +80,8 @@ else
 fi
 
 stage "doc tests"
-cargo test --workspace --locked --doc
+# The tests' feature set, so the libraries and dependencies built above are reused.
+cargo test --workspace --features "$features" --locked --doc
 
 stage "Python bindings (PyO3, built with maturin; pytest)"
 # --features wgpu: the kernels' feature set of the tests above, so their build is reused.
@@ -88,7 +89,9 @@ bindings_python="$(./scripts/python-bindings.sh --features wgpu)"
 "$bindings_python" -m pytest -q -p no:cacheprovider bindings/python/tests
 
 stage "Node bindings (napi-rs; node --test)"
-./scripts/node-bindings.sh --features wgpu >/dev/null
+# The whole workspace with the tests' features: the addon's dependencies resolve as in the tests'
+# build and are reused (built alone, `-p soramai-node` resolves them apart and compiles them again).
+./scripts/node-bindings.sh --workspace --all-targets --features "$features" >/dev/null
 node --test bindings/node/test/
 
 stage "adapter interop with Hugging Face PEFT (transformers on the dequantized GGUF)"
