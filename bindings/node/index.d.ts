@@ -165,10 +165,34 @@ export interface ApiKey {
   expires_at: number | null
   revoked_at: number | null
   replaced_by: string | null
+  /** The break-glass access grant this key belongs to (an operator's short-lived key). */
+  grant: string | null
 }
 
 export interface NewApiKey extends ApiKey {
   /** The secret, shown this once. */
+  key: string
+}
+
+export interface AccessGrant {
+  id: string
+  tenant: string
+  operator_tenant: string
+  operator_key: string
+  key_id: string
+  reason: string
+  scopes: Scope[]
+  ttl_seconds: number
+  status: 'pending' | 'active' | 'revoked' | 'expired'
+  requested_at: number
+  approved_at: number | null
+  expires_at: number
+  ended_at: number | null
+  ended_by: string | null
+}
+
+export interface NewAccessGrant extends AccessGrant {
+  /** The grant's short-lived key, shown this once. */
   key: string
 }
 
@@ -271,6 +295,14 @@ export declare class Session {
   setTier(id: string, tier: Tier): Promise<Tenant>
   tenants(): Promise<Tenant[]>
   grantCredits(tenant: string, amount: number, reference: string): Promise<Record<string, unknown>>
+  /** Break-glass access to a tenant (platform admin); the answer carries the grant's key once. */
+  requestAccessGrant(
+    tenant: string,
+    request: { reason: string; scopes: Scope[]; ttl_seconds?: number },
+  ): Promise<NewAccessGrant>
+  approveAccessGrant(id: string): Promise<AccessGrant>
+  revokeAccessGrant(id: string): Promise<AccessGrant>
+  accessGrants(): Promise<AccessGrant[]>
   auditLog(): Promise<Record<string, unknown>[]>
   verifyAudit(): Promise<{ records: number } & Record<string, unknown>>
   usage(options?: { since_ms?: number }): Promise<UsageReport>

@@ -277,6 +277,22 @@ class Session {
     return call(() => this.#native.grantCredits(tenant, amount, reference))
   }
 
+  requestAccessGrant(tenant, request) {
+    return call(() => this.#native.requestAccessGrant(tenant, request))
+  }
+
+  approveAccessGrant(id) {
+    return call(() => this.#native.approveAccessGrant(id))
+  }
+
+  revokeAccessGrant(id) {
+    return call(() => this.#native.revokeAccessGrant(id))
+  }
+
+  accessGrants() {
+    return call(() => this.#native.accessGrants())
+  }
+
   auditLog() {
     return call(() => this.#native.auditLog())
   }

@@ -19,7 +19,7 @@ use crate::auth::Principal;
 use crate::clock::Millis;
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::ids::{ApiKeyId, TenantId};
+use crate::ids::{ApiKeyId, GrantId, TenantId};
 
 /// Who did something.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,10 +27,21 @@ use crate::ids::{ApiKeyId, TenantId};
 pub enum Actor {
     /// The platform itself (sweeps, workers).
     System,
-    /// The operator, through the embedding application or an admin tool.
+    /// The operator, through the embedding application or an admin tool (code that holds the
+    /// root key in its own process).
     Operator,
+    /// A platform admin, by the id of the operator's API key it used.
+    OperatorKey(ApiKeyId),
     /// A request authenticated with this API key.
     ApiKey(ApiKeyId),
+    /// A request under a break-glass access grant: the grant, and the operator key that asked
+    /// for it.
+    Grant {
+        /// The grant.
+        grant: GrantId,
+        /// The platform admin's key that requested it.
+        operator_key: ApiKeyId,
+    },
 }
 
 impl fmt::Display for Actor {
@@ -38,7 +49,9 @@ impl fmt::Display for Actor {
         match self {
             Actor::System => f.write_str("system"),
             Actor::Operator => f.write_str("operator"),
+            Actor::OperatorKey(id) => write!(f, "operator:key:{id}"),
             Actor::ApiKey(id) => write!(f, "key:{id}"),
+            Actor::Grant { grant, operator_key } => write!(f, "operator:key:{operator_key}:{grant}"),
         }
     }
 }
@@ -84,6 +97,11 @@ pub enum Action {
     ModelCreated,
     ModelDeleted,
     AdminAccess,
+    AccessGrantRequested,
+    AccessGrantApproved,
+    AccessGrantRevoked,
+    AccessGrantExpired,
+    AccessGrantUsed,
 }
 
 impl Action {
@@ -120,6 +138,11 @@ impl Action {
             Action::ModelCreated => "model.created",
             Action::ModelDeleted => "model.deleted",
             Action::AdminAccess => "admin.access",
+            Action::AccessGrantRequested => "access_grant.requested",
+            Action::AccessGrantApproved => "access_grant.approved",
+            Action::AccessGrantRevoked => "access_grant.revoked",
+            Action::AccessGrantExpired => "access_grant.expired",
+            Action::AccessGrantUsed => "access_grant.request",
         }
     }
 }
@@ -137,7 +160,8 @@ pub struct AuditRecord {
     pub seq: u64,
     /// When, in Unix milliseconds.
     pub at: Millis,
-    /// Who (`system`, `operator`, `key:<id>`).
+    /// Who (`system`, `operator`, `operator:key:<id>`, `key:<id>`,
+    /// `operator:key:<id>:grant-<id>`).
     pub actor: String,
     /// What (`dataset.uploaded`, ...).
     pub action: String,

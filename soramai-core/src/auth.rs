@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::params;
-use crate::store::{OptionalExt as _, Row};
+use crate::store::{Db, OptionalExt as _, Row};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -21,7 +21,7 @@ use crate::clock::{Millis, millis};
 use crate::core::Core;
 use crate::crypto::keys::random_bytes;
 use crate::error::{Error, Result};
-use crate::ids::{ApiKeyId, PoolId, TenantId};
+use crate::ids::{ApiKeyId, GrantId, PoolId, TenantId};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -86,13 +86,41 @@ pub struct Principal {
     actor: Actor,
     scopes: Vec<Scope>,
     pool: Option<PoolId>,
+    grant: Option<GrantContext>,
+}
+
+/// The break-glass grant a principal acts under: what every request it makes is recorded with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantContext {
+    /// The grant.
+    pub id: GrantId,
+    /// The platform admin's key that requested it.
+    pub operator_key: ApiKeyId,
+    /// The operator's tenant (whose audit log records the grant too).
+    pub operator_tenant: TenantId,
+    /// Why the operator asked.
+    pub reason: String,
 }
 
 impl Principal {
     /// The operator acting on a tenant's behalf with every scope (embedding applications, admin
     /// tools). Recorded as `operator` in the audit log.
     pub fn operator(tenant: &TenantId) -> Self {
-        Self { tenant: tenant.clone(), actor: Actor::Operator, scopes: Scope::ALL.to_vec(), pool: None }
+        Self { tenant: tenant.clone(), actor: Actor::Operator, scopes: Scope::ALL.to_vec(), pool: None, grant: None }
+    }
+
+    /// The break-glass grant this principal acts under, if any.
+    pub fn grant(&self) -> Option<&GrantContext> {
+        self.grant.as_ref()
+    }
+
+    /// How a platform admin acting through this principal is named in audit records: its key as
+    /// `operator:key:<id>`.
+    pub fn as_operator(&self) -> Actor {
+        match &self.actor {
+            Actor::ApiKey(id) => Actor::OperatorKey(id.clone()),
+            other => other.clone(),
+        }
     }
 
     /// The tenant the principal acts for.
@@ -124,6 +152,17 @@ impl Principal {
     pub fn require(&self, scope: Scope) -> Result<()> {
         if self.scopes.contains(&scope) { Ok(()) } else { Err(Error::MissingScope(scope)) }
     }
+}
+
+/// How a key comes to be: for the rest of the audit record.
+#[derive(Clone, Copy)]
+enum KeyIssue<'a> {
+    /// By the tenant's own admin.
+    New,
+    /// Replacing this key.
+    Rotation(&'a ApiKeyId),
+    /// A platform admin's first key for a tenant with none.
+    First { operator: &'a Principal },
 }
 
 /// Options for a new key.
@@ -161,6 +200,10 @@ impl fmt::Debug for IssuedKey {
 }
 
 impl IssuedKey {
+    pub(crate) fn new(info: ApiKeyInfo, secret: Zeroizing<String>) -> Self {
+        Self { info, secret }
+    }
+
     /// The full key, `sk-<id>-<secret>`, to give to the user once.
     pub fn secret(&self) -> &str {
         &self.secret
@@ -188,6 +231,8 @@ pub struct ApiKeyInfo {
     pub revoked_at: Option<Millis>,
     /// The key that replaced this one in a rotation.
     pub replaced_by: Option<ApiKeyId>,
+    /// The break-glass access grant this key belongs to (an operator's short-lived key).
+    pub grant: Option<GrantId>,
 }
 
 fn hash_secret(secret: &[u8]) -> [u8; 32] {
@@ -207,18 +252,41 @@ fn parse_token(token: &str) -> Option<(ApiKeyId, &str)> {
     Some((ApiKeyId::new(id).ok()?, secret))
 }
 
-type KeyRow =
-    (String, String, String, Vec<u8>, String, Option<String>, Millis, Option<Millis>, Option<Millis>, Option<String>);
+type KeyRow = (
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    Option<String>,
+    Millis,
+    Option<Millis>,
+    Option<Millis>,
+    Option<String>,
+    Option<String>,
+);
 
 const KEY_COLUMNS: &str =
-    "id, tenant_id, name, secret_hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by";
+    "id, tenant_id, name, secret_hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by, grant_id";
 
 fn key_row(r: &Row) -> Result<KeyRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
 }
 
 fn key_info(row: KeyRow) -> Result<(ApiKeyInfo, Vec<u8>)> {
-    let (id, tenant, name, hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by) = row;
+    let (id, tenant, name, hash, scopes, pool, created_at, expires_at, revoked_at, replaced_by, grant) = row;
     Ok((
         ApiKeyInfo {
             id: ApiKeyId::new(id)?,
@@ -230,9 +298,75 @@ fn key_info(row: KeyRow) -> Result<(ApiKeyInfo, Vec<u8>)> {
             expires_at,
             revoked_at,
             replaced_by: replaced_by.map(ApiKeyId::new).transpose()?,
+            grant: grant.map(GrantId::new).transpose()?,
         },
         hash,
     ))
+}
+
+/// The longest grace period a rotation may give the old key.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A key's fields as they are inserted.
+pub(crate) struct NewKeyRow<'a> {
+    pub(crate) tenant: &'a TenantId,
+    pub(crate) name: &'a str,
+    pub(crate) scopes: &'a [Scope],
+    pub(crate) pool: Option<PoolId>,
+    pub(crate) expires_at: Option<Millis>,
+    pub(crate) grant: Option<&'a GrantId>,
+}
+
+/// Generates a key and inserts it in the caller's transaction; returns its metadata and the
+/// secret, `sk-<id>-<secret>` (only the hash is stored).
+pub(crate) fn insert_key(tx: &Db<'_>, now: Millis, row: NewKeyRow<'_>) -> Result<(ApiKeyInfo, Zeroizing<String>)> {
+    let id = ApiKeyId::generate();
+    let mut raw = Zeroizing::new([0u8; 32]);
+    random_bytes(&mut raw[..]);
+    let secret_hex = Zeroizing::new(hex::encode(&raw[..]));
+    let hash = hash_secret(secret_hex.as_bytes());
+    let scopes = scopes_from_text(&scopes_to_text(row.scopes))?;
+    tx.execute(
+        &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9)"),
+        params![
+            id.as_str(),
+            row.tenant.as_str(),
+            row.name,
+            &hash[..],
+            scopes_to_text(&scopes),
+            row.pool.as_ref().map(|p| p.as_str()),
+            now,
+            row.expires_at,
+            row.grant.map(|g| g.as_str())
+        ],
+    )?;
+    let secret = Zeroizing::new(format!("sk-{}-{}", id.as_str(), secret_hex.as_str()));
+    let info = ApiKeyInfo {
+        id,
+        tenant: row.tenant.clone(),
+        name: row.name.to_owned(),
+        scopes,
+        pool: row.pool,
+        created_at: now,
+        expires_at: row.expires_at,
+        revoked_at: None,
+        replaced_by: None,
+        grant: row.grant.cloned(),
+    };
+    Ok((info, secret))
+}
+
+/// Whether the tenant holds a key that works now (grant keys aside).
+fn has_live_key(tx: &Db<'_>, tenant: &TenantId, now: Millis) -> Result<bool> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM api_keys WHERE tenant_id = ?1 AND revoked_at IS NULL AND grant_id IS NULL
+             AND (expires_at IS NULL OR expires_at > ?2) LIMIT 1",
+            params![tenant.as_str(), now],
+            |_| Ok(true),
+        )
+        .optional()?
+        .unwrap_or(false))
 }
 
 impl Core {
@@ -240,11 +374,40 @@ impl Core {
     /// only.
     pub fn create_api_key(&self, principal: &Principal, options: KeyOptions) -> Result<IssuedKey> {
         principal.require(Scope::Admin)?;
-        self.issue_key(principal, options, None)
+        self.issue_key(principal, options, KeyIssue::New)
     }
 
-    fn issue_key(&self, principal: &Principal, options: KeyOptions, replaces: Option<&ApiKeyId>) -> Result<IssuedKey> {
+    /// Issues a tenant's first key as a platform admin: only while the tenant has no live key
+    /// (a later one needs the tenant's own admin, or a break-glass access grant), with no more
+    /// than the admin's own scopes, recorded in the tenant's audit log with the admin's key id
+    /// and in the admin's own log.
+    pub fn issue_first_key(&self, operator: &Principal, tenant: &TenantId, options: KeyOptions) -> Result<IssuedKey> {
+        operator.require(Scope::Admin)?;
+        if operator.grant.is_some() {
+            return Err(Error::OperatorAccess("a break-glass grant's key never mints keys"));
+        }
+        if operator.tenant() == tenant {
+            return self.create_api_key(operator, options);
+        }
+        let target = self.tenant(tenant)?;
+        if target.key_custody == crate::core::KeyCustody::Customer {
+            return Err(Error::OperatorAccess("the tenant holds its own keys: the operator has no access"));
+        }
+        let acting = Principal {
+            tenant: tenant.clone(),
+            actor: operator.as_operator(),
+            scopes: operator.scopes.clone(),
+            pool: None,
+            grant: None,
+        };
+        self.issue_key(&acting, options, KeyIssue::First { operator })
+    }
+
+    fn issue_key(&self, principal: &Principal, options: KeyOptions, how: KeyIssue<'_>) -> Result<IssuedKey> {
         let tenant = self.tenant(principal.tenant())?;
+        if principal.grant.is_some() {
+            return Err(Error::OperatorAccess("a break-glass grant's key never mints keys"));
+        }
         if options.scopes.is_empty() {
             return Err(Error::InvalidArgument("a key needs at least one scope".into()));
         }
@@ -264,46 +427,46 @@ impl Core {
             }
         }
         let now = self.now();
-        let id = ApiKeyId::generate();
-        let mut raw = Zeroizing::new([0u8; 32]);
-        random_bytes(&mut raw[..]);
-        let secret_hex = Zeroizing::new(hex::encode(&raw[..]));
-        let hash = hash_secret(secret_hex.as_bytes());
         let expires_at = options.expires_in.map(|d| now.saturating_add(millis(d)));
-        let info = ApiKeyInfo {
-            id: id.clone(),
-            tenant: tenant.id.clone(),
-            name: options.name,
-            scopes: scopes_from_text(&scopes_to_text(&options.scopes))?,
-            pool: options.pool,
-            created_at: now,
-            expires_at,
-            revoked_at: None,
-            replaced_by: None,
-        };
-        self.meta.write(|tx| {
-            tx.execute(
-                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL)"),
-                params![
-                    id.as_str(),
-                    tenant.id.as_str(),
-                    info.name,
-                    &hash[..],
-                    scopes_to_text(&info.scopes),
-                    info.pool.as_ref().map(|p| p.as_str()),
-                    now,
-                    expires_at
-                ],
-            )?;
-            let (action, detail) = match replaces {
-                Some(old) => {
+        let (info, secret) = self.meta.write(|tx| {
+            if let KeyIssue::First { .. } = how
+                && has_live_key(tx, &tenant.id, now)?
+            {
+                return Err(Error::OperatorAccess(
+                    "the tenant already has a live key: a later operator key needs an access grant",
+                ));
+            }
+            let row = NewKeyRow {
+                tenant: &tenant.id,
+                name: &options.name,
+                scopes: &options.scopes,
+                pool: options.pool.clone(),
+                expires_at,
+                grant: None,
+            };
+            let (info, secret) = insert_key(tx, now, row)?;
+            let (action, detail) = match how {
+                KeyIssue::Rotation(old) => {
                     (Action::ApiKeyRotated, serde_json::json!({"replaces": old.as_str(), "scopes": info.scopes}))
                 }
-                None => (Action::ApiKeyCreated, serde_json::json!({"scopes": info.scopes})),
+                KeyIssue::New | KeyIssue::First { .. } => {
+                    (Action::ApiKeyCreated, serde_json::json!({"scopes": info.scopes}))
+                }
             };
-            self.audit_tx(tx, &tenant.id, principal.actor(), action, id.as_str(), detail)
+            self.audit_tx(tx, &tenant.id, principal.actor(), action, info.id.as_str(), detail)?;
+            if let KeyIssue::First { operator } = how {
+                let detail = serde_json::json!({"op": "api_key.first", "key": info.id.as_str(), "scopes": info.scopes});
+                self.audit_tx(
+                    tx,
+                    operator.tenant(),
+                    principal.actor(),
+                    Action::AdminAccess,
+                    tenant.id.as_str(),
+                    detail,
+                )?;
+            }
+            Ok((info, secret))
         })?;
-        let secret = Zeroizing::new(format!("sk-{}-{}", id.as_str(), secret_hex.as_str()));
         Ok(IssuedKey { info, secret })
     }
 
@@ -331,13 +494,24 @@ impl Core {
         }
         let now = self.now();
         if info.revoked_at.is_some() || info.expires_at.is_some_and(|e| now >= e) {
+            if info.grant.is_some() {
+                // A grant's key lapses with its grant: record the expiry now if no sweep has.
+                self.expire_access_grants()?;
+            }
             return Err(Error::Unauthenticated);
         }
+        let (actor, grant) = match &info.grant {
+            None => (Actor::ApiKey(info.id.clone()), None),
+            Some(id) => {
+                let g = self.live_grant(id)?;
+                (Actor::Grant { grant: g.id.clone(), operator_key: g.operator_key.clone() }, Some(g))
+            }
+        };
         self.meta.write(|tx| {
             tx.execute("UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1", params![info.id.as_str(), now])?;
             Ok(())
         })?;
-        Ok(Principal { tenant: info.tenant, actor: Actor::ApiKey(info.id), scopes: info.scopes, pool: info.pool })
+        Ok(Principal { tenant: info.tenant, actor, scopes: info.scopes, pool: info.pool, grant })
     }
 
     /// Authenticates and checks a scope in one step.
@@ -399,6 +573,9 @@ impl Core {
     /// one work for `grace` more (never past its own expiry). Returns the new key, shown once.
     pub fn rotate_api_key(&self, principal: &Principal, id: &ApiKeyId, grace: Duration) -> Result<IssuedKey> {
         principal.require(Scope::Admin)?;
+        if grace > MAX_ROTATION_GRACE {
+            return Err(Error::InvalidArgument("the grace period is at most 30 days".into()));
+        }
         let old = self.own_key(principal, id)?;
         let now = self.now();
         if old.revoked_at.is_some() || old.expires_at.is_some_and(|e| now >= e) {
@@ -411,7 +588,10 @@ impl Core {
             expires_in: lifetime,
             pool: old.pool.clone(),
         };
-        let new = self.issue_key(principal, options, Some(id))?;
+        if old.grant.is_some() {
+            return Err(Error::OperatorAccess("a break-glass grant's key cannot be rotated"));
+        }
+        let new = self.issue_key(principal, options, KeyIssue::Rotation(id))?;
         let grace_end = now.saturating_add(millis(grace));
         let expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
         self.meta.write(|tx| {

@@ -563,10 +563,16 @@ impl Core {
     /// Creates a tenant whose keys the operator's root wraps. Enterprise tenants need a
     /// customer-held key: use [`Core::create_tenant_with_customer_key`].
     pub fn create_tenant(&self, id: &TenantId, tier: Tier) -> Result<Tenant> {
+        self.create_tenant_by(&Actor::Operator, id, tier)
+    }
+
+    /// [`Core::create_tenant`], recorded in the tenant's audit log as done by `actor` (a
+    /// platform admin's key, [`Principal::as_operator`](crate::Principal::as_operator)).
+    pub fn create_tenant_by(&self, actor: &Actor, id: &TenantId, tier: Tier) -> Result<Tenant> {
         if tier.policy().customer_held_root_key {
             return Err(Error::NotAllowed { tier, what: "creating the tenant without a customer-held root key" });
         }
-        self.insert_tenant(id, tier, KeyCustody::Operator, self.root.clone())
+        self.insert_tenant(actor, id, tier, KeyCustody::Operator, self.root.clone())
     }
 
     /// Creates a tenant whose keys are wrapped by a key the customer holds. The operator stores only
@@ -578,7 +584,7 @@ impl Core {
         tier: Tier,
         customer_root: Arc<dyn KeyProvider>,
     ) -> Result<Tenant> {
-        let t = self.insert_tenant(id, tier, KeyCustody::Customer, customer_root.clone())?;
+        let t = self.insert_tenant(&Actor::Operator, id, tier, KeyCustody::Customer, customer_root.clone())?;
         self.write_lock_roots().insert(id.clone(), customer_root);
         Ok(t)
     }
@@ -589,6 +595,7 @@ impl Core {
 
     fn insert_tenant(
         &self,
+        actor: &Actor,
         id: &TenantId,
         tier: Tier,
         custody: KeyCustody,
@@ -620,7 +627,7 @@ impl Core {
             self.audit_tx(
                 tx,
                 id,
-                &Actor::Operator,
+                actor,
                 Action::TenantCreated,
                 id.as_str(),
                 serde_json::json!({"tier": tier.as_str(), "key_custody": custody_s, "store": placement}),
@@ -682,6 +689,11 @@ impl Core {
 
     /// Changes a tenant's tier (audited). Moving to Enterprise needs customer-held keys.
     pub fn set_tier(&self, id: &TenantId, tier: Tier) -> Result<Tenant> {
+        self.set_tier_by(&Actor::Operator, id, tier)
+    }
+
+    /// [`Core::set_tier`], recorded in the tenant's audit log as done by `actor`.
+    pub fn set_tier_by(&self, actor: &Actor, id: &TenantId, tier: Tier) -> Result<Tenant> {
         let t = self.tenant(id)?;
         if tier.policy().customer_held_root_key && t.key_custody != KeyCustody::Customer {
             return Err(Error::NotAllowed { tier, what: "moving a tenant with operator-held keys to Enterprise" });
@@ -710,7 +722,7 @@ impl Core {
             self.audit_tx(
                 tx,
                 id,
-                &Actor::Operator,
+                actor,
                 Action::TierChanged,
                 id.as_str(),
                 serde_json::json!({"from": t.tier.as_str(), "to": tier.as_str(), "store": placement}),
@@ -741,6 +753,7 @@ impl Core {
             tx.execute("DELETE FROM datasets WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM secrets WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM fine_tuned_models WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM access_grants WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE tenant_id = ?1 AND revoked_at IS NULL",
                 params![id.as_str(), now],

@@ -38,6 +38,11 @@ pub enum Error {
         /// What was refused.
         what: &'static str,
     },
+    /// The operator may not do this to a tenant's data without the tenant's consent: a later key
+    /// for a tenant that has one, any read without an access grant, a grant on a tenant whose keys
+    /// the customer holds, or what a break-glass grant's key may never do (mint keys, approve).
+    #[error("operator access refused: {0}")]
+    OperatorAccess(&'static str),
     /// The tenant's keys are customer-held and the customer key has not been supplied.
     #[error("the tenant's customer-held key is not loaded")]
     TenantLocked,
@@ -107,7 +112,25 @@ impl From<CryptoError> for Error {
 }
 
 impl From<serde_json::Error> for Error {
+    // serde's own message can quote the input (an unknown variant, a string of the wrong
+    // type), and input may be customer content: only the kind and position are kept.
     fn from(e: serde_json::Error) -> Self {
-        Error::InvalidArgument(format!("json: {e}"))
+        Error::InvalidArgument(json_error_message(&e))
     }
+}
+
+/// A description of a JSON error that echoes none of the input: what kind of error, and where.
+pub fn json_error_message(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "not valid JSON",
+        Category::Eof => "JSON that ends early",
+        Category::Data => "a field that is missing, unknown, or of the wrong type or value",
+        Category::Io => "unreadable",
+    };
+    if e.line() == 0 {
+        // A value already parsed (no text, so no position).
+        return format!("json: {what}");
+    }
+    format!("json: {what} (line {}, column {})", e.line(), e.column())
 }

@@ -114,6 +114,17 @@ id_type!(
     ModelId, "model id", 160, b"-_.:/"
 );
 
+id_type!(
+    /// A break-glass access grant, `grant-<hex>`.
+    GrantId, "grant id", 64, b"-"
+);
+
+impl GrantId {
+    pub(crate) fn generate() -> Self {
+        Self(format!("grant-{}", random_hex(12)))
+    }
+}
+
 impl DatasetId {
     pub(crate) fn generate() -> Self {
         Self(format!("file-{}", random_hex(12)))

@@ -34,6 +34,7 @@ mod core;
 pub mod crypto;
 pub mod datasets;
 pub mod error;
+pub mod grants;
 pub mod ids;
 pub mod jobs;
 pub mod metering;
@@ -44,7 +45,7 @@ pub mod tier;
 mod vault;
 
 pub use crate::audit::{Action, Actor, AuditRecord, AuditReport};
-pub use crate::auth::{ApiKeyInfo, IssuedKey, KeyOptions, Principal, Scope};
+pub use crate::auth::{ApiKeyInfo, GrantContext, IssuedKey, KeyOptions, Principal, Scope};
 pub use crate::clock::{Clock, ManualClock, Millis, SystemClock};
 pub use crate::core::{
     BlobLocation, Config, Core, Database, KeyCustody, Limits, ObjectInfo, ObjectReader, ObjectWriter, StorePlacement,
@@ -53,11 +54,12 @@ pub use crate::core::{
 pub use crate::crypto::keys::{KeyProvider, LocalRootKey};
 pub use crate::datasets::{DatasetInfo, DatasetStats};
 pub use crate::error::{Error, Result};
-pub use crate::ids::{ApiKeyId, DatasetId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId};
+pub use crate::grants::{AccessGrant, GrantRequest, GrantStatus, IssuedGrant};
+pub use crate::ids::{ApiKeyId, DatasetId, GrantId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId};
 pub use crate::jobs::{
     FineTuneSpec, Hyperparameters, Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker,
 };
 pub use crate::metering::{AccessRecord, Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary};
 pub use crate::models::{AdapterFiles, BaseModel, FineTunedModel};
 pub use crate::retention::SweepReport;
-pub use crate::tier::{ComputePool, Policy, RagIsolation, Tier};
+pub use crate::tier::{ComputePool, OperatorAccess, Policy, RagIsolation, Tier};

@@ -160,8 +160,32 @@ impl Core {
     }
 
     fn ledger_entry(&self, tenant: &TenantId, kind: &str, amount: i64, reference: &str) -> Result<Receipt> {
+        self.ledger_entry_by(&crate::audit::Actor::Operator, tenant, kind, amount, reference)
+    }
+
+    fn ledger_entry_by(
+        &self,
+        actor: &crate::audit::Actor,
+        tenant: &TenantId,
+        kind: &str,
+        amount: i64,
+        reference: &str,
+    ) -> Result<Receipt> {
         self.tenant(tenant)?;
-        self.meta.write(|tx| self.ledger_entry_tx(tx, tenant, kind, amount, reference))
+        self.meta.write(|tx| {
+            let receipt = self.ledger_entry_tx(tx, tenant, kind, amount, reference)?;
+            if kind == "grant" {
+                self.audit_tx(
+                    tx,
+                    tenant,
+                    actor,
+                    Action::CreditsGranted,
+                    &receipt.receipt,
+                    serde_json::json!({"amount": amount}),
+                )?;
+            }
+            Ok(receipt)
+        })
     }
 
     /// A ledger entry inside the caller's transaction (so a charge commits with what it pays for).
@@ -190,16 +214,6 @@ impl Core {
             "INSERT INTO ledger (receipt, tenant_id, at, kind, amount, balance_after, reference) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![receipt, tenant.as_str(), now, kind, amount, after, reference],
         )?;
-        if kind == "grant" {
-            self.audit_tx(
-                tx,
-                tenant,
-                &crate::audit::Actor::Operator,
-                Action::CreditsGranted,
-                &receipt,
-                serde_json::json!({"amount": amount}),
-            )?;
-        }
         Ok(Receipt {
             receipt,
             kind: kind.to_string(),
@@ -213,6 +227,17 @@ impl Core {
     /// Adds credits (a purchase, a promotion).
     pub fn grant_credits(&self, tenant: &TenantId, amount: i64, reference: &str) -> Result<Receipt> {
         self.ledger_entry(tenant, "grant", amount, reference)
+    }
+
+    /// [`Core::grant_credits`], recorded in the tenant's audit log as done by `actor`.
+    pub fn grant_credits_by(
+        &self,
+        actor: &crate::audit::Actor,
+        tenant: &TenantId,
+        amount: i64,
+        reference: &str,
+    ) -> Result<Receipt> {
+        self.ledger_entry_by(actor, tenant, "grant", amount, reference)
     }
 
     /// Charges credits for usage; refuses with [`Error::InsufficientCredits`] (charging nothing)

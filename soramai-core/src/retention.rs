@@ -27,6 +27,8 @@ pub struct SweepReport {
     pub audit_records: usize,
     /// Orphaned blobs deleted.
     pub orphan_blobs: usize,
+    /// Break-glass access grants that ran out (recorded in both audit logs).
+    pub access_grants_expired: usize,
 }
 
 impl Core {
@@ -51,9 +53,10 @@ impl Core {
                 "DELETE FROM audit_heads WHERE tenant_id IN (SELECT id FROM tenants WHERE status = 'deleted' AND deleted_at < ?1)",
                 params![log_cutoff],
             )?;
-            Ok(SweepReport { usage_events, job_events, access_log, ledger_entries, audit_records, orphan_blobs: 0 })
+            Ok(SweepReport { usage_events, job_events, access_log, ledger_entries, audit_records, ..SweepReport::default() })
         })?;
         report.orphan_blobs = self.collect_orphan_blobs(Duration::from_secs(3600))?;
+        report.access_grants_expired = self.expire_access_grants()?;
         Ok(report)
     }
 }

@@ -62,6 +62,11 @@ impl Tier {
             max_concurrent_requests: conc,
             keys_bindable_to_pool: matches!(self, Tier::Org | Tier::Enterprise),
             customer_held_root_key: self == Tier::Enterprise,
+            operator_access: match self {
+                Tier::Free | Tier::Basic | Tier::Pro => OperatorAccess::OnGrant,
+                Tier::Org => OperatorAccess::TenantApproval,
+                Tier::Enterprise => OperatorAccess::None,
+            },
         }
     }
 }
@@ -104,6 +109,21 @@ pub enum RagIsolation {
     DedicatedStore,
 }
 
+/// How the operator's staff may reach a tenant's data (seed 000: "staff cannot read customer
+/// datasets or artifacts during normal operation; production access is gated by short-lived
+/// credentials, logged, and limited to incident response").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorAccess {
+    /// A break-glass grant (reason, at most an hour, recorded in the tenant's audit log) is
+    /// active at once.
+    OnGrant,
+    /// A grant waits for the tenant's approval before its key reads anything.
+    TenantApproval,
+    /// No grant is possible: the customer holds the keys ("we have no access").
+    None,
+}
+
 /// Everything a tier allows, as one value. Checked by the library, never only by the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
@@ -133,6 +153,8 @@ pub struct Policy {
     pub keys_bindable_to_pool: bool,
     /// The tenant's keys are wrapped by a customer-held root key the operator never stores.
     pub customer_held_root_key: bool,
+    /// How the operator may reach the tenant's data.
+    pub operator_access: OperatorAccess,
 }
 
 #[cfg(test)]
@@ -150,6 +172,9 @@ mod tests {
         assert!(Tier::Org.policy().audit_log_access && Tier::Org.policy().access_log);
         assert!(Tier::Org.policy().keys_bindable_to_pool && !Tier::Pro.policy().keys_bindable_to_pool);
         assert!(Tier::Enterprise.policy().customer_held_root_key);
+        assert_eq!(Tier::Basic.policy().operator_access, OperatorAccess::OnGrant);
+        assert_eq!(Tier::Org.policy().operator_access, OperatorAccess::TenantApproval);
+        assert_eq!(Tier::Enterprise.policy().operator_access, OperatorAccess::None);
         assert_eq!(Tier::Org.policy().access_log_retention, Duration::from_secs(90 * 86400));
         for t in Tier::ALL {
             assert_eq!(t.as_str().parse::<Tier>().expect("parse"), t);

@@ -153,25 +153,27 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_request_error",
-                    "too_large",
-                    "The request body is too large.",
-                )
+                too_large()
             } else {
                 ApiError::invalid("The request body could not be read.")
             }
         })?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            // serde's message names the field and the expected type, never echoes values.
-            let what = if e.is_syntax() || e.is_eof() {
-                "The body is not valid JSON.".to_owned()
-            } else {
-                format!("Invalid body: {e}")
-            };
-            ApiError::invalid(what)
-        })
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| body_error(&e))
+    }
+}
+
+/// A JSON body that does not parse: its kind and position only. serde's own message can quote
+/// the input (an unknown field or variant, a string where a number goes), and the input may be a
+/// prompt.
+fn body_error(e: &serde_json::Error) -> ApiError {
+    if e.is_syntax() || e.is_eof() {
+        ApiError::invalid("The body is not valid JSON.")
+    } else {
+        ApiError::invalid(format!(
+            "Invalid body: a field is missing, unknown, or of the wrong type or value (line {}, column {}).",
+            e.line(),
+            e.column()
+        ))
     }
 }
 
@@ -196,6 +198,11 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants", post(create_tenant).get(list_tenants))
         .route("/tenants/{id}/tier", post(set_tier))
         .route("/tenants/{id}/credits", post(grant_credits))
+        .route("/tenants/{id}/access_grants", post(request_grant))
+        .route("/access_grants", get(list_grants))
+        .route("/access_grants/{id}", get(get_grant))
+        .route("/access_grants/{id}/approve", post(approve_grant))
+        .route("/access_grants/{id}/revoke", post(revoke_grant))
         .route("/api_keys", post(create_key).get(list_keys))
         .route("/api_keys/{id}", axum::routing::delete(revoke_key))
         .route("/api_keys/{id}/rotate", post(rotate_key))
@@ -219,8 +226,18 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Every request, body read included, ends within the limit (a stream's body after its
+        // head is the connection's to bound: see `conn`).
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .with_state(state)
 }
+
+/// How long a request may take to be answered (its head; a stream may run on).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long an authenticated request's body may take to arrive (a slow upload holds a
+/// connection, never a tenant's concurrency place).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response {
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
@@ -235,9 +252,11 @@ async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response 
     res
 }
 
-/// Authenticates the bearer key and applies the tenant's tier limits (requests per minute and
-/// concurrent requests); the permit lives as long as the response, streams included.
-async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Authenticates the bearer key, reads the body (bounded), then applies the tenant's tier limits
+/// (requests per minute and concurrent requests), so a slow upload holds no concurrency place;
+/// the permit lives as long as the response, streams included. A request made under a
+/// break-glass access grant is recorded in the tenant's and the operator's audit logs first.
+async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -256,16 +275,46 @@ async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -
         .into_response();
     }
     let platform = s.platform.clone();
+    let principal = match tokio::task::spawn_blocking(move || platform.authenticate(&token)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return ApiError::from(e).into_response(),
+        Err(_) => return server_error().into_response(),
+    };
+    let operation = format!(
+        "{} {}",
+        req.method(),
+        req.extensions().get::<axum::extract::MatchedPath>().map_or("/v1/?", |m| m.as_str())
+    );
+    // A body refused unread leaves the rest of it on the connection: the answer closes it.
+    let closing = |e: ApiError| ([(header::CONNECTION, "close")], e).into_response();
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return closing(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return closing(too_large()),
+        Err(_) => {
+            return closing(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "timeout",
+                "The request body did not arrive in time.",
+            ));
+        }
+    };
+    let mut req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    let platform = s.platform.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        let p = platform.authenticate(&token)?;
-        let permit = platform.admit(&p)?;
-        Ok::<_, PlatformError>((p, permit))
+        let permit = platform.admit(&principal)?;
+        platform.record_request(&principal, &operation)?;
+        Ok::<_, PlatformError>((principal, permit))
     })
     .await;
     match checked {
         Ok(Ok((principal, permit))) => {
             req.extensions_mut().insert(principal);
-
             let res = next.run(req).await;
             // The permit lives as long as the response body, so a stream holds its place until it
             // ends or its client goes away (response extensions are dropped once the head is sent).
@@ -280,6 +329,10 @@ async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(_) => server_error().into_response(),
     }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "too_large", "The request body is too large.")
 }
 
 /// Runs blocking SDK work off the async threads.
@@ -1244,7 +1297,8 @@ fn key_json(k: &soramai::ApiKeyInfo) -> Value {
     json!({"id": k.id.as_str(), "object": "api_key", "tenant": k.tenant.as_str(), "name": k.name,
            "scopes": k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
            "created_at": ms_to_s(k.created_at), "expires_at": k.expires_at.map(ms_to_s),
-           "revoked_at": k.revoked_at.map(ms_to_s), "replaced_by": k.replaced_by.as_ref().map(|r| r.as_str())})
+           "revoked_at": k.revoked_at.map(ms_to_s), "replaced_by": k.replaced_by.as_ref().map(|r| r.as_str()),
+           "grant": k.grant.as_ref().map(|g| g.as_str())})
 }
 
 #[derive(Deserialize)]
@@ -1313,13 +1367,69 @@ async fn rotate_key(
     let b: RotateBody = if body.is_empty() {
         RotateBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|_| ApiError::invalid("The body is not valid JSON."))?
+        serde_json::from_slice(&body).map_err(|e| body_error(&e))?
     };
     let grace = Duration::from_secs(b.grace_seconds.unwrap_or(0));
     let key = blocking(move || Ok(s.platform.core().rotate_api_key(&p, &id, grace)?)).await?;
     let mut v = key_json(&key.info);
     v["key"] = json!(key.secret());
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+fn grant_json(g: &soramai::AccessGrant) -> Value {
+    json!({"id": g.id.as_str(), "object": "access_grant", "tenant": g.tenant.as_str(),
+           "operator_tenant": g.operator_tenant.as_str(), "operator_key": g.operator_key.as_str(),
+           "key_id": g.key_id.as_str(), "reason": g.reason,
+           "scopes": g.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "ttl_seconds": g.ttl_seconds,
+           "status": g.status, "requested_at": ms_to_s(g.requested_at), "approved_at": g.approved_at.map(ms_to_s),
+           "expires_at": ms_to_s(g.expires_at), "ended_at": g.ended_at.map(ms_to_s), "ended_by": g.ended_by})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    reason: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+async fn request_grant(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(tenant): Path<String>,
+    JsonBody(b): JsonBody<GrantBody>,
+) -> ApiResult<Response> {
+    let scopes = b.scopes.iter().map(|n| scope(n)).collect::<ApiResult<Vec<_>>>()?;
+    let input = soramai::GrantInput { reason: b.reason, scopes, ttl_seconds: b.ttl_seconds };
+    let issued = blocking(move || Session::new(s.platform, p).request_access_grant(&tenant, input)).await?;
+    let mut v = grant_json(&issued.grant);
+    v["key"] = json!(issued.key.secret());
+    Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+async fn list_grants(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
+    let grants = blocking(move || s.platform.access_grants(&p)).await?;
+    Ok(axum::Json(json!({"object": "list", "data": grants.iter().map(grant_json).collect::<Vec<_>>()})).into_response())
+}
+
+async fn get_grant(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let grants = blocking(move || s.platform.access_grants(&p)).await?;
+    let g = grants
+        .iter()
+        .find(|g| g.id.as_str() == id)
+        .ok_or_else(|| ApiError::from(PlatformError::Core(soramai::Error::NotFound { kind: "access grant" })))?;
+    Ok(axum::Json(grant_json(g)).into_response())
+}
+
+async fn approve_grant(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let g = blocking(move || s.platform.approve_access_grant(&p, &id)).await?;
+    Ok(axum::Json(grant_json(&g)).into_response())
+}
+
+async fn revoke_grant(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let g = blocking(move || s.platform.revoke_access_grant(&p, &id)).await?;
+    Ok(axum::Json(grant_json(&g)).into_response())
 }
 
 async fn audit_log(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
@@ -1354,23 +1464,15 @@ async fn usage(State(s): State<AppState>, Caller(p): Caller, Query(q): Query<Usa
 
 /// Serves until ctrl-c or SIGTERM, then lets running requests finish. With a TLS configuration
 /// every connection is TLS (1.2 or 1.3, rustls); handshakes run concurrently, each with a time
-/// limit, so a slow client never holds up the others.
+/// limit, so a slow client never holds up the others. `limits` caps open connections and closes
+/// slow and idle ones (see [`crate::conn`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
+    limits: crate::conn::ServeLimits,
 ) -> std::io::Result<()> {
-    let app = router(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        Duration::from_secs(600),
-    ));
-    match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await,
-        Some(config) => {
-            let tls = TlsListener::new(listener, config)?;
-            axum::serve(tls, app).with_graceful_shutdown(shutdown_signal()).await
-        }
-    }
+    crate::conn::serve(listener, tls, router(state), limits, shutdown_signal()).await
 }
 
 /// Loads a PEM certificate chain and private key into a rustls server configuration.
@@ -1394,62 +1496,6 @@ pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<r
         .map_err(|e| format!("certificate and key: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// How long a client has to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Accepts TCP connections and hands on those whose TLS handshake succeeded.
-struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::net::SocketAddr)>,
-    local: std::net::SocketAddr,
-}
-
-impl TlsListener {
-    fn new(tcp: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, addr) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(_) => {
-                        // Out of file descriptors and the like: back off, then go on.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        let _ = tx.send((tls, addr)).await;
-                    }
-                });
-            }
-        });
-        Ok(Self { ready, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The acceptor task only ends when this listener is gone.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }
 
 async fn shutdown_signal() {

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod conn;
 mod http;
 
 use clap::{Parser, Subcommand};
@@ -141,6 +142,31 @@ struct ServeArgs {
     /// The certificate's PEM private key.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Seconds a client has to send a request's whole head once it has begun (slow-loris).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout: u64,
+    /// Seconds a connection may sit with no request in progress before it is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    idle_timeout: u64,
+    /// Most open connections.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Most open connections from one client address (0: no such cap, e.g. behind a proxy).
+    #[arg(long, default_value_t = 128)]
+    max_connections_per_ip: u64,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> conn::ServeLimits {
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        conn::ServeLimits {
+            header_timeout: Duration::from_secs(self.header_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            max_connections: count(self.max_connections),
+            max_connections_per_ip: count(self.max_connections_per_ip),
+            ..conn::ServeLimits::default()
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -302,7 +328,7 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         writeln!(out, "listening on {scheme}://{}", listener.local_addr()?)?;
         out.flush()?;
-        http::serve(listener, tls, http::AppState::new(platform.clone())).await
+        http::serve(listener, tls, http::AppState::new(platform.clone()), a.limits()).await
     })?;
     platform.shutdown();
     Ok(())

@@ -1,7 +1,8 @@
 //! `soramai serve` over HTTP: hostile requests (no key, revoked, expired, another tenant's, a key
 //! without the scope, oversized and malformed bodies, path tricks in ids, tier limits) each get
 //! the right status and an OpenAI-shaped error and change nothing; a canary prompt reaches no log,
-//! metric, database row or file.
+//! metric, database row or file; the operator reads no tenant's data without a break-glass grant;
+//! slow, idle and surplus connections are cut while normal requests go on.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -34,13 +35,18 @@ impl Server {
     }
 
     fn start_with(dir: &Path, model: &Path, extra: &[&Path]) -> Self {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--model".as_ref(), model.as_os_str()];
+        args.extend(extra.iter().map(|p| p.as_os_str()));
+        Self::launch(dir, &args)
+    }
+
+    /// A server with these arguments after `serve --addr 127.0.0.1:0 --data-dir <dir>/data`.
+    fn launch(dir: &Path, args: &[&std::ffi::OsStr]) -> Self {
         let stderr = dir.join("server.stderr");
         let mut child = Command::new(env!("CARGO_BIN_EXE_soramai"))
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(dir.join("data"))
-            .arg("--model")
-            .arg(model)
-            .args(extra)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
@@ -532,5 +538,337 @@ fn tls_serves_https_1_2_and_up_only() {
         .output()
         .expect("curl");
     assert!(String::from_utf8_lossy(&with_key.stdout).contains(MODEL), "{}", String::from_utf8_lossy(&with_key.stdout));
+    server.stop();
+}
+
+/// Polls a fine-tuning job until it ends; returns it.
+fn wait_job(server: &Server, key: &str, id: &str) -> Value {
+    for _ in 0..1200 {
+        let (s, job) = server.call("GET", &format!("/v1/fine_tuning/jobs/{id}"), Some(key), None);
+        assert_eq!(s, StatusCode::OK, "{job}");
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or_default()) {
+            return job;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("the job did not end");
+}
+
+fn grant_body(reason: &str, scopes: &[&str], ttl: Option<u64>) -> Value {
+    json!({"reason": reason, "scopes": scopes, "ttl_seconds": ttl})
+}
+
+#[test]
+fn operator_access_needs_a_reasoned_time_boxed_grant_the_tenant_sees() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    // An Enterprise tenant holds its own root key: made through the library before the server
+    // starts (there is no HTTP route that takes a customer's key).
+    {
+        let core = soramai::Core::open_embedded(dir.path().join("data")).expect("core");
+        let customer: std::sync::Arc<dyn soramai::KeyProvider> = std::sync::Arc::new(soramai::LocalRootKey::generate());
+        let big = soramai::TenantId::new("bigco").expect("id");
+        core.create_tenant_with_customer_key(&big, soramai::Tier::Enterprise, customer).expect("enterprise");
+    }
+    let server = Server::start(dir.path(), &model);
+    let admin = server.admin.clone();
+    let acme = server.tenant("acme", "basic", 2_000_000);
+
+    // acme's data: a file, a corpus, a fine-tuned model.
+    let (s, file) = upload(&server, &acme, dataset());
+    assert_eq!(s, StatusCode::OK, "{file}");
+    let file_id = file["id"].as_str().expect("id").to_owned();
+    let content = format!("/v1/files/{file_id}/content");
+    assert_eq!(server.call("POST", "/v1/corpora", Some(&acme), Some(json!({"id": "kb"}))).0, StatusCode::CREATED);
+    let docs = json!({"documents": [{"id": "d1", "text": "The cloud council meets in Kumo every spring."}]});
+    let (s, v) = server.call("POST", "/v1/corpora/kb/documents", Some(&acme), Some(docs));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let tune = json!({"model": MODEL, "training_file": file_id,
+                      "hyperparameters": {"n_epochs": 1, "batch_size": 2, "rank": 2, "max_seq": 64}});
+    let (s, job) = server.call("POST", "/v1/fine_tuning/jobs", Some(&acme), Some(tune));
+    assert_eq!(s, StatusCode::OK, "{job}");
+    let job = wait_job(&server, &acme, job["id"].as_str().expect("id"));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let ft = job["fine_tuned_model"].as_str().expect("ft model").to_owned();
+    let search = json!({"query": "Where does the council meet?"});
+
+    // Without a grant the operator reads nothing: no second key (the old escalation), no file,
+    // no corpus, no fine-tuned model.
+    for scopes in [json!(["train"]), json!(["admin"])] {
+        assert_error(
+            server.call(
+                "POST",
+                "/v1/api_keys",
+                Some(&admin),
+                Some(json!({"name": "peek", "scopes": scopes, "tenant": "acme"})),
+            ),
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+        );
+    }
+    assert_error(server.call("GET", &content, Some(&admin), None), StatusCode::NOT_FOUND, "dataset_not_found");
+    assert_error(
+        server.call("POST", "/v1/corpora/kb/search", Some(&admin), Some(search.clone())),
+        StatusCode::NOT_FOUND,
+        "corpus_not_found",
+    );
+    assert_error(
+        server.call("POST", "/v1/chat/completions", Some(&admin), Some(chat(&ft, "hi"))),
+        StatusCode::NOT_FOUND,
+        "model_not_found",
+    );
+    assert_error(
+        server.call("GET", &format!("/v1/models/{ft}"), Some(&admin), None),
+        StatusCode::NOT_FOUND,
+        "model_not_found",
+    );
+
+    // The grant rules; a refused request writes nothing.
+    let grants = "/v1/tenants/acme/access_grants";
+    for (body, what) in [
+        (json!({"scopes": ["train"]}), "no reason"),
+        (grant_body("", &["train"], None), "empty reason"),
+        (grant_body("INC-1", &["train"], Some(3601)), "over an hour"),
+        (grant_body("INC-1", &["bogus"], None), "unknown scope"),
+        (json!({"reason": "INC-1", "scopes": ["train"], "zq9-canary-field": 1}), "unknown field"),
+    ] {
+        let (s, v) = server.call("POST", grants, Some(&admin), Some(body));
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{what}: {v}");
+        assert!(!v.to_string().contains("zq9"), "the error echoes the input: {v}");
+    }
+    assert_error(
+        server.call("POST", grants, Some(&acme), Some(grant_body("x", &["train"], None))),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    assert_error(
+        server.call(
+            "POST",
+            "/v1/tenants/bigco/access_grants",
+            Some(&admin),
+            Some(grant_body("INC-2", &["train"], None)),
+        ),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    let (_, listed) = server.call("GET", "/v1/access_grants", Some(&acme), None);
+    assert_eq!(listed["data"], json!([]), "refused requests leave no grant");
+
+    // A Basic tenant's grant is active at once, with a key that dies with it.
+    let (s, g) = server.call(
+        "POST",
+        grants,
+        Some(&admin),
+        Some(grant_body("INC-7 corrupted upload", &["train", "inference", "rag"], Some(600))),
+    );
+    assert_eq!(s, StatusCode::CREATED, "{g}");
+    assert_eq!(g["status"], "active");
+    let (grant_id, peek) = (g["id"].as_str().expect("id").to_owned(), g["key"].as_str().expect("key").to_owned());
+    let (s, bytes) = server.call("GET", &content, Some(&peek), None);
+    assert_eq!(s, StatusCode::OK, "{bytes}");
+    assert_eq!(server.call("POST", "/v1/corpora/kb/search", Some(&peek), Some(search.clone())).0, StatusCode::OK);
+    assert_eq!(server.call("POST", "/v1/chat/completions", Some(&peek), Some(chat(&ft, "hi"))).0, StatusCode::OK);
+    // It mints no key, in acme or anywhere.
+    assert_error(
+        server.call("POST", "/v1/api_keys", Some(&peek), Some(json!({"name": "stay", "scopes": ["train"]}))),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    // The tenant sees the grant, with its reason and the operator's key, and ends it at once.
+    let (_, listed) = server.call("GET", "/v1/access_grants", Some(&acme), None);
+    assert_eq!(listed["data"][0]["id"], grant_id.as_str());
+    assert_eq!(listed["data"][0]["reason"], "INC-7 corrupted upload");
+    let admin_key_id = admin.split('-').nth(1).expect("id");
+    assert_eq!(listed["data"][0]["operator_key"], admin_key_id);
+    let (s, v) = server.call("POST", &format!("/v1/access_grants/{grant_id}/revoke"), Some(&acme), None);
+    assert_eq!((s, v["status"].clone()), (StatusCode::OK, json!("revoked")), "{v}");
+    assert_error(server.call("GET", &content, Some(&peek), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
+    assert_eq!(server.call("GET", "/v1/audit/verify", Some(&acme), None).0, StatusCode::OK);
+
+    // Expiry: a one-second grant stops working by itself and is listed as expired.
+    let (_, g) = server.call("POST", grants, Some(&admin), Some(grant_body("INC-8", &["train"], Some(1))));
+    let short = g["key"].as_str().expect("key").to_owned();
+    assert_eq!(server.call("GET", &content, Some(&short), None).0, StatusCode::OK);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_error(server.call("GET", &content, Some(&short), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
+    let (_, listed) =
+        server.call("GET", &format!("/v1/access_grants/{}", g["id"].as_str().expect("id")), Some(&acme), None);
+    assert_eq!(listed["status"], "expired", "{listed}");
+
+    // Org: the grant waits for the tenant's approval, and the tenant's audit log shows it all.
+    let org = server.tenant("orgco", "org", 1_000_000);
+    let (s, up) = upload(&server, &org, dataset());
+    assert_eq!(s, StatusCode::OK);
+    let org_content = format!("/v1/files/{}/content", up["id"].as_str().expect("id"));
+    let (s, g) = server.call(
+        "POST",
+        "/v1/tenants/orgco/access_grants",
+        Some(&admin),
+        Some(grant_body("SUP-3 billing dispute", &["train"], None)),
+    );
+    assert_eq!((s, g["status"].clone()), (StatusCode::CREATED, json!("pending")), "{g}");
+    let (org_grant, org_peek) = (g["id"].as_str().expect("id").to_owned(), g["key"].as_str().expect("key").to_owned());
+    assert_error(server.call("GET", &org_content, Some(&org_peek), None), StatusCode::FORBIDDEN, "permission_denied");
+    assert_error(
+        server.call("POST", &format!("/v1/access_grants/{org_grant}/approve"), Some(&admin), None),
+        StatusCode::NOT_FOUND,
+        "access_grant_not_found",
+    );
+    let (s, v) = server.call("POST", &format!("/v1/access_grants/{org_grant}/approve"), Some(&org), None);
+    assert_eq!((s, v["status"].clone()), (StatusCode::OK, json!("active")), "{v}");
+    assert_eq!(server.call("GET", &org_content, Some(&org_peek), None).0, StatusCode::OK);
+    let (s, audit) = server.call("GET", "/v1/audit", Some(&org), None);
+    assert_eq!(s, StatusCode::OK, "{audit}");
+    let records = audit["data"].as_array().expect("records");
+    let find =
+        |action: &str| records.iter().find(|r| r["action"] == action).unwrap_or_else(|| panic!("{action}: {audit}"));
+    for action in ["access_grant.requested", "access_grant.approved", "access_grant.request"] {
+        let detail = find(action)["detail"].as_str().expect("detail").to_owned();
+        assert!(
+            detail.contains(&org_grant) && detail.contains("SUP-3 billing dispute") && detail.contains(admin_key_id),
+            "{action}: {detail}"
+        );
+    }
+    assert!(find("access_grant.request")["detail"].as_str().expect("detail").contains("GET /v1/files/{id}/content"));
+    assert!(find("access_grant.request")["actor"].as_str().expect("actor").contains(&org_grant));
+    assert_eq!(find("tenant.created")["actor"], format!("operator:key:{admin_key_id}"));
+    assert_eq!(find("credits.granted")["actor"], format!("operator:key:{admin_key_id}"));
+    let (s, v) = server.call("GET", "/v1/audit/verify", Some(&org), None);
+    assert_eq!(s, StatusCode::OK, "the chain verifies: {v}");
+    // The operator's own log holds the same grant events and its tenant changes.
+    let (_, op_audit) = server.call("GET", "/v1/audit", Some(&admin), None);
+    let op_records = op_audit["data"].as_array().expect("records");
+    for action in [
+        "access_grant.requested",
+        "access_grant.approved",
+        "access_grant.revoked",
+        "access_grant.expired",
+        "admin.access",
+    ] {
+        assert!(op_records.iter().any(|r| r["action"] == action), "{action} in the operator's log");
+    }
+    assert_eq!(server.call("GET", "/v1/audit/verify", Some(&admin), None).0, StatusCode::OK);
+    // The operator ends the Org grant itself.
+    let (s, v) = server.call("POST", &format!("/v1/access_grants/{org_grant}/revoke"), Some(&admin), None);
+    assert_eq!((s, v["status"].clone()), (StatusCode::OK, json!("revoked")), "{v}");
+    assert_error(server.call("GET", &org_content, Some(&org_peek), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
+    server.stop();
+}
+
+/// A raw connection to the server from `local` (a loopback address of the test's choice).
+fn connect_from(url: &str, local: &str) -> std::net::TcpStream {
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().expect("addr");
+    let socket = socket2_free_bind(local, addr);
+    socket.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    socket
+}
+
+/// Binds a client socket to `local` before connecting (std has no bind-then-connect; tokio does).
+fn socket2_free_bind(local: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(format!("{local}:0").parse().expect("local")).expect("bind");
+        socket.connect(to).await.expect("connect").into_std().expect("std")
+    });
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+}
+
+/// Reads until the server closes the connection; returns what it sent and when it closed.
+fn read_to_close(mut stream: std::net::TcpStream) -> (Vec<u8>, Duration) {
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return (got, started.elapsed()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn slow_idle_and_surplus_connections_are_cut_while_requests_go_on() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("dir");
+    let args: Vec<&std::ffi::OsStr> = ["--header-timeout", "2", "--idle-timeout", "4", "--max-connections-per-ip", "4"]
+        .iter()
+        .map(|a| a.as_ref())
+        .collect();
+    let server = Server::launch(dir.path(), &args);
+
+    // Slow-loris: a request head sent one byte a second is cut off at the header timeout, though
+    // bytes keep coming.
+    let slow = connect_from(&server.url, "127.0.0.1");
+    let mut writer = slow.try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        let mut sent = 0;
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaa\r\n\r\n" {
+            if writer.write_all(&[*b]).is_err() {
+                break;
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        sent
+    });
+    let (answer, after) = read_to_close(slow);
+    assert!(answer.is_empty(), "a slow head gets no answer: {}", String::from_utf8_lossy(&answer));
+    assert!(after >= Duration::from_millis(1500) && after <= Duration::from_millis(3500), "cut after {after:?}");
+    let sent = trickle.join().expect("writer");
+    assert!(sent < 10, "the writer was stopped after {sent} bytes");
+
+    // An idle connection is closed after the idle timeout.
+    let (_, after) = read_to_close(connect_from(&server.url, "127.0.0.1"));
+    assert!(after >= Duration::from_millis(3500) && after <= Duration::from_millis(6000), "idle cut after {after:?}");
+
+    // Four idle connections from one address fill its share; more are refused with a 503 at once,
+    // while a normal request from another address succeeds.
+    let held: Vec<_> = (0..4).map(|_| connect_from(&server.url, "127.0.0.1")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let (answer, after) = read_to_close(connect_from(&server.url, "127.0.0.1"));
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 503") && text.contains("too_many_connections"), "{text}");
+        assert!(after < Duration::from_secs(2), "refused at once, not after {after:?}");
+    }
+    let other = reqwest::blocking::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().expect("ip"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let res = other.get(format!("{}/healthz", server.url)).send().expect("send");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.text().expect("body"), "ok");
+    // A keep-alive client that keeps talking is never cut.
+    for _ in 0..3 {
+        assert_eq!(other.get(format!("{}/healthz", server.url)).send().expect("send").status(), StatusCode::OK);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    // Once the idle connections are gone, the address gets its share back.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = connect_from(&server.url, "127.0.0.1");
+    again.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    let (answer, _) = read_to_close(again);
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    // Slow uploads hold their connections, not the tenant's concurrency places (2 on Basic).
+    let acme = server.tenant("acme", "basic", 0);
+    let uploads: Vec<_> = (0..2)
+        .map(|_| {
+            let mut up = connect_from(&server.url, "127.0.0.3");
+            let head = format!(
+                "POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {acme}\r\n\
+                 Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"
+            );
+            up.write_all(head.as_bytes()).expect("write");
+            up
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (s, v) = server.call("GET", "/v1/models", Some(&acme), None);
+    assert_eq!(s, StatusCode::OK, "a third request is admitted while two bodies trickle: {v}");
+    drop(uploads);
     server.stop();
 }

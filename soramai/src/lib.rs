@@ -29,14 +29,16 @@ pub use platform::{
     TopLogprob, Usage,
 };
 pub use session::{
-    DocumentInput, FineTuneRequest, GroundedChat, KeyRequest, NewKey, SearchInput, Session, UsageReport,
+    DocumentInput, FineTuneRequest, GrantInput, GroundedChat, KeyRequest, NewGrant, NewKey, SearchInput, Session,
+    UsageReport,
 };
 
 pub use soramai_core::{
-    ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, BaseModel, Config, Core, Database, DatasetId, DatasetInfo, Error,
-    FineTuneSpec, FineTunedModel, Hyperparameters, IssuedKey, Job, JobEvent, JobId, JobSpec, JobState, KeyOptions,
-    KeyProvider, LocalRootKey, ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand, Scope,
-    SecretName, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
+    AccessGrant, ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, BaseModel, Config, Core, Database, DatasetId,
+    DatasetInfo, Error, FineTuneSpec, FineTunedModel, GrantId, GrantRequest, GrantStatus, Hyperparameters, IssuedGrant,
+    IssuedKey, Job, JobEvent, JobId, JobSpec, JobState, KeyOptions, KeyProvider, LocalRootKey, ModelId, ObjectPath,
+    PoolId, Principal, Receipt, Result, RunnerCommand, Scope, SecretName, Tenant, TenantId, Tier, UsageEvent,
+    UsageKind, UsageStatus, Worker,
 };
 
 /// The security core's full API (storage, crypto, audit, metering, retention).
@@ -112,7 +114,9 @@ impl PlatformError {
         match self {
             PlatformError::Core(c) | PlatformError::Rag(soramai_rag::Error::Core(c)) => match c {
                 C::Unauthenticated => ErrorKind::Authentication,
-                C::MissingScope(_) | C::NotAllowed { .. } | C::TenantLocked => ErrorKind::PermissionDenied,
+                C::MissingScope(_) | C::NotAllowed { .. } | C::TenantLocked | C::OperatorAccess(_) => {
+                    ErrorKind::PermissionDenied
+                }
                 C::NotFound { .. } => ErrorKind::NotFound,
                 C::AlreadyExists { .. } | C::InvalidJobState { .. } => ErrorKind::Conflict,
                 C::InvalidArgument(_) | C::InvalidDataset { .. } => ErrorKind::InvalidRequest,

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use soramai_core::{
-    Action, Core, DatasetId, FineTuneSpec, IssuedKey, Job, JobId, JobSpec, KeyOptions, ModelId, PoolId, Principal,
-    Receipt, RunnerCommand, Scope, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
+    AccessGrant, Action, Core, DatasetId, FineTuneSpec, GrantId, GrantRequest, IssuedGrant, IssuedKey, Job, JobId,
+    JobSpec, KeyOptions, ModelId, PoolId, Principal, Receipt, RunnerCommand, Scope, Tenant, TenantId, Tier, UsageEvent,
+    UsageKind, UsageStatus, Worker,
 };
 use soramai_kernels::sample::SamplingParams;
 use soramai_kernels::tokenizer::template::Message;
@@ -1038,25 +1039,30 @@ impl Platform {
         }
     }
 
-    /// Records a platform admin's change to a tenant in the operator's audit log.
-    fn audit_admin(&self, principal: &Principal, op: &str, t: &Tenant) -> Result<(), PlatformError> {
-        let detail = serde_json::json!({"op": op, "tier": t.tier.as_str()});
-        Ok(self.core.record_audit(principal, Action::AdminAccess, t.id.as_str(), detail)?)
+    /// Records a platform admin's change to a tenant in the operator's audit log (the tenant's
+    /// own log records it in the same breath, naming the admin's key).
+    fn audit_admin(
+        &self,
+        principal: &Principal,
+        tenant: &TenantId,
+        detail: serde_json::Value,
+    ) -> Result<(), PlatformError> {
+        Ok(self.core.record_audit(principal, Action::AdminAccess, tenant.as_str(), detail)?)
     }
 
     /// Creates a tenant on a tier (platform admin).
     pub fn create_tenant(&self, principal: &Principal, id: &str, tier: Tier) -> Result<Tenant, PlatformError> {
         Self::require_platform_admin(principal)?;
-        let t = self.core.create_tenant(&TenantId::new(id)?, tier)?;
-        self.audit_admin(principal, "tenant.create", &t)?;
+        let t = self.core.create_tenant_by(&principal.as_operator(), &TenantId::new(id)?, tier)?;
+        self.audit_admin(principal, &t.id, serde_json::json!({"op": "tenant.create", "tier": t.tier.as_str()}))?;
         Ok(t)
     }
 
     /// Moves a tenant to another tier (platform admin).
     pub fn set_tier(&self, principal: &Principal, id: &str, tier: Tier) -> Result<Tenant, PlatformError> {
         Self::require_platform_admin(principal)?;
-        let t = self.core.set_tier(&TenantId::new(id)?, tier)?;
-        self.audit_admin(principal, "tenant.tier", &t)?;
+        let t = self.core.set_tier_by(&principal.as_operator(), &TenantId::new(id)?, tier)?;
+        self.audit_admin(principal, &t.id, serde_json::json!({"op": "tenant.tier", "tier": t.tier.as_str()}))?;
         Ok(t)
     }
 
@@ -1075,11 +1081,17 @@ impl Platform {
         reference: &str,
     ) -> Result<Receipt, PlatformError> {
         Self::require_platform_admin(principal)?;
-        Ok(self.core.grant_credits(&TenantId::new(tenant)?, amount, reference)?)
+        let tenant = TenantId::new(tenant)?;
+        let r = self.core.grant_credits_by(&principal.as_operator(), &tenant, amount, reference)?;
+        let detail = serde_json::json!({"op": "credits.grant", "amount": r.amount, "receipt": r.receipt});
+        self.audit_admin(principal, &tenant, detail)?;
+        Ok(r)
     }
 
-    /// Issues an API key in a tenant: a tenant's admin in its own tenant, or the platform admin in
-    /// any (e.g. a new tenant's first key). The secret is shown once.
+    /// Issues an API key in a tenant: a tenant's admin in its own tenant, or the platform admin
+    /// a tenant's first key (while it has no live key; any later operator access goes through
+    /// [`Platform::request_access_grant`]). A key never holds more than the calling key's scopes.
+    /// The secret is shown once.
     pub fn create_api_key(
         &self,
         principal: &Principal,
@@ -1091,8 +1103,42 @@ impl Platform {
             return Ok(self.core.create_api_key(principal, options)?);
         }
         Self::require_platform_admin(principal)?;
-        self.core.tenant(&tenant)?;
-        Ok(self.core.create_api_key(&Principal::operator(&tenant), options)?)
+        Ok(self.core.issue_first_key(principal, &tenant, options)?)
+    }
+
+    /// Asks for break-glass access to a tenant's data (platform admin): a reason, at most an
+    /// hour, no more than the calling key's scopes. Active at once with a short-lived key on Free,
+    /// Basic and Pro; pending the tenant's approval on Org; refused where the customer holds the
+    /// keys. Recorded in the tenant's audit log and the operator's.
+    pub fn request_access_grant(
+        &self,
+        principal: &Principal,
+        tenant: &str,
+        request: GrantRequest,
+    ) -> Result<IssuedGrant, PlatformError> {
+        Self::require_platform_admin(principal)?;
+        Ok(self.core.request_access_grant(principal, &TenantId::new(tenant)?, request)?)
+    }
+
+    /// Approves a pending grant on the caller's tenant (the tenant's own admin key).
+    pub fn approve_access_grant(&self, principal: &Principal, id: &str) -> Result<AccessGrant, PlatformError> {
+        Ok(self.core.approve_access_grant(principal, &grant_id(id)?)?)
+    }
+
+    /// Ends a grant at once (the tenant's admin, or the operator's).
+    pub fn revoke_access_grant(&self, principal: &Principal, id: &str) -> Result<AccessGrant, PlatformError> {
+        Ok(self.core.revoke_access_grant(principal, &grant_id(id)?)?)
+    }
+
+    /// The grants on the caller's tenant, or those its tenant asked for (the operator's).
+    pub fn access_grants(&self, principal: &Principal) -> Result<Vec<AccessGrant>, PlatformError> {
+        Ok(self.core.list_access_grants(principal)?)
+    }
+
+    /// Records one request made under a break-glass grant (`operation`: a route or method name)
+    /// in both audit logs, failing once the grant is revoked or expired; nothing for other keys.
+    pub fn record_request(&self, principal: &Principal, operation: &str) -> Result<(), PlatformError> {
+        Ok(self.core.record_grant_request(principal, operation)?)
     }
 
     /// Retrieval, on the first registered base model's tokenizer (chunk windows) and embeddings
@@ -1201,6 +1247,10 @@ fn supervise_dedicated(core: &Arc<Core>, runner: &RunnerCommand, stop: &Arc<Atom
     for (_, h) in running {
         let _ = h.join();
     }
+}
+
+fn grant_id(id: &str) -> Result<GrantId, PlatformError> {
+    GrantId::new(id).map_err(|_| soramai_core::Error::NotFound { kind: "access grant" }.into())
 }
 
 fn request_suffix(n: u64) -> String {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use soramai_core::{
-    ApiKeyId, AuditRecord, AuditReport, DatasetInfo, FineTuneSpec, Hyperparameters, IssuedKey, Job, JobEvent,
-    KeyOptions, ModelId, Principal, Receipt, Scope, Tenant, Tier,
+    AccessGrant, ApiKeyId, AuditRecord, AuditReport, DatasetInfo, FineTuneSpec, GrantRequest, Hyperparameters,
+    IssuedGrant, IssuedKey, Job, JobEvent, KeyOptions, ModelId, Principal, Receipt, Scope, Tenant, Tier,
 };
 use soramai_rag::{CorpusId, Document, Format, GroundedPrompt, Hit, IngestReport, SearchRequest};
 use zeroize::Zeroizing;
@@ -52,6 +52,41 @@ pub struct KeyRequest {
     /// Lifetime in seconds; none for no expiry.
     #[serde(default)]
     pub expires_in_seconds: Option<u64>,
+}
+
+/// A break-glass access grant as a platform admin asks for it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantInput {
+    /// Why (an incident, a ticket): required.
+    pub reason: String,
+    /// The grant key's scopes: all held by the asking key.
+    pub scopes: Vec<Scope>,
+    /// Lifetime once active, 1 to 3600 seconds (default 900).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A grant just created: the grant and its short-lived key, shown this once.
+#[derive(Serialize)]
+pub struct NewGrant<'a> {
+    /// The grant.
+    #[serde(flatten)]
+    pub grant: &'a AccessGrant,
+    /// `sk-…`: the grant's key (reads nothing while the grant is pending).
+    pub key: &'a str,
+}
+
+impl<'a> From<&'a IssuedGrant> for NewGrant<'a> {
+    fn from(g: &'a IssuedGrant) -> Self {
+        NewGrant { grant: &g.grant, key: g.key.secret() }
+    }
+}
+
+impl std::fmt::Debug for NewGrant<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewGrant").field("grant", &self.grant).field("key", &"<redacted>").finish()
+    }
 }
 
 /// A document to index, as a caller sends it.
@@ -191,10 +226,20 @@ impl Session {
         &self.platform
     }
 
+    /// Records a call made under a break-glass grant in both audit logs, and fails once the
+    /// grant has ended (so a session stops with its grant); nothing for other keys.
+    fn acting(&self, operation: &str) -> Result<(), PlatformError> {
+        if self.principal.grant().is_some() {
+            self.platform.record_request(&self.principal, &format!("session.{operation}"))?;
+        }
+        Ok(())
+    }
+
     // ---- models and inference ----
 
     /// The base models and the tenant's fine-tuned ones.
     pub fn models(&self) -> Result<Vec<ModelInfo>, PlatformError> {
+        self.acting("models")?;
         self.platform.list_models(&self.principal)
     }
 
@@ -205,6 +250,7 @@ impl Session {
         messages: Vec<ChatMessage>,
         options: &GenerationOptions,
     ) -> Result<GenerationStream, PlatformError> {
+        self.acting("chat")?;
         let permit = self.platform.admit(&self.principal)?;
         Ok(self.platform.generate(&self.principal, model, &Prompt::Chat(messages), options)?.hold(permit))
     }
@@ -216,12 +262,14 @@ impl Session {
         prompt: &str,
         options: &GenerationOptions,
     ) -> Result<GenerationStream, PlatformError> {
+        self.acting("complete")?;
         let permit = self.platform.admit(&self.principal)?;
         Ok(self.platform.generate(&self.principal, model, &Prompt::Text(prompt.to_owned()), options)?.hold(permit))
     }
 
     /// Embeds texts.
     pub fn embed(&self, model: &str, inputs: &[String]) -> Result<Embeddings, PlatformError> {
+        self.acting("embed")?;
         let _permit = self.platform.admit(&self.principal)?;
         self.platform.embed(&self.principal, model, inputs)
     }
@@ -230,26 +278,31 @@ impl Session {
 
     /// Uploads a dataset (encrypted under the tenant's key).
     pub fn upload_dataset(&self, name: &str, bytes: &[u8]) -> Result<DatasetInfo, PlatformError> {
+        self.acting("upload_dataset")?;
         Ok(self.platform.core().upload_dataset(&self.principal, name, bytes)?)
     }
 
     /// The tenant's datasets.
     pub fn datasets(&self) -> Result<Vec<DatasetInfo>, PlatformError> {
+        self.acting("datasets")?;
         Ok(self.platform.core().list_datasets(&self.principal)?)
     }
 
     /// One dataset's metadata.
     pub fn dataset(&self, id: &str) -> Result<DatasetInfo, PlatformError> {
+        self.acting("dataset")?;
         Ok(self.platform.core().dataset(&self.principal, &Platform::dataset_id(id)?)?)
     }
 
     /// A dataset's bytes (zeroized when dropped).
     pub fn download_dataset(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
+        self.acting("download_dataset")?;
         Ok(self.platform.core().download_dataset(&self.principal, &Platform::dataset_id(id)?)?)
     }
 
     /// Deletes a dataset (its key is destroyed: the bytes are unreadable from then on).
     pub fn delete_dataset(&self, id: &str) -> Result<(), PlatformError> {
+        self.acting("delete_dataset")?;
         Ok(self.platform.core().delete_dataset(&self.principal, &Platform::dataset_id(id)?)?)
     }
 
@@ -257,6 +310,7 @@ impl Session {
 
     /// Submits a fine-tuning job.
     pub fn create_fine_tuning_job(&self, request: FineTuneRequest) -> Result<Job, PlatformError> {
+        self.acting("create_fine_tuning_job")?;
         let spec = FineTuneSpec {
             dataset: Platform::dataset_id(&request.training_file)?,
             base_model: ModelId::new(&request.model).map_err(|_| not_found("model"))?,
@@ -268,21 +322,25 @@ impl Session {
 
     /// The tenant's fine-tuning jobs, newest first.
     pub fn fine_tuning_jobs(&self) -> Result<Vec<Job>, PlatformError> {
+        self.acting("fine_tuning_jobs")?;
         self.platform.list_fine_tuning_jobs(&self.principal)
     }
 
     /// One fine-tuning job.
     pub fn fine_tuning_job(&self, id: &str) -> Result<Job, PlatformError> {
+        self.acting("fine_tuning_job")?;
         self.platform.fine_tuning_job(&self.principal, id)
     }
 
     /// A job's events (progress, metrics, states), oldest first.
     pub fn fine_tuning_job_events(&self, id: &str) -> Result<Vec<JobEvent>, PlatformError> {
+        self.acting("fine_tuning_job_events")?;
         Ok(self.platform.fine_tuning_job_events(&self.principal, id)?.1)
     }
 
     /// Cancels a job.
     pub fn cancel_fine_tuning_job(&self, id: &str) -> Result<Job, PlatformError> {
+        self.acting("cancel_fine_tuning_job")?;
         self.platform.cancel_fine_tuning_job(&self.principal, id)
     }
 
@@ -303,37 +361,44 @@ impl Session {
 
     /// Creates a corpus (a tier with RAG).
     pub fn create_corpus(&self, id: &str) -> Result<(), PlatformError> {
+        self.acting("create_corpus")?;
         Ok(self.platform.rag()?.create_corpus(&self.principal, &CorpusId::new(id)?)?)
     }
 
     /// The tenant's corpora.
     pub fn corpora(&self) -> Result<Vec<String>, PlatformError> {
+        self.acting("corpora")?;
         Ok(self.platform.rag()?.list_corpora(&self.principal)?.into_iter().map(|c| c.as_str().to_owned()).collect())
     }
 
     /// Deletes a corpus and its index.
     pub fn delete_corpus(&self, id: &str) -> Result<(), PlatformError> {
+        self.acting("delete_corpus")?;
         Ok(self.platform.rag()?.delete_corpus(&self.principal, &corpus_id(id)?)?)
     }
 
     /// Adds (or replaces) documents.
     pub fn add_documents(&self, corpus: &str, documents: Vec<DocumentInput>) -> Result<IngestReport, PlatformError> {
+        self.acting("add_documents")?;
         let docs: Vec<Document> = documents.into_iter().map(Document::from).collect();
         Ok(self.platform.rag()?.add_documents(&self.principal, &corpus_id(corpus)?, &docs)?)
     }
 
     /// The ids of a corpus's documents.
     pub fn documents(&self, corpus: &str) -> Result<Vec<String>, PlatformError> {
+        self.acting("documents")?;
         Ok(self.platform.rag()?.list_documents(&self.principal, &corpus_id(corpus)?)?)
     }
 
     /// Deletes a document.
     pub fn delete_document(&self, corpus: &str, id: &str) -> Result<(), PlatformError> {
+        self.acting("delete_document")?;
         Ok(self.platform.rag()?.delete_documents(&self.principal, &corpus_id(corpus)?, &[id.to_owned()])?)
     }
 
     /// Searches a corpus.
     pub fn search(&self, corpus: &str, search: SearchInput) -> Result<Vec<Hit>, PlatformError> {
+        self.acting("search")?;
         let mut request = SearchRequest::new(search.query, search.top_k);
         request.filters = search.filters.into_iter().collect();
         request.hybrid = search.hybrid;
@@ -349,6 +414,7 @@ impl Session {
         retrieval: &Retrieval,
         options: &GenerationOptions,
     ) -> Result<GroundedChat, PlatformError> {
+        self.acting("grounded_chat")?;
         let permit = self.platform.admit(&self.principal)?;
         let (stream, prompt) =
             self.platform.grounded_chat(&self.principal, model, corpus, question, retrieval, options)?;
@@ -359,6 +425,7 @@ impl Session {
 
     /// Issues a key (admin scope); the secret is in the result this once.
     pub fn create_api_key(&self, request: KeyRequest) -> Result<IssuedKey, PlatformError> {
+        self.acting("create_api_key")?;
         let mut options = KeyOptions::new(request.name, &request.scopes);
         options.expires_in = request.expires_in_seconds.map(Duration::from_secs);
         let tenant = request.tenant.unwrap_or_else(|| self.principal.tenant().as_str().to_owned());
@@ -367,54 +434,95 @@ impl Session {
 
     /// The tenant's keys (never their secrets).
     pub fn api_keys(&self) -> Result<Vec<soramai_core::ApiKeyInfo>, PlatformError> {
+        self.acting("api_keys")?;
         Ok(self.platform.core().list_api_keys(&self.principal)?)
     }
 
     /// Revokes a key at once.
     pub fn revoke_api_key(&self, id: &str) -> Result<(), PlatformError> {
+        self.acting("revoke_api_key")?;
         Ok(self.platform.core().revoke_api_key(&self.principal, &key_id(id)?)?)
     }
 
     /// Replaces a key; the old one keeps working for `grace`.
     pub fn rotate_api_key(&self, id: &str, grace: Duration) -> Result<IssuedKey, PlatformError> {
+        self.acting("rotate_api_key")?;
         Ok(self.platform.core().rotate_api_key(&self.principal, &key_id(id)?, grace)?)
     }
 
     /// Creates a tenant (platform admin).
     pub fn create_tenant(&self, id: &str, tier: Tier) -> Result<Tenant, PlatformError> {
+        self.acting("create_tenant")?;
         self.platform.create_tenant(&self.principal, id, tier)
     }
 
     /// Moves a tenant to another tier (platform admin).
     pub fn set_tier(&self, id: &str, tier: Tier) -> Result<Tenant, PlatformError> {
+        self.acting("set_tier")?;
         self.platform.set_tier(&self.principal, id, tier)
     }
 
     /// Every tenant (platform admin).
     pub fn tenants(&self) -> Result<Vec<Tenant>, PlatformError> {
+        self.acting("tenants")?;
         self.platform.tenants(&self.principal)
     }
 
     /// Grants credits (platform admin).
     pub fn grant_credits(&self, tenant: &str, amount: i64, reference: &str) -> Result<Receipt, PlatformError> {
+        self.acting("grant_credits")?;
         self.platform.grant_credits(&self.principal, tenant, amount, reference)
+    }
+
+    // ---- break-glass access ----
+
+    /// Asks for break-glass access to a tenant (platform admin); the key is in the result once.
+    pub fn request_access_grant(&self, tenant: &str, request: GrantInput) -> Result<IssuedGrant, PlatformError> {
+        self.acting("request_access_grant")?;
+        let request = GrantRequest {
+            reason: request.reason,
+            scopes: request.scopes,
+            ttl: request.ttl_seconds.map(Duration::from_secs),
+        };
+        self.platform.request_access_grant(&self.principal, tenant, request)
+    }
+
+    /// Approves a pending grant on this tenant (the tenant's admin).
+    pub fn approve_access_grant(&self, id: &str) -> Result<AccessGrant, PlatformError> {
+        self.acting("approve_access_grant")?;
+        self.platform.approve_access_grant(&self.principal, id)
+    }
+
+    /// Ends a grant at once (the tenant's admin, or the operator's).
+    pub fn revoke_access_grant(&self, id: &str) -> Result<AccessGrant, PlatformError> {
+        self.acting("revoke_access_grant")?;
+        self.platform.revoke_access_grant(&self.principal, id)
+    }
+
+    /// The grants on this tenant, or those this (operator's) tenant asked for.
+    pub fn access_grants(&self) -> Result<Vec<AccessGrant>, PlatformError> {
+        self.acting("access_grants")?;
+        self.platform.access_grants(&self.principal)
     }
 
     // ---- audit and usage ----
 
     /// The tenant's audit log (admin scope).
     pub fn audit_log(&self) -> Result<Vec<AuditRecord>, PlatformError> {
+        self.acting("audit_log")?;
         Ok(self.platform.core().audit_log(&self.principal)?)
     }
 
     /// Verifies the tenant's audit chain (admin scope).
     pub fn verify_audit(&self) -> Result<AuditReport, PlatformError> {
+        self.acting("verify_audit")?;
         self.principal.require(Scope::Admin)?;
         Ok(self.platform.core().verify_audit(self.principal.tenant())?)
     }
 
     /// Token usage since `since_ms` (Unix ms) and the credits left.
     pub fn usage(&self, since_ms: i64) -> Result<UsageReport, PlatformError> {
+        self.acting("usage")?;
         let summary = self.platform.core().usage_summary(&self.principal, since_ms)?;
         Ok(UsageReport { summary, balance: self.platform.core().balance(self.principal.tenant())? })
     }

@@ -56,7 +56,8 @@ fn to_json<T: Serialize>(value: &T) -> napi::Result<Value> {
 
 /// A JavaScript value (as JSON) in the SDK's shape; `what` names it in the error.
 fn parse<T: DeserializeOwned>(value: Value, what: &str) -> napi::Result<T> {
-    serde_json::from_value(value).map_err(|e| invalid(&format!("{what}: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| invalid(&format!("{what}: {}", soramai::core::error::json_error_message(&e))))
 }
 
 /// Options that may be left out (`undefined` or `null`).
@@ -427,6 +428,34 @@ impl NativeSession {
     pub async fn grant_credits(&self, tenant: String, amount: i64, reference: String) -> napi::Result<Value> {
         let s = self.session();
         json(move || s.grant_credits(&tenant, amount, &reference)).await
+    }
+
+    /// `{ reason, scopes, ttl_seconds? }`: break-glass access to a tenant (platform admin); the
+    /// answer carries the grant's short-lived key once.
+    #[napi]
+    pub async fn request_access_grant(&self, tenant: String, request: Value) -> napi::Result<Value> {
+        let request = parse(request, "request")?;
+        let s = self.session();
+        let grant = blocking(move || s.request_access_grant(&tenant, request)).await?;
+        to_json(&soramai::NewGrant::from(&grant))
+    }
+
+    #[napi]
+    pub async fn approve_access_grant(&self, id: String) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.approve_access_grant(&id)).await
+    }
+
+    #[napi]
+    pub async fn revoke_access_grant(&self, id: String) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.revoke_access_grant(&id)).await
+    }
+
+    #[napi]
+    pub async fn access_grants(&self) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.access_grants()).await
     }
 
     #[napi]

@@ -165,6 +165,30 @@ describe('soramai through napi', { skip: haveModel ? false : 'the reference mode
     assert.ok((await t.acme.apiKeys()).every((k) => !('key' in k)), 'listed keys never hold secrets')
   })
 
+  test('the operator reads nothing without a grant', async () => {
+    const ds = await t.acme.uploadDataset('ops.jsonl', DATASET)
+    await assert.rejects(admin.createApiKey('peek', ['train'], { tenant: 'acme' }), soramai.PermissionDeniedError)
+    await assert.rejects(admin.downloadDataset(ds.id), soramai.NotFoundError)
+    await assert.rejects(admin.requestAccessGrant('acme', { reason: '', scopes: ['train'] }), soramai.InvalidRequestError)
+    await assert.rejects(
+      admin.requestAccessGrant('acme', { reason: 'INC-1', scopes: ['train'], ttl_seconds: 3601 }),
+      soramai.InvalidRequestError,
+    )
+    await assert.rejects(
+      admin.requestAccessGrant('acme', { reason: 'INC-1', scopes: ['train'], extra: 1 }),
+      soramai.InvalidRequestError,
+    )
+    const grant = await admin.requestAccessGrant('acme', { reason: 'INC-4 sync bug', scopes: ['train'], ttl_seconds: 300 })
+    assert.equal(grant.status, 'active')
+    const peek = await platform.session(grant.key)
+    assert.deepEqual(await peek.downloadDataset(ds.id), DATASET)
+    const listed = await t.acme.accessGrants()
+    assert.equal(listed[0].id, grant.id)
+    assert.equal(listed[0].reason, 'INC-4 sync bug')
+    assert.equal((await t.acme.revokeAccessGrant(grant.id)).status, 'revoked')
+    await assert.rejects(peek.downloadDataset(ds.id), soramai.AuthenticationError)
+  })
+
   test('malformed arguments are typed errors and change nothing', async () => {
     const before = (await t.acme.usage()).balance
     const hi = [{ role: 'user', content: 'hi' }]

@@ -74,7 +74,8 @@ fn from_py<T: DeserializeOwned>(py: Python<'_>, value: &Bound<'_, PyAny>, what: 
         .call_method1("dumps", (value,))
         .map_err(|_| invalid(format!("{what} holds values JSON cannot hold")))?
         .extract()?;
-    serde_json::from_str(&text).map_err(|e| invalid(format!("{what}: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| invalid(format!("{what}: {}", soramai::core::error::json_error_message(&e))))
 }
 
 /// Keyword options (`None` for none) as a serde value.
@@ -417,6 +418,35 @@ impl PySession {
 
     fn grant_credits(&self, py: Python<'_>, tenant: &str, amount: i64, reference: &str) -> PyResult<Py<PyAny>> {
         to_py(py, &call(py, || self.inner.grant_credits(tenant, amount, reference))?)
+    }
+
+    /// Asks for break-glass access to a tenant (platform admin). The answer carries the grant's
+    /// short-lived key once.
+    #[pyo3(signature = (tenant, reason, scopes, *, ttl_seconds=None))]
+    fn request_access_grant(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        reason: String,
+        scopes: &Bound<'_, PyAny>,
+        ttl_seconds: Option<u64>,
+    ) -> PyResult<Py<PyAny>> {
+        let scopes = from_py(py, scopes, "scopes")?;
+        let request = soramai::GrantInput { reason, scopes, ttl_seconds };
+        let grant = call(py, || self.inner.request_access_grant(tenant, request))?;
+        to_py(py, &soramai::NewGrant::from(&grant))
+    }
+
+    fn approve_access_grant(&self, py: Python<'_>, id: &str) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.approve_access_grant(id))?)
+    }
+
+    fn revoke_access_grant(&self, py: Python<'_>, id: &str) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.revoke_access_grant(id))?)
+    }
+
+    fn access_grants(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.access_grants())?)
     }
 
     fn audit_log(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {

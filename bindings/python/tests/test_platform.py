@@ -182,6 +182,35 @@ def test_keys_scopes_and_isolation(world):
     assert all("key" not in k for k in acme.api_keys()), "listed keys never hold secrets"
 
 
+def test_operator_access_only_through_a_grant(world):
+    platform, admin, acme = world["platform"], world["admin"], world["acme"]
+    ds = acme.upload_dataset("ops.jsonl", DATASET)
+    # No second operator key for a tenant that has one; no read of its data.
+    with pytest.raises(soramai.PermissionDeniedError):
+        admin.create_api_key("peek", ["train"], tenant="acme")
+    with pytest.raises(soramai.NotFoundError):
+        admin.download_dataset(ds["id"])
+    for bad in [
+        lambda: admin.request_access_grant("acme", "", ["train"]),
+        lambda: admin.request_access_grant("acme", "INC-1", ["train"], ttl_seconds=3601),
+        lambda: admin.request_access_grant("acme", "INC-1", ["sudo"]),
+    ]:
+        with pytest.raises(soramai.InvalidRequestError):
+            bad()
+    with pytest.raises(soramai.PermissionDeniedError):
+        acme.request_access_grant("globex", "INC-1", ["train"])
+    grant = admin.request_access_grant("acme", "INC-3 stuck upload", ["train"], ttl_seconds=300)
+    assert grant["status"] == "active" and grant["key"].startswith("sk-")
+    peek = platform.session(grant["key"])
+    assert peek.download_dataset(ds["id"]) == DATASET
+    listed = acme.access_grants()
+    assert [g["id"] for g in listed] == [grant["id"]] and listed[0]["reason"] == "INC-3 stuck upload"
+    assert acme.revoke_access_grant(grant["id"])["status"] == "revoked"
+    with pytest.raises(soramai.AuthenticationError):
+        peek.download_dataset(ds["id"])  # the session stops with its grant
+    assert acme.verify_audit()["records"] > 0
+
+
 def test_malformed_arguments_are_typed_errors_and_change_nothing(world):
     acme = world["acme"]
     before = acme.usage()

@@ -199,6 +199,29 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN checkpoint_step INTEGER;
     ALTER TABLE jobs ADD COLUMN charged_tokens INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: break-glass access grants, and the grant a key belongs to
+    r#"
+    CREATE TABLE access_grants (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        operator_tenant TEXT NOT NULL,
+        operator_key TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        ttl_seconds INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'active', 'revoked', 'expired')),
+        requested_at INTEGER NOT NULL,
+        approved_at INTEGER,
+        expires_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        ended_by TEXT
+    );
+    CREATE INDEX access_grants_tenant ON access_grants(tenant_id);
+    CREATE INDEX access_grants_operator ON access_grants(operator_tenant);
+    CREATE INDEX access_grants_due ON access_grants(status, expires_at);
+    ALTER TABLE api_keys ADD COLUMN grant_id TEXT;
+    "#,
 ];
 
 /// The metadata database: SQLite in the data directory (the embedded default), or a PostgreSQL

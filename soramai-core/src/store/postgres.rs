@@ -38,7 +38,8 @@ const MIGRATE_LOCK: i64 = 0x736f_7261_6d61_6902;
 /// The schema, as numbered migrations. Version 1 is SQLite's schema at its version 6, in
 /// PostgreSQL's types: BIGINT for INTEGER, DOUBLE PRECISION for REAL, BYTEA for BLOB, identity
 /// columns for AUTOINCREMENT, and byte-wise collation for every text column.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE system_keys (
         name TEXT COLLATE "C" PRIMARY KEY,
         wrapped BYTEA NOT NULL,
@@ -207,7 +208,31 @@ const MIGRATIONS: &[&str] = &[r#"
         created_at BIGINT NOT NULL
     );
     CREATE INDEX fine_tuned_models_tenant ON fine_tuned_models(tenant_id);
-"#];
+"#,
+    // 2: SQLite's version 7, break-glass access grants
+    r#"
+    CREATE TABLE access_grants (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+        operator_tenant TEXT COLLATE "C" NOT NULL,
+        operator_key TEXT COLLATE "C" NOT NULL,
+        key_id TEXT COLLATE "C" NOT NULL,
+        reason TEXT COLLATE "C" NOT NULL,
+        scopes TEXT COLLATE "C" NOT NULL,
+        ttl_seconds BIGINT NOT NULL,
+        status TEXT COLLATE "C" NOT NULL CHECK (status IN ('pending', 'active', 'revoked', 'expired')),
+        requested_at BIGINT NOT NULL,
+        approved_at BIGINT,
+        expires_at BIGINT NOT NULL,
+        ended_at BIGINT,
+        ended_by TEXT COLLATE "C"
+    );
+    CREATE INDEX access_grants_tenant ON access_grants(tenant_id);
+    CREATE INDEX access_grants_operator ON access_grants(operator_tenant);
+    CREATE INDEX access_grants_due ON access_grants(status, expires_at);
+    ALTER TABLE api_keys ADD COLUMN grant_id TEXT COLLATE "C";
+"#,
+];
 
 /// The tables holding wrapped keys: rewritten after a key is destroyed.
 const KEY_TABLES: &str = "tenant_keys, scope_keys";
@@ -435,30 +460,37 @@ impl PgStore {
 
     /// Rewrites the key tables so that no dead row version keeps a destroyed wrapped key (what
     /// `secure_delete` and the WAL checkpoint do for SQLite). A dead row is kept while an older
-    /// snapshot could still see it (another node's read, autovacuum's analyze), so this first
-    /// waits, up to 10 s, for the snapshots older than the deletion to end. Write-ahead log
-    /// segments and backups keep older pages until PostgreSQL recycles them, as for any row.
+    /// snapshot could still see it: another node's read, autovacuum's analyze, or a session of
+    /// another database whose snapshot counts for every database (`CREATE DATABASE` has one). So
+    /// this first waits, up to 10 s, for every snapshot older than the deletion to end, rewrites,
+    /// and rewrites again (up to three times) if such a snapshot appeared meanwhile. Write-ahead
+    /// log segments and backups keep older pages until PostgreSQL recycles them, as for any row.
     pub(crate) fn purge_key_tables(&self) -> Result<()> {
         let sender = self.lock();
         let conn = PgConn { sender: &sender };
         let db = Db::new(&conn);
         // The 32-bit transaction id after the deletion, comparable with `backend_xmin`.
         let after: i64 = db.query_row("SELECT txid_current() % 4294967296", (), |r| r.get(0))?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let older: i64 = db.query_row(
+        let older = || -> Result<i64> {
+            db.query_row(
                 "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL
+                 WHERE pid <> pg_backend_pid() AND backend_xmin IS NOT NULL
                    AND CAST(CAST(backend_xmin AS TEXT) AS BIGINT) < ?1",
                 [after],
                 |r| r.get(0),
-            )?;
-            if older == 0 || std::time::Instant::now() >= deadline {
+            )
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for _ in 0..3 {
+            while older()? > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            conn.batch(&format!("VACUUM (FULL) {KEY_TABLES}"))?;
+            if older()? == 0 || std::time::Instant::now() >= deadline {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        conn.batch(&format!("VACUUM (FULL) {KEY_TABLES}"))
+        Ok(())
     }
 }
 

@@ -153,8 +153,28 @@ class ApiKey(TypedDict):
     expires_at: int | None
     revoked_at: int | None
     replaced_by: str | None
+    grant: str | None
 
 class NewApiKey(ApiKey):
+    key: str
+
+class AccessGrant(TypedDict):
+    id: str
+    tenant: str
+    operator_tenant: str
+    operator_key: str
+    key_id: str
+    reason: str
+    scopes: list[Scope]
+    ttl_seconds: int
+    status: Literal["pending", "active", "revoked", "expired"]
+    requested_at: int
+    approved_at: int | None
+    expires_at: int
+    ended_at: int | None
+    ended_by: str | None
+
+class NewAccessGrant(AccessGrant):
     key: str
 
 class Tenant(TypedDict):
@@ -255,6 +275,14 @@ class Session:
     def set_tier(self, id: str, tier: Tier) -> Tenant: ...
     def tenants(self) -> list[Tenant]: ...
     def grant_credits(self, tenant: str, amount: int, reference: str) -> dict[str, Any]: ...
+    def request_access_grant(
+        self, tenant: str, reason: str, scopes: Sequence[Scope], *, ttl_seconds: int | None = None
+    ) -> NewAccessGrant:
+        """Break-glass access to a tenant (platform admin): active at once (Free, Basic, Pro),
+        pending the tenant's approval (Org), refused where the customer holds the keys."""
+    def approve_access_grant(self, id: str) -> AccessGrant: ...
+    def revoke_access_grant(self, id: str) -> AccessGrant: ...
+    def access_grants(self) -> list[AccessGrant]: ...
     def audit_log(self) -> list[dict[str, Any]]: ...
     def verify_audit(self) -> dict[str, Any]: ...
     def usage(self, since_ms: int = 0) -> UsageReport: ...
