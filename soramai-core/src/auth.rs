@@ -148,6 +148,11 @@ impl Principal {
         self.actor == Actor::Operator
     }
 
+    /// Fails with [`Error::OperatorAccess`] when the principal acts under a break-glass grant.
+    pub fn refuse_under_grant(&self, what: &'static str) -> Result<()> {
+        if self.grant.is_some() { Err(Error::OperatorAccess(what)) } else { Ok(()) }
+    }
+
     /// Fails with [`Error::MissingScope`] unless the principal holds `scope`.
     pub fn require(&self, scope: Scope) -> Result<()> {
         if self.scopes.contains(&scope) { Ok(()) } else { Err(Error::MissingScope(scope)) }
@@ -383,9 +388,7 @@ impl Core {
     /// and in the admin's own log.
     pub fn issue_first_key(&self, operator: &Principal, tenant: &TenantId, options: KeyOptions) -> Result<IssuedKey> {
         operator.require(Scope::Admin)?;
-        if operator.grant.is_some() {
-            return Err(Error::OperatorAccess("a break-glass grant's key never mints keys"));
-        }
+        operator.refuse_under_grant("a break-glass grant's key never mints keys")?;
         if operator.tenant() == tenant {
             return self.create_api_key(operator, options);
         }
@@ -405,9 +408,7 @@ impl Core {
 
     fn issue_key(&self, principal: &Principal, options: KeyOptions, how: KeyIssue<'_>) -> Result<IssuedKey> {
         let tenant = self.tenant(principal.tenant())?;
-        if principal.grant.is_some() {
-            return Err(Error::OperatorAccess("a break-glass grant's key never mints keys"));
-        }
+        principal.refuse_under_grant("a break-glass grant's key never mints keys")?;
         if options.scopes.is_empty() {
             return Err(Error::InvalidArgument("a key needs at least one scope".into()));
         }
@@ -551,6 +552,9 @@ impl Core {
     /// Revokes a key of the principal's tenant; effective for the very next request.
     pub fn revoke_api_key(&self, principal: &Principal, id: &ApiKeyId) -> Result<()> {
         principal.require(Scope::Admin)?;
+        // A grant that could revoke the tenant's keys could leave it with none, and then take
+        // the "first key" a platform admin may hand out: a way to stay after the grant ends.
+        principal.refuse_under_grant("a break-glass grant's key never revokes keys")?;
         let key = self.own_key(principal, id)?;
         if key.revoked_at.is_some() {
             return Ok(());

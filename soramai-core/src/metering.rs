@@ -290,6 +290,7 @@ impl Core {
     /// scope, audited). Kept text is sealed under the tenant key like any other customer data.
     pub fn set_query_text_logging(&self, principal: &Principal, enabled: bool) -> Result<()> {
         principal.require(Scope::Admin)?;
+        principal.refuse_under_grant("a break-glass grant's key never changes what is logged")?;
         let t = self.tenant(principal.tenant())?;
         self.meta.write(|tx| {
             tx.execute("UPDATE tenants SET log_query_text = ?2 WHERE id = ?1", params![t.id.as_str(), enabled])?;

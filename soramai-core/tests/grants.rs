@@ -155,6 +155,20 @@ fn a_basic_tenants_grant_is_active_at_once_audited_in_both_logs_and_revoked_at_o
     let err = env.core.request_access_grant(&peek, &op, grant("chain", &[Scope::Train], None)).expect_err("chain");
     assert!(matches!(err, Error::MissingScope(Scope::Admin) | Error::OperatorAccess(_)), "{err:?}");
 
+    // Even with the admin scope a grant's key mints, revokes and reconfigures nothing: it could
+    // otherwise leave the tenant keyless and take the first key the operator may hand out.
+    let wide = env.core.request_access_grant(&admin, &acme, grant("INC-43", &[Scope::Admin], None)).expect("grant");
+    let wide = env.core.authenticate(wide.key.secret()).expect("grant key");
+    for refused in [
+        env.core.create_api_key(&wide, KeyOptions::new("stay", &[Scope::Admin])).map(|_| ()),
+        env.core.revoke_api_key(&wide, &owner_key.info.id),
+        env.core.rotate_api_key(&wide, &owner_key.info.id, Duration::ZERO).map(|_| ()),
+        env.core.set_query_text_logging(&wide, true),
+        env.core.approve_access_grant(&wide, &g.id).map(|_| ()),
+    ] {
+        assert!(matches!(refused, Err(Error::OperatorAccess(_))), "{refused:?}");
+    }
+    assert!(env.core.authenticate(owner_key.secret()).is_ok(), "the tenant's key still works");
     for tenant in [&acme, &op] {
         let log = actions(&env, tenant);
         let requested = log.iter().find(|(a, _, _)| a == "access_grant.requested").expect("requested");
@@ -165,7 +179,7 @@ fn a_basic_tenants_grant_is_active_at_once_audited_in_both_logs_and_revoked_at_o
         env.core.verify_audit(tenant).expect("chain verifies");
     }
     // The tenant sees the grant; another tenant does not, and cannot end it.
-    assert_eq!(env.core.list_access_grants(&owner).expect("list").len(), 1);
+    assert_eq!(env.core.list_access_grants(&owner).expect("list").len(), 2);
     let (_, globex) = env.tenant("globex", Tier::Basic);
     assert!(env.core.list_access_grants(&globex).expect("list").is_empty());
     assert!(matches!(env.core.revoke_access_grant(&globex, &g.id), Err(Error::NotFound { .. })));

@@ -1414,12 +1414,8 @@ async fn list_grants(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<
 }
 
 async fn get_grant(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
-    let grants = blocking(move || s.platform.access_grants(&p)).await?;
-    let g = grants
-        .iter()
-        .find(|g| g.id.as_str() == id)
-        .ok_or_else(|| ApiError::from(PlatformError::Core(soramai::Error::NotFound { kind: "access grant" })))?;
-    Ok(axum::Json(grant_json(g)).into_response())
+    let g = blocking(move || s.platform.access_grant(&p, &id)).await?;
+    Ok(axum::Json(grant_json(&g)).into_response())
 }
 
 async fn approve_grant(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {

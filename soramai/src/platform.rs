@@ -1130,6 +1130,11 @@ impl Platform {
         Ok(self.core.revoke_access_grant(principal, &grant_id(id)?)?)
     }
 
+    /// One grant the caller may see (on its tenant, or asked for by it).
+    pub fn access_grant(&self, principal: &Principal, id: &str) -> Result<AccessGrant, PlatformError> {
+        Ok(self.core.access_grant(principal, &grant_id(id)?)?)
+    }
+
     /// The grants on the caller's tenant, or those its tenant asked for (the operator's).
     pub fn access_grants(&self, principal: &Principal) -> Result<Vec<AccessGrant>, PlatformError> {
         Ok(self.core.list_access_grants(principal)?)
