@@ -171,6 +171,14 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+impl AuditRecord {
+    /// Whether the record is of the operator's access to the tenant: an operator actor, or a
+    /// break-glass grant's event.
+    pub fn is_operator_access(&self) -> bool {
+        self.actor == "operator" || self.actor.starts_with("operator:") || self.action.starts_with("access_grant.")
+    }
+}
+
 /// What a successful verification covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct AuditReport {
@@ -305,16 +313,19 @@ impl Core {
         self.audit(principal.tenant(), principal.actor(), action, target, detail)
     }
 
-    /// The tenant's audit records, oldest first. Needs the admin scope and a tier with audit-log
-    /// access (Org and Enterprise); the operator can always read them.
+    /// The tenant's audit records, oldest first (admin scope). A tier with audit-log access (Org
+    /// and Enterprise) reads them all; every other tier reads the records of the operator's access
+    /// to it (tenant changes, its first key, break-glass grants and every request under one), so
+    /// that access is visible to every tenant. The operator's embedding code reads them all.
     pub fn audit_log(&self, principal: &Principal) -> Result<Vec<AuditRecord>> {
         principal.require(crate::auth::Scope::Admin)?;
         let tenant = principal.tenant();
         let t = self.tenant(tenant)?;
-        if !principal.is_operator() && !t.tier.policy().audit_log_access {
-            return Err(Error::NotAllowed { tier: t.tier, what: "reading the audit log" });
+        let records = self.audit_records(tenant)?;
+        if principal.is_operator() || t.tier.policy().audit_log_access {
+            return Ok(records);
         }
-        self.audit_records(tenant)
+        Ok(records.into_iter().filter(AuditRecord::is_operator_access).collect())
     }
 
     fn audit_records(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
