@@ -3,7 +3,8 @@
 # lints, runs every test (cargo-nextest when present, else cargo test) with the optional backends
 # (S3 against moto's server and PostgreSQL, both on loopback, both started here), the core's tests
 # again on PostgreSQL,
-# the doc tests, and the Python and Node bindings' suites. Prints the total time at the end.
+# the examples, the doc tests, and the Python and Node bindings' suites. Prints the total time at
+# the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -69,6 +70,12 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --features "$features" --locked --no-fail-fast
 fi
+
+stage "examples (examples/: programs that embed the library, on the reference model)"
+# All targets with the tests' features, as nextest built them: nothing but the examples compiles again.
+cargo build --workspace --all-targets --features "$features" --locked
+target/debug/break-glass
+target/debug/embed --model "$SORAMAI_TEST_MODEL"
 
 stage "the security core's tests again, on PostgreSQL"
 # The same build; every core test's environment gets a fresh database on the loopback server.
