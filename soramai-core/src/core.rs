@@ -303,7 +303,7 @@ pub struct Core {
     pub(crate) blobs: Arc<dyn BlobStore>,
     routes: Arc<RoutedBlobStore>,
     dedicated: Option<Arc<dyn StoreRouter>>,
-    root: Arc<dyn KeyProvider>,
+    pub(crate) root: Arc<dyn KeyProvider>,
     customer_roots: RwLock<HashMap<TenantId, Arc<dyn KeyProvider>>>,
     key_cache: RwLock<HashMap<(TenantId, u32), TenantKey>>,
     pub(crate) audit_key: AuditKey,
@@ -793,7 +793,8 @@ impl Core {
         for k in self.blobs.list(&format!("t/{}/", id.as_str()))? {
             self.blobs.delete(&k)?;
         }
-        Ok(())
+        // And its keys leave every backup target, so no snapshot opens its data again.
+        self.propagate_to_backups(id, true)
     }
 
     // ---- tenant keys ------------------------------------------------------------------------
@@ -1179,6 +1180,7 @@ impl Core {
                 self.blobs.delete(&k)?;
             }
         }
+        self.propagate_to_backups(tenant, false)?;
         Ok(blobs.len())
     }
 

@@ -29,6 +29,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod clock;
 mod core;
 pub mod crypto;
@@ -46,6 +47,7 @@ mod vault;
 
 pub use crate::audit::{Action, Actor, AuditRecord, AuditReport};
 pub use crate::auth::{ApiKeyInfo, GrantContext, IssuedKey, KeyOptions, Principal, Scope};
+pub use crate::backup::{BackupReport, RestoreReport, SnapshotInfo};
 pub use crate::clock::{Clock, ManualClock, Millis, SystemClock};
 pub use crate::core::{
     BlobLocation, Config, Core, Database, KeyCustody, Limits, ObjectInfo, ObjectReader, ObjectWriter, StorePlacement,

@@ -29,6 +29,8 @@ pub struct SweepReport {
     pub orphan_blobs: usize,
     /// Break-glass access grants that ran out (recorded in both audit logs).
     pub access_grants_expired: usize,
+    /// Backup snapshots older than 30 days deleted from the registered targets.
+    pub backups_pruned: usize,
 }
 
 impl Core {
@@ -57,6 +59,7 @@ impl Core {
         })?;
         report.orphan_blobs = self.collect_orphan_blobs(Duration::from_secs(3600))?;
         report.access_grants_expired = self.expire_access_grants()?;
+        report.backups_pruned = self.sweep_backups()?;
         Ok(report)
     }
 }

@@ -99,11 +99,71 @@ enum Command {
     /// Serve the OpenAI-compatible API. On a fresh data directory: creates it, registers the
     /// model, and prints a bootstrap admin key once.
     Serve(ServeArgs),
+    /// Back up a data directory (its SQLite metadata and every encrypted object) to a target:
+    /// `file:///path` or `s3://bucket`. Incremental; nothing in it opens without the root key.
+    /// `backup verify --from URL` re-reads a snapshot; `backup list --from URL` lists them.
+    Backup(BackupArgs),
+    /// Restore a snapshot (the latest by default) into a fresh data directory, with the root key
+    /// the backup was taken under, and verify every tenant's audit chain.
+    Restore {
+        /// The backup target.
+        #[arg(long)]
+        from: String,
+        /// The data directory to create.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A snapshot id (default: the latest).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// The root key file (64 hex digits); default: the SORAMAI_ROOT_KEY environment variable.
+        /// A file is copied into the new data directory as its `root.key`.
+        #[arg(long)]
+        root_key_file: Option<PathBuf>,
+    },
     /// Run one job from stdin (started by a worker; not for interactive use).
     #[command(hide = true, disable_help_flag = true)]
     JobRunner {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BackupArgs {
+    #[command(subcommand)]
+    action: Option<BackupAction>,
+    /// The data directory to back up.
+    #[arg(long, default_value = ".soramai-data")]
+    data_dir: PathBuf,
+    /// The target: `file:///path` or `s3://bucket` (registered, so that closing a tenant or
+    /// shredding a corpus reaches it).
+    #[arg(long)]
+    to: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupAction {
+    /// Re-read a snapshot (default: the latest): manifest, metadata and every object's digest.
+    Verify {
+        /// The backup target.
+        #[arg(long)]
+        from: String,
+        /// A snapshot id.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// The root key file; default: SORAMAI_ROOT_KEY.
+        #[arg(long)]
+        root_key_file: Option<PathBuf>,
+    },
+    /// List a target's snapshots.
+    List {
+        /// The backup target.
+        #[arg(long)]
+        from: String,
+        /// The root key file; default: SORAMAI_ROOT_KEY.
+        #[arg(long)]
+        root_key_file: Option<PathBuf>,
     },
 }
 
@@ -286,6 +346,10 @@ fn main() -> ExitCode {
                 [("fine_tune", soramai::finetune::run_job)];
             ExitCode::from(u8::try_from(soramai::core::jobs::runner::main_with(&args, &kinds)).unwrap_or(2))
         }
+        Command::Backup(args) => report(backup(&args)),
+        Command::Restore { from, data_dir, snapshot, root_key_file } => {
+            report(restore(&from, &data_dir, snapshot.as_deref(), root_key_file.as_deref()))
+        }
         Command::Quickstart { data_dir, model } => match quickstart(&data_dir, model.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -331,6 +395,62 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         http::serve(listener, tls, http::AppState::new(platform.clone()), a.limits()).await
     })?;
     platform.shutdown();
+    Ok(())
+}
+
+/// The root key from a file, or from SORAMAI_ROOT_KEY.
+fn root_key(file: Option<&std::path::Path>) -> Result<soramai::LocalRootKey, Box<dyn std::error::Error>> {
+    match file {
+        Some(f) => Ok(soramai::LocalRootKey::from_file(f)?),
+        None if std::env::var_os("SORAMAI_ROOT_KEY").is_some() => {
+            Ok(soramai::LocalRootKey::from_env("SORAMAI_ROOT_KEY")?)
+        }
+        None => Err("the root key: --root-key-file PATH, or SORAMAI_ROOT_KEY (a backup never holds it)".into()),
+    }
+}
+
+fn backup(a: &BackupArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use soramai::core::backup;
+    match &a.action {
+        Some(BackupAction::Verify { from, snapshot, root_key_file }) => {
+            let root = root_key(root_key_file.as_deref())?;
+            let info = backup::verify_backup(backup::open_target(from)?.as_ref(), &root, snapshot.as_deref())?;
+            println!("{}", serde_json::to_string(&info)?);
+        }
+        Some(BackupAction::List { from, root_key_file }) => {
+            let root = root_key(root_key_file.as_deref())?;
+            for info in backup::list_snapshots(backup::open_target(from)?.as_ref(), &root)? {
+                println!("{}", serde_json::to_string(&info)?);
+            }
+        }
+        None => {
+            let to = a.to.as_deref().ok_or("backup --to URL (file:///path or s3://bucket)")?;
+            let core = Core::open_embedded(&a.data_dir)?;
+            println!("{}", serde_json::to_string(&core.backup(to)?)?);
+        }
+    }
+    Ok(())
+}
+
+fn restore(
+    from: &str,
+    data_dir: &std::path::Path,
+    snapshot: Option<&str>,
+    root_file: Option<&std::path::Path>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = Arc::new(root_key(root_file)?);
+    let target = soramai::core::backup::open_target(from)?;
+    let config = soramai::Config::new(data_dir, root);
+    let (core, report) = soramai::core::backup::restore_backup(target.as_ref(), snapshot, config)?;
+    if let Some(file) = root_file {
+        // The embedded default finds its root key in the data directory.
+        let dest = data_dir.join("root.key");
+        std::fs::copy(file, &dest)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
+    }
+    drop(core);
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 

@@ -222,6 +222,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX access_grants_due ON access_grants(status, expires_at);
     ALTER TABLE api_keys ADD COLUMN grant_id TEXT;
     "#,
+    // 8: backup targets, and the deletions still to reach them
+    r#"
+    CREATE TABLE backup_targets (
+        url TEXT PRIMARY KEY,
+        added_at INTEGER NOT NULL
+    );
+    CREATE TABLE backup_pending (
+        url TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('closed', 'scope')),
+        at INTEGER NOT NULL,
+        PRIMARY KEY (url, tenant_id, kind)
+    );
+    "#,
 ];
 
 /// The metadata database: SQLite in the data directory (the embedded default), or a PostgreSQL
@@ -309,6 +323,26 @@ impl MetaStore {
             }
             #[cfg(feature = "postgres")]
             Store::Postgres(pg) => pg.write(f),
+        }
+    }
+
+    /// Writes a consistent copy of the database to `path` (SQLite's `VACUUM INTO`: compacted, no
+    /// free pages). PostgreSQL has its own tools for that (`pg_dump`, base backups).
+    pub(crate) fn snapshot_into(&self, path: &Path) -> Result<()> {
+        match &self.backend {
+            Store::Sqlite(conn) => {
+                let conn = Self::lock(conn);
+                conn.execute("VACUUM INTO ?1", [path.to_string_lossy()])?;
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => Err(Error::InvalidArgument(
+                "a PostgreSQL metadata store is backed up with PostgreSQL's own tools (pg_dump, base backups); \
+                 `backup` covers the embedded default"
+                    .into(),
+            )),
         }
     }
 

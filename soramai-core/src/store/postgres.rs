@@ -232,6 +232,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX access_grants_due ON access_grants(status, expires_at);
     ALTER TABLE api_keys ADD COLUMN grant_id TEXT COLLATE "C";
 "#,
+    // 3: SQLite's version 8, backup targets and the deletions still to reach them
+    r#"
+    CREATE TABLE backup_targets (
+        url TEXT COLLATE "C" PRIMARY KEY,
+        added_at BIGINT NOT NULL
+    );
+    CREATE TABLE backup_pending (
+        url TEXT COLLATE "C" NOT NULL,
+        tenant_id TEXT COLLATE "C" NOT NULL,
+        kind TEXT COLLATE "C" NOT NULL CHECK (kind IN ('closed', 'scope')),
+        at BIGINT NOT NULL,
+        PRIMARY KEY (url, tenant_id, kind)
+    );
+"#,
 ];
 
 /// The tables holding wrapped keys: rewritten after a key is destroyed.
