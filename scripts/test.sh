@@ -31,13 +31,15 @@ SORAMAI_TEST_POSTGRES="$(./scripts/postgres.sh)"
 export SORAMAI_TEST_POSTGRES
 export SORAMAI_TEST_POSTGRES_DATA="$PWD/.cache/postgres/data" SORAMAI_TEST_POSTGRES_CA="$PWD/.cache/postgres"
 export SORAMAI_REQUIRE_POSTGRES=1
+# The failover test makes its own primary and replica (scripts/postgres-failover.sh) and kills one.
+export SORAMAI_TEST_PG_FAILOVER=1
 
 stage "an S3-compatible endpoint on loopback (moto's server; the S3 blob store's tests)"
 ./scripts/s3-mock.sh >/dev/null
 export AWS_ENDPOINT="http://127.0.0.1:${SORAMAI_S3_PORT:-54340}" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=soramai-test AWS_SECRET_ACCESS_KEY=soramai-test
 export SORAMAI_TEST_S3_BUCKET=soramai-test SORAMAI_REQUIRE_S3=1
-trap './scripts/postgres.sh stop >/dev/null 2>&1 || true; ./scripts/s3-mock.sh stop || true' EXIT
+trap './scripts/postgres.sh stop >/dev/null 2>&1 || true; ./scripts/postgres-failover.sh stop || true; ./scripts/s3-mock.sh stop || true' EXIT
 
 stage "software Vulkan for the GPU kernels' tests (Mesa lavapipe)"
 if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then

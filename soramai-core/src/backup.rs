@@ -394,6 +394,9 @@ impl Core {
     /// only objects the target lacks are copied.
     pub fn backup(&self, url: &str) -> Result<BackupReport> {
         let target = open_target(url)?;
+        let report = self.backup_into(target.as_ref())?;
+        // Registered once a snapshot is there (a closure during this backup was caught by its
+        // own check after writing each keyring).
         let now = self.now();
         self.meta.write(|tx| {
             tx.execute(
@@ -402,7 +405,7 @@ impl Core {
             )?;
             Ok(())
         })?;
-        self.backup_into(target.as_ref())
+        Ok(report)
     }
 
     /// Takes a snapshot into a target store (see [`Core::backup`]; a target given this way is not
