@@ -295,6 +295,9 @@ export declare class Session {
   setTier(id: string, tier: Tier): Promise<Tenant>
   tenants(): Promise<Tenant[]>
   grantCredits(tenant: string, amount: number, reference: string): Promise<Record<string, unknown>>
+  /** Access ends now; the data goes after `window_days` (1-30, default 30), or now with `immediate`. */
+  closeTenant(id: string, options?: { immediate?: boolean; window_days?: number }): Promise<Record<string, unknown>>
+  reopenTenant(id: string): Promise<void>
   /** Break-glass access to a tenant (platform admin); the answer carries the grant's key once. */
   requestAccessGrant(
     tenant: string,

@@ -277,6 +277,14 @@ class Session {
     return call(() => this.#native.grantCredits(tenant, amount, reference))
   }
 
+  closeTenant(id, options = {}) {
+    return call(() => this.#native.closeTenant(id, options.immediate ?? false, options.window_days))
+  }
+
+  reopenTenant(id) {
+    return call(() => this.#native.reopenTenant(id))
+  }
+
   requestAccessGrant(tenant, request) {
     return call(() => this.#native.requestAccessGrant(tenant, request))
   }

@@ -102,6 +102,8 @@ pub enum Action {
     AccessGrantRevoked,
     AccessGrantExpired,
     AccessGrantUsed,
+    TenantCloseRequested,
+    TenantReopened,
 }
 
 impl Action {
@@ -143,6 +145,8 @@ impl Action {
             Action::AccessGrantRevoked => "access_grant.revoked",
             Action::AccessGrantExpired => "access_grant.expired",
             Action::AccessGrantUsed => "access_grant.request",
+            Action::TenantCloseRequested => "tenant.close_requested",
+            Action::TenantReopened => "tenant.reopened",
         }
     }
 }

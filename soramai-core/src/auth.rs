@@ -393,6 +393,9 @@ impl Core {
             return self.create_api_key(operator, options);
         }
         let target = self.tenant(tenant)?;
+        if self.is_closing(tenant)? {
+            return Err(Error::InvalidArgument("the account is closing: reopen it first".into()));
+        }
         if target.key_custody == crate::core::KeyCustody::Customer {
             return Err(Error::OperatorAccess("the tenant holds its own keys: the operator has no access"));
         }
@@ -494,6 +497,9 @@ impl Core {
             return Err(Error::Unauthenticated);
         }
         let now = self.now();
+        if self.is_closing(&info.tenant)? {
+            return Err(Error::Unauthenticated);
+        }
         if info.revoked_at.is_some() || info.expires_at.is_some_and(|e| now >= e) {
             if info.grant.is_some() {
                 // A grant's key lapses with its grant: record the expiry now if no sweep has.

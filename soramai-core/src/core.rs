@@ -754,6 +754,7 @@ impl Core {
             tx.execute("DELETE FROM secrets WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM fine_tuned_models WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM access_grants WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM tenant_closures WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE tenant_id = ?1 AND revoked_at IS NULL",
                 params![id.as_str(), now],

@@ -31,6 +31,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod clock;
+pub mod closing;
 mod core;
 pub mod crypto;
 pub mod datasets;
@@ -49,6 +50,7 @@ pub use crate::audit::{Action, Actor, AuditRecord, AuditReport};
 pub use crate::auth::{ApiKeyInfo, GrantContext, IssuedKey, KeyOptions, Principal, Scope};
 pub use crate::backup::{BackupReport, RestoreReport, SnapshotInfo};
 pub use crate::clock::{Clock, ManualClock, Millis, SystemClock};
+pub use crate::closing::{CloseOptions, Closure};
 pub use crate::core::{
     BlobLocation, Config, Core, Database, KeyCustody, Limits, ObjectInfo, ObjectReader, ObjectWriter, StorePlacement,
     Tenant, TenantStatus,

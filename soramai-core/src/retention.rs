@@ -31,6 +31,8 @@ pub struct SweepReport {
     pub access_grants_expired: usize,
     /// Backup snapshots older than 30 days deleted from the registered targets.
     pub backups_pruned: usize,
+    /// Closed accounts whose window ended, purged.
+    pub tenants_closed: usize,
 }
 
 impl Core {
@@ -59,6 +61,7 @@ impl Core {
         })?;
         report.orphan_blobs = self.collect_orphan_blobs(Duration::from_secs(3600))?;
         report.access_grants_expired = self.expire_access_grants()?;
+        report.tenants_closed = self.purge_closed_tenants()?;
         report.backups_pruned = self.sweep_backups()?;
         Ok(report)
     }

@@ -199,6 +199,8 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{id}/tier", post(set_tier))
         .route("/tenants/{id}/credits", post(grant_credits))
         .route("/tenants/{id}/access_grants", post(request_grant))
+        .route("/tenants/{id}/close", post(close_tenant))
+        .route("/tenants/{id}/reopen", post(reopen_tenant))
         .route("/access_grants", get(list_grants))
         .route("/access_grants/{id}", get(get_grant))
         .route("/access_grants/{id}/approve", post(approve_grant))
@@ -1374,6 +1376,40 @@ async fn rotate_key(
     let mut v = key_json(&key.info);
     v["key"] = json!(key.secret());
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CloseBody {
+    #[serde(default)]
+    immediate: bool,
+    #[serde(default)]
+    window_days: Option<u32>,
+}
+
+async fn close_tenant(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let b: CloseBody = if body.is_empty() {
+        CloseBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| body_error(&e))?
+    };
+    let c = blocking(move || Session::new(s.platform, p).close_tenant(&id, b.immediate, b.window_days)).await?;
+    Ok(axum::Json(
+        json!({"object": "tenant.closure", "tenant": c.tenant.as_str(), "requested_at": ms_to_s(c.requested_at),
+                         "purge_at": ms_to_s(c.purge_at), "purged": c.purged}),
+    )
+    .into_response())
+}
+
+async fn reopen_tenant(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let shown = id.clone();
+    blocking(move || s.platform.reopen_tenant(&p, &id)).await?;
+    Ok(axum::Json(json!({"object": "tenant", "id": shown, "reopened": true})).into_response())
 }
 
 fn grant_json(g: &soramai::AccessGrant) -> Value {

@@ -872,3 +872,59 @@ fn slow_idle_and_surplus_connections_are_cut_while_requests_go_on() {
     drop(uploads);
     server.stop();
 }
+
+#[test]
+fn an_account_closes_itself_the_operator_reopens_or_closes_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::launch(dir.path(), &[]);
+    let admin = server.admin.clone();
+    let acme = server.tenant("acme", "basic", 100);
+    let globex = server.tenant("globex", "basic", 0);
+    // Another tenant's key, a bad window, an unknown field: refused, nothing changes.
+    assert_error(
+        server.call("POST", "/v1/tenants/acme/close", Some(&globex), None),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    for body in [json!({"window_days": 0}), json!({"window_days": 31}), json!({"zq9": true})] {
+        let (s, v) = server.call("POST", "/v1/tenants/acme/close", Some(&acme), Some(body));
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
+    assert_error(
+        server.call("POST", "/v1/tenants/operator/close", Some(&admin), None),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_eq!(server.call("GET", "/v1/usage", Some(&acme), None).0, StatusCode::OK);
+
+    // The tenant closes its own account: its key stops at once; the purge is 7 days out.
+    let (s, c) = server.call("POST", "/v1/tenants/acme/close", Some(&acme), Some(json!({"window_days": 7})));
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["purged"], false);
+    assert_eq!(c["purge_at"].as_i64().expect("time") - c["requested_at"].as_i64().expect("time"), 7 * 86_400);
+    assert_error(server.call("GET", "/v1/usage", Some(&acme), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
+    assert_error(
+        server.call("POST", "/v1/tenants/acme/close", Some(&admin), None),
+        StatusCode::CONFLICT,
+        "already_exists",
+    );
+    // The operator takes it back; the tenant gets a first key again.
+    assert_eq!(server.call("POST", "/v1/tenants/acme/reopen", Some(&admin), None).0, StatusCode::OK);
+    assert_error(
+        server.call("POST", "/v1/tenants/acme/reopen", Some(&globex), None),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    let again = server.key(&admin, "acme", &["admin"], None);
+    let (_, audit) = server.call("GET", "/v1/audit", Some(&again), None);
+    let actions: Vec<&str> =
+        audit["data"].as_array().expect("records").iter().filter_map(|r| r["action"].as_str()).collect();
+    assert!(actions.contains(&"tenant.reopened"), "{audit}");
+    // Or closes it at once: gone from the tenant list, its key with it.
+    let (s, c) = server.call("POST", "/v1/tenants/globex/close", Some(&admin), Some(json!({"immediate": true})));
+    assert_eq!((s, c["purged"].clone()), (StatusCode::OK, json!(true)), "{c}");
+    let (_, tenants) = server.call("GET", "/v1/tenants", Some(&admin), None);
+    assert!(!tenants.to_string().contains("globex"), "{tenants}");
+    assert_error(server.call("GET", "/v1/usage", Some(&globex), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
+    server.stop();
+}

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use soramai_core::{
-    AccessGrant, Action, Core, DatasetId, FineTuneSpec, GrantId, GrantRequest, IssuedGrant, IssuedKey, Job, JobId,
-    JobSpec, KeyOptions, ModelId, PoolId, Principal, Receipt, RunnerCommand, Scope, Tenant, TenantId, Tier, UsageEvent,
-    UsageKind, UsageStatus, Worker,
+    AccessGrant, Action, CloseOptions, Closure, Core, DatasetId, FineTuneSpec, GrantId, GrantRequest, IssuedGrant,
+    IssuedKey, Job, JobId, JobSpec, KeyOptions, ModelId, PoolId, Principal, Receipt, RunnerCommand, Scope, Tenant,
+    TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
 };
 use soramai_kernels::sample::SamplingParams;
 use soramai_kernels::tokenizer::template::Message;
@@ -1104,6 +1104,44 @@ impl Platform {
         }
         Self::require_platform_admin(principal)?;
         Ok(self.core.issue_first_key(principal, &tenant, options)?)
+    }
+
+    /// Closes a tenant's account: its own admin key for its own account, or a platform admin for
+    /// any but the operator's. Access ends now; the data goes at the end of `options.window` (at
+    /// most 30 days) or now with `options.immediate` (see [`soramai_core::closing`]).
+    pub fn close_tenant(
+        &self,
+        principal: &Principal,
+        id: &str,
+        options: CloseOptions,
+    ) -> Result<Closure, PlatformError> {
+        let id = TenantId::new(id)?;
+        if id.as_str() == OPERATOR_TENANT {
+            return Err(PlatformError::InvalidArgument("the operator's own tenant is not closed this way".into()));
+        }
+        let actor = if Self::is_platform_admin(principal) {
+            principal.as_operator()
+        } else if principal.tenant() == &id && principal.grant().is_none() {
+            principal.require(Scope::Admin)?;
+            principal.actor().clone()
+        } else {
+            return Err(soramai_core::Error::MissingScope(Scope::Admin).into());
+        };
+        let closure = self.core.close_tenant(&actor, &id, options)?;
+        if Self::is_platform_admin(principal) {
+            let detail =
+                serde_json::json!({"op": "tenant.close", "immediate": options.immediate, "purge_at": closure.purge_at});
+            self.audit_admin(principal, &id, detail)?;
+        }
+        Ok(closure)
+    }
+
+    /// Takes back a close within its window (platform admin; the tenant's keys are revoked).
+    pub fn reopen_tenant(&self, principal: &Principal, id: &str) -> Result<(), PlatformError> {
+        Self::require_platform_admin(principal)?;
+        let id = TenantId::new(id)?;
+        self.core.reopen_tenant(&principal.as_operator(), &id)?;
+        self.audit_admin(principal, &id, serde_json::json!({"op": "tenant.reopen"}))
     }
 
     /// Asks for break-glass access to a tenant's data (platform admin): a reason, at most an

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use soramai_core::{
-    AccessGrant, ApiKeyId, AuditRecord, AuditReport, DatasetInfo, FineTuneSpec, GrantRequest, Hyperparameters,
-    IssuedGrant, IssuedKey, Job, JobEvent, KeyOptions, ModelId, Principal, Receipt, Scope, Tenant, Tier,
+    AccessGrant, ApiKeyId, AuditRecord, AuditReport, CloseOptions, Closure, DatasetInfo, FineTuneSpec, GrantRequest,
+    Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, KeyOptions, ModelId, Principal, Receipt, Scope, Tenant,
+    Tier,
 };
 use soramai_rag::{CorpusId, Document, Format, GroundedPrompt, Hit, IngestReport, SearchRequest};
 use zeroize::Zeroizing;
@@ -472,6 +473,21 @@ impl Session {
     pub fn grant_credits(&self, tenant: &str, amount: i64, reference: &str) -> Result<Receipt, PlatformError> {
         self.acting("grant_credits")?;
         self.platform.grant_credits(&self.principal, tenant, amount, reference)
+    }
+
+    /// Closes a tenant's account (its own admin, or a platform admin): access ends now, the data
+    /// goes after `window_days` (1 to 30, default 30) or now with `immediate`.
+    pub fn close_tenant(&self, id: &str, immediate: bool, window_days: Option<u32>) -> Result<Closure, PlatformError> {
+        self.acting("close_tenant")?;
+        let window =
+            window_days.map_or(soramai_core::closing::CLOSE_WINDOW, |d| Duration::from_secs(u64::from(d) * 86_400));
+        self.platform.close_tenant(&self.principal, id, CloseOptions { window, immediate })
+    }
+
+    /// Takes back a close within its window (platform admin).
+    pub fn reopen_tenant(&self, id: &str) -> Result<(), PlatformError> {
+        self.acting("reopen_tenant")?;
+        self.platform.reopen_tenant(&self.principal, id)
     }
 
     // ---- break-glass access ----

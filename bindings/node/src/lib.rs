@@ -430,6 +430,25 @@ impl NativeSession {
         json(move || s.grant_credits(&tenant, amount, &reference)).await
     }
 
+    /// Closes a tenant's account: access ends now, the data goes after `window_days` (1 to 30,
+    /// default 30) or now with `immediate`.
+    #[napi]
+    pub async fn close_tenant(
+        &self,
+        id: String,
+        immediate: Option<bool>,
+        window_days: Option<u32>,
+    ) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.close_tenant(&id, immediate.unwrap_or(false), window_days)).await
+    }
+
+    #[napi]
+    pub async fn reopen_tenant(&self, id: String) -> napi::Result<()> {
+        let s = self.session();
+        blocking(move || s.reopen_tenant(&id)).await
+    }
+
     /// `{ reason, scopes, ttl_seconds? }`: break-glass access to a tenant (platform admin); the
     /// answer carries the grant's short-lived key once.
     #[napi]

@@ -189,6 +189,19 @@ describe('soramai through napi', { skip: haveModel ? false : 'the reference mode
     await assert.rejects(peek.downloadDataset(ds.id), soramai.AuthenticationError)
   })
 
+  test('accounts close', async () => {
+    await admin.createTenant('leaving', 'basic')
+    const key = (await admin.createApiKey('app', ['admin'], { tenant: 'leaving' })).key
+    const leaving = await platform.session(key)
+    await assert.rejects(leaving.closeTenant('leaving', { window_days: 31 }), soramai.InvalidRequestError)
+    const closure = await leaving.closeTenant('leaving', { window_days: 3 })
+    assert.equal(closure.purge_at - closure.requested_at, 3 * 86_400_000)
+    await assert.rejects(platform.session(key), soramai.AuthenticationError)
+    await admin.reopenTenant('leaving')
+    assert.equal((await admin.closeTenant('leaving', { immediate: true })).purged, true)
+    assert.ok(!(await admin.tenants()).some((x) => x.id === 'leaving'))
+  })
+
   test('malformed arguments are typed errors and change nothing', async () => {
     const before = (await t.acme.usage()).balance
     const hi = [{ role: 'user', content: 'hi' }]

@@ -420,6 +420,17 @@ impl PySession {
         to_py(py, &call(py, || self.inner.grant_credits(tenant, amount, reference))?)
     }
 
+    /// Closes a tenant's account: access ends now, the data goes after `window_days` (1 to 30,
+    /// default 30) or now with `immediate`.
+    #[pyo3(signature = (id, *, immediate=false, window_days=None))]
+    fn close_tenant(&self, py: Python<'_>, id: &str, immediate: bool, window_days: Option<u32>) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.close_tenant(id, immediate, window_days))?)
+    }
+
+    fn reopen_tenant(&self, py: Python<'_>, id: &str) -> PyResult<()> {
+        call(py, || self.inner.reopen_tenant(id))
+    }
+
     /// Asks for break-glass access to a tenant (platform admin). The answer carries the grant's
     /// short-lived key once.
     #[pyo3(signature = (tenant, reason, scopes, *, ttl_seconds=None))]

@@ -211,6 +211,22 @@ def test_operator_access_only_through_a_grant(world):
     assert acme.verify_audit()["records"] > 0
 
 
+def test_accounts_close(world):
+    platform, admin = world["platform"], world["admin"]
+    admin.create_tenant("leaving", "basic")
+    key = admin.create_api_key("app", ["admin"], tenant="leaving")["key"]
+    leaving = platform.session(key)
+    with pytest.raises(soramai.InvalidRequestError):
+        leaving.close_tenant("leaving", window_days=31)
+    closure = leaving.close_tenant("leaving", window_days=3)
+    assert closure["purge_at"] - closure["requested_at"] == 3 * 86_400_000 and not closure["purged"]
+    with pytest.raises(soramai.AuthenticationError):
+        platform.session(key)
+    admin.reopen_tenant("leaving")
+    assert admin.close_tenant("leaving", immediate=True)["purged"]
+    assert "leaving" not in [t["id"] for t in admin.tenants()]
+
+
 def test_malformed_arguments_are_typed_errors_and_change_nothing(world):
     acme = world["acme"]
     before = acme.usage()

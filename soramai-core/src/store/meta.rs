@@ -236,6 +236,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (url, tenant_id, kind)
     );
     "#,
+    // 9: account closures waiting for their purge
+    r#"
+    CREATE TABLE tenant_closures (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+        requested_at INTEGER NOT NULL,
+        purge_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The metadata database: SQLite in the data directory (the embedded default), or a PostgreSQL

@@ -246,6 +246,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (url, tenant_id, kind)
     );
 "#,
+    // 4: SQLite's version 9, account closures waiting for their purge
+    r#"
+    CREATE TABLE tenant_closures (
+        tenant_id TEXT COLLATE "C" PRIMARY KEY REFERENCES tenants(id),
+        requested_at BIGINT NOT NULL,
+        purge_at BIGINT NOT NULL
+    );
+"#,
 ];
 
 /// The tables holding wrapped keys: rewritten after a key is destroyed.
