@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A PostgreSQL primary and its synchronous streaming replica on loopback, for the failover test
 # (soramai-core/tests/failover.rs), apart from scripts/postgres.sh's server that the other tests
-# share. Debian's postgresql, installed by scripts/postgres.sh when missing.
+# share. Needs Debian's postgresql, which scripts/postgres.sh installs (scripts/test.sh runs it first).
 #   up            fresh primary (port $SORAMAI_PG_FAILOVER_PORT, default 54335) and replica (+1),
 #                 the replica streaming synchronously; prints the primary's and the replica's URL
 #   kill-primary  SIGKILLs the primary's postmaster (a crashed primary)
@@ -19,9 +19,9 @@ for d in "$(pg_config --bindir 2>/dev/null || true)" /usr/lib/postgresql/*/bin; 
   if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_basebackup" ]; then bin="$d"; break; fi
 done
 if [ -z "$bin" ]; then
-  ./scripts/postgres.sh stop >/dev/null 2>&1 || true   # installs postgresql on its way
-  SORAMAI_PG_PORT=54399 ./scripts/postgres.sh >/dev/null && SORAMAI_PG_PORT=54399 ./scripts/postgres.sh stop
-  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/pg_basebackup" ] && bin="$d"; done
+  [ "${1:-}" = stop ] && exit 0
+  echo "no PostgreSQL server binaries: scripts/postgres.sh installs Debian's postgresql" >&2
+  exit 1
 fi
 as_owner() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
