@@ -242,6 +242,12 @@ fn info(m: &Manifest) -> SnapshotInfo {
 /// [`Error::Integrity`].
 pub fn verify_backup(target: &dyn BlobStore, root: &dyn KeyProvider, snapshot: Option<&str>) -> Result<SnapshotInfo> {
     let m = choose(target, root, snapshot)?;
+    check_snapshot(target, root, &m)?;
+    Ok(info(&m))
+}
+
+/// Re-reads everything a snapshot holds; returns its opened metadata copy.
+fn check_snapshot(target: &dyn BlobStore, root: &dyn KeyProvider, m: &Manifest) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let meta = open(root, META_AAD, &m.id, &target.get(&meta_key(&m.id)?)?)?;
     if sha256_hex(&meta) != m.meta_sha256 {
         return Err(Error::Integrity);
@@ -255,20 +261,20 @@ pub fn verify_backup(target: &dyn BlobStore, root: &dyn KeyProvider, snapshot: O
     for t in &m.tenants {
         read_keyring(target, root, t)?;
     }
-    Ok(info(&m))
+    Ok(meta)
 }
 
 /// Restores a snapshot (the latest when `snapshot` is `None`) into `config`'s fresh data
-/// directory, with `config.root` the root key the backup was taken under; then verifies every
+/// directory, with `config.root` the root key the backup was taken under (after re-reading the
+/// whole snapshot, so a damaged one writes nothing); then verifies every
 /// restored tenant's audit chain. A tenant closed after the snapshot comes back closed, with no
 /// data; objects under a key scope shredded after it are left out.
 pub fn restore_backup(target: &dyn BlobStore, snapshot: Option<&str>, config: Config) -> Result<(Core, RestoreReport)> {
     let root = config.root.clone();
     let m = choose(target, root.as_ref(), snapshot)?;
-    let meta = open(root.as_ref(), META_AAD, &m.id, &target.get(&meta_key(&m.id)?)?)?;
-    if sha256_hex(&meta) != m.meta_sha256 {
-        return Err(Error::Integrity);
-    }
+    // The whole snapshot is checked before anything is written: a damaged one leaves the
+    // directory as it was, ready for another snapshot.
+    let meta = check_snapshot(target, root.as_ref(), &m)?;
     let db_path = config.data_dir.join("meta.sqlite3");
     if db_path.exists() {
         return Err(Error::AlreadyExists { kind: "metadata database (restore into a fresh data directory)" });

@@ -265,7 +265,9 @@ fn a_tampered_or_half_written_snapshot_never_passes_for_a_good_one() {
         let err = backup::verify_backup(store.as_ref(), env.root.as_ref(), Some(&good.snapshot)).expect_err("tampered");
         assert!(matches!(err, Error::Integrity), "{keys:?}: {err:?}");
         let config = fresh_config(&env, &format!("tampered-{i}"));
+        let data_dir = config.data_dir.clone();
         assert!(backup::restore_backup(store.as_ref(), Some(&good.snapshot), config).is_err(), "{keys:?}");
+        assert!(!data_dir.join("meta.sqlite3").exists(), "a refused restore writes nothing");
         keys.iter().for_each(&flip);
     }
     backup::verify_backup(store.as_ref(), env.root.as_ref(), Some(&good.snapshot)).expect("intact again");

@@ -177,6 +177,11 @@ fn body_error(e: &serde_json::Error) -> ApiError {
     }
 }
 
+/// A JSON body that may be left out (the defaults then).
+fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    if body.is_empty() { Ok(T::default()) } else { serde_json::from_slice(body).map_err(|e| body_error(&e)) }
+}
+
 // ---------- the router ----------
 
 /// The whole API.
@@ -1366,11 +1371,7 @@ async fn rotate_key(
     body: Bytes,
 ) -> ApiResult<Response> {
     let id = key_id(&id)?;
-    let b: RotateBody = if body.is_empty() {
-        RotateBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| body_error(&e))?
-    };
+    let b: RotateBody = optional_body(&body)?;
     let grace = Duration::from_secs(b.grace_seconds.unwrap_or(0));
     let key = blocking(move || Ok(s.platform.core().rotate_api_key(&p, &id, grace)?)).await?;
     let mut v = key_json(&key.info);
@@ -1393,11 +1394,7 @@ async fn close_tenant(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let b: CloseBody = if body.is_empty() {
-        CloseBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| body_error(&e))?
-    };
+    let b: CloseBody = optional_body(&body)?;
     let c = blocking(move || Session::new(s.platform, p).close_tenant(&id, b.immediate, b.window_days)).await?;
     Ok(axum::Json(
         json!({"object": "tenant.closure", "tenant": c.tenant.as_str(), "requested_at": ms_to_s(c.requested_at),
