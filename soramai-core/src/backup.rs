@@ -355,7 +355,15 @@ fn restore_keys(
             }
             None => {
                 // Closed after the snapshot: its keys are gone everywhere, so is its data.
-                for table in ["objects", "datasets", "secrets", "fine_tuned_models", "scope_keys", "access_grants"] {
+                for table in [
+                    "objects",
+                    "datasets",
+                    "secrets",
+                    "fine_tuned_models",
+                    "custom_models",
+                    "scope_keys",
+                    "access_grants",
+                ] {
                     tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = ?1"), [tenant])?;
                 }
                 tx.execute("DELETE FROM tenant_keys WHERE tenant_id = ?1", [tenant])?;

@@ -32,11 +32,18 @@ pub struct Limits {
     pub max_dataset_line_bytes: usize,
     /// Largest vault secret, in bytes.
     pub max_secret_bytes: usize,
+    /// Largest customer GGUF upload (Pro and up), in bytes.
+    pub max_custom_model_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_dataset_bytes: 512 << 20, max_dataset_line_bytes: 1 << 20, max_secret_bytes: 64 << 10 }
+        Self {
+            max_dataset_bytes: 512 << 20,
+            max_dataset_line_bytes: 1 << 20,
+            max_secret_bytes: 64 << 10,
+            max_custom_model_bytes: 16 << 30,
+        }
     }
 }
 
@@ -416,6 +423,13 @@ impl fmt::Debug for ObjectWriter {
     }
 }
 
+impl ObjectWriter {
+    /// The tenant whose key seals it.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+}
+
 impl std::io::Write for ObjectWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let n = self.sealer.write(data)?;
@@ -513,6 +527,11 @@ impl Core {
         root.unwrap(AUDIT_KEY_AAD, &wrapped)
             .map(AuditKey)
             .map_err(|_| Error::KeyProvider("the root key does not match this data directory".into()))
+    }
+
+    /// The size limits applied to customer input.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The data directory.
@@ -753,6 +772,7 @@ impl Core {
             tx.execute("DELETE FROM datasets WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM secrets WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM fine_tuned_models WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM custom_models WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM access_grants WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM tenant_closures WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute(
@@ -991,7 +1011,7 @@ impl Core {
     }
 
     /// Seals a writer's final chunk and makes its blob durable; nothing is visible yet.
-    fn seal_writer(&self, writer: ObjectWriter) -> Result<StagedObject> {
+    pub(crate) fn seal_writer(&self, writer: ObjectWriter) -> Result<StagedObject> {
         let ObjectWriter { scope, blob, key_version, len, sealer, .. } = writer;
         sealer.finish()?.commit(self.blobs.as_ref())?;
         Ok(StagedObject { scope, blob, key_version, len })
@@ -999,7 +1019,7 @@ impl Core {
 
     /// Commits a staged object together with `extra` in one transaction, then deletes the blob it
     /// replaced; on failure deletes the staged blob instead, so nothing half-done stays visible.
-    fn commit_staged<T>(
+    pub(crate) fn commit_staged<T>(
         &self,
         tenant: &TenantId,
         path: &ObjectPath,

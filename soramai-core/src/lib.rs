@@ -64,6 +64,6 @@ pub use crate::jobs::{
     FineTuneSpec, Hyperparameters, Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker,
 };
 pub use crate::metering::{AccessRecord, Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary};
-pub use crate::models::{AdapterFiles, BaseModel, FineTunedModel};
+pub use crate::models::{AdapterFiles, BaseModel, CustomModel, CustomModelUpload, FineTunedModel, is_custom_model};
 pub use crate::retention::SweepReport;
 pub use crate::tier::{ComputePool, OperatorAccess, Policy, RagIsolation, Tier};

@@ -46,7 +46,8 @@ fn malformed_jsonl_names_the_line_and_stores_nothing() {
 fn size_limits_and_hostile_names_are_refused() {
     let env = Env::new();
     let mut config = Config::new(env.dir.path().join("small"), env.root.clone());
-    config.limits = Limits { max_dataset_bytes: 1000, max_dataset_line_bytes: 500, max_secret_bytes: 10 };
+    config.limits =
+        Limits { max_dataset_bytes: 1000, max_dataset_line_bytes: 500, max_secret_bytes: 10, ..Limits::default() };
     let core = Core::open(config).expect("open");
     let t = TenantId::new("acme").expect("id");
     core.create_tenant(&t, Tier::Basic).expect("create");

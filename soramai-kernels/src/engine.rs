@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
+use crate::gguf::Gguf;
 use crate::lora::Adapter;
 use crate::model::{KvCache, Lane, Logits, Model, Precision};
 use crate::sample::{Sampler, SamplingParams};
@@ -74,6 +75,19 @@ pub struct Generation {
     pub finish: Finish,
 }
 
+/// What a GGUF file's header says of the model in it ([`Engine::check_header`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelHeader {
+    /// GGUF version (2 or 3).
+    pub version: u32,
+    /// Tensors in the file.
+    pub tensors: usize,
+    /// Where the tensor data starts.
+    pub data_offset: u64,
+    /// The architecture's hyper-parameters.
+    pub config: crate::model::Config,
+}
+
 /// A model with its tokenizer and a registry of adapters.
 #[derive(Debug)]
 pub struct Engine {
@@ -94,21 +108,44 @@ impl Engine {
 
     /// Wraps a loaded model.
     pub fn new(model: Model) -> Result<Self> {
-        let tokenizer = Tokenizer::from_gguf(&model.gguf)?;
-        if tokenizer.vocab_size() != model.config.vocab {
-            return Err(Error::Metadata(format!(
-                "tokenizer has {} tokens, the model {}",
-                tokenizer.vocab_size(),
-                model.config.vocab
-            )));
-        }
-        let template = tokenizer.chat_template.as_deref().map(ChatTemplate::new).transpose()?;
+        let (tokenizer, template) = Self::tokenizer_for(&model.gguf, &model.config)?;
         Ok(Engine {
             model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
             template,
             adapters: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Loads a model held in memory (a customer's GGUF, decrypted): the bytes are zeroed when
+    /// the last engine or view over them is dropped.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        Self::new(Model::from_gguf(Arc::new(Gguf::from_bytes(bytes)?))?)
+    }
+
+    /// Checks a GGUF file from its first bytes and its length, before any tensor data is read:
+    /// the header with the reader's hostile-input checks (every count, offset and size; each
+    /// tensor inside a file of `file_len` bytes), the architecture's hyper-parameters, every
+    /// tensor the model loads with its shape and format ([`Model::check_layout`]), the tokenizer
+    /// and its chat template. `prefix` must hold the whole header; a file that passes loads.
+    pub fn check_header(prefix: &[u8], file_len: u64) -> Result<ModelHeader> {
+        let g = Gguf::header(prefix.to_vec(), file_len)?;
+        let config = Model::check_layout(&g)?;
+        Self::tokenizer_for(&g, &config)?;
+        Ok(ModelHeader { version: g.version, tensors: g.tensors.len(), data_offset: g.data_offset as u64, config })
+    }
+
+    fn tokenizer_for(g: &Gguf, config: &crate::model::Config) -> Result<(Tokenizer, Option<ChatTemplate>)> {
+        let tokenizer = Tokenizer::from_gguf(g)?;
+        if tokenizer.vocab_size() != config.vocab {
+            return Err(Error::Metadata(format!(
+                "tokenizer has {} tokens, the model {}",
+                tokenizer.vocab_size(),
+                config.vocab
+            )));
+        }
+        let template = tokenizer.chat_template.as_deref().map(ChatTemplate::new).transpose()?;
+        Ok((tokenizer, template))
     }
 
     /// Registers (or replaces) an adapter under a name; running generations keep the one they began with.

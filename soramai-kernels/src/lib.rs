@@ -23,6 +23,6 @@ pub mod train;
 pub use cube::Backend;
 pub use error::{Error, Result};
 
-pub use engine::{Batch, Engine, Finish, Generation, Request, TokenEvent, TokenLogprobs};
+pub use engine::{Batch, Engine, Finish, Generation, ModelHeader, Request, TokenEvent, TokenLogprobs};
 pub use model::{Model, Precision};
 pub use tokenizer::Tokenizer;

@@ -323,8 +323,64 @@ fn hostile_adapters() {
     assert!(engine.adapter_names().is_empty(), "a failed load registers nothing");
 }
 
+/// The check a customer upload runs on a GGUF's header and length alone (its tensor data never
+/// read) agrees with a full load on a good file and refuses what a full load would.
+#[test]
+fn header_check_from_the_first_bytes_and_the_length() {
+    let b = tiny();
+    let g = Gguf::from_bytes(b.clone()).expect("tiny");
+    let head = &b[..g.data_offset];
+    let n = b.len() as u64;
+    let h = Engine::check_header(head, n).expect("header alone");
+    assert_eq!(h.tensors, g.tensors.len());
+    assert_eq!(h.config, Model::from_gguf(Arc::new(g)).expect("model").config);
+    assert_eq!(Engine::check_header(&b, n).expect("whole file"), h);
+    // One byte short: the last tensor runs past the end of the file.
+    assert!(matches!(Engine::check_header(head, n - 1), Err(Error::Gguf { .. })));
+    // A prefix that stops inside the header, or claims more bytes than the file has.
+    assert!(matches!(Engine::check_header(&head[..head.len() / 2], n), Err(Error::Gguf { .. })));
+    assert!(matches!(Engine::check_header(&b, 10), Err(Error::Gguf { .. })));
+    assert!(matches!(Engine::check_header(b"not a gguf at all", 17), Err(Error::Gguf { .. })));
+    assert!(matches!(Engine::check_header(&[], 0), Err(Error::Gguf { .. })));
+    // A well-formed GGUF that is no model: the config is there, the tensors are not.
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("llama".into()));
+    common::tiny_vocab(&mut w);
+    for (k, v) in [
+        ("block_count", 1),
+        ("context_length", 64),
+        ("embedding_length", 64),
+        ("feed_forward_length", 128),
+        ("attention.head_count", 4),
+    ] {
+        w.set(format!("llama.{k}"), Value::U32(v));
+    }
+    let bare = w.to_bytes();
+    assert!(matches!(Engine::check_header(&bare, bare.len() as u64), Err(Error::Tensor { .. })));
+    // An architecture the engine does not run.
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("gpt2".into()));
+    let other = w.to_bytes();
+    assert!(matches!(Engine::check_header(&other, other.len() as u64), Err(Error::Metadata(_))));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+    /// Whatever passes the header check loads in full: the upload's check is never weaker than
+    /// the loader's.
+    #[test]
+    fn a_file_whose_header_passes_loads(cut in 0usize..100_000, flips in prop::collection::vec((0usize..100_000, any::<u8>()), 0..8)) {
+        let mut b = tiny();
+        let n = b.len();
+        for (at, x) in flips {
+            b[at % n] ^= x | 1;
+        }
+        b.truncate(cut % (n + 1));
+        if Engine::check_header(&b, b.len() as u64).is_ok() {
+            prop_assert!(Engine::from_bytes(b).is_ok());
+        }
+    }
 
     #[test]
     fn truncated_or_flipped_models_never_panic(cut in 0usize..100_000, flips in prop::collection::vec((0usize..100_000, any::<u8>()), 0..8)) {

@@ -188,7 +188,9 @@ fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> ApiR
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/models", get(list_models))
-        .route("/models/{id}", get(get_model))
+        .route("/models/{id}", get(get_model).delete(delete_model))
+        .route("/custom_models", post(upload_custom_model).get(list_custom_models))
+        .route("/custom_models/{id}", get(get_custom_model))
         .route("/chat/completions", post(chat_completions))
         .route("/completions", post(completions))
         .route("/embeddings", post(embeddings))
@@ -295,23 +297,24 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     // A body refused unread leaves the rest of it on the connection: the answer closes it.
     let closing = |e: ApiError| ([(header::CONNECTION, "close")], e).into_response();
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    // A model upload streams its body to the handler (sealed as it arrives, bounded by the
+    // model size limit and a per-piece idle timeout); every other body is read here, bounded.
+    let streamed = operation == STREAMED_UPLOAD;
+    let limit = if streamed { s.platform.core().limits().max_custom_model_bytes } else { MAX_BODY_BYTES as u64 };
+    if declared.is_some_and(|n| n > limit) {
         return closing(too_large());
     }
-    let (parts, body) = req.into_parts();
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => return closing(too_large()),
-        Err(_) => {
-            return closing(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "invalid_request_error",
-                "timeout",
-                "The request body did not arrive in time.",
-            ));
-        }
+    let mut req = if streamed {
+        req
+    } else {
+        let (parts, body) = req.into_parts();
+        let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return closing(too_large()),
+            Err(_) => return closing(body_timeout()),
+        };
+        Request::from_parts(parts, axum::body::Body::from(bytes))
     };
-    let mut req = Request::from_parts(parts, axum::body::Body::from(bytes));
     let platform = s.platform.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let permit = platform.admit(&principal)?;
@@ -336,6 +339,21 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(_) => server_error().into_response(),
     }
+}
+
+/// The one route whose body the handler streams.
+const STREAMED_UPLOAD: &str = "POST /v1/custom_models";
+
+/// How long a streamed upload may wait for its next piece.
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        "timeout",
+        "The request body did not arrive in time.",
+    )
 }
 
 fn too_large() -> ApiError {
@@ -391,6 +409,121 @@ async fn list_models(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<
 async fn get_model(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let m = blocking(move || s.platform.model(&p, &id)).await?;
     Ok(axum::Json(model_json(&m)).into_response())
+}
+
+async fn delete_model(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let shown = id.clone();
+    blocking(move || s.platform.delete_model(&p, &id)).await?;
+    Ok(axum::Json(json!({"id": shown, "object": "model", "deleted": true})).into_response())
+}
+
+// ---------- customers' own GGUF models (Pro and up) ----------
+
+fn custom_model_json(m: &soramai::CustomModel) -> Value {
+    json!({"id": m.id.as_str(), "object": "model", "created": m.created_at / 1000, "owned_by": m.tenant.as_str(),
+           "name": m.name, "bytes": m.bytes, "sha256": m.sha256, "architecture": m.architecture})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    name: String,
+}
+
+/// A piece of a streamed body, handed from the connection to the blocking upload.
+enum Piece {
+    Data(Bytes),
+    End,
+    Failed,
+}
+
+/// The blocking side of a streamed body: reads pieces until the end marker. A body that stops
+/// without it (the client went away, a timeout) is an error, never a short file.
+struct PieceReader {
+    rx: tokio::sync::mpsc::Receiver<Piece>,
+    current: Bytes,
+}
+
+impl std::io::Read for PieceReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Piece::Data(b)) => self.current = b,
+                Some(Piece::End) => return Ok(0),
+                Some(Piece::Failed) | None => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the upload was cut off"));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// `POST /v1/custom_models?name=…` with the GGUF file as the body: streamed, sealed as it arrives,
+/// checked by the engine before it is accepted.
+async fn upload_custom_model(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Body,
+) -> Response {
+    // Whatever is refused before the body is read closes the connection (the rest of it is there).
+    let closing = |e: ApiError| ([(header::CONNECTION, "close")], e).into_response();
+    let Ok(Query(q)) = query else {
+        return closing(
+            ApiError::invalid("The query needs name=<1 to 40 characters of a-z, 0-9, - and _>.").param("name"),
+        );
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let platform = s.platform.clone();
+    let upload = tokio::task::spawn_blocking(move || {
+        platform.upload_model(&p, &q.name, &mut PieceReader { rx, current: Bytes::new() })
+    });
+    let mut stream = body.into_data_stream();
+    let mut timed_out = false;
+    let complete = loop {
+        let piece = match tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, futures_util::StreamExt::next(&mut stream)).await {
+            Ok(Some(Ok(bytes))) => Piece::Data(bytes),
+            Ok(None) => Piece::End,
+            Ok(Some(Err(_))) => Piece::Failed,
+            Err(_) => {
+                timed_out = true;
+                Piece::Failed
+            }
+        };
+        let (last, end) = (!matches!(piece, Piece::Data(_)), matches!(piece, Piece::End));
+        // A closed channel: the upload already ended (refused, or over the limit).
+        if tx.send(piece).await.is_err() {
+            break false;
+        }
+        if last {
+            break end;
+        }
+    };
+    drop(tx);
+    let result = match upload.await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(_) => Err(server_error()),
+    };
+    match result {
+        Ok(m) => axum::Json(custom_model_json(&m)).into_response(),
+        Err(_) if timed_out => closing(body_timeout()),
+        Err(e) if complete => e.into_response(),
+        Err(e) => closing(e),
+    }
+}
+
+async fn list_custom_models(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
+    let models = blocking(move || s.platform.custom_models(&p)).await?;
+    Ok(axum::Json(json!({"object": "list", "data": models.iter().map(custom_model_json).collect::<Vec<_>>()}))
+        .into_response())
+}
+
+async fn get_custom_model(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let m = blocking(move || s.platform.custom_model(&p, &id)).await?;
+    Ok(axum::Json(custom_model_json(&m)).into_response())
 }
 
 // ---------- chat and completions ----------

@@ -214,6 +214,9 @@ struct ServeArgs {
     /// Most open connections from one client address (0: no such cap, e.g. behind a proxy).
     #[arg(long, default_value_t = 128)]
     max_connections_per_ip: u64,
+    /// Largest customer GGUF upload (Pro and up), in bytes.
+    #[arg(long, default_value_t = 16 << 30)]
+    max_model_bytes: u64,
 }
 
 impl ServeArgs {
@@ -380,6 +383,7 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         max_batch: Some(a.max_batch),
         database: a.database_url.clone().or_else(|| std::env::var("SORAMAI_DATABASE_URL").ok()),
         blob_store: a.blob_store.clone(),
+        max_model_bytes: Some(a.max_model_bytes),
     };
     let platform = soramai::Platform::open_with(&a.data_dir, &options, Some(runner))?;
     let mut out = std::io::stdout();

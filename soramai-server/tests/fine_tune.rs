@@ -329,3 +329,146 @@ fn a_worker_killed_mid_fine_tune_resumes_from_its_checkpoint() {
     let files = core.fine_tuned_adapter(&p, &id).expect("adapter");
     assert_no_plaintext(dir.path(), &files.weights);
 }
+
+/// Probes of a GGUF's own bytes: a stretch of its metadata (the chat template) and 64 bytes from
+/// the middle of its tensor data.
+fn gguf_probes(bytes: &[u8]) -> [Vec<u8>; 2] {
+    let template = b"{% for message in messages %}";
+    let at = bytes.windows(template.len()).position(|w| w == template).expect("the model has a chat template");
+    let mid = bytes.len() / 2;
+    [bytes[at..at + 64].to_vec(), bytes[mid..mid + 64].to_vec()]
+}
+
+/// A customer GGUF on Pro: streamed in and sealed on the tenant's dedicated store, checked before
+/// it is accepted, served to that tenant only under its `gguf:` id (the same tokens as the same
+/// file registered as a base), fine-tuned in a job whose child gets the decrypted model through its
+/// pipe, and never on disk in the clear. Free and Basic are refused; malformed, truncated and
+/// oversized files leave nothing; another tenant finds nothing.
+#[test]
+fn a_customer_gguf_is_sealed_served_and_fine_tuned_for_its_tenant_only() {
+    use soramai::{ChatMessage, GenerationOptions, Platform, PlatformError, PlatformOptions, Prompt};
+
+    let Some(model) = reference_model() else { return };
+    let gguf = std::fs::read(&model).expect("model bytes");
+    let probes = gguf_probes(&gguf);
+    let dir = tempfile::tempdir().expect("dir");
+    let (core, basic) = setup(dir.path(), &model, "basic-co");
+    let p = Platform::with_core(core.clone(), PlatformOptions::default()).expect("platform");
+    let pro = |name: &str| {
+        let t = TenantId::new(name).expect("tenant");
+        core.create_tenant(&t, Tier::Pro).expect("create");
+        core.grant_credits(&t, 1_000_000, "test").expect("grant");
+        Principal::operator(&t)
+    };
+    let (acme, globex) = (pro("acme"), pro("globex"));
+    let upload = |who: &Principal, name: &str, bytes: &[u8]| p.upload_model(who, name, &mut &bytes[..]);
+    let stored = |who: &Principal| core.list_objects(who.tenant(), "").expect("objects").len();
+    let blobs = |tenant: &str| files_under(&dir.path().join("data/dedicated").join(tenant)).len();
+
+    // Below Pro: refused before a byte is stored.
+    let free = TenantId::new("free-co").expect("tenant");
+    core.create_tenant(&free, Tier::Free).expect("create");
+    for (who, tier) in [(&basic, Tier::Basic), (&Principal::operator(&free), Tier::Free)] {
+        let e = upload(who, "mine", &gguf).expect_err("below Pro");
+        assert!(matches!(e, PlatformError::Core(Error::NotAllowed { tier: t, .. }) if t == tier), "{e}");
+        assert_eq!(stored(who), 0);
+    }
+    // Malformed, truncated, hostile, misnamed: refused, and nothing stays.
+    let before = (stored(&acme), blobs("acme"));
+    let mut hostile = gguf.clone();
+    hostile[8..16].copy_from_slice(&u64::MAX.to_le_bytes()); // tensor count
+    for (what, bytes, name) in [
+        ("empty", &b""[..], "m"),
+        ("not a GGUF", &b"certainly not a model file"[..], "m"),
+        ("truncated", &gguf[..gguf.len() / 3], "m"),
+        ("one byte short", &gguf[..gguf.len() - 1], "m"),
+        ("hostile count", &hostile[..], "m"),
+        ("bad name", &gguf[..], "Not A Name"),
+    ] {
+        let e = upload(&acme, name, bytes).expect_err(what);
+        assert!(
+            matches!(e, PlatformError::InvalidArgument(_) | PlatformError::Core(Error::InvalidArgument(_))),
+            "{what}: {e}"
+        );
+    }
+    assert_eq!((stored(&acme), blobs("acme")), before, "a refused upload leaves no object and no blob");
+    assert!(p.custom_models(&acme).expect("list").is_empty());
+
+    // Accepted: sealed on acme's dedicated store, listed for acme only.
+    let m = upload(&acme, "my-smol", &gguf).expect("upload");
+    assert!(m.id.as_str().starts_with("gguf:acme:my-smol:"), "{}", m.id);
+    assert_eq!((m.bytes, m.architecture.as_str()), (gguf.len() as u64, "llama"));
+    assert_eq!(m.sha256.len(), 64);
+    assert!(blobs("acme") > before.1, "the sealed file lives on the tenant's dedicated store");
+    let ids = |who: &Principal| p.list_models(who).expect("models").into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert!(ids(&acme).contains(&m.id.as_str().to_owned()));
+    assert!(!ids(&globex).contains(&m.id.as_str().to_owned()));
+
+    // Served under its id: the same greedy answer as the same file registered as the base.
+    let ask = |who: &Principal, model: &str| {
+        let prompt = Prompt::Chat(vec![ChatMessage { role: "user".into(), content: "Name a color.".into() }]);
+        let options = GenerationOptions { max_tokens: Some(8), temperature: Some(0.0), ..GenerationOptions::default() };
+        p.generate(who, model, &prompt, &options).and_then(|s| s.collect()).map(|c| c.text)
+    };
+    assert_eq!(ask(&acme, m.id.as_str()).expect("custom"), ask(&acme, "smollm2").expect("base"));
+
+    // Another tenant finds nothing: not to read, serve, train on or delete.
+    let not_found = |r: Result<(), PlatformError>| matches!(r, Err(PlatformError::Core(Error::NotFound { .. })));
+    assert!(not_found(p.custom_model(&globex, m.id.as_str()).map(drop)));
+    assert!(not_found(ask(&globex, m.id.as_str()).map(drop)));
+    assert!(not_found(p.delete_model(&globex, m.id.as_str())));
+    let theirs = core.upload_dataset(&globex, "train.jsonl", &dataset(2)).expect("dataset");
+    let JobSpec::FineTune(mut on_theirs) = spec(theirs.id, 1, 1, 1) else { unreachable!() };
+    on_theirs.base_model = m.id.clone();
+    assert!(matches!(core.submit_job(&globex, JobSpec::FineTune(on_theirs)), Err(Error::NotFound { .. })));
+
+    // Fine-tuned like the reference base, on acme's dedicated pool.
+    let ds = core.upload_dataset(&acme, "train.jsonl", &dataset(4)).expect("dataset");
+    let JobSpec::FineTune(mut ft) = spec(ds.id, 1, 2, 10) else { unreachable!() };
+    ft.base_model = m.id.clone();
+    core.submit_job(&acme, JobSpec::FineTune(ft)).expect("submit");
+    let pool = PoolId::dedicated_for(acme.tenant());
+    let done = Worker::new(core.clone(), "w", pool, runner()).run_once().expect("run").expect("job");
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+    let tuned = done.result.expect("result")["fine_tuned_model"].as_str().expect("id").to_owned();
+    assert!(tuned.starts_with(&format!("ft:{}:acme:kumo:", m.id.as_str())), "{tuned}");
+    assert!(!ask(&acme, &tuned).expect("tuned").is_empty());
+    assert!(not_found(ask(&globex, &tuned).map(drop)));
+
+    // Never in the clear on disk: not the metadata, not the tensors, anywhere under the data.
+    for f in files_under(dir.path()) {
+        let bytes = std::fs::read(&f).expect("read");
+        for probe in &probes {
+            assert!(!contains(&bytes, probe), "GGUF bytes in plaintext in {}", f.display());
+        }
+    }
+
+    // Deleted: refused while a fine-tuned model stands on it, then gone and no longer served.
+    let e = p.delete_model(&acme, m.id.as_str()).expect_err("dependent");
+    assert!(matches!(e, PlatformError::Core(Error::InvalidArgument(_))), "{e}");
+    p.delete_model(&acme, &tuned).expect("delete tuned");
+    p.delete_model(&acme, m.id.as_str()).expect("delete");
+    assert!(not_found(ask(&acme, m.id.as_str()).map(drop)));
+    assert!(p.custom_models(&acme).expect("list").is_empty());
+    core.verify_audit(acme.tenant()).expect("the audit chain verifies");
+}
+
+/// The size limit holds while the bytes stream: the upload stops at the limit and leaves nothing.
+#[test]
+fn an_oversized_customer_gguf_stops_at_the_limit_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    drop(LocalRootKey::create_file(&dir.path().join("root.key")).expect("root"));
+    let root = LocalRootKey::from_file(&dir.path().join("root.key")).expect("root");
+    let mut config = Config::new(dir.path().join("data"), Arc::new(root));
+    config.limits.max_custom_model_bytes = 1 << 20;
+    let core = Arc::new(Core::open(config).expect("open"));
+    let t = TenantId::new("acme").expect("tenant");
+    core.create_tenant(&t, Tier::Pro).expect("create");
+    let p = soramai::Platform::with_core(core.clone(), soramai::PlatformOptions::default()).expect("platform");
+    // A source that would never end: only the limit stops it.
+    let mut endless = std::io::repeat(7);
+    let e = p.upload_model(&Principal::operator(&t), "big", &mut endless).expect_err("too large");
+    assert!(matches!(e, soramai::PlatformError::Core(Error::TooLarge { limit: 1048576, .. })), "{e}");
+    assert!(core.list_objects(&t, "").expect("objects").is_empty());
+    assert!(files_under(&dir.path().join("data/dedicated")).is_empty(), "no blob is left behind");
+}

@@ -928,3 +928,89 @@ fn an_account_closes_itself_the_operator_reopens_or_closes_at_once() {
     assert_error(server.call("GET", "/v1/usage", Some(&globex), None), StatusCode::UNAUTHORIZED, "invalid_api_key");
     server.stop();
 }
+
+/// `POST /v1/custom_models?name=…` with a body.
+fn upload_gguf(server: &Server, key: &str, name: &str, body: reqwest::blocking::Body) -> (StatusCode, Value) {
+    let res = server
+        .http
+        .post(format!("{}/v1/custom_models?name={name}", server.url))
+        .bearer_auth(key)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .expect("send");
+    let status = res.status();
+    (status, res.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_customer_gguf_is_uploaded_served_and_deleted_over_http_for_its_tenant_only() {
+    use std::io::Write;
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &model);
+    let basic = server.tenant("basic-co", "basic", 100_000);
+    let acme = server.tenant("acme", "pro", 100_000);
+    let globex = server.tenant("globex", "pro", 100_000);
+    let file = || reqwest::blocking::Body::new(std::fs::File::open(&model).expect("model"));
+    // A refusal that comes before the body is read closes the connection at once: these bodies
+    // are small enough to be sent whole before the answer comes back.
+    let small = || reqwest::blocking::Body::from(std::fs::read(&model).expect("bytes")[..4096].to_vec());
+
+    // Refused: below Pro, a bad name, not a GGUF, a truncated one, a declared size over the
+    // limit (answered before any body is read). None of it is listed afterwards.
+    assert_error(upload_gguf(&server, &basic, "mine", small()), StatusCode::FORBIDDEN, "permission_denied");
+    assert_error(upload_gguf(&server, &acme, "Bad Name", small()), StatusCode::BAD_REQUEST, "invalid_request");
+    let garbage = reqwest::blocking::Body::from(b"GGUF\x03\0\0\0 and then nonsense".to_vec());
+    assert_error(upload_gguf(&server, &acme, "junk", garbage), StatusCode::BAD_REQUEST, "invalid_request");
+    let head = std::fs::read(&model).expect("bytes")[..1 << 20].to_vec();
+    let cut = reqwest::blocking::Body::from(head);
+    assert_error(upload_gguf(&server, &acme, "cut", cut), StatusCode::BAD_REQUEST, "invalid_request");
+    let mut raw = connect_from(&server.url, "127.0.0.1");
+    write!(
+        raw,
+        "POST /v1/custom_models?name=huge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {acme}\r\nContent-Length: 99999999999999\r\n\r\n"
+    )
+    .expect("write");
+    let (answer, _) = read_to_close(raw);
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer));
+    let (s, v) = server.call("GET", "/v1/custom_models", Some(&acme), None);
+    assert_eq!((s, v["data"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{v}");
+
+    // Accepted, streamed from the file; served to acme under its id.
+    let (s, m) = upload_gguf(&server, &acme, "my-smol", file());
+    assert_eq!(s, StatusCode::OK, "{m}");
+    let id = m["id"].as_str().expect("id").to_owned();
+    assert!(id.starts_with("gguf:acme:my-smol:") && m["architecture"] == "llama" && m["owned_by"] == "acme", "{m}");
+    let (s, listed) = server.call("GET", "/v1/models", Some(&acme), None);
+    assert_eq!(s, StatusCode::OK);
+    assert!(listed["data"].as_array().expect("models").iter().any(|x| x["id"] == id.as_str()), "{listed}");
+    let (s, answer) = server.call("POST", "/v1/chat/completions", Some(&acme), Some(chat(&id, "Name a color.")));
+    assert_eq!(s, StatusCode::OK, "{answer}");
+    let (_, base) = server.call("POST", "/v1/chat/completions", Some(&acme), Some(chat(MODEL, "Name a color.")));
+    assert_eq!(answer["choices"][0]["message"], base["choices"][0]["message"], "the same file, the same answer");
+
+    // Another tenant: not found wherever it looks, and cannot delete it.
+    let (_, listed) = server.call("GET", "/v1/models", Some(&globex), None);
+    assert!(!listed["data"].as_array().expect("models").iter().any(|x| x["id"] == id.as_str()), "{listed}");
+    for (method, path, body) in [
+        ("GET", format!("/v1/custom_models/{id}"), None),
+        ("GET", format!("/v1/models/{id}"), None),
+        ("DELETE", format!("/v1/models/{id}"), None),
+        ("POST", "/v1/chat/completions".to_owned(), Some(chat(&id, "hi"))),
+    ] {
+        assert_error(server.call(method, &path, Some(&globex), body), StatusCode::NOT_FOUND, "model_not_found");
+    }
+
+    // The owner deletes it: gone from the list, no longer served.
+    let (s, v) = server.call("DELETE", &format!("/v1/models/{id}"), Some(&acme), None);
+    assert_eq!((s, &v["deleted"]), (StatusCode::OK, &json!(true)), "{v}");
+    assert_error(
+        server.call("POST", "/v1/chat/completions", Some(&acme), Some(chat(&id, "hi"))),
+        StatusCode::NOT_FOUND,
+        "model_not_found",
+    );
+    let (s, v) = server.call("GET", &format!("/v1/custom_models/{id}"), Some(&acme), None);
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    server.stop();
+}

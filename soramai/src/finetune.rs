@@ -107,6 +107,8 @@ pub fn run_job(
     input: &mut dyn std::io::Read,
     out: &mut dyn std::io::Write,
 ) -> Result<(), String> {
+    use std::io::Read as _;
+
     use soramai_core::jobs::runner::{emit, emit_bytes};
     use soramai_core::jobs::{BASE_LEARNING_RATE, Hyperparameters};
     use soramai_kernels::lora::Target;
@@ -121,15 +123,32 @@ pub fn run_job(
         header.get(k).and_then(|v| v.as_u64()).and_then(|n| usize::try_from(n).ok()).ok_or(format!("header: no {k}"))
     };
     let (data_len, state_len) = (len("input_len")?, len("checkpoint_len")?);
-    let model_path = header.get("base_model_path").and_then(|p| p.as_str()).ok_or("header: no base_model_path")?;
     let base_name = header.get("base_model").and_then(|p| p.as_str()).map(str::to_owned);
     let mut data = Zeroizing::new(vec![0u8; data_len]);
     input.read_exact(&mut data).map_err(|e| format!("reading the dataset: {e}"))?;
     let mut state = Zeroizing::new(vec![0u8; state_len]);
     input.read_exact(&mut state).map_err(|e| format!("reading the checkpoint: {e}"))?;
 
+    // The base: a registered model's public file, mapped; or a customer's own GGUF, which
+    // follows on the pipe and stays in memory only (zeroed when the engine goes).
+    let engine = match header.get("base_model_len").and_then(|v| v.as_u64()) {
+        Some(n) => {
+            let n = usize::try_from(n).map_err(|_| "header: base_model_len is too large".to_owned())?;
+            let mut bytes = Vec::new();
+            bytes.try_reserve_exact(n).map_err(|_| "the base model does not fit in memory".to_owned())?;
+            (&mut *input).take(n as u64).read_to_end(&mut bytes).map_err(|e| format!("reading the base model: {e}"))?;
+            if bytes.len() != n {
+                return Err("the base model ended early".into());
+            }
+            Engine::from_bytes(bytes)
+        }
+        None => {
+            let path = header.get("base_model_path").and_then(|p| p.as_str()).ok_or("header: no base_model_path")?;
+            Engine::load(path)
+        }
+    }
+    .map_err(|e| format!("base model: {e}"))?;
     let conversations = parse_chat_jsonl(&data).map_err(|e| format!("dataset: {e}"))?;
-    let engine = Engine::load(model_path).map_err(|e| format!("base model: {e}"))?;
     let (examples, report) =
         examples(&engine, &conversations, hp.max_seq as usize).map_err(|e| format!("dataset: {e}"))?;
     drop(conversations);

@@ -19,6 +19,7 @@
 
 pub mod finetune;
 pub mod grounded;
+pub mod models;
 pub mod platform;
 pub mod session;
 
@@ -35,10 +36,10 @@ pub use session::{
 
 pub use soramai_core::{
     AccessGrant, ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, BaseModel, CloseOptions, Closure, Config, Core,
-    Database, DatasetId, DatasetInfo, Error, FineTuneSpec, FineTunedModel, GrantId, GrantRequest, GrantStatus,
-    Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, JobId, JobSpec, JobState, KeyOptions, KeyProvider,
-    LocalRootKey, ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand, Scope, SecretName, Tenant,
-    TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
+    CustomModel, Database, DatasetId, DatasetInfo, Error, FineTuneSpec, FineTunedModel, GrantId, GrantRequest,
+    GrantStatus, Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, JobId, JobSpec, JobState, KeyOptions,
+    KeyProvider, LocalRootKey, ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand, Scope,
+    SecretName, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
 };
 
 /// The security core's full API (storage, crypto, audit, metering, retention).

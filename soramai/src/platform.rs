@@ -83,6 +83,8 @@ pub struct OpenOptions {
     /// The blob store shared by several nodes: `file:///mnt/shared` or `s3://bucket` (the `s3`
     /// feature); default `<data_dir>/blobs`. See `BlobLocation`.
     pub blob_store: Option<String>,
+    /// Largest customer GGUF upload in bytes (default 16 GiB).
+    pub max_model_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -95,6 +97,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("max_batch", &self.max_batch)
             .field("database", &self.database.as_ref().map(|_| ".."))
             .field("blob_store", &self.blob_store)
+            .field("max_model_bytes", &self.max_model_bytes)
             .finish()
     }
 }
@@ -683,6 +686,9 @@ impl Platform {
         if let Some(blobs) = &blobs {
             config = config.with_blobs_at(blobs)?;
         }
+        if let Some(n) = options.max_model_bytes {
+            config.limits.max_custom_model_bytes = n;
+        }
         let core = Arc::new(Core::open(config)?);
         if let Some(model) = &options.model {
             let id = options.model_id.as_deref().unwrap_or(DEFAULT_MODEL_ID);
@@ -765,8 +771,44 @@ impl Platform {
         Ok(s)
     }
 
-    /// Resolves a model id for a caller: a base model, or one of the caller's tenant's fine-tuned
-    /// models (loading its adapter on first use). Returns the serving engine and the adapter name.
+    /// The engine serving a base model for a caller: a registered one, or one of the caller's
+    /// tenant's own GGUF models, whose ownership is checked on every call (the loaded engine is
+    /// shared by nothing else). A customer model is decrypted into memory on first use.
+    fn serving_for(&self, principal: &Principal, base: &ModelId) -> Result<Arc<Serving>, PlatformError> {
+        if !soramai_core::is_custom_model(base) {
+            return self.serving(base);
+        }
+        self.core.custom_model(principal, base)?;
+        let mut map = self.serving.lock().map_err(|_| PlatformError::Engine("engine registry poisoned".into()))?;
+        if let Some(s) = map.get(base) {
+            return Ok(s.clone());
+        }
+        let (_, reader) = self.core.open_custom_model(principal, base)?;
+        let len = usize::try_from(reader.len()).map_err(|_| PlatformError::Engine("the model is too large".into()))?;
+        let mut bytes = reader.read_range(0, len)?;
+        // The decrypted bytes move into the engine's storage, which zeroes them when dropped.
+        let engine = Arc::new(Engine::from_bytes(std::mem::take(&mut *bytes))?);
+        let s = Arc::new(
+            Serving::start(engine, self.options.max_batch.max(1), self.options.precision)
+                .map_err(|e| PlatformError::Engine(format!("starting the scheduler: {e}")))?,
+        );
+        map.insert(base.clone(), s.clone());
+        Ok(s)
+    }
+
+    /// Stops serving a deleted model: a customer GGUF's engine (running streams keep it until
+    /// they end), or a fine-tuned model's adapter in its base's engine.
+    pub(crate) fn forget_model(&self, id: &ModelId, base: Option<&ModelId>) {
+        let Ok(mut map) = self.serving.lock() else { return };
+        map.remove(id);
+        if let Some(s) = base.and_then(|b| map.get(b)) {
+            s.engine.remove_adapter(id.as_str());
+        }
+    }
+
+    /// Resolves a model id for a caller: a base model, one of the caller's tenant's own GGUF
+    /// models, or one of its fine-tuned models (loading its adapter on first use). Returns the
+    /// serving engine and the adapter name.
     fn resolve(
         &self,
         principal: &Principal,
@@ -775,18 +817,19 @@ impl Platform {
         let id = ModelId::new(model).map_err(|_| soramai_core::Error::NotFound { kind: "model" })?;
         if id.as_str().starts_with("ft:") {
             let ft = self.core.fine_tuned_model(principal, &id)?;
-            let serving = self.serving(&ft.base)?;
+            let serving = self.serving_for(principal, &ft.base)?;
             if !serving.engine.adapter_names().iter().any(|n| n == id.as_str()) {
                 crate::finetune::load_fine_tuned(&self.core, principal, &id, &serving.engine)?;
             }
             Ok((serving, ft.base, Some(id)))
         } else {
-            let serving = self.serving(&id)?;
+            let serving = self.serving_for(principal, &id)?;
             Ok((serving, id, None))
         }
     }
 
-    /// The models a caller can use: every base model and its tenant's fine-tuned ones.
+    /// The models a caller can use: every base model, its tenant's own GGUF models and its
+    /// fine-tuned ones.
     pub fn list_models(&self, principal: &Principal) -> Result<Vec<ModelInfo>, PlatformError> {
         principal.require(Scope::Inference).or_else(|_| principal.require(Scope::Train))?;
         let mut out: Vec<ModelInfo> = self
@@ -795,6 +838,13 @@ impl Platform {
             .into_iter()
             .map(|m| ModelInfo { id: m.id.as_str().to_owned(), created: 0, owned_by: "soramai".into() })
             .collect();
+        for m in self.core.list_custom_models(principal)? {
+            out.push(ModelInfo {
+                id: m.id.as_str().to_owned(),
+                created: (m.created_at / 1000).max(0) as u64,
+                owned_by: m.tenant.as_str().to_owned(),
+            });
+        }
         for m in self.core.list_fine_tuned_models(principal)? {
             out.push(ModelInfo {
                 id: m.id.as_str().to_owned(),
@@ -1128,6 +1178,11 @@ impl Platform {
             return Err(soramai_core::Error::MissingScope(Scope::Admin).into());
         };
         let closure = self.core.close_tenant(&actor, &id, options)?;
+        // Its own models leave memory now: no key of the tenant can reach them any more.
+        if let Ok(mut map) = self.serving.lock() {
+            let prefix = format!("{}{}:", soramai_core::models::CUSTOM_MODEL_PREFIX, id.as_str());
+            map.retain(|model, _| !model.as_str().starts_with(&prefix));
+        }
         if Self::is_platform_admin(principal) {
             let detail =
                 serde_json::json!({"op": "tenant.close", "immediate": options.immediate, "purge_at": closure.purge_at});

@@ -275,6 +275,29 @@ impl Session {
         self.platform.embed(&self.principal, model, inputs)
     }
 
+    /// Uploads the tenant's own GGUF model (Pro and up), streamed from `source` (a file, a
+    /// socket): sealed piece by piece, checked by the engine, served under its `gguf:` id.
+    pub fn upload_model(
+        &self,
+        name: &str,
+        source: &mut dyn std::io::Read,
+    ) -> Result<crate::CustomModel, PlatformError> {
+        self.acting("upload_model")?;
+        self.platform.upload_model(&self.principal, name, source)
+    }
+
+    /// The tenant's own GGUF models.
+    pub fn custom_models(&self) -> Result<Vec<crate::CustomModel>, PlatformError> {
+        self.acting("custom_models")?;
+        self.platform.custom_models(&self.principal)
+    }
+
+    /// Deletes one of the tenant's models: a fine-tuned `ft:` one or an own `gguf:` one.
+    pub fn delete_model(&self, id: &str) -> Result<(), PlatformError> {
+        self.acting("delete_model")?;
+        self.platform.delete_model(&self.principal, id)
+    }
+
     // ---- datasets ----
 
     /// Uploads a dataset (encrypted under the tenant's key).

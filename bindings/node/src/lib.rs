@@ -245,6 +245,29 @@ impl NativeSession {
     }
 
     #[napi]
+    /// Uploads the tenant's own GGUF model (Pro and up) from a file, streamed.
+    pub async fn upload_model(&self, name: String, path: String) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || {
+            let mut file = std::fs::File::open(&path).map_err(soramai::Error::Io)?;
+            s.upload_model(&name, &mut file)
+        })
+        .await
+    }
+
+    #[napi]
+    pub async fn custom_models(&self) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.custom_models()).await
+    }
+
+    #[napi]
+    pub async fn delete_model(&self, id: String) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.delete_model(&id).map(|()| serde_json::json!({"id": id, "deleted": true}))).await
+    }
+
+    #[napi]
     pub async fn upload_dataset(&self, name: String, data: Buffer) -> napi::Result<Value> {
         let bytes = data.to_vec();
         let s = self.session();

@@ -103,7 +103,7 @@ impl Platform {
     #[new]
     // Python's keyword arguments, one parameter each.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data_dir, *, runner, model=None, model_id=None, workers=None, max_batch=None, database=None, blob_store=None))]
+    #[pyo3(signature = (data_dir, *, runner, model=None, model_id=None, workers=None, max_batch=None, database=None, blob_store=None, max_model_bytes=None))]
     fn new(
         py: Python<'_>,
         data_dir: std::path::PathBuf,
@@ -114,10 +114,11 @@ impl Platform {
         max_batch: Option<usize>,
         database: Option<String>,
         blob_store: Option<String>,
+        max_model_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let (program, args) = runner.split_first().ok_or_else(|| invalid("runner names a program"))?;
         let runner = RunnerCommand { args: args.to_vec(), ..RunnerCommand::new(program) };
-        let options = OpenOptions { model, model_id, workers, max_batch, database, blob_store };
+        let options = OpenOptions { model, model_id, workers, max_batch, database, blob_store, max_model_bytes };
         let inner = call(py, || soramai::Platform::open_with(&data_dir, &options, Some(runner)))?;
         Ok(Self { inner })
     }
@@ -251,6 +252,26 @@ impl PySession {
 
     fn embed(&self, py: Python<'_>, model: &str, inputs: Vec<String>) -> PyResult<Py<PyAny>> {
         to_py(py, &call(py, || self.inner.embed(model, &inputs))?)
+    }
+
+    /// Uploads the tenant's own GGUF model (Pro and up) from a file, streamed: returns the model
+    /// (its `id` is what chat and fine-tuning name).
+    fn upload_model(&self, py: Python<'_>, name: &str, path: std::path::PathBuf) -> PyResult<Py<PyAny>> {
+        to_py(
+            py,
+            &call(py, || {
+                let mut file = std::fs::File::open(&path).map_err(soramai::Error::Io)?;
+                self.inner.upload_model(name, &mut file)
+            })?,
+        )
+    }
+
+    fn custom_models(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.custom_models())?)
+    }
+
+    fn delete_model(&self, py: Python<'_>, id: &str) -> PyResult<()> {
+        call(py, || self.inner.delete_model(id))
     }
 
     fn upload_dataset(&self, py: Python<'_>, name: &str, data: &[u8]) -> PyResult<Py<PyAny>> {

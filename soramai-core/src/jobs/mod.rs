@@ -352,7 +352,7 @@ impl Core {
                 if balance < CREDITS_PER_TRAINED_TOKEN {
                     return Err(Error::InsufficientCredits { balance, needed: CREDITS_PER_TRAINED_TOKEN });
                 }
-                self.base_model(&ft.base_model)?;
+                self.check_base_for(&tenant.id, &ft.base_model)?;
                 if let Some(s) = &ft.suffix {
                     crate::models::check_suffix(s)?;
                 }

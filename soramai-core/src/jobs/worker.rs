@@ -147,21 +147,30 @@ impl Worker {
         }
         let input = self.core.job_input(job, &self.id)?;
         let mut checkpoint = None;
+        // A customer's own GGUF base reaches the child through the pipe too, chunk by chunk,
+        // decrypted in memory only; a registered base model is a public file the child maps.
+        let mut custom_base = None;
         let header = match &job.spec {
             JobSpec::Checksum { pace_ms, .. } => {
                 serde_json::json!({"kind": "checksum", "pace_ms": pace_ms, "input_len": input.len()})
             }
             JobSpec::FineTune(spec) => {
                 checkpoint = self.core.job_checkpoint(job, &self.id)?;
-                let base = self.core.base_model(&spec.base_model)?;
-                serde_json::json!({
+                let mut header = serde_json::json!({
                     "kind": "fine_tune",
                     "input_len": input.len(),
                     "checkpoint_len": checkpoint.as_ref().map_or(0, |c| c.len()),
                     "base_model": spec.base_model.as_str(),
-                    "base_model_path": base.path,
                     "hyperparameters": spec.hyperparameters,
-                })
+                });
+                if crate::models::is_custom_model(&spec.base_model) {
+                    let reader = self.core.custom_model_reader(&job.tenant, &spec.base_model)?;
+                    header["base_model_len"] = reader.len().into();
+                    custom_base = Some(reader);
+                } else {
+                    header["base_model_path"] = serde_json::json!(self.core.base_model(&spec.base_model)?.path);
+                }
+                header
             }
         };
         let mut child = Command::new(&self.runner.program)
@@ -187,6 +196,15 @@ impl Worker {
             stdin.write_all(&input)?;
             if let Some(c) = &checkpoint {
                 stdin.write_all(c)?;
+            }
+            if let Some(model) = &custom_base {
+                const PIECE: u64 = 1 << 20;
+                let mut at = 0;
+                while at < model.len() {
+                    let n = PIECE.min(model.len() - at);
+                    stdin.write_all(&model.read_range(at, n as usize).map_err(std::io::Error::other)?)?;
+                    at += n;
+                }
             }
             stdin.flush()
         });

@@ -244,6 +244,19 @@ const MIGRATIONS: &[&str] = &[
         purge_at INTEGER NOT NULL
     );
     "#,
+    // 10: customers' own GGUF base models (Pro and up), sealed in the blob store
+    r#"
+    CREATE TABLE custom_models (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        architecture TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX custom_models_tenant ON custom_models(tenant_id);
+    "#,
 ];
 
 /// The metadata database: SQLite in the data directory (the embedded default), or a PostgreSQL

@@ -254,6 +254,19 @@ const MIGRATIONS: &[&str] = &[
         purge_at BIGINT NOT NULL
     );
 "#,
+    // 5: SQLite's version 10, customers' own GGUF base models
+    r#"
+    CREATE TABLE custom_models (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+        name TEXT COLLATE "C" NOT NULL,
+        bytes BIGINT NOT NULL,
+        sha256 TEXT COLLATE "C" NOT NULL,
+        architecture TEXT COLLATE "C" NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX custom_models_tenant ON custom_models(tenant_id);
+"#,
 ];
 
 /// The tables holding wrapped keys: rewritten after a key is destroyed.

@@ -145,8 +145,16 @@ impl TensorInfo {
 pub enum Storage {
     /// A memory-mapped file.
     Mmap(memmap2::Mmap),
-    /// Bytes in memory.
+    /// Bytes in memory (a customer's model decrypted into memory): zeroed when dropped.
     Owned(Vec<u8>),
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::Owned(v) = self {
+            zeroize::Zeroize::zeroize(v);
+        }
+    }
 }
 
 impl std::ops::Deref for Storage {
@@ -286,7 +294,24 @@ impl Gguf {
         Self::parse(Arc::new(Storage::Owned(bytes)))
     }
 
+    /// A header parsed from a file's first bytes (see [`Gguf::parse_prefix`]): for header checks
+    /// only, never for a model, since its tensors' bytes lie past the prefix.
+    pub(crate) fn header(prefix: Vec<u8>, file_len: u64) -> Result<Self> {
+        if (prefix.len() as u64) > file_len || usize::try_from(file_len).is_err() {
+            return Err(Error::Gguf { offset: 0, reason: format!("a file of {file_len} bytes cannot be read here") });
+        }
+        Self::parse_prefix(Arc::new(Storage::Owned(prefix)), file_len)
+    }
+
     fn parse(storage: Arc<Storage>) -> Result<Self> {
+        let file_len = storage.len() as u64;
+        Self::parse_prefix(storage, file_len)
+    }
+
+    /// Parses a file's header from its first bytes, `storage`, checking every tensor against a
+    /// file of `file_len` bytes. With a prefix shorter than the file, tensor bytes past it must
+    /// never be read: only [`Gguf::header`] builds such a value, for checks that read no tensor data.
+    fn parse_prefix(storage: Arc<Storage>, file_len: u64) -> Result<Self> {
         let b: &[u8] = &storage;
         let mut c = Cursor { b, pos: 0 };
         if c.take(4)? != MAGIC {
@@ -339,10 +364,10 @@ impl Gguf {
         // A file without tensors may end right after its metadata, before any padding.
         let data_offset = (c.pos as u64)
             .checked_next_multiple_of(alignment)
-            .map(|d| if n_tensors == 0 { d.min(b.len() as u64) } else { d })
-            .filter(|&d| d <= b.len() as u64)
+            .map(|d| if n_tensors == 0 { d.min(file_len) } else { d })
+            .filter(|&d| d <= file_len)
             .ok_or_else(|| c.err("tensor data section starts past the end of the file"))?;
-        let data_len = b.len() as u64 - data_offset;
+        let data_len = file_len - data_offset;
         let mut tensors = Vec::with_capacity(n_tensors);
         let mut tensor_index = HashMap::with_capacity(n_tensors);
         for (at, name, dims, ty, off) in raw {
@@ -365,7 +390,7 @@ impl Gguf {
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 return Err(bad("duplicate tensor name".into()));
             }
-            // Bounded by the file length, so these fit in usize.
+            // Bounded by the file length (checked to fit in usize by the caller of a prefix parse).
             tensors.push(TensorInfo { name, dims, ty, offset: (data_offset + off) as usize, len: len as usize });
         }
         let mut spans: Vec<(usize, usize, usize)> = tensors

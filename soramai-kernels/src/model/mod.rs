@@ -8,7 +8,7 @@ mod config;
 mod weights;
 
 pub use config::Config;
-pub use weights::{Precision, QMat, vector};
+pub use weights::{Precision, QMat, check_vector, vector};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -143,6 +143,40 @@ impl Model {
     /// Loads a GGUF model (memory-mapped).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_gguf(Arc::new(Gguf::open(path)?))
+    }
+
+    /// Checks that `g` holds every tensor [`Model::from_gguf`] loads, each with its shape and a
+    /// weight format, reading the header only (no tensor data): a file that passes loads.
+    pub fn check_layout(g: &Gguf) -> Result<Config> {
+        let c = Config::from_gguf(g)?;
+        let mat = |name: &str, rows: usize, cols: usize| QMat::check(g, name, rows, cols).map(drop);
+        mat("token_embd.weight", c.vocab, c.n_embd)?;
+        if g.tensor("output.weight").is_some() {
+            mat("output.weight", c.vocab, c.n_embd)?;
+        }
+        for l in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            if g.tensor(&n("attn_q.bias")).is_some() {
+                check_vector(g, &n("attn_q.bias"), c.q_dim())?;
+                check_vector(g, &n("attn_k.bias"), c.kv_dim())?;
+                check_vector(g, &n("attn_v.bias"), c.kv_dim())?;
+            }
+            check_vector(g, &n("attn_norm.weight"), c.n_embd)?;
+            check_vector(g, &n("ffn_norm.weight"), c.n_embd)?;
+            for (t, rows, cols) in [
+                ("attn_q", c.q_dim(), c.n_embd),
+                ("attn_k", c.kv_dim(), c.n_embd),
+                ("attn_v", c.kv_dim(), c.n_embd),
+                ("attn_output", c.n_embd, c.q_dim()),
+                ("ffn_gate", c.n_ff, c.n_embd),
+                ("ffn_up", c.n_ff, c.n_embd),
+                ("ffn_down", c.n_embd, c.n_ff),
+            ] {
+                mat(&n(&format!("{t}.weight")), rows, cols)?;
+            }
+        }
+        check_vector(g, "output_norm.weight", c.n_embd)?;
+        Ok(c)
     }
 
     /// Builds the model from a parsed file.

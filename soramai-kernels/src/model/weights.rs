@@ -50,6 +50,12 @@ pub struct QMat {
 impl QMat {
     /// The named 2-D tensor, checked to be `rows × cols` (GGML dims `[cols, rows]`).
     pub fn load(g: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Self> {
+        let t = Self::check(g, name, rows, cols)?;
+        Ok(QMat { name: name.into(), ty: t.ty, rows, cols, storage: g.storage().clone(), offset: t.offset, len: t.len })
+    }
+
+    /// Checks the named tensor's shape and format, as [`QMat::load`] does, without touching its data.
+    pub fn check<'g>(g: &'g Gguf, name: &str, rows: usize, cols: usize) -> Result<&'g crate::gguf::TensorInfo> {
         let t = g.tensor(name).ok_or_else(|| Error::Tensor { name: name.into(), reason: "missing".into() })?;
         let dims_ok = t.dims.len() == 2 && t.dims[0] == cols as u64 && t.dims[1] == rows as u64
             || t.dims.len() == 1 && rows == 1 && t.dims[0] == cols as u64;
@@ -62,7 +68,7 @@ impl QMat {
         if t.ty == GgmlType::Q8_1 || t.ty == GgmlType::Q8_K {
             return Err(Error::Tensor { name: name.into(), reason: format!("{} is not a weight format", t.ty) });
         }
-        Ok(QMat { name: name.into(), ty: t.ty, rows, cols, storage: g.storage().clone(), offset: t.offset, len: t.len })
+        Ok(t)
     }
 
     /// The raw blocks.
@@ -149,9 +155,15 @@ impl QMat {
 
 /// A 1-D f32 parameter (norm weights, biases).
 pub fn vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
+    check_vector(g, name, len)?;
+    g.tensor_f32(name)
+}
+
+/// Checks a 1-D parameter's length, as [`vector`] does, without touching its data.
+pub fn check_vector(g: &Gguf, name: &str, len: usize) -> Result<()> {
     let t = g.tensor(name).ok_or_else(|| Error::Tensor { name: name.into(), reason: "missing".into() })?;
     if t.elements() != len as u64 {
         return Err(Error::Tensor { name: name.into(), reason: format!("{} elements, expected {len}", t.elements()) });
     }
-    g.tensor_f32(name)
+    Ok(())
 }
