@@ -82,6 +82,16 @@ export interface Embeddings {
   prompt_tokens: number
 }
 
+export interface CustomModel {
+  id: string
+  tenant: string
+  name: string
+  bytes: number
+  sha256: string
+  architecture: string
+  created_at: number
+}
+
 export interface Dataset {
   id: string
   name: string
@@ -248,6 +258,10 @@ export declare class Session {
   complete(model: string, prompt: string, options: Streamed<GenerationOptions>): Promise<TokenStream>
   complete(model: string, prompt: string, options?: GenerationOptions & { stream?: false }): Promise<Completion>
   embed(model: string, inputs: string[]): Promise<Embeddings>
+  /** Uploads the tenant's own GGUF (Pro and up) from a file, streamed. */
+  uploadModel(name: string, path: string): Promise<CustomModel>
+  customModels(): Promise<CustomModel[]>
+  deleteModel(id: string): Promise<void>
   uploadDataset(name: string, data: Buffer | Uint8Array | string): Promise<Dataset>
   datasets(): Promise<Dataset[]>
   dataset(id: string): Promise<Dataset>
@@ -324,6 +338,8 @@ export interface OpenOptions {
   database?: string
   /** The blob store shared by several nodes: `file:///mnt/shared` or `s3://bucket`. */
   blob_store?: string
+  /** Largest customer GGUF upload in bytes (default 16 GiB). */
+  max_model_bytes?: number
   /** The job runner command (default: this Node running the package's `runner.js`). */
   runner?: string[]
 }

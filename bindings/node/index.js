@@ -167,6 +167,18 @@ class Session {
     return call(() => this.#native.embed(model, inputs))
   }
 
+  uploadModel(name, path) {
+    return call(() => this.#native.uploadModel(name, path))
+  }
+
+  customModels() {
+    return call(() => this.#native.customModels())
+  }
+
+  deleteModel(id) {
+    return call(() => this.#native.deleteModel(id))
+  }
+
   uploadDataset(name, data) {
     const bytes = typeof data === 'string' ? Buffer.from(data) : data
     return call(() => this.#native.uploadDataset(name, bytes))

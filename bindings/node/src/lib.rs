@@ -244,8 +244,8 @@ impl NativeSession {
         json(move || s.embed(&model, &inputs)).await
     }
 
-    #[napi]
     /// Uploads the tenant's own GGUF model (Pro and up) from a file, streamed.
+    #[napi]
     pub async fn upload_model(&self, name: String, path: String) -> napi::Result<Value> {
         let s = self.session();
         json(move || {
@@ -262,9 +262,9 @@ impl NativeSession {
     }
 
     #[napi]
-    pub async fn delete_model(&self, id: String) -> napi::Result<Value> {
+    pub async fn delete_model(&self, id: String) -> napi::Result<()> {
         let s = self.session();
-        json(move || s.delete_model(&id).map(|()| serde_json::json!({"id": id, "deleted": true}))).await
+        blocking(move || s.delete_model(&id)).await
     }
 
     #[napi]

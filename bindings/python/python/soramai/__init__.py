@@ -89,6 +89,7 @@ class Platform(_native.Platform):
         runner: Sequence[str] | None = None,
         database: str | None = None,
         blob_store: str | None = None,
+        max_model_bytes: int | None = None,
     ) -> "Platform":
         return super().__new__(
             cls,
@@ -100,6 +101,7 @@ class Platform(_native.Platform):
             max_batch=max_batch,
             database=database,
             blob_store=blob_store,
+            max_model_bytes=max_model_bytes,
         )
 
     def __enter__(self) -> "Platform":

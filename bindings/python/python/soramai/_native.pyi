@@ -83,6 +83,15 @@ class Embeddings(TypedDict):
     vectors: list[list[float]]
     prompt_tokens: int
 
+class CustomModel(TypedDict):
+    id: str
+    tenant: str
+    name: str
+    bytes: int
+    sha256: str
+    architecture: str
+    created_at: int
+
 class Dataset(TypedDict):
     id: str
     name: str
@@ -230,6 +239,10 @@ class Session:
     ) -> Any:
         """A :class:`Completion`, or with ``stream=True`` a :class:`TokenStream`."""
     def embed(self, model: str, inputs: Sequence[str]) -> Embeddings: ...
+    def upload_model(self, name: str, path: str) -> CustomModel:
+        """Uploads the tenant's own GGUF (Pro and up) from a file, streamed; its ``id`` names it."""
+    def custom_models(self) -> list[CustomModel]: ...
+    def delete_model(self, id: str) -> None: ...
     def upload_dataset(self, name: str, data: bytes) -> Dataset: ...
     def datasets(self) -> list[Dataset]: ...
     def dataset(self, id: str) -> Dataset: ...
@@ -302,6 +315,7 @@ class Platform:
         max_batch: int | None = None,
         database: str | None = None,
         blob_store: str | None = None,
+        max_model_bytes: int | None = None,
     ) -> Platform: ...
     def bootstrap(self) -> str | None: ...
     def session(self, api_key: str) -> Session: ...
