@@ -34,6 +34,8 @@ pub enum Actor {
     OperatorKey(ApiKeyId),
     /// A request authenticated with this API key.
     ApiKey(ApiKeyId),
+    /// A person, signed in (a web session).
+    User(crate::ids::UserId),
     /// A request under a break-glass access grant: the grant, and the operator key that asked
     /// for it.
     Grant {
@@ -51,6 +53,7 @@ impl fmt::Display for Actor {
             Actor::Operator => f.write_str("operator"),
             Actor::OperatorKey(id) => write!(f, "operator:key:{id}"),
             Actor::ApiKey(id) => write!(f, "key:{id}"),
+            Actor::User(id) => write!(f, "user:{id}"),
             Actor::Grant { grant, operator_key } => write!(f, "operator:key:{operator_key}:{grant}"),
         }
     }
@@ -104,6 +107,15 @@ pub enum Action {
     AccessGrantUsed,
     TenantCloseRequested,
     TenantReopened,
+    MemberInvited,
+    MemberJoined,
+    MemberRoleChanged,
+    MemberRemoved,
+    UserSignedIn,
+    UserLocked,
+    UserPasswordChanged,
+    UserTotpEnabled,
+    UserTotpDisabled,
 }
 
 impl Action {
@@ -147,6 +159,15 @@ impl Action {
             Action::AccessGrantUsed => "access_grant.request",
             Action::TenantCloseRequested => "tenant.close_requested",
             Action::TenantReopened => "tenant.reopened",
+            Action::MemberInvited => "member.invited",
+            Action::MemberJoined => "member.joined",
+            Action::MemberRoleChanged => "member.role_changed",
+            Action::MemberRemoved => "member.removed",
+            Action::UserSignedIn => "user.signed_in",
+            Action::UserLocked => "user.locked",
+            Action::UserPasswordChanged => "user.password_changed",
+            Action::UserTotpEnabled => "user.totp_enabled",
+            Action::UserTotpDisabled => "user.totp_disabled",
         }
     }
 }

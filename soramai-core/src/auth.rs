@@ -109,6 +109,17 @@ impl Principal {
         Self { tenant: tenant.clone(), actor: Actor::Operator, scopes: Scope::ALL.to_vec(), pool: None, grant: None }
     }
 
+    /// A signed-in person acting in a tenant with their role's scopes, recorded as `user:<id>`.
+    pub(crate) fn for_user(tenant: &TenantId, user: &crate::ids::UserId, scopes: &[Scope]) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            actor: Actor::User(user.clone()),
+            scopes: scopes.to_vec(),
+            pool: None,
+            grant: None,
+        }
+    }
+
     /// The break-glass grant this principal acts under, if any.
     pub fn grant(&self) -> Option<&GrantContext> {
         self.grant.as_ref()

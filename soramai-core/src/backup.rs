@@ -363,6 +363,8 @@ fn restore_keys(
                     "custom_models",
                     "scope_keys",
                     "access_grants",
+                    "members",
+                    "invitations",
                 ] {
                     tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = ?1"), [tenant])?;
                 }

@@ -773,6 +773,8 @@ impl Core {
             tx.execute("DELETE FROM secrets WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM fine_tuned_models WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM custom_models WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM members WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM invitations WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM access_grants WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM tenant_closures WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute(

@@ -27,6 +27,15 @@ pub enum Error {
     /// The API key is malformed, unknown, wrong, revoked or expired (deliberately not told apart).
     #[error("invalid API key")]
     Unauthenticated,
+    /// The password was right; the account also needs its TOTP code.
+    #[error("a TOTP code is required")]
+    SecondFactorRequired,
+    /// Too many failed sign-ins for this email: it is locked for a while.
+    #[error("too many failed sign-ins; try again in {retry_after_seconds} s")]
+    Locked {
+        /// Seconds until the lock lifts.
+        retry_after_seconds: u64,
+    },
     /// The API key is valid but lacks a scope the operation needs.
     #[error("the API key lacks the `{0}` scope")]
     MissingScope(crate::auth::Scope),

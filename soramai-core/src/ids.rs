@@ -115,6 +115,27 @@ id_type!(
 );
 
 id_type!(
+    /// A person's account, `user-<hex>`.
+    UserId, "user id", 64, b"-"
+);
+id_type!(
+    /// An invitation to join a tenant, `inv-<hex>`.
+    InvitationId, "invitation id", 64, b"-"
+);
+
+impl UserId {
+    pub(crate) fn generate() -> Self {
+        Self(format!("user-{}", random_hex(12)))
+    }
+}
+
+impl InvitationId {
+    pub(crate) fn generate() -> Self {
+        Self(format!("inv-{}", random_hex(12)))
+    }
+}
+
+id_type!(
     /// A break-glass access grant, `grant-<hex>`.
     GrantId, "grant id", 64, b"-"
 );

@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod backup;
@@ -46,6 +47,7 @@ pub mod store;
 pub mod tier;
 mod vault;
 
+pub use crate::accounts::{Invitation, IssuedInvitation, IssuedSession, Membership, Role, TotpSetup, User};
 pub use crate::audit::{Action, Actor, AuditRecord, AuditReport};
 pub use crate::auth::{ApiKeyInfo, GrantContext, IssuedKey, KeyOptions, Principal, Scope};
 pub use crate::backup::{BackupReport, RestoreReport, SnapshotInfo};
@@ -59,7 +61,9 @@ pub use crate::crypto::keys::{KeyProvider, LocalRootKey};
 pub use crate::datasets::{DatasetInfo, DatasetStats};
 pub use crate::error::{Error, Result};
 pub use crate::grants::{AccessGrant, GrantRequest, GrantStatus, IssuedGrant};
-pub use crate::ids::{ApiKeyId, DatasetId, GrantId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId};
+pub use crate::ids::{
+    ApiKeyId, DatasetId, GrantId, InvitationId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId, UserId,
+};
 pub use crate::jobs::{
     FineTuneSpec, Hyperparameters, Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker,
 };

@@ -40,6 +40,11 @@ impl AppState {
     pub fn new(platform: Arc<Platform>) -> Self {
         Self { platform, metrics: Arc::new(Metrics::default()) }
     }
+
+    /// The platform the routes serve.
+    pub(crate) fn platform(&self) -> &Arc<Platform> {
+        &self.platform
+    }
 }
 
 /// Aggregates only: counts and sums, never ids of tenants, never content.
@@ -221,6 +226,10 @@ pub fn router(state: AppState) -> Router {
         .route("/corpora/{id}/documents/{doc}", axum::routing::delete(delete_document))
         .route("/corpora/{id}/search", post(search))
         .route("/corpora/{id}/chat", post(grounded_chat))
+        .route("/members", get(list_members))
+        .route("/members/invitations", post(invite_member))
+        .route("/members/{id}/role", post(set_member_role))
+        .route("/members/{id}", axum::routing::delete(remove_member))
         .route("/audit", get(audit_log))
         .route("/audit/verify", get(audit_verify))
         .route("/usage", get(usage))
@@ -230,6 +239,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::web::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown request URL.")
         })
@@ -524,6 +534,73 @@ async fn list_custom_models(State(s): State<AppState>, Caller(p): Caller) -> Api
 async fn get_custom_model(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let m = blocking(move || s.platform.custom_model(&p, &id)).await?;
     Ok(axum::Json(custom_model_json(&m)).into_response())
+}
+
+// ---------- members (people of a tenant) ----------
+
+fn member_json(m: &soramai::core::Membership) -> Value {
+    json!({"object": "member", "user": m.user.as_str(), "email": m.email, "role": m.role.as_str(),
+           "created_at": m.created_at / 1000})
+}
+
+async fn list_members(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
+    let members = blocking(move || Ok(s.platform.core().members(&p)?)).await?;
+    Ok(axum::Json(json!({"object": "list", "data": members.iter().map(member_json).collect::<Vec<_>>()}))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteBody {
+    email: String,
+    role: String,
+}
+
+async fn invite_member(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(b): JsonBody<InviteBody>,
+) -> ApiResult<Response> {
+    let issued = blocking(move || {
+        let role: soramai::core::Role = b.role.parse()?;
+        Ok(s.platform.core().invite(&p, &b.email, role)?)
+    })
+    .await?;
+    let i = &issued.invitation;
+    let body = json!({"id": i.id.as_str(), "object": "invitation", "email": i.email, "role": i.role.as_str(),
+                      "expires_at": i.expires_at / 1000, "token": issued.token.secret(),
+                      "accept_url": format!("/invitations/accept?token={}", issued.token.secret())});
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: String,
+}
+
+fn user_id(id: &str) -> Result<soramai::core::UserId, PlatformError> {
+    soramai::core::UserId::new(id).map_err(|_| soramai::Error::NotFound { kind: "member" }.into())
+}
+
+async fn set_member_role(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<RoleBody>,
+) -> ApiResult<Response> {
+    let m = blocking(move || {
+        let role: soramai::core::Role = b.role.parse()?;
+        Ok(s.platform.core().set_member_role(&p, &user_id(&id)?, role)?)
+    })
+    .await?;
+    Ok(axum::Json(member_json(&m)).into_response())
+}
+
+async fn remove_member(State(s): State<AppState>, Caller(p): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let shown = id.clone();
+    blocking(move || Ok(s.platform.core().remove_member(&p, &user_id(&id)?)?)).await?;
+    Ok(axum::Json(json!({"user": shown, "object": "member", "deleted": true})).into_response())
 }
 
 // ---------- chat and completions ----------

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 mod conn;
 mod http;
+mod web;
 
 use clap::{Parser, Subcommand};
 use soramai::core::crypto::envelope;

@@ -13,8 +13,11 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
+#[path = "../../soramai-kernels/tests/common/files.rs"]
+mod files;
 #[path = "../../soramai-kernels/tests/common/reference_model.rs"]
 mod reference_model;
+use files::files_under;
 use reference_model::reference_model;
 
 const CANARY: &str = "zq9-canary-Sora-7713";
@@ -1013,4 +1016,174 @@ fn a_customer_gguf_is_uploaded_served_and_deleted_over_http_for_its_tenant_only(
     let (s, v) = server.call("GET", &format!("/v1/custom_models/{id}"), Some(&acme), None);
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     server.stop();
+}
+
+/// The `Set-Cookie` headers of a response.
+fn set_cookies(res: &reqwest::blocking::Response) -> Vec<String> {
+    res.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
+}
+
+/// The value a response sets for a cookie, checked to be HttpOnly, Secure and SameSite=Strict.
+fn cookie_value(res: &reqwest::blocking::Response, name: &str) -> Option<String> {
+    let c = set_cookies(res).into_iter().find(|c| c.starts_with(&format!("{name}=")))?;
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(c.contains(attr), "cookie without {attr}: {c}");
+    }
+    Some(c.split(';').next()?.split_once('=')?.1.to_owned())
+}
+
+/// A form body, `application/x-www-form-urlencoded`.
+fn form(fields: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    fields.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
+}
+
+/// The CSRF token of the form in a page.
+fn form_csrf(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
+    html[at..].split('"').next().expect("token").to_owned()
+}
+
+#[test]
+fn people_sign_in_on_the_web_with_a_strict_session_cookie_and_csrf_on_every_form() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::launch(dir.path(), &[]);
+    let acme = server.tenant("acme", "basic", 0);
+    let globex = server.tenant("globex", "basic", 0);
+    let password = "zq3-canary-password-Yuki";
+    let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let url = |p: &str| format!("{}{p}", server.url);
+
+    // A tenant admin invites a person through the API; the token is shown once.
+    let (s, inv) = server.call(
+        "POST",
+        "/v1/members/invitations",
+        Some(&acme),
+        Some(json!({"email": "Ada@Acme.com", "role": "admin"})),
+    );
+    assert_eq!(s, StatusCode::CREATED, "{inv}");
+    let token = inv["token"].as_str().expect("token").to_owned();
+    assert_error(
+        server.call("POST", "/v1/members/invitations", Some(&acme), Some(json!({"email": "x", "role": "admin"}))),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_error(
+        server.call(
+            "POST",
+            "/v1/members/invitations",
+            Some(&acme),
+            Some(json!({"email": "b@acme.com", "role": "god"})),
+        ),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+
+    // Accepting it: the form's CSRF token is bound to an HttpOnly pre-session cookie.
+    let page = web.get(url(&format!("/invitations/accept?token={token}"))).send().expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    let seed = cookie_value(&page, "soramai_csrf").expect("csrf cookie");
+    let csrf = form_csrf(&page.text().expect("html"));
+    let accept = |cookie: &str, csrf: &str| {
+        web.post(url("/invitations/accept"))
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("token", token.as_str()), ("password", password), ("csrf", csrf)]))
+            .send()
+            .expect("accept")
+    };
+    assert_eq!(accept("", &csrf).status(), StatusCode::FORBIDDEN, "no cookie");
+    assert_eq!(accept(&format!("soramai_csrf={seed}"), "0000").status(), StatusCode::FORBIDDEN, "wrong token");
+    let (s, v) = server.call("GET", "/v1/members", Some(&acme), None);
+    assert_eq!((s, v["data"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "nothing changed: {v}");
+    let ok = accept(&format!("soramai_csrf={seed}"), &csrf);
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    assert_eq!(accept(&format!("soramai_csrf={seed}"), &csrf).status(), StatusCode::UNAUTHORIZED, "single use");
+
+    // Sign-in: CSRF required; a planted session id is never adopted; the new one is strict.
+    let page = web.get(url("/sign_in")).send().expect("page");
+    let seed = cookie_value(&page, "soramai_csrf").expect("csrf cookie");
+    for h in ["content-security-policy", "cache-control", "referrer-policy"] {
+        assert!(page.headers().get(h).is_some(), "page without {h}");
+    }
+    let csrf = form_csrf(&page.text().expect("html"));
+    let sign_in = |cookie: &str, csrf: &str, pw: &str| {
+        web.post(url("/sign_in"))
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("email", "ada@acme.com"), ("password", pw), ("csrf", csrf)]))
+            .send()
+            .expect("sign in")
+    };
+    let no_csrf = sign_in(&format!("soramai_csrf={seed}"), "", password);
+    assert_eq!(no_csrf.status(), StatusCode::FORBIDDEN);
+    assert!(cookie_value(&no_csrf, "soramai_session").is_none());
+    let planted = "ss-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let res = sign_in(&format!("soramai_csrf={seed}; soramai_session={planted}"), &csrf, password);
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers().get("location").and_then(|v| v.to_str().ok()), Some("/dashboard"));
+    let session = cookie_value(&res, "soramai_session").expect("session cookie");
+    assert_ne!(session, planted, "a new session id at sign-in");
+    let dash = |session: &str| {
+        web.get(url("/dashboard")).header("cookie", format!("soramai_session={session}")).send().expect("dashboard")
+    };
+    assert_eq!(dash(planted).status(), StatusCode::SEE_OTHER, "the planted id opens nothing");
+    let home = dash(&session);
+    assert_eq!(home.status(), StatusCode::OK);
+    assert_eq!(home.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
+    let html = home.text().expect("html");
+    assert!(html.contains("acme") && html.contains("admin") && !html.contains("globex"), "{html}");
+    let out_csrf = form_csrf(&html);
+
+    // Members over the API: acme sees Ada as an admin; globex sees no one of acme.
+    let (_, v) = server.call("GET", "/v1/members", Some(&acme), None);
+    assert_eq!(v["data"][0]["email"], "ada@acme.com", "{v}");
+    assert_eq!(v["data"][0]["role"], "admin", "{v}");
+    let (_, v) = server.call("GET", "/v1/members", Some(&globex), None);
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(0), "{v}");
+
+    // Sign-out: refused without the session's token, then the session ends on the server.
+    let out = |csrf: &str| {
+        web.post(url("/sign_out"))
+            .header("cookie", format!("soramai_session={session}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", csrf)]))
+            .send()
+            .expect("sign out")
+    };
+    assert_eq!(out(&csrf).status(), StatusCode::FORBIDDEN, "a pre-session token is not the session's");
+    assert_eq!(dash(&session).status(), StatusCode::OK);
+    assert_eq!(out(&out_csrf).status(), StatusCode::SEE_OTHER);
+    assert_eq!(dash(&session).status(), StatusCode::SEE_OTHER, "signed out on the server");
+
+    // Wrong passwords: one answer, then the email locks (a 429), the right password included.
+    for _ in 0..4 {
+        assert_eq!(
+            sign_in(&format!("soramai_csrf={seed}"), &csrf, "wrong password!!").status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        sign_in(&format!("soramai_csrf={seed}"), &csrf, "wrong password!!").status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(sign_in(&format!("soramai_csrf={seed}"), &csrf, password).status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // The password never reaches a log, and no file of the data holds it.
+    let logs = server.stop();
+    assert!(!logs.contains(password), "the password in the server's output");
+    for f in files_under(&dir.path().join("data")) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "password in {}", f.display());
+    }
 }

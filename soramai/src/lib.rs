@@ -114,7 +114,8 @@ impl PlatformError {
         use soramai_core::Error as C;
         match self {
             PlatformError::Core(c) | PlatformError::Rag(soramai_rag::Error::Core(c)) => match c {
-                C::Unauthenticated => ErrorKind::Authentication,
+                C::Unauthenticated | C::SecondFactorRequired => ErrorKind::Authentication,
+                C::Locked { .. } => ErrorKind::RateLimited,
                 C::MissingScope(_) | C::NotAllowed { .. } | C::TenantLocked | C::OperatorAccess(_) => {
                     ErrorKind::PermissionDenied
                 }

@@ -257,6 +257,59 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX custom_models_tenant ON custom_models(tenant_id);
     "#,
+    // 11: people: users, their memberships and invitations, web sessions, sign-in failures,
+    // password resets (tokens and passwords as hashes only; TOTP secrets wrapped by the root key)
+    r#"
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        totp_wrapped BLOB,
+        totp_enabled INTEGER NOT NULL DEFAULT 0,
+        totp_last_step INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE members (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        user_id TEXT NOT NULL REFERENCES users(id),
+        role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, user_id)
+    );
+    CREATE INDEX members_user ON members(user_id);
+    CREATE TABLE invitations (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        email TEXT NOT NULL,
+        role TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        invited_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        accepted_at INTEGER
+    );
+    CREATE INDEX invitations_tenant ON invitations(tenant_id);
+    CREATE TABLE web_sessions (
+        token_hash BLOB PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX web_sessions_user ON web_sessions(user_id);
+    CREATE TABLE sign_in_failures (
+        email_hash BLOB PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        locked_until INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE password_resets (
+        token_hash BLOB PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The metadata database: SQLite in the data directory (the embedded default), or a PostgreSQL

@@ -267,6 +267,58 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX custom_models_tenant ON custom_models(tenant_id);
 "#,
+    // 6: SQLite's version 11, people
+    r#"
+    CREATE TABLE users (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        email TEXT COLLATE "C" NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        totp_wrapped BYTEA,
+        totp_enabled BIGINT NOT NULL DEFAULT 0,
+        totp_last_step BIGINT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE members (
+        tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+        user_id TEXT COLLATE "C" NOT NULL REFERENCES users(id),
+        role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (tenant_id, user_id)
+    );
+    CREATE INDEX members_user ON members(user_id);
+    CREATE TABLE invitations (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+        email TEXT NOT NULL,
+        role TEXT NOT NULL,
+        token_hash BYTEA NOT NULL UNIQUE,
+        invited_by TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        accepted_at BIGINT
+    );
+    CREATE INDEX invitations_tenant ON invitations(tenant_id);
+    CREATE TABLE web_sessions (
+        token_hash BYTEA PRIMARY KEY,
+        user_id TEXT COLLATE "C" NOT NULL REFERENCES users(id),
+        created_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX web_sessions_user ON web_sessions(user_id);
+    CREATE TABLE sign_in_failures (
+        email_hash BYTEA PRIMARY KEY,
+        failures BIGINT NOT NULL,
+        locked_until BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE password_resets (
+        token_hash BYTEA PRIMARY KEY,
+        user_id TEXT COLLATE "C" NOT NULL REFERENCES users(id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+"#,
 ];
 
 /// The tables holding wrapped keys: rewritten after a key is destroyed.

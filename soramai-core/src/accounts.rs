@@ -1,0 +1,907 @@
+//! People: accounts (an email and an argon2id password, an optional TOTP second factor), their
+//! memberships in tenants with a role, invitations, web sessions, lockout and password reset.
+//!
+//! What is stored: the email (the account's name), the password as an argon2id PHC string
+//! (OWASP's parameters: 19 MiB, 2 passes, 1 lane, a 16-byte random salt), the TOTP secret wrapped
+//! by the root key (bound to the user's id), and every token (session, invitation, reset) as its
+//! SHA-256 only: a copy of the database signs nobody in. A member acts in a tenant with the scopes
+//! of its role ([`Role::scopes`]), recorded in the audit log as `user:<id>`.
+//!
+//! Sign-in failures are counted per email (as a hash, known account or not, so the answer never
+//! tells whether an account exists): [`MAX_FAILURES`] in a row lock the email for
+//! [`LOCKOUT_MS`]. An unknown email costs the same argon2 work as a wrong password.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::audit::{Action, Actor};
+use crate::auth::{Principal, Scope};
+use crate::clock::Millis;
+use crate::core::Core;
+use crate::crypto::random_bytes;
+use crate::error::{Error, Result};
+use crate::ids::{InvitationId, TenantId, UserId, random_hex};
+use crate::params;
+use crate::store::{Db, OptionalExt as _};
+use crate::tier::Tier;
+
+/// Consecutive failed sign-ins of one email that lock it.
+pub const MAX_FAILURES: i64 = 5;
+/// How long a locked email stays locked.
+pub const LOCKOUT_MS: Millis = 15 * 60 * 1000;
+/// A session ends after this long without use.
+pub const SESSION_IDLE_MS: Millis = 12 * 3600 * 1000;
+/// A session ends this long after sign-in, however used.
+pub const SESSION_MAX_MS: Millis = 7 * 24 * 3600 * 1000;
+/// An invitation is valid this long.
+pub const INVITATION_MS: Millis = 7 * 24 * 3600 * 1000;
+/// A password reset token is valid this long.
+pub const RESET_MS: Millis = 3600 * 1000;
+/// Shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+/// Longest password accepted (argon2 takes any length; this bounds the work per attempt).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A member's role in a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads: chat and the model list (inference scope).
+    Viewer,
+    /// Works with the tenant's data: datasets, fine-tuning, chat, RAG.
+    Member,
+    /// Also manages keys, members (below owner), grants and settings.
+    Admin,
+    /// Also manages owners and closes the account.
+    Owner,
+}
+
+impl Role {
+    /// Every role, lowest first.
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Member, Role::Admin, Role::Owner];
+
+    /// The scopes a member of this role acts with.
+    pub fn scopes(self) -> &'static [Scope] {
+        match self {
+            Role::Viewer => &[Scope::Inference],
+            Role::Member => &[Scope::Inference, Scope::Train, Scope::Rag],
+            Role::Admin | Role::Owner => &Scope::ALL,
+        }
+    }
+
+    /// Its stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| Error::InvalidArgument("a role is owner, admin, member or viewer".into()))
+    }
+}
+
+/// A person's account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// `user-<hex>`.
+    pub id: UserId,
+    /// The sign-in email, lowercased.
+    pub email: String,
+    /// Whether sign-in asks for a TOTP code.
+    pub totp_enabled: bool,
+    /// Created, Unix ms.
+    pub created_at: Millis,
+}
+
+/// A person's place in a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Membership {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The person.
+    pub user: UserId,
+    /// Their email.
+    pub email: String,
+    /// Their role.
+    pub role: Role,
+    /// Joined, Unix ms.
+    pub created_at: Millis,
+}
+
+/// An invitation to join a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Invitation {
+    /// `inv-<hex>`.
+    pub id: InvitationId,
+    /// The tenant to join.
+    pub tenant: TenantId,
+    /// Who may accept it.
+    pub email: String,
+    /// The role it gives.
+    pub role: Role,
+    /// Who sent it (an audit actor).
+    pub invited_by: String,
+    /// Valid until, Unix ms.
+    pub expires_at: Millis,
+    /// Accepted, Unix ms.
+    pub accepted_at: Option<Millis>,
+}
+
+/// A one-time secret handed out once (a session, an invitation, a reset): shown to its holder,
+/// stored as a hash only, zeroed when dropped.
+#[derive(Clone)]
+pub struct Token(Zeroizing<String>);
+
+impl Token {
+    fn new(prefix: &str) -> Self {
+        Token(Zeroizing::new(format!("{prefix}{}", random_hex(32))))
+    }
+    /// The secret (send it once; it is not kept).
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// A signed-in session: its token goes into the browser's cookie.
+#[derive(Debug, Clone)]
+pub struct IssuedSession {
+    /// The person.
+    pub user: User,
+    /// The session's token.
+    pub token: Token,
+    /// When it ends at the latest, Unix ms.
+    pub expires_at: Millis,
+}
+
+/// An invitation with its token (sent once, to the invitee).
+#[derive(Debug, Clone)]
+pub struct IssuedInvitation {
+    /// The invitation.
+    pub invitation: Invitation,
+    /// The token that accepts it.
+    pub token: Token,
+}
+
+/// A TOTP second factor being set up: the secret to put in an authenticator app.
+#[derive(Clone)]
+pub struct TotpSetup {
+    /// The secret in base32.
+    pub secret_base32: Zeroizing<String>,
+    /// `otpauth://totp/…` for a QR code.
+    pub otpauth_url: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TotpSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpSetup(..)")
+    }
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn email_hash(email: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"soramai sign-in email\0");
+    h.update(email.as_bytes());
+    h.finalize().to_vec()
+}
+
+/// Normalizes and checks an email: trimmed, lowercased, one `@` with text on both sides, at most
+/// 254 characters, no spaces or control characters.
+pub fn normalize_email(email: &str) -> Result<String> {
+    let e = email.trim().to_lowercase();
+    let ok = e.len() <= 254
+        && e.split('@').count() == 2
+        && e.split('@').all(|p| !p.is_empty())
+        && e.rsplit('@').next().is_some_and(|d| d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control() || "<>\"'(),;:\\[]".contains(c));
+    if ok { Ok(e) } else { Err(Error::InvalidArgument("not a valid email address".into())) }
+}
+
+fn check_password(password: &str, email: &str) -> Result<()> {
+    if password.chars().count() < MIN_PASSWORD_CHARS || password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "a password is {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_BYTES} characters long"
+        )));
+    }
+    if password.to_lowercase() == email || password.chars().all(|c| password.starts_with(c)) {
+        return Err(Error::InvalidArgument("the password is too easy to guess".into()));
+    }
+    Ok(())
+}
+
+fn argon2() -> argon2::Argon2<'static> {
+    // argon2id v19 with OWASP's parameters (19 MiB, t=2, p=1): the crate's defaults.
+    argon2::Argon2::default()
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    use argon2::password_hash::PasswordHasher as _;
+    let mut salt = [0u8; 16];
+    random_bytes(&mut salt);
+    argon2()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|_| Error::InvalidArgument("the password cannot be hashed".into()))
+}
+
+fn verify_password(password: &str, phc: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier as _;
+    argon2().verify_password(password.as_bytes(), phc).is_ok()
+}
+
+/// Work equal to a real check, for an email with no account.
+fn verify_dummy(password: &str) {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let phc = DUMMY.get_or_init(|| hash_password("soramai dummy password").unwrap_or_default());
+    let _ = verify_password(password, phc);
+}
+
+fn totp_aad(user: &UserId) -> Vec<u8> {
+    format!("soramai totp\0{}", user.as_str()).into_bytes()
+}
+
+fn totp(secret: &[u8], email: &str) -> Result<totp_rs::Totp> {
+    totp_rs::Builder::new()
+        .with_secret(secret.to_vec())
+        .with_account_name(email)
+        .with_issuer(Some("Soramai"))
+        .build()
+        .map_err(|_| Error::InvalidArgument("the email cannot name a TOTP account".into()))
+}
+
+struct UserRow {
+    user: User,
+    password_hash: String,
+    totp_wrapped: Option<Vec<u8>>,
+}
+
+impl Core {
+    fn user_row(&self, where_sql: &str, key: &str) -> Result<Option<UserRow>> {
+        self.meta.read(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT id, email, password_hash, totp_wrapped, totp_enabled, created_at FROM users WHERE {where_sql} = ?1"
+                ),
+                [key],
+                |r| {
+                    Ok(UserRow {
+                        user: User {
+                            id: UserId::new(r.get::<String>(0)?)?,
+                            email: r.get(1)?,
+                            totp_enabled: r.get::<i64>(4)? != 0,
+                            created_at: r.get(5)?,
+                        },
+                        password_hash: r.get(2)?,
+                        totp_wrapped: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// A user by id.
+    pub fn user(&self, id: &UserId) -> Result<User> {
+        Ok(self.user_row("id", id.as_str())?.ok_or(Error::NotFound { kind: "user" })?.user)
+    }
+
+    /// Writes one audit record into the log of every tenant the user belongs to.
+    fn audit_user(&self, tx: &Db<'_>, user: &UserId, action: Action, detail: serde_json::Value) -> Result<()> {
+        let tenants: Vec<String> =
+            tx.query_map("SELECT tenant_id FROM members WHERE user_id = ?1", [user.as_str()], |r| r.get(0))?;
+        for t in tenants {
+            let t = TenantId::new(t)?;
+            self.audit_tx(tx, &t, &Actor::User(user.clone()), action, user.as_str(), detail.clone())?;
+        }
+        Ok(())
+    }
+
+    fn insert_user(&self, tx: &Db<'_>, email: &str, phc: &str) -> Result<User> {
+        let taken: Option<String> =
+            tx.query_row("SELECT id FROM users WHERE email = ?1", [email], |r| r.get(0)).optional()?;
+        if taken.is_some() {
+            return Err(Error::AlreadyExists { kind: "account" });
+        }
+        let user =
+            User { id: UserId::generate(), email: email.to_owned(), totp_enabled: false, created_at: self.now() };
+        tx.execute(
+            "INSERT INTO users (id, email, password_hash, totp_enabled, totp_last_step, created_at) VALUES (?1, ?2, ?3, 0, 0, ?4)",
+            params![user.id.as_str(), email, phc, user.created_at],
+        )?;
+        Ok(user)
+    }
+
+    fn insert_member(&self, tx: &Db<'_>, tenant: &TenantId, user: &UserId, role: Role, actor: &Actor) -> Result<()> {
+        tx.execute(
+            "INSERT INTO members (tenant_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role",
+            params![tenant.as_str(), user.as_str(), role.as_str(), self.now()],
+        )?;
+        self.audit_tx(
+            tx,
+            tenant,
+            actor,
+            Action::MemberJoined,
+            user.as_str(),
+            serde_json::json!({"role": role.as_str()}),
+        )
+    }
+
+    /// Signs a person up: a new tenant (Free tier) with them as its owner. The email must be
+    /// new; the password at least [`MIN_PASSWORD_CHARS`] characters.
+    pub fn sign_up(&self, email: &str, password: &str, tenant: &TenantId) -> Result<User> {
+        let email = normalize_email(email)?;
+        check_password(password, &email)?;
+        if self.user_row("email", &email)?.is_some() {
+            return Err(Error::AlreadyExists { kind: "account" });
+        }
+        let phc = hash_password(password)?;
+        self.create_tenant_by(&Actor::System, tenant, Tier::Free)?;
+        let created = self.meta.write(|tx| {
+            let user = self.insert_user(tx, &email, &phc)?;
+            self.insert_member(tx, tenant, &user.id, Role::Owner, &Actor::User(user.id.clone()))?;
+            Ok(user)
+        });
+        if created.is_err() {
+            // The email was taken meanwhile: the empty tenant goes.
+            let _ = self.delete_tenant(tenant);
+        }
+        created
+    }
+
+    /// Signs a person in with their email and password, and their TOTP code when they have
+    /// one (`Error::SecondFactorRequired` without it). Wrong or unknown credentials are one
+    /// `Unauthenticated`; after [`MAX_FAILURES`] the email is locked (`Error::Locked`).
+    pub fn sign_in(&self, email: &str, password: &str, totp_code: Option<&str>) -> Result<IssuedSession> {
+        let email = normalize_email(email).map_err(|_| Error::Unauthenticated)?;
+        let key = email_hash(&email);
+        let now = self.now();
+        let locked_until: Option<Millis> = self.meta.read(|c| {
+            c.query_row("SELECT locked_until FROM sign_in_failures WHERE email_hash = ?1", params![key], |r| r.get(0))
+                .optional()
+        })?;
+        if let Some(until) = locked_until.filter(|&u| u > now) {
+            return Err(Error::Locked { retry_after_seconds: ((until - now) / 1000).max(1) as u64 });
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(Error::Unauthenticated);
+        }
+        let row = self.user_row("email", &email)?;
+        let ok = match &row {
+            Some(r) => verify_password(password, &r.password_hash),
+            None => {
+                verify_dummy(password);
+                false
+            }
+        };
+        let known = row.as_ref().map(|r| r.user.id.clone());
+        let Some(row) = row.filter(|_| ok) else {
+            return Err(self.sign_in_failed(&key, known));
+        };
+        if row.user.totp_enabled {
+            let Some(code) = totp_code else { return Err(Error::SecondFactorRequired) };
+            if !self.check_totp(&row, code)? {
+                return Err(self.sign_in_failed(&key, Some(row.user.id.clone())));
+            }
+        }
+        let token = Token::new("ss-");
+        let expires_at = now + SESSION_MAX_MS;
+        self.meta.write(|tx| {
+            tx.execute("DELETE FROM sign_in_failures WHERE email_hash = ?1", params![key])?;
+            tx.execute(
+                "INSERT INTO web_sessions (token_hash, user_id, created_at, last_seen, expires_at) VALUES (?1, ?2, ?3, ?3, ?4)",
+                params![token_hash(token.secret()), row.user.id.as_str(), now, expires_at],
+            )?;
+            self.audit_user(tx, &row.user.id, Action::UserSignedIn, serde_json::json!({}))
+        })?;
+        Ok(IssuedSession { user: row.user, token, expires_at })
+    }
+
+    /// Counts a failed sign-in of an email; the [`MAX_FAILURES`]th locks it. Returns the error
+    /// to answer with.
+    fn sign_in_failed(&self, key: &[u8], user: Option<UserId>) -> Error {
+        let now = self.now();
+        let counted = self.meta.write(|tx| {
+            let failures: i64 = tx
+                .query_row("SELECT failures FROM sign_in_failures WHERE email_hash = ?1", params![key], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0)
+                + 1;
+            let locked_until = if failures >= MAX_FAILURES { now + LOCKOUT_MS } else { 0 };
+            tx.execute(
+                "INSERT INTO sign_in_failures (email_hash, failures, locked_until, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (email_hash) DO UPDATE SET failures = excluded.failures,
+                 locked_until = excluded.locked_until, updated_at = excluded.updated_at",
+                params![key, if failures >= MAX_FAILURES { 0 } else { failures }, locked_until, now],
+            )?;
+            if failures >= MAX_FAILURES
+                && let Some(user) = &user
+            {
+                self.audit_user(tx, user, Action::UserLocked, serde_json::json!({"minutes": LOCKOUT_MS / 60_000}))?;
+            }
+            Ok(failures >= MAX_FAILURES)
+        });
+        match counted {
+            Ok(true) => Error::Locked { retry_after_seconds: (LOCKOUT_MS / 1000) as u64 },
+            Ok(false) => Error::Unauthenticated,
+            Err(e) => e,
+        }
+    }
+
+    /// The person behind a session token, while the session lives (it ends after
+    /// [`SESSION_IDLE_MS`] unused or [`SESSION_MAX_MS`] in all); each use extends the idle window.
+    pub fn session_user(&self, token: &str) -> Result<User> {
+        let hash = token_hash(token);
+        let now = self.now();
+        let user: Option<String> = self.meta.write(|tx| {
+            let row: Option<(String, Millis, Millis)> = tx
+                .query_row(
+                    "SELECT user_id, last_seen, expires_at FROM web_sessions WHERE token_hash = ?1",
+                    params![hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            match row {
+                Some((user, last_seen, expires_at)) if now < expires_at && now - last_seen < SESSION_IDLE_MS => {
+                    tx.execute("UPDATE web_sessions SET last_seen = ?2 WHERE token_hash = ?1", params![hash, now])?;
+                    Ok(Some(user))
+                }
+                Some(_) => {
+                    tx.execute("DELETE FROM web_sessions WHERE token_hash = ?1", params![hash])?;
+                    Ok(None)
+                }
+                None => Ok(None),
+            }
+        })?;
+        self.user(&UserId::new(user.ok_or(Error::Unauthenticated)?)?)
+    }
+
+    /// Ends a session (signing out). Unknown tokens are ignored.
+    pub fn sign_out(&self, token: &str) -> Result<()> {
+        self.meta.write(|tx| {
+            tx.execute("DELETE FROM web_sessions WHERE token_hash = ?1", params![token_hash(token)])?;
+            Ok(())
+        })
+    }
+
+    /// The tenants a person belongs to, with their role in each.
+    pub fn memberships(&self, user: &UserId) -> Result<Vec<Membership>> {
+        self.membership_rows("m.user_id = ?1", user.as_str())
+    }
+
+    fn membership_rows(&self, where_sql: &str, key: &str) -> Result<Vec<Membership>> {
+        self.meta.read(|c| {
+            c.query_map(
+                &format!(
+                    "SELECT m.tenant_id, m.user_id, u.email, m.role, m.created_at FROM members m
+                     JOIN users u ON u.id = m.user_id JOIN tenants t ON t.id = m.tenant_id
+                     WHERE {where_sql} AND t.status = 'active' ORDER BY m.tenant_id, u.email"
+                ),
+                [key],
+                |r| {
+                    Ok(Membership {
+                        tenant: TenantId::new(r.get::<String>(0)?)?,
+                        user: UserId::new(r.get::<String>(1)?)?,
+                        email: r.get(2)?,
+                        role: r.get::<String>(3)?.parse()?,
+                        created_at: r.get(4)?,
+                    })
+                },
+            )
+        })
+    }
+
+    fn role_of(&self, tenant: &TenantId, user: &UserId) -> Result<Role> {
+        let role: Option<String> = self.meta.read(|c| {
+            c.query_row(
+                "SELECT m.role FROM members m JOIN tenants t ON t.id = m.tenant_id
+                 WHERE m.tenant_id = ?1 AND m.user_id = ?2 AND t.status = 'active'",
+                params![tenant.as_str(), user.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        role.ok_or(Error::NotFound { kind: "tenant" })?.parse()
+    }
+
+    /// A signed-in person acting in one of their tenants: a principal with their role's scopes,
+    /// recorded as `user:<id>`. A tenant they do not belong to is not found.
+    pub fn session_principal(&self, token: &str, tenant: &TenantId) -> Result<(User, Role, Principal)> {
+        let user = self.session_user(token)?;
+        let role = self.role_of(tenant, &user.id)?;
+        let principal = Principal::for_user(tenant, &user.id, role.scopes());
+        Ok((user, role, principal))
+    }
+
+    /// The caller's role where it manages members: a person's own role, or `Admin` for an admin
+    /// API key (never under a break-glass grant).
+    fn managing_role(&self, principal: &Principal) -> Result<Role> {
+        principal.require(Scope::Admin)?;
+        principal.refuse_under_grant("managing a tenant's members")?;
+        match principal.actor() {
+            Actor::User(u) => self.role_of(principal.tenant(), u),
+            _ => Ok(Role::Admin),
+        }
+    }
+
+    /// The members of the caller's tenant (any member, or a key with any scope).
+    pub fn members(&self, principal: &Principal) -> Result<Vec<Membership>> {
+        self.tenant(principal.tenant())?;
+        self.membership_rows("m.tenant_id = ?1", principal.tenant().as_str())
+    }
+
+    /// Invites an email to the caller's tenant with a role (admin scope; only an owner invites
+    /// an owner). The token, valid [`INVITATION_MS`] and good once, goes to the invitee.
+    pub fn invite(&self, principal: &Principal, email: &str, role: Role) -> Result<IssuedInvitation> {
+        let mine = self.managing_role(principal)?;
+        if role > mine {
+            return Err(Error::InvalidArgument(format!("an {} cannot invite an {}", mine.as_str(), role.as_str())));
+        }
+        let email = normalize_email(email)?;
+        let tenant = self.tenant(principal.tenant())?;
+        let token = Token::new("inv-");
+        let invitation = Invitation {
+            id: InvitationId::generate(),
+            tenant: tenant.id.clone(),
+            email,
+            role,
+            invited_by: principal.actor().to_string(),
+            expires_at: self.now() + INVITATION_MS,
+            accepted_at: None,
+        };
+        self.meta.write(|tx| {
+            tx.execute(
+                "INSERT INTO invitations (id, tenant_id, email, role, token_hash, invited_by, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    invitation.id.as_str(),
+                    tenant.id.as_str(),
+                    invitation.email,
+                    role.as_str(),
+                    token_hash(token.secret()),
+                    invitation.invited_by,
+                    self.now(),
+                    invitation.expires_at
+                ],
+            )?;
+            self.audit_tx(
+                tx,
+                &tenant.id,
+                principal.actor(),
+                Action::MemberInvited,
+                invitation.id.as_str(),
+                serde_json::json!({"role": role.as_str()}),
+            )
+        })?;
+        Ok(IssuedInvitation { invitation, token })
+    }
+
+    /// Accepts an invitation: a new account for its email with this password, or, for an email
+    /// that has one, that account's password. Good once, until it expires; the invitee becomes a
+    /// member with the invitation's role. Any mismatch is `Unauthenticated`.
+    pub fn accept_invitation(&self, token: &str, password: &str) -> Result<Membership> {
+        let hash = token_hash(token);
+        let now = self.now();
+        let row: Option<(String, String, String, String, Millis, Option<Millis>)> = self.meta.read(|c| {
+            c.query_row(
+                "SELECT id, tenant_id, email, role, expires_at, accepted_at FROM invitations WHERE token_hash = ?1",
+                params![hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()
+        })?;
+        let Some((id, tenant, email, role, _, None)) = row.filter(|r| r.4 > now) else {
+            return Err(Error::Unauthenticated);
+        };
+        let (tenant, role): (TenantId, Role) = (TenantId::new(tenant)?, role.parse()?);
+        self.tenant(&tenant)?;
+        let existing = self.user_row("email", &email)?;
+        let phc = match &existing {
+            Some(r) if verify_password(password, &r.password_hash) => None,
+            Some(_) => return Err(Error::Unauthenticated),
+            None => {
+                check_password(password, &email)?;
+                Some(hash_password(password)?)
+            }
+        };
+        self.meta.write(|tx| {
+            // Single use: only the first acceptance updates the row.
+            let claimed = tx.execute(
+                "UPDATE invitations SET accepted_at = ?2 WHERE id = ?1 AND accepted_at IS NULL",
+                params![id, now],
+            )?;
+            if claimed == 0 {
+                return Err(Error::Unauthenticated);
+            }
+            let user = match (&existing, &phc) {
+                (Some(r), _) => r.user.clone(),
+                (None, Some(phc)) => self.insert_user(tx, &email, phc)?,
+                (None, None) => return Err(Error::Unauthenticated),
+            };
+            self.insert_member(tx, &tenant, &user.id, role, &Actor::User(user.id.clone()))?;
+            Ok(Membership { tenant: tenant.clone(), user: user.id, email: email.clone(), role, created_at: now })
+        })
+    }
+
+    /// Changes a member's role (admin scope). Admins manage members and admins; only owners
+    /// touch owners; the last owner stays an owner.
+    pub fn set_member_role(&self, principal: &Principal, user: &UserId, role: Role) -> Result<Membership> {
+        let mine = self.managing_role(principal)?;
+        let tenant = principal.tenant();
+        let theirs = self.role_of(tenant, user).map_err(|_| Error::NotFound { kind: "member" })?;
+        if (theirs == Role::Owner || role == Role::Owner) && mine != Role::Owner {
+            return Err(Error::InvalidArgument("only an owner changes who is an owner".into()));
+        }
+        self.meta.write(|tx| {
+            self.keep_an_owner(tx, tenant, user, theirs, Some(role))?;
+            tx.execute(
+                "UPDATE members SET role = ?3 WHERE tenant_id = ?1 AND user_id = ?2",
+                params![tenant.as_str(), user.as_str(), role.as_str()],
+            )?;
+            self.audit_tx(
+                tx,
+                tenant,
+                principal.actor(),
+                Action::MemberRoleChanged,
+                user.as_str(),
+                serde_json::json!({"from": theirs.as_str(), "to": role.as_str()}),
+            )
+        })?;
+        self.members(principal)?.into_iter().find(|m| &m.user == user).ok_or(Error::NotFound { kind: "member" })
+    }
+
+    /// Removes a member from the caller's tenant (admin scope; owners only by an owner; never the
+    /// last owner). Their sessions stay theirs, but reach this tenant no more.
+    pub fn remove_member(&self, principal: &Principal, user: &UserId) -> Result<()> {
+        let mine = self.managing_role(principal)?;
+        let tenant = principal.tenant();
+        let theirs = self.role_of(tenant, user).map_err(|_| Error::NotFound { kind: "member" })?;
+        if theirs == Role::Owner && mine != Role::Owner {
+            return Err(Error::InvalidArgument("only an owner removes an owner".into()));
+        }
+        self.meta.write(|tx| {
+            self.keep_an_owner(tx, tenant, user, theirs, None)?;
+            tx.execute(
+                "DELETE FROM members WHERE tenant_id = ?1 AND user_id = ?2",
+                params![tenant.as_str(), user.as_str()],
+            )?;
+            self.audit_tx(
+                tx,
+                tenant,
+                principal.actor(),
+                Action::MemberRemoved,
+                user.as_str(),
+                serde_json::json!({"role": theirs.as_str()}),
+            )
+        })
+    }
+
+    fn keep_an_owner(
+        &self,
+        tx: &Db<'_>,
+        tenant: &TenantId,
+        user: &UserId,
+        theirs: Role,
+        next: Option<Role>,
+    ) -> Result<()> {
+        if theirs != Role::Owner || next == Some(Role::Owner) {
+            return Ok(());
+        }
+        let others: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM members WHERE tenant_id = ?1 AND role = 'owner' AND user_id != ?2",
+            params![tenant.as_str(), user.as_str()],
+            |r| r.get(0),
+        )?;
+        if others == 0 {
+            return Err(Error::InvalidArgument("a tenant keeps at least one owner".into()));
+        }
+        Ok(())
+    }
+
+    /// The pending invitations of the caller's tenant (admin scope).
+    pub fn invitations(&self, principal: &Principal) -> Result<Vec<Invitation>> {
+        self.managing_role(principal)?;
+        let now = self.now();
+        self.meta.read(|c| {
+            c.query_map(
+                "SELECT id, tenant_id, email, role, invited_by, expires_at, accepted_at FROM invitations
+                 WHERE tenant_id = ?1 AND accepted_at IS NULL AND expires_at > ?2 ORDER BY created_at DESC",
+                params![principal.tenant().as_str(), now],
+                |r| {
+                    Ok(Invitation {
+                        id: InvitationId::new(r.get::<String>(0)?)?,
+                        tenant: TenantId::new(r.get::<String>(1)?)?,
+                        email: r.get(2)?,
+                        role: r.get::<String>(3)?.parse()?,
+                        invited_by: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        accepted_at: r.get(6)?,
+                    })
+                },
+            )
+        })
+    }
+
+    /// Starts a password reset for an email: a token valid [`RESET_MS`] and good once, for the
+    /// operator's mailer to send, or `None` for an email with no account (answer the person the
+    /// same either way).
+    pub fn request_password_reset(&self, email: &str) -> Result<Option<Token>> {
+        let Ok(email) = normalize_email(email) else { return Ok(None) };
+        let Some(row) = self.user_row("email", &email)? else { return Ok(None) };
+        let token = Token::new("pr-");
+        let now = self.now();
+        self.meta.write(|tx| {
+            tx.execute(
+                "INSERT INTO password_resets (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash(token.secret()), row.user.id.as_str(), now, now + RESET_MS],
+            )?;
+            Ok(())
+        })?;
+        Ok(Some(token))
+    }
+
+    /// Sets a new password with a reset token: every session of the person ends, their lockout
+    /// lifts, and every reset token of theirs is spent.
+    pub fn reset_password(&self, token: &str, new_password: &str) -> Result<()> {
+        let hash = token_hash(token);
+        let now = self.now();
+        let user: Option<String> = self.meta.read(|c| {
+            c.query_row(
+                "SELECT user_id FROM password_resets WHERE token_hash = ?1 AND expires_at > ?2",
+                params![hash, now],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        let user = self.user(&UserId::new(user.ok_or(Error::Unauthenticated)?)?)?;
+        self.set_password(&user, new_password, Some(&hash))
+    }
+
+    /// Changes a signed-in person's password, given the current one; their other sessions end.
+    pub fn change_password(&self, session: &str, current: &str, new_password: &str) -> Result<()> {
+        let user = self.session_user(session)?;
+        let row = self.user_row("id", user.id.as_str())?.ok_or(Error::Unauthenticated)?;
+        if !verify_password(current, &row.password_hash) {
+            return Err(Error::Unauthenticated);
+        }
+        self.set_password(&user, new_password, None)?;
+        Ok(())
+    }
+
+    fn set_password(&self, user: &User, new_password: &str, reset: Option<&[u8]>) -> Result<()> {
+        check_password(new_password, &user.email)?;
+        let phc = hash_password(new_password)?;
+        self.meta.write(|tx| {
+            if let Some(hash) = reset {
+                // The token is spent here, in the same transaction as the change: good once.
+                if tx.execute("DELETE FROM password_resets WHERE token_hash = ?1", params![hash])? == 0 {
+                    return Err(Error::Unauthenticated);
+                }
+            }
+            tx.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![user.id.as_str(), phc])?;
+            tx.execute("DELETE FROM web_sessions WHERE user_id = ?1", [user.id.as_str()])?;
+            tx.execute("DELETE FROM password_resets WHERE user_id = ?1", [user.id.as_str()])?;
+            tx.execute("DELETE FROM sign_in_failures WHERE email_hash = ?1", params![email_hash(&user.email)])?;
+            self.audit_user(tx, &user.id, Action::UserPasswordChanged, serde_json::json!({"by_reset": reset.is_some()}))
+        })
+    }
+
+    /// Starts a TOTP second factor for a signed-in person: a fresh secret (wrapped by the root
+    /// key when stored) that [`Core::confirm_totp`] turns on once a code from it checks.
+    pub fn begin_totp(&self, session: &str) -> Result<TotpSetup> {
+        let user = self.session_user(session)?;
+        if user.totp_enabled {
+            return Err(Error::InvalidArgument("a TOTP second factor is on already".into()));
+        }
+        let mut secret = Zeroizing::new(vec![0u8; 20]);
+        random_bytes(&mut secret);
+        let t = totp(&secret, &user.email)?;
+        let wrapped = self.root.wrap(&totp_aad(&user.id), &secret)?;
+        self.meta.write(|tx| {
+            tx.execute(
+                "UPDATE users SET totp_wrapped = ?2 WHERE id = ?1 AND totp_enabled = 0",
+                params![user.id.as_str(), wrapped],
+            )?;
+            Ok(())
+        })?;
+        let url = t.to_url().map_err(|_| Error::InvalidArgument("the email cannot name a TOTP account".into()))?;
+        Ok(TotpSetup { secret_base32: Zeroizing::new(t.secret().to_base32()), otpauth_url: Zeroizing::new(url) })
+    }
+
+    /// Turns the second factor on with a code from the authenticator.
+    pub fn confirm_totp(&self, session: &str, code: &str) -> Result<()> {
+        let user = self.session_user(session)?;
+        let row = self.user_row("id", user.id.as_str())?.ok_or(Error::Unauthenticated)?;
+        if row.user.totp_enabled || row.totp_wrapped.is_none() {
+            return Err(Error::InvalidArgument("no TOTP setup is waiting".into()));
+        }
+        if !self.check_totp(&row, code)? {
+            return Err(Error::Unauthenticated);
+        }
+        self.meta.write(|tx| {
+            tx.execute("UPDATE users SET totp_enabled = 1 WHERE id = ?1", [user.id.as_str()])?;
+            self.audit_user(tx, &user.id, Action::UserTotpEnabled, serde_json::json!({}))
+        })
+    }
+
+    /// Turns the second factor off, given a current code.
+    pub fn disable_totp(&self, session: &str, code: &str) -> Result<()> {
+        let user = self.session_user(session)?;
+        let row = self.user_row("id", user.id.as_str())?.ok_or(Error::Unauthenticated)?;
+        if !row.user.totp_enabled || !self.check_totp(&row, code)? {
+            return Err(Error::Unauthenticated);
+        }
+        self.meta.write(|tx| {
+            tx.execute("UPDATE users SET totp_enabled = 0, totp_wrapped = NULL WHERE id = ?1", [user.id.as_str()])?;
+            self.audit_user(tx, &user.id, Action::UserTotpDisabled, serde_json::json!({}))
+        })
+    }
+
+    /// Checks a TOTP code (one step of clock skew either way), each step accepted once.
+    fn check_totp(&self, row: &UserRow, code: &str) -> Result<bool> {
+        let Some(wrapped) = &row.totp_wrapped else { return Ok(false) };
+        let secret = self.root.unwrap(&totp_aad(&row.user.id), wrapped)?;
+        let t = totp(&secret, &row.user.email)?;
+        let now = u64::try_from(self.now() / 1000).unwrap_or(0);
+        let Some(step) = t.check(code.trim(), now) else { return Ok(false) };
+        let step = i64::try_from(step).unwrap_or(i64::MAX);
+        // Replay: a step at or before the last one accepted is refused.
+        let fresh = self.meta.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE users SET totp_last_step = ?2 WHERE id = ?1 AND totp_last_step < ?2",
+                params![row.user.id.as_str(), step],
+            )? == 1)
+        })?;
+        Ok(fresh)
+    }
+}
+
+/// A TOTP code for a base32 secret at a time (Unix seconds): what an authenticator app shows.
+/// For tests and tools.
+pub fn totp_code(secret_base32: &str, email: &str, unix_seconds: u64) -> Result<String> {
+    let secret = totp_rs::Secret::try_from_base32(secret_base32)
+        .map_err(|_| Error::InvalidArgument("not a base32 TOTP secret".into()))?;
+    Ok(totp(secret.as_ref(), email)?.generate(unix_seconds).to_string())
+}
+
+/// A CSRF token bound to a secret the browser holds only in an HttpOnly cookie (its session
+/// token, or before sign-in a random value from [`csrf_seed`]): a form carries the token, and a
+/// post whose token does not match its cookie is refused. Another site can make the browser send
+/// the cookie but can neither read it nor compute the token.
+pub fn csrf_token(bound_to: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"soramai csrf\0");
+    h.update(bound_to.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Whether `presented` is the CSRF token for `bound_to` (compared in constant time).
+pub fn csrf_valid(bound_to: &str, presented: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    !bound_to.is_empty() && bool::from(csrf_token(bound_to).as_bytes().ct_eq(presented.as_bytes()))
+}
+
+/// A fresh random value for a pre-session CSRF cookie.
+pub fn csrf_seed() -> String {
+    random_hex(32)
+}
