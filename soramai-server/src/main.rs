@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod conn;
+mod dashboard;
 mod http;
 mod web;
 

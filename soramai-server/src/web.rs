@@ -24,7 +24,7 @@ use soramai::core::accounts::{csrf_seed, csrf_token, csrf_valid};
 
 use crate::http::AppState;
 
-const SESSION_COOKIE: &str = "soramai_session";
+pub(crate) const SESSION_COOKIE: &str = "soramai_session";
 const CSRF_COOKIE: &str = "soramai_csrf";
 
 /// The web routes (outside `/v1` and its API-key authentication).
@@ -34,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         .route("/sign_out", post(sign_out))
         .route("/dashboard", get(dashboard))
         .route("/invitations/accept", get(accept_page).post(accept))
+        .merge(crate::dashboard::routes())
 }
 
 fn templates() -> &'static minijinja::Environment<'static> {
@@ -45,6 +46,11 @@ fn templates() -> &'static minijinja::Environment<'static> {
             ("sign_in.html", include_str!("../templates/sign_in.html")),
             ("accept.html", include_str!("../templates/accept.html")),
             ("dashboard.html", include_str!("../templates/dashboard.html")),
+            ("tenant_base.html", include_str!("../templates/tenant_base.html")),
+            ("datasets.html", include_str!("../templates/datasets.html")),
+            ("keys.html", include_str!("../templates/keys.html")),
+            ("members.html", include_str!("../templates/members.html")),
+            ("audit.html", include_str!("../templates/audit.html")),
         ] {
             // The templates are the binary's own: a broken one fails every test that renders it.
             if env.add_template(name, text).is_err() {
@@ -56,7 +62,7 @@ fn templates() -> &'static minijinja::Environment<'static> {
 }
 
 /// A page with the security headers every page gets, and any cookies to set.
-fn page(status: StatusCode, name: &str, ctx: serde_json::Value, cookies: &[String]) -> Response {
+pub(crate) fn page(status: StatusCode, name: &str, ctx: serde_json::Value, cookies: &[String]) -> Response {
     let body = templates().get_template(name).and_then(|t| t.render(ctx));
     let Ok(body) = body else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "The page could not be rendered.").into_response();
@@ -81,7 +87,7 @@ fn secure(h: &mut HeaderMap, cookies: &[String]) {
     }
 }
 
-fn redirect(to: &str, cookies: &[String]) -> Response {
+pub(crate) fn redirect(to: &str, cookies: &[String]) -> Response {
     let mut res = Redirect::to(to).into_response();
     secure(res.headers_mut(), cookies);
     res
@@ -96,7 +102,7 @@ fn clear_cookie(name: &str) -> String {
 }
 
 /// A cookie's value from the request (the last one of that name wins nothing: the first is used).
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -105,6 +111,11 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, v)| *k == name && !v.is_empty() && v.len() <= 128)
         .map(|(_, v)| v.to_owned())
+}
+
+/// The 403 page for a post whose CSRF token is not the one bound to `session`; `None` when it is.
+pub(crate) fn csrf_refusal(session: &str, presented: &str) -> Option<Response> {
+    (!csrf_valid(session, presented)).then(forbidden)
 }
 
 fn forbidden() -> Response {
@@ -116,7 +127,9 @@ fn forbidden() -> Response {
     )
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> soramai::Result<T> + Send + 'static) -> soramai::Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> soramai::Result<T> + Send + 'static,
+) -> soramai::Result<T> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| Err(Error::Runner("a worker thread failed".into())))
 }
 
@@ -189,8 +202,8 @@ struct CsrfForm {
 
 async fn sign_out(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     let Some(token) = cookie(&headers, SESSION_COOKIE) else { return redirect("/sign_in", &[]) };
-    if !csrf_valid(&token, &f.csrf) {
-        return forbidden();
+    if let Some(r) = csrf_refusal(&token, &f.csrf) {
+        return r;
     }
     let core = s.platform().core().clone();
     let _ = blocking(move || core.sign_out(&token)).await;

@@ -1187,3 +1187,131 @@ fn people_sign_in_on_the_web_with_a_strict_session_cookie_and_csrf_on_every_form
         assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "password in {}", f.display());
     }
 }
+
+/// A person joins `tenant` by an invitation its admin key sends, then signs in on the web:
+/// returns the session token.
+fn join_and_sign_in(server: &Server, admin: &str, email: &str, role: &str, password: &str) -> String {
+    let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let url = |p: &str| format!("{}{p}", server.url);
+    let (s, inv) =
+        server.call("POST", "/v1/members/invitations", Some(admin), Some(json!({"email": email, "role": role})));
+    assert_eq!(s, StatusCode::CREATED, "{inv}");
+    let token = inv["token"].as_str().expect("token");
+    let page = web.get(url(&format!("/invitations/accept?token={token}"))).send().expect("page");
+    let seed = cookie_value(&page, "soramai_csrf").expect("csrf cookie");
+    let csrf = form_csrf(&page.text().expect("html"));
+    let res = web
+        .post(url("/invitations/accept"))
+        .header("cookie", format!("soramai_csrf={seed}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", token), ("password", password), ("csrf", &csrf)]))
+        .send()
+        .expect("accept");
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let res = web
+        .post(url("/sign_in"))
+        .header("cookie", format!("soramai_csrf={seed}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("email", email), ("password", password), ("csrf", &csrf)]))
+        .send()
+        .expect("sign in");
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    cookie_value(&res, "soramai_session").expect("session")
+}
+
+#[test]
+fn the_dashboard_lets_people_work_within_their_role_and_tenant_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::launch(dir.path(), &[]);
+    let acme = server.tenant("acme", "basic", 0);
+    let globex = server.tenant("globex", "basic", 0);
+    let pw = "a long enough passphrase";
+    let ada = join_and_sign_in(&server, &acme, "ada@acme.com", "admin", pw);
+    let bob = join_and_sign_in(&server, &acme, "bob@acme.com", "viewer", pw);
+    let gina = join_and_sign_in(&server, &globex, "gina@globex.com", "member", pw);
+    let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let url = |p: &str| format!("{}{p}", server.url);
+    let get = |session: &str, path: &str| {
+        let res = web.get(url(path)).header("cookie", format!("soramai_session={session}")).send().expect("get");
+        let status = res.status();
+        (status, res.text().expect("html"))
+    };
+    let post = |session: &str, path: &str, fields: &[(&str, &str)]| {
+        let res = web
+            .post(url(path))
+            .header("cookie", format!("soramai_session={session}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(fields))
+            .send()
+            .expect("post");
+        let status = res.status();
+        (status, res.text().expect("html"))
+    };
+
+    // Datasets: upload (multipart, with the session's CSRF token), listed, deleted.
+    let (s, html) = get(&ada, "/t/acme/datasets");
+    assert_eq!(s, StatusCode::OK, "{html}");
+    assert!(html.contains("No datasets yet."));
+    let csrf = form_csrf(&html);
+    let upload = |csrf: &str| {
+        let form = reqwest::blocking::multipart::Form::new()
+            .text("csrf", csrf.to_owned())
+            .part("file", reqwest::blocking::multipart::Part::bytes(dataset()).file_name("kumo.jsonl"));
+        let res = web
+            .post(url("/t/acme/datasets"))
+            .header("cookie", format!("soramai_session={ada}"))
+            .multipart(form)
+            .send()
+            .expect("upload");
+        (res.status(), res.text().expect("html"))
+    };
+    assert_eq!(upload("forged").0, StatusCode::FORBIDDEN);
+    assert!(get(&ada, "/t/acme/datasets").1.contains("No datasets yet."), "a forged post stores nothing");
+    let (s, html) = upload(&csrf);
+    assert_eq!(s, StatusCode::OK, "{html}");
+    assert!(html.contains("Uploaded kumo.jsonl: 2 examples"), "{html}");
+    let at = html.find("<code>file-").expect("the dataset's id") + 6;
+    let id = html[at..].split('<').next().expect("id").to_owned();
+    let (s, _) = post(&ada, &format!("/t/acme/datasets/{id}/delete"), &[("csrf", &csrf)]);
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(!get(&ada, "/t/acme/datasets").1.contains(&id), "deleted");
+
+    // API keys: created and shown once, then listed without the secret; it works until revoked.
+    let (s, html) = post(&ada, "/t/acme/keys", &[("csrf", &csrf), ("name", "ci"), ("scope", "inference")]);
+    assert_eq!(s, StatusCode::OK, "{html}");
+    let at = html.find("value=\"sk-").expect("the new key") + 7;
+    let key = html[at..].split('"').next().expect("key").to_owned();
+    assert!(!get(&ada, "/t/acme/keys").1.contains(&key), "shown once");
+    assert_eq!(server.call("GET", "/v1/models", Some(&key), None).0, StatusCode::OK);
+    let key_id = key.split('-').nth(1).expect("key id");
+    assert_eq!(post(&ada, &format!("/t/acme/keys/{key_id}/revoke"), &[("csrf", &csrf)]).0, StatusCode::SEE_OTHER);
+    assert_eq!(server.call("GET", "/v1/models", Some(&key), None).0, StatusCode::UNAUTHORIZED, "revoked at once");
+
+    // Members: an invitation link shown once; the audit page verifies the chain.
+    let (s, html) =
+        post(&ada, "/t/acme/members/invite", &[("csrf", &csrf), ("email", "carol@acme.com"), ("role", "member")]);
+    assert_eq!(s, StatusCode::OK, "{html}");
+    assert!(html.contains("accept?token=inv-") && html.contains("bob@acme.com"), "{html}");
+    let (s, html) = get(&ada, "/t/acme/audit");
+    assert_eq!(s, StatusCode::OK, "{html}");
+    assert!(html.contains("Chain verified"), "{html}");
+
+    // A viewer sees the members but opens neither data, keys nor the audit log, and a post of
+    // theirs changes nothing.
+    for path in ["/t/acme/datasets", "/t/acme/keys", "/t/acme/audit"] {
+        assert_eq!(get(&bob, path).0, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(get(&bob, "/t/acme/members").0, StatusCode::OK);
+    let bob_csrf = form_csrf(&get(&bob, "/dashboard").1);
+    assert_eq!(
+        post(&bob, "/t/acme/keys", &[("csrf", &bob_csrf), ("name", "x"), ("scope", "admin")]).0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, v) = server.call("GET", "/v1/api_keys", Some(&acme), None);
+    assert!(!v.to_string().contains("\"name\":\"x\""), "{v}");
+    // Another tenant's member finds nothing; no session goes to the sign-in page.
+    assert_eq!(get(&gina, "/t/acme/datasets").0, StatusCode::NOT_FOUND);
+    assert_eq!(get(&gina, "/t/nonexistent/datasets").0, StatusCode::NOT_FOUND);
+    assert_eq!(get("ss-bogus", "/t/acme/datasets").0, StatusCode::SEE_OTHER);
+    server.stop();
+}
