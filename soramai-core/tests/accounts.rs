@@ -14,6 +14,16 @@ use soramai_core::{Error, KeyOptions, Role, Scope, TenantId, Tier};
 
 const PASSWORD: &str = "correct horse battery staple";
 
+/// The actions in a tenant's audit log, oldest first.
+fn actions(env: &Env, tenant: &TenantId) -> Vec<String> {
+    env.core
+        .audit_log(&soramai_core::Principal::operator(tenant))
+        .expect("audit")
+        .into_iter()
+        .map(|r| r.action)
+        .collect()
+}
+
 fn now_s(env: &Env) -> u64 {
     (env.core.now() / 1000) as u64
 }
@@ -78,13 +88,7 @@ fn sign_up_sign_in_and_sessions() {
     env.clock.advance(Duration::from_secs(4 * 3600));
     assert!(matches!(env.core.session_user(s3.token.secret()), Err(Error::Unauthenticated)), "past 7 days");
 
-    let log: Vec<String> = env
-        .core
-        .audit_log(&soramai_core::Principal::operator(&acme))
-        .expect("audit")
-        .into_iter()
-        .map(|r| r.action)
-        .collect();
+    let log = actions(&env, &acme);
     assert!(log.contains(&"member.joined".to_owned()) && log.contains(&"user.signed_in".to_owned()), "{log:?}");
     env.core.verify_audit(&acme).expect("chain");
 }
@@ -233,13 +237,7 @@ fn invitations_roles_and_members_stay_inside_their_tenant() {
     let key = env.core.create_api_key(&bp, KeyOptions::new("ops", &[Scope::Admin])).expect("key");
     let kp = env.core.authenticate(key.secret()).expect("auth");
     env.core.invite(&kp, "dave@acme.com", Role::Viewer).expect("a key invites");
-    let log: Vec<String> = env
-        .core
-        .audit_log(&soramai_core::Principal::operator(&acme))
-        .expect("audit")
-        .into_iter()
-        .map(|r| r.action)
-        .collect();
+    let log = actions(&env, &acme);
     for action in ["member.invited", "member.joined", "member.role_changed", "member.removed"] {
         assert!(log.contains(&action.to_owned()), "{action} in {log:?}");
     }

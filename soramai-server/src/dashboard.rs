@@ -20,14 +20,14 @@ use crate::web::{SESSION_COOKIE, blocking, cookie, csrf_refusal, page, redirect}
 /// The tenant pages.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/t/{tenant}/datasets", get(datasets).post(upload_dataset))
+        .route("/t/{tenant}/datasets", get(|s, h, t| show(s, h, t, "datasets")).post(upload_dataset))
         .route("/t/{tenant}/datasets/{id}/delete", post(delete_dataset))
-        .route("/t/{tenant}/keys", get(keys).post(create_key))
+        .route("/t/{tenant}/keys", get(|s, h, t| show(s, h, t, "keys")).post(create_key))
         .route("/t/{tenant}/keys/{id}/revoke", post(revoke_key))
-        .route("/t/{tenant}/members", get(members))
+        .route("/t/{tenant}/members", get(|s, h, t| show(s, h, t, "members")))
         .route("/t/{tenant}/members/invite", post(invite))
         .route("/t/{tenant}/members/{user}/remove", post(remove_member))
-        .route("/t/{tenant}/audit", get(audit))
+        .route("/t/{tenant}/audit", get(|s, h, t| show(s, h, t, "audit")))
 }
 
 /// A signed-in person acting in one of their tenants.
@@ -127,10 +127,40 @@ async fn refused(s: &AppState, a: &Acting, name: &'static str, e: Error) -> Resp
     section(s, a, name, json!({}), Some(e.to_string()), status).await
 }
 
-async fn datasets(State(s): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Response {
+/// A tenant page, as its section shows it.
+async fn show(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    name: &'static str,
+) -> Response {
     match acting(&s, &headers, &tenant).await {
-        Ok(a) => section(&s, &a, "datasets", json!({}), None, StatusCode::OK).await,
+        Ok(a) => section(&s, &a, name, json!({}), None, StatusCode::OK).await,
         Err(r) => r,
+    }
+}
+
+/// A post that acts, then goes back to its section (post, redirect, get); a refusal shows the
+/// section again with the reason. Checks the person and the CSRF token first.
+async fn act(
+    s: &AppState,
+    headers: &HeaderMap,
+    tenant: &str,
+    csrf: &str,
+    name: &'static str,
+    action: impl FnOnce(&soramai::Core, &Principal) -> soramai::Result<()> + Send + 'static,
+) -> Response {
+    let a = match acting(s, headers, tenant).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if let Some(r) = csrf_refusal(&a.token, csrf) {
+        return r;
+    }
+    let (core, p) = (s.platform().core().clone(), a.principal.clone());
+    match blocking(move || action(&core, &p)).await {
+        Ok(()) => redirect(&format!("/t/{tenant}/{name}"), &[]),
+        Err(e) => refused(s, &a, name, e).await,
     }
 }
 
@@ -193,43 +223,23 @@ async fn delete_dataset(
     Path((tenant, id)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let a = match acting(&s, &headers, &tenant).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    if let Some(r) = csrf_refusal(&a.token, &f.csrf) {
-        return r;
-    }
-    let (core, p) = (s.platform().core().clone(), a.principal.clone());
-    match blocking(move || {
-        core.delete_dataset(&p, &DatasetId::new(id).map_err(|_| Error::NotFound { kind: "dataset" })?)
+    act(&s, &headers, &tenant, &f.csrf, "datasets", move |core, p| {
+        core.delete_dataset(p, &DatasetId::new(id).map_err(|_| Error::NotFound { kind: "dataset" })?)
     })
     .await
-    {
-        Ok(()) => redirect(&format!("/t/{tenant}/datasets"), &[]),
-        Err(e) => refused(&s, &a, "datasets", e).await,
-    }
-}
-
-async fn keys(State(s): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Response {
-    match acting(&s, &headers, &tenant).await {
-        Ok(a) => section(&s, &a, "keys", json!({}), None, StatusCode::OK).await,
-        Err(r) => r,
-    }
 }
 
 async fn create_key(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
-    body: String,
+    Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let a = match acting(&s, &headers, &tenant).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    // Repeated `scope` fields: read the form as pairs.
-    let pairs: Vec<(String, String)> = form_pairs(&body);
+    // The form repeats `scope` once per box ticked.
     let field = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
     if let Some(r) = csrf_refusal(&a.token, &field("csrf")) {
         return r;
@@ -247,54 +257,16 @@ async fn create_key(
     }
 }
 
-/// The pairs of an `application/x-www-form-urlencoded` body (malformed pairs are dropped).
-fn form_pairs(body: &str) -> Vec<(String, String)> {
-    let decode = |s: &str| -> Option<String> {
-        let s = s.replace('+', " ");
-        let mut out = Vec::with_capacity(s.len());
-        let mut bytes = s.bytes();
-        while let Some(b) = bytes.next() {
-            if b == b'%' {
-                let hex = [bytes.next()?, bytes.next()?];
-                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-            } else {
-                out.push(b);
-            }
-        }
-        String::from_utf8(out).ok()
-    };
-    body.split('&').filter_map(|kv| kv.split_once('=')).filter_map(|(k, v)| Some((decode(k)?, decode(v)?))).collect()
-}
-
 async fn revoke_key(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path((tenant, id)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let a = match acting(&s, &headers, &tenant).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    if let Some(r) = csrf_refusal(&a.token, &f.csrf) {
-        return r;
-    }
-    let (core, p) = (s.platform().core().clone(), a.principal.clone());
-    match blocking(move || {
-        core.revoke_api_key(&p, &ApiKeyId::new(id).map_err(|_| Error::NotFound { kind: "api key" })?)
+    act(&s, &headers, &tenant, &f.csrf, "keys", move |core, p| {
+        core.revoke_api_key(p, &ApiKeyId::new(id).map_err(|_| Error::NotFound { kind: "api key" })?)
     })
     .await
-    {
-        Ok(()) => redirect(&format!("/t/{tenant}/keys"), &[]),
-        Err(e) => refused(&s, &a, "keys", e).await,
-    }
-}
-
-async fn members(State(s): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Response {
-    match acting(&s, &headers, &tenant).await {
-        Ok(a) => section(&s, &a, "members", json!({}), None, StatusCode::OK).await,
-        Err(r) => r,
-    }
 }
 
 #[derive(Deserialize)]
@@ -336,26 +308,10 @@ async fn remove_member(
     Path((tenant, user)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let a = match acting(&s, &headers, &tenant).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    if let Some(r) = csrf_refusal(&a.token, &f.csrf) {
-        return r;
-    }
-    let (core, p) = (s.platform().core().clone(), a.principal.clone());
-    let user = soramai::core::UserId::new(user).map_err(|_| Error::NotFound { kind: "member" });
-    match blocking(move || core.remove_member(&p, &user?)).await {
-        Ok(()) => redirect(&format!("/t/{tenant}/members"), &[]),
-        Err(e) => refused(&s, &a, "members", e).await,
-    }
-}
-
-async fn audit(State(s): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Response {
-    match acting(&s, &headers, &tenant).await {
-        Ok(a) => section(&s, &a, "audit", json!({}), None, StatusCode::OK).await,
-        Err(r) => r,
-    }
+    act(&s, &headers, &tenant, &f.csrf, "members", move |core, p| {
+        core.remove_member(p, &soramai::core::UserId::new(user).map_err(|_| Error::NotFound { kind: "member" })?)
+    })
+    .await
 }
 
 /// A Unix time in milliseconds as `YYYY-MM-DD HH:MM:SS` UTC (the proleptic Gregorian calendar,
