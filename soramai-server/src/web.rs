@@ -34,6 +34,9 @@ pub fn routes() -> Router<AppState> {
         .route("/sign_out", post(sign_out))
         .route("/dashboard", get(dashboard))
         .route("/invitations/accept", get(accept_page).post(accept))
+        .route("/account", get(account))
+        .route("/account/totp", post(begin_totp))
+        .route("/account/totp/confirm", post(confirm_totp))
         .merge(crate::dashboard::routes())
 }
 
@@ -46,6 +49,7 @@ fn templates() -> &'static minijinja::Environment<'static> {
             ("sign_in.html", include_str!("../templates/sign_in.html")),
             ("accept.html", include_str!("../templates/accept.html")),
             ("dashboard.html", include_str!("../templates/dashboard.html")),
+            ("account.html", include_str!("../templates/account.html")),
             ("tenant_base.html", include_str!("../templates/tenant_base.html")),
             ("datasets.html", include_str!("../templates/datasets.html")),
             ("keys.html", include_str!("../templates/keys.html")),
@@ -269,5 +273,80 @@ async fn accept(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<Acc
             };
             page(status, "accept.html", json!({"error": error, "csrf": csrf_token(&seed), "token": token}), &[])
         }
+    }
+}
+
+/// The signed-in person's session token and account; a redirect to sign-in without one.
+async fn signed_in(s: &AppState, headers: &HeaderMap) -> Result<(String, soramai::core::User), Box<Response>> {
+    let Some(token) = cookie(headers, SESSION_COOKIE) else { return Err(Box::new(redirect("/sign_in", &[]))) };
+    let core = s.platform().core().clone();
+    let t = token.clone();
+    match blocking(move || core.session_user(&t)).await {
+        Ok(user) => Ok((token, user)),
+        Err(_) => Err(Box::new(redirect("/sign_in", &[clear_cookie(SESSION_COOKIE)]))),
+    }
+}
+
+fn account_page(
+    status: StatusCode,
+    token: &str,
+    user: &soramai::core::User,
+    setup: serde_json::Value,
+    error: Option<String>,
+) -> Response {
+    let ctx = json!({"email": user.email, "totp": user.totp_enabled, "setup": setup, "error": error, "csrf": csrf_token(token)});
+    page(status, "account.html", ctx, &[])
+}
+
+async fn account(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    match signed_in(&s, &headers).await {
+        Ok((token, user)) => account_page(StatusCode::OK, &token, &user, serde_json::Value::Null, None),
+        Err(r) => *r,
+    }
+}
+
+/// Starts the TOTP set-up: the secret is shown on this page once (stored wrapped).
+async fn begin_totp(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+    let (token, user) = match signed_in(&s, &headers).await {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    if let Some(r) = csrf_refusal(&token, &f.csrf) {
+        return r;
+    }
+    let (core, t) = (s.platform().core().clone(), token.clone());
+    match blocking(move || core.begin_totp(&t)).await {
+        Ok(setup) => {
+            let shown = json!({"secret": setup.secret_base32.as_str(), "url": setup.otpauth_url.as_str()});
+            account_page(StatusCode::OK, &token, &user, shown, None)
+        }
+        Err(e) => account_page(StatusCode::BAD_REQUEST, &token, &user, serde_json::Value::Null, Some(e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+struct CodeForm {
+    code: String,
+    csrf: String,
+}
+
+async fn confirm_totp(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<CodeForm>) -> Response {
+    let (token, user) = match signed_in(&s, &headers).await {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    if let Some(r) = csrf_refusal(&token, &f.csrf) {
+        return r;
+    }
+    let (core, t) = (s.platform().core().clone(), token.clone());
+    match blocking(move || core.confirm_totp(&t, &f.code)).await {
+        Ok(()) => redirect("/account", &[]),
+        Err(_) => account_page(
+            StatusCode::BAD_REQUEST,
+            &token,
+            &user,
+            serde_json::Value::Null,
+            Some("That code did not match: set up again and enter the current code.".into()),
+        ),
     }
 }

@@ -1315,3 +1315,61 @@ fn the_dashboard_lets_people_work_within_their_role_and_tenant_only() {
     assert_eq!(get("ss-bogus", "/t/acme/datasets").0, StatusCode::SEE_OTHER);
     server.stop();
 }
+
+#[test]
+fn a_totp_second_factor_is_set_up_on_the_web_and_asked_for_at_sign_in() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::launch(dir.path(), &[]);
+    let acme = server.tenant("acme", "basic", 0);
+    let (email, pw) = ("ada@acme.com", "a long enough passphrase");
+    let session = join_and_sign_in(&server, &acme, email, "member", pw);
+    let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let url = |p: &str| format!("{}{p}", server.url);
+    let with_session =
+        |req: reqwest::blocking::RequestBuilder| req.header("cookie", format!("soramai_session={session}"));
+    let page = with_session(web.get(url("/account"))).send().expect("account").text().expect("html");
+    assert!(page.contains("Off:"), "{page}");
+    let csrf = form_csrf(&page);
+    let post = |path: &str, fields: &[(&str, &str)]| {
+        let res = with_session(web.post(url(path)))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(fields))
+            .send()
+            .expect("post");
+        (res.status(), res.text().expect("html"))
+    };
+    assert_eq!(post("/account/totp", &[("csrf", "forged")]).0, StatusCode::FORBIDDEN);
+    let (s, html) = post("/account/totp", &[("csrf", &csrf)]);
+    assert_eq!(s, StatusCode::OK, "{html}");
+    let needle = "id=\"secret\" readonly value=\"";
+    let at = html.find(needle).expect("the secret") + needle.len();
+    let secret = html[at..].split('"').next().expect("secret").to_owned();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let code = |at: u64| soramai::core::accounts::totp_code(&secret, email, at).expect("code");
+    assert_eq!(post("/account/totp/confirm", &[("csrf", &csrf), ("code", "000000")]).0, StatusCode::BAD_REQUEST);
+    let (s, _) = post("/account/totp/confirm", &[("csrf", &csrf), ("code", &code(now()))]);
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let page = with_session(web.get(url("/account"))).send().expect("account").text().expect("html");
+    assert!(page.contains("On:"), "{page}");
+
+    // Signing in now asks for the code, and takes a fresh one (the next step: the current one was
+    // just used, and a step is accepted once).
+    let page = web.get(url("/sign_in")).send().expect("page");
+    let seed = cookie_value(&page, "soramai_csrf").expect("csrf cookie");
+    let csrf = form_csrf(&page.text().expect("html"));
+    let sign_in = |totp: &str| {
+        web.post(url("/sign_in"))
+            .header("cookie", format!("soramai_csrf={seed}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("email", email), ("password", pw), ("totp", totp), ("csrf", &csrf)]))
+            .send()
+            .expect("sign in")
+    };
+    let res = sign_in("");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.text().expect("html").contains("6-digit code"));
+    let res = sign_in(&code(now() + 30));
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(cookie_value(&res, "soramai_session").is_some());
+    server.stop();
+}
