@@ -258,6 +258,10 @@ async fn refuse(mut stream: TcpStream, plain: bool) {
     }
 }
 
+/// The address a request's connection comes from (an extension on every request served here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer(pub std::net::IpAddr);
+
 /// Serves `app` on `listener` (TLS when a configuration is given) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -293,7 +297,7 @@ pub async fn serve(
             let state = Arc::new(ConnState::new());
             let io = Watched { inner: stream, state: state.clone() };
             match acceptor {
-                None => connection(io, app, state, limits, watcher).await,
+                None => connection(io, app, addr, state, limits, watcher).await,
                 Some(acceptor) => {
                     let handshake = tokio::select! {
                         tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(io)) => tls,
@@ -301,7 +305,7 @@ pub async fn serve(
                         () = state.watchdog(limits) => return,
                     };
                     if let Ok(Ok(tls)) = handshake {
-                        connection(tls, app, state, limits, watcher).await;
+                        connection(tls, app, addr, state, limits, watcher).await;
                     }
                 }
             }
@@ -313,8 +317,14 @@ pub async fn serve(
 }
 
 /// Runs HTTP/1.1 on one connection until it closes or breaks a timeout.
-async fn connection<I>(io: I, app: Router, state: Arc<ConnState>, limits: ServeLimits, watcher: Watcher)
-where
+async fn connection<I>(
+    io: I,
+    app: Router,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    limits: ServeLimits,
+    watcher: Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let requests = state.clone();
@@ -322,7 +332,10 @@ where
         let request = requests.begin();
         let app = app.clone();
         async move {
-            let res = app.oneshot(req.map(Body::new)).await?;
+            let mut req = req.map(Body::new);
+            // The client's address, for limits kept per address (sign-in attempts).
+            req.extensions_mut().insert(Peer(peer.ip()));
+            let res = app.oneshot(req).await?;
             Ok::<_, Infallible>(res.map(|inner| Tracked { inner, _request: request }))
         }
     });

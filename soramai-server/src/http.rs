@@ -33,17 +33,23 @@ pub const MAX_BODY_BYTES: usize = 32 << 20;
 pub struct AppState {
     platform: Arc<Platform>,
     metrics: Arc<Metrics>,
+    sign_ins: Arc<crate::web::AttemptLimiter>,
 }
 
 impl AppState {
     /// State over a platform.
     pub fn new(platform: Arc<Platform>) -> Self {
-        Self { platform, metrics: Arc::new(Metrics::default()) }
+        Self { platform, metrics: Arc::new(Metrics::default()), sign_ins: Arc::default() }
     }
 
     /// The platform the routes serve.
     pub(crate) fn platform(&self) -> &Arc<Platform> {
         &self.platform
+    }
+
+    /// Sign-in attempts per client address.
+    pub(crate) fn sign_ins(&self) -> &crate::web::AttemptLimiter {
+        &self.sign_ins
     }
 }
 

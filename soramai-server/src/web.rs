@@ -12,6 +12,7 @@
 //! - Pages are sent with `Cache-Control: no-store`, a `Content-Security-Policy` that allows
 //!   nothing from elsewhere (and no framing), and `Referrer-Policy: no-referrer`.
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -22,9 +23,60 @@ use serde_json::json;
 use soramai::Error;
 use soramai::core::accounts::{csrf_seed, csrf_token, csrf_valid};
 
+use crate::conn::Peer;
 use crate::http::AppState;
 
 pub(crate) const SESSION_COOKIE: &str = "soramai_session";
+
+/// Password attempts (sign-in, invitation acceptance) one client address may make in a burst.
+pub const ATTEMPTS_PER_ADDRESS: f64 = 10.0;
+/// How many of them come back each minute.
+pub const ATTEMPTS_REFILL_PER_MINUTE: f64 = 10.0;
+
+/// Password attempts per client address, a token bucket each: guessing many accounts' passwords
+/// from one address is slowed however the per-email lockout counts.
+#[derive(Debug, Default)]
+pub struct AttemptLimiter {
+    buckets: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+impl AttemptLimiter {
+    /// Takes one attempt for `addr`; `false` when its bucket is empty.
+    pub fn take(&self, addr: std::net::IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        let Ok(mut buckets) = self.buckets.lock() else { return false };
+        if buckets.len() > 100_000 {
+            // Full buckets hold nothing worth keeping.
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * ATTEMPTS_REFILL_PER_MINUTE / 60.0
+                    < ATTEMPTS_PER_ADDRESS
+            });
+        }
+        let (tokens, at) = buckets.entry(addr).or_insert((ATTEMPTS_PER_ADDRESS, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * ATTEMPTS_REFILL_PER_MINUTE / 60.0)
+            .min(ATTEMPTS_PER_ADDRESS);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
+/// The 429 page for an address out of attempts; `None` while it has some. A request that came
+/// through no connection of ours (a test calling the router) has no address and is not limited.
+fn attempt_refusal(s: &AppState, peer: Option<Extension<Peer>>) -> Option<Response> {
+    let Extension(Peer(addr)) = peer?;
+    (!s.sign_ins().take(addr)).then(|| {
+        page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "sign_in.html",
+            json!({"error": "Too many attempts from your address. Wait a minute and try again.", "csrf": "", "email": ""}),
+            &[],
+        )
+    })
+}
 const CSRF_COOKIE: &str = "soramai_csrf";
 
 /// The web routes (outside `/v1` and its API-key authentication).
@@ -163,10 +215,18 @@ struct SignInForm {
     csrf: String,
 }
 
-async fn sign_in(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<SignInForm>) -> Response {
+async fn sign_in(
+    State(s): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Form(f): Form<SignInForm>,
+) -> Response {
     let Some(seed) = cookie(&headers, CSRF_COOKIE).filter(|seed| csrf_valid(seed, &f.csrf)) else {
         return forbidden();
     };
+    if let Some(r) = attempt_refusal(&s, peer) {
+        return r;
+    }
     let core = s.platform().core().clone();
     // Whatever session the browser brought is ended: sign-in always starts a new one.
     if let Some(old) = cookie(&headers, SESSION_COOKIE) {
@@ -254,10 +314,18 @@ struct AcceptForm {
     csrf: String,
 }
 
-async fn accept(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<AcceptForm>) -> Response {
+async fn accept(
+    State(s): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Form(f): Form<AcceptForm>,
+) -> Response {
     let Some(seed) = cookie(&headers, CSRF_COOKIE).filter(|seed| csrf_valid(seed, &f.csrf)) else {
         return forbidden();
     };
+    if let Some(r) = attempt_refusal(&s, peer) {
+        return r;
+    }
     let core = s.platform().core().clone();
     let token = f.token.clone();
     let accepted = blocking(move || core.accept_invitation(&f.token, &f.password)).await;

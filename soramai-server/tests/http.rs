@@ -1373,3 +1373,38 @@ fn a_totp_second_factor_is_set_up_on_the_web_and_asked_for_at_sign_in() {
     assert!(cookie_value(&res, "soramai_session").is_some());
     server.stop();
 }
+
+#[test]
+fn password_attempts_are_limited_per_client_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::launch(dir.path(), &[]);
+    let from = |local: &str| {
+        Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(local.parse::<std::net::IpAddr>().expect("address"))
+            .build()
+            .expect("client")
+    };
+    let url = |p: &str| format!("{}{p}", server.url);
+    let attempt = |web: &Client, i: usize| {
+        let page = web.get(url("/sign_in")).send().expect("page");
+        let seed = cookie_value(&page, "soramai_csrf").expect("csrf cookie");
+        let csrf = form_csrf(&page.text().expect("html"));
+        // A new email each time: the per-email lockout never comes into play.
+        let email = format!("guess{i}@example.com");
+        web.post(url("/sign_in"))
+            .header("cookie", format!("soramai_csrf={seed}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("email", &email), ("password", "a guessed password"), ("csrf", &csrf)]))
+            .send()
+            .expect("sign in")
+            .status()
+    };
+    let one = from("127.0.0.1");
+    for i in 0..10 {
+        assert_eq!(attempt(&one, i), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    assert_eq!(attempt(&one, 10), StatusCode::TOO_MANY_REQUESTS, "the address is out of attempts");
+    assert_eq!(attempt(&from("127.0.0.2"), 11), StatusCode::UNAUTHORIZED, "another address is not");
+    server.stop();
+}
