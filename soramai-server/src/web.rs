@@ -1,6 +1,7 @@
-//! The web sign-in for people: `GET/POST /sign_in`, `POST /sign_out`, `GET /dashboard`, and
-//! `GET/POST /invitations/accept`. Pages are rendered on the server (minijinja, auto-escaped;
-//! no script, no outside asset).
+//! The web pages for people, rendered on the server (minijinja, auto-escaped; no script, no
+//! outside asset): `GET/POST /sign_in`, `POST /sign_out`, `GET/POST /invitations/accept`,
+//! `GET /dashboard`, `GET /account` with the TOTP set-up, and the tenant pages of
+//! [`crate::dashboard`].
 //!
 //! - The session lives in the `soramai_session` cookie: `HttpOnly; Secure; SameSite=Strict`.
 //!   Signing in always makes a new session (a session id planted before sign-in is ended, never
@@ -8,7 +9,8 @@
 //! - Every form that changes state carries a CSRF token bound to the session token (before
 //!   sign-in, to a random value in the `soramai_csrf` cookie, also HttpOnly): a post without
 //!   the matching token is refused with a 403 and changes nothing.
-//! - Wrong credentials get one answer; five in a row lock the email (a 429), known or not.
+//! - Wrong credentials get one answer; five in a row lock the email (a 429), known or not; one
+//!   client address gets [`ATTEMPTS_PER_ADDRESS`] password attempts in a burst.
 //! - Pages are sent with `Cache-Control: no-store`, a `Content-Security-Policy` that allows
 //!   nothing from elsewhere (and no framing), and `Referrer-Policy: no-referrer`.
 
@@ -27,6 +29,7 @@ use crate::conn::Peer;
 use crate::http::AppState;
 
 pub(crate) const SESSION_COOKIE: &str = "soramai_session";
+const CSRF_COOKIE: &str = "soramai_csrf";
 
 /// Password attempts (sign-in, invitation acceptance) one client address may make in a burst.
 pub const ATTEMPTS_PER_ADDRESS: f64 = 10.0;
@@ -44,17 +47,17 @@ impl AttemptLimiter {
     /// Takes one attempt for `addr`; `false` when its bucket is empty.
     pub fn take(&self, addr: std::net::IpAddr) -> bool {
         let now = std::time::Instant::now();
+        let refilled = |tokens: f64, at: std::time::Instant| {
+            (tokens + now.duration_since(at).as_secs_f64() * ATTEMPTS_REFILL_PER_MINUTE / 60.0)
+                .min(ATTEMPTS_PER_ADDRESS)
+        };
         let Ok(mut buckets) = self.buckets.lock() else { return false };
         if buckets.len() > 100_000 {
             // Full buckets hold nothing worth keeping.
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * ATTEMPTS_REFILL_PER_MINUTE / 60.0
-                    < ATTEMPTS_PER_ADDRESS
-            });
+            buckets.retain(|_, (tokens, at)| refilled(*tokens, *at) < ATTEMPTS_PER_ADDRESS);
         }
         let (tokens, at) = buckets.entry(addr).or_insert((ATTEMPTS_PER_ADDRESS, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * ATTEMPTS_REFILL_PER_MINUTE / 60.0)
-            .min(ATTEMPTS_PER_ADDRESS);
+        *tokens = refilled(*tokens, *at);
         *at = now;
         if *tokens < 1.0 {
             return false;
@@ -77,7 +80,6 @@ fn attempt_refusal(s: &AppState, peer: Option<Extension<Peer>>) -> Option<Respon
         )
     })
 }
-const CSRF_COOKIE: &str = "soramai_csrf";
 
 /// The web routes (outside `/v1` and its API-key authentication).
 pub fn routes() -> Router<AppState> {
@@ -157,7 +159,7 @@ fn clear_cookie(name: &str) -> String {
     set_cookie(name, "", 0)
 }
 
-/// A cookie's value from the request (the last one of that name wins nothing: the first is used).
+/// The value of the first cookie of that name in the request (empty or overlong values are none).
 pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
