@@ -67,6 +67,24 @@ impl AttemptLimiter {
     }
 }
 
+/// The checks before a post that tries a password (sign-in, invitation acceptance): the
+/// pre-session CSRF token (a 403), then the client address's attempts (a 429). Returns the CSRF
+/// seed to render the form again with.
+fn password_post_checks(
+    s: &AppState,
+    peer: Option<Extension<Peer>>,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<String, Box<Response>> {
+    let Some(seed) = cookie(headers, CSRF_COOKIE).filter(|seed| csrf_valid(seed, csrf)) else {
+        return Err(Box::new(forbidden()));
+    };
+    match attempt_refusal(s, peer) {
+        Some(r) => Err(Box::new(r)),
+        None => Ok(seed),
+    }
+}
+
 /// The 429 page for an address out of attempts; `None` while it has some. A request that came
 /// through no connection of ours (a test calling the router) has no address and is not limited.
 fn attempt_refusal(s: &AppState, peer: Option<Extension<Peer>>) -> Option<Response> {
@@ -223,12 +241,10 @@ async fn sign_in(
     headers: HeaderMap,
     Form(f): Form<SignInForm>,
 ) -> Response {
-    let Some(seed) = cookie(&headers, CSRF_COOKIE).filter(|seed| csrf_valid(seed, &f.csrf)) else {
-        return forbidden();
+    let seed = match password_post_checks(&s, peer, &headers, &f.csrf) {
+        Ok(seed) => seed,
+        Err(r) => return *r,
     };
-    if let Some(r) = attempt_refusal(&s, peer) {
-        return r;
-    }
     let core = s.platform().core().clone();
     // Whatever session the browser brought is ended: sign-in always starts a new one.
     if let Some(old) = cookie(&headers, SESSION_COOKIE) {
@@ -322,12 +338,10 @@ async fn accept(
     headers: HeaderMap,
     Form(f): Form<AcceptForm>,
 ) -> Response {
-    let Some(seed) = cookie(&headers, CSRF_COOKIE).filter(|seed| csrf_valid(seed, &f.csrf)) else {
-        return forbidden();
+    let seed = match password_post_checks(&s, peer, &headers, &f.csrf) {
+        Ok(seed) => seed,
+        Err(r) => return *r,
     };
-    if let Some(r) = attempt_refusal(&s, peer) {
-        return r;
-    }
     let core = s.platform().core().clone();
     let token = f.token.clone();
     let accepted = blocking(move || core.accept_invitation(&f.token, &f.password)).await;
