@@ -29,7 +29,15 @@ struct Server {
     admin: String,
     http: Client,
     stderr: PathBuf,
-    stdout_rest: std::thread::JoinHandle<String>,
+    stdout_rest: Option<std::thread::JoinHandle<String>>,
+}
+
+/// A test that fails before `stop` still ends its server.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Server {
@@ -73,7 +81,7 @@ impl Server {
             rest
         });
         let http = Client::builder().timeout(Duration::from_secs(300)).build().expect("client");
-        Server { child, url, admin, http, stderr, stdout_rest }
+        Server { child, url, admin, http, stderr, stdout_rest: Some(stdout_rest) }
     }
 
     fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
@@ -116,7 +124,7 @@ impl Server {
     fn stop(mut self) -> String {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
-        let mut out = self.stdout_rest.join().unwrap_or_default();
+        let mut out = self.stdout_rest.take().and_then(|h| h.join().ok()).unwrap_or_default();
         out.push_str(&std::fs::read_to_string(&self.stderr).unwrap_or_default());
         out
     }
