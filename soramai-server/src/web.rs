@@ -118,6 +118,7 @@ fn templates() -> &'static minijinja::Environment<'static> {
         let mut env = minijinja::Environment::new();
         for (name, text) in [
             ("base.html", include_str!("../templates/base.html")),
+            ("sign_out.html", include_str!("../templates/sign_out.html")),
             ("sign_in.html", include_str!("../templates/sign_in.html")),
             ("accept.html", include_str!("../templates/accept.html")),
             ("dashboard.html", include_str!("../templates/dashboard.html")),

@@ -1159,6 +1159,46 @@ fn people_sign_in_on_the_web_with_a_strict_session_cookie_and_csrf_on_every_form
     assert_eq!(v["data"][0]["role"], "admin", "{v}");
     let (_, v) = server.call("GET", "/v1/members", Some(&globex), None);
     assert_eq!(v["data"].as_array().map(Vec::len), Some(0), "{v}");
+    // Hostile member calls: another tenant's person, a malformed id, an unknown role or field,
+    // a member key without the admin scope; each refused, nothing changed.
+    let ada_id = {
+        let (_, v) = server.call("GET", "/v1/members", Some(&acme), None);
+        v["data"][0]["user"].as_str().expect("user id").to_owned()
+    };
+    let role_path = format!("/v1/members/{ada_id}/role");
+    assert_error(
+        server.call("POST", &role_path, Some(&globex), Some(json!({"role": "viewer"}))),
+        StatusCode::NOT_FOUND,
+        "member_not_found",
+    );
+    assert_error(
+        server.call("DELETE", &format!("/v1/members/{ada_id}"), Some(&globex), None),
+        StatusCode::NOT_FOUND,
+        "member_not_found",
+    );
+    assert_error(
+        server.call("DELETE", "/v1/members/..%2F..%2Fetc", Some(&acme), None),
+        StatusCode::NOT_FOUND,
+        "member_not_found",
+    );
+    assert_error(
+        server.call("POST", &role_path, Some(&acme), Some(json!({"role": "god"}))),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_error(
+        server.call("POST", &role_path, Some(&acme), Some(json!({"role": "viewer", "extra": 1}))),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    let inference_only = server.key(&acme, "acme", &["inference"], None);
+    assert_error(
+        server.call("POST", &role_path, Some(&inference_only), Some(json!({"role": "viewer"}))),
+        StatusCode::FORBIDDEN,
+        "permission_denied",
+    );
+    let (_, v) = server.call("GET", "/v1/members", Some(&acme), None);
+    assert_eq!(v["data"][0]["role"], "admin", "nothing changed: {v}");
 
     // Sign-out: refused without the session's token, then the session ends on the server.
     let out = |csrf: &str| {
