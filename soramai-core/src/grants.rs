@@ -289,12 +289,12 @@ impl Core {
         })
     }
 
-    /// Approves a pending grant on the tenant's behalf (the tenant's own admin key; never the
-    /// operator, nor a grant's key). The grant's lifetime starts now.
+    /// Approves a pending grant on the tenant's behalf (the tenant's own admin key or admin
+    /// person; never the operator, nor a grant's key). The grant's lifetime starts now.
     pub fn approve_access_grant(&self, principal: &Principal, id: &GrantId) -> Result<AccessGrant> {
         principal.require(Scope::Admin)?;
         let approver = match (principal.actor(), principal.grant()) {
-            (Actor::ApiKey(k), None) => Actor::ApiKey(k.clone()),
+            (a @ (Actor::ApiKey(_) | Actor::User(_)), None) => a.clone(),
             _ => return Err(Error::OperatorAccess("only the tenant's own admin approves an access grant")),
         };
         self.expire_access_grants()?;

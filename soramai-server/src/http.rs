@@ -34,12 +34,30 @@ pub struct AppState {
     platform: Arc<Platform>,
     metrics: Arc<Metrics>,
     sign_ins: Arc<crate::web::AttemptLimiter>,
+    sign_up: bool,
 }
 
 impl AppState {
-    /// State over a platform.
+    /// State over a platform (web sign-up closed).
     pub fn new(platform: Arc<Platform>) -> Self {
-        Self { platform, metrics: Arc::new(Metrics::default()), sign_ins: Arc::default() }
+        Self { platform, metrics: Arc::new(Metrics::default()), sign_ins: Arc::default(), sign_up: false }
+    }
+
+    /// Password attempts one client address gets in a burst, and back per minute.
+    pub fn with_password_attempts(mut self, per_minute: u32) -> Self {
+        self.sign_ins = Arc::new(crate::web::AttemptLimiter::new(per_minute));
+        self
+    }
+
+    /// Opens (or closes) `/sign_up`: anyone may then make an account with a Free tenant.
+    pub fn with_sign_up(mut self, open: bool) -> Self {
+        self.sign_up = open;
+        self
+    }
+
+    /// Whether `/sign_up` is open.
+    pub(crate) fn sign_up_open(&self) -> bool {
+        self.sign_up
     }
 
     /// The platform the routes serve.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 mod conn;
 mod dashboard;
 mod http;
+mod operator;
 mod web;
 
 use clap::{Parser, Subcommand};
@@ -219,6 +220,14 @@ struct ServeArgs {
     /// Largest customer GGUF upload (Pro and up), in bytes.
     #[arg(long, default_value_t = 16 << 30)]
     max_model_bytes: u64,
+    /// Let anyone make an account (and a Free tenant they own) at /sign_up. Closed by default:
+    /// people join by invitation.
+    #[arg(long)]
+    open_sign_up: bool,
+    /// Password attempts (sign-in, sign-up, invitations) one client address gets in a burst and
+    /// back each minute; raise it behind a proxy that sends many people from one address.
+    #[arg(long, default_value_t = web::ATTEMPTS_PER_ADDRESS, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    password_attempts_per_minute: u32,
 }
 
 impl ServeArgs {
@@ -398,7 +407,10 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         writeln!(out, "listening on {scheme}://{}", listener.local_addr()?)?;
         out.flush()?;
-        http::serve(listener, tls, http::AppState::new(platform.clone()), a.limits()).await
+        let state = http::AppState::new(platform.clone())
+            .with_sign_up(a.open_sign_up)
+            .with_password_attempts(a.password_attempts_per_minute);
+        http::serve(listener, tls, state, a.limits()).await
     })?;
     platform.shutdown();
     Ok(())

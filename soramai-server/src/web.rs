@@ -10,7 +10,7 @@
 //!   sign-in, to a random value in the `soramai_csrf` cookie, also HttpOnly): a post without
 //!   the matching token is refused with a 403 and changes nothing.
 //! - Wrong credentials get one answer; five in a row lock the email (a 429), known or not; one
-//!   client address gets [`ATTEMPTS_PER_ADDRESS`] password attempts in a burst.
+//!   client address gets [`ATTEMPTS_PER_ADDRESS`] password attempts in a burst (by default).
 //! - Pages are sent with `Cache-Control: no-store`, a `Content-Security-Policy` that allows
 //!   nothing from elsewhere (and no framing), and `Referrer-Policy: no-referrer`.
 
@@ -31,32 +31,43 @@ use crate::http::AppState;
 pub(crate) const SESSION_COOKIE: &str = "soramai_session";
 const CSRF_COOKIE: &str = "soramai_csrf";
 
-/// Password attempts (sign-in, invitation acceptance) one client address may make in a burst.
-pub const ATTEMPTS_PER_ADDRESS: f64 = 10.0;
-/// How many of them come back each minute.
-pub const ATTEMPTS_REFILL_PER_MINUTE: f64 = 10.0;
+/// Password attempts (sign-in, sign-up, invitation acceptance) one client address may make in a
+/// burst, and how many come back each minute, unless the server is told otherwise.
+pub const ATTEMPTS_PER_ADDRESS: u32 = 10;
 
 /// Password attempts per client address, a token bucket each: guessing many accounts' passwords
 /// from one address is slowed however the per-email lockout counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AttemptLimiter {
+    /// Attempts in a burst, and refilled per minute.
+    per_minute: f64,
     buckets: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
 }
 
+impl Default for AttemptLimiter {
+    fn default() -> Self {
+        Self::new(ATTEMPTS_PER_ADDRESS)
+    }
+}
+
 impl AttemptLimiter {
+    /// `per_minute` attempts in a burst, refilled at that rate.
+    pub fn new(per_minute: u32) -> Self {
+        Self { per_minute: f64::from(per_minute.max(1)), buckets: Default::default() }
+    }
+
     /// Takes one attempt for `addr`; `false` when its bucket is empty.
     pub fn take(&self, addr: std::net::IpAddr) -> bool {
         let now = std::time::Instant::now();
         let refilled = |tokens: f64, at: std::time::Instant| {
-            (tokens + now.duration_since(at).as_secs_f64() * ATTEMPTS_REFILL_PER_MINUTE / 60.0)
-                .min(ATTEMPTS_PER_ADDRESS)
+            (tokens + now.duration_since(at).as_secs_f64() * self.per_minute / 60.0).min(self.per_minute)
         };
         let Ok(mut buckets) = self.buckets.lock() else { return false };
         if buckets.len() > 100_000 {
             // Full buckets hold nothing worth keeping.
-            buckets.retain(|_, (tokens, at)| refilled(*tokens, *at) < ATTEMPTS_PER_ADDRESS);
+            buckets.retain(|_, (tokens, at)| refilled(*tokens, *at) < self.per_minute);
         }
-        let (tokens, at) = buckets.entry(addr).or_insert((ATTEMPTS_PER_ADDRESS, now));
+        let (tokens, at) = buckets.entry(addr).or_insert((self.per_minute, now));
         *tokens = refilled(*tokens, *at);
         *at = now;
         if *tokens < 1.0 {
@@ -109,13 +120,17 @@ pub fn routes() -> Router<AppState> {
         .route("/account", get(account))
         .route("/account/totp", post(begin_totp))
         .route("/account/totp/confirm", post(confirm_totp))
+        .route("/sign_up", get(sign_up_page).post(sign_up))
+        .route("/assets/dashboard.js", get(script))
         .merge(crate::dashboard::routes())
+        .merge(crate::operator::routes())
 }
 
 fn templates() -> &'static minijinja::Environment<'static> {
     static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = minijinja::Environment::new();
+        env.add_filter("segment", segment);
         for (name, text) in [
             ("base.html", include_str!("../templates/base.html")),
             ("sign_out.html", include_str!("../templates/sign_out.html")),
@@ -128,6 +143,16 @@ fn templates() -> &'static minijinja::Environment<'static> {
             ("keys.html", include_str!("../templates/keys.html")),
             ("members.html", include_str!("../templates/members.html")),
             ("audit.html", include_str!("../templates/audit.html")),
+            ("jobs.html", include_str!("../templates/jobs.html")),
+            ("job.html", include_str!("../templates/job.html")),
+            ("job_progress.html", include_str!("../templates/job_progress.html")),
+            ("models.html", include_str!("../templates/models.html")),
+            ("corpora.html", include_str!("../templates/corpora.html")),
+            ("corpus.html", include_str!("../templates/corpus.html")),
+            ("grants.html", include_str!("../templates/grants.html")),
+            ("usage.html", include_str!("../templates/usage.html")),
+            ("sign_up.html", include_str!("../templates/sign_up.html")),
+            ("operator.html", include_str!("../templates/operator.html")),
         ] {
             // The templates are the binary's own: a broken one fails every test that renders it.
             if env.add_template(name, text).is_err() {
@@ -138,11 +163,31 @@ fn templates() -> &'static minijinja::Environment<'static> {
     })
 }
 
+/// A value made one URL path segment: every byte but the unreserved ones percent-encoded (ids
+/// hold `:` and `/`).
+fn segment(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// A page with the security headers every page gets, and any cookies to set.
 pub(crate) fn page(status: StatusCode, name: &str, ctx: serde_json::Value, cookies: &[String]) -> Response {
     let body = templates().get_template(name).and_then(|t| t.render(ctx));
-    let Ok(body) = body else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "The page could not be rendered.").into_response();
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            // The template's own fault (its name and the kind of error; never the page's data).
+            eprintln!("page {name} could not be rendered: {:?} at line {:?}", e.kind(), e.line());
+            return (StatusCode::INTERNAL_SERVER_ERROR, "The page could not be rendered.").into_response();
+        }
     };
     let mut res = (status, Html(body)).into_response();
     secure(res.headers_mut(), cookies);
@@ -153,7 +198,9 @@ fn secure(h: &mut HeaderMap, cookies: &[String]) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -222,9 +269,10 @@ fn pre_session(headers: &HeaderMap) -> (String, Vec<String>) {
     }
 }
 
-async fn sign_in_page(headers: HeaderMap) -> Response {
+async fn sign_in_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let (seed, cookies) = pre_session(&headers);
-    page(StatusCode::OK, "sign_in.html", json!({"csrf": csrf_token(&seed), "email": ""}), &cookies)
+    let ctx = json!({"csrf": csrf_token(&seed), "email": "", "sign_up": s.sign_up_open()});
+    page(StatusCode::OK, "sign_in.html", ctx, &cookies)
 }
 
 #[derive(Deserialize)]
@@ -283,6 +331,78 @@ struct CsrfForm {
     csrf: String,
 }
 
+/// The dashboard's one script (a running job's live progress), served by the binary.
+async fn script() -> Response {
+    let mut res = ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../assets/dashboard.js"))
+        .into_response();
+    res.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}
+
+async fn sign_up_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if !s.sign_up_open() {
+        return crate::dashboard::not_found();
+    }
+    let (seed, cookies) = pre_session(&headers);
+    page(StatusCode::OK, "sign_up.html", json!({"csrf": csrf_token(&seed), "email": "", "team": ""}), &cookies)
+}
+
+#[derive(Deserialize)]
+struct SignUpForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    team: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Makes an account and a Free tenant it owns, then signs it in (a new session).
+async fn sign_up(
+    State(s): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Form(f): Form<SignUpForm>,
+) -> Response {
+    if !s.sign_up_open() {
+        return crate::dashboard::not_found();
+    }
+    let seed = match password_post_checks(&s, peer, &headers, &f.csrf) {
+        Ok(seed) => seed,
+        Err(r) => return *r,
+    };
+    let core = s.platform().core().clone();
+    let (email, team) = (f.email.clone(), f.team.clone());
+    let made = blocking(move || {
+        let tenant = soramai::TenantId::new(f.team.trim())?;
+        core.sign_up(&f.email, &f.password, &tenant)?;
+        let session = core.sign_in(&f.email, &f.password, None)?;
+        Ok((tenant, session))
+    })
+    .await;
+    match made {
+        Ok((tenant, session)) => {
+            let max_age = (session.expires_at - s.platform().core().now()) / 1000;
+            let cookies = [set_cookie(SESSION_COOKIE, session.token.secret(), max_age), clear_cookie(CSRF_COOKIE)];
+            redirect(&format!("/t/{}/datasets", tenant.as_str()), &cookies)
+        }
+        Err(e) => {
+            let (status, error) = match e {
+                Error::InvalidArgument(m) => (StatusCode::BAD_REQUEST, m),
+                Error::AlreadyExists { .. } => {
+                    (StatusCode::CONFLICT, "That email already has an account, or that team name is taken.".into())
+                }
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "Signing up failed. Please try again.".into()),
+            };
+            let ctx = json!({"error": error, "csrf": csrf_token(&seed), "email": email, "team": team});
+            page(status, "sign_up.html", ctx, &[])
+        }
+    }
+}
+
 async fn sign_out(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     let Some(token) = cookie(&headers, SESSION_COOKIE) else { return redirect("/sign_in", &[]) };
     if let Some(r) = csrf_refusal(&token, &f.csrf) {
@@ -311,7 +431,9 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
     page(
         StatusCode::OK,
         "dashboard.html",
-        json!({"email": user.email, "totp": user.totp_enabled, "memberships": rows, "csrf": csrf_token(&token)}),
+        json!({"email": user.email, "totp": user.totp_enabled, "memberships": rows, "csrf": csrf_token(&token),
+            "operator": memberships.iter().any(|m| m.tenant.as_str() == soramai::OPERATOR_TENANT
+                && m.role >= soramai::core::Role::Admin)}),
         &[],
     )
 }
@@ -433,5 +555,70 @@ async fn confirm_totp(State(s): State<AppState>, headers: HeaderMap, Form(f): Fo
             serde_json::Value::Null,
             Some("That code did not match: set up again and enter the current code.".into()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    /// Every template parses and renders with the data its handler gives it.
+    #[test]
+    fn every_page_renders() {
+        let base = json!({"tenant": "acme", "email": "a@b.c", "role": "admin", "tier": "basic", "balance": 5,
+            "csrf": "t", "section": "jobs", "here": "/t/acme/jobs"});
+        let job = json!({"id": "job-1", "state": "running", "percent": 50.0, "done": false, "model": "m",
+            "dataset": "file-1", "suffix": "", "created": "2026-01-01 00:00:00", "finished": null, "error": null,
+            "fine_tuned_model": null, "total_steps": 4});
+        let chart = json!({"steps": 2, "points": "0,0 600,200", "first": "2.0", "last": "1.0", "min": "1.0",
+            "max": "2.0", "table": [{"step": 1, "loss": "2.0"}, {"step": 2, "loss": "1.0"}]});
+        let pages = [
+            (
+                "job.html",
+                json!({"job": job, "chart": chart, "events": [{"seq": 1, "at": "x", "kind": "progress", "text": "t"}]}),
+            ),
+            ("job.html", json!({"job": job, "chart": {"steps": 0}, "events": []})),
+            (
+                "jobs.html",
+                json!({"jobs": [{"id": "job-1", "state": "queued", "percent": 0.0, "model": "m", "dataset": "d",
+                "created": "x", "fine_tuned_model": null}], "datasets": [{"id": "file-1", "name": "n"}], "bases": ["m"]}),
+            ),
+            (
+                "models.html",
+                json!({"fine_tuned": [{"id": "ft:m:acme:x:1", "base": "m", "job": "job-1", "trained_tokens": 1,
+                "created": "x"}], "custom": [{"id": "gguf:acme:x:1", "name": "x", "bytes": 1, "sha256": "ab".repeat(32),
+                "architecture": "llama", "created": "x"}]}),
+            ),
+            ("corpora.html", json!({"corpora": ["kb"]})),
+            ("corpus.html", json!({"corpus": "kb", "documents": ["a/b"]})),
+            (
+                "grants.html",
+                json!({"grants": [{"id": "grant-1", "reason": "r", "status": "pending", "scopes": "train",
+                "minutes": 10, "requested": "x", "expires": "y", "ended_by": null}]}),
+            ),
+            (
+                "usage.html",
+                json!({"days": 30, "usage": {"requests": 1, "input_tokens": 2, "output_tokens": 3, "balance": 5},
+                "receipts": [{"receipt": "rcpt-1", "kind": "grant", "amount": 5, "balance_after": 5, "reference": "r", "at": "x"}]}),
+            ),
+            (
+                "keys.html",
+                json!({"keys": [{"id": "k1", "name": "n", "scopes": "inference", "expires": null, "state": "active"}]}),
+            ),
+            (
+                "operator.html",
+                json!({"tenants": [{"id": "acme", "tier": "basic", "status": "active", "store": "shared",
+                "custody": "operator", "balance": 5, "created": "x"}], "tiers": ["free", "basic"]}),
+            ),
+            ("sign_up.html", json!({"team": ""})),
+        ];
+        for (name, data) in pages {
+            let mut ctx = base.clone();
+            for (k, v) in data.as_object().into_iter().flatten() {
+                ctx[k] = v.clone();
+            }
+            let res = super::page(axum::http::StatusCode::OK, name, ctx, &[]);
+            assert_eq!(res.status(), axum::http::StatusCode::OK, "{name}");
+        }
     }
 }

@@ -4,14 +4,17 @@
 //! metric, database row or file; the operator reads no tenant's data without a break-glass grant;
 //! slow, idle and surplus connections are cut while normal requests go on.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
+
+mod common;
+use common::*;
 
 #[path = "../../soramai-kernels/tests/common/files.rs"]
 mod files;
@@ -22,144 +25,6 @@ use reference_model::reference_model;
 
 const CANARY: &str = "zq9-canary-Sora-7713";
 const MODEL: &str = "smollm2-135m-instruct";
-
-struct Server {
-    child: Child,
-    url: String,
-    admin: String,
-    http: Client,
-    stderr: PathBuf,
-    stdout_rest: Option<std::thread::JoinHandle<String>>,
-}
-
-/// A test that fails before `stop` still ends its server.
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(dir: &Path, model: &Path) -> Self {
-        Self::start_with(dir, model, &[])
-    }
-
-    fn start_with(dir: &Path, model: &Path, extra: &[&Path]) -> Self {
-        let mut args: Vec<&std::ffi::OsStr> = vec!["--model".as_ref(), model.as_os_str()];
-        args.extend(extra.iter().map(|p| p.as_os_str()));
-        Self::launch(dir, &args)
-    }
-
-    /// A server with these arguments after `serve --addr 127.0.0.1:0 --data-dir <dir>/data`.
-    fn launch(dir: &Path, args: &[&std::ffi::OsStr]) -> Self {
-        let stderr = dir.join("server.stderr");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_soramai"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let (mut admin, mut url) = (String::new(), String::new());
-        let mut line = String::new();
-        while url.is_empty() {
-            line.clear();
-            assert!(out.read_line(&mut line).expect("read") > 0, "the server exited before listening");
-            if line.starts_with("bootstrap admin key") {
-                admin = line.rsplit(' ').next().expect("key").trim().to_owned();
-            }
-            if let Some(u) = line.strip_prefix("listening on ") {
-                url = u.trim().to_owned();
-            }
-        }
-        let stdout_rest = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = out.read_to_string(&mut rest);
-            rest
-        });
-        let http = Client::builder().timeout(Duration::from_secs(300)).build().expect("client");
-        Server { child, url, admin, http, stderr, stdout_rest: Some(stdout_rest) }
-    }
-
-    fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method.parse().expect("method"), format!("{}{path}", self.url));
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().expect("send");
-        let status = res.status();
-        let text = res.text().expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    fn tenant(&self, id: &str, tier: &str, credits: i64) -> String {
-        let (s, _) = self.call("POST", "/v1/tenants", Some(&self.admin), Some(json!({"id": id, "tier": tier})));
-        assert_eq!(s, StatusCode::CREATED);
-        if credits > 0 {
-            let (s, _) = self.call(
-                "POST",
-                &format!("/v1/tenants/{id}/credits"),
-                Some(&self.admin),
-                Some(json!({"amount": credits})),
-            );
-            assert_eq!(s, StatusCode::OK);
-        }
-        self.key(&self.admin, id, &["inference", "train", "rag", "admin"], None)
-    }
-
-    fn key(&self, by: &str, tenant: &str, scopes: &[&str], expires: Option<u64>) -> String {
-        let body = json!({"name": "t", "scopes": scopes, "tenant": tenant, "expires_in_seconds": expires});
-        let (s, v) = self.call("POST", "/v1/api_keys", Some(by), Some(body));
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        v["key"].as_str().expect("key").to_owned()
-    }
-
-    /// Stops the server (SIGTERM: graceful) and returns what it printed after starting.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-        let mut out = self.stdout_rest.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        out.push_str(&std::fs::read_to_string(&self.stderr).unwrap_or_default());
-        out
-    }
-}
-
-/// An OpenAI-shaped error with this status and code.
-fn assert_error(got: (StatusCode, Value), status: StatusCode, code: &str) {
-    let (s, v) = got;
-    assert_eq!(s, status, "{v}");
-    let e = &v["error"];
-    assert!(e["message"].is_string() && e["type"].is_string() && e.get("param").is_some(), "not OpenAI's shape: {v}");
-    assert_eq!(e["code"], code, "{v}");
-}
-
-fn chat(model: &str, content: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 0})
-}
-
-fn upload(server: &Server, key: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
-    let form = reqwest::blocking::multipart::Form::new()
-        .text("purpose", "fine-tune")
-        .part("file", reqwest::blocking::multipart::Part::bytes(bytes).file_name("train.jsonl"));
-    let res =
-        server.http.post(format!("{}/v1/files", server.url)).bearer_auth(key).multipart(form).send().expect("send");
-    let status = res.status();
-    (status, res.json().unwrap_or(Value::Null))
-}
-
-fn dataset() -> Vec<u8> {
-    let line = json!({"messages": [
-        {"role": "user", "content": "Where does the cloud council meet?"},
-        {"role": "assistant", "content": "In Kumo."},
-    ]});
-    format!("{line}\n{line}\n").into_bytes()
-}
 
 #[test]
 fn hostile_requests_get_openai_errors_and_change_nothing() {
@@ -550,19 +415,6 @@ fn tls_serves_https_1_2_and_up_only() {
         .expect("curl");
     assert!(String::from_utf8_lossy(&with_key.stdout).contains(MODEL), "{}", String::from_utf8_lossy(&with_key.stdout));
     server.stop();
-}
-
-/// Polls a fine-tuning job until it ends; returns it.
-fn wait_job(server: &Server, key: &str, id: &str) -> Value {
-    for _ in 0..1200 {
-        let (s, job) = server.call("GET", &format!("/v1/fine_tuning/jobs/{id}"), Some(key), None);
-        assert_eq!(s, StatusCode::OK, "{job}");
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or_default()) {
-            return job;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("the job did not end");
 }
 
 fn grant_body(reason: &str, scopes: &[&str], ttl: Option<u64>) -> Value {
@@ -1026,42 +878,6 @@ fn a_customer_gguf_is_uploaded_served_and_deleted_over_http_for_its_tenant_only(
     server.stop();
 }
 
-/// The `Set-Cookie` headers of a response.
-fn set_cookies(res: &reqwest::blocking::Response) -> Vec<String> {
-    res.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
-}
-
-/// The value a response sets for a cookie, checked to be HttpOnly, Secure and SameSite=Strict.
-fn cookie_value(res: &reqwest::blocking::Response, name: &str) -> Option<String> {
-    let c = set_cookies(res).into_iter().find(|c| c.starts_with(&format!("{name}=")))?;
-    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
-        assert!(c.contains(attr), "cookie without {attr}: {c}");
-    }
-    Some(c.split(';').next()?.split_once('=')?.1.to_owned())
-}
-
-/// A form body, `application/x-www-form-urlencoded`.
-fn form(fields: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect::<String>()
-    };
-    fields.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
-}
-
-/// The CSRF token of the form in a page.
-fn form_csrf(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
-    html[at..].split('"').next().expect("token").to_owned()
-}
-
 #[test]
 fn people_sign_in_on_the_web_with_a_strict_session_cookie_and_csrf_on_every_form() {
     let dir = tempfile::tempdir().expect("dir");
@@ -1234,37 +1050,6 @@ fn people_sign_in_on_the_web_with_a_strict_session_cookie_and_csrf_on_every_form
         let bytes = std::fs::read(&f).unwrap_or_default();
         assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "password in {}", f.display());
     }
-}
-
-/// A person joins `tenant` by an invitation its admin key sends, then signs in on the web:
-/// returns the session token.
-fn join_and_sign_in(server: &Server, admin: &str, email: &str, role: &str, password: &str) -> String {
-    let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let url = |p: &str| format!("{}{p}", server.url);
-    let (s, inv) =
-        server.call("POST", "/v1/members/invitations", Some(admin), Some(json!({"email": email, "role": role})));
-    assert_eq!(s, StatusCode::CREATED, "{inv}");
-    let token = inv["token"].as_str().expect("token");
-    let page = web.get(url(&format!("/invitations/accept?token={token}"))).send().expect("page");
-    let seed = cookie_value(&page, "soramai_csrf").expect("csrf cookie");
-    let csrf = form_csrf(&page.text().expect("html"));
-    let res = web
-        .post(url("/invitations/accept"))
-        .header("cookie", format!("soramai_csrf={seed}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("token", token), ("password", password), ("csrf", &csrf)]))
-        .send()
-        .expect("accept");
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let res = web
-        .post(url("/sign_in"))
-        .header("cookie", format!("soramai_csrf={seed}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("email", email), ("password", password), ("csrf", &csrf)]))
-        .send()
-        .expect("sign in");
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    cookie_value(&res, "soramai_session").expect("session")
 }
 
 #[test]
