@@ -58,6 +58,10 @@ stage "the official OpenAI clients (Python and npm) for the server's compatibili
 ./scripts/openai-clients.sh >/dev/null
 export SORAMAI_REQUIRE_CLIENTS=1
 
+stage "Chromium and playwright-core for the dashboard's tests in a real browser"
+./scripts/browser.sh >/dev/null
+export SORAMAI_REQUIRE_BROWSER=1
+
 stage "format"
 cargo fmt --all -- --check
 

@@ -385,6 +385,14 @@ fn has_live_key(tx: &Db<'_>, tenant: &TenantId, now: Millis) -> Result<bool> {
         .unwrap_or(false))
 }
 
+/// Whether a tenant has people (members): then they, not the operator, make its keys.
+fn has_members(tx: &Db<'_>, tenant: &TenantId) -> Result<bool> {
+    Ok(tx
+        .query_row("SELECT 1 FROM members WHERE tenant_id = ?1 LIMIT 1", params![tenant.as_str()], |_| Ok(true))
+        .optional()?
+        .unwrap_or(false))
+}
+
 impl Core {
     /// Creates a key for the principal's tenant (admin scope). The secret is in the returned value
     /// only.
@@ -393,8 +401,9 @@ impl Core {
         self.issue_key(principal, options, KeyIssue::New)
     }
 
-    /// Issues a tenant's first key as a platform admin: only while the tenant has no live key
-    /// (a later one needs the tenant's own admin, or a break-glass access grant), with no more
+    /// Issues a tenant's first key as a platform admin: only while the tenant has no live key and
+    /// no people (a later one, or one for a tenant whose members make its keys, needs the
+    /// tenant's own admin or a break-glass access grant), with no more
     /// than the admin's own scopes, recorded in the tenant's audit log with the admin's key id
     /// and in the admin's own log.
     pub fn issue_first_key(&self, operator: &Principal, tenant: &TenantId, options: KeyOptions) -> Result<IssuedKey> {
@@ -444,12 +453,17 @@ impl Core {
         let now = self.now();
         let expires_at = options.expires_in.map(|d| now.saturating_add(millis(d)));
         let (info, secret) = self.meta.write(|tx| {
-            if let KeyIssue::First { .. } = how
-                && has_live_key(tx, &tenant.id, now)?
-            {
-                return Err(Error::OperatorAccess(
-                    "the tenant already has a live key: a later operator key needs an access grant",
-                ));
+            if let KeyIssue::First { .. } = how {
+                if has_live_key(tx, &tenant.id, now)? {
+                    return Err(Error::OperatorAccess(
+                        "the tenant already has a live key: a later operator key needs an access grant",
+                    ));
+                }
+                if has_members(tx, &tenant.id)? {
+                    return Err(Error::OperatorAccess(
+                        "the tenant's people make its keys: operator access needs an access grant",
+                    ));
+                }
             }
             let row = NewKeyRow {
                 tenant: &tenant.id,

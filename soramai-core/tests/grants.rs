@@ -73,6 +73,16 @@ fn the_operator_hands_out_the_first_key_only_and_never_more_than_its_own_scopes(
     env.core.revoke_api_key(&me, &first.info.id).expect("revoke");
     env.core.issue_first_key(&admin, &acme, KeyOptions::new("recovery", &[Scope::Inference])).expect("recovery key");
 
+    // A tenant whose people make its keys (signed up on the web) gets none from the operator,
+    // though it has no key at all.
+    let umbrella = TenantId::new("umbrella").expect("id");
+    env.core.sign_up("olga@umbrella.test", "a long enough passphrase", &umbrella).expect("sign up");
+    let before = actions(&env, &umbrella).len();
+    let err =
+        env.core.issue_first_key(&admin, &umbrella, KeyOptions::new("peek", &[Scope::Inference])).expect_err("people");
+    assert!(matches!(err, Error::OperatorAccess(_)), "{err:?}");
+    assert_eq!(actions(&env, &umbrella).len(), before);
+
     // Tenant creation, tier and credits name the admin's key in the tenant's log.
     let globex = TenantId::new("globex").expect("id");
     let actor = admin.as_operator();
