@@ -144,7 +144,7 @@ pub struct Invitation {
 pub struct Token(Zeroizing<String>);
 
 impl Token {
-    fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str) -> Self {
         Token(Zeroizing::new(format!("{prefix}{}", random_hex(32))))
     }
     /// The secret (send it once; it is not kept).
@@ -194,11 +194,11 @@ impl std::fmt::Debug for TotpSetup {
     }
 }
 
-fn token_hash(token: &str) -> Vec<u8> {
+pub(crate) fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn email_hash(email: &str) -> Vec<u8> {
+pub(crate) fn email_hash(email: &str) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(b"soramai sign-in email\0");
     h.update(email.as_bytes());
@@ -269,14 +269,14 @@ fn totp(secret: &[u8], email: &str) -> Result<totp_rs::Totp> {
         .map_err(|_| Error::InvalidArgument("the email cannot name a TOTP account".into()))
 }
 
-struct UserRow {
-    user: User,
+pub(crate) struct UserRow {
+    pub(crate) user: User,
     password_hash: String,
     totp_wrapped: Option<Vec<u8>>,
 }
 
 impl Core {
-    fn user_row(&self, where_sql: &str, key: &str) -> Result<Option<UserRow>> {
+    pub(crate) fn user_row(&self, where_sql: &str, key: &str) -> Result<Option<UserRow>> {
         self.meta.read(|c| {
             c.query_row(
                 &format!(
@@ -306,7 +306,13 @@ impl Core {
     }
 
     /// Writes one audit record into the log of every tenant the user belongs to.
-    fn audit_user(&self, tx: &Db<'_>, user: &UserId, action: Action, detail: serde_json::Value) -> Result<()> {
+    pub(crate) fn audit_user(
+        &self,
+        tx: &Db<'_>,
+        user: &UserId,
+        action: Action,
+        detail: serde_json::Value,
+    ) -> Result<()> {
         let tenants: Vec<String> =
             tx.query_map("SELECT tenant_id FROM members WHERE user_id = ?1", [user.as_str()], |r| r.get(0))?;
         for t in tenants {
@@ -375,14 +381,7 @@ impl Core {
     pub fn sign_in(&self, email: &str, password: &str, totp_code: Option<&str>) -> Result<IssuedSession> {
         let email = normalize_email(email).map_err(|_| Error::Unauthenticated)?;
         let key = email_hash(&email);
-        let now = self.now();
-        let locked_until: Option<Millis> = self.meta.read(|c| {
-            c.query_row("SELECT locked_until FROM sign_in_failures WHERE email_hash = ?1", params![key], |r| r.get(0))
-                .optional()
-        })?;
-        if let Some(until) = locked_until.filter(|&u| u > now) {
-            return Err(Error::Locked { retry_after_seconds: ((until - now) / 1000).max(1) as u64 });
-        }
+        self.check_not_locked(&key)?;
         if password.len() > MAX_PASSWORD_BYTES {
             return Err(Error::Unauthenticated);
         }
@@ -404,22 +403,44 @@ impl Core {
                 return Err(self.sign_in_failed(&key, Some(row.user.id.clone())));
             }
         }
+        self.start_session(row.user, &key, "password")
+    }
+
+    /// A new session for a person who proved who they are (by `method`): clears the email's
+    /// failed attempts and records the sign-in in each of their tenants' logs.
+    pub(crate) fn start_session(&self, user: User, email_key: &[u8], method: &str) -> Result<IssuedSession> {
+        let now = self.now();
         let token = Token::new("ss-");
         let expires_at = now + SESSION_MAX_MS;
         self.meta.write(|tx| {
-            tx.execute("DELETE FROM sign_in_failures WHERE email_hash = ?1", params![key])?;
+            tx.execute("DELETE FROM sign_in_failures WHERE email_hash = ?1", params![email_key])?;
             tx.execute(
                 "INSERT INTO web_sessions (token_hash, user_id, created_at, last_seen, expires_at) VALUES (?1, ?2, ?3, ?3, ?4)",
-                params![token_hash(token.secret()), row.user.id.as_str(), now, expires_at],
+                params![token_hash(token.secret()), user.id.as_str(), now, expires_at],
             )?;
-            self.audit_user(tx, &row.user.id, Action::UserSignedIn, serde_json::json!({}))
+            self.audit_user(tx, &user.id, Action::UserSignedIn, serde_json::json!({"method": method}))
         })?;
-        Ok(IssuedSession { user: row.user, token, expires_at })
+        Ok(IssuedSession { user, token, expires_at })
+    }
+
+    /// Refuses a sign-in while the email is locked.
+    pub(crate) fn check_not_locked(&self, email_key: &[u8]) -> Result<()> {
+        let now = self.now();
+        let locked_until: Option<Millis> = self.meta.read(|c| {
+            c.query_row("SELECT locked_until FROM sign_in_failures WHERE email_hash = ?1", params![email_key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })?;
+        match locked_until.filter(|&u| u > now) {
+            Some(until) => Err(Error::Locked { retry_after_seconds: ((until - now) / 1000).max(1) as u64 }),
+            None => Ok(()),
+        }
     }
 
     /// Counts a failed sign-in of an email; the [`MAX_FAILURES`]th locks it. Returns the error
     /// to answer with.
-    fn sign_in_failed(&self, key: &[u8], user: Option<UserId>) -> Error {
+    pub(crate) fn sign_in_failed(&self, key: &[u8], user: Option<UserId>) -> Error {
         let now = self.now();
         let counted = self.meta.write(|tx| {
             let failures: i64 = tx

@@ -116,6 +116,8 @@ pub enum Action {
     UserPasswordChanged,
     UserTotpEnabled,
     UserTotpDisabled,
+    UserPasskeyAdded,
+    UserPasskeyRemoved,
 }
 
 impl Action {
@@ -168,6 +170,8 @@ impl Action {
             Action::UserPasswordChanged => "user.password_changed",
             Action::UserTotpEnabled => "user.totp_enabled",
             Action::UserTotpDisabled => "user.totp_disabled",
+            Action::UserPasskeyAdded => "user.passkey_added",
+            Action::UserPasskeyRemoved => "user.passkey_removed",
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod ids;
 pub mod jobs;
 pub mod metering;
 pub mod models;
+pub mod passkeys;
 pub mod retention;
 pub mod store;
 pub mod tier;

@@ -35,12 +35,19 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     sign_ins: Arc<crate::web::AttemptLimiter>,
     sign_up: bool,
+    passkeys: Option<Arc<soramai::core::passkeys::PasskeyConfig>>,
 }
 
 impl AppState {
     /// State over a platform (web sign-up closed).
     pub fn new(platform: Arc<Platform>) -> Self {
-        Self { platform, metrics: Arc::new(Metrics::default()), sign_ins: Arc::default(), sign_up: false }
+        Self {
+            platform,
+            metrics: Arc::new(Metrics::default()),
+            sign_ins: Arc::default(),
+            sign_up: false,
+            passkeys: None,
+        }
     }
 
     /// Password attempts one client address gets in a burst, and back per minute.
@@ -53,6 +60,17 @@ impl AppState {
     pub fn with_sign_up(mut self, open: bool) -> Self {
         self.sign_up = open;
         self
+    }
+
+    /// Turns passkeys on, for the site at the config's origin.
+    pub fn with_passkeys(mut self, config: soramai::core::passkeys::PasskeyConfig) -> Self {
+        self.passkeys = Some(Arc::new(config));
+        self
+    }
+
+    /// The passkeys' relying party, when they are on.
+    pub(crate) fn passkeys(&self) -> Option<&Arc<soramai::core::passkeys::PasskeyConfig>> {
+        self.passkeys.as_ref()
     }
 
     /// Whether `/sign_up` is open.

@@ -17,6 +17,7 @@ mod conn;
 mod dashboard;
 mod http;
 mod operator;
+mod passkeys;
 mod web;
 
 use clap::{Parser, Subcommand};
@@ -228,6 +229,10 @@ struct ServeArgs {
     /// back each minute; raise it behind a proxy that sends many people from one address.
     #[arg(long, default_value_t = web::ATTEMPTS_PER_ADDRESS, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     password_attempts_per_minute: u32,
+    /// The site's address as people's browsers see it (`https://soramai.example`, or
+    /// `http://localhost:8080`): turns on passkey sign-in, bound to that origin.
+    #[arg(long)]
+    public_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -401,6 +406,7 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(key) = platform.bootstrap_operator()? {
         writeln!(out, "bootstrap admin key (shown once, store it now): {}", key.secret())?;
     }
+    let passkeys = a.public_url.as_deref().map(soramai::core::passkeys::PasskeyConfig::new).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.addr).await?;
@@ -410,6 +416,10 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let state = http::AppState::new(platform.clone())
             .with_sign_up(a.open_sign_up)
             .with_password_attempts(a.password_attempts_per_minute);
+        let state = match passkeys {
+            Some(config) => state.with_passkeys(config),
+            None => state,
+        };
         http::serve(listener, tls, state, a.limits()).await
     })?;
     platform.shutdown();

@@ -29,7 +29,7 @@ use crate::conn::Peer;
 use crate::http::AppState;
 
 pub(crate) const SESSION_COOKIE: &str = "soramai_session";
-const CSRF_COOKIE: &str = "soramai_csrf";
+pub(crate) const CSRF_COOKIE: &str = "soramai_csrf";
 
 /// Password attempts (sign-in, sign-up, invitation acceptance) one client address may make in a
 /// burst, and how many come back each minute, unless the server is told otherwise.
@@ -98,7 +98,7 @@ fn password_post_checks(
 
 /// The 429 page for an address out of attempts; `None` while it has some. A request that came
 /// through no connection of ours (a test calling the router) has no address and is not limited.
-fn attempt_refusal(s: &AppState, peer: Option<Extension<Peer>>) -> Option<Response> {
+pub(crate) fn attempt_refusal(s: &AppState, peer: Option<Extension<Peer>>) -> Option<Response> {
     let Extension(Peer(addr)) = peer?;
     (!s.sign_ins().take(addr)).then(|| {
         page(
@@ -124,6 +124,7 @@ pub fn routes() -> Router<AppState> {
         .route("/assets/dashboard.js", get(script))
         .merge(crate::dashboard::routes())
         .merge(crate::operator::routes())
+        .merge(crate::passkeys::routes())
 }
 
 fn templates() -> &'static minijinja::Environment<'static> {
@@ -194,7 +195,7 @@ pub(crate) fn page(status: StatusCode, name: &str, ctx: serde_json::Value, cooki
     res
 }
 
-fn secure(h: &mut HeaderMap, cookies: &[String]) {
+pub(crate) fn secure(h: &mut HeaderMap, cookies: &[String]) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -217,11 +218,11 @@ pub(crate) fn redirect(to: &str, cookies: &[String]) -> Response {
     res
 }
 
-fn set_cookie(name: &str, value: &str, max_age: i64) -> String {
+pub(crate) fn set_cookie(name: &str, value: &str, max_age: i64) -> String {
     format!("{name}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}")
 }
 
-fn clear_cookie(name: &str) -> String {
+pub(crate) fn clear_cookie(name: &str) -> String {
     set_cookie(name, "", 0)
 }
 
@@ -271,7 +272,7 @@ fn pre_session(headers: &HeaderMap) -> (String, Vec<String>) {
 
 async fn sign_in_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let (seed, cookies) = pre_session(&headers);
-    let ctx = json!({"csrf": csrf_token(&seed), "email": "", "sign_up": s.sign_up_open()});
+    let ctx = json!({"csrf": csrf_token(&seed), "email": "", "sign_up": s.sign_up_open(), "passkeys": s.passkeys().is_some()});
     page(StatusCode::OK, "sign_in.html", ctx, &cookies)
 }
 
@@ -494,20 +495,31 @@ async fn signed_in(s: &AppState, headers: &HeaderMap) -> Result<(String, soramai
     }
 }
 
-fn account_page(
+async fn account_page(
+    s: &AppState,
     status: StatusCode,
     token: &str,
     user: &soramai::core::User,
     setup: serde_json::Value,
     error: Option<String>,
 ) -> Response {
-    let ctx = json!({"email": user.email, "totp": user.totp_enabled, "setup": setup, "error": error, "csrf": csrf_token(token)});
+    let (core, t) = (s.platform().core().clone(), token.to_owned());
+    let passkeys = blocking(move || core.passkeys(&t)).await.unwrap_or_default();
+    let passkeys: Vec<_> = passkeys
+        .iter()
+        .map(|p| {
+            json!({"id": p.id, "name": p.name, "created": crate::dashboard::utc(p.created_at),
+            "used": p.last_used_at.map(crate::dashboard::utc)})
+        })
+        .collect();
+    let ctx = json!({"email": user.email, "totp": user.totp_enabled, "setup": setup, "error": error,
+        "csrf": csrf_token(token), "passkeys_on": s.passkeys().is_some(), "passkeys": passkeys});
     page(status, "account.html", ctx, &[])
 }
 
 async fn account(State(s): State<AppState>, headers: HeaderMap) -> Response {
     match signed_in(&s, &headers).await {
-        Ok((token, user)) => account_page(StatusCode::OK, &token, &user, serde_json::Value::Null, None),
+        Ok((token, user)) => account_page(&s, StatusCode::OK, &token, &user, serde_json::Value::Null, None).await,
         Err(r) => *r,
     }
 }
@@ -525,9 +537,11 @@ async fn begin_totp(State(s): State<AppState>, headers: HeaderMap, Form(f): Form
     match blocking(move || core.begin_totp(&t)).await {
         Ok(setup) => {
             let shown = json!({"secret": setup.secret_base32.as_str(), "url": setup.otpauth_url.as_str()});
-            account_page(StatusCode::OK, &token, &user, shown, None)
+            account_page(&s, StatusCode::OK, &token, &user, shown, None).await
         }
-        Err(e) => account_page(StatusCode::BAD_REQUEST, &token, &user, serde_json::Value::Null, Some(e.to_string())),
+        Err(e) => {
+            account_page(&s, StatusCode::BAD_REQUEST, &token, &user, serde_json::Value::Null, Some(e.to_string())).await
+        }
     }
 }
 
@@ -548,13 +562,17 @@ async fn confirm_totp(State(s): State<AppState>, headers: HeaderMap, Form(f): Fo
     let (core, t) = (s.platform().core().clone(), token.clone());
     match blocking(move || core.confirm_totp(&t, &f.code)).await {
         Ok(()) => redirect("/account", &[]),
-        Err(_) => account_page(
-            StatusCode::BAD_REQUEST,
-            &token,
-            &user,
-            serde_json::Value::Null,
-            Some("That code did not match: set up again and enter the current code.".into()),
-        ),
+        Err(_) => {
+            account_page(
+                &s,
+                StatusCode::BAD_REQUEST,
+                &token,
+                &user,
+                serde_json::Value::Null,
+                Some("That code did not match: set up again and enter the current code.".into()),
+            )
+            .await
+        }
     }
 }
 

@@ -346,3 +346,103 @@ fn grants_keys_usage_sign_up_and_the_operator_console_on_the_web() {
     );
     closed.stop();
 }
+
+#[test]
+fn passkey_endpoints_refuse_what_is_not_their_own_ceremony() {
+    let dir = tempfile::tempdir().expect("dir");
+    let args = ["--public-url", "http://localhost:8080"].map(std::ffi::OsStr::new);
+    let server = Server::launch(dir.path(), &args);
+    let acme = server.tenant("acme", "basic", 0);
+    let ada = join_and_sign_in(&server, &acme, "ada@acme.com", "admin", PASSWORD);
+    let web = Web::new(&server);
+    let csrf = form_csrf(&web.get(&ada, "/account").1);
+    let http =
+        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let call = |path: &str, cookies: &str, csrf: &str, body: &str| {
+        let res = http
+            .post(format!("{}{path}", server.url))
+            .header("cookie", cookies)
+            .header("x-csrf-token", csrf)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .expect("post");
+        let status = res.status();
+        (status, res.json::<serde_json::Value>().unwrap_or_default())
+    };
+    let session = format!("soramai_session={ada}");
+
+    // Registration: the session's CSRF token is required; the options name this site.
+    assert_eq!(call("/account/passkeys/options", &session, "forged", "{}").0, StatusCode::FORBIDDEN);
+    assert_eq!(call("/account/passkeys/options", "", &csrf, "{}").0, StatusCode::UNAUTHORIZED);
+    let (s, options) = call("/account/passkeys/options", &session, &csrf, "{}");
+    assert_eq!(s, StatusCode::OK, "{options}");
+    assert_eq!(options["publicKey"]["rp"]["id"], "localhost", "{options}");
+    assert_eq!(options["publicKey"]["authenticatorSelection"]["userVerification"], "required", "{options}");
+    let handle = options["publicKey"]["user"]["id"].as_str().expect("user handle");
+    assert_eq!(handle.len(), 22, "a 16-byte handle derived from the user id, not the email: {options}");
+    for body in ["", "[]", "{\"name\": \"x\"}", "{\"name\": \"x\", \"credential\": {\"id\": \"AAAA\"}}"] {
+        assert_eq!(call("/account/passkeys", &session, &csrf, body).0.as_u16() / 100, 4, "{body}");
+    }
+    let forged = json!({"name": "x", "credential": {"id": "AAAA", "rawId": "AAAA", "type": "public-key",
+        "response": {"attestationObject": "AAAA", "clientDataJSON": "AAAA"}, "extensions": {}}});
+    let (s, v) = call("/account/passkeys", &session, &csrf, &forged.to_string());
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // The ceremony was used by that answer: a second try finds none.
+    let (s, v) = call("/account/passkeys", &session, &csrf, &forged.to_string());
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(!web.get(&ada, "/account").1.contains("Remove passkey"), "nothing was registered");
+
+    // Sign-in: the pre-session token; an email with no passkey, known or not, gets one answer.
+    let anon =
+        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let page = anon.get(format!("{}/sign_in", server.url)).send().expect("page");
+    let seed = cookie_value(&page, "soramai_csrf").expect("seed");
+    let html = page.text().expect("html");
+    assert!(html.contains("Sign in with a passkey") && html.contains("/assets/dashboard.js"), "{html}");
+    let pre = form_csrf(&html);
+    let pre_cookie = format!("soramai_csrf={seed}");
+    let email = |e: &str| json!({"email": e}).to_string();
+    assert_eq!(call("/sign_in/passkey/options", "", &pre, &email("ada@acme.com")).0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        call("/sign_in/passkey/options", &pre_cookie, "forged", &email("ada@acme.com")).0,
+        StatusCode::FORBIDDEN
+    );
+    let known = call("/sign_in/passkey/options", &pre_cookie, &pre, &email("ada@acme.com"));
+    let unknown = call("/sign_in/passkey/options", &pre_cookie, &pre, &email("nobody@acme.com"));
+    assert_eq!(known.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(known, unknown, "no account is told apart");
+    assert_eq!(call("/sign_in/passkey/options", &pre_cookie, &pre, "{\"mail\": 1}").0, StatusCode::BAD_REQUEST);
+    let answer = json!({"id": "AAAA", "rawId": "AAAA", "type": "public-key", "response": {"authenticatorData": "AAAA",
+        "clientDataJSON": "AAAA", "signature": "AAAA", "userHandle": null}, "extensions": {}})
+    .to_string();
+    assert_eq!(call("/sign_in/passkey", "", "", &answer).0, StatusCode::UNAUTHORIZED, "no ceremony");
+    let (s, v) = call("/sign_in/passkey", "soramai_passkey=wa-0000", "", &answer);
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(call("/sign_in/passkey", "soramai_passkey=wa-0000", "", "{}").0, StatusCode::BAD_REQUEST);
+    server.stop();
+
+    // Off without a public address: no routes, no button; an address passkeys cannot use stops
+    // the server at start.
+    let dir = tempfile::tempdir().expect("dir");
+    let off = Server::launch(dir.path(), &[]);
+    let (s, _) = {
+        let res = http
+            .post(format!("{}/sign_in/passkey/options", off.url))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .expect("post");
+        (res.status(), ())
+    };
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(!http.get(format!("{}/sign_in", off.url)).send().expect("page").text().expect("html").contains("passkey"));
+    off.stop();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_soramai"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--public-url", "http://example.com", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no origin passkeys can be bound to"), "{out:?}");
+}

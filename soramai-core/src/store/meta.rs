@@ -310,6 +310,26 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 12: passkeys (WebAuthn public keys and counters; no secret) and the ceremonies under way
+    r#"
+    CREATE TABLE passkeys (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        credential_id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        passkey TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER
+    );
+    CREATE INDEX passkeys_user ON passkeys(user_id);
+    CREATE TABLE webauthn_ceremonies (
+        id_hash BLOB PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        kind TEXT NOT NULL CHECK (kind IN ('register', 'sign_in')),
+        state TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The metadata database: SQLite in the data directory (the embedded default), or a PostgreSQL

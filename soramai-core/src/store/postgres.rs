@@ -319,6 +319,26 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL
     );
 "#,
+    // 7: SQLite's version 12, passkeys
+    r#"
+    CREATE TABLE passkeys (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        user_id TEXT COLLATE "C" NOT NULL REFERENCES users(id),
+        credential_id TEXT COLLATE "C" NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        passkey TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        last_used_at BIGINT
+    );
+    CREATE INDEX passkeys_user ON passkeys(user_id);
+    CREATE TABLE webauthn_ceremonies (
+        id_hash BYTEA PRIMARY KEY,
+        user_id TEXT COLLATE "C" NOT NULL REFERENCES users(id),
+        kind TEXT NOT NULL CHECK (kind IN ('register', 'sign_in')),
+        state TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+"#,
 ];
 
 /// The tables holding wrapped keys: rewritten after a key is destroyed.

@@ -1,13 +1,15 @@
 // The dashboard in a real browser (Debian's headless Chromium, driven by playwright-core) against
 // `soramai serve`: sign up, the operator's console, invite a member who signs in, upload a
 // dataset, start a fine-tune and watch its loss chart update, create and revoke a key, delete the
-// model, approve and revoke an access grant, set up TOTP and sign in with it, sign out. Every
+// model, approve and revoke an access grant, set up TOTP and sign in with it, add a passkey
+// (DevTools' virtual authenticator) and sign in with it, sign out. Every
 // step goes through the pages' labels and buttons, as a person (or a screen reader) finds them.
 // Env: SORAMAI_BIN, SORAMAI_TEST_MODEL, BROWSER_NODE_DIR, CHROMIUM.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
+import { createServer } from 'node:net';
 import { mkdtempSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -19,10 +21,21 @@ const { chromium } = require('playwright-core');
 const MODEL = 'smollm2-135m-instruct';
 const PASSWORD = 'a long enough passphrase';
 
+/** A port free now (the server binds it next; passkeys need the origin, port included, up front). */
+async function freePort() {
+  const s = createServer();
+  await new Promise((ok) => s.listen(0, '127.0.0.1', ok));
+  const { port } = s.address();
+  await new Promise((ok) => s.close(ok));
+  return port;
+}
+
 async function startServer() {
   const dir = mkdtempSync(path.join(tmpdir(), 'soramai-browser-'));
-  const proc = spawn(process.env.SORAMAI_BIN, ['serve', '--data-dir', path.join(dir, 'data'), '--addr', '127.0.0.1:0',
-    '--model', process.env.SORAMAI_TEST_MODEL, '--open-sign-up'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await freePort();
+  const proc = spawn(process.env.SORAMAI_BIN, ['serve', '--data-dir', path.join(dir, 'data'), '--addr', `127.0.0.1:${port}`,
+    '--model', process.env.SORAMAI_TEST_MODEL, '--open-sign-up', '--public-url', `http://localhost:${port}`],
+  { stdio: ['ignore', 'pipe', 'inherit'] });
   let admin;
   for await (const line of readline.createInterface({ input: proc.stdout })) {
     if (line.startsWith('bootstrap admin key')) admin = line.split(' ').pop();
@@ -66,7 +79,7 @@ async function signIn(page, url, email, code) {
   await page.getByLabel('Email', { exact: true }).fill(email);
   await page.getByLabel('Password', { exact: true }).fill(PASSWORD);
   if (code) await page.getByLabel(/Authenticator code/).fill(code);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
 }
 
 test('people run the platform from the dashboard in a real browser', { timeout: 600_000 }, async () => {
@@ -139,7 +152,7 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
 
     // Start a fine-tune; the job's page updates its loss chart while it runs, without a reload.
     await member.getByRole('link', { name: 'Fine-tuning' }).click();
-    await member.getByLabel('Epochs', { exact: true }).fill('3');
+    await member.getByLabel('Epochs', { exact: true }).fill('8');
     await member.getByLabel('Examples per step', { exact: true }).fill('1');
     await member.getByLabel('LoRA rank', { exact: true }).fill('2');
     await member.getByLabel(/Longest example/).fill('64');
@@ -198,7 +211,7 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
     const totpSecret = await owner.getByLabel('Secret (base32)', { exact: true }).inputValue();
     await owner.getByLabel('Code from the app', { exact: true }).fill(totp(totpSecret));
     await owner.getByRole('button', { name: 'Turn on' }).click();
-    assert.match(await owner.getByRole('status').innerText(), /On: signing in asks for the code/);
+    assert.match(await owner.getByRole('status').first().innerText(), /On: signing in asks for the code/);
     await owner.getByRole('button', { name: 'Sign out' }).click();
     await owner.waitForURL(url + '/sign_in');
     await owner.goto(url + '/dashboard');
@@ -209,6 +222,37 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
     await owner.waitForTimeout(30_000 - (Date.now() % 30_000) + 500);
     await signIn(owner, url, 'olga@umbrella.test', totp(totpSecret));
     await owner.waitForURL(url + '/dashboard');
+
+    // A passkey, made on the account page by the DevTools virtual authenticator (a platform
+    // authenticator with user verification), then signs the owner in without password or code.
+    const cdp = await owner.context().newCDPSession(owner);
+    await cdp.send('WebAuthn.enable');
+    const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', { options: { protocol: 'ctap2',
+      transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true,
+      automaticPresenceSimulation: true } });
+    await owner.goto(url + '/account');
+    await owner.getByLabel('Name of the new passkey', { exact: true }).fill('Laptop');
+    await owner.getByRole('button', { name: 'Add a passkey' }).click();
+    await owner.getByRole('button', { name: 'Remove passkey Laptop' }).waitFor();
+    assert.equal((await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials.length, 1);
+    await owner.getByRole('button', { name: 'Sign out' }).click();
+    await owner.waitForURL(url + '/sign_in');
+    await owner.getByLabel('Email', { exact: true }).fill('olga@umbrella.test');
+    await owner.getByRole('button', { name: 'Sign in with a passkey' }).click();
+    await owner.waitForURL(url + '/dashboard');
+    const [cred] = (await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials;
+    assert.ok(cred.signCount >= 1, 'the authenticator signed');
+    // Another person's email finds no passkey; a removed passkey signs no one in.
+    await owner.goto(url + '/account');
+    assert.match(await owner.locator('tbody').last().innerText(), /Laptop[\s\S]*UTC|Laptop/);
+    await owner.getByRole('button', { name: 'Remove passkey Laptop' }).click();
+    await owner.getByText('No passkeys yet.').waitFor();
+    await owner.getByRole('button', { name: 'Sign out' }).click();
+    await owner.waitForURL(url + '/sign_in');
+    await owner.getByLabel('Email', { exact: true }).fill('olga@umbrella.test');
+    await owner.getByRole('button', { name: 'Sign in with a passkey' }).click();
+    await owner.locator('#passkey-status', { hasText: 'Not signed in' }).waitFor();
+    assert.equal(new URL(owner.url()).pathname, '/sign_in');
 
     // Keyboard only: the sign-in form is reached and sent with Tab and Enter.
     const kb = await person();
