@@ -322,7 +322,7 @@ impl Core {
         Ok(())
     }
 
-    fn insert_user(&self, tx: &Db<'_>, email: &str, phc: &str) -> Result<User> {
+    pub(crate) fn insert_user(&self, tx: &Db<'_>, email: &str, phc: &str) -> Result<User> {
         let taken: Option<String> =
             tx.query_row("SELECT id FROM users WHERE email = ?1", [email], |r| r.get(0)).optional()?;
         if taken.is_some() {
@@ -337,7 +337,14 @@ impl Core {
         Ok(user)
     }
 
-    fn insert_member(&self, tx: &Db<'_>, tenant: &TenantId, user: &UserId, role: Role, actor: &Actor) -> Result<()> {
+    pub(crate) fn insert_member(
+        &self,
+        tx: &Db<'_>,
+        tenant: &TenantId,
+        user: &UserId,
+        role: Role,
+        actor: &Actor,
+    ) -> Result<()> {
         tx.execute(
             "INSERT INTO members (tenant_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role",
@@ -409,14 +416,25 @@ impl Core {
     /// A new session for a person who proved who they are (by `method`): clears the email's
     /// failed attempts and records the sign-in in each of their tenants' logs.
     pub(crate) fn start_session(&self, user: User, email_key: &[u8], method: &str) -> Result<IssuedSession> {
+        self.start_confined_session(user, email_key, method, None)
+    }
+
+    /// [`Core::start_session`], confined to one tenant when `tenant` is given.
+    pub(crate) fn start_confined_session(
+        &self,
+        user: User,
+        email_key: &[u8],
+        method: &str,
+        tenant: Option<&TenantId>,
+    ) -> Result<IssuedSession> {
         let now = self.now();
         let token = Token::new("ss-");
         let expires_at = now + SESSION_MAX_MS;
         self.meta.write(|tx| {
             tx.execute("DELETE FROM sign_in_failures WHERE email_hash = ?1", params![email_key])?;
             tx.execute(
-                "INSERT INTO web_sessions (token_hash, user_id, created_at, last_seen, expires_at) VALUES (?1, ?2, ?3, ?3, ?4)",
-                params![token_hash(token.secret()), user.id.as_str(), now, expires_at],
+                "INSERT INTO web_sessions (token_hash, user_id, created_at, last_seen, expires_at, tenant_id) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+                params![token_hash(token.secret()), user.id.as_str(), now, expires_at, tenant.map(TenantId::as_str)],
             )?;
             self.audit_user(tx, &user.id, Action::UserSignedIn, serde_json::json!({"method": method}))
         })?;
@@ -471,21 +489,35 @@ impl Core {
 
     /// The person behind a session token, while the session lives (it ends after
     /// [`SESSION_IDLE_MS`] unused or [`SESSION_MAX_MS`] in all); each use extends the idle window.
+    /// Only a session the person opened themselves (password, passkey) counts here, for what
+    /// reaches the whole account (second factors, passkeys, the password): a session a tenant's
+    /// single sign-on opened is confined to that tenant ([`Core::session`]).
     pub fn session_user(&self, token: &str) -> Result<User> {
+        match self.session(token)? {
+            (user, None) => Ok(user),
+            (_, Some(_)) => Err(Error::NotAllowedForSession),
+        }
+    }
+
+    /// The person behind a session token, and the one tenant the session is confined to when a
+    /// tenant's single sign-on opened it.
+    pub fn session(&self, token: &str) -> Result<(User, Option<TenantId>)> {
         let hash = token_hash(token);
         let now = self.now();
-        let user: Option<String> = self.meta.write(|tx| {
-            let row: Option<(String, Millis, Millis)> = tx
+        let found: Option<(String, Option<String>)> = self.meta.write(|tx| {
+            let row: Option<(String, Millis, Millis, Option<String>)> = tx
                 .query_row(
-                    "SELECT user_id, last_seen, expires_at FROM web_sessions WHERE token_hash = ?1",
+                    "SELECT user_id, last_seen, expires_at, tenant_id FROM web_sessions WHERE token_hash = ?1",
                     params![hash],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
             match row {
-                Some((user, last_seen, expires_at)) if now < expires_at && now - last_seen < SESSION_IDLE_MS => {
+                Some((user, last_seen, expires_at, tenant))
+                    if now < expires_at && now - last_seen < SESSION_IDLE_MS =>
+                {
                     tx.execute("UPDATE web_sessions SET last_seen = ?2 WHERE token_hash = ?1", params![hash, now])?;
-                    Ok(Some(user))
+                    Ok(Some((user, tenant)))
                 }
                 Some(_) => {
                     tx.execute("DELETE FROM web_sessions WHERE token_hash = ?1", params![hash])?;
@@ -494,7 +526,8 @@ impl Core {
                 None => Ok(None),
             }
         })?;
-        self.user(&UserId::new(user.ok_or(Error::Unauthenticated)?)?)
+        let (user, tenant) = found.ok_or(Error::Unauthenticated)?;
+        Ok((self.user(&UserId::new(user)?)?, tenant.map(TenantId::new).transpose()?))
     }
 
     /// Ends a session (signing out). Unknown tokens are ignored.
@@ -548,7 +581,10 @@ impl Core {
     /// A signed-in person acting in one of their tenants: a principal with their role's scopes,
     /// recorded as `user:<id>`. A tenant they do not belong to is not found.
     pub fn session_principal(&self, token: &str, tenant: &TenantId) -> Result<(User, Role, Principal)> {
-        let user = self.session_user(token)?;
+        let (user, confined) = self.session(token)?;
+        if confined.is_some_and(|t| &t != tenant) {
+            return Err(Error::NotFound { kind: "member" });
+        }
         let role = self.role_of(tenant, &user.id)?;
         let principal = Principal::for_user(tenant, &user.id, role.scopes());
         Ok((user, role, principal))

@@ -118,6 +118,8 @@ pub enum Action {
     UserTotpDisabled,
     UserPasskeyAdded,
     UserPasskeyRemoved,
+    SsoConfigured,
+    SsoRemoved,
 }
 
 impl Action {
@@ -172,6 +174,8 @@ impl Action {
             Action::UserTotpDisabled => "user.totp_disabled",
             Action::UserPasskeyAdded => "user.passkey_added",
             Action::UserPasskeyRemoved => "user.passkey_removed",
+            Action::SsoConfigured => "sso.configured",
+            Action::SsoRemoved => "sso.removed",
         }
     }
 }

@@ -365,6 +365,8 @@ fn restore_keys(
                     "access_grants",
                     "members",
                     "invitations",
+                    "sso_configs",
+                    "sso_logins",
                 ] {
                     tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = ?1"), [tenant])?;
                 }

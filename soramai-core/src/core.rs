@@ -775,6 +775,8 @@ impl Core {
             tx.execute("DELETE FROM custom_models WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM members WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM invitations WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM sso_configs WHERE tenant_id = ?1", [id.as_str()])?;
+            tx.execute("DELETE FROM sso_logins WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM access_grants WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute("DELETE FROM tenant_closures WHERE tenant_id = ?1", [id.as_str()])?;
             tx.execute(

@@ -30,6 +30,10 @@ pub enum Error {
     /// The password was right; the account also needs its TOTP code.
     #[error("a TOTP code is required")]
     SecondFactorRequired,
+    /// A session a tenant's single sign-on opened reaches that tenant only, not the account's
+    /// own settings: sign in with a password or passkey for those.
+    #[error("this session is confined to one tenant; sign in with your password or passkey")]
+    NotAllowedForSession,
     /// Too many failed sign-ins for this email: it is locked for a while.
     #[error("too many failed sign-ins; try again in {retry_after_seconds} s")]
     Locked {

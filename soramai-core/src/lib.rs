@@ -44,6 +44,7 @@ pub mod metering;
 pub mod models;
 pub mod passkeys;
 pub mod retention;
+pub mod sso;
 pub mod store;
 pub mod tier;
 mod vault;

@@ -61,6 +61,7 @@ impl Tier {
             requests_per_minute: rpm,
             max_concurrent_requests: conc,
             keys_bindable_to_pool: matches!(self, Tier::Org | Tier::Enterprise),
+            sso: matches!(self, Tier::Org | Tier::Enterprise),
             customer_held_root_key: self == Tier::Enterprise,
             operator_access: match self {
                 Tier::Free | Tier::Basic | Tier::Pro => OperatorAccess::OnGrant,
@@ -151,6 +152,8 @@ pub struct Policy {
     pub max_concurrent_requests: u32,
     /// API keys may be bound to a dedicated pool.
     pub keys_bindable_to_pool: bool,
+    /// Members may sign in through the tenant's own OpenID Connect provider.
+    pub sso: bool,
     /// The tenant's keys are wrapped by a customer-held root key the operator never stores.
     pub customer_held_root_key: bool,
     /// How the operator may reach the tenant's data.
@@ -171,6 +174,7 @@ mod tests {
         assert!(Tier::Pro.policy().custom_gguf_upload && !Tier::Basic.policy().custom_gguf_upload);
         assert!(Tier::Org.policy().audit_log_access && Tier::Org.policy().access_log);
         assert!(Tier::Org.policy().keys_bindable_to_pool && !Tier::Pro.policy().keys_bindable_to_pool);
+        assert!(Tier::Org.policy().sso && !Tier::Pro.policy().sso);
         assert!(Tier::Enterprise.policy().customer_held_root_key);
         assert_eq!(Tier::Basic.policy().operator_access, OperatorAccess::OnGrant);
         assert_eq!(Tier::Org.policy().operator_access, OperatorAccess::TenantApproval);

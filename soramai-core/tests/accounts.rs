@@ -275,3 +275,74 @@ fn no_password_secret_or_token_is_stored_in_the_clear() {
         }
     }
 }
+
+#[test]
+fn single_sign_on_vouches_for_members_of_its_own_tenant_only() {
+    use soramai_core::sso::SsoConfig;
+    let env = Env::new();
+    let issuer = "https://idp.initech.example";
+    let secret = "zq5-canary-sso-secret-Kumo";
+    let config = |role| SsoConfig { issuer: issuer.into(), client_id: "soramai".into(), default_role: role };
+
+    // Org and up; admins only; the secret sealed under the tenant key.
+    let (pro, pro_admin) = env.tenant("hooli", Tier::Pro);
+    let err = env.core.set_sso(&pro_admin, &config(None), secret).expect_err("pro");
+    assert!(matches!(err, Error::NotAllowed { .. }), "{err:?}");
+    let (initech, admin) = env.tenant("initech", Tier::Org);
+    for bad in [
+        SsoConfig { issuer: "ftp://idp".into(), ..config(None) },
+        SsoConfig { client_id: String::new(), ..config(None) },
+        config(Some(Role::Owner)),
+    ] {
+        assert!(matches!(env.core.set_sso(&admin, &bad, secret), Err(Error::InvalidArgument(_))), "{bad:?}");
+    }
+    assert!(env.core.sso_config(&admin).expect("read").is_none(), "refused settings stored nothing");
+    env.core.set_sso(&admin, &config(None), secret).expect("set");
+    assert_eq!(env.core.sso_client(&initech).expect("client").1.as_str(), secret);
+    assert!(env.core.sso_client(&pro).is_err());
+    for f in env.stored_files() {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret in {}", f.display());
+    }
+
+    // Members only: a verified email of a member signs in and is linked; anyone else is refused.
+    let (_, _, p) = {
+        env.core.sign_up("ivy@initech.example", PASSWORD, &TenantId::new("ivy-own").expect("id")).expect("ivy");
+        let inv = env.core.invite(&admin, "ivy@initech.example", Role::Member).expect("invite");
+        env.core.accept_invitation(inv.token.secret(), PASSWORD).expect("join");
+        let s = env.core.sign_in("ivy@initech.example", PASSWORD, None).expect("password");
+        env.core.session_principal(s.token.secret(), &initech).expect("member")
+    };
+    assert_eq!(p.tenant(), &initech);
+    let stranger = env.core.sso_sign_in(&initech, issuer, "sub-stranger", Some("sam@initech.example"));
+    assert!(matches!(stranger, Err(Error::Unauthenticated)), "{stranger:?}");
+    assert!(env.core.sso_sign_in(&initech, issuer, "sub-ivy", None).is_err(), "no verified email, no link");
+    assert!(env.core.sso_sign_in(&initech, "https://other.example", "sub-ivy", Some("ivy@initech.example")).is_err());
+    let s = env.core.sso_sign_in(&initech, issuer, "sub-ivy", Some("ivy@initech.example")).expect("member");
+    // The session is confined: this tenant only, and not the account's own settings.
+    let token = s.token.secret();
+    assert!(env.core.session_principal(token, &initech).is_ok());
+    let own = TenantId::new("ivy-own").expect("id");
+    assert!(env.core.session_principal(token, &own).is_err(), "the provider vouches for nothing elsewhere");
+    assert!(matches!(env.core.begin_totp(token), Err(Error::NotAllowedForSession)));
+    assert!(matches!(env.core.session_user(token), Err(Error::NotAllowedForSession)));
+    // The link is by subject from now on (a changed email at the provider changes nothing).
+    env.core.sso_sign_in(&initech, issuer, "sub-ivy", Some("ivy.new@initech.example")).expect("linked");
+
+    // With a default role, a verified email that is no member joins (no password of its own).
+    env.core.set_sso(&admin, &config(Some(Role::Viewer)), secret).expect("set");
+    let sam = env.core.sso_sign_in(&initech, issuer, "sub-sam", Some("sam@initech.example")).expect("joins");
+    let (_, role, _) = env.core.session_principal(sam.token.secret(), &initech).expect("member");
+    assert_eq!(role, Role::Viewer);
+    assert!(env.core.sign_in("sam@initech.example", "", None).is_err(), "no password to guess");
+    let log = actions(&env, &initech);
+    assert!(log.iter().any(|a| a == "sso.configured") && log.iter().any(|a| a == "member.joined"), "{log:?}");
+
+    // Removed from the tenant, the link signs no one in; off, nothing signs in.
+    let sam_id = sam.user.id.clone();
+    env.core.remove_member(&admin, &sam_id).expect("remove");
+    assert!(env.core.sso_sign_in(&initech, issuer, "sub-sam", Some("sam@initech.example")).is_err());
+    env.core.delete_sso(&admin).expect("off");
+    assert!(env.core.sso_sign_in(&initech, issuer, "sub-ivy", Some("ivy@initech.example")).is_err());
+    assert!(env.core.sso_client(&initech).is_err());
+}

@@ -36,6 +36,7 @@ pub struct AppState {
     sign_ins: Arc<crate::web::AttemptLimiter>,
     sign_up: bool,
     passkeys: Option<Arc<soramai::core::passkeys::PasskeyConfig>>,
+    sso: Option<crate::sso::SsoOptions>,
 }
 
 impl AppState {
@@ -47,6 +48,7 @@ impl AppState {
             sign_ins: Arc::default(),
             sign_up: false,
             passkeys: None,
+            sso: None,
         }
     }
 
@@ -71,6 +73,17 @@ impl AppState {
     /// The passkeys' relying party, when they are on.
     pub(crate) fn passkeys(&self) -> Option<&Arc<soramai::core::passkeys::PasskeyConfig>> {
         self.passkeys.as_ref()
+    }
+
+    /// Turns single sign-on on, with providers sending people back to `options.redirect`.
+    pub fn with_sso(mut self, options: crate::sso::SsoOptions) -> Self {
+        self.sso = Some(options);
+        self
+    }
+
+    /// How single sign-on reaches providers, when it is on.
+    pub(crate) fn sso(&self) -> Option<&crate::sso::SsoOptions> {
+        self.sso.as_ref()
     }
 
     /// Whether `/sign_up` is open.

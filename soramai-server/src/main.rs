@@ -18,6 +18,7 @@ mod dashboard;
 mod http;
 mod operator;
 mod passkeys;
+mod sso;
 mod web;
 
 use clap::{Parser, Subcommand};
@@ -233,6 +234,10 @@ struct ServeArgs {
     /// `http://localhost:8080`): turns on passkey sign-in, bound to that origin.
     #[arg(long)]
     public_url: Option<String>,
+    /// Let tenants' single sign-on reach an `http://` provider on a loopback host (a provider on
+    /// this machine, tests); otherwise providers are reached over https only.
+    #[arg(long)]
+    sso_allow_http_loopback: bool,
 }
 
 impl ServeArgs {
@@ -350,6 +355,8 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
+    // The one TLS crypto provider (ring) for every rustls client and server in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Tokenize { model, no_special, text } => report(tokenize(&model, no_special, &text)),
@@ -418,6 +425,14 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             .with_password_attempts(a.password_attempts_per_minute);
         let state = match passkeys {
             Some(config) => state.with_passkeys(config),
+            None => state,
+        };
+        // Single sign-on needs the address providers send people back to.
+        let state = match &a.public_url {
+            Some(url) => state.with_sso(sso::SsoOptions {
+                redirect: format!("{}/sso/callback", url.trim_end_matches('/')),
+                allow_http_loopback: a.sso_allow_http_loopback,
+            }),
             None => state,
         };
         http::serve(listener, tls, state, a.limits()).await

@@ -125,6 +125,7 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::dashboard::routes())
         .merge(crate::operator::routes())
         .merge(crate::passkeys::routes())
+        .merge(crate::sso::routes())
 }
 
 fn templates() -> &'static minijinja::Environment<'static> {
@@ -154,6 +155,8 @@ fn templates() -> &'static minijinja::Environment<'static> {
             ("usage.html", include_str!("../templates/usage.html")),
             ("sign_up.html", include_str!("../templates/sign_up.html")),
             ("operator.html", include_str!("../templates/operator.html")),
+            ("sso.html", include_str!("../templates/sso.html")),
+            ("redirect.html", include_str!("../templates/redirect.html")),
         ] {
             // The templates are the binary's own: a broken one fails every test that renders it.
             if env.add_template(name, text).is_err() {
@@ -222,6 +225,19 @@ pub(crate) fn set_cookie(name: &str, value: &str, max_age: i64) -> String {
     format!("{name}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}")
 }
 
+/// A cookie sent back on a top-level navigation from another site too (single sign-on's state,
+/// which returns from the provider's site); only on `path`.
+pub(crate) fn set_lax_cookie(name: &str, value: &str, path: &str, max_age: i64) -> String {
+    format!("{name}={value}; HttpOnly; Secure; SameSite=Lax; Path={path}; Max-Age={max_age}")
+}
+
+/// A page that moves the browser on to `to` by itself (a meta refresh, with a link), where a
+/// redirect would not do: after a form, whose CSP `form-action` keeps redirects on this site, and
+/// after a navigation from another site, which brings no SameSite=Strict cookie along the chain.
+pub(crate) fn onward(to: &str, text: &str, cookies: &[String]) -> Response {
+    page(StatusCode::OK, "redirect.html", json!({"to": to, "text": text, "title": "Continue"}), cookies)
+}
+
 pub(crate) fn clear_cookie(name: &str) -> String {
     set_cookie(name, "", 0)
 }
@@ -272,7 +288,8 @@ fn pre_session(headers: &HeaderMap) -> (String, Vec<String>) {
 
 async fn sign_in_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let (seed, cookies) = pre_session(&headers);
-    let ctx = json!({"csrf": csrf_token(&seed), "email": "", "sign_up": s.sign_up_open(), "passkeys": s.passkeys().is_some()});
+    let ctx = json!({"csrf": csrf_token(&seed), "email": "", "sign_up": s.sign_up_open(), "passkeys": s.passkeys().is_some(),
+        "sso": s.sso().is_some()});
     page(StatusCode::OK, "sign_in.html", ctx, &cookies)
 }
 
@@ -419,8 +436,13 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let core = s.platform().core().clone();
     let t = token.clone();
     let found = blocking(move || {
-        let user = core.session_user(&t)?;
-        let memberships = core.memberships(&user.id)?;
+        let (user, confined) = core.session(&t)?;
+        // A session a tenant's single sign-on opened shows that tenant only.
+        let memberships: Vec<_> = core
+            .memberships(&user.id)?
+            .into_iter()
+            .filter(|m| confined.as_ref().is_none_or(|t| &m.tenant == t))
+            .collect();
         Ok((user, memberships))
     })
     .await;
@@ -491,6 +513,10 @@ async fn signed_in(s: &AppState, headers: &HeaderMap) -> Result<(String, soramai
     let t = token.clone();
     match blocking(move || core.session_user(&t)).await {
         Ok(user) => Ok((token, user)),
+        Err(Error::NotAllowedForSession) => Err(Box::new(crate::dashboard::message(
+            StatusCode::FORBIDDEN,
+            "You signed in through your organization's provider: your account's own settings need a sign-in with your password or a passkey.",
+        ))),
         Err(_) => Err(Box::new(redirect("/sign_in", &[clear_cookie(SESSION_COOKIE)]))),
     }
 }

@@ -446,3 +446,68 @@ fn passkey_endpoints_refuse_what_is_not_their_own_ceremony() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no origin passkeys can be bound to"), "{out:?}");
 }
+
+#[test]
+fn single_sign_on_endpoints_refuse_what_is_not_their_own_sign_in() {
+    let dir = tempfile::tempdir().expect("dir");
+    let args = ["--public-url", "http://localhost:8080"].map(std::ffi::OsStr::new);
+    let server = Server::launch(dir.path(), &args);
+    let initech = server.tenant("initech", "org", 0);
+    let hooli = server.tenant("hooli", "pro", 0);
+    let ivy = join_and_sign_in(&server, &initech, "ivy@initech.com", "admin", PASSWORD);
+    let mo = join_and_sign_in(&server, &initech, "mo@initech.com", "member", PASSWORD);
+    let hal = join_and_sign_in(&server, &hooli, "hal@hooli.com", "admin", PASSWORD);
+    let web = Web::new(&server);
+    let csrf_of = |session: &str| form_csrf(&web.get(session, "/dashboard").1);
+    let settings = |csrf: &str, issuer: &str| {
+        vec![
+            ("csrf", csrf.to_owned()),
+            ("issuer", issuer.to_owned()),
+            ("client_id", "soramai".to_owned()),
+            ("client_secret", "zq5-sso-secret".to_owned()),
+            ("default_role", "member".to_owned()),
+        ]
+    };
+    let post = |session: &str, path: &str, v: Vec<(&str, String)>| {
+        let f: Vec<(&str, &str)> = v.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        web.post(session, path, &f)
+    };
+
+    // Settings: admins of Org and up, with the session's token; a bad issuer changes nothing.
+    let (ivy_csrf, mo_csrf, hal_csrf) = (csrf_of(&ivy), csrf_of(&mo), csrf_of(&hal));
+    assert_eq!(post(&ivy, "/t/initech/sso", settings("forged", "https://idp.example")).0, StatusCode::FORBIDDEN);
+    assert_eq!(post(&mo, "/t/initech/sso", settings(&mo_csrf, "https://idp.example")).0, StatusCode::FORBIDDEN);
+    assert_eq!(post(&hal, "/t/hooli/sso", settings(&hal_csrf, "https://idp.example")).0, StatusCode::FORBIDDEN);
+    assert_eq!(post(&hal, "/t/initech/sso", settings(&hal_csrf, "https://idp.example")).0, StatusCode::NOT_FOUND);
+    let (s, html) = post(&ivy, "/t/initech/sso", settings(&ivy_csrf, "javascript:alert(1)"));
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{html}");
+    assert!(web.get(&ivy, "/t/initech/sso").1.contains("value=\"\""), "nothing stored");
+    assert_eq!(post(&ivy, "/t/initech/sso", settings(&ivy_csrf, "https://idp.example")).0, StatusCode::SEE_OTHER);
+    let (_, html) = web.get(&ivy, "/t/initech/sso");
+    assert!(html.contains("On: https:&#x2f;&#x2f;idp.example") && !html.contains("zq5-sso-secret"), "{html}");
+
+    // Starting: an unknown team or one without single sign-on is a 404; an https provider that
+    // cannot be reached is a 502 page, and nothing is sent anywhere.
+    let anon =
+        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let get = |path: &str, cookie: &str| {
+        let res = anon.get(format!("{}{path}", server.url)).header("cookie", cookie).send().expect("get");
+        (res.status(), res.text().expect("html"))
+    };
+    assert_eq!(get("/sso/start?tenant=nobody", "").0, StatusCode::NOT_FOUND);
+    assert_eq!(get("/sso/start?tenant=hooli", "").0, StatusCode::NOT_FOUND);
+    assert_eq!(get("/sso/start?tenant=../x", "").0, StatusCode::NOT_FOUND);
+    let (s, html) = get("/sso/start?tenant=initech", "");
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{html}");
+    assert!(html.contains("discovery failed"), "{html}");
+
+    // Callbacks: the state must be this browser's own and still waiting.
+    assert_eq!(get("/sso/callback?code=c&state=s1", "").0, StatusCode::FORBIDDEN, "no cookie: login CSRF");
+    assert_eq!(get("/sso/callback?code=c&state=s1", "soramai_sso=s2").0, StatusCode::FORBIDDEN);
+    assert_eq!(get("/sso/callback?code=c&state=", "soramai_sso=").0, StatusCode::FORBIDDEN);
+    let (s, html) = get("/sso/callback?code=c&state=s1", "soramai_sso=s1");
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{html}");
+    assert_eq!(get("/sso/callback?error=access_denied&state=s1", "soramai_sso=s1").0, StatusCode::UNAUTHORIZED);
+    let out = server.stop();
+    assert!(!out.contains("zq5-sso-secret"), "the secret reached a log");
+}

@@ -116,9 +116,11 @@ impl PlatformError {
             PlatformError::Core(c) | PlatformError::Rag(soramai_rag::Error::Core(c)) => match c {
                 C::Unauthenticated | C::SecondFactorRequired => ErrorKind::Authentication,
                 C::Locked { .. } => ErrorKind::RateLimited,
-                C::MissingScope(_) | C::NotAllowed { .. } | C::TenantLocked | C::OperatorAccess(_) => {
-                    ErrorKind::PermissionDenied
-                }
+                C::MissingScope(_)
+                | C::NotAllowed { .. }
+                | C::TenantLocked
+                | C::OperatorAccess(_)
+                | C::NotAllowedForSession => ErrorKind::PermissionDenied,
                 C::NotFound { .. } => ErrorKind::NotFound,
                 C::AlreadyExists { .. } | C::InvalidJobState { .. } => ErrorKind::Conflict,
                 C::InvalidArgument(_) | C::InvalidDataset { .. } => ErrorKind::InvalidRequest,

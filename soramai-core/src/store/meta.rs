@@ -330,6 +330,32 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 13: single sign-on: a tenant's OpenID Connect provider (its client secret is an object
+    // sealed under the tenant key), the provider accounts linked to people, sign-ins under way
+    r#"
+    CREATE TABLE sso_configs (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+        issuer TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        default_role TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE sso_links (
+        issuer TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (issuer, subject)
+    );
+    ALTER TABLE web_sessions ADD COLUMN tenant_id TEXT;
+    CREATE TABLE sso_logins (
+        state_hash BLOB PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        nonce TEXT NOT NULL,
+        pkce_verifier TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The metadata database: SQLite in the data directory (the embedded default), or a PostgreSQL

@@ -339,6 +339,31 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL
     );
 "#,
+    // 8: SQLite's version 13, single sign-on
+    r#"
+    CREATE TABLE sso_configs (
+        tenant_id TEXT COLLATE "C" PRIMARY KEY REFERENCES tenants(id),
+        issuer TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        default_role TEXT,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE sso_links (
+        issuer TEXT COLLATE "C" NOT NULL,
+        subject TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL REFERENCES users(id),
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (issuer, subject)
+    );
+    ALTER TABLE web_sessions ADD COLUMN tenant_id TEXT COLLATE "C";
+    CREATE TABLE sso_logins (
+        state_hash BYTEA PRIMARY KEY,
+        tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+        nonce TEXT NOT NULL,
+        pkce_verifier TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// The tables holding wrapped keys: rewritten after a key is destroyed.

@@ -309,3 +309,37 @@ pub(super) async fn revoke_grant(
     })
     .await
 }
+
+/// Names the tenant's OpenID Connect provider (the secret is sealed under the tenant's key).
+pub(super) async fn set_sso(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    let role = field(&f, "default_role");
+    let config = soramai::core::sso::SsoConfig {
+        issuer: field(&f, "issuer").trim().to_owned(),
+        client_id: field(&f, "client_id").trim().to_owned(),
+        default_role: None,
+    };
+    let secret = field(&f, "client_secret");
+    act(&s, &headers, view(tenant, "sso"), &field(&f, "csrf"), move |session| {
+        let default_role = if role.is_empty() { None } else { Some(role.parse::<soramai::core::Role>()?) };
+        let config = soramai::core::sso::SsoConfig { default_role, ..config };
+        Ok(session.platform().core().set_sso(session.principal(), &config, &secret)?)
+    })
+    .await
+}
+
+pub(super) async fn delete_sso(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Form(f): Fields,
+) -> Response {
+    act(&s, &headers, view(tenant, "sso"), &field(&f, "csrf"), move |session| {
+        Ok(session.platform().core().delete_sso(session.principal())?)
+    })
+    .await
+}

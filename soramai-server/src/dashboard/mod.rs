@@ -52,6 +52,8 @@ pub fn routes() -> Router<AppState> {
         .route("/t/{tenant}/grants/{id}/approve", post(forms::approve_grant))
         .route("/t/{tenant}/grants/{id}/revoke", post(forms::revoke_grant))
         .route("/t/{tenant}/usage", get(list("usage")))
+        .route("/t/{tenant}/sso", get(list("sso")).post(forms::set_sso))
+        .route("/t/{tenant}/sso/delete", post(forms::delete_sso))
         .route("/t/{tenant}/audit", get(list("audit")))
 }
 

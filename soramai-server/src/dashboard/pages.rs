@@ -42,6 +42,7 @@ pub(super) fn load(view: &View, session: &Session) -> Result<Value, PlatformErro
             "scopes": g.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
             "minutes": g.ttl_seconds / 60, "requested": utc(g.requested_at), "expires": utc(g.expires_at),
             "ended_by": g.ended_by})).collect::<Vec<_>>()}),
+        "sso" => json!({"sso": core.sso_config(p)?, "sso_allowed": core.tenant(p.tenant())?.tier.policy().sso}),
         "usage" => {
             let since = core.now() - USAGE_DAYS * 86_400_000;
             let usage = session.usage(since)?;
