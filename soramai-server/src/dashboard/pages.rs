@@ -124,6 +124,7 @@ fn event_row(e: &JobEvent) -> Value {
             d["tokens_per_second"].as_f64().unwrap_or(0.0)
         ),
         "state" => format!("state: {}", d.get("state").and_then(Value::as_str).unwrap_or("?")),
+        "checkpoint" => format!("encrypted checkpoint at step {}", d["step"]),
         _ => d.get("name").and_then(Value::as_str).unwrap_or(&e.kind).to_owned(),
     };
     json!({"seq": e.seq, "at": utc(e.at), "kind": e.kind, "text": text})

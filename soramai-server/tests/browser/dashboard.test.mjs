@@ -87,6 +87,14 @@ function dataset() {
   return Buffer.from(out);
 }
 
+/** With SORAMAI_SCREENSHOTS set (scripts/screenshots.sh), the page as a PNG for the README. */
+async function shot(page, name) {
+  const dir = process.env.SORAMAI_SCREENSHOTS;
+  if (!dir) return;
+  await page.setViewportSize({ width: 1000, height: 760 });
+  await page.screenshot({ path: path.join(dir, `${name}.png`), fullPage: true });
+}
+
 async function signIn(page, url, email, code) {
   await page.goto(url + '/sign_in');
   await page.getByLabel('Email', { exact: true }).fill(email);
@@ -120,6 +128,8 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
 
     // Sign up: a Free team the person owns, signed in at once.
     const owner = await person();
+    await owner.goto(url + '/sign_in');
+    await shot(owner, 'sign-in');
     await owner.goto(url + '/sign_up');
     await owner.getByLabel('Email', { exact: true }).fill('olga@umbrella.test');
     await owner.getByLabel(/^Password/).fill(PASSWORD);
@@ -145,6 +155,7 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
     const consoleText = await ops.locator('main').innerText();
     assert.match(consoleText, /umbrella\s+active/);
     assert.doesNotMatch(consoleText, /olga@umbrella\.test/);
+    await shot(ops, 'operator');
 
     // Invite a member; they accept on the link shown once and sign in.
     await owner.getByRole('link', { name: 'Members' }).click();
@@ -166,6 +177,7 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
     await member.getByLabel(/Chat fine-tuning data/).setInputFiles({ name: 'kumo.jsonl', mimeType: 'application/jsonl', buffer: dataset() });
     await member.getByRole('button', { name: 'Upload' }).click();
     assert.match(await member.getByRole('status').innerText(), /Uploaded kumo\.jsonl: 4 examples/);
+    await shot(member, 'datasets');
 
     // Start a fine-tune; the job's page updates its loss chart while it runs, without a reload.
     await member.getByRole('link', { name: 'Fine-tuning' }).click();
@@ -190,12 +202,14 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
     assert.ok(seen.size >= 2, `the chart updated in place: step counts seen ${[...seen]}`);
     assert.match(await member.locator('figcaption').innerText(), /Training loss per step: [\d.]+ at the first step/);
     const ft = (await member.getByRole('status').innerText()).match(/Model: (ft:\S+?)\.?$/m)[1];
+    await shot(member, 'fine-tuning-job');
 
     // Keys: created and shown once, works; revoked, refused at once.
     await owner.getByRole('link', { name: 'API keys' }).click();
     await owner.getByLabel('Name', { exact: true }).fill('ci');
     await owner.getByRole('button', { name: 'Create key' }).click();
     const secret = await owner.getByLabel('Key ci', { exact: true }).inputValue();
+    await shot(owner, 'keys');
     assert.equal((await api(server, secret, 'GET', '/v1/models')).status, 200);
     await owner.getByRole('button', { name: 'Revoke ci' }).click();
     assert.equal((await api(server, secret, 'GET', '/v1/models')).status, 401);
@@ -216,6 +230,7 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
     assert.match(await owner.locator('tbody').innerText(), /INC-12 stuck job[\s\S]*pending/);
     await owner.getByRole('button', { name: `Approve grant ${g.body.id}` }).click();
     assert.equal((await api(server, g.body.key, 'GET', '/v1/files')).status, 200);
+    await shot(owner, 'access-grants');
     await owner.getByRole('button', { name: `Revoke grant ${g.body.id}` }).click();
     assert.match(await owner.locator('tbody').innerText(), /revoked/);
     assert.equal((await api(server, g.body.key, 'GET', '/v1/files')).status, 401);
@@ -232,6 +247,7 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
     await owner.getByLabel(/no members yet/).selectOption('member');
     await owner.getByRole('button', { name: 'Save' }).click();
     assert.match(await owner.getByRole('status').innerText(), /^On: http:\/\/localhost/);
+    await shot(owner, 'single-sign-on');
     const ssoSignIn = async (page, email) => {
       await page.goto(url + '/sign_in');
       await page.getByLabel(/its team name/).fill('umbrella');
@@ -288,6 +304,7 @@ test('people run the platform from the dashboard in a real browser', { timeout: 
     await owner.getByLabel('Name of the new passkey', { exact: true }).fill('Laptop');
     await owner.getByRole('button', { name: 'Add a passkey' }).click();
     await owner.getByRole('button', { name: 'Remove passkey Laptop' }).waitFor();
+    await shot(owner, 'account');
     assert.equal((await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials.length, 1);
     await owner.getByRole('button', { name: 'Sign out' }).click();
     await owner.waitForURL(url + '/sign_in');
