@@ -3,6 +3,8 @@
 //! there what is shown once (a new key, an invitation link). A form that lacks a field or holds a
 //! malformed one gets its page again with the reason and changes nothing.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::{Form, Multipart, Path, State};
@@ -10,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 use soramai::core::{Hyperparameters, Scope, UserId};
-use soramai::{DocumentInput, FineTuneRequest, KeyRequest, PlatformError};
+use soramai::{DocumentInput, FineTuneRequest, KeyRequest, PlatformError, Session};
 
 use super::{View, act, checked, refused, run, shown};
 use crate::http::AppState;
@@ -47,6 +49,28 @@ fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
 
 fn view(tenant: String, name: &'static str) -> View {
     View::new(tenant, name, None)
+}
+
+/// A handler's answer, boxed.
+pub(super) type Answer = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// The handler of a post on one item of a page (`/t/{tenant}/<page>/{id}/…`): checks the person
+/// and the CSRF token, runs `action` on the id, and goes back to the page.
+pub(super) fn on_item(
+    page: &'static str,
+    action: fn(&Session, &str) -> Result<(), PlatformError>,
+) -> impl Fn(State<AppState>, HeaderMap, Path<(String, String)>, Fields) -> Answer + Clone + Send + Sync + 'static {
+    move |State(s), headers, Path((tenant, id)), Form(f)| {
+        Box::pin(async move {
+            act(&s, &headers, view(tenant, page), &field(&f, "csrf"), move |session| action(session, &id)).await
+        })
+    }
+}
+
+/// Removes a member of the tenant.
+pub(super) fn remove_member(session: &Session, user: &str) -> Result<(), PlatformError> {
+    let user = UserId::new(user).map_err(|_| soramai::Error::NotFound { kind: "member" })?;
+    Ok(session.platform().core().remove_member(session.principal(), &user)?)
 }
 
 pub(super) async fn upload_dataset(
@@ -91,15 +115,6 @@ pub(super) async fn upload_dataset(
         }
         Err(e) => refused(&s, &a, &view, e).await,
     }
-}
-
-pub(super) async fn delete_dataset(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path((tenant, id)): Path<(String, String)>,
-    Form(f): Fields,
-) -> Response {
-    act(&s, &headers, view(tenant, "datasets"), &field(&f, "csrf"), move |session| session.delete_dataset(&id)).await
 }
 
 /// Starts a fine-tuning job and goes to its page.
@@ -160,15 +175,6 @@ pub(super) async fn cancel_job(
     act(&s, &headers, v, &field(&f, "csrf"), move |session| session.cancel_fine_tuning_job(&id).map(drop)).await
 }
 
-pub(super) async fn delete_model(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path((tenant, id)): Path<(String, String)>,
-    Form(f): Fields,
-) -> Response {
-    act(&s, &headers, view(tenant, "models"), &field(&f, "csrf"), move |session| session.delete_model(&id)).await
-}
-
 pub(super) async fn create_corpus(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -177,15 +183,6 @@ pub(super) async fn create_corpus(
 ) -> Response {
     let id = field(&f, "id");
     act(&s, &headers, view(tenant, "corpora"), &field(&f, "csrf"), move |session| session.create_corpus(&id)).await
-}
-
-pub(super) async fn delete_corpus(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path((tenant, id)): Path<(String, String)>,
-    Form(f): Fields,
-) -> Response {
-    act(&s, &headers, view(tenant, "corpora"), &field(&f, "csrf"), move |session| session.delete_corpus(&id)).await
 }
 
 /// Adds (or replaces, by id) one document typed or pasted into the form.
@@ -248,15 +245,6 @@ pub(super) async fn rotate_key(
     .await
 }
 
-pub(super) async fn revoke_key(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path((tenant, id)): Path<(String, String)>,
-    Form(f): Fields,
-) -> Response {
-    act(&s, &headers, view(tenant, "keys"), &field(&f, "csrf"), move |session| session.revoke_api_key(&id)).await
-}
-
 pub(super) async fn invite(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -269,43 +257,6 @@ pub(super) async fn invite(
         let i = session.platform().core().invite(session.principal(), &email, role)?;
         let link = format!("/invitations/accept?token={}", i.token.secret());
         Ok(json!({"invited": {"email": i.invitation.email, "role": i.invitation.role.as_str(), "link": link}}))
-    })
-    .await
-}
-
-pub(super) async fn remove_member(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path((tenant, user)): Path<(String, String)>,
-    Form(f): Fields,
-) -> Response {
-    act(&s, &headers, view(tenant, "members"), &field(&f, "csrf"), move |session| {
-        let user = UserId::new(user).map_err(|_| soramai::Error::NotFound { kind: "member" })?;
-        Ok(session.platform().core().remove_member(session.principal(), &user)?)
-    })
-    .await
-}
-
-pub(super) async fn approve_grant(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path((tenant, id)): Path<(String, String)>,
-    Form(f): Fields,
-) -> Response {
-    act(&s, &headers, view(tenant, "grants"), &field(&f, "csrf"), move |session| {
-        session.approve_access_grant(&id).map(drop)
-    })
-    .await
-}
-
-pub(super) async fn revoke_grant(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path((tenant, id)): Path<(String, String)>,
-    Form(f): Fields,
-) -> Response {
-    act(&s, &headers, view(tenant, "grants"), &field(&f, "csrf"), move |session| {
-        session.revoke_access_grant(&id).map(drop)
     })
     .await
 }

@@ -31,26 +31,32 @@ pub fn routes() -> Router<AppState> {
     };
     Router::new()
         .route("/t/{tenant}/datasets", get(list("datasets")).post(forms::upload_dataset))
-        .route("/t/{tenant}/datasets/{id}/delete", post(forms::delete_dataset))
+        .route("/t/{tenant}/datasets/{id}/delete", post(forms::on_item("datasets", |s, id| s.delete_dataset(id))))
         .route("/t/{tenant}/jobs", get(list("jobs")).post(forms::create_job))
         .route("/t/{tenant}/jobs/{id}", get(item("job")))
         .route("/t/{tenant}/jobs/{id}/progress", get(job_progress))
         .route("/t/{tenant}/jobs/{id}/cancel", post(forms::cancel_job))
         .route("/t/{tenant}/models", get(list("models")))
-        .route("/t/{tenant}/models/{id}/delete", post(forms::delete_model))
+        .route("/t/{tenant}/models/{id}/delete", post(forms::on_item("models", |s, id| s.delete_model(id))))
         .route("/t/{tenant}/corpora", get(list("corpora")).post(forms::create_corpus))
         .route("/t/{tenant}/corpora/{id}", get(item("corpus")).post(forms::add_document))
-        .route("/t/{tenant}/corpora/{id}/delete", post(forms::delete_corpus))
+        .route("/t/{tenant}/corpora/{id}/delete", post(forms::on_item("corpora", |s, id| s.delete_corpus(id))))
         .route("/t/{tenant}/corpora/{id}/documents/{doc}/delete", post(forms::delete_document))
         .route("/t/{tenant}/keys", get(list("keys")).post(forms::create_key))
         .route("/t/{tenant}/keys/{id}/rotate", post(forms::rotate_key))
-        .route("/t/{tenant}/keys/{id}/revoke", post(forms::revoke_key))
+        .route("/t/{tenant}/keys/{id}/revoke", post(forms::on_item("keys", |s, id| s.revoke_api_key(id))))
         .route("/t/{tenant}/members", get(list("members")))
         .route("/t/{tenant}/members/invite", post(forms::invite))
-        .route("/t/{tenant}/members/{user}/remove", post(forms::remove_member))
+        .route("/t/{tenant}/members/{user}/remove", post(forms::on_item("members", forms::remove_member)))
         .route("/t/{tenant}/grants", get(list("grants")))
-        .route("/t/{tenant}/grants/{id}/approve", post(forms::approve_grant))
-        .route("/t/{tenant}/grants/{id}/revoke", post(forms::revoke_grant))
+        .route(
+            "/t/{tenant}/grants/{id}/approve",
+            post(forms::on_item("grants", |s, id| s.approve_access_grant(id).map(drop))),
+        )
+        .route(
+            "/t/{tenant}/grants/{id}/revoke",
+            post(forms::on_item("grants", |s, id| s.revoke_access_grant(id).map(drop))),
+        )
         .route("/t/{tenant}/usage", get(list("usage")))
         .route("/t/{tenant}/sso", get(list("sso")).post(forms::set_sso))
         .route("/t/{tenant}/sso/delete", post(forms::delete_sso))
