@@ -1064,22 +1064,9 @@ fn the_dashboard_lets_people_work_within_their_role_and_tenant_only() {
     let gina = join_and_sign_in(&server, &globex, "gina@globex.com", "member", pw);
     let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let url = |p: &str| format!("{}{p}", server.url);
-    let get = |session: &str, path: &str| {
-        let res = web.get(url(path)).header("cookie", format!("soramai_session={session}")).send().expect("get");
-        let status = res.status();
-        (status, res.text().expect("html"))
-    };
-    let post = |session: &str, path: &str, fields: &[(&str, &str)]| {
-        let res = web
-            .post(url(path))
-            .header("cookie", format!("soramai_session={session}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(fields))
-            .send()
-            .expect("post");
-        let status = res.status();
-        (status, res.text().expect("html"))
-    };
+    let pages = Web::new(&server);
+    let get = |session: &str, path: &str| pages.get(session, path);
+    let post = |session: &str, path: &str, fields: &[(&str, &str)]| pages.post(session, path, fields);
 
     // Datasets: upload (multipart, with the session's CSRF token), listed, deleted.
     let (s, html) = get(&ada, "/t/acme/datasets");
