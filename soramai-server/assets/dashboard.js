@@ -1,6 +1,6 @@
 // Soramai dashboard: a running job's page swaps in its live part (state, progress, loss chart,
-// events) every second and a half until the job ends; and the passkey ceremonies (below). Served
-// by the binary; no other script runs.
+// events) every second and a half until the job ends; the passkey ceremonies; a dataset upload's
+// progress (below). Served by the binary; no other script runs, and every page works without it.
 "use strict";
 (function () {
   const region = document.querySelector("[data-progress]");
@@ -110,3 +110,26 @@
     });
   }
 })();
+
+// A dataset upload shows its progress; the page the server answers with (the validation report,
+// or the reason it was refused) then takes the place of this one's main part.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (!(form instanceof HTMLFormElement) || form.id !== "dataset-upload") return;
+  event.preventDefault();
+  const bar = document.getElementById("upload-progress");
+  bar.hidden = false;
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", form.action);
+  xhr.upload.addEventListener("progress", (e) => {
+    if (e.lengthComputable) bar.value = Math.round((e.loaded / e.total) * 100);
+  });
+  xhr.addEventListener("load", () => {
+    const page = new DOMParser().parseFromString(xhr.responseText, "text/html");
+    const main = page.querySelector("main");
+    if (main) document.querySelector("main").replaceWith(main);
+    else location.reload();
+  });
+  xhr.addEventListener("error", () => form.submit());
+  xhr.send(new FormData(form));
+});

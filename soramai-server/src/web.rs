@@ -121,6 +121,7 @@ pub fn routes() -> Router<AppState> {
         .route("/account/totp", post(begin_totp))
         .route("/account/totp/confirm", post(confirm_totp))
         .route("/sign_up", get(sign_up_page).post(sign_up))
+        .route("/reset_password", get(reset_page).post(reset_password))
         .route("/assets/dashboard.js", get(script))
         .merge(crate::dashboard::routes())
         .merge(crate::operator::routes())
@@ -157,6 +158,7 @@ fn templates() -> &'static minijinja::Environment<'static> {
             ("operator.html", include_str!("../templates/operator.html")),
             ("sso.html", include_str!("../templates/sso.html")),
             ("redirect.html", include_str!("../templates/redirect.html")),
+            ("reset.html", include_str!("../templates/reset.html")),
         ] {
             // The templates are the binary's own: a broken one fails every test that renders it.
             if env.add_template(name, text).is_err() {
@@ -473,8 +475,11 @@ async fn accept_page(headers: HeaderMap, Query(q): Query<TokenQuery>) -> Respons
 
 #[derive(Deserialize)]
 struct AcceptForm {
+    #[serde(default)]
     token: String,
+    #[serde(default)]
     password: String,
+    #[serde(default)]
     csrf: String,
 }
 
@@ -502,6 +507,38 @@ async fn accept(
                 ),
             };
             page(status, "accept.html", json!({"error": error, "csrf": csrf_token(&seed), "token": token}), &[])
+        }
+    }
+}
+
+/// The page a password-reset link opens (`/reset_password?token=pr-…`: the token
+/// [`soramai::core::Core::request_password_reset`] gave the operator's mailer).
+async fn reset_page(headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
+    let (seed, cookies) = pre_session(&headers);
+    page(StatusCode::OK, "reset.html", json!({"csrf": csrf_token(&seed), "token": q.token}), &cookies)
+}
+
+/// Sets the new password (the token good once, within its hour); then to sign-in.
+async fn reset_password(
+    State(s): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    Form(f): Form<AcceptForm>,
+) -> Response {
+    let seed = match password_post_checks(&s, peer, &headers, &f.csrf) {
+        Ok(seed) => seed,
+        Err(r) => return *r,
+    };
+    let core = s.platform().core().clone();
+    let token = f.token.clone();
+    match blocking(move || core.reset_password(&f.token, &f.password)).await {
+        Ok(()) => redirect("/sign_in", &[]),
+        Err(e) => {
+            let (status, error) = match e {
+                Error::InvalidArgument(m) => (StatusCode::BAD_REQUEST, m),
+                _ => (StatusCode::UNAUTHORIZED, "This link is not valid (used, or older than an hour).".into()),
+            };
+            page(status, "reset.html", json!({"error": error, "csrf": csrf_token(&seed), "token": token}), &[])
         }
     }
 }

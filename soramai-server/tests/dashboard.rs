@@ -239,6 +239,25 @@ fn grants_keys_usage_sign_up_and_the_operator_console_on_the_web() {
     assert_eq!(server.call("GET", "/v1/models", Some(&new), None).0, StatusCode::OK);
     assert_eq!(server.call("GET", "/v1/models", Some(&old), None).0, StatusCode::UNAUTHORIZED);
 
+    // Roles on the web: within the changer's own, with the session's token.
+    let (_, members) = server.call("GET", "/v1/members", Some(&initech), None);
+    let vic_id = members["data"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["email"] == "vic@initech.com")
+        .and_then(|m| m["user"].as_str())
+        .expect("vic's id")
+        .to_owned();
+    let role = format!("/t/initech/members/{vic_id}/role");
+    assert_eq!(web.post(&ivy, &role, &[("csrf", "forged"), ("role", "member")]).0, StatusCode::FORBIDDEN);
+    assert_eq!(web.post(&vic, &role, &[("csrf", &vic_csrf), ("role", "admin")]).0, StatusCode::FORBIDDEN);
+    assert_eq!(web.post(&ivy, &role, &[("csrf", &ivy_csrf), ("role", "owner")]).0, StatusCode::BAD_REQUEST);
+    assert_eq!(web.post(&ivy, &role, &[("csrf", &ivy_csrf), ("role", "emperor")]).0, StatusCode::BAD_REQUEST);
+    assert_eq!(web.post(&ivy, &role, &[("csrf", &ivy_csrf)]).0, StatusCode::BAD_REQUEST, "no role given");
+    assert_eq!(web.post(&ivy, &role, &[("csrf", &ivy_csrf), ("role", "member")]).0, StatusCode::SEE_OTHER);
+    assert_eq!(web.get(&vic, "/t/initech/datasets").0, StatusCode::OK, "a member now");
+
     // Usage and credits: the balance and the ledger, for admins.
     let (s, html) = web.get(&ivy, "/t/initech/usage");
     assert_eq!(s, StatusCode::OK, "{html}");
@@ -334,6 +353,36 @@ fn grants_keys_usage_sign_up_and_the_operator_console_on_the_web() {
     assert_eq!(s, StatusCode::OK, "{html}");
     assert!(html.contains("owner of umbrella, free tier"), "{html}");
     assert_eq!(web.get(&session, "/t/initech/datasets").0, StatusCode::NOT_FOUND);
+
+    // A password-reset link (its token from the library, as the operator's mailer gets it)
+    // sets a new password once and ends every session.
+    let core = soramai::Core::open_embedded(dir.path().join("data")).expect("core");
+    let token = core.request_password_reset("ivy@initech.com").expect("reset").expect("known");
+    let page = anon.get(format!("{}/reset_password?token={}", server.url, token.secret())).send().expect("page");
+    let seed = cookie_value(&page, "soramai_csrf").expect("seed");
+    let csrf = form_csrf(&page.text().expect("html"));
+    let reset = |fields: &[(&str, &str)]| {
+        anon.post(format!("{}/reset_password", server.url))
+            .header("cookie", format!("soramai_csrf={seed}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(fields))
+            .send()
+            .expect("reset")
+            .status()
+    };
+    let new_password = "another long passphrase";
+    assert_eq!(reset(&[("token", token.secret()), ("password", new_password)]), StatusCode::FORBIDDEN, "no CSRF");
+    assert_eq!(reset(&[("csrf", &csrf), ("token", token.secret()), ("password", "short")]), StatusCode::BAD_REQUEST);
+    assert_eq!(reset(&[("csrf", &csrf), ("token", "pr-forged"), ("password", new_password)]), StatusCode::UNAUTHORIZED);
+    assert_eq!(reset(&[("csrf", &csrf)]), StatusCode::UNAUTHORIZED, "a form without its fields");
+    assert_eq!(web.get(&ivy, "/t/initech/keys").0, StatusCode::OK, "no refused reset ended a session");
+    assert_eq!(reset(&[("csrf", &csrf), ("token", token.secret()), ("password", new_password)]), StatusCode::SEE_OTHER);
+    assert_eq!(
+        reset(&[("csrf", &csrf), ("token", token.secret()), ("password", new_password)]),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(web.get(&ivy, "/t/initech/keys").0, StatusCode::SEE_OTHER, "every session ended");
+    drop(core);
     server.stop();
 
     // Closed unless the operator opens it.

@@ -1090,6 +1090,7 @@ fn the_dashboard_lets_people_work_within_their_role_and_tenant_only() {
     let (s, html) = upload(&csrf);
     assert_eq!(s, StatusCode::OK, "{html}");
     assert!(html.contains("Uploaded kumo.jsonl: 2 examples"), "{html}");
+    assert!(html.contains("Validation report") && html.contains("Assistant turns that train</th><td>2<"), "{html}");
     let at = html.find("<code>file-").expect("the dataset's id") + 6;
     let id = html[at..].split('<').next().expect("id").to_owned();
     let (s, _) = post(&ada, &format!("/t/acme/datasets/{id}/delete"), &[("csrf", &csrf)]);

@@ -108,9 +108,17 @@ pub(super) async fn upload_dataset(
         }
     }
     let Some((name, bytes)) = file else { return refused(&s, &a, &view, invalid("choose a file to upload")).await };
-    match run(&s, &a, move |session| session.upload_dataset(&name, &bytes)).await {
-        Ok(d) => {
-            let uploaded = json!({"uploaded": {"name": d.name, "examples": d.examples}});
+    let uploaded = run(&s, &a, move |session| {
+        let d = session.upload_dataset(&name, &bytes)?;
+        // Stored, so valid: the same check again gives the report's figures.
+        let stats = soramai::core::datasets::validate_chat_jsonl(&bytes, usize::MAX)?;
+        Ok((d, stats))
+    })
+    .await;
+    match uploaded {
+        Ok((d, stats)) => {
+            let uploaded = json!({"uploaded": {"name": d.name, "examples": d.examples, "messages": stats.messages,
+                "trained_turns": stats.trained_turns, "bytes": d.bytes}});
             super::section(&s, &a, &view, uploaded, None, StatusCode::OK).await
         }
         Err(e) => refused(&s, &a, &view, e).await,
@@ -291,6 +299,23 @@ pub(super) async fn delete_sso(
 ) -> Response {
     act(&s, &headers, view(tenant, "sso"), &field(&f, "csrf"), move |session| {
         Ok(session.platform().core().delete_sso(session.principal())?)
+    })
+    .await
+}
+
+/// Gives a member another role (never above the changer's own; a tenant keeps an owner).
+pub(super) async fn set_role(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, user)): Path<(String, String)>,
+    Form(f): Fields,
+) -> Response {
+    let role = field(&f, "role");
+    act(&s, &headers, view(tenant, "members"), &field(&f, "csrf"), move |session| {
+        let user = UserId::new(user).map_err(|_| soramai::Error::NotFound { kind: "member" })?;
+        let role = role.parse::<soramai::core::Role>()?;
+        session.platform().core().set_member_role(session.principal(), &user, role).map(drop)?;
+        Ok(())
     })
     .await
 }

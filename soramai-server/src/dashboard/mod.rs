@@ -47,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route("/t/{tenant}/keys/{id}/revoke", post(forms::on_item("keys", |s, id| s.revoke_api_key(id))))
         .route("/t/{tenant}/members", get(list("members")))
         .route("/t/{tenant}/members/invite", post(forms::invite))
+        .route("/t/{tenant}/members/{user}/role", post(forms::set_role))
         .route("/t/{tenant}/members/{user}/remove", post(forms::on_item("members", forms::remove_member)))
         .route("/t/{tenant}/grants", get(list("grants")))
         .route(
