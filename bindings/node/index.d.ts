@@ -25,6 +25,8 @@ export interface Usage {
   prompt_tokens: number
   completion_tokens: number
   total_tokens: number
+  /** `cached_tokens`: prompt tokens reused from the tenant's own prefix cache. */
+  prompt_tokens_details: { cached_tokens: number }
 }
 
 export interface TopLogprob {
@@ -340,6 +342,10 @@ export interface OpenOptions {
   blob_store?: string
   /** Largest customer GGUF upload in bytes (default 16 GiB). */
   max_model_bytes?: number
+  /** Most prompt tokens one forward pass prefills (default 128): long prompts run in chunks. */
+  prefill_chunk?: number
+  /** Bytes of each base model's per-tenant prefix cache (default 256 MiB; 0: off). */
+  prefix_cache_bytes?: number
   /** The job runner command (default: this Node running the package's `runner.js`). */
   runner?: string[]
 }

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::lora::Adapter;
 use crate::model::{KvCache, Lane, Logits, Model, Precision};
+use crate::prefix::PrefixCache;
 use crate::sample::{Sampler, SamplingParams};
 use crate::tokenizer::template::{ChatTemplate, Message};
 use crate::tokenizer::{TokenId, Tokenizer};
@@ -45,6 +46,10 @@ pub struct Request {
     pub precision: Precision,
     /// Report log-probabilities of each sampled token and of this many alternatives (0..=20).
     pub logprobs: Option<usize>,
+    /// The prefix cache's scope: the prompt may reuse, and adds to, the cached key/value states
+    /// of earlier prompts under the same scope and adapter ([`crate::prefix`]). A serving
+    /// platform passes the tenant's id; None neither reads nor writes the cache.
+    pub prefix_scope: Option<String>,
 }
 
 impl Request {
@@ -58,6 +63,7 @@ impl Request {
             stop: Vec::new(),
             precision: Precision::Fast,
             logprobs: None,
+            prefix_scope: None,
         }
     }
 }
@@ -73,6 +79,8 @@ pub struct Generation {
     pub text: String,
     /// Why it ended.
     pub finish: Finish,
+    /// Prompt tokens whose states came from the prefix cache instead of a prefill.
+    pub cached_tokens: usize,
 }
 
 /// What a GGUF file's header says of the model in it ([`Engine::check_header`]).
@@ -97,7 +105,16 @@ pub struct Engine {
     pub tokenizer: Arc<Tokenizer>,
     template: Option<ChatTemplate>,
     adapters: RwLock<HashMap<String, Arc<Adapter>>>,
+    prefixes: PrefixCache,
 }
+
+/// The prefix cache's default budget: 256 MiB of key/value state.
+pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 256 << 20;
+
+/// Prompt tokens a [`Batch`] step prefills at most by default, over all its prompts together:
+/// a long prompt admitted while others decode runs in chunks of this size, so their next tokens
+/// come after one chunk's work instead of the whole prompt's.
+pub const DEFAULT_PREFILL_CHUNK: usize = 128;
 
 impl Engine {
     /// Loads a GGUF model and its tokenizer.
@@ -114,6 +131,7 @@ impl Engine {
             tokenizer: Arc::new(tokenizer),
             template,
             adapters: RwLock::new(HashMap::new()),
+            prefixes: PrefixCache::new(DEFAULT_PREFIX_CACHE_BYTES),
         })
     }
 
@@ -153,10 +171,14 @@ impl Engine {
         if adapter.layers.len() != self.model.config.n_layer {
             return Err(Error::Adapter("adapter was built for another model shape".into()));
         }
-        self.adapters
+        let replaced = self
+            .adapters
             .write()
             .map_err(|_| Error::Adapter("adapter registry poisoned".into()))?
             .insert(name.into(), Arc::new(adapter));
+        if let Some(old) = &replaced {
+            self.prefixes.forget_adapter(old);
+        }
         Ok(())
     }
 
@@ -166,9 +188,19 @@ impl Engine {
         self.add_adapter(name, a)
     }
 
-    /// Removes an adapter; generations already using it finish with it.
+    /// Removes an adapter (and the prefixes cached with it); generations already using it
+    /// finish with it.
     pub fn remove_adapter(&self, name: &str) -> bool {
-        self.adapters.write().map(|mut m| m.remove(name).is_some()).unwrap_or(false)
+        let removed = self.adapters.write().ok().and_then(|mut m| m.remove(name));
+        if let Some(a) = &removed {
+            self.prefixes.forget_adapter(a);
+        }
+        removed.is_some()
+    }
+
+    /// The cache of prompt prefixes' key/value states shared by this engine's batches.
+    pub fn prefix_cache(&self) -> &PrefixCache {
+        &self.prefixes
     }
 
     /// Names of registered adapters.
@@ -278,7 +310,7 @@ impl Engine {
 
     /// A running batch that requests join and leave between steps (continuous batching).
     pub fn batch(&self, precision: Precision) -> Batch<'_> {
-        Batch { engine: self, precision, seqs: Vec::new() }
+        Batch { engine: self, precision, seqs: Vec::new(), prefill_chunk: DEFAULT_PREFILL_CHUNK }
     }
 
     fn run(&self, reqs: &[Request], on_text: &mut dyn FnMut(usize, TokenId, &str) -> bool) -> Result<Vec<Generation>> {
@@ -334,21 +366,35 @@ struct Seq {
     bytes: Vec<u8>,
     emitted: usize,
     finish: Option<Finish>,
+    /// Tokens not yet run: the prompt (less what the prefix cache gave), then the last sampled.
     pending: Vec<TokenId>,
+    cached: usize,
 }
 
-/// Requests generating together: each step runs one forward pass over every active sequence (the
-/// prompt of one just admitted, the last token of the others), each with its own adapter, KV cache
-/// and sampler. Requests join with [`Batch::admit`] and leave when they finish or are cancelled.
+impl Seq {
+    fn prefilling(&self) -> bool {
+        self.cache.len() < self.req.prompt.len()
+    }
+}
+
+/// Requests generating together: each step runs one forward pass over every active sequence (a
+/// chunk of the prompts being prefilled, the last token of the others), each with its own adapter,
+/// KV cache and sampler. Requests join with [`Batch::admit`] and leave when they finish or are
+/// cancelled. Prompts under a prefix scope start from the engine's prefix cache.
 pub struct Batch<'e> {
     engine: &'e Engine,
     precision: Precision,
     seqs: Vec<Seq>,
+    prefill_chunk: usize,
 }
 
 impl std::fmt::Debug for Batch<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batch").field("precision", &self.precision).field("active", &self.seqs.len()).finish()
+        f.debug_struct("Batch")
+            .field("precision", &self.precision)
+            .field("active", &self.seqs.len())
+            .field("prefill_chunk", &self.prefill_chunk)
+            .finish()
     }
 }
 
@@ -356,6 +402,12 @@ impl std::fmt::Debug for Batch<'_> {
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Batch<'_> {
+    /// Sets how many prompt tokens one step prefills at most, over all prompts (at least 1;
+    /// [`DEFAULT_PREFILL_CHUNK`] by default). Decoding requests run every step regardless.
+    pub fn set_prefill_chunk(&mut self, tokens: usize) {
+        self.prefill_chunk = tokens.max(1);
+    }
+
     /// Adds a request under a caller-chosen id; it starts with the next step. A request that is
     /// invalid (empty or over-long prompt, empty stop string, unknown adapter, bad sampling) is
     /// refused and the batch is unchanged.
@@ -387,9 +439,15 @@ impl Batch<'_> {
         }
         let adapter = self.engine.adapter(req.adapter.as_deref())?;
         let sampler = Sampler::new(req.sampling.clone())?;
+        let cache = req
+            .prefix_scope
+            .as_deref()
+            .and_then(|scope| self.engine.prefixes.lookup(scope, adapter.as_ref(), &req.prompt))
+            .unwrap_or_else(|| self.engine.model.new_cache());
+        let cached = cache.len();
         self.seqs.push(Seq {
             id,
-            cache: self.engine.model.new_cache(),
+            cache,
             adapter,
             sampler,
             history: req.prompt.clone(),
@@ -397,7 +455,8 @@ impl Batch<'_> {
             bytes: Vec::new(),
             emitted: 0,
             finish: if req.max_tokens == 0 { Some(Finish::Length) } else { None },
-            pending: req.prompt.clone(),
+            pending: req.prompt[cached..].to_vec(),
+            cached,
             req,
         });
         Ok(())
@@ -442,6 +501,7 @@ impl Batch<'_> {
                         output_ids: s.out,
                         text: String::from_utf8_lossy(&s.bytes).into_owned(),
                         finish,
+                        cached_tokens: s.cached,
                     },
                 ));
             } else {
@@ -455,16 +515,29 @@ impl Batch<'_> {
     fn forward_and_sample(&mut self, on_token: &mut dyn FnMut(u64, TokenEvent) -> bool) -> Result<()> {
         let engine = self.engine;
         let n_ctx = engine.model.config.n_ctx;
+        // Every decoding request runs; prompts take chunks from one budget, first admitted first.
+        let mut budget = self.prefill_chunk;
+        let mut taken = vec![0usize; self.seqs.len()];
+        for (s, t) in self.seqs.iter().zip(&mut taken) {
+            if s.finish.is_some() {
+                continue;
+            }
+            *t = if s.prefilling() { s.pending.len().min(budget) } else { s.pending.len() };
+            if s.prefilling() {
+                budget -= *t;
+            }
+        }
         let logits = {
             let mut lanes: Vec<Lane<'_>> = self
                 .seqs
                 .iter_mut()
-                .filter(|s| s.finish.is_none())
-                .map(|s| Lane {
+                .zip(&taken)
+                .filter(|(_, t)| **t > 0)
+                .map(|(s, &t)| Lane {
+                    logits: if t == s.pending.len() { Logits::Last } else { Logits::None },
                     cache: &mut s.cache,
-                    tokens: &s.pending,
+                    tokens: &s.pending[..t],
                     adapter: s.adapter.as_deref(),
-                    logits: Logits::Last,
                 })
                 .collect();
             if lanes.is_empty() {
@@ -472,7 +545,16 @@ impl Batch<'_> {
             }
             engine.model.forward(&mut lanes, self.precision)?
         };
-        for (s, lg) in self.seqs.iter_mut().filter(|s| s.finish.is_none()).zip(logits) {
+        for ((s, &t), lg) in self.seqs.iter_mut().zip(&taken).filter(|(_, t)| **t > 0).zip(logits) {
+            s.pending.drain(..t);
+            if !s.pending.is_empty() {
+                continue;
+            }
+            if s.history.len() == s.req.prompt.len()
+                && let Some(scope) = s.req.prefix_scope.as_deref()
+            {
+                engine.prefixes.store(scope, s.adapter.as_ref(), &s.req.prompt, &s.cache);
+            }
             let tok = s.sampler.sample(&lg, &s.history);
             if engine.tokenizer.is_stop(tok) {
                 s.finish = Some(Finish::Stop);

@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod lora;
 pub mod model;
 pub mod npy;
+pub mod prefix;
 pub mod quant;
 pub mod sample;
 pub mod tokenizer;
@@ -25,4 +26,5 @@ pub use error::{Error, Result};
 
 pub use engine::{Batch, Engine, Finish, Generation, ModelHeader, Request, TokenEvent, TokenLogprobs};
 pub use model::{Model, Precision};
+pub use prefix::{PrefixCache, PrefixStats};
 pub use tokenizer::Tokenizer;

@@ -362,3 +362,97 @@ fn log_probabilities_are_normalized_and_rank_the_alternatives() {
         history.push(ev.token);
     }
 }
+
+/// A prompt of `n` token ids inside the tiny vocabulary.
+fn long_prompt(e: &Engine, n: usize, salt: u32) -> Vec<u32> {
+    let vocab = e.model.config.vocab as u32;
+    (0..n as u32).map(|i| (i * 31 + salt * 7 + 3) % vocab).collect()
+}
+
+#[test]
+fn a_long_prompt_prefills_in_chunks_while_others_keep_decoding() {
+    let e = tiny("llama", GgmlType::Q4_1);
+    let dir = tempfile::tempdir().expect("tmp");
+    write_peft(&dir.path().join("a"), &e.model.config, 4, 8.0, &Target::ALL, 1);
+    e.load_adapter("a", dir.path().join("a")).expect("a");
+    let running = Request::new(vec![3, 4, 5], 40);
+    let mut long = Request::new(long_prompt(&e, 150, 1), 12);
+    long.adapter = Some("a".into());
+    let alone = [&running, &long].map(|r| e.generate(r, &mut |_, _| true).expect("alone"));
+
+    let mut batch = e.batch(Precision::Fast);
+    batch.set_prefill_chunk(16);
+    batch.admit(0, running.clone()).expect("admit");
+    let mut tokens = [Vec::new(), Vec::new()];
+    let mut done = Vec::new();
+    let step = |batch: &mut soramai_kernels::Batch<'_>, tokens: &mut [Vec<u32>; 2]| {
+        batch
+            .step(&mut |id, ev| {
+                tokens[id as usize].push(ev.token);
+                true
+            })
+            .expect("step")
+    };
+    for _ in 0..3 {
+        done.extend(step(&mut batch, &mut tokens));
+    }
+    batch.admit(1, long.clone()).expect("admit long");
+    // 150 prompt tokens in chunks of 16 take 10 steps; the running request gets a token in each.
+    for k in 0..10 {
+        let before = tokens[0].len();
+        done.extend(step(&mut batch, &mut tokens));
+        assert_eq!(tokens[0].len(), before + 1, "step {k}: the running request stalled behind the prefill");
+        assert_eq!(tokens[1].len(), usize::from(k == 9), "step {k}: the long prompt's first token comes last");
+    }
+    while !batch.is_empty() {
+        done.extend(step(&mut batch, &mut tokens));
+    }
+    done.sort_by_key(|(id, _)| *id);
+    for (id, g) in &done {
+        assert_eq!(g.output_ids, alone[*id as usize].output_ids, "request {id}: chunked prefill changed the output");
+    }
+}
+
+#[test]
+fn prompt_prefixes_are_reused_within_a_scope_only() {
+    let e = tiny("llama", GgmlType::Q4_1);
+    let dir = tempfile::tempdir().expect("tmp");
+    write_peft(&dir.path().join("a"), &e.model.config, 4, 8.0, &Target::ALL, 1);
+    e.load_adapter("a", dir.path().join("a")).expect("a");
+    let system = long_prompt(&e, 60, 2);
+    let ask = |tail: &[u32], scope: Option<&str>, adapter: Option<&str>| {
+        let mut prompt = system.clone();
+        prompt.extend_from_slice(tail);
+        let mut r = Request::new(prompt, 10);
+        r.prefix_scope = scope.map(str::to_owned);
+        r.adapter = adapter.map(str::to_owned);
+        e.generate(&r, &mut |_, _| true).expect("generate")
+    };
+    let plain = ask(&[7, 8, 9], None, None);
+    assert_eq!(plain.cached_tokens, 0);
+    assert_eq!(e.prefix_cache().stats().lookups, 0, "an unscoped request does not touch the cache");
+
+    let first = ask(&[7, 8, 9], Some("tenant-a"), None);
+    assert_eq!(first.cached_tokens, 0);
+    // The same system prompt with another question: the 60 shared tokens come from the cache, and
+    // the output is what a full prefill gives.
+    let second = ask(&[11, 12], Some("tenant-a"), None);
+    assert_eq!(second.cached_tokens, 60);
+    assert_eq!(second.output_ids, ask(&[11, 12], None, None).output_ids);
+    // The very same prompt reuses all but its last token.
+    assert_eq!(ask(&[7, 8, 9], Some("tenant-a"), None).cached_tokens, 62);
+
+    // Another tenant with the same prompt, and the same tenant under an adapter, start cold.
+    let other = ask(&[7, 8, 9], Some("tenant-b"), None);
+    assert_eq!(other.cached_tokens, 0, "tenant B reused tenant A's prompt");
+    assert_eq!(other.output_ids, plain.output_ids);
+    assert_eq!(ask(&[7, 8, 9], Some("tenant-a"), Some("a")).cached_tokens, 0);
+    assert_eq!(ask(&[11, 12], Some("tenant-a"), Some("a")).cached_tokens, 60);
+
+    // Removing the adapter drops its entries; forgetting a scope drops the tenant's.
+    let before = e.prefix_cache().stats().entries;
+    assert!(e.remove_adapter("a"));
+    assert!(e.prefix_cache().stats().entries < before);
+    e.prefix_cache().forget_scope("tenant-a");
+    assert_eq!(ask(&[11, 12], Some("tenant-a"), None).cached_tokens, 0);
+}

@@ -201,6 +201,14 @@ struct ServeArgs {
     /// Most requests in one forward pass.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
+    /// Most prompt tokens one forward pass prefills: a long prompt arriving while others decode
+    /// runs in chunks of this size instead of stalling them.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    prefill_chunk: u64,
+    /// MiB of key/value state each base model keeps of its tenants' recent prompts, each
+    /// tenant's reused by that tenant only (0: off).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1048576))]
+    prefix_cache_mib: u64,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -407,6 +415,8 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         database: a.database_url.clone().or_else(|| std::env::var("SORAMAI_DATABASE_URL").ok()),
         blob_store: a.blob_store.clone(),
         max_model_bytes: Some(a.max_model_bytes),
+        prefill_chunk: Some(a.prefill_chunk as usize),
+        prefix_cache_bytes: Some(a.prefix_cache_mib << 20),
     };
     let platform = soramai::Platform::open_with(&a.data_dir, &options, Some(runner))?;
     let mut out = std::io::stdout();
@@ -675,6 +685,7 @@ fn generate(a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         stop: a.stop.clone(),
         precision: a.precision.parse()?,
         logprobs: None,
+        prefix_scope: None,
     };
     let json = a.json;
     let mut stdout = std::io::stdout();

@@ -315,8 +315,7 @@ fn grants_keys_usage_sign_up_and_the_operator_console_on_the_web() {
 
     // Web sign-up: a Free tenant the person owns, signed in at once; refused without the
     // pre-session token, with a weak password, or for a name taken.
-    let anon =
-        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let anon = client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let page = anon.get(format!("{}/sign_up", server.url)).send().expect("page");
     let seed = cookie_value(&page, "soramai_csrf").expect("csrf cookie");
     let csrf = form_csrf(&page.text().expect("html"));
@@ -405,8 +404,7 @@ fn passkey_endpoints_refuse_what_is_not_their_own_ceremony() {
     let ada = join_and_sign_in(&server, &acme, "ada@acme.com", "admin", PASSWORD);
     let web = Web::new(&server);
     let csrf = form_csrf(&web.get(&ada, "/account").1);
-    let http =
-        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let http = client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let call = |path: &str, cookies: &str, csrf: &str, body: &str| {
         let res = http
             .post(format!("{}{path}", server.url))
@@ -443,8 +441,7 @@ fn passkey_endpoints_refuse_what_is_not_their_own_ceremony() {
     assert!(!web.get(&ada, "/account").1.contains("Remove passkey"), "nothing was registered");
 
     // Sign-in: the pre-session token; an email with no passkey, known or not, gets one answer.
-    let anon =
-        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let anon = client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let page = anon.get(format!("{}/sign_in", server.url)).send().expect("page");
     let seed = cookie_value(&page, "soramai_csrf").expect("seed");
     let html = page.text().expect("html");
@@ -537,8 +534,7 @@ fn single_sign_on_endpoints_refuse_what_is_not_their_own_sign_in() {
 
     // Starting: an unknown team or one without single sign-on is a 404; an https provider that
     // cannot be reached is a 502 page, and nothing is sent anywhere.
-    let anon =
-        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let anon = client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let get = |path: &str, cookie: &str| {
         let res = anon.get(format!("{}{path}", server.url)).header("cookie", cookie).send().expect("get");
         (res.status(), res.text().expect("html"))

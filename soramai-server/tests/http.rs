@@ -288,6 +288,56 @@ fn a_canary_prompt_reaches_no_log_metric_row_or_file() {
 }
 
 #[test]
+fn a_repeated_system_prompt_is_reused_by_its_own_tenant_only() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &model);
+    let keys: Vec<String> = ["acme", "globex"].iter().map(|t| server.tenant(t, "basic", 1_000_000)).collect();
+    let system = "You are the help desk of the Cloud Council. Answer in one short sentence, politely, \
+                  and never mention the weather, the sea or the mountains unless you are asked.";
+    let ask = |key: &str, question: &str, stream: bool| {
+        let mut body = json!({"model": MODEL, "max_tokens": 6, "temperature": 0, "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": question}]});
+        if !stream {
+            let (s, v) = server.call("POST", "/v1/chat/completions", Some(key), Some(body));
+            assert_eq!(s, StatusCode::OK, "{v}");
+            return (v["usage"].clone(), v["choices"][0]["message"]["content"].as_str().unwrap_or("").to_owned());
+        }
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let res = server.http.post(format!("{}/v1/chat/completions", server.url)).bearer_auth(key).json(&body).send();
+        let text = res.expect("send").text().expect("stream");
+        let mut usage = Value::Null;
+        let mut content = String::new();
+        for data in text.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+            let chunk: Value = serde_json::from_str(data).expect("chunk");
+            if !chunk["usage"].is_null() {
+                usage = chunk["usage"].clone();
+            }
+            content.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        }
+        (usage, content)
+    };
+    let cached = |u: &Value| u["prompt_tokens_details"]["cached_tokens"].as_u64().expect("cached_tokens");
+    let (first, _) = ask(&keys[0], "Where does the council meet?", false);
+    assert_eq!(cached(&first), 0, "{first}");
+    // The tenant's next request with the same system prompt skips its prefill, in both shapes.
+    let (second, answer) = ask(&keys[0], "Who may attend?", false);
+    assert!(cached(&second) >= 30, "the system prompt was not reused: {second}");
+    assert!(cached(&second) < second["prompt_tokens"].as_u64().expect("prompt_tokens"));
+    let (streamed, streamed_answer) = ask(&keys[0], "Who may attend?", true);
+    assert!(cached(&streamed) > cached(&second), "{streamed}");
+    assert_eq!(streamed_answer, answer);
+    // Another tenant sending the very same messages starts cold: nothing of acme's is reused,
+    // and the answer is what a full prefill gives.
+    let (other, other_answer) = ask(&keys[1], "Who may attend?", false);
+    assert_eq!(cached(&other), 0, "globex reused acme's prompt: {other}");
+    assert_eq!(other_answer, answer);
+    assert!(cached(&ask(&keys[1], "Who may attend?", false).0) > 0, "globex reuses its own");
+    server.stop();
+}
+
+#[test]
 fn rag_over_http_grounds_answers_in_the_tenants_own_documents_only() {
     let Some(model) = reference_model() else { return };
     let dir = tempfile::tempdir().expect("dir");
@@ -696,7 +746,7 @@ fn slow_idle_and_surplus_connections_are_cut_while_requests_go_on() {
         assert!(text.starts_with("HTTP/1.1 503") && text.contains("too_many_connections"), "{text}");
         assert!(after < Duration::from_secs(2), "refused at once, not after {after:?}");
     }
-    let other = reqwest::blocking::Client::builder()
+    let other = client_builder()
         .local_address("127.0.0.2".parse::<std::net::IpAddr>().expect("ip"))
         .timeout(Duration::from_secs(10))
         .build()
@@ -885,7 +935,7 @@ fn people_sign_in_on_the_web_with_a_strict_session_cookie_and_csrf_on_every_form
     let acme = server.tenant("acme", "basic", 0);
     let globex = server.tenant("globex", "basic", 0);
     let password = "zq3-canary-password-Yuki";
-    let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let web = client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let url = |p: &str| format!("{}{p}", server.url);
 
     // A tenant admin invites a person through the API; the token is shown once.
@@ -1062,7 +1112,7 @@ fn the_dashboard_lets_people_work_within_their_role_and_tenant_only() {
     let ada = join_and_sign_in(&server, &acme, "ada@acme.com", "admin", pw);
     let bob = join_and_sign_in(&server, &acme, "bob@acme.com", "viewer", pw);
     let gina = join_and_sign_in(&server, &globex, "gina@globex.com", "member", pw);
-    let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let web = client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let url = |p: &str| format!("{}{p}", server.url);
     let pages = Web::new(&server);
     let get = |session: &str, path: &str| pages.get(session, path);
@@ -1144,7 +1194,7 @@ fn a_totp_second_factor_is_set_up_on_the_web_and_asked_for_at_sign_in() {
     let acme = server.tenant("acme", "basic", 0);
     let (email, pw) = ("ada@acme.com", "a long enough passphrase");
     let session = join_and_sign_in(&server, &acme, email, "member", pw);
-    let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let web = client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let url = |p: &str| format!("{}{p}", server.url);
     let with_session =
         |req: reqwest::blocking::RequestBuilder| req.header("cookie", format!("soramai_session={session}"));
@@ -1200,7 +1250,7 @@ fn password_attempts_are_limited_per_client_address() {
     let dir = tempfile::tempdir().expect("dir");
     let server = Server::launch(dir.path(), &[]);
     let from = |local: &str| {
-        Client::builder()
+        client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .local_address(local.parse::<std::net::IpAddr>().expect("address"))
             .build()

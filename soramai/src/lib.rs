@@ -26,8 +26,8 @@ pub mod session;
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
 pub use platform::{
     ChatMessage, Completion, DEFAULT_MODEL_ID, Embeddings, FinishReason, GenerationOptions, GenerationStream,
-    ModelInfo, OPERATOR_TENANT, OpenOptions, Permit, Platform, PlatformOptions, Prompt, Retrieval, StreamEvent,
-    TokenLogprob, TopLogprob, Usage,
+    ModelInfo, OPERATOR_TENANT, OpenOptions, Permit, Platform, PlatformOptions, Prompt, PromptTokensDetails, Retrieval,
+    StreamEvent, TokenLogprob, TopLogprob, Usage,
 };
 pub use session::{
     DocumentInput, FineTuneRequest, GrantInput, GroundedChat, KeyRequest, NewGrant, NewKey, SearchInput, Session,

@@ -45,6 +45,12 @@ pub struct PlatformOptions {
     /// Also run the dedicated pools' jobs (Pro tiers and up), each pool on a worker of its own
     /// that no other tenant's job shares. Off for a node that serves the shared pool only.
     pub dedicated_pools: bool,
+    /// Most prompt tokens one forward pass prefills, over all prompts: a long prompt arriving
+    /// while others decode runs in chunks of this size instead of stalling them.
+    pub prefill_chunk: usize,
+    /// Bytes of key/value state each base model keeps of its tenants' recent prompts (each
+    /// tenant's reused by that tenant only); 0 turns the prefix cache off.
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for PlatformOptions {
@@ -56,6 +62,8 @@ impl Default for PlatformOptions {
             precision: Precision::Fast,
             poll: Duration::from_millis(200),
             dedicated_pools: true,
+            prefill_chunk: soramai_kernels::engine::DEFAULT_PREFILL_CHUNK,
+            prefix_cache_bytes: soramai_kernels::engine::DEFAULT_PREFIX_CACHE_BYTES,
         }
     }
 }
@@ -85,6 +93,11 @@ pub struct OpenOptions {
     pub blob_store: Option<String>,
     /// Largest customer GGUF upload in bytes (default 16 GiB).
     pub max_model_bytes: Option<u64>,
+    /// Most prompt tokens one forward pass prefills (default 128; see
+    /// [`PlatformOptions::prefill_chunk`]).
+    pub prefill_chunk: Option<usize>,
+    /// Bytes of each base model's per-tenant prefix cache (default 256 MiB; 0 turns it off).
+    pub prefix_cache_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -98,6 +111,8 @@ impl std::fmt::Debug for OpenOptions {
             .field("database", &self.database.as_ref().map(|_| ".."))
             .field("blob_store", &self.blob_store)
             .field("max_model_bytes", &self.max_model_bytes)
+            .field("prefill_chunk", &self.prefill_chunk)
+            .field("prefix_cache_bytes", &self.prefix_cache_bytes)
             .finish()
     }
 }
@@ -172,6 +187,16 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// Their sum.
     pub total_tokens: u64,
+    /// How the prompt tokens were counted.
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// The prompt's part of [`Usage`], as OpenAI reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose states came from the tenant's own prefix cache (a prompt that begins
+    /// like one of the tenant's recent ones); never from another tenant's.
+    pub cached_tokens: u64,
 }
 
 /// Why a generation ended, in OpenAI's words.
@@ -225,7 +250,7 @@ pub struct Completion {
 
 enum Msg {
     Token(TokenEvent),
-    Done(Finish, u64),
+    Done { finish: Finish, generated: u64, cached: u64 },
     Failed(String),
 }
 
@@ -241,20 +266,23 @@ struct Serving {
 }
 
 impl Serving {
-    fn start(engine: Arc<Engine>, max_batch: usize, precision: Precision) -> std::io::Result<Self> {
+    fn start(engine: Arc<Engine>, options: &PlatformOptions) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let e = engine.clone();
+        e.prefix_cache().set_capacity(options.prefix_cache_bytes);
+        let (max_batch, precision, chunk) = (options.max_batch.max(1), options.precision, options.prefill_chunk);
         std::thread::Builder::new()
             .name("soramai-scheduler".into())
-            .spawn(move || schedule(&e, &rx, max_batch, precision))?;
+            .spawn(move || schedule(&e, &rx, max_batch, precision, chunk))?;
         Ok(Self { engine, submit: Mutex::new(tx) })
     }
 }
 
 /// The scheduler: admit what is waiting (blocking only when idle), step the batch, route tokens.
 /// It ends when every sender is gone and the batch has drained.
-fn schedule(engine: &Engine, rx: &Receiver<Submission>, max_batch: usize, precision: Precision) {
+fn schedule(engine: &Engine, rx: &Receiver<Submission>, max_batch: usize, precision: Precision, chunk: usize) {
     let mut batch = engine.batch(precision);
+    batch.set_prefill_chunk(chunk);
     let mut sinks: HashMap<u64, UnboundedSender<Msg>> = HashMap::new();
     let mut next_id = 0u64;
     let mut open = true;
@@ -297,7 +325,11 @@ fn schedule(engine: &Engine, rx: &Receiver<Submission>, max_batch: usize, precis
             Ok(finished) => {
                 for (id, g) in finished {
                     if let Some(tx) = sinks.remove(&id) {
-                        let _ = tx.send(Msg::Done(g.finish, g.output_ids.len() as u64));
+                        let _ = tx.send(Msg::Done {
+                            finish: g.finish,
+                            generated: g.output_ids.len() as u64,
+                            cached: g.cached_tokens as u64,
+                        });
                     }
                 }
             }
@@ -414,7 +446,7 @@ impl GenerationStream {
                     if self.want_logprobs { ev.logprobs.as_ref().map(|lp| self.logprob(ev.token, lp)) } else { None };
                 Ok(StreamEvent::Delta { text: ev.text, logprob })
             }
-            Some(Msg::Done(finish, generated)) => {
+            Some(Msg::Done { finish, generated, cached }) => {
                 let used = self.prompt_tokens + generated;
                 if let Some(s) = self.settle.take() {
                     s.settle(used, self.prompt_tokens, UsageStatus::Ok)?;
@@ -429,6 +461,7 @@ impl GenerationStream {
                         prompt_tokens: self.prompt_tokens,
                         completion_tokens: generated,
                         total_tokens: used,
+                        prompt_tokens_details: PromptTokensDetails { cached_tokens: cached },
                     },
                 })
             }
@@ -702,6 +735,10 @@ impl Platform {
             runner,
             workers: options.workers.unwrap_or(defaults.workers),
             max_batch: options.max_batch.unwrap_or(defaults.max_batch).max(1),
+            prefill_chunk: options.prefill_chunk.unwrap_or(defaults.prefill_chunk).max(1),
+            prefix_cache_bytes: options
+                .prefix_cache_bytes
+                .map_or(defaults.prefix_cache_bytes, |b| usize::try_from(b).unwrap_or(usize::MAX)),
             ..defaults
         };
         Ok(Arc::new(Self::with_core(core, platform_options)?))
@@ -764,7 +801,7 @@ impl Platform {
         let model = self.core.base_model(base)?;
         let engine = Arc::new(Engine::load(&model.path)?);
         let s = Arc::new(
-            Serving::start(engine, self.options.max_batch.max(1), self.options.precision)
+            Serving::start(engine, &self.options)
                 .map_err(|e| PlatformError::Engine(format!("starting the scheduler: {e}")))?,
         );
         map.insert(base.clone(), s.clone());
@@ -789,7 +826,7 @@ impl Platform {
         // The decrypted bytes move into the engine's storage, which zeroes them when dropped.
         let engine = Arc::new(Engine::from_bytes(std::mem::take(&mut *bytes))?);
         let s = Arc::new(
-            Serving::start(engine, self.options.max_batch.max(1), self.options.precision)
+            Serving::start(engine, &self.options)
                 .map_err(|e| PlatformError::Engine(format!("starting the scheduler: {e}")))?,
         );
         map.insert(base.clone(), s.clone());
@@ -963,6 +1000,9 @@ impl Platform {
             stop: options.stop.clone(),
             precision: self.options.precision,
             logprobs: options.logprobs,
+            // Prompt prefixes are reused within the tenant only: another tenant's request never
+            // reads them, nor learns from its timing whether a prompt was sent before.
+            prefix_scope: Some(principal.tenant().as_str().to_owned()),
         };
         let (tx, rx) = unbounded_channel();
         let sent =
@@ -1182,6 +1222,10 @@ impl Platform {
         if let Ok(mut map) = self.serving.lock() {
             let prefix = format!("{}{}:", soramai_core::models::CUSTOM_MODEL_PREFIX, id.as_str());
             map.retain(|model, _| !model.as_str().starts_with(&prefix));
+            // So do the states of its recent prompts.
+            for serving in map.values() {
+                serving.engine.prefix_cache().forget_scope(id.as_str());
+            }
         }
         if Self::is_platform_admin(principal) {
             let detail =

@@ -103,7 +103,7 @@ impl Platform {
     #[new]
     // Python's keyword arguments, one parameter each.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data_dir, *, runner, model=None, model_id=None, workers=None, max_batch=None, database=None, blob_store=None, max_model_bytes=None))]
+    #[pyo3(signature = (data_dir, *, runner, model=None, model_id=None, workers=None, max_batch=None, database=None, blob_store=None, max_model_bytes=None, prefill_chunk=None, prefix_cache_bytes=None))]
     fn new(
         py: Python<'_>,
         data_dir: std::path::PathBuf,
@@ -115,10 +115,22 @@ impl Platform {
         database: Option<String>,
         blob_store: Option<String>,
         max_model_bytes: Option<u64>,
+        prefill_chunk: Option<usize>,
+        prefix_cache_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let (program, args) = runner.split_first().ok_or_else(|| invalid("runner names a program"))?;
         let runner = RunnerCommand { args: args.to_vec(), ..RunnerCommand::new(program) };
-        let options = OpenOptions { model, model_id, workers, max_batch, database, blob_store, max_model_bytes };
+        let options = OpenOptions {
+            model,
+            model_id,
+            workers,
+            max_batch,
+            database,
+            blob_store,
+            max_model_bytes,
+            prefill_chunk,
+            prefix_cache_bytes,
+        };
         let inner = call(py, || soramai::Platform::open_with(&data_dir, &options, Some(runner)))?;
         Ok(Self { inner })
     }

@@ -100,6 +100,18 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Bytes of key/value state held.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|l| l.capacity() * std::mem::size_of::<f32>()).sum()
+    }
+    /// Appends `n` positions of made-up state (unit tests of cache bookkeeping).
+    #[cfg(test)]
+    pub(crate) fn fill_for_tests(&mut self, n: usize) {
+        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
+            l.extend((0..n * self.kv_dim).map(|i| i as f32));
+        }
+        self.len += n;
+    }
     /// Drops everything after the first `n` tokens.
     pub fn truncate(&mut self, n: usize) {
         if n < self.len {
@@ -359,7 +371,11 @@ impl Model {
         for lane in lanes.iter_mut() {
             lane.cache.len += lane.tokens.len();
         }
-        let mut out = Vec::with_capacity(lanes.len());
+        // Every lane's wanted rows go through the vocabulary projection together: its weights
+        // (the largest matrix) are read once per step, not once per sequence.
+        let mut out: Vec<Vec<f32>> = Vec::with_capacity(lanes.len());
+        let mut wanted_rows: Vec<usize> = Vec::new();
+        let mut counts = Vec::with_capacity(lanes.len());
         for (i, lane) in lanes.iter().enumerate() {
             let span = spans[i].clone();
             let wanted = match lane.logits {
@@ -378,19 +394,29 @@ impl Model {
                     let inv = 1.0 / span.len() as f32;
                     mean.iter_mut().for_each(|m| *m *= inv);
                     out.push(mean);
+                    counts.push(None);
                     continue;
                 }
             };
-            let m = wanted.len();
-            let mut h = vec![0f32; m * d];
-            for (k, row) in wanted.enumerate() {
-                ops::rms_norm(&x[row * d..(row + 1) * d], &self.output_norm, c.eps, &mut h[k * d..(k + 1) * d]);
+            counts.push(Some(wanted.len()));
+            wanted_rows.extend(wanted);
+            out.push(Vec::new());
+        }
+        let m = wanted_rows.len();
+        let mut h = vec![0f32; m * d];
+        for (k, &row) in wanted_rows.iter().enumerate() {
+            ops::rms_norm(&x[row * d..(row + 1) * d], &self.output_norm, c.eps, &mut h[k * d..(k + 1) * d]);
+        }
+        let mut logits = vec![0f32; m * c.vocab];
+        if m > 0 {
+            self.output.matmul(&h, &mut logits, precision)?;
+        }
+        let mut at = 0;
+        for (o, count) in out.iter_mut().zip(counts) {
+            if let Some(k) = count {
+                *o = logits[at * c.vocab..(at + k) * c.vocab].to_vec();
+                at += k;
             }
-            let mut logits = vec![0f32; m * c.vocab];
-            if m > 0 {
-                self.output.matmul(&h, &mut logits, precision)?;
-            }
-            out.push(logits);
         }
         Ok(out)
     }

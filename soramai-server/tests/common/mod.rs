@@ -73,7 +73,7 @@ impl Server {
             let _ = out.read_to_string(&mut rest);
             rest
         });
-        let http = Client::builder().timeout(Duration::from_secs(300)).build().expect("client");
+        let http = client_builder().timeout(Duration::from_secs(300)).build().expect("client");
         Server { child, url, admin, http, stderr, stdout_rest: Some(stdout_rest) }
     }
 
@@ -206,7 +206,7 @@ pub fn form_csrf(html: &str) -> String {
 /// A person joins `tenant` by an invitation its admin key sends, then signs in on the web:
 /// returns the session token.
 pub fn join_and_sign_in(server: &Server, admin: &str, email: &str, role: &str, password: &str) -> String {
-    let web = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let web = client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let url = |p: &str| format!("{}{p}", server.url);
     let (s, inv) =
         server.call("POST", "/v1/members/invitations", Some(admin), Some(json!({"email": email, "role": role})));
@@ -242,7 +242,7 @@ pub struct Web {
 
 impl Web {
     pub fn new(server: &Server) -> Self {
-        let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        let client = client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
         Self { url: server.url.clone(), client }
     }
 
@@ -278,4 +278,11 @@ impl Web {
 /// A path segment with every byte but unreserved ones percent-encoded.
 pub fn segment(s: &str) -> String {
     form(&[("", s)])[1..].to_owned()
+}
+
+/// A blocking HTTP client builder, with rustls' ring provider installed (reqwest is built without
+/// one of its own, so that a test run of this package alone needs none of the others' features).
+pub fn client_builder() -> reqwest::blocking::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::builder()
 }

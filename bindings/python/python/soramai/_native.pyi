@@ -35,10 +35,14 @@ class GenerationOptions(TypedDict, total=False):
     stop: list[str]
     logprobs: int
 
+class PromptTokensDetails(TypedDict):
+    cached_tokens: int
+
 class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 class TopLogprob(TypedDict):
     token: str
@@ -316,6 +320,8 @@ class Platform:
         database: str | None = None,
         blob_store: str | None = None,
         max_model_bytes: int | None = None,
+        prefill_chunk: int | None = None,
+        prefix_cache_bytes: int | None = None,
     ) -> Platform: ...
     def bootstrap(self) -> str | None: ...
     def session(self, api_key: str) -> Session: ...
