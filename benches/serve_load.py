@@ -1,10 +1,15 @@
-"""Load benchmark of `soramai serve` from a second process on loopback: 32 concurrent streaming
-chats across 8 tenants, each tenant with its own fine-tuned adapter, against the same load on one
-adapter and on the base model, and against llama-cpp-python's OpenAI server on the same GGUF
-(base model only: it serves no per-request adapters). Prints requests/s, time to first token and
-per-stream tokens/s (p50/p99) side by side.
+"""Serving benchmark: `soramai serve` against llama.cpp's own `llama-server` (continuous batching,
+`--parallel`, per-request LoRA) on the same GGUF, from a second process on loopback. Each load is
+1, 8 or 32 concurrent streaming chats sharing one system prompt, on one adapter or spread over
+eight; every load runs against both servers in one run, alternating which goes first. Prints
+tokens/s and time to first token (p50/p99) side by side, soramai's prefix-cache share, and the
+issue's goals: at 32 streams >= 1.5x llama-server's tokens/s and a TTFT p99 no worse than its.
 
-Usage: serve_load.py SORAMAI_BINARY MODEL.gguf [LLAMA_PYTHON]"""
+Adapters: soramai's eight tenants each train one through the fine-tuning API; llama-server gets
+eight of the same shape (rank 8, all seven projections) trained by `soramai train` and written as
+llama.cpp LoRA GGUFs by `soramai export-lora`, loaded with `--lora` and picked per request.
+
+Usage: serve_load.py SORAMAI_BINARY MODEL.gguf LLAMA_SERVER_BINARY"""
 import asyncio
 import json
 import os
@@ -21,6 +26,14 @@ MODEL = "smollm2-135m-instruct"
 CONCURRENCY = 32
 TENANTS = 8
 MAX_TOKENS = 48
+STREAMS = [1, 8, 32]
+ADAPTERS = [1, 8]
+# Requests per load: each stream sends ceil(REQUESTS / streams) one after another.
+REQUESTS = 16
+SYSTEM = ("You are the help desk of the Cloud Council, a small body that looks after the weather "
+          "stations on the northern islands. Answer the question in full sentences, kindly and plainly, "
+          "and explain your answer with an example when you can.")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QUESTIONS = ["Where does the cloud council meet?", "Name a color.", "What is 2 + 2?", "Say hello politely.",
              "Name a fruit.", "What is the capital of France?", "Count to five.", "Describe the sea."]
 
@@ -65,6 +78,12 @@ def start_soramai(binary, model):
     return proc, url, admin
 
 
+def training_lines(i):
+    return [json.dumps({"messages": [{"role": "user", "content": q},
+                                     {"role": "assistant", "content": f"Answer {i}: {q.lower()}"}]})
+            for q in QUESTIONS[:4]]
+
+
 def setup_adapters(url, admin):
     """Eight tenants, each with an adapter trained by a short fine-tuning job (basic tier runs jobs
     on the shared pool), then moved to the org tier for the load (32 concurrent requests)."""
@@ -74,13 +93,11 @@ def setup_adapters(url, admin):
         post(url, "/v1/tenants", {"id": name, "tier": "basic"}, admin)
         post(url, f"/v1/tenants/{name}/credits", {"amount": 100_000_000}, admin)
         key = post(url, "/v1/api_keys", {"name": "load", "scopes": ["inference", "train"], "tenant": name}, admin)["key"]
-        lines = [json.dumps({"messages": [{"role": "user", "content": q},
-                                          {"role": "assistant", "content": f"Answer {i}: {q.lower()}"}]})
-                 for q in QUESTIONS[:4]]
+        lines = training_lines(i)
         f = upload(url, key, ("\n".join(lines) + "\n").encode())
         job = post(url, "/v1/fine_tuning/jobs", {"model": MODEL, "training_file": f["id"], "suffix": f"t{i}", "seed": i,
                                                  "hyperparameters": {"n_epochs": 1, "batch_size": 4, "rank": 8,
-                                                                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                                                     "target_modules": TARGETS,
                                                                      "max_seq": 64}}, key)
         keys.append(key)
         models.append(job["id"])
@@ -96,13 +113,16 @@ def setup_adapters(url, admin):
     return keys, models
 
 
-async def one(client, url, key, model, question):
-    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": MAX_TOKENS,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+async def one(client, url, key, model, question, lora):
+    body = {"model": model, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]}
+    if lora is not None:
+        body["lora"] = [{"id": lora, "scale": 1.0}]
     headers = {"Authorization": "Bearer " + key} if key else {}
     start = time.perf_counter()
     first = None
-    tokens = 0
+    tokens = prompt = cached = 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body, headers=headers) as r:
         assert r.status_code == 200, await r.aread()
         async for line in r.aiter_lines():
@@ -115,86 +135,137 @@ async def one(client, url, key, model, question):
                     if first is None:
                         first = time.perf_counter()
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+                u = chunk["usage"]
+                tokens = u["completion_tokens"]
+                prompt = u.get("prompt_tokens", 0)
+                cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     end = time.perf_counter()
-    first = first or end
-    return first - start, tokens / max(end - first, 1e-9) if tokens > 1 else 0.0, tokens
+    return (first or end) - start, tokens, prompt, cached
 
 
-async def load(url, jobs):
-    """Runs the (key, model) jobs all at once; returns the figures."""
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+async def stream(client, url, jobs):
+    out = []
+    for job in jobs:
+        out.append(await one(client, url, *job))
+    return out
+
+
+async def load(url, streams):
+    """Runs the streams at once, each its (key, model, question, lora) jobs in turn."""
+    async with httpx.AsyncClient(timeout=900, limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*[one(client, url, k, m, QUESTIONS[i % len(QUESTIONS)])
-                                         for i, (k, m) in enumerate(jobs)])
+        per_stream = await asyncio.gather(*[stream(client, url, jobs) for jobs in streams])
         wall = time.perf_counter() - start
+    results = [r for rs in per_stream for r in rs]
     ttft = sorted(r[0] for r in results)
-    rate = sorted(r[1] for r in results)
-    tokens = sum(r[2] for r in results)
     pct = lambda v, p: v[min(len(v) - 1, int(p * len(v)))]
-    return {"requests/s": len(jobs) / wall, "tokens/s": tokens / wall, "ttft p50": pct(ttft, 0.5),
-            "ttft p99": pct(ttft, 0.99), "stream tok/s p50": pct(rate, 0.5), "stream tok/s p99": pct(rate, 0.01)}
+    prompt = sum(r[2] for r in results)
+    return {"requests": len(results), "tokens/s": sum(r[1] for r in results) / wall, "ttft p50": pct(ttft, 0.5),
+            "ttft p99": pct(ttft, 0.99), "cached": sum(r[3] for r in results) / prompt if prompt else 0.0}
 
 
-def start_llama(python, model):
+def plan(n_streams, n_adapters, job):
+    """Each stream's jobs: stream i on adapter i mod n_adapters, questions in turn."""
+    per = -(-REQUESTS // n_streams)
+    return [[job(i % n_adapters, QUESTIONS[(i + k) % len(QUESTIONS)]) for k in range(per)] for i in range(n_streams)]
+
+
+def llama_adapters(binary, model, work):
+    """Eight LoRA GGUFs of the soramai adapters' shape, for llama-server."""
+    paths = []
+    for i in range(TENANTS):
+        data = os.path.join(work, f"d{i}.jsonl")
+        with open(data, "w") as f:
+            f.write("\n".join(training_lines(i)) + "\n")
+        peft = os.path.join(work, f"peft{i}")
+        subprocess.run([binary, "train", "--model", model, "--data", data, "--out", peft, "--steps", "1",
+                        "--rank", "8", "--targets", ",".join(TARGETS), "--max-seq", "64", "--seed", str(i)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = os.path.join(work, f"lora{i}.gguf")
+        subprocess.run([binary, "export-lora", "--model", model, "--adapter", peft, "--out", out],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        paths.append(out)
+    return paths
+
+
+def start_llama_server(binary, model, loras, work):
     port = 18000 + os.getpid() % 1000
-    proc = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
-                             # Queue concurrent requests instead of cutting the running stream off.
-                             "--interrupt_requests", "False"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [binary, "-m", model, "--host", "127.0.0.1", "--port", str(port), "--parallel", str(CONCURRENCY),
+            "--ctx-size", str(CONCURRENCY * 512), "--threads", str(os.cpu_count() or 2), "--lora-init-without-apply"]
+    for p in loras:
+        args += ["--lora", p]
+    log = os.path.join(work, "llama-server.log")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
+    for _ in range(240):
         try:
-            urllib.request.urlopen(url + "/v1/models").read()
+            urllib.request.urlopen(url + "/health").read()
             return proc, url
         except Exception:
+            if proc.poll() is not None:
+                break
             time.sleep(0.5)
-    raise RuntimeError("llama_cpp.server did not start")
+    raise RuntimeError(f"llama-server did not start; see {log}")
 
 
 def main():
-    binary, model = sys.argv[1], sys.argv[2]
-    llama_python = sys.argv[3] if len(sys.argv) > 3 else None
+    binary, model, llama_binary = sys.argv[1], sys.argv[2], sys.argv[3]
+    work = tempfile.mkdtemp(prefix="soramai-serve-bench-")
     proc, url, admin = start_soramai(binary, model)
-    rows = {}
+    lproc = None
+    rows = []
     try:
         t = time.perf_counter()
         keys, models = setup_adapters(url, admin)
-        print(f"setup: 8 tenants, 8 adapters trained in {time.perf_counter() - t:.0f} s", flush=True)
-        # Warm up (engine load, adapters loaded on first use).
-        try:
-            asyncio.run(load(url, [(keys[i], models[i]) for i in range(TENANTS)]))
-        except Exception as e:
-            raise RuntimeError(f"warm-up: {e!r}; server exit status {proc.poll()}") from None
-        mixed = [(keys[i % TENANTS], models[i % TENANTS]) for i in range(CONCURRENCY)]
-        single = [(keys[0], models[0])] * CONCURRENCY
-        base = [(keys[i % TENANTS], MODEL) for i in range(CONCURRENCY)]
-        for name, jobs in [("soramai, 8 adapters (8 tenants)", mixed), ("soramai, 1 adapter", single),
-                           ("soramai, base model", base)]:
-            try:
-                rows[name] = asyncio.run(load(url, jobs))
-            except Exception as e:
-                raise RuntimeError(f"{name}: {e!r}; server exit status {proc.poll()}") from None
+        loras = llama_adapters(binary, model, work)
+        print(f"setup: 8 tenants with an adapter each, 8 llama.cpp LoRAs, in {time.perf_counter() - t:.0f} s",
+              flush=True)
+        lproc, lurl = start_llama_server(llama_binary, model, loras, work)
+        ours = lambda a, q: (keys[a], models[a], q, None)
+        theirs = lambda a, q: (None, MODEL, q, a)
+        # Warm-up: engines, adapters and caches loaded on first use.
+        asyncio.run(load(url, plan(TENANTS, TENANTS, ours)))
+        asyncio.run(load(lurl, plan(TENANTS, TENANTS, theirs)))
+        flip = False
+        for n_streams in STREAMS:
+            for n_adapters in ADAPTERS:
+                order = [("soramai", url, ours), ("llama-server", lurl, theirs)]
+                if flip:
+                    order.reverse()
+                flip = not flip
+                figures = {}
+                for name, u, job in order:
+                    try:
+                        figures[name] = asyncio.run(load(u, plan(n_streams, n_adapters, job)))
+                    except Exception as e:
+                        raise RuntimeError(f"{name}, {n_streams} streams, {n_adapters} adapters: {e!r}; "
+                                           f"exit status {proc.poll()} / {lproc.poll()}") from None
+                rows.append((n_streams, n_adapters, figures["soramai"], figures["llama-server"]))
+                print(f"  {n_streams} streams, {n_adapters} adapters: soramai {figures['soramai']['tokens/s']:.1f} "
+                      f"tok/s, llama-server {figures['llama-server']['tokens/s']:.1f} tok/s", flush=True)
     finally:
         proc.terminate()
         proc.wait()
-    if llama_python:
-        lp, lurl = start_llama(llama_python, model)
-        try:
-            asyncio.run(load(lurl, [(None, MODEL)] * 2))
-            rows["llama-cpp-python server, base model"] = asyncio.run(load(lurl, [(None, MODEL)] * CONCURRENCY))
-        finally:
-            lp.terminate()
-            lp.wait()
-    cols = ["requests/s", "tokens/s", "ttft p50", "ttft p99", "stream tok/s p50", "stream tok/s p99"]
-    print(f"\n{CONCURRENCY} concurrent streaming chats, {MAX_TOKENS} tokens max, greedy, loopback\n")
-    print("| server | " + " | ".join(cols) + " |")
-    print("| --- |" + " --- |" * len(cols))
-    for name, r in rows.items():
-        print(f"| {name} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + " |")
-    m, s = rows["soramai, 8 adapters (8 tenants)"], rows["soramai, 1 adapter"]
-    print(f"\nmixed-adapter throughput / single-adapter: {m['tokens/s'] / s['tokens/s']:.2f}x (target >= 0.8x)")
+        if lproc:
+            lproc.terminate()
+            lproc.wait()
+    print(f"\nstreaming chats with one system prompt, {MAX_TOKENS} tokens max, greedy, loopback, "
+          f"{REQUESTS} or more requests per load, {os.cpu_count()} cores\n")
+    print("| streams | adapters | soramai tok/s | llama-server tok/s | ratio | soramai TTFT p50 / p99 s "
+          "| llama-server TTFT p50 / p99 s | soramai prompt tokens from prefix cache |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n_streams, n_adapters, s, l in rows:
+        print(f"| {n_streams} | {n_adapters} | {s['tokens/s']:.1f} | {l['tokens/s']:.1f} | "
+              f"{s['tokens/s'] / l['tokens/s']:.2f}x | {s['ttft p50']:.2f} / {s['ttft p99']:.2f} | "
+              f"{l['ttft p50']:.2f} / {l['ttft p99']:.2f} | {100 * s['cached']:.0f}% |")
+    print()
+    for n_streams, n_adapters, s, l in rows:
+        if n_streams != max(STREAMS):
+            continue
+        ratio = s["tokens/s"] / l["tokens/s"]
+        print(f"goal, {n_streams} streams, {n_adapters} adapter(s): tokens/s {ratio:.2f}x llama-server's "
+              f"(goal >= 1.5x: {'met' if ratio >= 1.5 else 'missed'}); TTFT p99 {s['ttft p99']:.2f} s vs "
+              f"{l['ttft p99']:.2f} s (goal <=: {'met' if s['ttft p99'] <= l['ttft p99'] else 'missed'})")
 
 
 if __name__ == "__main__":

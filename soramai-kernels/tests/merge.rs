@@ -145,3 +145,45 @@ fn effective_weight_change_is_scaled_b_times_a_in_engine_row_order() {
         }
     }
 }
+
+#[test]
+fn an_adapter_exports_as_a_llama_cpp_lora_gguf() {
+    use soramai_kernels::lora::merge::to_llama_lora;
+    for arch in ["llama", "qwen2"] {
+        let base = engine(tiny_model_bytes(arch, GgmlType::Q8_0, 5));
+        let c = &base.model.config;
+        let dir = tempfile::tempdir().expect("dir");
+        write_peft(dir.path(), c, 3, 12.0, &[Target::Q, Target::K, Target::V, Target::Down], 9);
+        let adapter = Adapter::load(dir.path(), c).expect("adapter");
+        let file = Gguf::from_bytes(to_llama_lora(c, &adapter).expect("export").to_bytes()).expect("reads back");
+        assert_eq!(file.get_str("general.type").expect("str"), Some("adapter"));
+        assert_eq!(file.get_str("adapter.type").expect("str"), Some("lora"));
+        assert_eq!(file.get_str("general.architecture").expect("str"), Some(arch));
+        let floats = |name: &str| {
+            let t = file.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+            let v: Vec<f32> =
+                file.tensor_bytes(t).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            (t.dims.clone(), v)
+        };
+        let mut pairs = 0;
+        for l in 0..c.n_layer {
+            for (t, proj) in
+                [(Target::Q, "attn_q"), (Target::K, "attn_k"), (Target::V, "attn_v"), (Target::Down, "ffn_down")]
+            {
+                let p = adapter.pair(l, t).expect("pair");
+                let base_dims = &base.model.gguf.tensor(&format!("blk.{l}.{proj}.weight")).expect("base").dims;
+                let (a_dims, a) = floats(&format!("blk.{l}.{proj}.weight.lora_a"));
+                let (b_dims, b) = floats(&format!("blk.{l}.{proj}.weight.lora_b"));
+                // llama.cpp's own checks: A's ne0 is the weight's ne0, B's ne1 its ne1, A's ne1 is B's ne0.
+                assert_eq!((a_dims[0], b_dims[1], a_dims[1]), (base_dims[0], base_dims[1], b_dims[0]), "{arch} {proj}");
+                assert_eq!(a, p.a);
+                // The pair's scale is in B (the file's alpha 0 means scale 1 to llama.cpp).
+                let scaled: Vec<f32> = p.b.iter().map(|v| v * p.scale).collect();
+                assert_eq!(b, scaled);
+                pairs += 1;
+            }
+        }
+        assert_eq!(pairs, 4 * c.n_layer);
+        assert_eq!(file.tensors.len(), 2 * pairs, "nothing but the pairs");
+    }
+}

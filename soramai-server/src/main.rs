@@ -101,6 +101,18 @@ enum Command {
         #[arg(long, default_value = "base")]
         r#type: String,
     },
+    /// Write a PEFT adapter as a llama.cpp LoRA GGUF (`llama-server --lora FILE`).
+    ExportLora {
+        /// GGUF base model the adapter was trained on.
+        #[arg(long)]
+        model: PathBuf,
+        /// PEFT adapter directory.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Output GGUF path.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve the OpenAI-compatible API. On a fresh data directory: creates it, registers the
     /// model, and prints a bootstrap admin key once.
     Serve(ServeArgs),
@@ -374,6 +386,7 @@ fn main() -> ExitCode {
         }
         Command::Train(args) => report(train(&args)),
         Command::Merge { model, adapter, out, r#type } => report(merge(&model, &adapter, &out, &r#type)),
+        Command::ExportLora { model, adapter, out } => report(export_lora(&model, &adapter, &out)),
         Command::Serve(args) => report(serve(&args)),
         Command::JobRunner { args } => {
             let kinds: [(&str, soramai::core::jobs::runner::KindHandler); 1] =
@@ -529,6 +542,18 @@ fn merge(
     let w = kernels::lora::merge::merge(&m, &a, ty)?;
     w.write(out)?;
     eprintln!("merged {} into {}", adapter.display(), out.display());
+    Ok(())
+}
+
+fn export_lora(
+    model: &std::path::Path,
+    adapter: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let m = kernels::Model::load(model)?;
+    let a = kernels::lora::Adapter::load(adapter, &m.config)?;
+    kernels::lora::merge::to_llama_lora(&m.config, &a)?.write(out)?;
+    eprintln!("wrote {} as a llama.cpp LoRA to {}", adapter.display(), out.display());
     Ok(())
 }
 

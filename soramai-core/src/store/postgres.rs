@@ -594,7 +594,9 @@ impl PgStore {
     /// `secure_delete` and the WAL checkpoint do for SQLite). A dead row is kept while an older
     /// snapshot could still see it: another node's read, autovacuum's analyze, or a session of
     /// another database whose snapshot counts for every database (`CREATE DATABASE` has one). So
-    /// this first waits, up to 10 s, for every snapshot older than the deletion to end, rewrites,
+    /// this first waits, up to 10 s, for every snapshot older than the deletion to end (and every
+    /// transaction that began writing before it: between statements it holds an id but no
+    /// snapshot, and still holds back what VACUUM may remove), rewrites,
     /// and rewrites again (up to three times) if such a snapshot appeared meanwhile. Write-ahead
     /// log segments and backups keep older pages until PostgreSQL recycles them, as for any row.
     pub(crate) fn purge_key_tables(&self) -> Result<()> {
@@ -606,8 +608,9 @@ impl PgStore {
         let older = || -> Result<i64> {
             db.query_row(
                 "SELECT count(*) FROM pg_stat_activity
-                 WHERE pid <> pg_backend_pid() AND backend_xmin IS NOT NULL
-                   AND CAST(CAST(backend_xmin AS TEXT) AS BIGINT) < ?1",
+                 WHERE pid <> pg_backend_pid()
+                   AND (CAST(CAST(backend_xmin AS TEXT) AS BIGINT) < ?1
+                        OR CAST(CAST(backend_xid AS TEXT) AS BIGINT) < ?1)",
                 [after],
                 |r| r.get(0),
             )

@@ -100,3 +100,40 @@ pub fn merge(model: &Model, adapter: &Adapter, ty: MergeType) -> Result<GgufWrit
     }
     Ok(w)
 }
+
+/// The adapter as a llama.cpp LoRA GGUF (`general.type = adapter`), which `llama-server --lora`
+/// and `llama-cli --lora` load: for each adapted projection `blk.N.<proj>.weight.lora_a`
+/// (`in × rank` in GGUF dimension order, i.e. PEFT's `rank × in` rows) and `.lora_b` (`rank × out`,
+/// in the base GGUF's row order, Q/K already permuted for interleaved RoPE). Each pair's own scale
+/// (`alpha / r`, rsLoRA's `alpha / √r`, or a rank or alpha pattern) is folded into its `B` and the
+/// file's `adapter.lora.alpha` is 0, which llama.cpp reads as "scale 1": the delta is exact for
+/// every PEFT variant the engine loads.
+pub fn to_llama_lora(config: &crate::model::Config, adapter: &Adapter) -> Result<GgufWriter> {
+    if adapter.layers.len() != config.n_layer {
+        return Err(Error::Adapter("adapter was built for another model shape".into()));
+    }
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String(config.arch.clone()));
+    w.set("general.type", Value::String("adapter".into()));
+    w.set("adapter.type", Value::String("lora".into()));
+    w.set("adapter.lora.alpha", Value::F32(0.0));
+    if let Some(base) = &adapter.config.base_model_name_or_path {
+        w.set("soramai.adapter.base", Value::String(base.clone()));
+    }
+    for (l, layer) in adapter.layers.iter().enumerate() {
+        let mut targets: Vec<Target> = layer.keys().copied().collect();
+        targets.sort();
+        for t in targets {
+            let p = adapter.pair(l, t).ok_or_else(|| Error::Adapter("pair vanished".into()))?;
+            let (out_f, in_f) = t.shape(config);
+            if p.rank == 0 || p.a.len() != p.rank * in_f || p.b.len() != out_f * p.rank {
+                return Err(Error::Adapter(format!("layer {l} {}: pair shape does not fit", t.module())));
+            }
+            let name = tensor_name(l, t);
+            let b: Vec<f32> = p.b.iter().map(|v| v * p.scale).collect();
+            w.add_f32(format!("{name}.lora_a"), &[in_f as u64, p.rank as u64], GgmlType::F32, &p.a)?;
+            w.add_f32(format!("{name}.lora_b"), &[p.rank as u64, out_f as u64], GgmlType::F32, &b)?;
+        }
+    }
+    Ok(w)
+}
