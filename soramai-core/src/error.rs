@@ -1,6 +1,6 @@
 //! The crate's one error type.
 
-use crate::crypto::chunked::CryptoError;
+use crate::crypto::opaque::CryptoError;
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,8 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::keys::random_bytes;
 use crate::error::{Error, Result};
+use crate::random::random_bytes;
 
 fn check_token(kind: &'static str, s: &str, max: usize, extra: &[u8]) -> Result<()> {
     let ok = !s.is_empty()

@@ -43,6 +43,7 @@ pub mod jobs;
 pub mod metering;
 pub mod models;
 pub mod passkeys;
+mod random;
 pub mod retention;
 pub mod sso;
 pub mod store;

@@ -45,30 +45,7 @@ const MAX_CHUNKS: u64 = 1 << 38;
 const LABEL: &[u8] = b"c2sp.org/chunked-encryption@v1+";
 const AEAD_NAME: &[u8] = b"AEAD_AES_256_GCM";
 
-/// An opaque decryption or integrity failure: wrong key, wrong context, modified, reordered,
-/// truncated or extended ciphertext all look the same to the caller.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct CryptoError;
-
-impl fmt::Debug for CryptoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("CryptoError")
-    }
-}
-
-impl fmt::Display for CryptoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("decryption failed: the data is corrupt, truncated, or under another key or context")
-    }
-}
-
-impl std::error::Error for CryptoError {}
-
-impl From<CryptoError> for io::Error {
-    fn from(e: CryptoError) -> Self {
-        io::Error::new(io::ErrorKind::InvalidData, e)
-    }
-}
+pub use super::opaque::CryptoError;
 
 /// HKDF-Expand (RFC 5869 section 2.3) with HMAC-SHA-512, for a PRK of any length.
 ///

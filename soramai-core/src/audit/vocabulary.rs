@@ -1,23 +1,14 @@
-//! The tamper-evident audit log: append-only, one hash chain per tenant.
-//!
-//! Each record's `hash` is HMAC-SHA-256, under a platform audit key wrapped by the root key, of the
-//! previous record's hash and this record's fields. A per-tenant head (last sequence number and hash,
-//! itself MACed) is updated in the same transaction, so [`Core::verify_audit`] detects an edited,
-//! dropped, reordered or appended record, a truncated tail, and a rewound head. Records hold ids and
-//! action names, never customer content.
+//! The audit log's vocabulary: who ([`Actor`]), what ([`Action`]), the stored record, and the key
+//! that chains the records. A leaf: it knows ids, times and errors, nothing of the core.
 
 use std::fmt;
 
-use crate::params;
-use crate::store::{Db, OptionalExt as _, Row};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::auth::Principal;
 use crate::clock::Millis;
-use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::ids::{ApiKeyId, GrantId, TenantId};
 
@@ -231,11 +222,11 @@ impl fmt::Debug for AuditKey {
 }
 
 impl AuditKey {
-    fn mac(&self) -> Result<HmacSha256> {
+    pub(super) fn mac(&self) -> Result<HmacSha256> {
         <HmacSha256 as KeyInit>::new_from_slice(&self.0).map_err(|_| Error::Integrity)
     }
 
-    fn record_hash(&self, tenant: &TenantId, r: &AuditRecord, prev: &[u8]) -> Result<Vec<u8>> {
+    pub(super) fn record_hash(&self, tenant: &TenantId, r: &AuditRecord, prev: &[u8]) -> Result<Vec<u8>> {
         let mut mac = self.mac()?;
         mac.update(b"soramai audit record v1");
         for field in [
@@ -254,7 +245,7 @@ impl AuditKey {
         Ok(mac.finalize().into_bytes().to_vec())
     }
 
-    fn head_tag(&self, tenant: &TenantId, seq: u64, hash: &[u8]) -> Result<Vec<u8>> {
+    pub(super) fn head_tag(&self, tenant: &TenantId, seq: u64, hash: &[u8]) -> Result<Vec<u8>> {
         let mut mac = self.mac()?;
         mac.update(b"soramai audit head v1");
         mac.update(&(tenant.as_str().len() as u64).to_be_bytes());
@@ -262,162 +253,5 @@ impl AuditKey {
         mac.update(&seq.to_be_bytes());
         mac.update(hash);
         Ok(mac.finalize().into_bytes().to_vec())
-    }
-}
-
-const GENESIS: [u8; 32] = [0u8; 32];
-
-/// Reads an `AuditRecord` from columns `seq, at, actor, action, target, detail` (in that order).
-fn record_from_row(r: &Row) -> Result<AuditRecord> {
-    Ok(AuditRecord {
-        seq: r.get(0)?,
-        at: r.get(1)?,
-        actor: r.get(2)?,
-        action: r.get(3)?,
-        target: r.get(4)?,
-        detail: r.get(5)?,
-    })
-}
-
-/// One record to append: who did what to which id, with content-free detail.
-pub(crate) struct Entry<'a> {
-    pub(crate) actor: &'a Actor,
-    pub(crate) action: Action,
-    pub(crate) target: &'a str,
-    pub(crate) detail: serde_json::Value,
-}
-
-/// Appends one record inside the caller's transaction.
-pub(crate) fn append(tx: &Db<'_>, key: &AuditKey, tenant: &TenantId, at: Millis, entry: Entry<'_>) -> Result<()> {
-    let Entry { actor, action, target, detail } = entry;
-    let head: Option<(u64, Vec<u8>)> = tx
-        .query_row("SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1", [tenant.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_vec()));
-    let record = AuditRecord {
-        seq: prev_seq + 1,
-        at,
-        actor: actor.to_string(),
-        action: action.as_str().to_string(),
-        target: target.to_string(),
-        detail: detail.to_string(),
-    };
-    let hash = key.record_hash(tenant, &record, &prev_hash)?;
-    tx.execute(
-        "INSERT INTO audit_log (tenant_id, seq, at, actor, action, target, detail, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            tenant.as_str(),
-            record.seq,
-            record.at,
-            record.actor,
-            record.action,
-            record.target,
-            record.detail,
-            prev_hash,
-            hash
-        ],
-    )?;
-    let tag = key.head_tag(tenant, record.seq, &hash)?;
-    tx.execute(
-        "INSERT INTO audit_heads (tenant_id, seq, hash, tag) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, tag = excluded.tag",
-        params![tenant.as_str(), record.seq, hash, tag],
-    )?;
-    Ok(())
-}
-
-impl Core {
-    /// Appends a record for an action an engine crate performed on the principal's behalf (RAG
-    /// ingestion, model access). `detail` must be content-free: ids, counts, states.
-    pub fn record_audit(
-        &self,
-        principal: &Principal,
-        action: Action,
-        target: &str,
-        detail: serde_json::Value,
-    ) -> Result<()> {
-        self.tenant(principal.tenant())?;
-        if target.len() > 200 || target.chars().any(char::is_control) {
-            return Err(Error::InvalidArgument("invalid audit target".into()));
-        }
-        self.audit(principal.tenant(), principal.actor(), action, target, detail)
-    }
-
-    /// The tenant's audit records, oldest first (admin scope). A tier with audit-log access (Org
-    /// and Enterprise) reads them all; every other tier reads the records of the operator's access
-    /// to it (tenant changes, its first key, break-glass grants and every request under one), so
-    /// that access is visible to every tenant. The operator's embedding code reads them all.
-    pub fn audit_log(&self, principal: &Principal) -> Result<Vec<AuditRecord>> {
-        principal.require(crate::auth::Scope::Admin)?;
-        let tenant = principal.tenant();
-        let t = self.tenant(tenant)?;
-        let records = self.audit_records(tenant)?;
-        if principal.is_operator() || t.tier.policy().audit_log_access {
-            return Ok(records);
-        }
-        Ok(records.into_iter().filter(AuditRecord::is_operator_access).collect())
-    }
-
-    fn audit_records(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
-        self.meta.read(|c| {
-            c.query_map(
-                "SELECT seq, at, actor, action, target, detail FROM audit_log WHERE tenant_id = ?1 ORDER BY seq",
-                [tenant.as_str()],
-                record_from_row,
-            )
-        })
-    }
-
-    /// Verifies the tenant's whole chain and its head. Any edited, dropped, inserted or reordered
-    /// record yields [`Error::AuditChainBroken`] naming the first bad position.
-    pub fn verify_audit(&self, tenant: &TenantId) -> Result<AuditReport> {
-        let (rows, head) = self.meta.read(|c| {
-            let rows = c.query_map(
-                "SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log
-                 WHERE tenant_id = ?1 ORDER BY seq",
-                [tenant.as_str()],
-                |r| Ok((record_from_row(r)?, r.get::<Vec<u8>>(6)?, r.get::<Vec<u8>>(7)?)),
-            )?;
-            let head: Option<(u64, Vec<u8>, Vec<u8>)> = c
-                .query_row("SELECT seq, hash, tag FROM audit_heads WHERE tenant_id = ?1", [tenant.as_str()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
-            Ok((rows, head))
-        })?;
-        let mut prev = GENESIS.to_vec();
-        // Walk in sequence order; a record out of place breaks the expected sequence number.
-        let mut sorted = rows;
-        sorted.sort_by_key(|(r, _, _)| r.seq);
-        for (i, (record, prev_hash, hash)) in sorted.iter().enumerate() {
-            let expected_seq = i as u64 + 1;
-            let computed = self.audit_key.record_hash(tenant, record, &prev)?;
-            let ok = record.seq == expected_seq
-                && subtle::ConstantTimeEq::ct_eq(&prev_hash[..], &prev[..]).into()
-                && bool::from(subtle::ConstantTimeEq::ct_eq(&computed[..], &hash[..]));
-            if !ok {
-                return Err(Error::AuditChainBroken { seq: expected_seq });
-            }
-            prev = hash.clone();
-        }
-        let count = sorted.len() as u64;
-        match head {
-            None if count == 0 => Ok(AuditReport { records: 0 }),
-            None => Err(Error::AuditChainBroken { seq: 1 }),
-            Some((seq, hash, tag)) => {
-                let expected_tag = self.audit_key.head_tag(tenant, seq, &hash)?;
-                let ok = seq == count
-                    && bool::from(subtle::ConstantTimeEq::ct_eq(&hash[..], &prev[..]))
-                    && bool::from(subtle::ConstantTimeEq::ct_eq(&tag[..], &expected_tag[..]));
-                if ok {
-                    Ok(AuditReport { records: count })
-                } else {
-                    Err(Error::AuditChainBroken { seq: count.min(seq) + 1 })
-                }
-            }
-        }
     }
 }
