@@ -4,6 +4,8 @@
 eight; every load runs against both servers in one run, alternating which goes first. Prints
 tokens/s and time to first token (p50/p99) side by side, soramai's prefix-cache share, and the
 issue's goals: at 32 streams >= 1.5x llama-server's tokens/s and a TTFT p99 no worse than its.
+A second soramai server with its prefix cache off (`--prefix-cache-mib 0`) runs the same loads, to
+show what the cache adds and what the batching alone does.
 
 Adapters: soramai's eight tenants each train one through the fine-tuning API; llama-server gets
 eight of the same shape (rank 8, all seven projections) trained by `soramai train` and written as
@@ -62,10 +64,10 @@ def upload(url, key, data):
         return json.loads(r.read())
 
 
-def start_soramai(binary, model):
+def start_soramai(binary, model, extra=()):
     d = tempfile.mkdtemp(prefix="soramai-load-")
     proc = subprocess.Popen([binary, "serve", "--data-dir", os.path.join(d, "data"), "--addr", "127.0.0.1:0",
-                             "--model", model, "--max-batch", str(CONCURRENCY), "--workers", "2"],
+                             "--model", model, "--max-batch", str(CONCURRENCY), "--workers", "2", *extra],
                             stdout=subprocess.PIPE, stderr=open(os.path.join(d, "server.log"), "w"), text=True)
     print(f"server log: {os.path.join(d, 'server.log')}", flush=True)
     admin = url = None
@@ -152,7 +154,10 @@ async def stream(client, url, jobs):
 
 async def load(url, streams):
     """Runs the streams at once, each its (key, model, question, lora) jobs in turn."""
-    async with httpx.AsyncClient(timeout=900, limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+    # A connection per request: llama-server's HTTP library closes kept-alive connections after a
+    # few requests, which a pooled client only learns by a failed send.
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=900, limits=limits) as client:
         start = time.perf_counter()
         per_stream = await asyncio.gather(*[stream(client, url, jobs) for jobs in streams])
         wall = time.perf_counter() - start
@@ -192,8 +197,7 @@ def start_llama_server(binary, model, loras, work):
     port = 18000 + os.getpid() % 1000
     args = [binary, "-m", model, "--host", "127.0.0.1", "--port", str(port), "--parallel", str(CONCURRENCY),
             "--ctx-size", str(CONCURRENCY * 512), "--threads", str(os.cpu_count() or 2), "--lora-init-without-apply"]
-    for p in loras:
-        args += ["--lora", p]
+    args += ["--lora", ",".join(loras)]
     log = os.path.join(work, "llama-server.log")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     url = f"http://127.0.0.1:{port}"
@@ -208,64 +212,74 @@ def start_llama_server(binary, model, loras, work):
     raise RuntimeError(f"llama-server did not start; see {log}")
 
 
+SERVERS = ["soramai", "soramai, no prefix cache", "llama-server"]
+
+
 def main():
     binary, model, llama_binary = sys.argv[1], sys.argv[2], sys.argv[3]
     work = tempfile.mkdtemp(prefix="soramai-serve-bench-")
-    proc, url, admin = start_soramai(binary, model)
-    lproc = None
+    procs = []
     rows = []
     try:
         t = time.perf_counter()
-        keys, models = setup_adapters(url, admin)
+        jobs = {}
+        for name, extra in [("soramai", ()), ("soramai, no prefix cache", ("--prefix-cache-mib", "0"))]:
+            proc, url, admin = start_soramai(binary, model, extra)
+            procs.append(proc)
+            keys, models = setup_adapters(url, admin)
+            jobs[name] = (url, lambda a, q, keys=keys, models=models: (keys[a], models[a], q, None))
         loras = llama_adapters(binary, model, work)
-        print(f"setup: 8 tenants with an adapter each, 8 llama.cpp LoRAs, in {time.perf_counter() - t:.0f} s",
+        print(f"setup: 2 x 8 tenants with an adapter each, 8 llama.cpp LoRAs, in {time.perf_counter() - t:.0f} s",
               flush=True)
         lproc, lurl = start_llama_server(llama_binary, model, loras, work)
-        ours = lambda a, q: (keys[a], models[a], q, None)
-        theirs = lambda a, q: (None, MODEL, q, a)
+        procs.append(lproc)
+        jobs["llama-server"] = (lurl, lambda a, q: (None, MODEL, q, a))
         # Warm-up: engines, adapters and caches loaded on first use.
-        asyncio.run(load(url, plan(TENANTS, TENANTS, ours)))
-        asyncio.run(load(lurl, plan(TENANTS, TENANTS, theirs)))
-        flip = False
+        for url, job in jobs.values():
+            asyncio.run(load(url, plan(TENANTS, TENANTS, job)))
+        turn = 0
         for n_streams in STREAMS:
             for n_adapters in ADAPTERS:
-                order = [("soramai", url, ours), ("llama-server", lurl, theirs)]
-                if flip:
-                    order.reverse()
-                flip = not flip
+                # Each load runs on every server, the order rotating from one load to the next.
+                order = SERVERS[turn:] + SERVERS[:turn]
+                turn = (turn + 1) % len(SERVERS)
                 figures = {}
-                for name, u, job in order:
+                for name in order:
+                    url, job = jobs[name]
                     try:
-                        figures[name] = asyncio.run(load(u, plan(n_streams, n_adapters, job)))
+                        figures[name] = asyncio.run(load(url, plan(n_streams, n_adapters, job)))
                     except Exception as e:
                         raise RuntimeError(f"{name}, {n_streams} streams, {n_adapters} adapters: {e!r}; "
-                                           f"exit status {proc.poll()} / {lproc.poll()}") from None
-                rows.append((n_streams, n_adapters, figures["soramai"], figures["llama-server"]))
-                print(f"  {n_streams} streams, {n_adapters} adapters: soramai {figures['soramai']['tokens/s']:.1f} "
-                      f"tok/s, llama-server {figures['llama-server']['tokens/s']:.1f} tok/s", flush=True)
+                                           f"exit statuses {[p.poll() for p in procs]}") from None
+                rows.append((n_streams, n_adapters, figures))
+                print(f"  {n_streams} streams, {n_adapters} adapters: " +
+                      ", ".join(f"{n} {figures[n]['tokens/s']:.1f} tok/s" for n in SERVERS), flush=True)
     finally:
-        proc.terminate()
-        proc.wait()
-        if lproc:
-            lproc.terminate()
-            lproc.wait()
+        for p in procs:
+            p.terminate()
+            p.wait()
     print(f"\nstreaming chats with one system prompt, {MAX_TOKENS} tokens max, greedy, loopback, "
           f"{REQUESTS} or more requests per load, {os.cpu_count()} cores\n")
-    print("| streams | adapters | soramai tok/s | llama-server tok/s | ratio | soramai TTFT p50 / p99 s "
-          "| llama-server TTFT p50 / p99 s | soramai prompt tokens from prefix cache |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for n_streams, n_adapters, s, l in rows:
-        print(f"| {n_streams} | {n_adapters} | {s['tokens/s']:.1f} | {l['tokens/s']:.1f} | "
-              f"{s['tokens/s'] / l['tokens/s']:.2f}x | {s['ttft p50']:.2f} / {s['ttft p99']:.2f} | "
+    print("| streams | adapters | soramai tok/s | no prefix cache tok/s | llama-server tok/s | ratio (no cache) "
+          "| soramai TTFT p50 / p99 s | no prefix cache TTFT p50 / p99 s | llama-server TTFT p50 / p99 s "
+          "| prompt tokens from prefix cache |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n_streams, n_adapters, f in rows:
+        s, n, l = f["soramai"], f["soramai, no prefix cache"], f["llama-server"]
+        print(f"| {n_streams} | {n_adapters} | {s['tokens/s']:.1f} | {n['tokens/s']:.1f} | {l['tokens/s']:.1f} | "
+              f"{s['tokens/s'] / l['tokens/s']:.2f}x ({n['tokens/s'] / l['tokens/s']:.2f}x) | "
+              f"{s['ttft p50']:.2f} / {s['ttft p99']:.2f} | {n['ttft p50']:.2f} / {n['ttft p99']:.2f} | "
               f"{l['ttft p50']:.2f} / {l['ttft p99']:.2f} | {100 * s['cached']:.0f}% |")
     print()
-    for n_streams, n_adapters, s, l in rows:
+    for n_streams, n_adapters, f in rows:
         if n_streams != max(STREAMS):
             continue
-        ratio = s["tokens/s"] / l["tokens/s"]
-        print(f"goal, {n_streams} streams, {n_adapters} adapter(s): tokens/s {ratio:.2f}x llama-server's "
-              f"(goal >= 1.5x: {'met' if ratio >= 1.5 else 'missed'}); TTFT p99 {s['ttft p99']:.2f} s vs "
-              f"{l['ttft p99']:.2f} s (goal <=: {'met' if s['ttft p99'] <= l['ttft p99'] else 'missed'})")
+        for name in SERVERS[:2]:
+            s, l = f[name], f["llama-server"]
+            ratio = s["tokens/s"] / l["tokens/s"]
+            print(f"goal, {name}, {n_streams} streams, {n_adapters} adapter(s): tokens/s {ratio:.2f}x llama-server's "
+                  f"(goal >= 1.5x: {'met' if ratio >= 1.5 else 'missed'}); TTFT p99 {s['ttft p99']:.2f} s vs "
+                  f"{l['ttft p99']:.2f} s (goal <=: {'met' if s['ttft p99'] <= l['ttft p99'] else 'missed'})")
 
 
 if __name__ == "__main__":
