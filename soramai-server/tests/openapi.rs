@@ -1,4 +1,4 @@
-//! `openapi.json` describes exactly the server's routes: every route in `src/http.rs` is in the
+//! `openapi.json` describes exactly the server's routes: every route in `src/http/mod.rs` is in the
 //! document with its methods and nothing else is, and every documented operation answers on a
 //! running server (behind the API key where the document says so).
 
@@ -33,7 +33,7 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
 /// The routes as the router declares them: `.route("/path", get(..).post(..))` lines, those of the
 /// `/v1` router (everything before `.nest("/v1", v1)`) with the prefix.
 fn routed() -> BTreeSet<(String, String)> {
-    let src = std::fs::read_to_string(manifest().join("src/http.rs")).expect("http.rs");
+    let src = std::fs::read_to_string(manifest().join("src/http/mod.rs")).expect("http/mod.rs");
     let nest = src.find(".nest(\"/v1\", v1)").expect("the /v1 router");
     let mut out = BTreeSet::new();
     let mut at = 0;
@@ -93,6 +93,8 @@ fn every_documented_operation_answers() {
             url = u.trim().to_owned();
         }
     }
+    // reqwest is built without a TLS provider of its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::blocking::Client::new();
     let doc = document();
     for (method, path) in documented(&doc) {

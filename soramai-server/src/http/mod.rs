@@ -1,0 +1,337 @@
+//! `soramai serve`: the OpenAI-compatible HTTP API over the SDK's [`Platform`]. Every behaviour is
+//! the SDK's; this module translates requests and responses and maps errors to OpenAI's shape.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use soramai::{Platform, PlatformError};
+
+mod admin;
+mod errors;
+mod extractors;
+mod fine_tuning;
+mod inference;
+mod models;
+mod rag;
+mod serve;
+
+use admin::*;
+use errors::*;
+use extractors::*;
+use fine_tuning::*;
+use inference::*;
+use models::*;
+use rag::*;
+pub use serve::{serve, tls_config};
+
+/// Largest request body (a dataset upload included).
+pub const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// Shared state of the routes.
+#[derive(Clone)]
+pub struct AppState {
+    platform: Arc<Platform>,
+    metrics: Arc<Metrics>,
+    sign_ins: Arc<crate::web::AttemptLimiter>,
+    sign_up: bool,
+    passkeys: Option<Arc<soramai::core::passkeys::PasskeyConfig>>,
+    sso: Option<crate::sso::SsoOptions>,
+}
+
+impl AppState {
+    /// State over a platform (web sign-up closed).
+    pub fn new(platform: Arc<Platform>) -> Self {
+        Self {
+            platform,
+            metrics: Arc::new(Metrics::default()),
+            sign_ins: Arc::default(),
+            sign_up: false,
+            passkeys: None,
+            sso: None,
+        }
+    }
+
+    /// Password attempts one client address gets in a burst, and back per minute.
+    pub fn with_password_attempts(mut self, per_minute: u32) -> Self {
+        self.sign_ins = Arc::new(crate::web::AttemptLimiter::new(per_minute));
+        self
+    }
+
+    /// Opens (or closes) `/sign_up`: anyone may then make an account with a Free tenant.
+    pub fn with_sign_up(mut self, open: bool) -> Self {
+        self.sign_up = open;
+        self
+    }
+
+    /// Turns passkeys on, for the site at the config's origin.
+    pub fn with_passkeys(mut self, config: soramai::core::passkeys::PasskeyConfig) -> Self {
+        self.passkeys = Some(Arc::new(config));
+        self
+    }
+
+    /// The passkeys' relying party, when they are on.
+    pub(crate) fn passkeys(&self) -> Option<&Arc<soramai::core::passkeys::PasskeyConfig>> {
+        self.passkeys.as_ref()
+    }
+
+    /// Turns single sign-on on, with providers sending people back to `options.redirect`.
+    pub fn with_sso(mut self, options: crate::sso::SsoOptions) -> Self {
+        self.sso = Some(options);
+        self
+    }
+
+    /// How single sign-on reaches providers, when it is on.
+    pub(crate) fn sso(&self) -> Option<&crate::sso::SsoOptions> {
+        self.sso.as_ref()
+    }
+
+    /// Whether `/sign_up` is open.
+    pub(crate) fn sign_up_open(&self) -> bool {
+        self.sign_up
+    }
+
+    /// The platform the routes serve.
+    pub(crate) fn platform(&self) -> &Arc<Platform> {
+        &self.platform
+    }
+
+    /// Sign-in attempts per client address.
+    pub(crate) fn sign_ins(&self) -> &crate::web::AttemptLimiter {
+        &self.sign_ins
+    }
+}
+
+/// Aggregates only: counts and sums, never ids of tenants, never content.
+#[derive(Default)]
+struct Metrics {
+    requests: AtomicU64,
+    errors_4xx: AtomicU64,
+    errors_5xx: AtomicU64,
+    completions: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/models", get(list_models))
+        .route("/models/{id}", get(get_model).delete(delete_model))
+        .route("/custom_models", post(upload_custom_model).get(list_custom_models))
+        .route("/custom_models/{id}", get(get_custom_model))
+        .route("/chat/completions", post(chat_completions))
+        .route("/completions", post(completions))
+        .route("/embeddings", post(embeddings))
+        .route("/files", post(upload_file).get(list_files))
+        .route("/files/{id}", get(get_file).delete(delete_file))
+        .route("/files/{id}/content", get(file_content))
+        .route("/fine_tuning/jobs", post(create_job).get(list_jobs))
+        .route("/fine_tuning/jobs/{id}", get(get_job))
+        .route("/fine_tuning/jobs/{id}/cancel", post(cancel_job))
+        .route("/fine_tuning/jobs/{id}/events", get(job_events))
+        .route("/fine_tuning/jobs/{id}/checkpoints", get(job_checkpoints))
+        .route("/tenants", post(create_tenant).get(list_tenants))
+        .route("/tenants/{id}/tier", post(set_tier))
+        .route("/tenants/{id}/credits", post(grant_credits))
+        .route("/tenants/{id}/access_grants", post(request_grant))
+        .route("/tenants/{id}/close", post(close_tenant))
+        .route("/tenants/{id}/reopen", post(reopen_tenant))
+        .route("/access_grants", get(list_grants))
+        .route("/access_grants/{id}", get(get_grant))
+        .route("/access_grants/{id}/approve", post(approve_grant))
+        .route("/access_grants/{id}/revoke", post(revoke_grant))
+        .route("/api_keys", post(create_key).get(list_keys))
+        .route("/api_keys/{id}", axum::routing::delete(revoke_key))
+        .route("/api_keys/{id}/rotate", post(rotate_key))
+        .route("/corpora", post(create_corpus).get(list_corpora))
+        .route("/corpora/{id}", axum::routing::delete(delete_corpus))
+        .route("/corpora/{id}/documents", post(add_documents).get(list_documents))
+        .route("/corpora/{id}/documents/{doc}", axum::routing::delete(delete_document))
+        .route("/corpora/{id}/search", post(search))
+        .route("/corpora/{id}/chat", post(grounded_chat))
+        .route("/members", get(list_members))
+        .route("/members/invitations", post(invite_member))
+        .route("/members/{id}/role", post(set_member_role))
+        .route("/members/{id}", axum::routing::delete(remove_member))
+        .route("/audit", get(audit_log))
+        .route("/audit/verify", get(audit_verify))
+        .route("/usage", get(usage))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(crate::web::routes())
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown request URL.")
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Every request, body read included, ends within the limit (a stream's body after its
+        // head is the connection's to bound: see `conn`).
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .with_state(state)
+}
+
+/// How long a request may take to be answered (its head; a stream may run on).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long an authenticated request's body may take to arrive (a slow upload holds a
+/// connection, never a tenant's concurrency place).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    s.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    s.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let res = next.run(req).await;
+    s.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    if res.status().is_client_error() {
+        s.metrics.errors_4xx.fetch_add(1, Ordering::Relaxed);
+    } else if res.status().is_server_error() {
+        s.metrics.errors_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+    res
+}
+
+/// Authenticates the bearer key, reads the body (bounded), then applies the tenant's tier limits
+/// (requests per minute and concurrent requests), so a slow upload holds no concurrency place;
+/// the permit lives as long as the response, streams included. A request made under a
+/// break-glass access grant is recorded in the tenant's and the operator's audit logs first.
+async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    if token.is_empty() {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing_api_key",
+            "You didn't provide an API key (Authorization: Bearer sk-…).",
+        )
+        .into_response();
+    }
+    let platform = s.platform.clone();
+    let principal = match tokio::task::spawn_blocking(move || platform.authenticate(&token)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return ApiError::from(e).into_response(),
+        Err(_) => return server_error().into_response(),
+    };
+    let operation = format!(
+        "{} {}",
+        req.method(),
+        req.extensions().get::<axum::extract::MatchedPath>().map_or("/v1/?", |m| m.as_str())
+    );
+    // A body refused unread leaves the rest of it on the connection: the answer closes it.
+    let closing = |e: ApiError| ([(header::CONNECTION, "close")], e).into_response();
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // A model upload streams its body to the handler (sealed as it arrives, bounded by the
+    // model size limit and a per-piece idle timeout); every other body is read here, bounded.
+    let streamed = operation == STREAMED_UPLOAD;
+    let limit = if streamed { s.platform.core().limits().max_custom_model_bytes } else { MAX_BODY_BYTES as u64 };
+    if declared.is_some_and(|n| n > limit) {
+        return closing(too_large());
+    }
+    let mut req = if streamed {
+        req
+    } else {
+        let (parts, body) = req.into_parts();
+        let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return closing(too_large()),
+            Err(_) => return closing(body_timeout()),
+        };
+        Request::from_parts(parts, axum::body::Body::from(bytes))
+    };
+    let platform = s.platform.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let permit = platform.admit(&principal)?;
+        platform.record_request(&principal, &operation)?;
+        Ok::<_, PlatformError>((principal, permit))
+    })
+    .await;
+    match checked {
+        Ok(Ok((principal, permit))) => {
+            req.extensions_mut().insert(principal);
+            let res = next.run(req).await;
+            // The permit lives as long as the response body, so a stream holds its place until it
+            // ends or its client goes away (response extensions are dropped once the head is sent).
+            res.map(|body| {
+                let data = futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
+                    let _held = &permit;
+                    chunk
+                });
+                axum::body::Body::from_stream(data)
+            })
+        }
+        Ok(Err(e)) => ApiError::from(e).into_response(),
+        Err(_) => server_error().into_response(),
+    }
+}
+
+/// The one route whose body the handler streams.
+const STREAMED_UPLOAD: &str = "POST /v1/custom_models";
+
+/// How long a streamed upload may wait for its next piece.
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        "timeout",
+        "The request body did not arrive in time.",
+    )
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "too_large", "The request body is too large.")
+}
+
+/// Runs blocking SDK work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, PlatformError> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| server_error())?.map_err(ApiError::from)
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let p = s.platform.clone();
+    match tokio::task::spawn_blocking(move || p.core().base_models()).await {
+        Ok(Ok(models)) if !models.is_empty() => (StatusCode::OK, "ready").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let m = &s.metrics;
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let body = format!(
+        "# TYPE soramai_http_requests_total counter\nsoramai_http_requests_total {}\n\
+         # TYPE soramai_http_client_errors_total counter\nsoramai_http_client_errors_total {}\n\
+         # TYPE soramai_http_server_errors_total counter\nsoramai_http_server_errors_total {}\n\
+         # TYPE soramai_http_in_flight gauge\nsoramai_http_in_flight {}\n\
+         # TYPE soramai_completions_total counter\nsoramai_completions_total {}\n\
+         # TYPE soramai_prompt_tokens_total counter\nsoramai_prompt_tokens_total {}\n\
+         # TYPE soramai_completion_tokens_total counter\nsoramai_completion_tokens_total {}\n",
+        g(&m.requests),
+        g(&m.errors_4xx),
+        g(&m.errors_5xx),
+        g(&m.in_flight),
+        g(&m.completions),
+        g(&m.prompt_tokens),
+        g(&m.completion_tokens),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
