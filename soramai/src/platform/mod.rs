@@ -9,10 +9,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use soramai_core::{
@@ -21,535 +20,27 @@ use soramai_core::{
     TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
 };
 use soramai_kernels::sample::SamplingParams;
-use soramai_kernels::tokenizer::template::Message;
-use soramai_kernels::{Engine, Finish, Precision, Request, TokenEvent};
+use soramai_kernels::{Engine, Request};
 use soramai_rag::{CorpusId, GroundedPrompt, Rag, RagOptions, SearchRequest};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::PlatformError;
 
-/// How a [`Platform`] runs.
-#[derive(Clone, Debug)]
-pub struct PlatformOptions {
-    /// The program that runs jobs in child processes (`soramai job-runner`); without one this
-    /// process runs no jobs (another process's workers may).
-    pub runner: Option<RunnerCommand>,
-    /// Job worker threads (each runs one job at a time in its own child process).
-    pub workers: usize,
-    /// Most requests in one forward pass.
-    pub max_batch: usize,
-    /// The inference arithmetic.
-    pub precision: Precision,
-    /// How often an idle worker looks for a job.
-    pub poll: Duration,
-    /// Also run the dedicated pools' jobs (Pro tiers and up), each pool on a worker of its own
-    /// that no other tenant's job shares. Off for a node that serves the shared pool only.
-    pub dedicated_pools: bool,
-    /// Most prompt tokens one forward pass prefills, over all prompts: a long prompt arriving
-    /// while others decode runs in chunks of this size instead of stalling them.
-    pub prefill_chunk: usize,
-    /// Bytes of key/value state each base model keeps of its tenants' recent prompts (each
-    /// tenant's reused by that tenant only); 0 turns the prefix cache off.
-    pub prefix_cache_bytes: usize,
-}
+mod admission;
+mod options;
+mod serving;
+mod stream;
+mod workers;
 
-impl Default for PlatformOptions {
-    fn default() -> Self {
-        Self {
-            runner: None,
-            workers: 1,
-            max_batch: 32,
-            precision: Precision::Fast,
-            poll: Duration::from_millis(200),
-            dedicated_pools: true,
-            prefill_chunk: soramai_kernels::engine::DEFAULT_PREFILL_CHUNK,
-            prefix_cache_bytes: soramai_kernels::engine::DEFAULT_PREFIX_CACHE_BYTES,
-        }
-    }
-}
-
-/// The id a base model gets when none is named.
-pub const DEFAULT_MODEL_ID: &str = "smollm2";
-
-/// How [`Platform::open_with`] sets up a platform.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OpenOptions {
-    /// A GGUF file to register as a base model.
-    pub model: Option<std::path::PathBuf>,
-    /// Its id (default [`DEFAULT_MODEL_ID`]).
-    pub model_id: Option<String>,
-    /// Job worker threads (default 1).
-    pub workers: Option<usize>,
-    /// Most requests in one forward pass (default 32).
-    pub max_batch: Option<usize>,
-    /// The metadata database by URL: `sqlite` (the default: SQLite in the data directory) or
-    /// `postgres://user:password@host:5432/db` (the `postgres` feature). Several nodes share one
-    /// PostgreSQL, one blob store ([`OpenOptions::blob_store`]) and one root key
-    /// (`SORAMAI_ROOT_KEY`, or the same `root.key` in each data directory).
-    pub database: Option<String>,
-    /// The blob store shared by several nodes: `file:///mnt/shared` or `s3://bucket` (the `s3`
-    /// feature); default `<data_dir>/blobs`. See `BlobLocation`.
-    pub blob_store: Option<String>,
-    /// Largest customer GGUF upload in bytes (default 16 GiB).
-    pub max_model_bytes: Option<u64>,
-    /// Most prompt tokens one forward pass prefills (default 128; see
-    /// [`PlatformOptions::prefill_chunk`]).
-    pub prefill_chunk: Option<usize>,
-    /// Bytes of each base model's per-tenant prefix cache (default 256 MiB; 0 turns it off).
-    pub prefix_cache_bytes: Option<u64>,
-}
-
-impl std::fmt::Debug for OpenOptions {
-    // The database URL can hold a password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenOptions")
-            .field("model", &self.model)
-            .field("model_id", &self.model_id)
-            .field("workers", &self.workers)
-            .field("max_batch", &self.max_batch)
-            .field("database", &self.database.as_ref().map(|_| ".."))
-            .field("blob_store", &self.blob_store)
-            .field("max_model_bytes", &self.max_model_bytes)
-            .field("prefill_chunk", &self.prefill_chunk)
-            .field("prefix_cache_bytes", &self.prefix_cache_bytes)
-            .finish()
-    }
-}
-
-/// One message of a chat.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChatMessage {
-    /// `system`, `developer` (as system), `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
-
-/// How to sample and when to stop.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenerationOptions {
-    /// Most tokens to generate; by default what the context and the tenant's credits allow.
-    pub max_tokens: Option<usize>,
-    /// Softmax temperature (0 to 2; default 1, as OpenAI's). 0 is greedy.
-    pub temperature: Option<f32>,
-    /// Nucleus sampling (default 1: off).
-    pub top_p: Option<f32>,
-    /// Seed: the same seed, model and prompt give the same output. Random when absent.
-    pub seed: Option<u64>,
-    /// Up to 4 strings that end generation (not included in the text).
-    pub stop: Vec<String>,
-    /// Report each token's log-probability and this many alternatives (0..=20).
-    pub logprobs: Option<usize>,
-}
-
-/// The prompt of a generation.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Prompt {
-    /// A chat, rendered with the model's chat template.
-    Chat(Vec<ChatMessage>),
-    /// Raw text.
-    Text(String),
-}
-
-/// A token's log-probability, with the most likely alternatives (OpenAI's shape).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TokenLogprob {
-    /// The token's text (invalid UTF-8 replaced).
-    pub token: String,
-    /// The token's bytes.
-    pub bytes: Vec<u8>,
-    /// Its log-probability under the model.
-    pub logprob: f32,
-    /// The most likely tokens at this position.
-    pub top_logprobs: Vec<TopLogprob>,
-}
-
-/// An alternative token.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TopLogprob {
-    /// The token's text.
-    pub token: String,
-    /// The token's bytes.
-    pub bytes: Vec<u8>,
-    /// Its log-probability.
-    pub logprob: f32,
-}
-
-/// Token counts of a request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    /// Prompt tokens.
-    pub prompt_tokens: u64,
-    /// Generated tokens.
-    pub completion_tokens: u64,
-    /// Their sum.
-    pub total_tokens: u64,
-    /// How the prompt tokens were counted.
-    pub prompt_tokens_details: PromptTokensDetails,
-}
-
-/// The prompt's part of [`Usage`], as OpenAI reports it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct PromptTokensDetails {
-    /// Prompt tokens whose states came from the tenant's own prefix cache (a prompt that begins
-    /// like one of the tenant's recent ones); never from another tenant's.
-    pub cached_tokens: u64,
-}
-
-/// Why a generation ended, in OpenAI's words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// End of turn or a stop string.
-    Stop,
-    /// `max_tokens`, the credits or the context ran out.
-    Length,
-}
-
-/// What a generation stream yields.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum StreamEvent {
-    /// New text (possibly empty, when a token only completes part of a character).
-    Delta {
-        /// The text.
-        text: String,
-        /// The token's log-probabilities, when asked for.
-        logprob: Option<TokenLogprob>,
-    },
-    /// The end, with the token counts.
-    Done {
-        /// Why it ended.
-        finish_reason: FinishReason,
-        /// Token counts.
-        usage: Usage,
-    },
-}
-
-/// A finished generation.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Completion {
-    /// The request id (`chatcmpl-…`/`cmpl-…`).
-    pub id: String,
-    /// The model id the caller named.
-    pub model: String,
-    /// The generated text.
-    pub text: String,
-    /// Why it ended.
-    pub finish_reason: FinishReason,
-    /// Token counts.
-    pub usage: Usage,
-    /// Per-token log-probabilities, when asked for.
-    pub logprobs: Option<Vec<TokenLogprob>>,
-    /// Unix seconds.
-    pub created: u64,
-}
-
-enum Msg {
-    Token(TokenEvent),
-    Done { finish: Finish, generated: u64, cached: u64 },
-    Failed(String),
-}
-
-struct Submission {
-    req: Request,
-    events: UnboundedSender<Msg>,
-}
-
-/// One base model being served: its engine and the scheduler thread that batches its requests.
-struct Serving {
-    engine: Arc<Engine>,
-    submit: Mutex<Sender<Submission>>,
-}
-
-impl Serving {
-    fn start(engine: Arc<Engine>, options: &PlatformOptions) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let e = engine.clone();
-        e.prefix_cache().set_capacity(options.prefix_cache_bytes);
-        let (max_batch, precision, chunk) = (options.max_batch.max(1), options.precision, options.prefill_chunk);
-        std::thread::Builder::new()
-            .name("soramai-scheduler".into())
-            .spawn(move || schedule(&e, &rx, max_batch, precision, chunk))?;
-        Ok(Self { engine, submit: Mutex::new(tx) })
-    }
-}
-
-/// The scheduler: admit what is waiting (blocking only when idle), step the batch, route tokens.
-/// It ends when every sender is gone and the batch has drained.
-fn schedule(engine: &Engine, rx: &Receiver<Submission>, max_batch: usize, precision: Precision, chunk: usize) {
-    let mut batch = engine.batch(precision);
-    batch.set_prefill_chunk(chunk);
-    let mut sinks: HashMap<u64, UnboundedSender<Msg>> = HashMap::new();
-    let mut next_id = 0u64;
-    let mut open = true;
-    loop {
-        let mut waiting = Vec::new();
-        if batch.is_empty() {
-            if !open {
-                return;
-            }
-            match rx.recv() {
-                Ok(s) => waiting.push(s),
-                Err(_) => return,
-            }
-        }
-        while batch.len() + waiting.len() < max_batch && open {
-            match rx.try_recv() {
-                Ok(s) => waiting.push(s),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => open = false,
-            }
-        }
-        for s in waiting {
-            next_id += 1;
-            match batch.admit(next_id, s.req) {
-                Ok(()) => {
-                    sinks.insert(next_id, s.events);
-                }
-                Err(e) => {
-                    let _ = s.events.send(Msg::Failed(e.to_string()));
-                }
-            }
-        }
-        // A request whose stream was dropped before it started leaves at once.
-        for (id, tx) in &sinks {
-            if tx.is_closed() {
-                batch.cancel(*id);
-            }
-        }
-        match batch.step(&mut |id, ev| sinks.get(&id).is_some_and(|tx| tx.send(Msg::Token(ev)).is_ok())) {
-            Ok(finished) => {
-                for (id, g) in finished {
-                    if let Some(tx) = sinks.remove(&id) {
-                        let _ = tx.send(Msg::Done {
-                            finish: g.finish,
-                            generated: g.output_ids.len() as u64,
-                            cached: g.cached_tokens as u64,
-                        });
-                    }
-                }
-            }
-            Err(e) => {
-                for (_, tx) in sinks.drain() {
-                    let _ = tx.send(Msg::Failed(e.to_string()));
-                }
-            }
-        }
-    }
-}
-
-/// A generation in progress: yields [`StreamEvent`]s, blocking ([`Iterator`]) or async
-/// ([`GenerationStream::next_event`]). It settles the request's credits and records its usage when
-/// it ends, or when it is dropped early (the generation is then cancelled).
-pub struct GenerationStream {
-    id: String,
-    model: String,
-    rx: UnboundedReceiver<Msg>,
-    engine: Arc<Engine>,
-    settle: Option<Settlement>,
-    prompt_tokens: u64,
-    seen: u64,
-    want_logprobs: bool,
-    created: u64,
-    permit: Option<Permit>,
-}
-
-impl std::fmt::Debug for GenerationStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GenerationStream").field("id", &self.id).field("model", &self.model).finish()
-    }
-}
-
-struct Settlement {
-    core: Arc<Core>,
-    tenant: TenantId,
-    reserved: u64,
-    base: ModelId,
-    adapter: Option<ModelId>,
-    started: Instant,
-}
-
-impl Settlement {
-    fn settle(self, used: u64, input: u64, status: UsageStatus) -> Result<(), PlatformError> {
-        let refund = self.reserved.saturating_sub(used);
-        if refund > 0 {
-            self.core.refund_credits(&self.tenant, refund as i64, "inference: unused reservation")?;
-        }
-        self.core.record_usage(
-            &self.tenant,
-            &UsageEvent {
-                kind: UsageKind::Inference,
-                model: self.base,
-                adapter: self.adapter,
-                input_tokens: input,
-                output_tokens: used.saturating_sub(input),
-                latency_ms: self.started.elapsed().as_millis() as u64,
-                status,
-            },
-        )?;
-        Ok(())
-    }
-}
-
-impl GenerationStream {
-    /// The request id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The model id as the caller named it.
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
-    /// Unix seconds when the request was made.
-    pub fn created(&self) -> u64 {
-        self.created
-    }
-
-    /// Prompt tokens.
-    pub fn prompt_tokens(&self) -> u64 {
-        self.prompt_tokens
-    }
-
-    /// Keeps a tier permit until the stream ends or is dropped.
-    pub fn hold(mut self, permit: Permit) -> Self {
-        self.permit = Some(permit);
-        self
-    }
-
-    /// The next event, waiting for it without blocking the async runtime; `None` after `Done`.
-    pub async fn next_event(&mut self) -> Option<Result<StreamEvent, PlatformError>> {
-        self.settle.as_ref()?;
-        let msg = self.rx.recv().await;
-        Some(self.observe(msg))
-    }
-
-    fn observe(&mut self, msg: Option<Msg>) -> Result<StreamEvent, PlatformError> {
-        let ev = self.observe_msg(msg);
-        if self.settle.is_none() {
-            // Ended: the tier place is free for the tenant's next request.
-            self.permit = None;
-        }
-        ev
-    }
-
-    fn observe_msg(&mut self, msg: Option<Msg>) -> Result<StreamEvent, PlatformError> {
-        match msg {
-            Some(Msg::Token(ev)) => {
-                self.seen += 1;
-                let logprob =
-                    if self.want_logprobs { ev.logprobs.as_ref().map(|lp| self.logprob(ev.token, lp)) } else { None };
-                Ok(StreamEvent::Delta { text: ev.text, logprob })
-            }
-            Some(Msg::Done { finish, generated, cached }) => {
-                let used = self.prompt_tokens + generated;
-                if let Some(s) = self.settle.take() {
-                    s.settle(used, self.prompt_tokens, UsageStatus::Ok)?;
-                }
-                let finish_reason = match finish {
-                    Finish::Stop | Finish::StopString | Finish::Cancelled => FinishReason::Stop,
-                    Finish::Length | Finish::Context => FinishReason::Length,
-                };
-                Ok(StreamEvent::Done {
-                    finish_reason,
-                    usage: Usage {
-                        prompt_tokens: self.prompt_tokens,
-                        completion_tokens: generated,
-                        total_tokens: used,
-                        prompt_tokens_details: PromptTokensDetails { cached_tokens: cached },
-                    },
-                })
-            }
-            Some(Msg::Failed(message)) => {
-                if let Some(s) = self.settle.take() {
-                    s.settle(self.prompt_tokens + self.seen, self.prompt_tokens, UsageStatus::Error)?;
-                }
-                Err(PlatformError::Engine(message))
-            }
-            None => {
-                if let Some(s) = self.settle.take() {
-                    s.settle(self.prompt_tokens + self.seen, self.prompt_tokens, UsageStatus::Error)?;
-                }
-                Err(PlatformError::Engine("the scheduler stopped".into()))
-            }
-        }
-    }
-
-    fn logprob(&self, token: u32, lp: &soramai_kernels::TokenLogprobs) -> TokenLogprob {
-        let piece = |t: u32| {
-            let bytes = self.engine.tokenizer.token_bytes(t, false).to_vec();
-            (String::from_utf8_lossy(&bytes).into_owned(), bytes)
-        };
-        let (token, bytes) = piece(token);
-        TokenLogprob {
-            token,
-            bytes,
-            logprob: lp.logprob,
-            top_logprobs: lp
-                .top
-                .iter()
-                .map(|&(t, logprob)| {
-                    let (token, bytes) = piece(t);
-                    TopLogprob { token, bytes, logprob }
-                })
-                .collect(),
-        }
-    }
-
-    /// Runs the generation to its end and returns the whole text.
-    pub fn collect(mut self) -> Result<Completion, PlatformError> {
-        let mut text = String::new();
-        let mut logprobs = self.want_logprobs.then(Vec::new);
-        for ev in self.by_ref() {
-            match ev? {
-                StreamEvent::Delta { text: t, logprob } => {
-                    text.push_str(&t);
-                    if let (Some(v), Some(lp)) = (logprobs.as_mut(), logprob) {
-                        v.push(lp);
-                    }
-                }
-                StreamEvent::Done { finish_reason, usage } => {
-                    return Ok(Completion {
-                        id: self.id.clone(),
-                        model: self.model.clone(),
-                        text,
-                        finish_reason,
-                        usage,
-                        logprobs,
-                        created: self.created,
-                    });
-                }
-            }
-        }
-        Err(PlatformError::Engine("the generation ended without a result".into()))
-    }
-}
-
-impl Iterator for GenerationStream {
-    type Item = Result<StreamEvent, PlatformError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.settle.as_ref()?;
-        let msg = self.rx.blocking_recv();
-        Some(self.observe(msg))
-    }
-}
-
-impl Drop for GenerationStream {
-    fn drop(&mut self) {
-        // Dropped before the end: the scheduler cancels it at its next token; at most one more
-        // token than seen was generated.
-        if let Some(s) = self.settle.take() {
-            let used = (self.prompt_tokens + self.seen + 1).min(s.reserved);
-            let _ = s.settle(used, self.prompt_tokens, UsageStatus::Cancelled);
-        }
-    }
-}
+pub use admission::Permit;
+use admission::*;
+pub use options::{DEFAULT_MODEL_ID, OpenOptions, PlatformOptions};
+use serving::*;
+pub use serving::{ChatMessage, GenerationOptions, Prompt};
+use stream::*;
+pub use stream::{
+    Completion, FinishReason, GenerationStream, PromptTokensDetails, StreamEvent, TokenLogprob, TopLogprob, Usage,
+};
+use workers::*;
 
 /// A model as listed for a caller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -575,37 +66,6 @@ pub struct Embeddings {
 pub const EMBEDDING_MAX_TOKENS: usize = 512;
 /// Most inputs in one embedding request.
 pub const EMBEDDING_MAX_INPUTS: usize = 256;
-
-/// Per-tenant load: a token bucket for requests per minute and a count of requests in flight.
-#[derive(Debug)]
-struct Load {
-    tokens: f64,
-    refilled: Instant,
-    in_flight: u32,
-}
-
-/// The tier limits of every tenant.
-#[derive(Debug, Default)]
-struct Limiter {
-    loads: Mutex<HashMap<TenantId, Load>>,
-}
-
-/// A request's place within its tenant's concurrency limit; dropping it frees the place.
-#[derive(Debug)]
-pub struct Permit {
-    limiter: Arc<Limiter>,
-    tenant: TenantId,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if let Ok(mut loads) = self.limiter.loads.lock()
-            && let Some(l) = loads.get_mut(&self.tenant)
-        {
-            l.in_flight = l.in_flight.saturating_sub(1);
-        }
-    }
-}
 
 /// How a grounded chat retrieves.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -758,30 +218,7 @@ impl Platform {
     /// bucket, and concurrent requests); the permit holds its place until dropped.
     pub fn admit(&self, principal: &Principal) -> Result<Permit, PlatformError> {
         let policy = self.core.tenant(principal.tenant())?.tier.policy();
-        let rate = f64::from(policy.requests_per_minute.max(1));
-        let now = Instant::now();
-        let mut loads = self.limiter.loads.lock().map_err(|_| PlatformError::Engine("limiter poisoned".into()))?;
-        let load =
-            loads.entry(principal.tenant().clone()).or_insert(Load { tokens: rate, refilled: now, in_flight: 0 });
-        load.tokens = (load.tokens + now.duration_since(load.refilled).as_secs_f64() * rate / 60.0).min(rate);
-        load.refilled = now;
-        if load.tokens < 1.0 {
-            return Err(PlatformError::RateLimited(format!(
-                "more than {} requests per minute on the {} tier",
-                policy.requests_per_minute,
-                policy.tier.as_str()
-            )));
-        }
-        if load.in_flight >= policy.max_concurrent_requests {
-            return Err(PlatformError::RateLimited(format!(
-                "more than {} concurrent requests on the {} tier",
-                policy.max_concurrent_requests,
-                policy.tier.as_str()
-            )));
-        }
-        load.tokens -= 1.0;
-        load.in_flight += 1;
-        Ok(Permit { limiter: self.limiter.clone(), tenant: principal.tenant().clone() })
+        self.limiter.admit(principal.tenant(), &policy)
     }
 
     /// Stops the job workers (running jobs finish first) and waits for them.
@@ -911,82 +348,20 @@ impl Platform {
         options: &GenerationOptions,
     ) -> Result<GenerationStream, PlatformError> {
         principal.require(Scope::Inference)?;
-        let bad = |m: &str| Err(PlatformError::InvalidArgument(m.into()));
-        if let Some(t) = options.temperature
-            && !(t.is_finite() && (0.0..=2.0).contains(&t))
-        {
-            return bad("temperature is 0 to 2");
-        }
-        if let Some(p) = options.top_p
-            && !(p.is_finite() && p > 0.0 && p <= 1.0)
-        {
-            return bad("top_p is above 0 and at most 1");
-        }
-        if options.stop.len() > 4 || options.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
-            return bad("stop is up to 4 non-empty strings of at most 256 bytes");
-        }
-        if options.logprobs.is_some_and(|n| n > soramai_kernels::engine::MAX_TOP_LOGPROBS) {
-            return bad("top_logprobs is 0 to 20");
-        }
-        if options.max_tokens == Some(0) {
-            return bad("max_tokens is at least 1");
-        }
+        options.check()?;
         let (serving, base, adapter) = self.resolve(principal, model)?;
-        let engine = &serving.engine;
-        let tokens = match prompt {
-            Prompt::Chat(messages) => {
-                if messages.is_empty() {
-                    return bad("messages is empty");
-                }
-                let mut msgs = Vec::with_capacity(messages.len());
-                for m in messages {
-                    let role = match m.role.as_str() {
-                        "system" | "developer" => "system",
-                        "user" => "user",
-                        "assistant" => "assistant",
-                        _ => return bad("a message role is system, developer, user or assistant"),
-                    };
-                    msgs.push(Message::new(role, &m.content));
-                }
-                engine.chat_tokens(&msgs)?
-            }
-            Prompt::Text(text) => {
-                if text.is_empty() {
-                    return bad("prompt is empty");
-                }
-                engine.tokenizer.encode(text, true, false)
-            }
-        };
-        let n_ctx = engine.model.config.n_ctx;
-        let prompt_tokens = tokens.len();
-        if prompt_tokens >= n_ctx {
-            return Err(PlatformError::ContextLength { tokens: prompt_tokens, context: n_ctx });
+        let tokens = prompt_tokens(&serving.engine, prompt)?;
+        let n_ctx = serving.engine.model.config.n_ctx;
+        let prompt_len = tokens.len();
+        if prompt_len >= n_ctx {
+            return Err(PlatformError::ContextLength { tokens: prompt_len, context: n_ctx });
         }
-        let mut max_tokens = options.max_tokens.unwrap_or(usize::MAX).min(n_ctx - prompt_tokens);
-        // Reserve what the request may cost, clipped to the balance.
-        let tenant = principal.tenant().clone();
-        let balance = self.core.balance(&tenant)?.max(0) as u64;
-        let needed = prompt_tokens as u64 + 1;
-        if balance < needed {
-            return Err(
-                soramai_core::Error::InsufficientCredits { balance: balance as i64, needed: needed as i64 }.into()
-            );
-        }
-        max_tokens = max_tokens.min((balance - prompt_tokens as u64) as usize);
-        let reserved = prompt_tokens as u64 + max_tokens as u64;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let id =
             format!("{}-{}", if matches!(prompt, Prompt::Chat(_)) { "chatcmpl" } else { "cmpl" }, request_suffix(n));
-        self.core.charge_credits(&tenant, reserved as i64, &id)?;
-        let settlement = Settlement {
-            core: self.core.clone(),
-            tenant,
-            reserved,
-            base,
-            adapter: adapter.clone(),
-            started: Instant::now(),
-        };
-        let seed = options.seed.unwrap_or_else(|| random_seed(n));
+        let wanted = options.max_tokens.unwrap_or(usize::MAX).min(n_ctx - prompt_len);
+        let (max_tokens, settlement) =
+            self.reserve(principal.tenant(), prompt_len, wanted, &id, base, adapter.clone())?;
         let req = Request {
             prompt: tokens,
             adapter: adapter.as_ref().map(|a| a.as_str().to_owned()),
@@ -994,7 +369,7 @@ impl Platform {
             sampling: SamplingParams {
                 temperature: options.temperature.unwrap_or(1.0),
                 top_p: options.top_p.unwrap_or(1.0),
-                seed,
+                seed: options.seed.unwrap_or_else(|| random_seed(n)),
                 ..SamplingParams::default()
             },
             stop: options.stop.clone(),
@@ -1004,28 +379,58 @@ impl Platform {
             // reads them, nor learns from its timing whether a prompt was sent before.
             prefix_scope: Some(principal.tenant().as_str().to_owned()),
         };
-        let (tx, rx) = unbounded_channel();
-        let sent =
-            serving.submit.lock().map_err(|_| PlatformError::Engine("scheduler poisoned".into())).and_then(|s| {
-                s.send(Submission { req, events: tx })
-                    .map_err(|_| PlatformError::Engine("the scheduler stopped".into()))
-            });
-        if let Err(e) = sent {
-            settlement.settle(0, 0, UsageStatus::Error)?;
-            return Err(e);
-        }
+        let rx = match serving.submit(req) {
+            Ok(rx) => rx,
+            Err(e) => {
+                settlement.settle(0, 0, UsageStatus::Error)?;
+                return Err(e);
+            }
+        };
         Ok(GenerationStream {
             id,
             model: model.to_owned(),
             rx,
             engine: serving.engine.clone(),
             settle: Some(settlement),
-            prompt_tokens: prompt_tokens as u64,
+            prompt_tokens: prompt_len as u64,
             seen: 0,
             want_logprobs: options.logprobs.is_some(),
             created: unix_seconds(),
             permit: None,
         })
+    }
+
+    /// Reserves what a request may cost, its prompt and up to `wanted` new tokens, clipped to the
+    /// tenant's balance: the tokens it may generate, and the settlement that gives back what it
+    /// does not use. Refused when the balance does not cover the prompt and one token.
+    fn reserve(
+        &self,
+        tenant: &TenantId,
+        prompt_len: usize,
+        wanted: usize,
+        id: &str,
+        base: ModelId,
+        adapter: Option<ModelId>,
+    ) -> Result<(usize, Settlement), PlatformError> {
+        let balance = self.core.balance(tenant)?.max(0) as u64;
+        let needed = prompt_len as u64 + 1;
+        if balance < needed {
+            return Err(
+                soramai_core::Error::InsufficientCredits { balance: balance as i64, needed: needed as i64 }.into()
+            );
+        }
+        let max_tokens = wanted.min((balance - prompt_len as u64) as usize);
+        let reserved = prompt_len as u64 + max_tokens as u64;
+        self.core.charge_credits(tenant, reserved as i64, id)?;
+        let settlement = Settlement {
+            core: self.core.clone(),
+            tenant: tenant.clone(),
+            reserved,
+            base,
+            adapter,
+            started: Instant::now(),
+        };
+        Ok((max_tokens, settlement))
     }
 
     /// Embeds texts with a model's base (inference scope): unit vectors, mean-pooled over each
@@ -1352,42 +757,6 @@ impl Platform {
 impl Drop for Platform {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-fn work(worker: &Worker, stop: &AtomicBool, poll: Duration) {
-    while !stop.load(Ordering::SeqCst) {
-        match worker.run_once() {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => std::thread::sleep(poll),
-        }
-    }
-}
-
-/// Starts a worker for each dedicated pool with queued jobs (one per pool at a time) and lets it
-/// run until its pool's queue is empty; joins them all when the platform stops.
-fn supervise_dedicated(core: &Arc<Core>, runner: &RunnerCommand, stop: &Arc<AtomicBool>, poll: Duration) {
-    let mut running: HashMap<PoolId, JoinHandle<()>> = HashMap::new();
-    while !stop.load(Ordering::SeqCst) {
-        running.retain(|_, h| !h.is_finished());
-        for pool in core.queued_pools().unwrap_or_default() {
-            if pool.is_shared() || running.contains_key(&pool) {
-                continue;
-            }
-            let name = format!("worker-{}-{}", std::process::id(), pool.as_str());
-            let worker = Worker::new(core.clone(), name, pool.clone(), runner.clone());
-            let stop = stop.clone();
-            let spawned = std::thread::Builder::new()
-                .name("soramai-dedicated-worker".into())
-                .spawn(move || while !stop.load(Ordering::SeqCst) && matches!(worker.run_once(), Ok(Some(_))) {});
-            if let Ok(h) = spawned {
-                running.insert(pool, h);
-            }
-        }
-        std::thread::sleep(poll);
-    }
-    for (_, h) in running {
-        let _ = h.join();
     }
 }
 
