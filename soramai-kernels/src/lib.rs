@@ -7,12 +7,14 @@
 // Kernels index several arrays by one counter; iterator chains would hide the block layouts.
 #![allow(clippy::needless_range_loop)]
 
+pub mod config;
 pub mod cpu;
 pub mod cube;
 pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod npy;
 pub mod prefix;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use common::{tiny_model_bytes, write_peft};
 use soramai_kernels::gguf::Gguf;
-use soramai_kernels::lora::merge::{MergeType, merge};
 use soramai_kernels::lora::{Adapter, Target};
+use soramai_kernels::merge::{MergeType, merge};
 use soramai_kernels::model::Model;
 use soramai_kernels::quant::GgmlType;
 use soramai_kernels::tokenizer::template::Message;
@@ -148,7 +148,7 @@ fn effective_weight_change_is_scaled_b_times_a_in_engine_row_order() {
 
 #[test]
 fn an_adapter_exports_as_a_llama_cpp_lora_gguf() {
-    use soramai_kernels::lora::merge::to_llama_lora;
+    use soramai_kernels::merge::to_llama_lora;
     for arch in ["llama", "qwen2"] {
         let base = engine(tiny_model_bytes(arch, GgmlType::Q8_0, 5));
         let c = &base.model.config;

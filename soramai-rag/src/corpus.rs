@@ -17,6 +17,7 @@ use crate::directory::{ChunkCache, EncryptedDirectory};
 use crate::embedding::{self, Embedder};
 use crate::error::{Error, Result};
 use crate::grounding::GroundedPrompt;
+pub use crate::hit::Hit;
 use crate::text::{self, ChunkingOptions, Format, TokenCounter, WordCount};
 
 /// A corpus id: `a-z0-9`, `-`, `_`, 1-64 characters, starting with a letter or digit.
@@ -87,27 +88,6 @@ impl SearchRequest {
         self.hybrid = true;
         self
     }
-}
-
-/// One search hit: a chunk of a document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Hit {
-    /// `<document id>#<ordinal>`: what grounded answers cite.
-    pub chunk_id: String,
-    /// The document id.
-    pub doc_id: String,
-    /// The document title.
-    pub title: String,
-    /// The section heading of the chunk.
-    pub heading: String,
-    /// The chunk text.
-    pub text: String,
-    /// The best fragment, with matches between `<b>` and `</b>`.
-    pub snippet: String,
-    /// The ranking score: BM25, or in hybrid mode the fused reciprocal-rank score.
-    pub score: f32,
-    /// Cosine similarity to the query, in hybrid mode (when the chunk has an embedding).
-    pub similarity: Option<f32>,
 }
 
 /// What an ingestion did.

@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::corpus::Hit;
+use crate::hit::Hit;
 use crate::text::TokenCounter;
 
 /// The instructions every grounded prompt carries.

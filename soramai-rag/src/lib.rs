@@ -32,6 +32,7 @@ pub mod directory;
 pub mod embedding;
 pub mod error;
 pub mod grounding;
+pub mod hit;
 pub mod text;
 
 pub use corpus::{CorpusId, Document, Hit, IngestReport, Rag, RagOptions, SearchRequest};

@@ -536,10 +536,10 @@ fn merge(
     out: &std::path::Path,
     ty: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let ty: kernels::lora::merge::MergeType = ty.parse()?;
+    let ty: kernels::merge::MergeType = ty.parse()?;
     let m = kernels::Model::load(model)?;
     let a = kernels::lora::Adapter::load(adapter, &m.config)?;
-    let w = kernels::lora::merge::merge(&m, &a, ty)?;
+    let w = kernels::merge::merge(&m, &a, ty)?;
     w.write(out)?;
     eprintln!("merged {} into {}", adapter.display(), out.display());
     Ok(())
@@ -552,7 +552,7 @@ fn export_lora(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let m = kernels::Model::load(model)?;
     let a = kernels::lora::Adapter::load(adapter, &m.config)?;
-    kernels::lora::merge::to_llama_lora(&m.config, &a)?.write(out)?;
+    kernels::merge::to_llama_lora(&m.config, &a)?.write(out)?;
     eprintln!("wrote {} as a llama.cpp LoRA to {}", adapter.display(), out.display());
     Ok(())
 }

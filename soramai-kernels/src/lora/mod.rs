@@ -5,17 +5,15 @@
 //! permuted for interleaved RoPE, so the `B` of `q_proj`/`k_proj` is permuted the same way on load
 //! (and back on save): an adapter trained on the Hugging Face model applies exactly.
 
-pub mod merge;
-
 use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
 use crate::cpu::ops::RopeLayout;
 use crate::error::{Error, Result, io_err};
-use crate::model::Config;
 
 /// Largest rank accepted (bounds allocations from a hostile config).
 pub const MAX_RANK: usize = 1024;

@@ -4,10 +4,9 @@
 //! that use it. Every row's arithmetic is independent of its batch-mates, so a sequence gives the
 //! same result alone as in any batch.
 
-mod config;
 mod weights;
 
-pub use config::Config;
+pub use crate::config::Config;
 pub use weights::{Precision, QMat, check_vector, vector};
 
 use std::path::Path;

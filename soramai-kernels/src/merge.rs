@@ -108,7 +108,7 @@ pub fn merge(model: &Model, adapter: &Adapter, ty: MergeType) -> Result<GgufWrit
 /// (`alpha / r`, rsLoRA's `alpha / √r`, or a rank or alpha pattern) is folded into its `B` and the
 /// file's `adapter.lora.alpha` is 0, which llama.cpp reads as "scale 1": the delta is exact for
 /// every PEFT variant the engine loads.
-pub fn to_llama_lora(config: &crate::model::Config, adapter: &Adapter) -> Result<GgufWriter> {
+pub fn to_llama_lora(config: &crate::config::Config, adapter: &Adapter) -> Result<GgufWriter> {
     if adapter.layers.len() != config.n_layer {
         return Err(Error::Adapter("adapter was built for another model shape".into()));
     }
