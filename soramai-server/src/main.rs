@@ -35,6 +35,20 @@ struct Cli {
     command: Command,
 }
 
+/// A PEFT adapter, its base and the GGUF to write (`merge`, `export-lora`).
+#[derive(clap::Args, Debug)]
+struct AdapterFiles {
+    /// GGUF base model the adapter was trained on.
+    #[arg(long)]
+    model: PathBuf,
+    /// PEFT adapter directory.
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Output GGUF path.
+    #[arg(long)]
+    out: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a tenant and a key, store a dataset encrypted and read it back, run a job in an
@@ -87,32 +101,15 @@ enum Command {
     Train(TrainArgs),
     /// Merge a PEFT adapter into its base model and write a standalone GGUF.
     Merge {
-        /// GGUF base model.
-        #[arg(long)]
-        model: PathBuf,
-        /// PEFT adapter directory.
-        #[arg(long)]
-        adapter: PathBuf,
-        /// Output GGUF path.
-        #[arg(long)]
-        out: PathBuf,
+        #[command(flatten)]
+        files: AdapterFiles,
         /// `f16` (every weight matrix F16) or `base` (merged projections requantized to the base's
         /// format, the rest copied).
         #[arg(long, default_value = "base")]
         r#type: String,
     },
     /// Write a PEFT adapter as a llama.cpp LoRA GGUF (`llama-server --lora FILE`).
-    ExportLora {
-        /// GGUF base model the adapter was trained on.
-        #[arg(long)]
-        model: PathBuf,
-        /// PEFT adapter directory.
-        #[arg(long)]
-        adapter: PathBuf,
-        /// Output GGUF path.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    ExportLora(AdapterFiles),
     /// Serve the OpenAI-compatible API. On a fresh data directory: creates it, registers the
     /// model, and prints a bootstrap admin key once.
     Serve(ServeArgs),
@@ -385,8 +382,8 @@ fn main() -> ExitCode {
             report(logits(&model, adapter.as_deref(), no_special, &precision, &prompt, &out))
         }
         Command::Train(args) => report(train(&args)),
-        Command::Merge { model, adapter, out, r#type } => report(merge(&model, &adapter, &out, &r#type)),
-        Command::ExportLora { model, adapter, out } => report(export_lora(&model, &adapter, &out)),
+        Command::Merge { files, r#type } => report(merge(&files.model, &files.adapter, &files.out, &r#type)),
+        Command::ExportLora(files) => report(export_lora(&files.model, &files.adapter, &files.out)),
         Command::Serve(args) => report(serve(&args)),
         Command::JobRunner { args } => {
             let kinds: [(&str, soramai::core::jobs::runner::KindHandler); 1] =

@@ -162,6 +162,35 @@ fn train_writes_a_peft_adapter_a_report_and_a_loss_curve_that_generate_loads() {
     ]);
     assert!(!bad.status.success());
     assert!(!dir.path().join("never.gguf").exists());
+    // Written as a llama.cpp LoRA GGUF: an adapter file holding one A/B pair per adapted projection.
+    let lora = dir.path().join("adapter.gguf");
+    let e = soramai(&[
+        os("export-lora").as_os_str(),
+        os("--model").as_os_str(),
+        model.as_os_str(),
+        os("--adapter").as_os_str(),
+        out.as_os_str(),
+        os("--out").as_os_str(),
+        lora.as_os_str(),
+    ]);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let g = soramai::kernels::gguf::Gguf::open(&lora).expect("a GGUF");
+    assert_eq!(g.get_str("general.type").expect("type"), Some("adapter"));
+    assert_eq!(g.get_str("adapter.type").expect("type"), Some("lora"));
+    let n = g.tensors.len();
+    assert!(n > 0 && n.is_multiple_of(6), "3 targets x (A, B) per layer: {n} tensors");
+    assert!(g.tensors.iter().all(|t| t.name.ends_with(".weight.lora_a") || t.name.ends_with(".weight.lora_b")));
+    let bad = soramai(&[
+        os("export-lora").as_os_str(),
+        os("--model").as_os_str(),
+        model.as_os_str(),
+        os("--adapter").as_os_str(),
+        dir.path().as_os_str(),
+        os("--out").as_os_str(),
+        dir.path().join("never.gguf").as_os_str(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(!dir.path().join("never.gguf").exists());
 }
 
 #[test]
