@@ -469,8 +469,7 @@ struct TokenQuery {
 }
 
 async fn accept_page(headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    let (seed, cookies) = pre_session(&headers);
-    page(StatusCode::OK, "accept.html", json!({"csrf": csrf_token(&seed), "token": q.token}), &cookies)
+    token_page(&headers, q, "accept.html")
 }
 
 #[derive(Deserialize)]
@@ -489,33 +488,17 @@ async fn accept(
     headers: HeaderMap,
     Form(f): Form<AcceptForm>,
 ) -> Response {
-    let seed = match password_post_checks(&s, peer, &headers, &f.csrf) {
-        Ok(seed) => seed,
-        Err(r) => return *r,
-    };
-    let core = s.platform().core().clone();
-    let token = f.token.clone();
-    let accepted = blocking(move || core.accept_invitation(&f.token, &f.password)).await;
-    match accepted {
-        Ok(_) => redirect("/sign_in", &[]),
-        Err(e) => {
-            let (status, error) = match e {
-                Error::InvalidArgument(m) => (StatusCode::BAD_REQUEST, m),
-                _ => (
-                    StatusCode::UNAUTHORIZED,
-                    "This invitation is not valid (used, expired, or the password does not match the account).".into(),
-                ),
-            };
-            page(status, "accept.html", json!({"error": error, "csrf": csrf_token(&seed), "token": token}), &[])
-        }
-    }
+    let refused = "This invitation is not valid (used, expired, or the password does not match the account).";
+    token_password_post(&s, peer, &headers, f, "accept.html", refused, |core, token, password| {
+        core.accept_invitation(token, password).map(drop)
+    })
+    .await
 }
 
 /// The page a password-reset link opens (`/reset_password?token=pr-…`: the token
 /// [`soramai::core::Core::request_password_reset`] gave the operator's mailer).
 async fn reset_page(headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    let (seed, cookies) = pre_session(&headers);
-    page(StatusCode::OK, "reset.html", json!({"csrf": csrf_token(&seed), "token": q.token}), &cookies)
+    token_page(&headers, q, "reset.html")
 }
 
 /// Sets the new password (the token good once, within its hour); then to sign-in.
@@ -525,20 +508,45 @@ async fn reset_password(
     headers: HeaderMap,
     Form(f): Form<AcceptForm>,
 ) -> Response {
-    let seed = match password_post_checks(&s, peer, &headers, &f.csrf) {
+    let refused = "This link is not valid (used, or older than an hour).";
+    token_password_post(&s, peer, &headers, f, "reset.html", refused, |core, token, password| {
+        core.reset_password(token, password)
+    })
+    .await
+}
+
+/// A page whose form carries a one-time token from a link (an invitation, a password reset).
+fn token_page(headers: &HeaderMap, q: TokenQuery, template: &str) -> Response {
+    let (seed, cookies) = pre_session(headers);
+    page(StatusCode::OK, template, json!({"csrf": csrf_token(&seed), "token": q.token}), &cookies)
+}
+
+/// The post of a token-and-password form: the password form's checks (CSRF, attempts per
+/// address), then `act`; on success to sign-in, else the form again with the reason (the
+/// input's own fault, or `refused`).
+async fn token_password_post(
+    s: &AppState,
+    peer: Option<Extension<Peer>>,
+    headers: &HeaderMap,
+    f: AcceptForm,
+    template: &str,
+    refused: &str,
+    act: impl FnOnce(&soramai::core::Core, &str, &str) -> Result<(), Error> + Send + 'static,
+) -> Response {
+    let seed = match password_post_checks(s, peer, headers, &f.csrf) {
         Ok(seed) => seed,
         Err(r) => return *r,
     };
     let core = s.platform().core().clone();
     let token = f.token.clone();
-    match blocking(move || core.reset_password(&f.token, &f.password)).await {
+    match blocking(move || act(&core, &f.token, &f.password)).await {
         Ok(()) => redirect("/sign_in", &[]),
         Err(e) => {
             let (status, error) = match e {
                 Error::InvalidArgument(m) => (StatusCode::BAD_REQUEST, m),
-                _ => (StatusCode::UNAUTHORIZED, "This link is not valid (used, or older than an hour).".into()),
+                _ => (StatusCode::UNAUTHORIZED, refused.to_owned()),
             };
-            page(status, "reset.html", json!({"error": error, "csrf": csrf_token(&seed), "token": token}), &[])
+            page(status, template, json!({"error": error, "csrf": csrf_token(&seed), "token": token}), &[])
         }
     }
 }

@@ -55,6 +55,24 @@ fn job_runner_rejects_garbage_input() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("result"));
 }
 
+/// `soramai merge|export-lora --model M --adapter A --out O`.
+fn files_cmd(
+    cmd: &str,
+    model: &std::path::Path,
+    adapter: &std::path::Path,
+    out: &std::path::Path,
+) -> std::process::Output {
+    soramai(&[
+        std::ffi::OsStr::new(cmd),
+        std::ffi::OsStr::new("--model"),
+        model.as_os_str(),
+        std::ffi::OsStr::new("--adapter"),
+        adapter.as_os_str(),
+        std::ffi::OsStr::new("--out"),
+        out.as_os_str(),
+    ])
+}
+
 fn soramai(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_soramai")).args(args).stdin(Stdio::null()).output().expect("run")
 }
@@ -129,15 +147,7 @@ fn train_writes_a_peft_adapter_a_report_and_a_loss_curve_that_generate_loads() {
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     // Merged into a standalone GGUF that generates without the adapter.
     let merged = dir.path().join("merged.gguf");
-    let m = soramai(&[
-        os("merge").as_os_str(),
-        os("--model").as_os_str(),
-        model.as_os_str(),
-        os("--adapter").as_os_str(),
-        out.as_os_str(),
-        os("--out").as_os_str(),
-        merged.as_os_str(),
-    ]);
+    let m = files_cmd("merge", &model, &out, &merged);
     assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
     let g = soramai(&[
         os("generate").as_os_str(),
@@ -151,28 +161,12 @@ fn train_writes_a_peft_adapter_a_report_and_a_loss_curve_that_generate_loads() {
         os("--json").as_os_str(),
     ]);
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
-    let bad = soramai(&[
-        os("merge").as_os_str(),
-        os("--model").as_os_str(),
-        model.as_os_str(),
-        os("--adapter").as_os_str(),
-        dir.path().as_os_str(),
-        os("--out").as_os_str(),
-        dir.path().join("never.gguf").as_os_str(),
-    ]);
+    let bad = files_cmd("merge", &model, dir.path(), &dir.path().join("never.gguf"));
     assert!(!bad.status.success());
     assert!(!dir.path().join("never.gguf").exists());
     // Written as a llama.cpp LoRA GGUF: an adapter file holding one A/B pair per adapted projection.
     let lora = dir.path().join("adapter.gguf");
-    let e = soramai(&[
-        os("export-lora").as_os_str(),
-        os("--model").as_os_str(),
-        model.as_os_str(),
-        os("--adapter").as_os_str(),
-        out.as_os_str(),
-        os("--out").as_os_str(),
-        lora.as_os_str(),
-    ]);
+    let e = files_cmd("export-lora", &model, &out, &lora);
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
     let g = soramai::kernels::gguf::Gguf::open(&lora).expect("a GGUF");
     assert_eq!(g.get_str("general.type").expect("type"), Some("adapter"));
@@ -180,15 +174,7 @@ fn train_writes_a_peft_adapter_a_report_and_a_loss_curve_that_generate_loads() {
     let n = g.tensors.len();
     assert!(n > 0 && n.is_multiple_of(6), "3 targets x (A, B) per layer: {n} tensors");
     assert!(g.tensors.iter().all(|t| t.name.ends_with(".weight.lora_a") || t.name.ends_with(".weight.lora_b")));
-    let bad = soramai(&[
-        os("export-lora").as_os_str(),
-        os("--model").as_os_str(),
-        model.as_os_str(),
-        os("--adapter").as_os_str(),
-        dir.path().as_os_str(),
-        os("--out").as_os_str(),
-        dir.path().join("never.gguf").as_os_str(),
-    ]);
+    let bad = files_cmd("export-lora", &model, dir.path(), &dir.path().join("never.gguf"));
     assert!(!bad.status.success());
     assert!(!dir.path().join("never.gguf").exists());
 }
