@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::audit::{Action, Actor};
+use crate::audit::vocabulary::{Action, Actor};
 use crate::auth::{Principal, Scope};
 use crate::clock::Millis;
 use crate::core::Core;
@@ -277,7 +277,7 @@ pub(crate) struct UserRow {
 
 impl Core {
     pub(crate) fn user_row(&self, where_sql: &str, key: &str) -> Result<Option<UserRow>> {
-        self.meta.read(|c| {
+        self.read(|c| {
             c.query_row(
                 &format!(
                     "SELECT id, email, password_hash, totp_wrapped, totp_enabled, created_at FROM users WHERE {where_sql} = ?1"
@@ -370,7 +370,7 @@ impl Core {
         }
         let phc = hash_password(password)?;
         self.create_tenant_by(&Actor::System, tenant, Tier::Free)?;
-        let created = self.meta.write(|tx| {
+        let created = self.write(|tx| {
             let user = self.insert_user(tx, &email, &phc)?;
             self.insert_member(tx, tenant, &user.id, Role::Owner, &Actor::User(user.id.clone()))?;
             Ok(user)
@@ -430,7 +430,7 @@ impl Core {
         let now = self.now();
         let token = Token::new("ss-");
         let expires_at = now + SESSION_MAX_MS;
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute("DELETE FROM sign_in_failures WHERE email_hash = ?1", params![email_key])?;
             tx.execute(
                 "INSERT INTO web_sessions (token_hash, user_id, created_at, last_seen, expires_at, tenant_id) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
@@ -444,7 +444,7 @@ impl Core {
     /// Refuses a sign-in while the email is locked.
     pub(crate) fn check_not_locked(&self, email_key: &[u8]) -> Result<()> {
         let now = self.now();
-        let locked_until: Option<Millis> = self.meta.read(|c| {
+        let locked_until: Option<Millis> = self.read(|c| {
             c.query_row("SELECT locked_until FROM sign_in_failures WHERE email_hash = ?1", params![email_key], |r| {
                 r.get(0)
             })
@@ -460,7 +460,7 @@ impl Core {
     /// to answer with.
     pub(crate) fn sign_in_failed(&self, key: &[u8], user: Option<UserId>) -> Error {
         let now = self.now();
-        let counted = self.meta.write(|tx| {
+        let counted = self.write(|tx| {
             let failures: i64 = tx
                 .query_row("SELECT failures FROM sign_in_failures WHERE email_hash = ?1", params![key], |r| r.get(0))
                 .optional()?
@@ -504,7 +504,7 @@ impl Core {
     pub fn session(&self, token: &str) -> Result<(User, Option<TenantId>)> {
         let hash = token_hash(token);
         let now = self.now();
-        let found: Option<(String, Option<String>)> = self.meta.write(|tx| {
+        let found: Option<(String, Option<String>)> = self.write(|tx| {
             let row: Option<(String, Millis, Millis, Option<String>)> = tx
                 .query_row(
                     "SELECT user_id, last_seen, expires_at, tenant_id FROM web_sessions WHERE token_hash = ?1",
@@ -532,7 +532,7 @@ impl Core {
 
     /// Ends a session (signing out). Unknown tokens are ignored.
     pub fn sign_out(&self, token: &str) -> Result<()> {
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute("DELETE FROM web_sessions WHERE token_hash = ?1", params![token_hash(token)])?;
             Ok(())
         })
@@ -544,7 +544,7 @@ impl Core {
     }
 
     fn membership_rows(&self, where_sql: &str, key: &str) -> Result<Vec<Membership>> {
-        self.meta.read(|c| {
+        self.read(|c| {
             c.query_map(
                 &format!(
                     "SELECT m.tenant_id, m.user_id, u.email, m.role, m.created_at FROM members m
@@ -566,7 +566,7 @@ impl Core {
     }
 
     fn role_of(&self, tenant: &TenantId, user: &UserId) -> Result<Role> {
-        let role: Option<String> = self.meta.read(|c| {
+        let role: Option<String> = self.read(|c| {
             c.query_row(
                 "SELECT m.role FROM members m JOIN tenants t ON t.id = m.tenant_id
                  WHERE m.tenant_id = ?1 AND m.user_id = ?2 AND t.status = 'active'",
@@ -626,7 +626,7 @@ impl Core {
             expires_at: self.now() + INVITATION_MS,
             accepted_at: None,
         };
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute(
                 "INSERT INTO invitations (id, tenant_id, email, role, token_hash, invited_by, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -659,7 +659,7 @@ impl Core {
     pub fn accept_invitation(&self, token: &str, password: &str) -> Result<Membership> {
         let hash = token_hash(token);
         let now = self.now();
-        let row: Option<(String, String, String, String, Millis, Option<Millis>)> = self.meta.read(|c| {
+        let row: Option<(String, String, String, String, Millis, Option<Millis>)> = self.read(|c| {
             c.query_row(
                 "SELECT id, tenant_id, email, role, expires_at, accepted_at FROM invitations WHERE token_hash = ?1",
                 params![hash],
@@ -681,7 +681,7 @@ impl Core {
                 Some(hash_password(password)?)
             }
         };
-        self.meta.write(|tx| {
+        self.write(|tx| {
             // Single use: only the first acceptance updates the row.
             let claimed = tx.execute(
                 "UPDATE invitations SET accepted_at = ?2 WHERE id = ?1 AND accepted_at IS NULL",
@@ -709,7 +709,7 @@ impl Core {
         if (theirs == Role::Owner || role == Role::Owner) && mine != Role::Owner {
             return Err(Error::InvalidArgument("only an owner changes who is an owner".into()));
         }
-        self.meta.write(|tx| {
+        self.write(|tx| {
             self.keep_an_owner(tx, tenant, user, theirs, Some(role))?;
             tx.execute(
                 "UPDATE members SET role = ?3 WHERE tenant_id = ?1 AND user_id = ?2",
@@ -736,7 +736,7 @@ impl Core {
         if theirs == Role::Owner && mine != Role::Owner {
             return Err(Error::InvalidArgument("only an owner removes an owner".into()));
         }
-        self.meta.write(|tx| {
+        self.write(|tx| {
             self.keep_an_owner(tx, tenant, user, theirs, None)?;
             tx.execute(
                 "DELETE FROM members WHERE tenant_id = ?1 AND user_id = ?2",
@@ -779,7 +779,7 @@ impl Core {
     pub fn invitations(&self, principal: &Principal) -> Result<Vec<Invitation>> {
         self.managing_role(principal)?;
         let now = self.now();
-        self.meta.read(|c| {
+        self.read(|c| {
             c.query_map(
                 "SELECT id, tenant_id, email, role, invited_by, expires_at, accepted_at FROM invitations
                  WHERE tenant_id = ?1 AND accepted_at IS NULL AND expires_at > ?2 ORDER BY created_at DESC",
@@ -807,7 +807,7 @@ impl Core {
         let Some(row) = self.user_row("email", &email)? else { return Ok(None) };
         let token = Token::new("pr-");
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute(
                 "INSERT INTO password_resets (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
                 params![token_hash(token.secret()), row.user.id.as_str(), now, now + RESET_MS],
@@ -822,7 +822,7 @@ impl Core {
     pub fn reset_password(&self, token: &str, new_password: &str) -> Result<()> {
         let hash = token_hash(token);
         let now = self.now();
-        let user: Option<String> = self.meta.read(|c| {
+        let user: Option<String> = self.read(|c| {
             c.query_row(
                 "SELECT user_id FROM password_resets WHERE token_hash = ?1 AND expires_at > ?2",
                 params![hash, now],
@@ -848,7 +848,7 @@ impl Core {
     fn set_password(&self, user: &User, new_password: &str, reset: Option<&[u8]>) -> Result<()> {
         check_password(new_password, &user.email)?;
         let phc = hash_password(new_password)?;
-        self.meta.write(|tx| {
+        self.write(|tx| {
             if let Some(hash) = reset {
                 // The token is spent here, in the same transaction as the change: good once.
                 if tx.execute("DELETE FROM password_resets WHERE token_hash = ?1", params![hash])? == 0 {
@@ -873,8 +873,8 @@ impl Core {
         let mut secret = Zeroizing::new(vec![0u8; 20]);
         random_bytes(&mut secret);
         let t = totp(&secret, &user.email)?;
-        let wrapped = self.root.wrap(&totp_aad(&user.id), &secret)?;
-        self.meta.write(|tx| {
+        let wrapped = self.root_key().wrap(&totp_aad(&user.id), &secret)?;
+        self.write(|tx| {
             tx.execute(
                 "UPDATE users SET totp_wrapped = ?2 WHERE id = ?1 AND totp_enabled = 0",
                 params![user.id.as_str(), wrapped],
@@ -895,7 +895,7 @@ impl Core {
         if !self.check_totp(&row, code)? {
             return Err(Error::Unauthenticated);
         }
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute("UPDATE users SET totp_enabled = 1 WHERE id = ?1", [user.id.as_str()])?;
             self.audit_user(tx, &user.id, Action::UserTotpEnabled, serde_json::json!({}))
         })
@@ -908,7 +908,7 @@ impl Core {
         if !row.user.totp_enabled || !self.check_totp(&row, code)? {
             return Err(Error::Unauthenticated);
         }
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute("UPDATE users SET totp_enabled = 0, totp_wrapped = NULL WHERE id = ?1", [user.id.as_str()])?;
             self.audit_user(tx, &user.id, Action::UserTotpDisabled, serde_json::json!({}))
         })
@@ -917,13 +917,13 @@ impl Core {
     /// Checks a TOTP code (one step of clock skew either way), each step accepted once.
     fn check_totp(&self, row: &UserRow, code: &str) -> Result<bool> {
         let Some(wrapped) = &row.totp_wrapped else { return Ok(false) };
-        let secret = self.root.unwrap(&totp_aad(&row.user.id), wrapped)?;
+        let secret = self.root_key().unwrap(&totp_aad(&row.user.id), wrapped)?;
         let t = totp(&secret, &row.user.email)?;
         let now = u64::try_from(self.now() / 1000).unwrap_or(0);
         let Some(step) = t.check(code.trim(), now) else { return Ok(false) };
         let step = i64::try_from(step).unwrap_or(i64::MAX);
         // Replay: a step at or before the last one accepted is refused.
-        let fresh = self.meta.write(|tx| {
+        let fresh = self.write(|tx| {
             Ok(tx.execute(
                 "UPDATE users SET totp_last_step = ?2 WHERE id = ?1 AND totp_last_step < ?2",
                 params![row.user.id.as_str(), step],

@@ -297,7 +297,7 @@ pub fn restore_backup(target: &dyn BlobStore, snapshot: Option<&str>, config: Co
         if sha256_hex(&bytes) != o.sha256 {
             return Err(Error::Integrity);
         }
-        core.blobs.put(&BlobKey::new(o.blob.clone())?, &bytes)?;
+        core.blobs().put(&BlobKey::new(o.blob.clone())?, &bytes)?;
         report.objects += 1;
     }
     for t in core.tenants()? {
@@ -416,7 +416,7 @@ impl Core {
         // Registered once a snapshot is there (a closure during this backup was caught by its
         // own check after writing each keyring).
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute(
                 "INSERT INTO backup_targets (url, added_at) VALUES (?1, ?2) ON CONFLICT (url) DO NOTHING",
                 params![url, now],
@@ -433,14 +433,14 @@ impl Core {
         // Ids sort by age: the time, then the target's count of snapshots (two in one millisecond).
         let id = format!("{now:013}-{:06}-{}", snapshot_ids(target)?.len(), random_hex(4));
         let copy = Scratch(self.scratch_root().join(format!("backup-{id}.sqlite3")));
-        self.meta.snapshot_into(&copy.0)?;
+        self.snapshot_metadata(&copy.0)?;
         let (blobs, tenants, mut rings) = strip_keys(&copy.0)?;
         let meta = zeroize::Zeroizing::new(std::fs::read(&copy.0)?);
         drop(copy);
 
         // Objects: those of the previous snapshot are known by blob key (blobs are write-once).
         let known: HashMap<String, ManifestObject> = match snapshot_ids(target)?.pop() {
-            Some(prev) => read_manifest(target, self.root.as_ref(), &prev)?
+            Some(prev) => read_manifest(target, self.root_key(), &prev)?
                 .objects
                 .into_iter()
                 .map(|o| (o.blob.clone(), o))
@@ -456,7 +456,7 @@ impl Core {
                 objects.push(o.clone());
                 continue;
             }
-            let bytes = self.blobs.get(&BlobKey::new(blob.clone())?)?;
+            let bytes = self.blobs().get(&BlobKey::new(blob.clone())?)?;
             let sha = sha256_hex(&bytes);
             let at = object_key(&sha)?;
             if target.size(&at).is_err() {
@@ -470,11 +470,11 @@ impl Core {
         // Keys: each tenant's ring keeps the versions earlier snapshots need, and exactly the live
         // key scopes (a shredded scope is gone from every snapshot).
         for tenant in &tenants {
-            let mut ring = read_keyring(target, self.root.as_ref(), tenant)?.unwrap_or_default();
+            let mut ring = read_keyring(target, self.root_key(), tenant)?.unwrap_or_default();
             let live = rings.remove(tenant).unwrap_or_default();
             ring.tenant_keys.extend(live.tenant_keys);
             ring.scope_keys = live.scope_keys;
-            write_keyring(target, self.root.as_ref(), tenant, &ring)?;
+            write_keyring(target, self.root_key(), tenant, &ring)?;
             // A closure or shred that committed while this backup ran must win: checked after the
             // write, so one that commits later finds the ring written and removes it itself.
             let id = TenantId::new(tenant.clone())?;
@@ -485,7 +485,7 @@ impl Core {
                     let live = self.live_scopes(tenant)?;
                     if ring.scope_keys.iter().any(|s| !live.contains(&s.scope)) {
                         ring.scope_keys.retain(|s| live.contains(&s.scope));
-                        write_keyring(target, self.root.as_ref(), tenant, &ring)?;
+                        write_keyring(target, self.root_key(), tenant, &ring)?;
                     }
                 }
             }
@@ -499,23 +499,22 @@ impl Core {
             objects,
             tenants,
         };
-        target.put(&meta_key(&id)?, &seal(self.root.as_ref(), META_AAD, &id, &meta)?)?;
+        target.put(&meta_key(&id)?, &seal(self.root_key(), META_AAD, &id, &meta)?)?;
         let json = serde_json::to_vec(&manifest)?;
         // Last: until the manifest is there, the snapshot does not exist.
-        target.put(&manifest_key(&id)?, &seal(self.root.as_ref(), MANIFEST_AAD, &id, &json)?)?;
+        target.put(&manifest_key(&id)?, &seal(self.root_key(), MANIFEST_AAD, &id, &json)?)?;
         Ok(report)
     }
 
     fn live_scopes(&self, tenant: &str) -> Result<BTreeSet<String>> {
-        let scopes: Vec<String> = self
-            .meta
-            .read(|c| c.query_map("SELECT scope FROM scope_keys WHERE tenant_id = ?1", [tenant], |r| r.get(0)))?;
+        let scopes: Vec<String> =
+            self.read(|c| c.query_map("SELECT scope FROM scope_keys WHERE tenant_id = ?1", [tenant], |r| r.get(0)))?;
         Ok(scopes.into_iter().collect())
     }
 
     /// The registered backup targets.
     pub fn backup_targets(&self) -> Result<Vec<String>> {
-        self.meta.read(|c| c.query_map("SELECT url FROM backup_targets ORDER BY url", (), |r| r.get(0)))
+        self.read(|c| c.query_map("SELECT url FROM backup_targets ORDER BY url", (), |r| r.get(0)))
     }
 
     /// Makes a deletion reach every registered target: `tenant` closed (its keyring deleted) or a
@@ -524,7 +523,7 @@ impl Core {
     pub(crate) fn propagate_to_backups(&self, tenant: &TenantId, closed: bool) -> Result<()> {
         let kind = if closed { "closed" } else { "scope" };
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             for url in tx.query_map("SELECT url FROM backup_targets", (), |r| r.get::<String>(0))? {
                 tx.execute(
                     "INSERT INTO backup_pending (url, tenant_id, kind, at) VALUES (?1, ?2, ?3, ?4)
@@ -540,7 +539,7 @@ impl Core {
 
     /// Applies the deletions not yet made on their targets; returns how many were made.
     fn apply_pending_backup_deletions(&self) -> Result<usize> {
-        let pending: Vec<(String, String, String)> = self.meta.read(|c| {
+        let pending: Vec<(String, String, String)> = self.read(|c| {
             c.query_map("SELECT url, tenant_id, kind FROM backup_pending ORDER BY at", (), |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
@@ -554,16 +553,16 @@ impl Core {
                         Err(e) => Err(e),
                     }
                 } else {
-                    let Some(mut ring) = read_keyring(target.as_ref(), self.root.as_ref(), &tenant)? else {
+                    let Some(mut ring) = read_keyring(target.as_ref(), self.root_key(), &tenant)? else {
                         return Ok(());
                     };
                     let live = self.live_scopes(&tenant)?;
                     ring.scope_keys.retain(|s| live.contains(&s.scope));
-                    write_keyring(target.as_ref(), self.root.as_ref(), &tenant, &ring)
+                    write_keyring(target.as_ref(), self.root_key(), &tenant, &ring)
                 }
             });
             if applied.is_ok() {
-                self.meta.write(|tx| {
+                self.write(|tx| {
                     tx.execute(
                         "DELETE FROM backup_pending WHERE url = ?1 AND tenant_id = ?2 AND kind = ?3",
                         params![url, tenant, kind],
@@ -585,7 +584,7 @@ impl Core {
         let mut pruned = 0;
         for url in self.backup_targets()? {
             let Ok(target) = open_target(&url) else { continue };
-            pruned += prune(target.as_ref(), self.root.as_ref(), cutoff)?;
+            pruned += prune(target.as_ref(), self.root_key(), cutoff)?;
         }
         Ok(pruned)
     }

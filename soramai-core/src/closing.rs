@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::audit::{Action, Actor};
+use crate::audit::vocabulary::{Action, Actor};
 use crate::clock::{Millis, millis};
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -68,7 +68,7 @@ impl Core {
             return Err(Error::InvalidArgument("the close window is 1 second to 30 days".into()));
         }
         let purge_at = now.saturating_add(millis(options.window));
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let inserted = tx.execute(
                 "INSERT INTO tenant_closures (tenant_id, requested_at, purge_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (tenant_id) DO NOTHING",
@@ -104,7 +104,7 @@ impl Core {
     /// comes from a platform admin ([`Core::issue_first_key`]) as for a new tenant.
     pub fn reopen_tenant(&self, actor: &Actor, id: &TenantId) -> Result<()> {
         self.tenant(id)?;
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let removed = tx.execute("DELETE FROM tenant_closures WHERE tenant_id = ?1", [id.as_str()])?;
             if removed == 0 {
                 return Err(Error::NotFound { kind: "account closure" });
@@ -115,7 +115,7 @@ impl Core {
 
     /// The pending closure of a tenant, if any.
     pub fn closure(&self, id: &TenantId) -> Result<Option<Closure>> {
-        let row: Option<(Millis, Millis)> = self.meta.read(|c| {
+        let row: Option<(Millis, Millis)> = self.read(|c| {
             c.query_row("SELECT requested_at, purge_at FROM tenant_closures WHERE tenant_id = ?1", [id.as_str()], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -134,7 +134,6 @@ impl Core {
     pub fn purge_closed_tenants(&self) -> Result<usize> {
         let now = self.now();
         let due: Vec<String> = self
-            .meta
             .read(|c| c.query_map("SELECT tenant_id FROM tenant_closures WHERE purge_at <= ?1", [now], |r| r.get(0)))?;
         let mut purged = 0;
         for t in due {

@@ -9,7 +9,7 @@ use crate::store::OptionalExt as _;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::audit::Action;
+use crate::audit::vocabulary::Action;
 use crate::auth::{Principal, Scope};
 use crate::clock::Millis;
 use crate::core::Core;
@@ -144,10 +144,10 @@ impl Core {
         let tenant = principal.tenant();
         self.tenant(tenant)?;
         check_name(name)?;
-        if data.len() as u64 > self.limits.max_dataset_bytes {
-            return Err(Error::TooLarge { what: "dataset", limit: self.limits.max_dataset_bytes });
+        if data.len() as u64 > self.limits().max_dataset_bytes {
+            return Err(Error::TooLarge { what: "dataset", limit: self.limits().max_dataset_bytes });
         }
-        let stats = validate_chat_jsonl(data, self.limits.max_dataset_line_bytes)?;
+        let stats = validate_chat_jsonl(data, self.limits().max_dataset_line_bytes)?;
         let id = DatasetId::generate();
         let info = DatasetInfo {
             id: id.clone(),
@@ -170,7 +170,7 @@ impl Core {
     pub fn list_datasets(&self, principal: &Principal) -> Result<Vec<DatasetInfo>> {
         principal.require(Scope::Train)?;
         self.tenant(principal.tenant())?;
-        let rows = self.meta.read(|c| {
+        let rows = self.read(|c| {
             let rows = c.query_map("SELECT id, name, bytes, examples, created_at FROM datasets WHERE tenant_id = ?1 ORDER BY created_at, id", [principal.tenant().as_str()], |r| Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
             Ok(rows)
         })?;
@@ -185,7 +185,7 @@ impl Core {
     pub fn dataset(&self, principal: &Principal, id: &DatasetId) -> Result<DatasetInfo> {
         principal.require(Scope::Train)?;
         self.tenant(principal.tenant())?;
-        let row = self.meta.read(|c| {
+        let row = self.read(|c| {
             c.query_row(
                 "SELECT name, bytes, examples, created_at FROM datasets WHERE id = ?1 AND tenant_id = ?2",
                 params![id.as_str(), principal.tenant().as_str()],

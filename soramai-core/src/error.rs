@@ -42,7 +42,7 @@ pub enum Error {
     },
     /// The API key is valid but lacks a scope the operation needs.
     #[error("the API key lacks the `{0}` scope")]
-    MissingScope(crate::auth::Scope),
+    MissingScope(crate::auth::scope::Scope),
     /// The tenant's tier does not allow the operation.
     #[error("not available on the {tier} tier: {what}")]
     NotAllowed {
@@ -97,7 +97,7 @@ pub enum Error {
     #[error("job is {state}; cannot {action}")]
     InvalidJobState {
         /// The job's current state.
-        state: crate::jobs::JobState,
+        state: crate::jobs::state::JobState,
         /// What was attempted.
         action: &'static str,
     },
@@ -146,4 +146,10 @@ pub fn json_error_message(e: &serde_json::Error) -> String {
         return format!("json: {what}");
     }
     format!("json: {what} (line {}, column {})", e.line(), e.column())
+}
+
+impl From<crate::names::UnknownName> for Error {
+    fn from(e: crate::names::UnknownName) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
 }

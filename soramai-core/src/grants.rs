@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::IssuedKey;
-use crate::audit::{Action, Actor};
+use crate::audit::vocabulary::{Action, Actor};
 use crate::auth::{GrantContext, NewKeyRow, Principal, Scope, insert_key};
 use crate::clock::{Millis, millis};
 use crate::core::{Core, KeyCustody};
@@ -137,7 +137,7 @@ fn grant_row(r: &Row) -> Result<AccessGrant> {
         operator_key: ApiKeyId::new(r.get::<String>(3)?)?,
         key_id: ApiKeyId::new(r.get::<String>(4)?)?,
         reason: r.get(5)?,
-        scopes: scopes.split(',').filter(|s| !s.is_empty()).map(str::parse).collect::<Result<_>>()?,
+        scopes: scopes.split(',').filter(|s| !s.is_empty()).map(|s| Ok(s.parse()?)).collect::<Result<_>>()?,
         ttl_seconds: r.get(7)?,
         status: GrantStatus::parse(&r.get::<String>(8)?)?,
         requested_at: r.get(9)?,
@@ -241,7 +241,7 @@ impl Core {
             _ => (GrantStatus::Active, now.saturating_add(millis(ttl))),
         };
         let id = GrantId::generate();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let name = format!("access grant {}", id.as_str());
             let row = NewKeyRow {
                 tenant,
@@ -299,7 +299,7 @@ impl Core {
         };
         self.expire_access_grants()?;
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let mut g = Self::grant_tx(tx, id)?
                 .filter(|g| &g.tenant == principal.tenant())
                 .ok_or(Error::NotFound { kind: "access grant" })?;
@@ -331,7 +331,7 @@ impl Core {
         } else {
             principal.as_operator()
         };
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let mut g = Self::grant_tx(tx, id)?.ok_or(Error::NotFound { kind: "access grant" })?;
             if !matches!(g.status, GrantStatus::Pending | GrantStatus::Active) {
                 return Ok(g);
@@ -358,7 +358,7 @@ impl Core {
         principal.require(Scope::Admin)?;
         self.tenant(principal.tenant())?;
         self.expire_access_grants()?;
-        self.meta.read(|c| {
+        self.read(|c| {
             c.query_map(
                 &format!(
                     "SELECT {GRANT_COLUMNS} FROM access_grants WHERE tenant_id = ?1 OR operator_tenant = ?1
@@ -378,8 +378,7 @@ impl Core {
     }
 
     fn visible_grant(&self, principal: &Principal, id: &GrantId) -> Result<AccessGrant> {
-        self.meta
-            .read(|c| Self::grant_tx(c, id))?
+        self.read(|c| Self::grant_tx(c, id))?
             .filter(|g| &g.tenant == principal.tenant() || &g.operator_tenant == principal.tenant())
             .ok_or(Error::NotFound { kind: "access grant" })
     }
@@ -389,7 +388,7 @@ impl Core {
     /// and before grants are listed, approved or used.
     pub fn expire_access_grants(&self) -> Result<usize> {
         let now = self.now();
-        let due: Vec<GrantId> = self.meta.read(|c| {
+        let due: Vec<GrantId> = self.read(|c| {
             c.query_map(
                 "SELECT id FROM access_grants WHERE status IN ('pending', 'active') AND expires_at <= ?1",
                 [now],
@@ -399,7 +398,7 @@ impl Core {
         if due.is_empty() {
             return Ok(0);
         }
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let mut n = 0;
             for id in &due {
                 let changed = tx.execute(
@@ -425,7 +424,7 @@ impl Core {
     /// The grant a key belongs to, if it is in force now; a pending grant is refused with
     /// [`Error::OperatorAccess`], any other state with [`Error::Unauthenticated`].
     pub(crate) fn live_grant(&self, id: &GrantId) -> Result<GrantContext> {
-        let g = self.meta.read(|c| Self::grant_tx(c, id))?.ok_or(Error::Unauthenticated)?;
+        let g = self.read(|c| Self::grant_tx(c, id))?.ok_or(Error::Unauthenticated)?;
         match g.status {
             GrantStatus::Active if g.expires_at > self.now() => Ok(GrantContext {
                 id: g.id,
@@ -453,7 +452,7 @@ impl Core {
         }
         self.live_grant(&ctx.id)?;
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let g = Self::grant_tx(tx, &ctx.id)?.ok_or(Error::Unauthenticated)?;
             if g.status != GrantStatus::Active || g.expires_at <= now {
                 return Err(Error::Unauthenticated);

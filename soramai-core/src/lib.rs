@@ -42,6 +42,7 @@ pub mod ids;
 pub mod jobs;
 pub mod metering;
 pub mod models;
+pub mod names;
 pub mod passkeys;
 mod random;
 pub mod retention;

@@ -7,7 +7,7 @@ use crate::params;
 use crate::store::{Db, OptionalExt as _};
 use serde::Serialize;
 
-use crate::audit::Action;
+use crate::audit::vocabulary::Action;
 use crate::auth::{Principal, Scope};
 use crate::clock::Millis;
 use crate::core::Core;
@@ -110,7 +110,7 @@ impl Core {
     pub fn record_usage(&self, tenant: &TenantId, event: &UsageEvent) -> Result<()> {
         self.tenant(tenant)?;
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute(
                 "INSERT INTO usage_events (tenant_id, at, kind, model, adapter, input_tokens, output_tokens, latency_ms, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -134,7 +134,7 @@ impl Core {
     pub fn usage_summary(&self, principal: &Principal, since: Millis) -> Result<UsageSummary> {
         principal.require(Scope::Admin)?;
         self.tenant(principal.tenant())?;
-        self.meta.read(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) FROM usage_events WHERE tenant_id = ?1 AND at >= ?2",
                 params![principal.tenant().as_str(), since],
@@ -146,7 +146,7 @@ impl Core {
     /// The tenant's credit balance.
     pub fn balance(&self, tenant: &TenantId) -> Result<i64> {
         self.tenant(tenant)?;
-        self.meta.read(|c| Self::balance_in(c, tenant))
+        self.read(|c| Self::balance_in(c, tenant))
     }
 
     fn balance_in(c: &Db<'_>, tenant: &TenantId) -> Result<i64> {
@@ -172,7 +172,7 @@ impl Core {
         reference: &str,
     ) -> Result<Receipt> {
         self.tenant(tenant)?;
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let receipt = self.ledger_entry_tx(tx, tenant, kind, amount, reference)?;
             if kind == "grant" {
                 self.audit_tx(
@@ -253,7 +253,7 @@ impl Core {
 
     /// The tenant's ledger, oldest first (the billing records).
     pub fn receipts(&self, tenant: &TenantId) -> Result<Vec<Receipt>> {
-        self.meta.read(|c| {
+        self.read(|c| {
             let rows = c.query_map("SELECT receipt, kind, amount, balance_after, reference, at FROM ledger WHERE tenant_id = ?1 ORDER BY id", [tenant.as_str()], |r| {
                     Ok(Receipt { receipt: r.get(0)?, kind: r.get(1)?, amount: r.get(2)?, balance_after: r.get(3)?, reference: r.get(4)?, at: r.get(5)? })
                 })?;
@@ -292,7 +292,7 @@ impl Core {
         principal.require(Scope::Admin)?;
         principal.refuse_under_grant("a break-glass grant's key never changes what is logged")?;
         let t = self.tenant(principal.tenant())?;
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute("UPDATE tenants SET log_query_text = ?2 WHERE id = ?1", params![t.id.as_str(), enabled])?;
             self.audit_tx(
                 tx,
@@ -306,8 +306,7 @@ impl Core {
     }
 
     fn logs_query_text(&self, tenant: &crate::ids::TenantId) -> Result<bool> {
-        self.meta
-            .read(|c| c.query_row("SELECT log_query_text FROM tenants WHERE id = ?1", [tenant.as_str()], |r| r.get(0)))
+        self.read(|c| c.query_row("SELECT log_query_text FROM tenants WHERE id = ?1", [tenant.as_str()], |r| r.get(0)))
     }
 
     fn seal_detail(&self, tenant: &crate::ids::TenantId, detail: &str) -> Result<String> {
@@ -352,7 +351,7 @@ impl Core {
             _ => None,
         };
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute(
                 "INSERT INTO access_log (tenant_id, at, actor, resource, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![t.id.as_str(), now, principal.actor().to_string(), resource, action, detail],
@@ -368,28 +367,27 @@ impl Core {
         if !t.tier.policy().access_log {
             return Err(Error::NotAllowed { tier: t.tier, what: "the access log" });
         }
-        self.meta
-            .read(|c| {
-                let rows = c.query_map(
-                    "SELECT at, actor, resource, action, detail FROM access_log WHERE tenant_id = ?1 ORDER BY id",
-                    [t.id.as_str()],
-                    |r| {
-                        Ok(AccessRecord {
-                            at: r.get(0)?,
-                            actor: r.get(1)?,
-                            resource: r.get(2)?,
-                            action: r.get(3)?,
-                            detail: r.get(4)?,
-                        })
-                    },
-                )?;
-                Ok(rows)
-            })?
-            .into_iter()
-            .map(|mut r: AccessRecord| {
-                r.detail = r.detail.map(|d| self.open_detail(&t.id, &d)).transpose()?;
-                Ok(r)
-            })
-            .collect()
+        self.read(|c| {
+            let rows = c.query_map(
+                "SELECT at, actor, resource, action, detail FROM access_log WHERE tenant_id = ?1 ORDER BY id",
+                [t.id.as_str()],
+                |r| {
+                    Ok(AccessRecord {
+                        at: r.get(0)?,
+                        actor: r.get(1)?,
+                        resource: r.get(2)?,
+                        action: r.get(3)?,
+                        detail: r.get(4)?,
+                    })
+                },
+            )?;
+            Ok(rows)
+        })?
+        .into_iter()
+        .map(|mut r: AccessRecord| {
+            r.detail = r.detail.map(|d| self.open_detail(&t.id, &d)).transpose()?;
+            Ok(r)
+        })
+        .collect()
     }
 }

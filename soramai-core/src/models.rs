@@ -20,7 +20,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::audit::{Action, Actor};
+use crate::audit::vocabulary::{Action, Actor};
 use crate::auth::{Principal, Scope};
 use crate::clock::Millis;
 use crate::core::{Core, ObjectReader, ObjectWriter};
@@ -182,7 +182,7 @@ impl Core {
         }
         let text = path.to_str().ok_or_else(|| Error::InvalidArgument("the model path is not UTF-8".into()))?;
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute(
                 "INSERT INTO base_models (id, path, registered_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(id) DO UPDATE SET path = excluded.path, registered_at = excluded.registered_at",
@@ -195,7 +195,7 @@ impl Core {
 
     /// A registered base model.
     pub fn base_model(&self, id: &ModelId) -> Result<BaseModel> {
-        let path: Option<String> = self.meta.read(|c| {
+        let path: Option<String> = self.read(|c| {
             c.query_row("SELECT path FROM base_models WHERE id = ?1", [id.as_str()], |r| r.get(0)).optional()
         })?;
         let path = path.ok_or(Error::NotFound { kind: "base model" })?;
@@ -204,7 +204,7 @@ impl Core {
 
     /// Every registered base model.
     pub fn base_models(&self) -> Result<Vec<BaseModel>> {
-        self.meta.read(|c| {
+        self.read(|c| {
             let rows = c.query_map("SELECT id, path FROM base_models ORDER BY id", (), |r| {
                 Ok((r.get::<String>(0)?, r.get::<String>(1)?))
             })?;
@@ -270,7 +270,7 @@ impl Core {
     }
 
     fn fine_tuned_row(&self, tenant: &TenantId, id: &ModelId) -> Result<FineTunedModel> {
-        let row: Option<(String, String, u64, Millis)> = self.meta.read(|c| {
+        let row: Option<(String, String, u64, Millis)> = self.read(|c| {
             c.query_row(
                 "SELECT base, job_id, trained_tokens, created_at FROM fine_tuned_models WHERE id = ?1 AND tenant_id = ?2",
                 params![id.as_str(), tenant.as_str()],
@@ -302,7 +302,7 @@ impl Core {
         if principal.require(Scope::Inference).is_err() {
             principal.require(Scope::Train)?;
         }
-        let ids: Vec<String> = self.meta.read(|c| {
+        let ids: Vec<String> = self.read(|c| {
             let rows = c.query_map(
                 "SELECT id FROM fine_tuned_models WHERE tenant_id = ?1 ORDER BY created_at DESC, id",
                 [principal.tenant().as_str()],
@@ -359,7 +359,7 @@ impl Core {
             writer,
             hasher: Sha256::new(),
             len: 0,
-            limit: self.limits.max_custom_model_bytes,
+            limit: self.limits().max_custom_model_bytes,
         })
     }
 
@@ -386,7 +386,7 @@ impl Core {
     }
 
     fn custom_model_row(&self, tenant: &TenantId, id: &ModelId) -> Result<CustomModel> {
-        let row: Option<(String, u64, String, String, Millis)> = self.meta.read(|c| {
+        let row: Option<(String, u64, String, String, Millis)> = self.read(|c| {
             c.query_row(
                 "SELECT name, bytes, sha256, architecture, created_at FROM custom_models WHERE id = ?1 AND tenant_id = ?2",
                 params![id.as_str(), tenant.as_str()],
@@ -412,7 +412,7 @@ impl Core {
         if principal.require(Scope::Inference).is_err() {
             principal.require(Scope::Train)?;
         }
-        let ids: Vec<String> = self.meta.read(|c| {
+        let ids: Vec<String> = self.read(|c| {
             c.query_map(
                 "SELECT id FROM custom_models WHERE tenant_id = ?1 ORDER BY created_at DESC, id",
                 [principal.tenant().as_str()],
@@ -456,7 +456,7 @@ impl Core {
         principal.require(Scope::Train)?;
         let tenant = principal.tenant();
         self.custom_model_row(tenant, id)?;
-        let dependents: u64 = self.meta.read(|c| {
+        let dependents: u64 = self.read(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM fine_tuned_models WHERE tenant_id = ?1 AND base = ?2",
                 params![tenant.as_str(), id.as_str()],

@@ -20,7 +20,7 @@ pub use webauthn_rs::prelude::{
 use webauthn_rs::prelude::{Passkey, PasskeyAuthentication, PasskeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder};
 
 use crate::accounts::{Token, email_hash, normalize_email, token_hash};
-use crate::audit::Action;
+use crate::audit::vocabulary::Action;
 use crate::clock::Millis;
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -134,7 +134,7 @@ impl Core {
             created_at: self.now(),
             last_used_at: None,
         };
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let taken: Option<String> = tx
                 .query_row("SELECT id FROM passkeys WHERE credential_id = ?1", [credential.as_str()], |r| r.get(0))
                 .optional()?;
@@ -153,7 +153,7 @@ impl Core {
     /// The signed-in person's passkeys.
     pub fn passkeys(&self, session_token: &str) -> Result<Vec<PasskeyInfo>> {
         let user = self.session_user(session_token)?;
-        self.meta.read(|c| {
+        self.read(|c| {
             c.query_map(
                 "SELECT id, name, created_at, last_used_at FROM passkeys WHERE user_id = ?1 ORDER BY created_at, id",
                 [user.id.as_str()],
@@ -165,7 +165,7 @@ impl Core {
     /// Removes one of the signed-in person's passkeys (another's is not found).
     pub fn delete_passkey(&self, session_token: &str, id: &str) -> Result<()> {
         let user = self.session_user(session_token)?;
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let n = tx.execute("DELETE FROM passkeys WHERE id = ?1 AND user_id = ?2", params![id, user.id.as_str()])?;
             if n == 0 {
                 return Err(Error::NotFound { kind: "passkey" });
@@ -217,7 +217,7 @@ impl Core {
         for (id, mut pk) in self.passkey_rows(&user.id)? {
             if pk.update_credential(&result).is_some() {
                 let stored = serde_json::to_string(&pk).map_err(|_| Error::Integrity)?;
-                self.meta.write(|tx| {
+                self.write(|tx| {
                     tx.execute(
                         "UPDATE passkeys SET passkey = ?2, last_used_at = ?3 WHERE id = ?1",
                         params![id, stored, now],
@@ -231,7 +231,7 @@ impl Core {
 
     /// A person's passkeys with their row ids.
     fn passkey_rows(&self, user: &UserId) -> Result<Vec<(String, Passkey)>> {
-        let rows: Vec<(String, String)> = self.meta.read(|c| {
+        let rows: Vec<(String, String)> = self.read(|c| {
             c.query_map(
                 "SELECT id, passkey FROM passkeys WHERE user_id = ?1 ORDER BY created_at, id",
                 [user.as_str()],
@@ -246,7 +246,7 @@ impl Core {
     fn save_ceremony(&self, user: &UserId, kind: &str, id: &str, state: &impl Serialize) -> Result<()> {
         let state = serde_json::to_string(state).map_err(|_| Error::Integrity)?;
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute("DELETE FROM webauthn_ceremonies WHERE expires_at <= ?1", params![now])?;
             tx.execute(
                 "INSERT INTO webauthn_ceremonies (id_hash, user_id, kind, state, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -261,7 +261,7 @@ impl Core {
     fn take_ceremony<S: serde::de::DeserializeOwned>(&self, id: &str, kind: &str) -> Result<(UserId, S)> {
         let hash = token_hash(id);
         let now = self.now();
-        let row: Option<(String, String, Millis)> = self.meta.write(|tx| {
+        let row: Option<(String, String, Millis)> = self.write(|tx| {
             let row = tx
                 .query_row(
                     "SELECT user_id, state, expires_at FROM webauthn_ceremonies WHERE id_hash = ?1 AND kind = ?2",

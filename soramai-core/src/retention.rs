@@ -43,7 +43,7 @@ impl Core {
         let policy = Tier::Free.policy();
         let log_cutoff = now - millis(policy.log_retention);
         let billing_cutoff = now - millis(policy.billing_retention);
-        let mut report = self.meta.write(|tx| {
+        let mut report = self.write(|tx| {
             let usage_events = tx.execute("DELETE FROM usage_events WHERE at < ?1", [log_cutoff])?;
             let job_events = tx.execute("DELETE FROM job_events WHERE at < ?1", [log_cutoff])?;
             let access_cutoff = now - millis(policy.access_log_retention);

@@ -18,7 +18,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::accounts::{Role, normalize_email, token_hash};
-use crate::audit::{Action, Actor};
+use crate::audit::vocabulary::{Action, Actor};
 use crate::auth::{Principal, Scope};
 use crate::clock::Millis;
 use crate::core::Core;
@@ -132,7 +132,7 @@ impl Core {
     }
 
     fn sso_row(&self, tenant: &TenantId) -> Result<Option<SsoConfig>> {
-        let row: Option<(String, String, Option<String>)> = self.meta.read(|c| {
+        let row: Option<(String, String, Option<String>)> = self.read(|c| {
             c.query_row(
                 "SELECT issuer, client_id, default_role FROM sso_configs WHERE tenant_id = ?1",
                 [tenant.as_str()],
@@ -149,7 +149,7 @@ impl Core {
     /// Records a sign-in sent to the tenant's provider, under its `state`.
     pub fn begin_sso(&self, tenant: &TenantId, state: &str, nonce: &str, pkce_verifier: &str) -> Result<()> {
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute("DELETE FROM sso_logins WHERE expires_at <= ?1", params![now])?;
             tx.execute(
                 "INSERT INTO sso_logins (state_hash, tenant_id, nonce, pkce_verifier, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -164,7 +164,7 @@ impl Core {
     pub fn take_sso(&self, state: &str) -> Result<SsoLogin> {
         let hash = token_hash(state);
         let now = self.now();
-        let row: Option<(String, String, String, Millis)> = self.meta.write(|tx| {
+        let row: Option<(String, String, String, Millis)> = self.write(|tx| {
             let row = tx
                 .query_row(
                     "SELECT tenant_id, nonce, pkce_verifier, expires_at FROM sso_logins WHERE state_hash = ?1",
@@ -192,7 +192,7 @@ impl Core {
         if config.issuer != issuer.trim_end_matches('/') || subject.is_empty() || subject.len() > 255 {
             return Err(Error::Unauthenticated);
         }
-        let linked: Option<String> = self.meta.read(|c| {
+        let linked: Option<String> = self.read(|c| {
             c.query_row(
                 "SELECT user_id FROM sso_links WHERE issuer = ?1 AND subject = ?2",
                 params![config.issuer, subject],
@@ -218,7 +218,7 @@ impl Core {
                     Some(u) if member(&u.id)? => None,
                     _ => Some(config.default_role.ok_or(Error::Unauthenticated)?),
                 };
-                self.meta.write(|tx| {
+                self.write(|tx| {
                     let user = match &existing {
                         Some(u) => u.clone(),
                         // No password: this person signs in through the provider (or sets one by

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::names::UnknownName;
 
 /// A tenant's plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -79,12 +79,9 @@ impl fmt::Display for Tier {
 }
 
 impl std::str::FromStr for Tier {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        Tier::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| Error::InvalidArgument(format!("unknown tier {s:?}")))
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| UnknownName::new("tier", s))
     }
 }
 

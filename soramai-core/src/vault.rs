@@ -4,7 +4,7 @@
 use crate::params;
 use zeroize::Zeroizing;
 
-use crate::audit::Action;
+use crate::audit::vocabulary::Action;
 use crate::auth::{Principal, Scope};
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -20,8 +20,8 @@ impl Core {
         principal.require(Scope::Admin)?;
         let tenant = principal.tenant();
         self.tenant(tenant)?;
-        if value.len() > self.limits.max_secret_bytes {
-            return Err(Error::TooLarge { what: "secret", limit: self.limits.max_secret_bytes as u64 });
+        if value.len() > self.limits().max_secret_bytes {
+            return Err(Error::TooLarge { what: "secret", limit: self.limits().max_secret_bytes as u64 });
         }
         let now = self.now();
         self.put_object_with(tenant, &secret_path(name)?, value, |tx| {
@@ -51,7 +51,7 @@ impl Core {
     pub fn list_secrets(&self, principal: &Principal) -> Result<Vec<SecretName>> {
         principal.require(Scope::Admin)?;
         self.tenant(principal.tenant())?;
-        let names: Vec<String> = self.meta.read(|c| {
+        let names: Vec<String> = self.read(|c| {
             let rows = c.query_map(
                 "SELECT name FROM secrets WHERE tenant_id = ?1 ORDER BY name",
                 [principal.tenant().as_str()],

@@ -81,6 +81,13 @@ pub enum PlatformError {
     Engine(String),
 }
 
+impl From<soramai_core::names::UnknownName> for PlatformError {
+    /// A tier, scope or state name outside its set: the core's invalid argument.
+    fn from(e: soramai_core::names::UnknownName) -> Self {
+        PlatformError::Core(e.into())
+    }
+}
+
 /// What kind of failure a [`PlatformError`] is, for callers that answer it (an HTTP status, an
 /// exception class): every layer's errors folded into the handful a client acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -6,21 +6,19 @@
 //! dropped, reordered or appended record, a truncated tail, and a rewound head. Records hold ids and
 //! action names, never customer content.
 
-use crate::params;
-use crate::store::{Db, OptionalExt as _, Row};
+use crate::store::{OptionalExt as _, Row};
 
 use crate::auth::Principal;
-use crate::clock::Millis;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
 
-mod vocabulary;
+pub(crate) mod chain;
+pub(crate) mod vocabulary;
 
-pub(crate) use vocabulary::AuditKey;
+pub(crate) use chain::GENESIS;
+
 pub use vocabulary::{Action, Actor, AuditRecord, AuditReport};
-
-const GENESIS: [u8; 32] = [0u8; 32];
 
 /// Reads an `AuditRecord` from columns `seq, at, actor, action, target, detail` (in that order).
 fn record_from_row(r: &Row) -> Result<AuditRecord> {
@@ -32,56 +30,6 @@ fn record_from_row(r: &Row) -> Result<AuditRecord> {
         target: r.get(4)?,
         detail: r.get(5)?,
     })
-}
-
-/// One record to append: who did what to which id, with content-free detail.
-pub(crate) struct Entry<'a> {
-    pub(crate) actor: &'a Actor,
-    pub(crate) action: Action,
-    pub(crate) target: &'a str,
-    pub(crate) detail: serde_json::Value,
-}
-
-/// Appends one record inside the caller's transaction.
-pub(crate) fn append(tx: &Db<'_>, key: &AuditKey, tenant: &TenantId, at: Millis, entry: Entry<'_>) -> Result<()> {
-    let Entry { actor, action, target, detail } = entry;
-    let head: Option<(u64, Vec<u8>)> = tx
-        .query_row("SELECT seq, hash FROM audit_heads WHERE tenant_id = ?1", [tenant.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_vec()));
-    let record = AuditRecord {
-        seq: prev_seq + 1,
-        at,
-        actor: actor.to_string(),
-        action: action.as_str().to_string(),
-        target: target.to_string(),
-        detail: detail.to_string(),
-    };
-    let hash = key.record_hash(tenant, &record, &prev_hash)?;
-    tx.execute(
-        "INSERT INTO audit_log (tenant_id, seq, at, actor, action, target, detail, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            tenant.as_str(),
-            record.seq,
-            record.at,
-            record.actor,
-            record.action,
-            record.target,
-            record.detail,
-            prev_hash,
-            hash
-        ],
-    )?;
-    let tag = key.head_tag(tenant, record.seq, &hash)?;
-    tx.execute(
-        "INSERT INTO audit_heads (tenant_id, seq, hash, tag) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, tag = excluded.tag",
-        params![tenant.as_str(), record.seq, hash, tag],
-    )?;
-    Ok(())
 }
 
 impl Core {
@@ -117,7 +65,7 @@ impl Core {
     }
 
     fn audit_records(&self, tenant: &TenantId) -> Result<Vec<AuditRecord>> {
-        self.meta.read(|c| {
+        self.read(|c| {
             c.query_map(
                 "SELECT seq, at, actor, action, target, detail FROM audit_log WHERE tenant_id = ?1 ORDER BY seq",
                 [tenant.as_str()],
@@ -129,7 +77,7 @@ impl Core {
     /// Verifies the tenant's whole chain and its head. Any edited, dropped, inserted or reordered
     /// record yields [`Error::AuditChainBroken`] naming the first bad position.
     pub fn verify_audit(&self, tenant: &TenantId) -> Result<AuditReport> {
-        let (rows, head) = self.meta.read(|c| {
+        let (rows, head) = self.read(|c| {
             let rows = c.query_map(
                 "SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log
                  WHERE tenant_id = ?1 ORDER BY seq",
@@ -149,7 +97,7 @@ impl Core {
         sorted.sort_by_key(|(r, _, _)| r.seq);
         for (i, (record, prev_hash, hash)) in sorted.iter().enumerate() {
             let expected_seq = i as u64 + 1;
-            let computed = self.audit_key.record_hash(tenant, record, &prev)?;
+            let computed = self.audit_key().record_hash(tenant, record, &prev)?;
             let ok = record.seq == expected_seq
                 && subtle::ConstantTimeEq::ct_eq(&prev_hash[..], &prev[..]).into()
                 && bool::from(subtle::ConstantTimeEq::ct_eq(&computed[..], &hash[..]));
@@ -163,7 +111,7 @@ impl Core {
             None if count == 0 => Ok(AuditReport { records: 0 }),
             None => Err(Error::AuditChainBroken { seq: 1 }),
             Some((seq, hash, tag)) => {
-                let expected_tag = self.audit_key.head_tag(tenant, seq, &hash)?;
+                let expected_tag = self.audit_key().head_tag(tenant, seq, &hash)?;
                 let ok = seq == count
                     && bool::from(subtle::ConstantTimeEq::ct_eq(&hash[..], &prev[..]))
                     && bool::from(subtle::ConstantTimeEq::ct_eq(&tag[..], &expected_tag[..]));

@@ -14,7 +14,7 @@ use crate::params;
 use crate::store::{Db, OptionalExt as _, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Action, Actor};
+use crate::audit::vocabulary::{Action, Actor};
 use crate::auth::{Principal, Scope};
 use crate::clock::{Millis, millis};
 use crate::core::Core;
@@ -23,51 +23,9 @@ use crate::ids::{DatasetId, JobId, ModelId, ObjectPath, PoolId, TenantId};
 use crate::metering::{CREDITS_PER_TRAINED_TOKEN, UsageEvent, UsageKind, UsageStatus};
 use crate::tier::ComputePool;
 
+pub(crate) mod state;
+pub use state::JobState;
 pub use worker::{RunnerCommand, Worker};
-
-/// A job's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    /// Waiting for a worker.
-    Queued,
-    /// Claimed by a worker holding a lease.
-    Running,
-    /// Finished with a result.
-    Succeeded,
-    /// Finished with an error (or out of attempts).
-    Failed,
-    /// Cancelled before finishing.
-    Cancelled,
-}
-
-impl JobState {
-    fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "queued" => JobState::Queued,
-            "running" => JobState::Running,
-            "succeeded" => JobState::Succeeded,
-            "failed" => JobState::Failed,
-            "cancelled" => JobState::Cancelled,
-            _ => return Err(Error::InvalidArgument(format!("unknown job state {s:?}"))),
-        })
-    }
-
-    /// Whether the job has ended.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    }
-}
 
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -367,7 +325,7 @@ impl Core {
         let id = JobId::generate();
         let now = self.now();
         let spec_json = spec.to_stored()?;
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute(
                 "INSERT INTO jobs (id, tenant_id, kind, spec, pool, state, max_attempts, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 3, ?6)",
                 params![id.as_str(), tenant.id.as_str(), spec.kind(), spec_json.to_string(), pool.as_str(), now],
@@ -378,12 +336,11 @@ impl Core {
     }
 
     pub(crate) fn job_by_id(&self, id: &JobId) -> Result<Job> {
-        self.meta
-            .read(|c| {
-                c.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id.as_str()], job_from_row)
-                    .optional()
-            })?
-            .ok_or(Error::NotFound { kind: "job" })?
+        self.read(|c| {
+            c.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id.as_str()], job_from_row)
+                .optional()
+        })?
+        .ok_or(Error::NotFound { kind: "job" })?
     }
 
     /// One of the principal's tenant's jobs.
@@ -399,7 +356,7 @@ impl Core {
     /// The principal's tenant's jobs, newest first.
     pub fn list_jobs(&self, principal: &Principal) -> Result<Vec<Job>> {
         principal.require(Scope::Train)?;
-        self.meta.read(|c| {
+        self.read(|c| {
             let rows = c.query_map(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = ?1 ORDER BY created_at DESC, id"),
                 [principal.tenant().as_str()],
@@ -412,7 +369,7 @@ impl Core {
     /// A job's events, oldest first.
     pub fn job_events(&self, principal: &Principal, id: &JobId) -> Result<Vec<JobEvent>> {
         self.job(principal, id)?;
-        self.meta.read(|c| {
+        self.read(|c| {
             let rows = c.query_map(
                 "SELECT seq, at, kind, data FROM job_events WHERE job_id = ?1 ORDER BY seq",
                 [id.as_str()],
@@ -432,7 +389,7 @@ impl Core {
             return Err(Error::InvalidJobState { state: job.state, action: "cancel" });
         }
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             if job.state == JobState::Queued {
                 tx.execute(
                     "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 AND state = 'queued'",
@@ -467,7 +424,7 @@ impl Core {
     /// attempts, or cancels them if cancellation was asked for. Returns how many were handled.
     pub fn reap_expired_leases(&self) -> Result<usize> {
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let expired: Vec<(String, String, u32, u32, bool)> = {
                 tx.query_map("SELECT id, tenant_id, attempts, max_attempts, cancel_requested FROM jobs WHERE state = 'running' AND lease_expires_at < ?1", [now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
             };
@@ -498,7 +455,7 @@ impl Core {
 
     /// The pools with queued jobs of active tenants (what a node's workers may look for).
     pub fn queued_pools(&self) -> Result<Vec<PoolId>> {
-        self.meta.read(|c| {
+        self.read(|c| {
             let pools = c.query_map(
                 "SELECT DISTINCT j.pool FROM jobs j JOIN tenants t ON t.id = j.tenant_id
                  WHERE j.state = 'queued' AND t.status = 'active' ORDER BY j.pool",
@@ -514,7 +471,7 @@ impl Core {
         self.reap_expired_leases()?;
         let now = self.now();
         let expires = now.saturating_add(millis(lease));
-        let id: Option<String> = self.meta.write(|tx| {
+        let id: Option<String> = self.write(|tx| {
             let id: Option<(String, String)> = tx
                 .query_row(
                     "SELECT j.id, j.tenant_id FROM jobs j JOIN tenants t ON t.id = j.tenant_id
@@ -556,7 +513,7 @@ impl Core {
     /// [`Error::LeaseLost`] if the worker no longer holds the job.
     pub fn heartbeat(&self, job: &JobId, worker: &str, lease: Duration) -> Result<bool> {
         let expires = self.now().saturating_add(millis(lease));
-        self.meta.write(|tx| {
+        self.write(|tx| {
             let cancel = Self::check_lease(tx, job, worker)?;
             tx.execute("UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1", params![job.as_str(), expires])?;
             Ok(cancel)
@@ -568,7 +525,7 @@ impl Core {
         if !matches!(kind, "progress" | "metric") {
             return Err(Error::InvalidArgument("job events are progress or metric".into()));
         }
-        self.meta.write(|tx| {
+        self.write(|tx| {
             Self::check_lease(tx, job, worker)?;
             if kind == "progress"
                 && let Some(p) = data.get("fraction").and_then(|f| f.as_f64())
@@ -583,7 +540,7 @@ impl Core {
     pub fn finish_job(&self, job: &JobId, worker: &str, outcome: Outcome) -> Result<Job> {
         let now = self.now();
         let current = self.job_by_id(job)?;
-        self.meta.write(|tx| {
+        self.write(|tx| {
             Self::check_lease(tx, job, worker)?;
             let (state, result, error) = match &outcome {
                 Outcome::Succeeded(v) => ("succeeded", Some(v.to_string()), None),
@@ -604,14 +561,14 @@ impl Core {
 
     /// The decrypted input of a claimed job, for the worker holding its lease only.
     pub(crate) fn job_input(&self, job: &Job, worker: &str) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-        self.meta.write(|tx| Self::check_lease(tx, &job.id, worker).map(|_| ()))?;
+        self.write(|tx| Self::check_lease(tx, &job.id, worker).map(|_| ()))?;
         self.dataset_bytes(&job.tenant, job.spec.dataset())
     }
 
     /// The job's last checkpoint, decrypted, for the worker holding its lease; `None` before the
     /// first one.
     pub(crate) fn job_checkpoint(&self, job: &Job, worker: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
-        let step: Option<u64> = self.meta.write(|tx| {
+        let step: Option<u64> = self.write(|tx| {
             Self::check_lease(tx, &job.id, worker)?;
             tx.query_row("SELECT checkpoint_step FROM jobs WHERE id = ?1", [job.id.as_str()], |r| r.get(0))
         })?;

@@ -1,5 +1,5 @@
 //! Placement of each tenant's blobs: the shared store, or a store of the tenant's own (seed 003:
-//! Pro and up get a dedicated volume). [`RoutedBlobStore`] sends every key under `t/<tenant>/` to
+//! Pro and up get a dedicated volume). `RoutedBlobStore` sends every key under `t/<tenant>/` to
 //! the tenant's dedicated store when it has one, and everything else to the shared store, so the
 //! rest of the core stays unaware of placement.
 

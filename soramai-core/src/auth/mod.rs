@@ -11,62 +11,20 @@ use std::time::Duration;
 
 use crate::params;
 use crate::store::{Db, OptionalExt as _, Row};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::audit::{Action, Actor};
+use crate::audit::vocabulary::{Action, Actor};
 use crate::clock::{Millis, millis};
 use crate::core::Core;
 use crate::crypto::keys::random_bytes;
 use crate::error::{Error, Result};
 use crate::ids::{ApiKeyId, GrantId, PoolId, TenantId};
 
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Chat, completions, embeddings.
-    Inference,
-    /// Datasets and fine-tuning jobs.
-    Train,
-    /// RAG corpora and grounded chat.
-    Rag,
-    /// Keys, secrets, audit log, usage, tenant settings.
-    Admin,
-}
-
-impl Scope {
-    /// Every scope.
-    pub const ALL: [Scope; 4] = [Scope::Inference, Scope::Train, Scope::Rag, Scope::Admin];
-
-    /// The scope's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Inference => "inference",
-            Scope::Train => "train",
-            Scope::Rag => "rag",
-            Scope::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Scope {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Scope::ALL
-            .into_iter()
-            .find(|x| x.as_str() == s)
-            .ok_or_else(|| Error::InvalidArgument(format!("unknown scope {s:?}")))
-    }
-}
+pub(crate) mod scope;
+pub use scope::Scope;
 
 fn scopes_to_text(scopes: &[Scope]) -> String {
     let mut v: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
@@ -76,7 +34,7 @@ fn scopes_to_text(scopes: &[Scope]) -> String {
 }
 
 fn scopes_from_text(s: &str) -> Result<Vec<Scope>> {
-    s.split(',').filter(|x| !x.is_empty()).map(str::parse).collect()
+    s.split(',').filter(|x| !x.is_empty()).map(|x| Ok(x.parse()?)).collect()
 }
 
 /// Who is acting, for which tenant, with which scopes: the result of authentication.
@@ -452,7 +410,7 @@ impl Core {
         }
         let now = self.now();
         let expires_at = options.expires_in.map(|d| now.saturating_add(millis(d)));
-        let (info, secret) = self.meta.write(|tx| {
+        let (info, secret) = self.write(|tx| {
             if let KeyIssue::First { .. } = how {
                 if has_live_key(tx, &tenant.id, now)? {
                     return Err(Error::OperatorAccess(
@@ -503,7 +461,7 @@ impl Core {
     /// of closed tenants, all fail with the same [`Error::Unauthenticated`].
     pub fn authenticate(&self, token: &str) -> Result<Principal> {
         let (id, secret) = parse_token(token).ok_or(Error::Unauthenticated)?;
-        let row = self.meta.read(|c| {
+        let row = self.read(|c| {
             c.query_row(
                 &format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE id = ?1 AND EXISTS (SELECT 1 FROM tenants t WHERE t.id = k.tenant_id AND t.status = 'active')"),
                 [id.as_str()],
@@ -539,7 +497,7 @@ impl Core {
                 (Actor::Grant { grant: g.id.clone(), operator_key: g.operator_key.clone() }, Some(g))
             }
         };
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute("UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1", params![info.id.as_str(), now])?;
             Ok(())
         })?;
@@ -557,7 +515,7 @@ impl Core {
     pub fn list_api_keys(&self, principal: &Principal) -> Result<Vec<ApiKeyInfo>> {
         principal.require(Scope::Admin)?;
         self.tenant(principal.tenant())?;
-        let rows = self.meta.read(|c| {
+        let rows = self.read(|c| {
             let rows = c.query_map(
                 &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"),
                 [principal.tenant().as_str()],
@@ -569,7 +527,7 @@ impl Core {
     }
 
     fn own_key(&self, principal: &Principal, id: &ApiKeyId) -> Result<ApiKeyInfo> {
-        let row = self.meta.read(|c| {
+        let row = self.read(|c| {
             c.query_row(
                 &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND tenant_id = ?2"),
                 params![id.as_str(), principal.tenant().as_str()],
@@ -591,7 +549,7 @@ impl Core {
             return Ok(());
         }
         let now = self.now();
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1", params![id.as_str(), now])?;
             self.audit_tx(
                 tx,
@@ -629,7 +587,7 @@ impl Core {
         let new = self.issue_key(principal, options, KeyIssue::Rotation(id))?;
         let grace_end = now.saturating_add(millis(grace));
         let expires = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
-        self.meta.write(|tx| {
+        self.write(|tx| {
             tx.execute(
                 "UPDATE api_keys SET expires_at = ?2, replaced_by = ?3 WHERE id = ?1",
                 params![id.as_str(), expires, new.info.id.as_str()],
