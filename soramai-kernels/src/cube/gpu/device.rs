@@ -1,0 +1,207 @@
+//! The device: a cubecl compute client, f32 buffers on it, uploads, reads and fills.
+
+use cubecl::client::Client;
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::super::kernels::{self, ROW_THREADS};
+use super::super::{Backend, not_compiled};
+use super::SUM_BLOCK;
+use crate::error::{Error, Result};
+
+/// A device and its compute client.
+#[derive(Clone)]
+pub struct Gpu {
+    pub(super) client: Client,
+    pub(super) backend: Backend,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("backend", &self.backend).field("device", &self.client.name()).finish()
+    }
+}
+
+/// An f32 buffer on the device.
+#[derive(Clone, Debug)]
+pub(crate) struct Buf {
+    pub(super) handle: Handle,
+    pub(crate) len: usize,
+}
+
+impl Buf {
+    pub(super) fn arg(&self) -> BufferArg {
+        // SAFETY: `len` is the number of f32 (or u32) elements the buffer was created with, so
+        // the kernels' bounds (which every kernel checks against its own size arguments) stay
+        // inside the allocation.
+        unsafe { BufferArg::from_raw_parts(self.handle.clone(), self.len) }
+    }
+}
+
+impl Gpu {
+    /// Opens the first device of a GPU backend. [`Backend::Cpu`] is refused (it needs no device).
+    pub fn new(backend: Backend) -> Result<Self> {
+        let device = match backend {
+            Backend::Cpu => return Err(Error::Backend("the cpu backend has no GPU device".into())),
+            Backend::Wgpu if cfg!(feature = "wgpu") => cubecl::Device::wgpu(Default::default()),
+            Backend::Cuda if cfg!(feature = "cuda") => cubecl::Device::cuda(0),
+            other => return Err(not_compiled(other)),
+        }
+        .map_err(|e| Error::Backend(format!("no {backend} device: {e}")))?;
+        // Creating the client can panic inside the runtime when no adapter answers.
+        let client = std::panic::catch_unwind(|| device.client())
+            .map_err(|_| Error::Backend(format!("the {backend} device could not be opened")))?;
+        Ok(Gpu { client, backend })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Waits until the device has finished every queued launch and transfer.
+    pub fn sync(&self) -> Result<()> {
+        cubecl::future::block_on(self.client.sync()).map_err(|e| Error::Backend(format!("device sync: {e:?}")))
+    }
+
+    /// The device's name as the runtime gives it.
+    pub fn name(&self) -> &'static str {
+        self.client.name()
+    }
+
+    pub(crate) fn upload(&self, v: &[f32]) -> Buf {
+        let v: &[f32] = if v.is_empty() { &[0.0] } else { v };
+        Buf { handle: self.client.create_from_slice(f32::as_bytes(v)), len: v.len() }
+    }
+
+    pub(crate) fn upload_u32(&self, v: &[u32]) -> Buf {
+        let v: &[u32] = if v.is_empty() { &[0] } else { v };
+        Buf { handle: self.client.create_from_slice(u32::as_bytes(v)), len: v.len() }
+    }
+
+    /// A buffer of zeros (filled on the device).
+    pub(crate) fn zeros(&self, n: usize) -> Buf {
+        let b = self.scratch(n);
+        self.fill(&b, 0.0);
+        b
+    }
+
+    /// Sets every value of `b`.
+    pub(crate) fn fill(&self, b: &Buf, value: f32) {
+        kernels::fill::launch(
+            &self.client,
+            Self::cubes_1d(b.len, 256),
+            CubeDim::new_1d(256),
+            b.arg(),
+            value,
+            b.len as u32,
+        );
+    }
+
+    /// A device copy of `src`.
+    pub(crate) fn copy(&self, src: &Buf) -> Buf {
+        let dst = self.scratch(src.len);
+        kernels::copy::launch(
+            &self.client,
+            Self::cubes_1d(src.len, 256),
+            CubeDim::new_1d(256),
+            src.arg(),
+            dst.arg(),
+            src.len as u32,
+        );
+        dst
+    }
+
+    /// `dst[r] = src[rows[r]]` for `n` rows of `width`.
+    pub(crate) fn gather_rows(&self, src: &Buf, rows: &Buf, dst: &Buf, n: usize, width: usize) {
+        kernels::gather_rows::launch(
+            &self.client,
+            Self::cubes_1d(n * width, 256),
+            CubeDim::new_1d(256),
+            src.arg(),
+            rows.arg(),
+            dst.arg(),
+            n as u32,
+            width as u32,
+        );
+    }
+
+    /// Weighted cross-entropy of `nrows` rows of logits, in place (see the kernel): the rows
+    /// become the loss's gradient, `loss[base + r]` the row's weighted loss.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn cross_entropy(
+        &self,
+        z: &Buf,
+        targets: &Buf,
+        weights: &Buf,
+        loss: &Buf,
+        (nrows, vocab): (usize, usize),
+        norm: f32,
+        base: usize,
+    ) {
+        kernels::cross_entropy::launch(
+            &self.client,
+            Self::cubes_1d(nrows, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            z.arg(),
+            targets.arg(),
+            weights.arg(),
+            loss.arg(),
+            vocab as u32,
+            nrows as u32,
+            norm,
+            base as u32,
+        );
+    }
+
+    /// Values of `partial` that [`Gpu::sum_squares`] writes for a buffer of `n` values.
+    pub(crate) fn sum_squares_len(n: usize) -> usize {
+        n.div_ceil(SUM_BLOCK).max(1)
+    }
+
+    /// Partial sums of squares of `x` into `partial[base..base + sum_squares_len(x.len)]`.
+    pub(crate) fn sum_squares(&self, x: &Buf, partial: &Buf, base: usize) {
+        let nblocks = Self::sum_squares_len(x.len);
+        kernels::sum_squares::launch(
+            &self.client,
+            Self::cubes_1d(nblocks, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            x.arg(),
+            partial.arg(),
+            x.len as u32,
+            nblocks as u32,
+            base as u32,
+        );
+    }
+
+    /// A buffer whose contents are undefined until a kernel writes all of it.
+    pub(crate) fn scratch(&self, n: usize) -> Buf {
+        Buf { handle: self.client.empty(4 * n.max(1)), len: n.max(1) }
+    }
+
+    /// A buffer of NaNs: an output a kernel must overwrite entirely (op tests).
+    pub(crate) fn poisoned(&self, n: usize) -> Buf {
+        self.upload(&vec![f32::NAN; n.max(1)])
+    }
+
+    pub(crate) fn read(&self, b: &Buf) -> Result<Vec<f32>> {
+        let bytes =
+            self.client.read_one(b.handle.clone()).map_err(|e| Error::Backend(format!("device read: {e:?}")))?;
+        Ok(f32::from_bytes(&bytes)[..b.len].to_vec())
+    }
+
+    pub(super) fn cubes(n: usize, per: u32) -> u32 {
+        u32::try_from(n.div_ceil(per as usize)).unwrap_or(u32::MAX)
+    }
+
+    /// Enough cubes of `per` units for `n` units, spread over x and y: devices allow at most
+    /// 65535 cubes along one axis (the kernels use the linear position and check bounds).
+    pub(super) fn cubes_1d(n: usize, per: u32) -> CubeCount {
+        let c = n.div_ceil(per as usize).max(1);
+        if c <= 65_535 {
+            CubeCount::Static(c as u32, 1, 1)
+        } else {
+            CubeCount::Static(65_535, u32::try_from(c.div_ceil(65_535)).unwrap_or(u32::MAX), 1)
+        }
+    }
+}
