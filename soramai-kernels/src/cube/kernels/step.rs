@@ -21,7 +21,7 @@ pub fn copy(src: &[f32], dst: &mut [f32], n: u32) {
     }
 }
 
-/// `dst[r] = src[rows[r]]` for `n` rows of `width` values (the inverse of [`scatter_rows`]).
+/// `dst[r] = src[rows[r]]` for `n` rows of `width` values (the inverse of `scatter_rows`).
 #[cube(launch)]
 pub fn gather_rows(src: &[f32], rows: &[u32], dst: &mut [f32], n: u32, width: u32) {
     let i = ABSOLUTE_POS as u32;
