@@ -52,7 +52,7 @@ fi
 # without an NVIDIA GPU.
 export SORAMAI_REQUIRE_GPU=wgpu
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-features="soramai-core/s3,soramai-core/postgres,soramai-kernels/wgpu"
+features="soramai-core/s3,soramai-core/postgres,soramai-kernels/wgpu,soramai-kernels/cuda"
 
 stage "the official OpenAI clients (Python and npm) for the server's compatibility tests"
 ./scripts/openai-clients.sh >/dev/null

@@ -19,7 +19,7 @@
 //! another order.
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod gpu;
+pub(crate) mod gpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod kernels;
 pub mod pack;

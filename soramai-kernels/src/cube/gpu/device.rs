@@ -1,13 +1,71 @@
 //! The device: a cubecl compute client, f32 buffers on it, uploads, reads and fills.
 
-use cubecl::client::Client;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::super::kernels::{self, ROW_THREADS};
+use super::super::kernels::ROW_THREADS;
 use super::super::{Backend, not_compiled};
 use super::SUM_BLOCK;
 use crate::error::{Error, Result};
+
+/// A compute client of one of the compiled runtimes. cubecl's launchers are generic over the
+/// runtime; [`launch!`] picks the one this client belongs to.
+#[derive(Clone)]
+pub(super) enum Client {
+    #[cfg(feature = "wgpu")]
+    Wgpu(ComputeClient<cubecl::wgpu::WgpuRuntime>),
+    #[cfg(feature = "cuda")]
+    Cuda(ComputeClient<cubecl::cuda::CudaRuntime>),
+}
+
+/// Runs `$body` with `$c` bound to the client's typed `ComputeClient<$r>` and `$r` its runtime.
+macro_rules! with_client {
+    ($client:expr, |$c:ident, $r:ident| $body:expr) => {
+        match $client {
+            #[cfg(feature = "wgpu")]
+            $crate::cube::gpu::device::Client::Wgpu($c) => {
+                #[allow(dead_code)]
+                type $r = cubecl::wgpu::WgpuRuntime;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::cube::gpu::device::Client::Cuda($c) => {
+                #[allow(dead_code)]
+                type $r = cubecl::cuda::CudaRuntime;
+                $body
+            }
+        }
+    };
+}
+pub(super) use with_client;
+
+/// Launches kernel `$kernel` (a module of [`kernels`]) on the device's runtime.
+macro_rules! launch {
+    ($gpu:expr, $kernel:ident, $count:expr, $dim:expr $(, $arg:expr)* $(,)?) => {
+        $crate::cube::gpu::device::with_client!(&$gpu.client, |c, R| {
+            $crate::cube::kernels::$kernel::launch::<R>(c, $count, $dim $(, $arg)*)
+        })
+    };
+}
+pub(super) use launch;
+
+impl Client {
+    fn open(backend: Backend) -> Result<Self> {
+        match backend {
+            Backend::Cpu => Err(Error::Backend("the cpu backend has no GPU device".into())),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Ok(Client::Wgpu(cubecl::wgpu::WgpuRuntime::client(&Default::default()))),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Ok(Client::Cuda(cubecl::cuda::CudaRuntime::client(&Default::default()))),
+            #[allow(unreachable_patterns)]
+            other => Err(not_compiled(other)),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        with_client!(self, |c, R| <R as Runtime>::name(c))
+    }
+}
 
 /// A device and its compute client.
 #[derive(Clone)]
@@ -30,27 +88,21 @@ pub(crate) struct Buf {
 }
 
 impl Buf {
-    pub(super) fn arg(&self) -> BufferArg {
+    pub(super) fn arg<R: Runtime>(&self) -> ArrayArg<R> {
         // SAFETY: `len` is the number of f32 (or u32) elements the buffer was created with, so
         // the kernels' bounds (which every kernel checks against its own size arguments) stay
         // inside the allocation.
-        unsafe { BufferArg::from_raw_parts(self.handle.clone(), self.len) }
+        unsafe { ArrayArg::from_raw_parts(self.handle.clone(), self.len) }
     }
 }
 
 impl Gpu {
     /// Opens the first device of a GPU backend. [`Backend::Cpu`] is refused (it needs no device).
     pub fn new(backend: Backend) -> Result<Self> {
-        let device = match backend {
-            Backend::Cpu => return Err(Error::Backend("the cpu backend has no GPU device".into())),
-            Backend::Wgpu if cfg!(feature = "wgpu") => cubecl::Device::wgpu(Default::default()),
-            Backend::Cuda if cfg!(feature = "cuda") => cubecl::Device::cuda(0),
-            other => return Err(not_compiled(other)),
-        }
-        .map_err(|e| Error::Backend(format!("no {backend} device: {e}")))?;
-        // Creating the client can panic inside the runtime when no adapter answers.
-        let client = std::panic::catch_unwind(|| device.client())
-            .map_err(|_| Error::Backend(format!("the {backend} device could not be opened")))?;
+        // Creating the client panics inside the runtime when no adapter or driver answers.
+        let client = std::panic::catch_unwind(|| Client::open(backend)).map_err(|_| {
+            Error::Backend(format!("no {backend} device could be opened (no driver or no device on this machine)"))
+        })??;
         Ok(Gpu { client, backend })
     }
 
@@ -61,7 +113,8 @@ impl Gpu {
 
     /// Waits until the device has finished every queued launch and transfer.
     pub fn sync(&self) -> Result<()> {
-        cubecl::future::block_on(self.client.sync()).map_err(|e| Error::Backend(format!("device sync: {e:?}")))
+        with_client!(&self.client, |c, R| cubecl::future::block_on(c.sync()))
+            .map_err(|e| Error::Backend(format!("device sync: {e:?}")))
     }
 
     /// The device's name as the runtime gives it.
@@ -71,12 +124,12 @@ impl Gpu {
 
     pub(crate) fn upload(&self, v: &[f32]) -> Buf {
         let v: &[f32] = if v.is_empty() { &[0.0] } else { v };
-        Buf { handle: self.client.create_from_slice(f32::as_bytes(v)), len: v.len() }
+        Buf { handle: with_client!(&self.client, |c, R| c.create_from_slice(f32::as_bytes(v))), len: v.len() }
     }
 
     pub(crate) fn upload_u32(&self, v: &[u32]) -> Buf {
         let v: &[u32] = if v.is_empty() { &[0] } else { v };
-        Buf { handle: self.client.create_from_slice(u32::as_bytes(v)), len: v.len() }
+        Buf { handle: with_client!(&self.client, |c, R| c.create_from_slice(u32::as_bytes(v))), len: v.len() }
     }
 
     /// A buffer of zeros (filled on the device).
@@ -88,34 +141,21 @@ impl Gpu {
 
     /// Sets every value of `b`.
     pub(crate) fn fill(&self, b: &Buf, value: f32) {
-        kernels::fill::launch(
-            &self.client,
-            Self::cubes_1d(b.len, 256),
-            CubeDim::new_1d(256),
-            b.arg(),
-            value,
-            b.len as u32,
-        );
+        launch!(self, fill, Self::cubes_1d(b.len, 256), CubeDim::new_1d(256), b.arg(), value, b.len as u32,);
     }
 
     /// A device copy of `src`.
     pub(crate) fn copy(&self, src: &Buf) -> Buf {
         let dst = self.scratch(src.len);
-        kernels::copy::launch(
-            &self.client,
-            Self::cubes_1d(src.len, 256),
-            CubeDim::new_1d(256),
-            src.arg(),
-            dst.arg(),
-            src.len as u32,
-        );
+        launch!(self, copy, Self::cubes_1d(src.len, 256), CubeDim::new_1d(256), src.arg(), dst.arg(), src.len as u32,);
         dst
     }
 
     /// `dst[r] = src[rows[r]]` for `n` rows of `width`.
     pub(crate) fn gather_rows(&self, src: &Buf, rows: &Buf, dst: &Buf, n: usize, width: usize) {
-        kernels::gather_rows::launch(
-            &self.client,
+        launch!(
+            self,
+            gather_rows,
             Self::cubes_1d(n * width, 256),
             CubeDim::new_1d(256),
             src.arg(),
@@ -139,8 +179,9 @@ impl Gpu {
         norm: f32,
         base: usize,
     ) {
-        kernels::cross_entropy::launch(
-            &self.client,
+        launch!(
+            self,
+            cross_entropy,
             Self::cubes_1d(nrows, 1),
             CubeDim::new_1d(ROW_THREADS),
             z.arg(),
@@ -162,8 +203,9 @@ impl Gpu {
     /// Partial sums of squares of `x` into `partial[base..base + sum_squares_len(x.len)]`.
     pub(crate) fn sum_squares(&self, x: &Buf, partial: &Buf, base: usize) {
         let nblocks = Self::sum_squares_len(x.len);
-        kernels::sum_squares::launch(
-            &self.client,
+        launch!(
+            self,
+            sum_squares,
             Self::cubes_1d(nblocks, 1),
             CubeDim::new_1d(ROW_THREADS),
             x.arg(),
@@ -176,7 +218,7 @@ impl Gpu {
 
     /// A buffer whose contents are undefined until a kernel writes all of it.
     pub(crate) fn scratch(&self, n: usize) -> Buf {
-        Buf { handle: self.client.empty(4 * n.max(1)), len: n.max(1) }
+        Buf { handle: with_client!(&self.client, |c, R| c.empty(4 * n.max(1))), len: n.max(1) }
     }
 
     /// A buffer of NaNs: an output a kernel must overwrite entirely (op tests).
@@ -185,8 +227,8 @@ impl Gpu {
     }
 
     pub(crate) fn read(&self, b: &Buf) -> Result<Vec<f32>> {
-        let bytes =
-            self.client.read_one(b.handle.clone()).map_err(|e| Error::Backend(format!("device read: {e:?}")))?;
+        let bytes = with_client!(&self.client, |c, R| c.read_one(b.handle.clone()))
+            .map_err(|e| Error::Backend(format!("device read: {e:?}")))?;
         Ok(f32::from_bytes(&bytes)[..b.len].to_vec())
     }
 

@@ -2,7 +2,8 @@
 
 use cubecl::prelude::*;
 
-use super::super::kernels::{self, ATTN_CHUNK, LANES, ROW_THREADS, ROWS_PER_CUBE};
+use super::super::kernels::{ATTN_CHUNK, LANES, ROW_THREADS, ROWS_PER_CUBE};
+use super::device::launch;
 use super::{Buf, Gpu, GpuMat, GpuWeights, LoraBank};
 use crate::cpu::ops::RopeLayout;
 use crate::train::AdamW;
@@ -29,8 +30,9 @@ impl Gpu {
         if ntok >= TILED_MIN_TOKENS
             && let GpuWeights::Quant { bits, scales, mins, quants } = &w.data
         {
-            kernels::matmul_q_tiled::launch(
-                &self.client,
+            launch!(
+                self,
+                matmul_q_tiled,
                 CubeCount::Static(Self::cubes(w.rows, 64), Self::cubes(ntok, 32), 1),
                 CubeDim::new_1d(256),
                 scales.arg(),
@@ -51,8 +53,9 @@ impl Gpu {
         let dim = CubeDim::new_2d(LANES, ROWS_PER_CUBE);
         let (rows, ntok) = (w.rows as u32, ntok as u32);
         match &w.data {
-            GpuWeights::Quant { bits, scales, mins, quants } => kernels::matmul_q::launch(
-                &self.client,
+            GpuWeights::Quant { bits, scales, mins, quants } => launch!(
+                self,
+                matmul_q,
                 count,
                 dim,
                 scales.arg(),
@@ -67,8 +70,9 @@ impl Gpu {
                 tile,
                 accumulate,
             ),
-            GpuWeights::F32(m) => kernels::matmul_f32::launch(
-                &self.client,
+            GpuWeights::F32(m) => launch!(
+                self,
+                matmul_f32,
                 count,
                 dim,
                 m.arg(),
@@ -84,8 +88,9 @@ impl Gpu {
     }
 
     pub(crate) fn rms_norm(&self, x: &Buf, w: &Buf, out: &Buf, nrows: usize, eps: f32) {
-        kernels::rms_norm::launch(
-            &self.client,
+        launch!(
+            self,
+            rms_norm,
             Self::cubes_1d(nrows, 1),
             CubeDim::new_1d(ROW_THREADS),
             x.arg(),
@@ -110,8 +115,9 @@ impl Gpu {
         layout: RopeLayout,
     ) {
         let n = nrows * heads * rope_dims / 2;
-        kernels::rope::launch(
-            &self.client,
+        launch!(
+            self,
+            rope,
             Self::cubes_1d(n, 256),
             CubeDim::new_1d(256),
             x.arg(),
@@ -126,12 +132,13 @@ impl Gpu {
     }
 
     pub(crate) fn swiglu(&self, g: &Buf, u: &Buf, n: usize) {
-        kernels::swiglu::launch(&self.client, Self::cubes_1d(n, 256), CubeDim::new_1d(256), g.arg(), u.arg(), n as u32);
+        launch!(self, swiglu, Self::cubes_1d(n, 256), CubeDim::new_1d(256), g.arg(), u.arg(), n as u32);
     }
 
     pub(crate) fn add_bias(&self, x: &Buf, bias: &Buf, n: usize) {
-        kernels::add_bias::launch(
-            &self.client,
+        launch!(
+            self,
+            add_bias,
             Self::cubes_1d(n, 256),
             CubeDim::new_1d(256),
             x.arg(),
@@ -142,19 +149,13 @@ impl Gpu {
     }
 
     pub(crate) fn softmax(&self, x: &Buf, nrows: usize, d: usize) {
-        kernels::softmax::launch(
-            &self.client,
-            Self::cubes_1d(nrows, 1),
-            CubeDim::new_1d(ROW_THREADS),
-            x.arg(),
-            d as u32,
-            nrows as u32,
-        );
+        launch!(self, softmax, Self::cubes_1d(nrows, 1), CubeDim::new_1d(ROW_THREADS), x.arg(), d as u32, nrows as u32,);
     }
 
     pub(crate) fn scatter_rows(&self, src: &Buf, slots: &Buf, cache: &Buf, n: usize, width: usize) {
-        kernels::scatter_rows::launch(
-            &self.client,
+        launch!(
+            self,
+            scatter_rows,
             Self::cubes_1d(n * width, 256),
             CubeDim::new_1d(256),
             src.arg(),
@@ -180,8 +181,9 @@ impl Gpu {
         shape: AttnShape,
     ) {
         let dims_per_thread = (shape.head_dim as u32).div_ceil(ROW_THREADS).max(1);
-        kernels::attention::launch(
-            &self.client,
+        launch!(
+            self,
+            attention,
             CubeCount::Static(shape.n_head as u32, nrows as u32, 1),
             CubeDim::new_1d(ROW_THREADS),
             q.arg(),
@@ -203,8 +205,9 @@ impl Gpu {
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn lora(&self, bank: &LoraBank, slots: &Buf, x: &Buf, tmp: &Buf, out: &Buf, n: usize) {
-        kernels::lora_shrink::launch(
-            &self.client,
+        launch!(
+            self,
+            lora_shrink,
             Self::cubes_1d(n * bank.rank, 64),
             CubeDim::new_1d(64),
             x.arg(),
@@ -215,8 +218,9 @@ impl Gpu {
             bank.rank as u32,
             bank.cols as u32,
         );
-        kernels::lora_expand::launch(
-            &self.client,
+        launch!(
+            self,
+            lora_expand,
             Self::cubes_1d(n * bank.rows, 256),
             CubeDim::new_1d(256),
             tmp.arg(),
@@ -236,8 +240,9 @@ impl Gpu {
         if ntok >= TILED_MIN_TOKENS
             && let GpuWeights::Quant { bits, scales, mins, quants } = &w.data
         {
-            kernels::matmul_t_q_tiled::launch(
-                &self.client,
+            launch!(
+                self,
+                matmul_t_q_tiled,
                 CubeCount::Static(Self::cubes(w.cols, 64), Self::cubes(ntok, 32), 1),
                 CubeDim::new_1d(256),
                 scales.arg(),
@@ -257,8 +262,9 @@ impl Gpu {
         let dim = CubeDim::new_1d(256);
         let (rows, ntok) = (w.rows as u32, ntok as u32);
         match &w.data {
-            GpuWeights::Quant { bits, scales, mins, quants } => kernels::matmul_t_q::launch(
-                &self.client,
+            GpuWeights::Quant { bits, scales, mins, quants } => launch!(
+                self,
+                matmul_t_q,
                 count,
                 dim,
                 scales.arg(),
@@ -272,8 +278,9 @@ impl Gpu {
                 *bits,
                 accumulate,
             ),
-            GpuWeights::F32(m) => kernels::matmul_t_f32::launch(
-                &self.client,
+            GpuWeights::F32(m) => launch!(
+                self,
+                matmul_t_f32,
                 count,
                 dim,
                 m.arg(),
@@ -289,8 +296,9 @@ impl Gpu {
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn rms_norm_backward(&self, x: &Buf, w: &Buf, dy: &Buf, dx: &Buf, nrows: usize, eps: f32) {
-        kernels::rms_norm_backward::launch(
-            &self.client,
+        launch!(
+            self,
+            rms_norm_backward,
             Self::cubes_1d(nrows, 1),
             CubeDim::new_1d(ROW_THREADS),
             x.arg(),
@@ -304,8 +312,9 @@ impl Gpu {
     }
 
     pub(crate) fn swiglu_backward(&self, g: &Buf, u: &Buf, dh: &Buf, dg: &Buf, du: &Buf, n: usize) {
-        kernels::swiglu_backward::launch(
-            &self.client,
+        launch!(
+            self,
+            swiglu_backward,
             Self::cubes_1d(n, 256),
             CubeDim::new_1d(256),
             g.arg(),
@@ -328,8 +337,9 @@ impl Gpu {
         trans_a: bool,
         trans_b: bool,
     ) {
-        kernels::gemm_add::launch(
-            &self.client,
+        launch!(
+            self,
+            gemm_add,
             Self::cubes_1d(m * n, 256),
             CubeDim::new_1d(256),
             a.arg(),
@@ -347,8 +357,9 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn adamw(&self, value: &Buf, grad: &Buf, m: &Buf, v: &Buf, opt: &AdamW, lr: f32, t: usize, gscale: f32) {
         let step = i32::try_from(t).unwrap_or(i32::MAX);
-        kernels::adamw::launch(
-            &self.client,
+        launch!(
+            self,
+            adamw,
             Self::cubes_1d(value.len, 256),
             CubeDim::new_1d(256),
             value.arg(),
@@ -382,8 +393,9 @@ impl Gpu {
         let [dq, dk, dv] = grads;
         let dims = (shape.head_dim as u32).div_ceil(ROW_THREADS).max(1);
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        kernels::attention_backward_q::launch(
-            &self.client,
+        launch!(
+            self,
+            attention_backward_q,
             CubeCount::Static(shape.n_head as u32, nrows as u32, 1),
             CubeDim::new_1d(ROW_THREADS),
             q.arg(),
@@ -400,8 +412,9 @@ impl Gpu {
             scale,
             dims,
         );
-        kernels::attention_backward_kv::launch(
-            &self.client,
+        launch!(
+            self,
+            attention_backward_kv,
             CubeCount::Static(shape.n_head_kv as u32, nrows as u32, 1),
             CubeDim::new_1d(ROW_THREADS),
             q.arg(),

@@ -1,6 +1,6 @@
 //! The cubecl backend's host side: the device, buffers, one launcher per op, and [`GpuModel`].
 
-mod device;
+pub(crate) mod device;
 mod launch;
 mod model;
 pub mod op;

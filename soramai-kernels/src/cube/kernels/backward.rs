@@ -5,12 +5,20 @@ use cubecl::prelude::*;
 /// RMSNorm backward over rows, *adding* into `dx`: `dx_j += s·w_j·dy_j − x_j·s³/n·Σ x·w·dy`.
 /// One cube per row.
 #[cube(launch)]
-pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], d: u32, eps: f32, nrows: u32) {
+pub fn rms_norm_backward(
+    x: &Array<f32>,
+    w: &Array<f32>,
+    dy: &Array<f32>,
+    dx: &mut Array<f32>,
+    d: u32,
+    eps: f32,
+    nrows: u32,
+) {
     let tid = UNIT_POS_X;
     let live = (CUBE_POS as u32) < nrows;
     let row = u32::min(CUBE_POS as u32, nrows - 1);
-    let mut ss = Shared::<[f32]>::new_slice(128usize);
-    let mut dot = Shared::<[f32]>::new_slice(128usize);
+    let mut ss = SharedMemory::<f32>::new(128usize);
+    let mut dot = SharedMemory::<f32>::new(128usize);
     let mut a = 0.0f32;
     let mut b = 0.0f32;
     let mut c = tid;
@@ -50,7 +58,14 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], d: u3
 
 /// SwiGLU backward: `dg = dh·u·σ(g)·(1 + g·(1 − σ(g)))`, `du = dh·silu(g)` (written).
 #[cube(launch)]
-pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32], dg: &mut [f32], du: &mut [f32], n: u32) {
+pub fn swiglu_backward(
+    g: &Array<f32>,
+    u: &Array<f32>,
+    dh: &Array<f32>,
+    dg: &mut Array<f32>,
+    du: &mut Array<f32>,
+    n: u32,
+) {
     let i = ABSOLUTE_POS as u32;
     if i < n {
         let gv = g[i as usize];
@@ -67,14 +82,14 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32], dg: &mut [f32], du: &mu
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward_q(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    o: &[f32],
-    d_o: &[f32],
-    lse: &[f32],
-    starts: &[u32],
-    dq: &mut [f32],
+    q: &Array<f32>,
+    k: &Array<f32>,
+    v: &Array<f32>,
+    o: &Array<f32>,
+    d_o: &Array<f32>,
+    lse: &Array<f32>,
+    starts: &Array<u32>,
+    dq: &mut Array<f32>,
     n_head: u32,
     n_head_kv: u32,
     head_dim: u32,
@@ -96,7 +111,7 @@ pub fn attention_backward_q(
     let l = lse[(i * n_head + h) as usize];
     let s0 = starts[i as usize];
     let len = i + 1 - s0;
-    let mut ds = Shared::<[f32]>::new_slice(1024usize);
+    let mut ds = SharedMemory::<f32>::new(1024usize);
     let mut acc = Array::<f32>::new(dims_per_thread as usize);
     #[unroll]
     for jd in 0..dims_per_thread {
@@ -152,15 +167,15 @@ pub fn attention_backward_q(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward_kv(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    o: &[f32],
-    d_o: &[f32],
-    lse: &[f32],
-    ends: &[u32],
-    dk: &mut [f32],
-    dv: &mut [f32],
+    q: &Array<f32>,
+    k: &Array<f32>,
+    v: &Array<f32>,
+    o: &Array<f32>,
+    d_o: &Array<f32>,
+    lse: &Array<f32>,
+    ends: &Array<u32>,
+    dk: &mut Array<f32>,
+    dv: &mut Array<f32>,
     n_head: u32,
     n_head_kv: u32,
     head_dim: u32,
@@ -174,8 +189,8 @@ pub fn attention_backward_kv(
     let kvd = n_head_kv * head_dim;
     let ko = j * kvd + g * head_dim;
     let len = ends[j as usize] - j;
-    let mut pb = Shared::<[f32]>::new_slice(1024usize);
-    let mut db = Shared::<[f32]>::new_slice(1024usize);
+    let mut pb = SharedMemory::<f32>::new(1024usize);
+    let mut db = SharedMemory::<f32>::new(1024usize);
     let mut acc_k = Array::<f32>::new(dims_per_thread as usize);
     let mut acc_v = Array::<f32>::new(dims_per_thread as usize);
     #[unroll]
@@ -246,10 +261,10 @@ pub fn attention_backward_kv(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn adamw(
-    value: &mut [f32],
-    grad: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
+    value: &mut Array<f32>,
+    grad: &mut Array<f32>,
+    m: &mut Array<f32>,
+    v: &mut Array<f32>,
     n: u32,
     lr: f32,
     beta1: f32,

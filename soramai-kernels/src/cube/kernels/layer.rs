@@ -5,12 +5,12 @@ use cubecl::prelude::*;
 
 /// RMSNorm of each row (`d` values): `out = x / sqrt(mean(x²) + eps) · w`. One cube per row.
 #[cube(launch)]
-pub fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], d: u32, eps: f32, nrows: u32) {
+pub fn rms_norm(x: &Array<f32>, w: &Array<f32>, out: &mut Array<f32>, d: u32, eps: f32, nrows: u32) {
     let tid = UNIT_POS_X;
     // Cubes past the last row (a 2-D launch rounds up) redo the last row and write nothing.
     let live = (CUBE_POS as u32) < nrows;
     let row = u32::min(CUBE_POS as u32, nrows - 1);
-    let mut shared = Shared::<[f32]>::new_slice(128usize);
+    let mut shared = SharedMemory::<f32>::new(128usize);
     let mut ss = 0.0f32;
     let mut c = tid;
     while c < d {
@@ -45,9 +45,9 @@ pub fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], d: u32, eps: f32, nrows: 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn rope(
-    x: &mut [f32],
-    cos: &[f32],
-    sin: &[f32],
+    x: &mut Array<f32>,
+    cos: &Array<f32>,
+    sin: &Array<f32>,
     nrows: u32,
     heads: u32,
     head_dim: u32,
@@ -73,7 +73,7 @@ pub fn rope(
 
 /// `g = silu(g) · u`, element-wise.
 #[cube(launch)]
-pub fn swiglu(g: &mut [f32], u: &[f32], n: u32) {
+pub fn swiglu(g: &mut Array<f32>, u: &Array<f32>, n: u32) {
     let i = ABSOLUTE_POS as u32;
     if i < n {
         let v = g[i as usize];
@@ -83,7 +83,7 @@ pub fn swiglu(g: &mut [f32], u: &[f32], n: u32) {
 
 /// `x += y + bias[i % width]` (residuals; `width` 0 skips the bias).
 #[cube(launch)]
-pub fn add_bias(x: &mut [f32], bias: &[f32], n: u32, width: u32) {
+pub fn add_bias(x: &mut Array<f32>, bias: &Array<f32>, n: u32, width: u32) {
     let i = ABSOLUTE_POS as u32;
     if i < n {
         x[i as usize] += bias[(i % width) as usize];
@@ -92,13 +92,13 @@ pub fn add_bias(x: &mut [f32], bias: &[f32], n: u32, width: u32) {
 
 /// Softmax of each row of `d` values in place. One cube per row.
 #[cube(launch)]
-pub fn softmax(x: &mut [f32], d: u32, nrows: u32) {
+pub fn softmax(x: &mut Array<f32>, d: u32, nrows: u32) {
     let tid = UNIT_POS_X;
     // Cubes past the last row (a 2-D launch rounds up) would race on the last row: they only
     // take part in the barriers.
     let live = (CUBE_POS as u32) < nrows;
     let row = u32::min(CUBE_POS as u32, nrows - 1);
-    let mut shared = Shared::<[f32]>::new_slice(128usize);
+    let mut shared = SharedMemory::<f32>::new(128usize);
     let mut m = f32::new(-3.0e38);
     let mut c = tid;
     while c < d {
@@ -149,12 +149,13 @@ pub fn softmax(x: &mut [f32], d: u32, nrows: u32) {
 
 /// Writes each new row's keys or values (`width` values) into its slot of the paged cache.
 #[cube(launch)]
-pub fn scatter_rows(src: &[f32], slots: &[u32], cache: &mut [f32], n: u32, width: u32) {
+pub fn scatter_rows(src: &Array<f32>, slots: &Array<u32>, cache: &mut Array<f32>, n: u32, width: u32) {
     let i = ABSOLUTE_POS as u32;
     if i < n * width {
         let r = i / width;
         let c = i % width;
-        cache[(slots[r as usize] * width + c) as usize] = src[i as usize];
+        let slot = slots[r as usize];
+        cache[(slot * width + c) as usize] = src[i as usize];
     }
 }
 
@@ -167,14 +168,14 @@ pub fn scatter_rows(src: &[f32], slots: &[u32], cache: &mut [f32], n: u32, width
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    table: &[u32],
-    table_start: &[u32],
-    pos: &[u32],
-    out: &mut [f32],
-    lse: &mut [f32],
+    q: &Array<f32>,
+    k_cache: &Array<f32>,
+    v_cache: &Array<f32>,
+    table: &Array<u32>,
+    table_start: &Array<u32>,
+    pos: &Array<u32>,
+    out: &mut Array<f32>,
+    lse: &mut Array<f32>,
     n_head: u32,
     n_head_kv: u32,
     head_dim: u32,
@@ -190,8 +191,8 @@ pub fn attention(
     let len = pos[r as usize] + 1;
     let start = table_start[r as usize];
     let qo = (r * n_head + h) * head_dim;
-    let mut scores = Shared::<[f32]>::new_slice(1024usize);
-    let mut red = Shared::<[f32]>::new_slice(128usize);
+    let mut scores = SharedMemory::<f32>::new(1024usize);
+    let mut red = SharedMemory::<f32>::new(128usize);
     let mut acc = Array::<f32>::new(dims_per_thread as usize);
     #[unroll]
     for j in 0..dims_per_thread {
@@ -292,7 +293,15 @@ pub fn attention(
 /// adapter's `A` padded to `rank` rows. One thread per (row, j).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn lora_shrink(x: &[f32], a: &[f32], slot: &[u32], tmp: &mut [f32], n: u32, rank: u32, cols: u32) {
+pub fn lora_shrink(
+    x: &Array<f32>,
+    a: &Array<f32>,
+    slot: &Array<u32>,
+    tmp: &mut Array<f32>,
+    n: u32,
+    rank: u32,
+    cols: u32,
+) {
     let i = ABSOLUTE_POS as u32;
     if i < n * rank {
         let r = i / rank;
@@ -317,11 +326,11 @@ pub fn lora_shrink(x: &[f32], a: &[f32], slot: &[u32], tmp: &mut [f32], n: u32, 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn lora_expand(
-    tmp: &[f32],
-    b: &[f32],
-    scales: &[f32],
-    slot: &[u32],
-    out: &mut [f32],
+    tmp: &Array<f32>,
+    b: &Array<f32>,
+    scales: &Array<f32>,
+    slot: &Array<u32>,
+    out: &mut Array<f32>,
     n: u32,
     rank: u32,
     rows: u32,

@@ -10,11 +10,11 @@ use cubecl::prelude::*;
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_q(
-    scales: &[f32],
-    mins: &[f32],
-    quants: &[u32],
-    x: &[f32],
-    out: &mut [f32],
+    scales: &Array<f32>,
+    mins: &Array<f32>,
+    quants: &Array<u32>,
+    x: &Array<f32>,
+    out: &mut Array<f32>,
     rows: u32,
     nblocks: u32,
     ntok: u32,
@@ -26,7 +26,7 @@ pub fn matmul_q(
     let row = CUBE_POS_X * 8u32 + UNIT_POS_Y;
     let t0 = CUBE_POS_Y * tile;
     let cols = nblocks * 32;
-    let mut shared = Shared::<[f32]>::new_slice(256usize);
+    let mut shared = SharedMemory::<f32>::new(256usize);
     let mut acc = Array::<f32>::new(tile as usize);
     #[unroll]
     for t in 0..tile {
@@ -99,7 +99,7 @@ pub fn matmul_q(
 /// Code `j` (0..32) of block `bi` in the layouts of [`matmul_q`]: 4-bit, byte `j % 16` of the
 /// block's 4 words, low nibble for `j < 16`; 8-bit, byte `j` of its 8 words.
 #[cube]
-fn block_code(quants: &[u32], bi: u32, j: u32, #[comptime] bits: u32) -> u32 {
+fn block_code(quants: &Array<u32>, bi: u32, j: u32, #[comptime] bits: u32) -> u32 {
     if bits == 4 {
         let byte = j % 16u32;
         let word = quants[(bi * 4u32 + byte / 4u32) as usize];
@@ -117,11 +117,11 @@ fn block_code(quants: &[u32], bi: u32, j: u32, #[comptime] bits: u32) -> u32 {
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_q_tiled(
-    scales: &[f32],
-    mins: &[f32],
-    quants: &[u32],
-    x: &[f32],
-    out: &mut [f32],
+    scales: &Array<f32>,
+    mins: &Array<f32>,
+    quants: &Array<u32>,
+    x: &Array<f32>,
+    out: &mut Array<f32>,
     rows: u32,
     nblocks: u32,
     ntok: u32,
@@ -134,8 +134,8 @@ pub fn matmul_q_tiled(
     let r0 = CUBE_POS_X * 64u32;
     let t0 = CUBE_POS_Y * 32u32;
     let cols = nblocks * 32u32;
-    let mut wsh = Shared::<[f32]>::new_slice(2112usize);
-    let mut xsh = Shared::<[f32]>::new_slice(1056usize);
+    let mut wsh = SharedMemory::<f32>::new(2112usize);
+    let mut xsh = SharedMemory::<f32>::new(1056usize);
     let mut acc = Array::<f32>::new(8usize);
     #[unroll]
     for i in 0..8u32 {
@@ -167,7 +167,10 @@ pub fn matmul_q_tiled(
         let gt = t0 + xtok;
         #[unroll]
         for e in 0..4u32 {
-            let v = if gt < ntok { x[(gt * cols + b * 32u32 + xcol + e) as usize] } else { 0.0f32 };
+            let mut v = 0.0f32;
+            if gt < ntok {
+                v = x[(gt * cols + b * 32u32 + xcol + e) as usize];
+            }
             xsh[(xtok * 33u32 + xcol + e) as usize] = v;
         }
         sync_cube();
@@ -211,9 +214,9 @@ pub fn matmul_q_tiled(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_f32(
-    w: &[f32],
-    x: &[f32],
-    out: &mut [f32],
+    w: &Array<f32>,
+    x: &Array<f32>,
+    out: &mut Array<f32>,
     rows: u32,
     cols: u32,
     ntok: u32,
@@ -223,7 +226,7 @@ pub fn matmul_f32(
     let lane = UNIT_POS_X;
     let row = CUBE_POS_X * 8u32 + UNIT_POS_Y;
     let t0 = CUBE_POS_Y * tile;
-    let mut shared = Shared::<[f32]>::new_slice(256usize);
+    let mut shared = SharedMemory::<f32>::new(256usize);
     let mut acc = Array::<f32>::new(tile as usize);
     #[unroll]
     for t in 0..tile {
@@ -273,11 +276,11 @@ pub fn matmul_f32(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_t_q(
-    scales: &[f32],
-    mins: &[f32],
-    quants: &[u32],
-    dy: &[f32],
-    dx: &mut [f32],
+    scales: &Array<f32>,
+    mins: &Array<f32>,
+    quants: &Array<u32>,
+    dy: &Array<f32>,
+    dx: &mut Array<f32>,
     rows: u32,
     nblocks: u32,
     ntok: u32,
@@ -291,12 +294,18 @@ pub fn matmul_t_q(
         let c = i % cols;
         let j = c % 32;
         // The word and shift of weight `j` within its block.
-        let (word, shift, mask) = if bits == 4 {
-            let byte = if j < 16 { j } else { j - 16 };
-            (byte / 4, 8 * (byte % 4) + if j < 16 { 0u32 } else { 4u32 }, 15u32)
-        } else {
-            (j / 4, 8 * (j % 4), 255u32)
-        };
+        let mut word = j / 4;
+        let mut shift = 8 * (j % 4);
+        let mut mask = 255u32;
+        if bits == 4 {
+            let byte = j % 16;
+            word = byte / 4;
+            shift = 8 * (byte % 4);
+            if j >= 16 {
+                shift += 4;
+            }
+            mask = 15u32;
+        }
         let mut acc = 0.0f32;
         let mut r = 0u32;
         while r < rows {
@@ -321,11 +330,11 @@ pub fn matmul_t_q(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_t_q_tiled(
-    scales: &[f32],
-    mins: &[f32],
-    quants: &[u32],
-    dy: &[f32],
-    dx: &mut [f32],
+    scales: &Array<f32>,
+    mins: &Array<f32>,
+    quants: &Array<u32>,
+    dy: &Array<f32>,
+    dx: &mut Array<f32>,
     rows: u32,
     nblocks: u32,
     ntok: u32,
@@ -338,8 +347,8 @@ pub fn matmul_t_q_tiled(
     let c0 = CUBE_POS_X * 64u32;
     let t0 = CUBE_POS_Y * 32u32;
     let cols = nblocks * 32u32;
-    let mut wsh = Shared::<[f32]>::new_slice(2080usize);
-    let mut ysh = Shared::<[f32]>::new_slice(1056usize);
+    let mut wsh = SharedMemory::<f32>::new(2080usize);
+    let mut ysh = SharedMemory::<f32>::new(1056usize);
     let mut acc = Array::<f32>::new(8usize);
     #[unroll]
     for i in 0..8u32 {
@@ -375,7 +384,10 @@ pub fn matmul_t_q_tiled(
         #[unroll]
         for e in 0..4u32 {
             let r = r0 + yrow + e;
-            let v = if gt < ntok && r < rows { dy[(gt * rows + r) as usize] } else { 0.0f32 };
+            let mut v = 0.0f32;
+            if gt < ntok && r < rows {
+                v = dy[(gt * rows + r) as usize];
+            }
             ysh[(ytok * 33u32 + yrow + e) as usize] = v;
         }
         sync_cube();
@@ -419,9 +431,9 @@ pub fn matmul_t_q_tiled(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_t_f32(
-    w: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
+    w: &Array<f32>,
+    dy: &Array<f32>,
+    dx: &mut Array<f32>,
     rows: u32,
     cols: u32,
     ntok: u32,
@@ -451,9 +463,9 @@ pub fn matmul_t_f32(
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_add(
-    a: &[f32],
-    b: &[f32],
-    out: &mut [f32],
+    a: &Array<f32>,
+    b: &Array<f32>,
+    out: &mut Array<f32>,
     m: u32,
     n: u32,
     k: u32,

@@ -25,6 +25,6 @@ pub use step::*;
 
 // Inside the kernels the shared-memory sizes, thread counts and the reductions' first strides are
 // literals: a mutable kernel variable initialised from a folded constant expression (`128u32 / 2`)
-// fails cubecl 0.11's verifier ("expected cube.ptr, found builtin.integer"). These consts are the
+// failed cubecl 0.11's verifier ("expected cube.ptr, found builtin.integer"). These consts are the
 // host's copy of the same numbers.
 const _: () = assert!(LANES * ROWS_PER_CUBE == 256 && ROW_THREADS == 128 && ATTN_CHUNK == 1024);

@@ -5,7 +5,7 @@ use cubecl::prelude::*;
 
 /// `x[i] = value` for `i < n`.
 #[cube(launch)]
-pub fn fill(x: &mut [f32], value: f32, n: u32) {
+pub fn fill(x: &mut Array<f32>, value: f32, n: u32) {
     let i = ABSOLUTE_POS as u32;
     if i < n {
         x[i as usize] = value;
@@ -14,7 +14,7 @@ pub fn fill(x: &mut [f32], value: f32, n: u32) {
 
 /// `dst[i] = src[i]` for `i < n`.
 #[cube(launch)]
-pub fn copy(src: &[f32], dst: &mut [f32], n: u32) {
+pub fn copy(src: &Array<f32>, dst: &mut Array<f32>, n: u32) {
     let i = ABSOLUTE_POS as u32;
     if i < n {
         dst[i as usize] = src[i as usize];
@@ -23,7 +23,7 @@ pub fn copy(src: &[f32], dst: &mut [f32], n: u32) {
 
 /// `dst[r] = src[rows[r]]` for `n` rows of `width` values (the inverse of `scatter_rows`).
 #[cube(launch)]
-pub fn gather_rows(src: &[f32], rows: &[u32], dst: &mut [f32], n: u32, width: u32) {
+pub fn gather_rows(src: &Array<f32>, rows: &Array<u32>, dst: &mut Array<f32>, n: u32, width: u32) {
     let i = ABSOLUTE_POS as u32;
     if i < n * width {
         let r = i / width;
@@ -38,10 +38,10 @@ pub fn gather_rows(src: &[f32], rows: &[u32], dst: &mut [f32], n: u32, width: u3
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(
-    z: &mut [f32],
-    targets: &[u32],
-    weights: &[f32],
-    loss: &mut [f32],
+    z: &mut Array<f32>,
+    targets: &Array<u32>,
+    weights: &Array<f32>,
+    loss: &mut Array<f32>,
     vocab: u32,
     nrows: u32,
     norm: f32,
@@ -53,7 +53,7 @@ pub fn cross_entropy(
     let target = targets[row as usize];
     // Read before any thread writes the row (the writes come after the barriers below).
     let zt = z[(row * vocab + target) as usize];
-    let mut shared = Shared::<[f32]>::new_slice(128usize);
+    let mut shared = SharedMemory::<f32>::new(128usize);
     let mut m = f32::new(-3.0e38);
     let mut c = tid;
     while c < vocab {
@@ -115,11 +115,11 @@ pub fn cross_entropy(
 /// Partial sums of squares: cube `b` writes `Σ x[i]²` over `i` in `b·4096 .. (b+1)·4096` (and
 /// below `n`) to `partial[base + b]`. The host adds the partials in order (the gradient norm).
 #[cube(launch)]
-pub fn sum_squares(x: &[f32], partial: &mut [f32], n: u32, nblocks: u32, base: u32) {
+pub fn sum_squares(x: &Array<f32>, partial: &mut Array<f32>, n: u32, nblocks: u32, base: u32) {
     let tid = UNIT_POS_X;
     let live = (CUBE_POS as u32) < nblocks;
     let b = u32::min(CUBE_POS as u32, nblocks - 1);
-    let mut shared = Shared::<[f32]>::new_slice(128usize);
+    let mut shared = SharedMemory::<f32>::new(128usize);
     let mut s = 0.0f32;
     let mut i = b * 4096u32 + tid;
     let end = u32::min(b * 4096u32 + 4096u32, n);
