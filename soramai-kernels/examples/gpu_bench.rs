@@ -214,12 +214,17 @@ mod bench {
         let steps = 64;
         let mut c = g.new_cache();
         g.forward(&mut [GpuLane { cache: &mut c, tokens: &prompt[..128], adapter: None, logits: Logits::Last }])?;
+        let launches0 = gpu.launches();
         let t = Instant::now();
         for i in 0..steps {
             let tok = [prompt[128 + i]];
             g.forward(&mut [GpuLane { cache: &mut c, tokens: &tok, adapter: None, logits: Logits::Last }])?;
         }
         let decode1 = steps as f64 / t.elapsed().as_secs_f64();
+        // Launches of one decode step: per layer, and the two after the last layer (final norm,
+        // vocabulary projection).
+        let per_step = (gpu.launches() - launches0) as f64 / steps as f64;
+        let launches_per_layer = (per_step - 2.0) / model.config.n_layer as f64;
         drop(c);
         // Batch 32: prefill 32 × 128, then decode; without and with 8 adapters.
         let batch = |with_adapters: bool| -> Result<(f64, f64), Box<dyn std::error::Error>> {
@@ -257,6 +262,11 @@ mod bench {
         };
         let (prefill32, decode32) = batch(false)?;
         let (prefill32_lora, decode32_lora) = batch(true)?;
+        // The bytes-moved floor: a decode step reads every weight once, so at the device's copy
+        // bandwidth batch 1 cannot pass `bandwidth / weight bytes` tokens/s and batch 32 (one
+        // read of the weights for 32 tokens) 32 times that, before KV-cache reads.
+        let bandwidth = soramai_kernels::cube::op::copy_bandwidth(gpu, 256 << 20)?;
+        let floor1 = bandwidth / g.weight_bytes() as f64;
         println!(
             "{}",
             serde_json::json!({
@@ -272,6 +282,13 @@ mod bench {
                 "decode_b32_tok_s": decode32,
                 "prefill_b32_8lora_tok_s": prefill32_lora,
                 "decode_b32_8lora_tok_s": decode32_lora,
+                "launches_per_decode_step": per_step,
+                "launches_per_layer_decode": launches_per_layer,
+                "copy_bandwidth_gb_s": bandwidth / 1e9,
+                "floor_b1_tok_s": floor1,
+                "floor_b32_tok_s": 32.0 * floor1,
+                "decode_b1_of_floor": decode1 / floor1,
+                "decode_b32_of_floor": decode32 / (32.0 * floor1),
             })
         );
         Ok(())

@@ -87,6 +87,34 @@ fn prefill_and_decode_logits_match_the_cpu_on_tiny_models() {
     }
 }
 
+/// A decode step without adapters is 8 launches a layer (norm, Q/K/V, bias + RoPE + cache write,
+/// attention, output projection, norm, gate/up + SwiGLU, down) plus the final norm and the vocabulary
+/// projection; a format the fused products do not take (F16) or an adapter on gate/up runs them
+/// apart. Counted by the device, so a regression in fusion fails here, not only in a benchmark.
+#[test]
+fn a_decode_step_is_eight_launches_a_layer() {
+    for gpu in common::gpu_devices() {
+        for (arch, ty) in [("llama", GgmlType::Q4_0), ("qwen2", GgmlType::Q8_0), ("llama", GgmlType::F16)] {
+            let model = tiny(arch, ty, 5);
+            let layers = model.config.n_layer as u64;
+            let g =
+                GpuModel::new(gpu.clone(), Arc::clone(&model), GpuOptions { kv_tokens: 64, page: 4 }).expect("upload");
+            let mut cache = g.new_cache();
+            let mut step = |tokens: &[TokenId]| {
+                g.forward(&mut [GpuLane { cache: &mut cache, tokens, adapter: None, logits: Logits::Last }])
+                    .expect("forward")
+            };
+            step(&[1, 7, 3]);
+            let before = gpu.launches();
+            step(&[4]);
+            let per_layer = (gpu.launches() - before - 2) as f64 / layers as f64;
+            // F16 weights are uploaded as f32: Q, K, V and gate, up, SwiGLU run apart (+2 and +2).
+            let want = if ty == GgmlType::F16 { 12.0 } else { 8.0 };
+            assert_eq!(per_layer, want, "{} {arch} {ty}: launches per layer of a decode step", gpu.backend());
+        }
+    }
+}
+
 #[test]
 fn a_batch_mixing_adapters_equals_per_sequence_runs_and_the_cpu() {
     for gpu in common::gpu_devices() {

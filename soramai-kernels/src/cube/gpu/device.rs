@@ -41,11 +41,12 @@ pub(super) use with_client;
 
 /// Launches kernel `$kernel` (a module of [`kernels`]) on the device's runtime.
 macro_rules! launch {
-    ($gpu:expr, $kernel:ident, $count:expr, $dim:expr $(, $arg:expr)* $(,)?) => {
+    ($gpu:expr, $kernel:ident, $count:expr, $dim:expr $(, $arg:expr)* $(,)?) => {{
+        $gpu.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         $crate::cube::gpu::device::with_client!(&$gpu.client, |c, R| {
             $crate::cube::kernels::$kernel::launch::<R>(c, $count, $dim $(, $arg)*)
         })
-    };
+    }};
 }
 pub(super) use launch;
 
@@ -72,6 +73,8 @@ impl Client {
 pub struct Gpu {
     pub(super) client: Client,
     pub(super) backend: Backend,
+    /// Kernel launches since the device was opened (shared by clones).
+    pub(super) launches: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -103,7 +106,7 @@ impl Gpu {
         let client = std::panic::catch_unwind(|| Client::open(backend)).map_err(|_| {
             Error::Backend(format!("no {backend} device could be opened (no driver or no device on this machine)"))
         })??;
-        Ok(Gpu { client, backend })
+        Ok(Gpu { client, backend, launches: Default::default() })
     }
 
     /// The backend.
@@ -115,6 +118,12 @@ impl Gpu {
     pub fn sync(&self) -> Result<()> {
         with_client!(&self.client, |c, R| cubecl::future::block_on(c.sync()))
             .map_err(|e| Error::Backend(format!("device sync: {e:?}")))
+    }
+
+    /// Kernel launches since the device was opened, by this handle and its clones: how many
+    /// dispatches a step costs (the benchmark prints it per decode step and layer).
+    pub fn launches(&self) -> u64 {
+        self.launches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The device's name as the runtime gives it.

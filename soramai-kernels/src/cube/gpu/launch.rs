@@ -87,6 +87,139 @@ impl Gpu {
         }
     }
 
+    /// The Q, K and V products of a small step (fewer than [`TILED_MIN_TOKENS`] tokens) in one
+    /// launch, when the three weights are block-quantized alike; `false` (nothing launched) when
+    /// they are not, and the caller runs three products.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn matmul_qkv(&self, w: [&GpuMat; 3], x: &Buf, ntok: usize, q: &Buf, k: &Buf, v: &Buf) -> bool {
+        let (
+            GpuWeights::Quant { bits, scales: sa, mins: ma, quants: qa },
+            GpuWeights::Quant { bits: bk, scales: sb, mins: mb, quants: qb },
+            GpuWeights::Quant { bits: bv, scales: sc, mins: mc, quants: qc },
+        ) = (&w[0].data, &w[1].data, &w[2].data)
+        else {
+            return false;
+        };
+        if ntok >= TILED_MIN_TOKENS || bits != bk || bits != bv || w[1].cols != w[0].cols || w[2].cols != w[0].cols {
+            return false;
+        }
+        let tile: u32 = if ntok == 1 { 1 } else { 8 };
+        let rows = w[0].rows + w[1].rows + w[2].rows;
+        launch!(
+            self,
+            matmul_q3,
+            CubeCount::Static(Self::cubes(rows, ROWS_PER_CUBE), Self::cubes(ntok, tile), 1),
+            CubeDim::new_2d(LANES, ROWS_PER_CUBE),
+            sa.arg(),
+            ma.arg(),
+            qa.arg(),
+            sb.arg(),
+            mb.arg(),
+            qb.arg(),
+            sc.arg(),
+            mc.arg(),
+            qc.arg(),
+            x.arg(),
+            q.arg(),
+            k.arg(),
+            v.arg(),
+            w[0].rows as u32,
+            w[1].rows as u32,
+            w[2].rows as u32,
+            (w[0].cols / 32) as u32,
+            ntok as u32,
+            *bits,
+            tile,
+        );
+        true
+    }
+
+    /// `out = silu(gate·x) · (up·x)` for a small step in one launch, when both weights are
+    /// block-quantized alike; `false` (nothing launched) otherwise.
+    pub(crate) fn matmul_swiglu(&self, gate: &GpuMat, up: &GpuMat, x: &Buf, ntok: usize, out: &Buf) -> bool {
+        let (
+            GpuWeights::Quant { bits, scales: sg, mins: mg, quants: qg },
+            GpuWeights::Quant { bits: bu, scales: su, mins: mu, quants: qu },
+        ) = (&gate.data, &up.data)
+        else {
+            return false;
+        };
+        if ntok >= TILED_MIN_TOKENS || bits != bu || gate.rows != up.rows || gate.cols != up.cols {
+            return false;
+        }
+        let tile: u32 = if ntok == 1 { 1 } else { 8 };
+        launch!(
+            self,
+            matmul_q_swiglu,
+            CubeCount::Static(Self::cubes(gate.rows, ROWS_PER_CUBE), Self::cubes(ntok, tile), 1),
+            CubeDim::new_2d(LANES, ROWS_PER_CUBE),
+            sg.arg(),
+            mg.arg(),
+            qg.arg(),
+            su.arg(),
+            mu.arg(),
+            qu.arg(),
+            x.arg(),
+            out.arg(),
+            gate.rows as u32,
+            (gate.cols / 32) as u32,
+            ntok as u32,
+            *bits,
+            tile,
+        );
+        true
+    }
+
+    /// Biases (if any), RoPE on Q and K, rotated Q into `q_out`, K and V into their cache slots:
+    /// one launch for what the trainer's forward does in seven.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn qkv_rope_scatter(
+        &self,
+        qkv: [&Buf; 3],
+        bias: Option<&[Buf; 3]>,
+        cos: &Buf,
+        sin: &Buf,
+        slots: &Buf,
+        q_out: &Buf,
+        cache: [&Buf; 2],
+        n: usize,
+        shape: AttnShape,
+        rope_dims: usize,
+        layout: RopeLayout,
+    ) {
+        let (qd, kvd) = (shape.n_head * shape.head_dim, shape.n_head_kv * shape.head_dim);
+        // Without biases the kernel reads none: any buffer stands in.
+        let [bq, bk, bv] = match bias {
+            Some([bq, bk, bv]) => [bq, bk, bv],
+            None => [qkv[0], qkv[0], qkv[0]],
+        };
+        launch!(
+            self,
+            qkv_rope_scatter,
+            Self::cubes_1d(n * (qd + 2 * kvd), 256),
+            CubeDim::new_1d(256),
+            qkv[0].arg(),
+            qkv[1].arg(),
+            qkv[2].arg(),
+            bq.arg(),
+            bk.arg(),
+            bv.arg(),
+            cos.arg(),
+            sin.arg(),
+            slots.arg(),
+            q_out.arg(),
+            cache[0].arg(),
+            cache[1].arg(),
+            n as u32,
+            qd as u32,
+            kvd as u32,
+            shape.head_dim as u32,
+            rope_dims as u32,
+            layout == RopeLayout::Neox,
+            bias.is_some(),
+        );
+    }
+
     pub(crate) fn rms_norm(&self, x: &Buf, w: &Buf, out: &Buf, nrows: usize, eps: f32) {
         launch!(
             self,

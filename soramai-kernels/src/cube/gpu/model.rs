@@ -101,6 +101,7 @@ struct Step {
     adapter: Buf,
     xn: Buf,
     q: Buf,
+    qr: Buf,
     k: Buf,
     v: Buf,
     att: Buf,
@@ -379,6 +380,7 @@ impl GpuModel {
             adapter: g.upload_u32(&rows.adapter),
             xn: g.scratch(n * d),
             q: g.scratch(n * qd),
+            qr: g.scratch(n * qd),
             k: g.scratch(n * kvd),
             v: g.scratch(n * kvd),
             att: g.scratch(n * qd),
@@ -389,14 +391,17 @@ impl GpuModel {
         }
     }
 
-    /// One transformer layer over the step's rows: attention (norm, Q/K/V with their adapters and
-    /// biases, RoPE, the KV cache write, paged attention, output projection into the residual),
-    /// then the feed-forward block (norm, gate/up with adapters, SwiGLU, down into the residual).
+    /// One transformer layer over the step's rows: attention (norm, Q/K/V with their adapters;
+    /// biases, RoPE and the KV cache write in one launch; paged attention; output projection into
+    /// the residual), then the feed-forward block (norm; gate/up and SwiGLU, in one launch when no
+    /// row's adapter touches them; down into the residual). A decode step without adapters is 8
+    /// launches a layer.
     fn layer(&self, l: usize, layer: &GpuLayer, s: &Step, adapters: &Adapters) {
         let c = &self.model.config;
         let (g, n) = (&self.gpu, s.n);
-        let (qd, kvd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
-        let shape = AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd, page: self.options.page };
+        let shape =
+            AttnShape { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, page: self.options.page };
+        let has = |t: Target| s.any_adapter && adapters.banks.contains_key(&(l, t));
         let lora = |t: Target, input: &Buf, out: &Buf| {
             if s.any_adapter
                 && let Some(bank) = adapters.banks.get(&(l, t))
@@ -405,28 +410,43 @@ impl GpuModel {
             }
         };
         g.rms_norm(&s.x, &layer.attn_norm, &s.xn, n, c.eps);
-        for (t, out) in [(Target::Q, &s.q), (Target::K, &s.k), (Target::V, &s.v)] {
-            g.matmul(layer.weight(t), &s.xn, n, out, false);
+        let qkv = [(Target::Q, &s.q), (Target::K, &s.k), (Target::V, &s.v)];
+        if !g.matmul_qkv([&layer.wq, &layer.wk, &layer.wv], &s.xn, n, &s.q, &s.k, &s.v) {
+            for (t, out) in qkv {
+                g.matmul(layer.weight(t), &s.xn, n, out, false);
+            }
+        }
+        for (t, out) in qkv {
             lora(t, &s.xn, out);
         }
-        if let Some([bq, bk, bv]) = &layer.bias {
-            g.add_bias(&s.q, bq, n * qd);
-            g.add_bias(&s.k, bk, n * kvd);
-            g.add_bias(&s.v, bv, n * kvd);
-        }
-        g.rope(&s.q, &s.cos, &s.sin, n, c.n_head, hd, c.rope_dims, c.rope_layout);
-        g.rope(&s.k, &s.cos, &s.sin, n, c.n_head_kv, hd, c.rope_dims, c.rope_layout);
-        g.scatter_rows(&s.k, &s.slots, &self.k_cache[l], n, kvd);
-        g.scatter_rows(&s.v, &s.slots, &self.v_cache[l], n, kvd);
-        g.attention(&s.q, &self.k_cache[l], &self.v_cache[l], &s.table, &s.starts, &s.pos, &s.att, &s.lse, n, shape);
+        let cache = [&self.k_cache[l], &self.v_cache[l]];
+        let rope = (c.rope_dims, c.rope_layout);
+        g.qkv_rope_scatter(
+            [&s.q, &s.k, &s.v],
+            layer.bias.as_ref(),
+            &s.cos,
+            &s.sin,
+            &s.slots,
+            &s.qr,
+            cache,
+            n,
+            shape,
+            rope.0,
+            rope.1,
+        );
+        g.attention(&s.qr, cache[0], cache[1], &s.table, &s.starts, &s.pos, &s.att, &s.lse, n, shape);
         g.matmul(&layer.wo, &s.att, n, &s.x, true);
         lora(Target::O, &s.att, &s.x);
         g.rms_norm(&s.x, &layer.ffn_norm, &s.xn, n, c.eps);
-        g.matmul(&layer.gate, &s.xn, n, &s.gate, false);
-        lora(Target::Gate, &s.xn, &s.gate);
-        g.matmul(&layer.up, &s.xn, n, &s.up, false);
-        lora(Target::Up, &s.xn, &s.up);
-        g.swiglu(&s.gate, &s.up, n * c.n_ff);
+        // Adapters on gate or up add before SwiGLU: then the three steps run apart.
+        let ffn_adapters = has(Target::Gate) || has(Target::Up);
+        if ffn_adapters || !g.matmul_swiglu(&layer.gate, &layer.up, &s.xn, n, &s.gate) {
+            g.matmul(&layer.gate, &s.xn, n, &s.gate, false);
+            lora(Target::Gate, &s.xn, &s.gate);
+            g.matmul(&layer.up, &s.xn, n, &s.up, false);
+            lora(Target::Up, &s.xn, &s.up);
+            g.swiglu(&s.gate, &s.up, n * c.n_ff);
+        }
         g.matmul(&layer.down, &s.gate, n, &s.x, true);
         lora(Target::Down, &s.gate, &s.x);
     }

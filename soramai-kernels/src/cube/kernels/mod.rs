@@ -14,11 +14,13 @@ pub const ROW_THREADS: u32 = 128;
 pub const ATTN_CHUNK: u32 = 1024;
 
 mod backward;
+mod fused;
 mod layer;
 mod matmul;
 mod step;
 
 pub use backward::*;
+pub use fused::*;
 pub use layer::*;
 pub use matmul::*;
 pub use step::*;
