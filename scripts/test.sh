@@ -97,8 +97,8 @@ stage "doc tests"
 cargo test --workspace --features "$features" --locked --doc
 
 stage "Python bindings (PyO3, built with maturin; pytest)"
-# --features wgpu: the kernels' feature set of the tests above, so their build is reused.
-bindings_python="$(./scripts/python-bindings.sh --features wgpu)"
+# --features wgpu,cuda: the kernels' feature set of the tests above, so their build is reused.
+bindings_python="$(./scripts/python-bindings.sh --features wgpu,cuda)"
 "$bindings_python" -m pytest -q -p no:cacheprovider bindings/python/tests
 
 stage "Node bindings (napi-rs; node --test)"
