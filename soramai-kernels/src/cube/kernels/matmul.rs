@@ -36,35 +36,10 @@ pub fn matmul_q(
         let mut b = lane;
         while b < nblocks {
             let bi = row * nblocks + b;
-            let d = scales[bi as usize];
-            let m = mins[bi as usize];
             #[unroll]
             for t in 0..tile {
                 if t0 + t < ntok {
-                    let xo = (t0 + t) * cols + b * 32;
-                    let mut dot = 0.0f32;
-                    let mut xs = 0.0f32;
-                    #[unroll]
-                    for k in 0..bits {
-                        let q = quants[(bi * bits + k) as usize];
-                        #[unroll]
-                        for i in 0..4u32 {
-                            if bits == 4 {
-                                let lo = f32::cast_from((q >> (8 * i)) & 15u32);
-                                let hi = f32::cast_from((q >> (8 * i + 4)) & 15u32);
-                                let xl = x[(xo + 4 * k + i) as usize];
-                                let xh = x[(xo + 4 * k + i + 16) as usize];
-                                dot += lo * xl + hi * xh;
-                                xs += xl + xh;
-                            } else {
-                                let v = f32::cast_from((q >> (8 * i)) & 255u32);
-                                let xv = x[(xo + 4 * k + i) as usize];
-                                dot += v * xv;
-                                xs += xv;
-                            }
-                        }
-                    }
-                    acc[t as usize] += d * dot + m * xs;
+                    acc[t as usize] += block_dot(scales, mins, quants, x, bi, (t0 + t) * cols + b * 32, bits);
                 }
             }
             b += 32u32;
@@ -74,16 +49,7 @@ pub fn matmul_q(
     #[unroll]
     for t in 0..tile {
         shared[(base + lane) as usize] = acc[t as usize];
-        sync_cube();
-        let mut stride = 16u32;
-        while stride > 0 {
-            if lane < stride {
-                let a = shared[(base + lane + stride) as usize];
-                shared[(base + lane) as usize] += a;
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        reduce_lanes(&mut shared, base, lane);
         if lane == 0 && row < rows && t0 + t < ntok {
             let o = ((t0 + t) * rows + row) as usize;
             if accumulate {
@@ -93,6 +59,59 @@ pub fn matmul_q(
             }
         }
         sync_cube();
+    }
+}
+
+/// `d·Σ q_i·x_i + m·Σ x_i` over block `bi` (32 codes of `bits` bits, the layouts of
+/// [`matmul_q`]) and the 32 activations from `xo`.
+#[cube]
+pub(super) fn block_dot(
+    scales: &Array<f32>,
+    mins: &Array<f32>,
+    quants: &Array<u32>,
+    x: &Array<f32>,
+    bi: u32,
+    xo: u32,
+    #[comptime] bits: u32,
+) -> f32 {
+    let mut dot = 0.0f32;
+    let mut xs = 0.0f32;
+    #[unroll]
+    for k in 0..bits {
+        let q = quants[(bi * bits + k) as usize];
+        #[unroll]
+        for i in 0..4u32 {
+            if bits == 4 {
+                let lo = f32::cast_from((q >> (8 * i)) & 15u32);
+                let hi = f32::cast_from((q >> (8 * i + 4)) & 15u32);
+                let xl = x[(xo + 4 * k + i) as usize];
+                let xh = x[(xo + 4 * k + i + 16) as usize];
+                dot += lo * xl + hi * xh;
+                xs += xl + xh;
+            } else {
+                let v = f32::cast_from((q >> (8 * i)) & 255u32);
+                let xv = x[(xo + 4 * k + i) as usize];
+                dot += v * xv;
+                xs += xv;
+            }
+        }
+    }
+    scales[bi as usize] * dot + mins[bi as usize] * xs
+}
+
+/// Sums `LANES` (32) partial sums per row of the cube in `shared` (`base` the row's first slot);
+/// the total ends in `shared[base]`. Every thread of the cube must call it.
+#[cube]
+pub(super) fn reduce_lanes(shared: &mut SharedMemory<f32>, base: u32, lane: u32) {
+    sync_cube();
+    let mut stride = 16u32;
+    while stride > 0 {
+        if lane < stride {
+            let a = shared[(base + lane + stride) as usize];
+            shared[(base + lane) as usize] += a;
+        }
+        sync_cube();
+        stride /= 2;
     }
 }
 
