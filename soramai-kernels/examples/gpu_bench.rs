@@ -7,7 +7,8 @@
 //! embeddings), `llama1b-q4_0` or `llama1b-q4_1` (Llama 3.2 1B's shape). For each: prefill of 512
 //! tokens, decode at batch 1, and batch 32 (prefill of 32 × 128 tokens, then decode) without
 //! adapters and with 8 rank-16 adapters on all seven projections, one per four sequences. Prints
-//! JSON lines; `benches/gpu.py` runs it next to PyTorch and prints the table.
+//! JSON lines (batch 1 first, with the launches per decode step and layer and the bytes-moved floor at
+//! the device's copy bandwidth; then the whole shape); `benches/gpu.py` runs it next to PyTorch.
 
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 fn main() {
@@ -225,6 +226,30 @@ mod bench {
         // vocabulary projection).
         let per_step = (gpu.launches() - launches0) as f64 / steps as f64;
         let launches_per_layer = (per_step - 2.0) / model.config.n_layer as f64;
+        // The bytes-moved floor: a decode step reads every weight once, so at the device's copy
+        // bandwidth batch 1 cannot pass `bandwidth / weight bytes` tokens/s and batch 32 (one
+        // read of the weights for 32 tokens) 32 times that, before KV-cache reads.
+        let bandwidth = soramai_kernels::cube::op::copy_bandwidth(gpu, 256 << 20)?;
+        let floor1 = bandwidth / g.weight_bytes() as f64;
+        // Batch 1 first, on its own line: on a slow device (lavapipe) the batch-32 runs take long.
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": s.name,
+                "backend": gpu.backend().as_str(),
+                "device": gpu.name(),
+                "stage": "batch1",
+                "weight_bytes": g.weight_bytes(),
+                "prefill512_tok_s": prefill,
+                "decode_b1_tok_s": decode1,
+                "launches_per_decode_step": per_step,
+                "launches_per_layer_decode": launches_per_layer,
+                "copy_bandwidth_gb_s": bandwidth / 1e9,
+                "floor_b1_tok_s": floor1,
+                "decode_b1_of_floor": decode1 / floor1,
+            })
+        );
+        std::io::Write::flush(&mut std::io::stdout())?;
         drop(c);
         // Batch 32: prefill 32 × 128, then decode; without and with 8 adapters.
         let batch = |with_adapters: bool| -> Result<(f64, f64), Box<dyn std::error::Error>> {
@@ -262,11 +287,6 @@ mod bench {
         };
         let (prefill32, decode32) = batch(false)?;
         let (prefill32_lora, decode32_lora) = batch(true)?;
-        // The bytes-moved floor: a decode step reads every weight once, so at the device's copy
-        // bandwidth batch 1 cannot pass `bandwidth / weight bytes` tokens/s and batch 32 (one
-        // read of the weights for 32 tokens) 32 times that, before KV-cache reads.
-        let bandwidth = soramai_kernels::cube::op::copy_bandwidth(gpu, 256 << 20)?;
-        let floor1 = bandwidth / g.weight_bytes() as f64;
         println!(
             "{}",
             serde_json::json!({
