@@ -156,8 +156,13 @@ impl Gpu {
     /// A device copy of `src`.
     pub(crate) fn copy(&self, src: &Buf) -> Buf {
         let dst = self.scratch(src.len);
-        launch!(self, copy, Self::cubes_1d(src.len, 256), CubeDim::new_1d(256), src.arg(), dst.arg(), src.len as u32,);
+        self.copy_into(src, &dst);
         dst
+    }
+
+    /// Copies `src` into `dst` (at least as long).
+    pub(crate) fn copy_into(&self, src: &Buf, dst: &Buf) {
+        launch!(self, copy, Self::cubes_1d(src.len, 256), CubeDim::new_1d(256), src.arg(), dst.arg(), src.len as u32,);
     }
 
     /// `dst[r] = src[rows[r]]` for `n` rows of `width`.

@@ -7,23 +7,27 @@ use crate::cpu::ops::RopeLayout;
 use crate::error::Result;
 use crate::train::{AdamW, Param};
 
-/// The device's copy bandwidth in bytes per second (read plus written), the median of five
-/// copies of `bytes` bytes after a warm-up: the memory speed the benchmark's bytes-moved floor
-/// divides by.
+/// The device's copy bandwidth in bytes per second (read plus written): 16 back-to-back copies of
+/// `bytes` bytes between two syncs, the median of five such runs after a warm-up. The memory speed
+/// the benchmark's bytes-moved floor divides by (keep `bytes` within the device's largest buffer:
+/// 64 MiB fits everywhere).
 pub fn copy_bandwidth(gpu: &Gpu, bytes: usize) -> Result<f64> {
+    const COPIES: usize = 16;
     let src = gpu.zeros(bytes / 4);
-    gpu.copy(&src);
+    let dst = gpu.zeros(bytes / 4);
+    gpu.copy_into(&src, &dst);
     gpu.sync()?;
     let mut times = Vec::with_capacity(5);
     for _ in 0..5 {
         let t = std::time::Instant::now();
-        let dst = gpu.copy(&src);
+        for _ in 0..COPIES {
+            gpu.copy_into(&src, &dst);
+        }
         gpu.sync()?;
         times.push(t.elapsed().as_secs_f64());
-        drop(dst);
     }
     times.sort_by(f64::total_cmp);
-    Ok(2.0 * (bytes / 4 * 4) as f64 / times[2].max(1e-9))
+    Ok((2 * COPIES * (bytes / 4 * 4)) as f64 / times[2].max(1e-9))
 }
 
 /// `x (ntok × cols) · Wᵀ` for weights in GGUF format `ty`.
