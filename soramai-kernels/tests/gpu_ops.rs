@@ -98,6 +98,62 @@ fn rms_norm_matches_the_cpu() {
     }
 }
 
+/// The fused decode kernel (biases, RoPE on Q and K, K and V into their cache slots) equals the
+/// separate kernels it replaces, in both layouts, with partial rotation, with and without biases.
+#[test]
+fn fused_bias_rope_and_cache_write_equal_the_separate_kernels() {
+    for gpu in common::gpu_devices() {
+        for layout in [RopeLayout::Interleaved, RopeLayout::Neox] {
+            for (nh, nkv, hd, dims) in [(4, 2, 16, 16), (3, 1, 16, 8)] {
+                for biased in [false, true] {
+                    let rows = 3;
+                    let (qd, kvd, h2) = (nh * hd, nkv * hd, dims / 2);
+                    let (q, k, v) =
+                        (rand_vec(1, rows * qd, 1.0), rand_vec(2, rows * kvd, 1.0), rand_vec(3, rows * kvd, 1.0));
+                    let (bq, bk, bv) = (rand_vec(4, qd, 0.5), rand_vec(5, kvd, 0.5), rand_vec(6, kvd, 0.5));
+                    let (mut cos, mut sin) = (vec![0f32; rows * h2], vec![0f32; rows * h2]);
+                    for (r, p) in [3usize, 0, 41].into_iter().enumerate() {
+                        ops::rope_angles(
+                            p,
+                            dims,
+                            10000.0,
+                            &mut cos[r * h2..(r + 1) * h2],
+                            &mut sin[r * h2..(r + 1) * h2],
+                        );
+                    }
+                    let slots = [5u32, 0, 2];
+                    let add = |x: &[f32], b: &[f32]| -> Vec<f32> {
+                        x.iter().enumerate().map(|(i, v)| if biased { v + b[i % b.len()] } else { *v }).collect()
+                    };
+                    let want_q = op::rope(&gpu, &add(&q, &bq), &cos, &sin, nh, hd, dims, layout).expect("rope q");
+                    let k_rot = op::rope(&gpu, &add(&k, &bk), &cos, &sin, nkv, hd, dims, layout).expect("rope k");
+                    let want_k = op::scatter(&gpu, &k_rot, &slots, 6, kvd).expect("scatter k");
+                    let want_v = op::scatter(&gpu, &add(&v, &bv), &slots, 6, kvd).expect("scatter v");
+                    let bias = biased.then_some([&bq[..], &bk[..], &bv[..]]);
+                    let [got_q, got_k, got_v] = op::qkv_rope_scatter(
+                        &gpu,
+                        [&q, &k, &v],
+                        bias,
+                        &cos,
+                        &sin,
+                        &slots,
+                        6,
+                        (nh, nkv, hd, dims),
+                        layout,
+                    )
+                    .expect("fused");
+                    let name = format!("{layout:?} {nh}/{nkv}x{hd}/{dims} bias {biased}");
+                    for (what, got, want) in [("q", got_q, want_q), ("k", got_k, want_k), ("v", got_v, want_v)] {
+                        let want: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
+                        let scale = vec![1.0; want.len()];
+                        assert_close(&format!("{name} {what}"), &got, &want, &scale, 1e-5);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn rope_matches_the_cpu_in_both_layouts_and_partial_rotation() {
     for gpu in common::gpu_devices() {

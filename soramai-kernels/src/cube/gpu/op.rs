@@ -307,6 +307,44 @@ pub fn attention_train_backward(
     Ok((gpu.read(&gq)?, gpu.read(&gk)?, gpu.read(&gv)?))
 }
 
+/// Biases, RoPE and the KV cache write of a step in one launch (the fused decode kernel): `q`, `k`
+/// and `v` rows (`n_head·head_dim`, `n_head_kv·head_dim` values) in; the rotated Q and the two
+/// caches of `slots_total` slots out.
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_scatter(
+    gpu: &Gpu,
+    qkv: [&[f32]; 3],
+    bias: Option<[&[f32]; 3]>,
+    cos: &[f32],
+    sin: &[f32],
+    slots: &[u32],
+    slots_total: usize,
+    shape: (usize, usize, usize, usize),
+    layout: RopeLayout,
+) -> Result<[Vec<f32>; 3]> {
+    let (n_head, n_head_kv, head_dim, rope_dims) = shape;
+    let kvd = n_head_kv * head_dim;
+    let [q, k, v] = qkv.map(|x| gpu.upload(x));
+    let bias = bias.map(|b| b.map(|x| gpu.upload(x)));
+    let q_out = gpu.poisoned(q.len);
+    let cache = [gpu.zeros(slots_total * kvd), gpu.zeros(slots_total * kvd)];
+    let shape = AttnShape { n_head, n_head_kv, head_dim, page: 1 };
+    gpu.qkv_rope_scatter(
+        [&q, &k, &v],
+        bias.as_ref(),
+        &gpu.upload(cos),
+        &gpu.upload(sin),
+        &gpu.upload_u32(slots),
+        &q_out,
+        [&cache[0], &cache[1]],
+        slots.len(),
+        shape,
+        rope_dims,
+        layout,
+    );
+    Ok([gpu.read(&q_out)?, gpu.read(&cache[0])?, gpu.read(&cache[1])?])
+}
+
 /// Writes rows into slots of a cache of `slots_total` rows of `width` (returns the cache).
 pub fn scatter(gpu: &Gpu, src: &[f32], slots: &[u32], slots_total: usize, width: usize) -> Result<Vec<f32>> {
     let cache = gpu.zeros(slots_total * width);
