@@ -5,10 +5,12 @@
 //!
 //! MODEL is `smollm2-q4_1` (the reference model's shape and formats: Q4_1 blocks, tied Q8_0
 //! embeddings), `llama1b-q4_0` or `llama1b-q4_1` (Llama 3.2 1B's shape). For each: prefill of 512
-//! tokens, decode at batch 1, and batch 32 (prefill of 32 × 128 tokens, then decode) without
-//! adapters and with 8 rank-16 adapters on all seven projections, one per four sequences. Prints
-//! JSON lines (batch 1 first, with the launches per decode step and layer and the bytes-moved floor at
-//! the device's copy bandwidth; then the whole shape); `benches/gpu.py` runs it next to PyTorch.
+//! tokens, decode at batch 1 (the host in the loop, then the loop on the device), and batch 32
+//! (prefill of 32 × 128 tokens, then decode on the device) without adapters and with 8 rank-16
+//! adapters on all seven projections, one per four sequences. Prints JSON lines (batch 1 first,
+//! with the launches per decode step and layer, the host's waits for the device per token, and the
+//! bytes-moved floor at the device's copy bandwidth; then the whole shape); `benches/gpu.py` runs
+//! it next to PyTorch.
 
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 fn main() {
@@ -26,7 +28,7 @@ mod bench {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use soramai_kernels::cube::{Backend, Gpu, GpuLane, GpuModel, GpuOptions};
+    use soramai_kernels::cube::{Backend, DECODE_CHUNK, Gpu, GpuDecode, GpuLane, GpuModel, GpuOptions};
     use soramai_kernels::gguf::{Gguf, GgufWriter, Value};
     use soramai_kernels::lora::{Adapter, AdapterConfig, LoraPair, Target};
     use soramai_kernels::model::{Logits, Model};
@@ -200,6 +202,10 @@ mod bench {
                 logits: Logits::Last,
             }])?;
             g.forward(&mut [GpuLane { cache: &mut c, tokens: &tokens(3, 1), adapter: None, logits: Logits::Last }])?;
+            for adapter in [None, Some("a0")] {
+                let lane = GpuDecode { cache: &mut c, tokens: &tokens(5, 1), adapter, max_tokens: 2 };
+                g.decode_greedy(&mut [lane], &[], 2)?;
+            }
         }
         // `GPU_BENCH_QUICK`: batch 1 only, short (for software Vulkan, where a 512-token prefill
         // takes minutes).
@@ -216,20 +222,32 @@ mod bench {
             times.push(t.elapsed().as_secs_f64());
         }
         let prefill = prefill_len as f64 / median(times);
-        // Decode, batch 1, after a 128-token prompt.
+        // Decode, batch 1, after a 128-token prompt: first with the host in the loop (logits read
+        // back and the next token picked there, one wait for the device a token), then the loop on
+        // the device (argmax and embedding there, the tokens read back every DECODE_CHUNK steps).
         let mut c = g.new_cache();
         g.forward(&mut [GpuLane { cache: &mut c, tokens: &prompt[..context], adapter: None, logits: Logits::Last }])?;
-        let launches0 = gpu.launches();
         let t = Instant::now();
         for i in 0..steps {
             let tok = [prompt[context + i]];
             g.forward(&mut [GpuLane { cache: &mut c, tokens: &tok, adapter: None, logits: Logits::Last }])?;
         }
+        let decode1_host = steps as f64 / t.elapsed().as_secs_f64();
+        drop(c);
+        let mut c = g.new_cache();
+        g.forward(&mut [GpuLane { cache: &mut c, tokens: &prompt[..context], adapter: None, logits: Logits::None }])?;
+        // Nothing read the prompt's pass back: let it finish before the clock starts.
+        gpu.sync()?;
+        let (launches0, waits0) = (gpu.launches(), gpu.waits());
+        let t = Instant::now();
+        let lane = GpuDecode { cache: &mut c, tokens: &prompt[context..context + 1], adapter: None, max_tokens: steps };
+        g.decode_greedy(&mut [lane], &[], DECODE_CHUNK)?;
         let decode1 = steps as f64 / t.elapsed().as_secs_f64();
-        // Launches of one decode step: per layer, and the two after the last layer (final norm,
-        // vocabulary projection).
+        // Launches of one decode step: per layer, and the four outside the layers (embedding,
+        // final norm, vocabulary projection, argmax).
         let per_step = (gpu.launches() - launches0) as f64 / steps as f64;
-        let launches_per_layer = (per_step - 2.0) / model.config.n_layer as f64;
+        let launches_per_layer = (per_step - 4.0) / model.config.n_layer as f64;
+        let waits_per_token = (gpu.waits() - waits0) as f64 / steps as f64;
         // The bytes-moved floor: a decode step reads every weight once, so at the device's copy
         // bandwidth batch 1 cannot pass `bandwidth / weight bytes` tokens/s and batch 32 (one
         // read of the weights for 32 tokens) 32 times that, before KV-cache reads.
@@ -247,8 +265,10 @@ mod bench {
                 "prefill_tokens": prefill_len,
                 "prefill_b1_tok_s": prefill,
                 "decode_b1_tok_s": decode1,
+                "decode_b1_host_loop_tok_s": decode1_host,
                 "launches_per_decode_step": per_step,
                 "launches_per_layer_decode": launches_per_layer,
+                "host_waits_per_token": waits_per_token,
                 "copy_bandwidth_gb_s": bandwidth / 1e9,
                 "floor_b1_tok_s": floor1,
                 "decode_b1_of_floor": decode1 / floor1,
@@ -280,17 +300,20 @@ mod bench {
                 g.forward(&mut lanes)?;
             }
             let prefill = 32.0 * 128.0 / t.elapsed().as_secs_f64();
+            // 32 steps of the 32 sequences, the loop on the device.
             let steps = 32;
             let t = Instant::now();
-            for s in 0..steps {
-                let next: Vec<[TokenId; 1]> = prompts.iter().map(|p| [p[s]]).collect();
-                let mut lanes: Vec<GpuLane<'_>> = caches
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(i, cache)| GpuLane { cache, tokens: &next[i], adapter: adapter_of(i), logits: Logits::Last })
-                    .collect();
-                g.forward(&mut lanes)?;
-            }
+            let mut lanes: Vec<GpuDecode<'_>> = caches
+                .iter_mut()
+                .enumerate()
+                .map(|(i, cache)| GpuDecode {
+                    cache,
+                    tokens: &prompts[i][..1],
+                    adapter: adapter_of(i),
+                    max_tokens: steps,
+                })
+                .collect();
+            g.decode_greedy(&mut lanes, &[], DECODE_CHUNK)?;
             Ok((prefill, 32.0 * steps as f64 / t.elapsed().as_secs_f64()))
         };
         let (prefill32, decode32) = batch(false)?;
@@ -306,12 +329,14 @@ mod bench {
                 "upload_seconds": upload,
                 "prefill512_tok_s": prefill,
                 "decode_b1_tok_s": decode1,
+                "decode_b1_host_loop_tok_s": decode1_host,
                 "prefill_b32_tok_s": prefill32,
                 "decode_b32_tok_s": decode32,
                 "prefill_b32_8lora_tok_s": prefill32_lora,
                 "decode_b32_8lora_tok_s": decode32_lora,
                 "launches_per_decode_step": per_step,
                 "launches_per_layer_decode": launches_per_layer,
+                "host_waits_per_token": waits_per_token,
                 "copy_bandwidth_gb_s": bandwidth / 1e9,
                 "floor_b1_tok_s": floor1,
                 "floor_b32_tok_s": 32.0 * floor1,

@@ -9,8 +9,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{reference_model, tiny_model_bytes, write_peft};
-use soramai_kernels::cube::{Backend, Gpu, GpuLane, GpuModel, GpuOptions};
+use common::{reference_model, tiny_model_bytes, tiny_model_bytes_with, write_peft};
+use soramai_kernels::cube::{Backend, Gpu, GpuDecode, GpuLane, GpuModel, GpuOptions};
 use soramai_kernels::gguf::Gguf;
 use soramai_kernels::lora::{Adapter, Target};
 use soramai_kernels::model::{Lane, Logits, Model};
@@ -88,9 +88,10 @@ fn prefill_and_decode_logits_match_the_cpu_on_tiny_models() {
 }
 
 /// A decode step without adapters is 8 launches a layer (norm, Q/K/V, bias + RoPE + cache write,
-/// attention, output projection, norm, gate/up + SwiGLU, down) plus the final norm and the vocabulary
-/// projection; a format the fused products do not take (F16) or an adapter on gate/up runs them
-/// apart. Counted by the device, so a regression in fusion fails here, not only in a benchmark.
+/// attention, output projection, norm, gate/up + SwiGLU, down) plus the embedding, the final norm
+/// and the vocabulary projection (and, in the loop on the device, the choice of the next token); a
+/// format the fused products do not take (F16) or an adapter on gate/up runs them apart. Counted
+/// by the device, so a regression in fusion fails here, not only in a benchmark.
 #[test]
 fn a_decode_step_is_eight_launches_a_layer() {
     for gpu in common::gpu_devices() {
@@ -107,10 +108,16 @@ fn a_decode_step_is_eight_launches_a_layer() {
             step(&[1, 7, 3]);
             let before = gpu.launches();
             step(&[4]);
-            let per_layer = (gpu.launches() - before - 2) as f64 / layers as f64;
+            let per_layer = (gpu.launches() - before - 3) as f64 / layers as f64;
             // F16 weights are uploaded as f32: Q, K, V and gate, up, SwiGLU run apart (+2 and +2).
             let want = if ty == GgmlType::F16 { 12.0 } else { 8.0 };
             assert_eq!(per_layer, want, "{} {arch} {ty}: launches per layer of a decode step", gpu.backend());
+            // The loop on the device: one more launch a step (the argmax), none for reading.
+            let before = gpu.launches();
+            let lane = GpuDecode { cache: &mut cache, tokens: &[5], adapter: None, max_tokens: 3 };
+            g.decode_greedy(&mut [lane], &[], 3).expect("decode");
+            let per_layer = ((gpu.launches() - before) as f64 / 3.0 - 4.0) / layers as f64;
+            assert_eq!(per_layer, want, "{} {arch} {ty}: launches per layer of a device decode step", gpu.backend());
         }
     }
 }
@@ -190,6 +197,26 @@ fn bad_requests_are_refused_and_cache_pages_come_back() {
             assert!(matches!(r, Err(Error::Request(_))), "{what}");
         }
         assert!(cache.is_empty(), "a refused request leaves the cache as it was");
+        // The decode loop refuses the same, a zero chunk, and a decode past the context or the
+        // pages, before anything runs.
+        let n_ctx = model.config.n_ctx;
+        for (tokens, max_tokens, chunk, what) in [
+            (vec![], 2, 4, "empty"),
+            (vec![vocab], 2, 4, "out of vocabulary"),
+            (vec![1], 2, 0, "zero chunk"),
+            (vec![1], n_ctx + 1, 4, "past the context"),
+            (vec![1], 9, 4, "more positions than the pages"),
+        ] {
+            let lane = GpuDecode { cache: &mut cache, tokens: &tokens, adapter: None, max_tokens };
+            let r = g.decode_greedy(&mut [lane], &[], chunk);
+            assert!(matches!(r, Err(Error::Request(_))), "decode: {what}");
+            assert!(cache.is_empty(), "decode: {what} leaves the cache as it was");
+        }
+        let lane = GpuDecode { cache: &mut cache, tokens: &[1], adapter: Some("none"), max_tokens: 2 };
+        assert!(matches!(g.decode_greedy(&mut [lane], &[], 4), Err(Error::Adapter(_))));
+        let lane = GpuDecode { cache: &mut cache, tokens: &[1], adapter: None, max_tokens: 0 };
+        assert_eq!(g.decode_greedy(&mut [lane], &[], 4).expect("nothing to choose"), vec![Vec::<TokenId>::new()]);
+        assert!(cache.is_empty());
         // Two pages of four positions: nine tokens do not fit, eight do, and then only after a drop.
         let r = g.forward(&mut [GpuLane { cache: &mut cache, tokens: &[1; 9], adapter: None, logits: Logits::None }]);
         assert!(matches!(r, Err(Error::Request(_))));
@@ -257,5 +284,94 @@ fn the_reference_model_gives_the_same_greedy_tokens_as_the_cpu() {
             engine.tokenizer.decode(&got, false),
             engine.tokenizer.decode(&want, false)
         );
+    }
+}
+
+fn argmax(v: &[f32]) -> TokenId {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as TokenId
+}
+
+/// Greedy decoding through [`GpuModel::forward`], the host picking each token: what the loop on
+/// the device must reproduce.
+fn host_greedy(g: &GpuModel, prompt: &[TokenId], adapter: Option<&str>, n: usize) -> Vec<TokenId> {
+    let mut cache = g.new_cache();
+    let mut next = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let lane = GpuLane { cache: &mut cache, tokens: &next, adapter, logits: Logits::Last };
+        let t = argmax(&g.forward(&mut [lane]).expect("forward").remove(0));
+        out.push(t);
+        next = vec![t];
+    }
+    out
+}
+
+/// The decode loop on the device (argmax and embedding there, tokens read back once a chunk)
+/// chooses the tokens the host would, for a batch mixing prompt lengths, adapters and lengths,
+/// on tied and untied models; stops mid-chunk and goes on from the cache it leaves; waits for the
+/// device once per chunk.
+#[test]
+fn the_decode_loop_on_the_device_chooses_what_the_host_would() {
+    for gpu in common::gpu_devices() {
+        for (ty, untied) in [(GgmlType::Q4_1, false), (GgmlType::Q8_0, true), (GgmlType::F16, false)] {
+            let bytes = tiny_model_bytes_with("llama", ty, 11, untied);
+            let model = Arc::new(Model::from_gguf(Arc::new(Gguf::from_bytes(bytes).expect("gguf"))).expect("model"));
+            assert_eq!(model.output.name != model.tok_embd.name, untied);
+            let g =
+                GpuModel::new(gpu.clone(), Arc::clone(&model), GpuOptions { kv_tokens: 256, page: 4 }).expect("upload");
+            let dir = tempfile::tempdir().expect("dir");
+            write_peft(dir.path(), &model.config, 4, 8.0, Target::ALL.as_slice(), 3);
+            g.add_adapter("a", Adapter::load(dir.path(), &model.config).expect("adapter")).expect("add");
+            let prompts: [(&[TokenId], Option<&str>, usize); 3] =
+                [(&[1, 2, 3, 4, 5], Some("a"), 9), (&[9], None, 4), (&[3, 14, 2, 6], None, 7)];
+            // The embeddings and the output projection are read on the device as the CPU reads them.
+            let mut cache = g.new_cache();
+            let lane = GpuLane { cache: &mut cache, tokens: prompts[2].0, adapter: None, logits: Logits::All };
+            let logits = g.forward(&mut [lane]).expect("forward").remove(0);
+            let cpu = cpu_logits(&model, prompts[2].0, None, Logits::All);
+            assert!(max_rel(&logits, &cpu) < 1e-4, "{ty} untied={untied}: {}", max_rel(&logits, &cpu));
+            let want: Vec<Vec<TokenId>> = prompts.iter().map(|&(p, a, n)| host_greedy(&g, p, a, n)).collect();
+            // One batch in chunks of 3: the lanes end at different steps, chunks cross their ends.
+            let mut caches: Vec<_> = prompts.iter().map(|_| g.new_cache()).collect();
+            let mut lanes: Vec<GpuDecode<'_>> = caches
+                .iter_mut()
+                .zip(&prompts)
+                .map(|(cache, &(tokens, adapter, max_tokens))| GpuDecode { cache, tokens, adapter, max_tokens })
+                .collect();
+            let waits = gpu.waits();
+            let got = g.decode_greedy(&mut lanes, &[], 3).expect("decode");
+            assert_eq!(got, want, "{} {ty} untied={untied}", gpu.backend());
+            assert_eq!(gpu.waits() - waits, 3, "one read per chunk of 3 steps, 9 steps");
+            // Each cache holds the prompt and every choice but the last.
+            for (cache, &(p, _, n)) in caches.iter().zip(&prompts) {
+                assert_eq!(cache.len(), p.len() + n - 1);
+            }
+            // Stopping at lane 0's fourth token: each lane ends at its first stop token (mid-chunk).
+            let stop = want[0][3];
+            let cut: Vec<Vec<TokenId>> = want
+                .iter()
+                .map(|w| w.iter().position(|&t| t == stop).map_or(w.clone(), |k| w[..=k].to_vec()))
+                .collect();
+            let mut caches: Vec<_> = prompts.iter().map(|_| g.new_cache()).collect();
+            let mut lanes: Vec<GpuDecode<'_>> = caches
+                .iter_mut()
+                .zip(&prompts)
+                .map(|(cache, &(tokens, adapter, max_tokens))| GpuDecode { cache, tokens, adapter, max_tokens })
+                .collect();
+            assert_eq!(g.decode_greedy(&mut lanes, &[stop], 3).expect("decode"), cut);
+            // A stopped lane goes on from its cache (the positions written after the stop are
+            // overwritten) to the same tokens as a run that never stopped.
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let (_, adapter, n) = prompts[i];
+                assert_eq!(cache.len(), prompts[i].0.len() + cut[i].len() - 1);
+                if cut[i].len() == n {
+                    continue;
+                }
+                let last = [*cut[i].last().expect("a token")];
+                let lane = GpuDecode { cache, tokens: &last, adapter, max_tokens: n - cut[i].len() };
+                let rest = g.decode_greedy(&mut [lane], &[], 2).expect("go on").remove(0);
+                assert_eq!([cut[i].as_slice(), &rest].concat(), want[i], "lane {i} after its stop");
+            }
+        }
     }
 }

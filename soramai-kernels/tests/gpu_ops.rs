@@ -309,3 +309,57 @@ fn kv_scatter_writes_exactly_the_slots() {
         }
     }
 }
+
+#[test]
+fn embedding_rows_on_the_device_are_the_dequantized_rows() {
+    for gpu in common::gpu_devices() {
+        for ty in FORMATS {
+            let (rows, cols) = (300, 256);
+            let w = quant::quantize(ty, &rand_vec(9, rows * cols, 1.0)).expect("quantize");
+            let mut dense = vec![0f32; rows * cols];
+            quant::dequantize(ty, &w, &mut dense).expect("dequantize");
+            // Ids read from an offset into the buffer; repeated and extreme rows.
+            let tokens = [7u32, 299, 0, 299, 42, 150, 3];
+            let got = op::embed(&gpu, ty, &w, (rows, cols), &tokens, 2, 4).expect("embed");
+            let want: Vec<f64> = tokens[2..6]
+                .iter()
+                .flat_map(|&t| &dense[t as usize * cols..(t as usize + 1) * cols])
+                .map(|&v| v.into())
+                .collect();
+            let scale: Vec<f64> = want.iter().map(|v| v.abs()).collect();
+            assert_close(&format!("{} {ty} embed", gpu.backend()), &got, &want, &scale, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn argmax_on_the_device_picks_the_first_largest_as_the_host() {
+    for gpu in common::gpu_devices() {
+        // A vocabulary that is no multiple of the cube's 128 threads.
+        let vocab = 1000;
+        let mut z = rand_vec(4, 6 * vocab, 3.0);
+        // Row 1: a tie between two columns (the first wins), in different threads' columns.
+        z[vocab + 333] = 50.0;
+        z[vocab + 901] = 50.0;
+        // Row 2: NaNs never win.
+        for c in (0..vocab).step_by(3) {
+            z[2 * vocab + c] = f32::NAN;
+        }
+        // Row 3: everything -inf: 0, as the host's fold.
+        z[3 * vocab..4 * vocab].fill(f32::NEG_INFINITY);
+        // Row 4: the maximum in the last column; row 5: in the first.
+        z[5 * vocab - 1] = 99.0;
+        z[5 * vocab] = 99.0;
+        let host: Vec<u32> = z
+            .chunks(vocab)
+            .map(|r| {
+                r.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+                    as u32
+            })
+            .collect();
+        assert_eq!(&host[1..], &[333, host[2], 0, vocab as u32 - 1, 0]);
+        let got = op::argmax(&gpu, &z, vocab, 3).expect("argmax");
+        assert_eq!(&got[..3], &[u32::MAX; 3], "{}: ids before the base are untouched", gpu.backend());
+        assert_eq!(&got[3..], host.as_slice(), "{}", gpu.backend());
+    }
+}

@@ -36,6 +36,14 @@ impl Gpu {
     pub fn sync(&self) -> Result<()> {
         match self.0 {}
     }
+    /// Kernel launches.
+    pub fn launches(&self) -> u64 {
+        match self.0 {}
+    }
+    /// Times the host waited for the device.
+    pub fn waits(&self) -> u64 {
+        match self.0 {}
+    }
 }
 
 /// Options of a [`GpuModel`].
@@ -75,6 +83,22 @@ pub struct GpuLane<'a> {
     pub logits: Logits,
 }
 
+/// One sequence of a decode loop on the device.
+#[derive(Debug)]
+pub struct GpuDecode<'a> {
+    /// Its cache.
+    pub cache: &'a mut GpuCache,
+    /// What to feed first.
+    pub tokens: &'a [TokenId],
+    /// The name of a loaded adapter, if any.
+    pub adapter: Option<&'a str>,
+    /// At most this many tokens are chosen.
+    pub max_tokens: usize,
+}
+
+/// Steps a decode loop queues between two reads of the chosen tokens.
+pub const DECODE_CHUNK: usize = 16;
+
 /// A model on a GPU (none in this build).
 #[derive(Debug)]
 pub struct GpuModel(Infallible);
@@ -110,6 +134,15 @@ impl GpuModel {
     }
     /// One pass over the lanes.
     pub fn forward(&self, _lanes: &mut [GpuLane<'_>]) -> Result<Vec<Vec<f32>>> {
+        match self.0 {}
+    }
+    /// Greedy decoding with the loop on the device.
+    pub fn decode_greedy(
+        &self,
+        _lanes: &mut [GpuDecode<'_>],
+        _stop: &[TokenId],
+        _chunk: usize,
+    ) -> Result<Vec<Vec<TokenId>>> {
         match self.0 {}
     }
     /// Greedy decoding.

@@ -75,6 +75,11 @@ pub fn tiny_vocab(w: &mut GgufWriter) -> usize {
 
 /// A tiny random llama-family model (2 layers, 64 wide, GQA 4/2 heads) with weights of type `ty`.
 pub fn tiny_model_bytes(arch: &str, ty: GgmlType, seed: u64) -> Vec<u8> {
+    tiny_model_bytes_with(arch, ty, seed, false)
+}
+
+/// As [`tiny_model_bytes`], with an output projection of its own when `untied`.
+pub fn tiny_model_bytes_with(arch: &str, ty: GgmlType, seed: u64, untied: bool) -> Vec<u8> {
     let (d, nh, nkv, ff, layers) = (64usize, 4usize, 2usize, 128usize, 2usize);
     let hd = d / nh;
     let mut w = GgufWriter::new();
@@ -118,6 +123,9 @@ pub fn tiny_model_bytes(arch: &str, ty: GgmlType, seed: u64) -> Vec<u8> {
         mat(&mut w, &n("ffn_down.weight"), d, ff, next(d * ff, 0.3));
     }
     w.add_f32("output_norm.weight", &[d as u64], GgmlType::F32, &vec![1.0; d]).expect("t");
+    if untied {
+        mat(&mut w, "output.weight", vocab, d, next(vocab * d, 0.5));
+    }
     w.to_bytes()
 }
 

@@ -75,6 +75,8 @@ pub struct Gpu {
     pub(super) backend: Backend,
     /// Kernel launches since the device was opened (shared by clones).
     pub(super) launches: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Times the host waited for the device (reads and syncs; shared by clones).
+    waits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -106,7 +108,7 @@ impl Gpu {
         let client = std::panic::catch_unwind(|| Client::open(backend)).map_err(|_| {
             Error::Backend(format!("no {backend} device could be opened (no driver or no device on this machine)"))
         })??;
-        Ok(Gpu { client, backend, launches: Default::default() })
+        Ok(Gpu { client, backend, launches: Default::default(), waits: Default::default() })
     }
 
     /// The backend.
@@ -116,6 +118,7 @@ impl Gpu {
 
     /// Waits until the device has finished every queued launch and transfer.
     pub fn sync(&self) -> Result<()> {
+        self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         with_client!(&self.client, |c, R| cubecl::future::block_on(c.sync()))
             .map_err(|e| Error::Backend(format!("device sync: {e:?}")))
     }
@@ -124,6 +127,13 @@ impl Gpu {
     /// dispatches a step costs (the benchmark prints it per decode step and layer).
     pub fn launches(&self) -> u64 {
         self.launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Times the host has waited for the device (a read of a buffer, a sync) since it was
+    /// opened, by this handle and its clones: a decode loop on the device waits once per chunk of
+    /// steps, not once per token.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The device's name as the runtime gives it.
@@ -241,9 +251,19 @@ impl Gpu {
     }
 
     pub(crate) fn read(&self, b: &Buf) -> Result<Vec<f32>> {
+        self.read_with(b, |bytes| f32::from_bytes(bytes)[..b.len].to_vec())
+    }
+
+    /// A buffer of `u32` (token ids) back on the host.
+    pub(crate) fn read_u32(&self, b: &Buf) -> Result<Vec<u32>> {
+        self.read_with(b, |bytes| u32::from_bytes(bytes)[..b.len].to_vec())
+    }
+
+    fn read_with<T>(&self, b: &Buf, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+        self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bytes = with_client!(&self.client, |c, R| c.read_one(b.handle.clone()))
             .map_err(|e| Error::Backend(format!("device read: {e:?}")))?;
-        Ok(f32::from_bytes(&bytes)[..b.len].to_vec())
+        Ok(f(&bytes))
     }
 
     pub(super) fn cubes(n: usize, per: u32) -> u32 {

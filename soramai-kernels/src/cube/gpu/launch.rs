@@ -220,6 +220,57 @@ impl Gpu {
         );
     }
 
+    /// `x[r] = w[tokens[base + r]]` for `n` rows: the embedding rows of token ids that are on
+    /// the device (uploaded, or chosen there by [`Gpu::argmax`]).
+    pub(crate) fn embed(&self, w: &GpuMat, tokens: &Buf, base: usize, x: &Buf, n: usize) {
+        let count = Self::cubes_1d(n * w.cols, 256);
+        match &w.data {
+            GpuWeights::Quant { bits, scales, mins, quants } => launch!(
+                self,
+                embed_q,
+                count,
+                CubeDim::new_1d(256),
+                scales.arg(),
+                mins.arg(),
+                quants.arg(),
+                tokens.arg(),
+                x.arg(),
+                base as u32,
+                n as u32,
+                (w.cols / 32) as u32,
+                *bits,
+            ),
+            GpuWeights::F32(m) => launch!(
+                self,
+                embed_f32,
+                count,
+                CubeDim::new_1d(256),
+                m.arg(),
+                tokens.arg(),
+                x.arg(),
+                base as u32,
+                n as u32,
+                w.cols as u32,
+            ),
+        }
+    }
+
+    /// `tokens[base + r] = argmax z[r]` for `nrows` rows of `vocab` logits (the first index of the
+    /// largest, as the host's greedy choice).
+    pub(crate) fn argmax(&self, z: &Buf, tokens: &Buf, nrows: usize, vocab: usize, base: usize) {
+        launch!(
+            self,
+            argmax_rows,
+            Self::cubes_1d(nrows, 1),
+            CubeDim::new_1d(ROW_THREADS),
+            z.arg(),
+            tokens.arg(),
+            vocab as u32,
+            nrows as u32,
+            base as u32,
+        );
+    }
+
     pub(crate) fn rms_norm(&self, x: &Buf, w: &Buf, out: &Buf, nrows: usize, eps: f32) {
         launch!(
             self,

@@ -72,10 +72,27 @@ pub struct GpuLane<'a> {
     pub logits: Logits,
 }
 
-/// A step's rows on the host, one per new token of every lane.
+/// One sequence of a decode loop on the device ([`GpuModel::decode_greedy`]).
+#[derive(Debug)]
+pub struct GpuDecode<'a> {
+    /// Its cache; every token fed is appended (the last token chosen is not: feed it next).
+    pub cache: &'a mut GpuCache,
+    /// What to feed first: a prompt, or the last token chosen before; at least one token.
+    pub tokens: &'a [TokenId],
+    /// The name of a loaded adapter, if any.
+    pub adapter: Option<&'a str>,
+    /// At most this many tokens are chosen.
+    pub max_tokens: usize,
+}
+
+/// Steps a decode loop queues on the device between two reads of the chosen tokens
+/// ([`GpuModel::greedy`]).
+pub const DECODE_CHUNK: usize = 16;
+
+/// A step's rows on the host, one per new token of every lane (the token ids go up apart, or
+/// are on the device already).
 struct StepRows {
     n: usize,
-    x: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
     slots: Vec<u32>,
@@ -250,13 +267,11 @@ impl GpuModel {
     pub fn forward(&self, lanes: &mut [GpuLane<'_>]) -> Result<Vec<Vec<f32>>> {
         let adapters = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
         // Everything is validated before the cache is touched.
-        let lane_slot = self.validate(lanes, &adapters)?;
-        self.reserve_pages(lanes)?;
-        let rows = self.step_rows(lanes, &lane_slot)?;
-        let step = self.upload_step(&rows, &adapters);
-        for (l, layer) in self.weights.layers.iter().enumerate() {
-            self.layer(l, layer, &step, &adapters);
-        }
+        let lane_slot = self.validate(lanes.iter().map(|l| (&*l.cache, l.tokens, l.adapter, 0)), &adapters)?;
+        self.reserve_pages(lanes.iter_mut().map(|l| (&mut *l.cache, l.tokens.len())).collect())?;
+        let rows = self.step_rows(lanes.iter().zip(&lane_slot).map(|(l, &slot)| (&*l.cache, l.tokens.len(), slot)));
+        let ids: Vec<TokenId> = lanes.iter().flat_map(|l| l.tokens.iter().copied()).collect();
+        let step = self.run_step(&rows, &self.gpu.upload_u32(&ids), 0, &adapters);
         drop(adapters);
         for lane in lanes.iter_mut() {
             lane.cache.len += lane.tokens.len();
@@ -264,26 +279,133 @@ impl GpuModel {
         self.outputs(lanes, &rows.spans, &step)
     }
 
-    /// Checks every lane (tokens, cache, context, adapter); returns each lane's adapter slot
-    /// (`u32::MAX` for none).
-    fn validate(&self, lanes: &[GpuLane<'_>], adapters: &Adapters) -> Result<Vec<u32>> {
+    /// Greedy decoding with the loop on the device: each lane feeds its tokens, then every step
+    /// the device picks each lane's next token (argmax of its logits) and embeds it for the step
+    /// after, so the host only queues steps. It reads the chosen tokens back every `chunk` steps
+    /// (one wait for the device per chunk, not per token), ends a lane at a `stop` token or at its
+    /// `max_tokens`, and queues the next chunk for the lanes left. Returns per lane the tokens
+    /// chosen, a stop token included. Lanes are checked (tokens, cache, adapter, the context for
+    /// every position the decode can reach) and the KV pages for all of those positions taken,
+    /// all or none, before anything runs.
+    pub fn decode_greedy(
+        &self,
+        lanes: &mut [GpuDecode<'_>],
+        stop: &[TokenId],
+        chunk: usize,
+    ) -> Result<Vec<Vec<TokenId>>> {
+        if chunk == 0 {
+            return Err(Error::Request("a decode chunk is at least one step".into()));
+        }
+        let adapters = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        let lane_slot = self.validate(
+            lanes.iter().map(|l| (&*l.cache, l.tokens, l.adapter, l.max_tokens.saturating_sub(1))),
+            &adapters,
+        )?;
+        // The pages of every position the decode can write, all or none, before anything runs.
+        self.reserve_pages(
+            lanes
+                .iter_mut()
+                .filter(|l| l.max_tokens > 0)
+                .map(|l| {
+                    let n = l.tokens.len() + l.max_tokens - 1;
+                    (&mut *l.cache, n)
+                })
+                .collect(),
+        )?;
+        let mut chosen: Vec<Vec<TokenId>> = vec![Vec::new(); lanes.len()];
+        // What each lane feeds next: its tokens first, then its last choice.
+        let mut feed: Vec<Vec<TokenId>> = lanes.iter().map(|l| l.tokens.to_vec()).collect();
+        let mut live: Vec<usize> = (0..lanes.len()).filter(|&i| lanes[i].max_tokens > 0).collect();
+        while !live.is_empty() {
+            // The lanes with the most steps left first: a step's lanes are then a prefix.
+            let left = |i: usize| lanes[i].max_tokens - chosen[i].len();
+            live.sort_by_key(|&i| std::cmp::Reverse(left(i)));
+            let steps: Vec<usize> = live.iter().map(|&i| left(i).min(chunk)).collect();
+            let start: Vec<usize> = live.iter().map(|&i| lanes[i].cache.len).collect();
+            let m = live.len();
+            // Step `s` writes the tokens it chooses at `ring[s·m ..]`; step `s + 1` embeds them.
+            let ring = self.gpu.scratch(steps[0] * m);
+            for s in 0..steps[0] {
+                let lanes_s = steps.iter().take_while(|&&k| k > s).count();
+                let step_lanes = &live[..lanes_s];
+                let fed = |i: usize| if s == 0 { feed[i].len() } else { 1 };
+                let rows = self.step_rows(step_lanes.iter().map(|&i| (&*lanes[i].cache, fed(i), lane_slot[i])));
+                let step = if s == 0 {
+                    let ids: Vec<TokenId> = step_lanes.iter().flat_map(|&i| feed[i].iter().copied()).collect();
+                    self.run_step(&rows, &self.gpu.upload_u32(&ids), 0, &adapters)
+                } else {
+                    self.run_step(&rows, &ring, (s - 1) * m, &adapters)
+                };
+                for &i in step_lanes {
+                    lanes[i].cache.len += fed(i);
+                }
+                self.choose(&step, &rows.spans, &ring, s * m);
+            }
+            let ring = self.gpu.read_u32(&ring)?;
+            for (j, &i) in live.iter().enumerate() {
+                let before = chosen[i].len();
+                for s in 0..steps[j] {
+                    let t = ring[s * m + j];
+                    chosen[i].push(t);
+                    if stop.contains(&t) {
+                        break;
+                    }
+                }
+                // The cache holds what was fed and every choice but the last; positions written
+                // after a stop are past its length (overwritten when the sequence goes on).
+                lanes[i].cache.len = start[j] + feed[i].len() + (chosen[i].len() - before) - 1;
+                feed[i] = chosen[i].last().map(|&t| vec![t]).unwrap_or_default();
+            }
+            live.retain(|&i| {
+                chosen[i].len() < lanes[i].max_tokens && !chosen[i].last().is_some_and(|t| stop.contains(t))
+            });
+        }
+        Ok(chosen)
+    }
+
+    /// Each lane's next token from its last row of the step (the logits stay on the device):
+    /// `ring[base + j]` for lane `j`.
+    fn choose(&self, s: &Step, spans: &[std::ops::Range<usize>], ring: &Buf, base: usize) {
+        let (g, c) = (&self.gpu, &self.model.config);
+        let m = spans.len();
+        let gathered;
+        let last = if s.n == m {
+            &s.xn
+        } else {
+            let rows: Vec<u32> = spans.iter().map(|r| (r.end - 1) as u32).collect();
+            gathered = g.scratch(m * c.n_embd);
+            g.gather_rows(&s.xn, &g.upload_u32(&rows), &gathered, m, c.n_embd);
+            &gathered
+        };
+        let logits = g.scratch(m * c.vocab);
+        g.matmul(&self.weights.output, last, m, &logits, false);
+        g.argmax(&logits, ring, m, c.vocab, base);
+    }
+
+    /// Checks every lane (tokens, cache, the context its tokens and `extra` positions after them
+    /// need, adapter); returns each lane's adapter slot (`u32::MAX` for none).
+    fn validate<'c>(
+        &self,
+        lanes: impl Iterator<Item = (&'c GpuCache, &'c [TokenId], Option<&'c str>, usize)>,
+        adapters: &Adapters,
+    ) -> Result<Vec<u32>> {
         let c = &self.model.config;
-        let mut lane_slot = Vec::with_capacity(lanes.len());
-        for lane in lanes {
-            if lane.tokens.is_empty() {
+        let mut lane_slot = Vec::new();
+        for (cache, tokens, adapter, extra) in lanes {
+            if tokens.is_empty() {
                 return Err(Error::Request("a lane has no tokens".into()));
             }
-            if let Some(&t) = lane.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
                 return Err(Error::Request(format!("token id {t} is outside the {}-token vocabulary", c.vocab)));
             }
-            if !Arc::ptr_eq(&lane.cache.free, &self.free) {
+            if !Arc::ptr_eq(&cache.free, &self.free) {
                 return Err(Error::Request("a KV cache from another model".into()));
             }
-            let end = lane.cache.len + lane.tokens.len();
+            let end = cache.len.saturating_add(tokens.len()).saturating_add(extra);
             if end > c.n_ctx {
                 return Err(Error::Request(format!("{end} tokens exceed the {}-token context", c.n_ctx)));
             }
-            lane_slot.push(match lane.adapter {
+            lane_slot.push(match adapter {
                 None => u32::MAX,
                 Some(name) => adapters
                     .names
@@ -296,36 +418,33 @@ impl GpuModel {
         Ok(lane_slot)
     }
 
-    /// Takes the pages the lanes' new positions need from the pool, all or none.
-    fn reserve_pages(&self, lanes: &mut [GpuLane<'_>]) -> Result<()> {
+    /// Takes from the pool the pages for each cache's next `n` positions, all or none.
+    fn reserve_pages(&self, mut needs: Vec<(&mut GpuCache, usize)>) -> Result<()> {
         let page = self.options.page;
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let need: usize = lanes
-            .iter()
-            .map(|l| (l.cache.len + l.tokens.len()).div_ceil(page).saturating_sub(l.cache.pages.len()))
-            .sum();
+        let need: usize =
+            needs.iter().map(|(cache, n)| (cache.len + n).div_ceil(page).saturating_sub(cache.pages.len())).sum();
         if need > free.len() {
             return Err(Error::Request(format!("the GPU KV cache is full ({} free pages, {need} needed)", free.len())));
         }
-        for lane in lanes.iter_mut() {
-            while lane.cache.pages.len() * page < lane.cache.len + lane.tokens.len() {
+        for (cache, n) in needs.iter_mut() {
+            while cache.pages.len() * page < cache.len + *n {
                 let p = free.pop().ok_or_else(|| Error::Request("the GPU KV cache is full".into()))?;
-                lane.cache.pages.push(p);
+                cache.pages.push(p);
             }
         }
         Ok(())
     }
 
-    /// The step's rows on the host: embeddings, RoPE angles, cache slots, positions, page tables
-    /// and adapter slots, one row per new token.
-    fn step_rows(&self, lanes: &[GpuLane<'_>], lane_slot: &[u32]) -> Result<StepRows> {
+    /// The step's rows on the host for lanes of `(cache, new tokens, adapter slot)`: RoPE angles,
+    /// cache slots, positions, page tables and adapter slots, one row per new token.
+    fn step_rows<'c>(&self, lanes: impl Iterator<Item = (&'c GpuCache, usize, u32)> + Clone) -> StepRows {
         let c = &self.model.config;
-        let (d, page) = (c.n_embd, self.options.page);
-        let n: usize = lanes.iter().map(|l| l.tokens.len()).sum();
+        let page = self.options.page;
+        let n: usize = lanes.clone().map(|(_, ntok, _)| ntok).sum();
         let h2 = c.rope_dims / 2;
         let mut rows = StepRows {
             n,
-            x: vec![0f32; n * d],
             cos: vec![0f32; n * h2],
             sin: vec![0f32; n * h2],
             slots: Vec::with_capacity(n),
@@ -333,16 +452,15 @@ impl GpuModel {
             starts: Vec::with_capacity(n),
             table: Vec::new(),
             adapter: Vec::with_capacity(n),
-            spans: Vec::with_capacity(lanes.len()),
+            spans: Vec::new(),
         };
         let mut r = 0;
-        for (lane, &slot) in lanes.iter().zip(lane_slot) {
+        for (cache, ntok, slot) in lanes {
             let start = rows.table.len() as u32;
-            rows.table.extend_from_slice(&lane.cache.pages);
-            rows.spans.push(r..r + lane.tokens.len());
-            for (k, &t) in lane.tokens.iter().enumerate() {
-                let p = lane.cache.len + k;
-                self.model.tok_embd.dequantize_row(t as usize, &mut rows.x[r * d..(r + 1) * d])?;
+            rows.table.extend_from_slice(&cache.pages);
+            rows.spans.push(r..r + ntok);
+            for k in 0..ntok {
+                let p = cache.len + k;
                 ops::rope_angles(
                     p,
                     c.rope_dims,
@@ -350,18 +468,32 @@ impl GpuModel {
                     &mut rows.cos[r * h2..(r + 1) * h2],
                     &mut rows.sin[r * h2..(r + 1) * h2],
                 );
-                rows.slots.push(lane.cache.pages[p / page] * page as u32 + (p % page) as u32);
+                rows.slots.push(cache.pages[p / page] * page as u32 + (p % page) as u32);
                 rows.pos.push(p as u32);
                 rows.starts.push(start);
                 rows.adapter.push(slot);
                 r += 1;
             }
         }
-        Ok(rows)
+        rows
     }
 
-    /// Uploads the step's rows and makes its scratch buffers, each written in full by the kernel
-    /// that produces it before anything reads it.
+    /// One pass of the model over a step: its rows go up, the token ids at `tokens[base..]` (on
+    /// the device) are embedded there, every layer runs, and the final norm leaves the normed rows
+    /// in the step's `xn`.
+    fn run_step(&self, rows: &StepRows, tokens: &Buf, base: usize, adapters: &Adapters) -> Step {
+        let c = &self.model.config;
+        let step = self.upload_step(rows, adapters);
+        self.gpu.embed(self.weights.embeddings(), tokens, base, &step.x, rows.n);
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            self.layer(l, layer, &step, adapters);
+        }
+        self.gpu.rms_norm(&step.x, &self.weights.output_norm, &step.xn, rows.n, c.eps);
+        step
+    }
+
+    /// Uploads the step's rows and makes its buffers, each written in full by the kernel that
+    /// produces it before anything reads it (`x` by the embedding).
     fn upload_step(&self, rows: &StepRows, adapters: &Adapters) -> Step {
         let c = &self.model.config;
         let (g, n) = (&self.gpu, rows.n);
@@ -369,7 +501,7 @@ impl GpuModel {
         let max_rank = adapters.banks.values().map(|b| b.rank).max().unwrap_or(1);
         Step {
             n,
-            x: g.upload(&rows.x),
+            x: g.scratch(n * d),
             cos: g.upload(&rows.cos),
             sin: g.upload(&rows.sin),
             slots: g.upload_u32(&rows.slots),
@@ -451,12 +583,11 @@ impl GpuModel {
         lora(Target::Down, &s.gate, &s.x);
     }
 
-    /// The final norm on the device, then per lane what it asked for: the wanted rows' logits
-    /// (projected on the device), mean hidden states, or nothing.
+    /// Per lane what it asked for of the step's normed rows: the wanted rows' logits (projected
+    /// on the device), mean hidden states, or nothing.
     fn outputs(&self, lanes: &[GpuLane<'_>], spans: &[std::ops::Range<usize>], s: &Step) -> Result<Vec<Vec<f32>>> {
         let c = &self.model.config;
         let (g, n, d) = (&self.gpu, s.n, c.n_embd);
-        g.rms_norm(&s.x, &self.weights.output_norm, &s.xn, n, c.eps);
         let wanted: Vec<usize> = lanes
             .iter()
             .zip(spans)
@@ -512,19 +643,12 @@ impl GpuModel {
         Ok(result)
     }
 
-    /// Greedy decoding of `max_tokens` after `prompt` (for tests and benchmarks).
+    /// Greedy decoding of `max_tokens` after `prompt`, the loop on the device
+    /// ([`GpuModel::decode_greedy`], reading the tokens back every [`DECODE_CHUNK`] steps).
     pub fn greedy(&self, prompt: &[TokenId], max_tokens: usize, adapter: Option<&str>) -> Result<Vec<TokenId>> {
         let mut cache = self.new_cache();
-        let mut out = Vec::with_capacity(max_tokens);
-        let mut next = prompt.to_vec();
-        for _ in 0..max_tokens {
-            let logits =
-                self.forward(&mut [GpuLane { cache: &mut cache, tokens: &next, adapter, logits: Logits::Last }])?;
-            let t = argmax(&logits[0]);
-            out.push(t);
-            next = vec![t];
-        }
-        Ok(out)
+        let lane = GpuDecode { cache: &mut cache, tokens: prompt, adapter, max_tokens };
+        Ok(self.decode_greedy(&mut [lane], &[], DECODE_CHUNK)?.remove(0))
     }
 }
 
@@ -534,9 +658,4 @@ pub(crate) fn check_head_dim(c: &crate::model::Config) -> Result<()> {
         return Err(Error::Backend(format!("head dimension {} is too large for the GPU kernels", c.head_dim)));
     }
     Ok(())
-}
-
-fn argmax(v: &[f32]) -> TokenId {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
-        as TokenId
 }

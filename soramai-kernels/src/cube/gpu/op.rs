@@ -351,3 +351,29 @@ pub fn scatter(gpu: &Gpu, src: &[f32], slots: &[u32], slots_total: usize, width:
     gpu.scatter_rows(&gpu.upload(src), &gpu.upload_u32(slots), &cache, slots.len(), width);
     gpu.read(&cache)
 }
+
+/// Rows `tokens[base..base + n]` of a `rows × cols` matrix in GGUF format `ty`, embedded on the
+/// device.
+pub fn embed(
+    gpu: &Gpu,
+    ty: crate::quant::GgmlType,
+    w: &[u8],
+    (rows, cols): (usize, usize),
+    tokens: &[u32],
+    base: usize,
+    n: usize,
+) -> Result<Vec<f32>> {
+    let m = GpuMat::from_packed(gpu, pack(ty, w, rows, cols)?, rows, cols)?;
+    let out = gpu.poisoned(n * cols);
+    gpu.embed(&m, &gpu.upload_u32(tokens), base, &out, n);
+    gpu.read(&out)
+}
+
+/// The device's greedy choice for each row of `vocab` logits, written at `base..` of a buffer of
+/// `base + rows` ids (the ones before `base` are left as they were: `u32::MAX`).
+pub fn argmax(gpu: &Gpu, z: &[f32], vocab: usize, base: usize) -> Result<Vec<u32>> {
+    let nrows = z.len() / vocab;
+    let out = gpu.upload_u32(&vec![u32::MAX; base + nrows]);
+    gpu.argmax(&gpu.upload(z), &out, nrows, vocab, base);
+    gpu.read_u32(&out)
+}

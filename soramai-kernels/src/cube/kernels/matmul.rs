@@ -118,7 +118,7 @@ pub(super) fn reduce_lanes(shared: &mut SharedMemory<f32>, base: u32, lane: u32)
 /// Code `j` (0..32) of block `bi` in the layouts of [`matmul_q`]: 4-bit, byte `j % 16` of the
 /// block's 4 words, low nibble for `j < 16`; 8-bit, byte `j` of its 8 words.
 #[cube]
-fn block_code(quants: &Array<u32>, bi: u32, j: u32, #[comptime] bits: u32) -> u32 {
+pub(super) fn block_code(quants: &Array<u32>, bi: u32, j: u32, #[comptime] bits: u32) -> u32 {
     if bits == 4 {
         let byte = j % 16u32;
         let word = quants[(bi * 4u32 + byte / 4u32) as usize];

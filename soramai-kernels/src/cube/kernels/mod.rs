@@ -14,12 +14,14 @@ pub const ROW_THREADS: u32 = 128;
 pub const ATTN_CHUNK: u32 = 1024;
 
 mod backward;
+mod decode;
 mod fused;
 mod layer;
 mod matmul;
 mod step;
 
 pub use backward::*;
+pub use decode::*;
 pub use fused::*;
 pub use layer::*;
 pub use matmul::*;
