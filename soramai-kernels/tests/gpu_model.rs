@@ -306,6 +306,18 @@ fn host_greedy(g: &GpuModel, prompt: &[TokenId], adapter: Option<&str>, n: usize
     out
 }
 
+/// A decode lane per cache and (tokens, adapter, max_tokens).
+fn decode_lanes<'a>(
+    caches: &'a mut [soramai_kernels::cube::GpuCache],
+    prompts: &[(&'a [TokenId], Option<&'a str>, usize)],
+) -> Vec<GpuDecode<'a>> {
+    caches
+        .iter_mut()
+        .zip(prompts)
+        .map(|(cache, &(tokens, adapter, max_tokens))| GpuDecode { cache, tokens, adapter, max_tokens })
+        .collect()
+}
+
 /// The decode loop on the device (argmax and embedding there, tokens read back once a chunk)
 /// chooses the tokens the host would, for a batch mixing prompt lengths, adapters and lengths,
 /// on tied and untied models; stops mid-chunk and goes on from the cache it leaves; waits for the
@@ -333,11 +345,7 @@ fn the_decode_loop_on_the_device_chooses_what_the_host_would() {
             let want: Vec<Vec<TokenId>> = prompts.iter().map(|&(p, a, n)| host_greedy(&g, p, a, n)).collect();
             // One batch in chunks of 3: the lanes end at different steps, chunks cross their ends.
             let mut caches: Vec<_> = prompts.iter().map(|_| g.new_cache()).collect();
-            let mut lanes: Vec<GpuDecode<'_>> = caches
-                .iter_mut()
-                .zip(&prompts)
-                .map(|(cache, &(tokens, adapter, max_tokens))| GpuDecode { cache, tokens, adapter, max_tokens })
-                .collect();
+            let mut lanes = decode_lanes(&mut caches, &prompts);
             let waits = gpu.waits();
             let got = g.decode_greedy(&mut lanes, &[], 3).expect("decode");
             assert_eq!(got, want, "{} {ty} untied={untied}", gpu.backend());
@@ -353,11 +361,7 @@ fn the_decode_loop_on_the_device_chooses_what_the_host_would() {
                 .map(|w| w.iter().position(|&t| t == stop).map_or(w.clone(), |k| w[..=k].to_vec()))
                 .collect();
             let mut caches: Vec<_> = prompts.iter().map(|_| g.new_cache()).collect();
-            let mut lanes: Vec<GpuDecode<'_>> = caches
-                .iter_mut()
-                .zip(&prompts)
-                .map(|(cache, &(tokens, adapter, max_tokens))| GpuDecode { cache, tokens, adapter, max_tokens })
-                .collect();
+            let mut lanes = decode_lanes(&mut caches, &prompts);
             assert_eq!(g.decode_greedy(&mut lanes, &[stop], 3).expect("decode"), cut);
             // A stopped lane goes on from its cache (the positions written after the stop are
             // overwritten) to the same tokens as a run that never stopped.

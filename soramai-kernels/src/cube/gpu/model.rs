@@ -366,20 +366,28 @@ impl GpuModel {
     /// Each lane's next token from its last row of the step (the logits stay on the device):
     /// `ring[base + j]` for lane `j`.
     fn choose(&self, s: &Step, spans: &[std::ops::Range<usize>], ring: &Buf, base: usize) {
+        let last: Vec<usize> = spans.iter().map(|r| r.end - 1).collect();
+        let logits = self.project(s, &last);
+        self.gpu.argmax(&logits, ring, last.len(), self.model.config.vocab, base);
+    }
+
+    /// The vocabulary logits of the step's normed rows `rows`, on the device: the projection
+    /// reads the rows where they are when they are all of them (decode steps, full-sequence
+    /// scoring), else gathered there first.
+    fn project(&self, s: &Step, rows: &[usize]) -> Buf {
         let (g, c) = (&self.gpu, &self.model.config);
-        let m = spans.len();
         let gathered;
-        let last = if s.n == m {
+        let src = if rows.len() == s.n {
             &s.xn
         } else {
-            let rows: Vec<u32> = spans.iter().map(|r| (r.end - 1) as u32).collect();
-            gathered = g.scratch(m * c.n_embd);
-            g.gather_rows(&s.xn, &g.upload_u32(&rows), &gathered, m, c.n_embd);
+            let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            gathered = g.scratch(rows.len() * c.n_embd);
+            g.gather_rows(&s.xn, &g.upload_u32(&idx), &gathered, rows.len(), c.n_embd);
             &gathered
         };
-        let logits = g.scratch(m * c.vocab);
-        g.matmul(&self.weights.output, last, m, &logits, false);
-        g.argmax(&logits, ring, m, c.vocab, base);
+        let logits = g.scratch(rows.len() * c.vocab);
+        g.matmul(&self.weights.output, src, rows.len(), &logits, false);
+        logits
     }
 
     /// Checks every lane (tokens, cache, the context its tokens and `extra` positions after them
@@ -587,7 +595,7 @@ impl GpuModel {
     /// on the device), mean hidden states, or nothing.
     fn outputs(&self, lanes: &[GpuLane<'_>], spans: &[std::ops::Range<usize>], s: &Step) -> Result<Vec<Vec<f32>>> {
         let c = &self.model.config;
-        let (g, n, d) = (&self.gpu, s.n, c.n_embd);
+        let (g, d) = (&self.gpu, c.n_embd);
         let wanted: Vec<usize> = lanes
             .iter()
             .zip(spans)
@@ -597,26 +605,9 @@ impl GpuModel {
                 Logits::All => span.clone(),
             })
             .collect();
-        // When every row wants logits (decode steps, full-sequence scoring) the projection reads
-        // the normed rows where they are; otherwise the wanted rows come back and go up again.
-        let every_row = wanted.len() == n;
-        let need_hidden = lanes.iter().any(|l| l.logits == Logits::MeanHidden) || (!wanted.is_empty() && !every_row);
-        let hidden = if need_hidden { g.read(&s.xn)? } else { Vec::new() };
-        let logits = if wanted.is_empty() {
-            Vec::new()
-        } else if every_row {
-            let out = g.scratch(n * c.vocab);
-            g.matmul(&self.weights.output, &s.xn, n, &out, false);
-            g.read(&out)?
-        } else {
-            let mut h = vec![0f32; wanted.len() * d];
-            for (k, &row) in wanted.iter().enumerate() {
-                h[k * d..(k + 1) * d].copy_from_slice(&hidden[row * d..(row + 1) * d]);
-            }
-            let out = g.scratch(wanted.len() * c.vocab);
-            g.matmul(&self.weights.output, &g.upload(&h), wanted.len(), &out, false);
-            g.read(&out)?
-        };
+        // Only mean hidden states bring the rows back; logits come back projected.
+        let hidden = if lanes.iter().any(|l| l.logits == Logits::MeanHidden) { g.read(&s.xn)? } else { Vec::new() };
+        let logits = if wanted.is_empty() { Vec::new() } else { g.read(&self.project(s, &wanted))? };
         let mut result = Vec::with_capacity(lanes.len());
         let mut at = 0;
         for (lane, span) in lanes.iter().zip(spans) {
