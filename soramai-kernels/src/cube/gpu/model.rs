@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::super::kernels::ROW_THREADS;
-use super::{AttnShape, Buf, DeviceWeights, Gpu, GpuLayer, LoraBank};
+use super::{AttnShape, Buf, DeviceWeights, Gpu, GpuLayer, GpuMat, LoraBank};
 use crate::cpu::ops::{self};
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, Target};
@@ -134,6 +134,8 @@ pub struct GpuModel {
     gpu: Gpu,
     model: Arc<Model>,
     weights: DeviceWeights,
+    /// The token embeddings when they are not the output projection (untied models).
+    embeddings: Option<GpuMat>,
     k_cache: Vec<Buf>,
     v_cache: Vec<Buf>,
     free: Arc<Mutex<Vec<u32>>>,
@@ -170,7 +172,11 @@ impl GpuModel {
         let k_cache = (0..c.n_layer).map(|_| gpu.zeros(slots)).collect();
         let v_cache = (0..c.n_layer).map(|_| gpu.zeros(slots)).collect();
         let free = Arc::new(Mutex::new((0..pages as u32).rev().collect()));
-        Ok(GpuModel { gpu, weights, k_cache, v_cache, free, options, adapters: Mutex::new(Adapters::default()), model })
+        // Tied models embed from the output matrix (its clone keeps the embeddings' name).
+        let untied = model.output.name != model.tok_embd.name;
+        let embeddings = if untied { Some(GpuMat::upload(&gpu, &model.tok_embd)?) } else { None };
+        let adapters = Mutex::new(Adapters::default());
+        Ok(GpuModel { gpu, weights, embeddings, k_cache, v_cache, free, options, adapters, model })
     }
 
     /// The device.
@@ -492,7 +498,8 @@ impl GpuModel {
     fn run_step(&self, rows: &StepRows, tokens: &Buf, base: usize, adapters: &Adapters) -> Step {
         let c = &self.model.config;
         let step = self.upload_step(rows, adapters);
-        self.gpu.embed(self.weights.embeddings(), tokens, base, &step.x, rows.n);
+        let embeddings = self.embeddings.as_ref().unwrap_or(&self.weights.output);
+        self.gpu.embed(embeddings, tokens, base, &step.x, rows.n);
         for (l, layer) in self.weights.layers.iter().enumerate() {
             self.layer(l, layer, &step, adapters);
         }

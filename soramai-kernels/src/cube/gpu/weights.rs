@@ -89,16 +89,15 @@ impl GpuLayer {
     }
 }
 
-/// A model's frozen weights on the device, uploaded once, the token embeddings included (a step
-/// sends token ids, not rows, and a decode loop embeds the ids it chose on the device).
+/// A model's frozen weights on the device, uploaded once: the layers and the output projection
+/// (an untied model's token embeddings are [`GpuModel`](super::GpuModel)'s own upload; the
+/// trainer embeds on the host).
 #[derive(Debug)]
 pub(crate) struct DeviceWeights {
     pub(crate) layers: Vec<GpuLayer>,
     pub(crate) output_norm: Buf,
     pub(crate) output: GpuMat,
-    /// The token embeddings when they are not the output projection (untied models).
-    embeddings: Option<GpuMat>,
-    /// Bytes of the matrices a decode step reads in full (the embeddings' few rows not counted).
+    /// Bytes of matrices on the device.
     pub(crate) bytes: usize,
 }
 
@@ -126,14 +125,6 @@ impl DeviceWeights {
             });
         }
         let output = up(&model.output)?;
-        // Tied models share one matrix (the clone keeps the embeddings' name).
-        let embeddings =
-            if model.output.name == model.tok_embd.name { None } else { Some(GpuMat::upload(gpu, &model.tok_embd)?) };
-        Ok(DeviceWeights { layers, output_norm: gpu.upload(&model.output_norm), output, embeddings, bytes })
-    }
-
-    /// The token embeddings (`vocab × n_embd`).
-    pub(crate) fn embeddings(&self) -> &GpuMat {
-        self.embeddings.as_ref().unwrap_or(&self.output)
+        Ok(DeviceWeights { layers, output_norm: gpu.upload(&model.output_norm), output, bytes })
     }
 }
