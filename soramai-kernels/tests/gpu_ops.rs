@@ -329,6 +329,12 @@ fn embedding_rows_on_the_device_are_the_dequantized_rows() {
             let scale: Vec<f64> = want.iter().map(|v| v.abs()).collect();
             assert_close(&format!("{} {ty} embed", gpu.backend()), &got, &want, &scale, 1e-6);
         }
+        // An id past the matrix, or a window past the ids, is refused before anything runs.
+        let w = quant::quantize(GgmlType::Q8_0, &rand_vec(2, 4 * 32, 1.0)).expect("quantize");
+        for (tokens, base, n) in [(vec![0u32, 4], 0, 2), (vec![1, 2], 1, 2), (vec![1], usize::MAX, 2)] {
+            let r = op::embed(&gpu, GgmlType::Q8_0, &w, (4, 32), &tokens, base, n);
+            assert!(matches!(r, Err(soramai_kernels::Error::Request(_))), "{tokens:?} {base} {n}");
+        }
     }
 }
 
@@ -361,5 +367,9 @@ fn argmax_on_the_device_picks_the_first_largest_as_the_host() {
         let got = op::argmax(&gpu, &z, vocab, 3).expect("argmax");
         assert_eq!(&got[..3], &[u32::MAX; 3], "{}: ids before the base are untouched", gpu.backend());
         assert_eq!(&got[3..], host.as_slice(), "{}", gpu.backend());
+        for (len, vocab) in [(10, 0), (0, 4), (10, 4)] {
+            let r = op::argmax(&gpu, &vec![0.0; len], vocab, 0);
+            assert!(matches!(r, Err(soramai_kernels::Error::Request(_))), "{len} logits, vocab {vocab}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 use super::super::pack::pack;
 use super::{AttnShape, Gpu, GpuMat, LoraBank, row_ends};
 use crate::cpu::ops::RopeLayout;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::train::{AdamW, Param};
 
 /// The device's copy bandwidth in bytes per second (read plus written): 16 back-to-back copies of
@@ -353,7 +353,7 @@ pub fn scatter(gpu: &Gpu, src: &[f32], slots: &[u32], slots_total: usize, width:
 }
 
 /// Rows `tokens[base..base + n]` of a `rows × cols` matrix in GGUF format `ty`, embedded on the
-/// device.
+/// device. Ids past the matrix or a window past the ids are refused.
 pub fn embed(
     gpu: &Gpu,
     ty: crate::quant::GgmlType,
@@ -363,6 +363,13 @@ pub fn embed(
     base: usize,
     n: usize,
 ) -> Result<Vec<f32>> {
+    let window = base.checked_add(n).and_then(|end| tokens.get(base..end));
+    let Some(window) = window else {
+        return Err(Error::Request(format!("ids {base}..{base}+{n} are past the {} given", tokens.len())));
+    };
+    if let Some(t) = window.iter().find(|&&t| t as usize >= rows) {
+        return Err(Error::Request(format!("token id {t} is past the matrix's {rows} rows")));
+    }
     let m = GpuMat::from_packed(gpu, pack(ty, w, rows, cols)?, rows, cols)?;
     let out = gpu.poisoned(n * cols);
     gpu.embed(&m, &gpu.upload_u32(tokens), base, &out, n);
@@ -370,8 +377,12 @@ pub fn embed(
 }
 
 /// The device's greedy choice for each row of `vocab` logits, written at `base..` of a buffer of
-/// `base + rows` ids (the ones before `base` are left as they were: `u32::MAX`).
+/// `base + rows` ids (the ones before `base` are left as they were: `u32::MAX`). Logits that are
+/// not whole rows are refused.
 pub fn argmax(gpu: &Gpu, z: &[f32], vocab: usize, base: usize) -> Result<Vec<u32>> {
+    if vocab == 0 || z.is_empty() || !z.len().is_multiple_of(vocab) {
+        return Err(Error::Request(format!("{} logits are no whole rows of {vocab}", z.len())));
+    }
     let nrows = z.len() / vocab;
     let out = gpu.upload_u32(&vec![u32::MAX; base + nrows]);
     gpu.argmax(&gpu.upload(z), &out, nrows, vocab, base);
