@@ -253,27 +253,27 @@ mod bench {
         // read of the weights for 32 tokens) 32 times that, before KV-cache reads.
         let bandwidth = soramai_kernels::cube::op::copy_bandwidth(gpu, 64 << 20)?;
         let floor1 = bandwidth / g.weight_bytes() as f64;
+        // The figures of both lines.
+        let mut record = serde_json::json!({
+            "model": s.name,
+            "backend": gpu.backend().as_str(),
+            "device": gpu.name(),
+            "weight_bytes": g.weight_bytes(),
+            "decode_b1_tok_s": decode1,
+            "decode_b1_host_loop_tok_s": decode1_host,
+            "launches_per_decode_step": per_step,
+            "launches_per_layer_decode": launches_per_layer,
+            "host_waits_per_token": waits_per_token,
+            "copy_bandwidth_gb_s": bandwidth / 1e9,
+            "floor_b1_tok_s": floor1,
+            "decode_b1_of_floor": decode1 / floor1,
+        });
         // Batch 1 first, on its own line: on a slow device (lavapipe) the batch-32 runs take long.
-        println!(
-            "{}",
-            serde_json::json!({
-                "model": s.name,
-                "backend": gpu.backend().as_str(),
-                "device": gpu.name(),
-                "stage": "batch1",
-                "weight_bytes": g.weight_bytes(),
-                "prefill_tokens": prefill_len,
-                "prefill_b1_tok_s": prefill,
-                "decode_b1_tok_s": decode1,
-                "decode_b1_host_loop_tok_s": decode1_host,
-                "launches_per_decode_step": per_step,
-                "launches_per_layer_decode": launches_per_layer,
-                "host_waits_per_token": waits_per_token,
-                "copy_bandwidth_gb_s": bandwidth / 1e9,
-                "floor_b1_tok_s": floor1,
-                "decode_b1_of_floor": decode1 / floor1,
-            })
-        );
+        let mut batch1 = record.clone();
+        batch1["stage"] = "batch1".into();
+        batch1["prefill_tokens"] = prefill_len.into();
+        batch1["prefill_b1_tok_s"] = prefill.into();
+        println!("{batch1}");
         std::io::Write::flush(&mut std::io::stdout())?;
         if quick {
             return Ok(());
@@ -318,32 +318,21 @@ mod bench {
         };
         let (prefill32, decode32) = batch(false)?;
         let (prefill32_lora, decode32_lora) = batch(true)?;
-        println!(
-            "{}",
-            serde_json::json!({
-                "model": s.name,
-                "backend": gpu.backend().as_str(),
-                "device": gpu.name(),
-                "weight_bytes": g.weight_bytes(),
-                "write_seconds": written,
-                "upload_seconds": upload,
-                "prefill512_tok_s": prefill,
-                "decode_b1_tok_s": decode1,
-                "decode_b1_host_loop_tok_s": decode1_host,
-                "prefill_b32_tok_s": prefill32,
-                "decode_b32_tok_s": decode32,
-                "prefill_b32_8lora_tok_s": prefill32_lora,
-                "decode_b32_8lora_tok_s": decode32_lora,
-                "launches_per_decode_step": per_step,
-                "launches_per_layer_decode": launches_per_layer,
-                "host_waits_per_token": waits_per_token,
-                "copy_bandwidth_gb_s": bandwidth / 1e9,
-                "floor_b1_tok_s": floor1,
-                "floor_b32_tok_s": 32.0 * floor1,
-                "decode_b1_of_floor": decode1 / floor1,
-                "decode_b32_of_floor": decode32 / (32.0 * floor1),
-            })
-        );
+        let whole = [
+            ("write_seconds", written),
+            ("upload_seconds", upload),
+            ("prefill512_tok_s", prefill),
+            ("prefill_b32_tok_s", prefill32),
+            ("decode_b32_tok_s", decode32),
+            ("prefill_b32_8lora_tok_s", prefill32_lora),
+            ("decode_b32_8lora_tok_s", decode32_lora),
+            ("floor_b32_tok_s", 32.0 * floor1),
+            ("decode_b32_of_floor", decode32 / (32.0 * floor1)),
+        ];
+        for (key, value) in whole {
+            record[key] = value.into();
+        }
+        println!("{record}");
         Ok(())
     }
 

@@ -32,14 +32,18 @@ use std::str::FromStr;
 use crate::error::{Error, Result};
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub use gpu::{DECODE_CHUNK, Gpu, GpuCache, GpuDecode, GpuLane, GpuModel, GpuOptions, op};
+pub use gpu::{Gpu, GpuCache, GpuDecode, GpuLane, GpuModel, GpuOptions, op};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use train::GpuTrainer;
 
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 mod stub;
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-pub use stub::{DECODE_CHUNK, Gpu, GpuCache, GpuDecode, GpuLane, GpuModel, GpuOptions, GpuTrainer};
+pub use stub::{Gpu, GpuCache, GpuDecode, GpuLane, GpuModel, GpuOptions, GpuTrainer};
+
+/// Steps a decode loop on the device queues between two reads of the chosen tokens
+/// (`GpuModel::greedy`).
+pub const DECODE_CHUNK: usize = 16;
 
 /// Where the kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

@@ -96,9 +96,6 @@ pub struct GpuDecode<'a> {
     pub max_tokens: usize,
 }
 
-/// Steps a decode loop queues between two reads of the chosen tokens.
-pub const DECODE_CHUNK: usize = 16;
-
 /// A model on a GPU (none in this build).
 #[derive(Debug)]
 pub struct GpuModel(Infallible);

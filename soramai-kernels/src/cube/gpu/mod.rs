@@ -11,6 +11,6 @@ pub use device::Gpu;
 use launch::SUM_BLOCK;
 pub(crate) use launch::{AttnShape, row_ends};
 pub(crate) use model::check_head_dim;
-pub use model::{DECODE_CHUNK, GpuCache, GpuDecode, GpuLane, GpuModel, GpuOptions};
+pub use model::{GpuCache, GpuDecode, GpuLane, GpuModel, GpuOptions};
 use weights::GpuWeights;
 pub(crate) use weights::{DeviceWeights, GpuLayer, GpuMat, LoraBank};

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::super::DECODE_CHUNK;
 use super::super::kernels::ROW_THREADS;
 use super::{AttnShape, Buf, DeviceWeights, Gpu, GpuLayer, GpuMat, LoraBank};
 use crate::cpu::ops::{self};
@@ -84,10 +85,6 @@ pub struct GpuDecode<'a> {
     /// At most this many tokens are chosen.
     pub max_tokens: usize,
 }
-
-/// Steps a decode loop queues on the device between two reads of the chosen tokens
-/// ([`GpuModel::greedy`]).
-pub const DECODE_CHUNK: usize = 16;
 
 /// A step's rows on the host, one per new token of every lane (the token ids go up apart, or
 /// are on the device already).
