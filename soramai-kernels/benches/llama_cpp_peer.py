@@ -1,7 +1,7 @@
 """The llama.cpp side of benches/inference.rs: a long-lived process that loads the GGUF with
 llama-cpp-python (n_threads = 2) and, for each JSON command on stdin, times a prefill of the given
-token ids and a greedy decode, printing one JSON line per run."""
-import json, sys, time
+token ids and a greedy decode, printing one JSON line per run (with the process's peak RSS)."""
+import json, resource, sys, time
 
 from llama_cpp import Llama
 
@@ -20,4 +20,5 @@ for line in sys.stdin:
         out.append(tok)
         model.eval([tok])
     t2 = time.perf_counter()
-    print(json.dumps({"prefill_s": t1 - t0, "decode_s": t2 - t1, "tokens": out}), flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"prefill_s": t1 - t0, "decode_s": t2 - t1, "tokens": out, "peak_rss": peak}), flush=True)

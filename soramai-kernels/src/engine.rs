@@ -162,7 +162,10 @@ impl Engine {
                 config.vocab
             )));
         }
-        let template = tokenizer.chat_template.as_deref().map(ChatTemplate::new).transpose()?;
+        // A file without a template gets its family's turn format where the family has a fixed
+        // one (Gemma); otherwise chat is refused at render time ("the model has no chat template").
+        let source = tokenizer.chat_template.as_deref().or(config.family.default_chat_template());
+        let template = source.map(ChatTemplate::new).transpose()?;
         Ok((tokenizer, template))
     }
 

@@ -1,9 +1,15 @@
 //! Soramai's compute engine: GGUF files, quantized CPU kernels, the llama-family forward pass with
 //! batched multi-LoRA, tokenizers, sampling, and QLoRA training on the quantized base.
 //!
-//! This crate depends on no other workspace crate and knows nothing of tenants. `unsafe` lives only
-//! in the per-ISA kernel modules under [`cpu`] and the memory map in [`gguf`].
+//! This crate depends on no other workspace crate and knows nothing of tenants.
+//!
+//! `unsafe` is denied crate-wide; the places allowed to hold it, each block with its `// SAFETY:`
+//! comment, are: the per-ISA kernels under [`cpu`] (`avx2`, `qdot`, `gemm`, and the dispatch in
+//! `cpu/mod.rs` that calls them after detecting the CPU's features), the memory map in
+//! [`gguf::Gguf::open`], one SIMD block in the trainer's ops (`train/ops.rs`), and the device
+//! buffer views of the GPU backend (`cube/gpu/device.rs`).
 
+#![deny(unsafe_code)]
 // Kernels index several arrays by one counter; iterator chains would hide the block layouts.
 #![allow(clippy::needless_range_loop)]
 
@@ -12,6 +18,7 @@ pub mod cpu;
 pub mod cube;
 pub mod engine;
 pub mod error;
+pub mod family;
 pub mod gguf;
 pub mod lora;
 pub mod merge;

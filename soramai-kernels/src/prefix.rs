@@ -215,6 +215,7 @@ mod tests {
     fn config() -> Config {
         Config {
             arch: "llama".into(),
+            family: crate::family::Family::Llama,
             n_layer: 2,
             n_embd: 8,
             n_head: 2,
@@ -227,6 +228,10 @@ mod tests {
             rope_dims: 4,
             rope_layout: crate::cpu::ops::RopeLayout::Interleaved,
             eps: 1e-5,
+            rope_scale: 1.0,
+            rope_freqs: false,
+            sliding_window: None,
+            attn_scale: 0.5,
         }
     }
 

@@ -379,3 +379,32 @@ fn the_decode_loop_on_the_device_chooses_what_the_host_would() {
         }
     }
 }
+
+fn family_fixture(name: &str) -> Arc<Model> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families");
+    Arc::new(Model::load(dir.join(format!("{name}.gguf"))).expect(name))
+}
+
+#[test]
+fn model_families_run_on_the_device_or_are_refused_by_name() {
+    for gpu in common::gpu_devices() {
+        // Llama 3.x: rope_freqs and an untied output, read through the same family description.
+        let model = family_fixture("llama3");
+        let g = GpuModel::new(gpu.clone(), Arc::clone(&model), GpuOptions { kv_tokens: 64, page: 4 }).expect("llama 3");
+        let prompt: Vec<TokenId> = vec![1, 17, 300, 42, 99, 5, 260, 383];
+        let mut cache = g.new_cache();
+        let got = g
+            .forward(&mut [GpuLane { cache: &mut cache, tokens: &prompt, adapter: None, logits: Logits::All }])
+            .expect("gpu")
+            .remove(0);
+        let err = max_rel(&got, &cpu_logits(&model, &prompt, None, Logits::All));
+        assert!(err < 1e-4, "{:?}: llama 3 logits off by {err}", gpu.backend());
+        // The features the device path does not implement yet are refused, naming them.
+        for (name, feature) in [("qwen3", "q/k norms"), ("gemma3", "post norms")] {
+            let Err(e) = GpuModel::new(gpu.clone(), family_fixture(name), GpuOptions { kv_tokens: 64, page: 4 }) else {
+                panic!("{name}: the GPU model accepted a block it does not implement");
+            };
+            assert!(matches!(e, Error::Backend(_)) && e.to_string().contains(feature), "{name}: {e}");
+        }
+    }
+}

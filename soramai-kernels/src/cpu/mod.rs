@@ -4,12 +4,16 @@
 //! | ISA | kernels |
 //! | --- | --- |
 //! | scalar (all targets) | every format, the reference |
-//! | AVX2 + FMA + F16C (x86_64) | Q4_0, Q4_1, Q8_0 dot products, f32 dot/axpy, activation quantization |
+//! | AVX2 + FMA + F16C (x86_64) | Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q4_K, Q5_K, Q6_K dot products, f32 dot/axpy, activation quantization |
 //! | AVX-512 VNNI + VL (x86_64) | the same dot products with `vpdpbusd`; the packed many-row products of [`gemm`] |
 //!
 //! The quantized kernels take one weight row and up to four activation rows at once, so a batch
 //! unpacks each weight block once per four tokens. A NEON path is not written yet: on aarch64 the
 //! scalar kernels run, with the same results.
+
+// The dispatchers below call the per-ISA kernels (`unsafe fn`s with `target_feature`) after
+// checking the CPU has the features; the kernels themselves are in `avx2`, `qdot` and `gemm`.
+#![allow(unsafe_code)]
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
@@ -179,13 +183,22 @@ pub(crate) fn vec_dot_rows_on<const R: usize>(isa: Isa, ty: GgmlType, n: usize, 
     {
         let nb = n / 32;
         let fits = |wb: usize, ab: usize| w.len() >= nb * wb && a.iter().all(|r| r.len() >= nb * ab);
+        // The k-quants: blocks of 256 against Q8_K blocks (292 bytes).
+        let nk = n / 256;
+        let fits_k = |wb: usize| n.is_multiple_of(256) && w.len() >= nk * wb && a.iter().all(|r| r.len() >= nk * 292);
         macro_rules! go {
             ($m:ident) => {
-                // SAFETY: the ISA was detected at run time and `fits` checked every row holds `nb` blocks.
+                // SAFETY: the ISA was detected at run time and `fits` / `fits_k` checked every row
+                // holds `nb` (`nk`) blocks.
                 match ty {
                     GgmlType::Q4_1 if fits(20, 36) => return unsafe { qdot::$m::q4_1_q8_1::<R>(nb, w, a) },
                     GgmlType::Q4_0 if fits(18, 34) => return unsafe { qdot::$m::q4_0_q8_0::<R>(nb, w, a) },
                     GgmlType::Q8_0 if fits(34, 34) => return unsafe { qdot::$m::q8_0_q8_0::<R>(nb, w, a) },
+                    GgmlType::Q5_0 if fits(22, 34) => return unsafe { qdot::$m::q5_0_q8_0::<R>(nb, w, a) },
+                    GgmlType::Q5_1 if fits(24, 36) => return unsafe { qdot::$m::q5_1_q8_1::<R>(nb, w, a) },
+                    GgmlType::Q4_K if fits_k(144) => return unsafe { qdot::$m::q45_k_q8_k::<R, false>(nk, w, a) },
+                    GgmlType::Q5_K if fits_k(176) => return unsafe { qdot::$m::q45_k_q8_k::<R, true>(nk, w, a) },
+                    GgmlType::Q6_K if fits_k(210) => return unsafe { qdot::$m::q6_k_q8_k::<R>(nk, w, a) },
                     _ => {}
                 }
             };

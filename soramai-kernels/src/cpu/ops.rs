@@ -30,6 +30,16 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GeGLU: `gate = gelu(gate) * up`, GELU in its tanh form (as Gemma and llama.cpp compute it).
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044_715;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh()) * u;
+    }
+}
+
 /// Rotary position embedding layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeLayout {
@@ -43,6 +53,26 @@ pub enum RopeLayout {
 pub fn rope_angles(pos: usize, dims: usize, base: f32, out_cos: &mut [f32], out_sin: &mut [f32]) {
     for i in 0..dims / 2 {
         let theta = pos as f32 * base.powf(-2.0 * i as f32 / dims as f32);
+        out_cos[i] = theta.cos();
+        out_sin[i] = theta.sin();
+    }
+}
+
+/// As [`rope_angles`], with positions scaled by `scale` (linear RoPE scaling) and each angle
+/// divided by its frequency factor where `factors` (`dims/2` values, `rope_freqs`) are given.
+pub fn rope_angles_scaled(
+    pos: usize,
+    dims: usize,
+    base: f32,
+    scale: f32,
+    factors: Option<&[f32]>,
+    out_cos: &mut [f32],
+    out_sin: &mut [f32],
+) {
+    let p = pos as f32 * scale;
+    for i in 0..dims / 2 {
+        let f = factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
+        let theta = p * base.powf(-2.0 * i as f32 / dims as f32) / f;
         out_cos[i] = theta.cos();
         out_sin[i] = theta.sin();
     }

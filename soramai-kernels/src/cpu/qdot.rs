@@ -8,17 +8,78 @@
 #![allow(unsafe_code)]
 
 macro_rules! quant_dot_kernels {
-    ($modname:ident, $features:literal, $dot:ident) => {
+    ($modname:ident, $features:literal, $dot:ident, $sdot:ident) => {
         pub(crate) mod $modname {
             use std::arch::x86_64::*;
 
-            use super::$dot;
+            use super::{$dot, $sdot};
+            use crate::quant::k_quants::scale_min_k4;
+            use crate::quant::rd_f16;
 
             /// Σ u8 × i8 over 32 lanes, as 8 i32 partial sums.
             #[inline]
             #[target_feature(enable = $features)]
             fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
                 $dot(u, s)
+            }
+
+            /// Σ u8 × i8 over 32 lanes, lanes 0..16 times `lo` and 16..32 times `hi`, as 8 i32 sums.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn scaled_dot(u: __m256i, s: __m256i, lo: i32, hi: i32) -> __m256i {
+                $sdot(u, s, lo, hi)
+            }
+
+            /// The 32 bits of `bits` as bytes: lane k is 0xFF where bit k is set, else 0.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn bit_bytes(bits: u32) -> __m256i {
+                let v = _mm256_set1_epi32(bits as i32);
+                // Lane k takes byte k / 8 of the word, then tests bit k % 8 of it.
+                let spread = _mm256_shuffle_epi8(
+                    v,
+                    _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+                );
+                let probe = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+                _mm256_cmpeq_epi8(_mm256_and_si256(spread, probe), probe)
+            }
+
+            /// The fifth bits of a Q5_0/Q5_1 block (`qh` at `p`) as 0x10 in the lanes of
+            /// [`nibbles`]' order.
+            ///
+            /// # Safety
+            /// `p` must point at 4 readable bytes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn fifth_bits(p: *const u8) -> __m256i {
+                // SAFETY: the caller guarantees 4 readable bytes.
+                let bits = unsafe { p.cast::<u32>().read_unaligned() };
+                _mm256_and_si256(bit_bytes(bits), _mm256_set1_epi8(0x10))
+            }
+
+            /// Bit `k` of each byte of a Q5_K block's `qh`, as 0x10.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn qh_bit(qh: __m256i, k: usize) -> __m256i {
+                let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k as i32));
+                _mm256_slli_epi16::<4>(_mm256_and_si256(v, _mm256_set1_epi8(1)))
+            }
+
+            /// The `d` of a Q8_K block at `p`.
+            ///
+            /// # Safety
+            /// `p` must point at 4 readable bytes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn q8k_d(p: *const u8) -> f32 {
+                // SAFETY: the caller guarantees 4 readable bytes.
+                f32::from_le_bytes(unsafe { p.cast::<[u8; 4]>().read_unaligned() })
+            }
+
+            /// Sum `g` of a Q8_K block's 16 sums of 16 activations.
+            #[inline]
+            fn bsum(y: &[u8], g: usize) -> i32 {
+                i32::from(i16::from_le_bytes([y[260 + 2 * g], y[261 + 2 * g]]))
             }
 
             #[inline]
@@ -133,6 +194,179 @@ macro_rules! quant_dot_kernels {
                 }
                 std::array::from_fn(|j| hsum(acc[j]))
             }
+
+            /// Q5_0 weights · `R` rows of Q8_0 activations.
+            ///
+            /// # Safety
+            /// See the module contract.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q5_0_q8_0<const R: usize>(nb: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let wp = w.as_ptr();
+                for i in 0..nb {
+                    // SAFETY: block i of w (22 bytes) and of each a[j] (34 bytes) is in bounds.
+                    unsafe {
+                        let x = wp.add(i * 22);
+                        let dx = f16x2(x);
+                        let q5 = _mm256_or_si256(nibbles(x.add(6)), fifth_bits(x.add(2)));
+                        let q = _mm256_sub_epi8(q5, _mm256_set1_epi8(16));
+                        let aq = _mm256_sign_epi8(q, q);
+                        for j in 0..R {
+                            let y = a[j].as_ptr().add(i * 34);
+                            let d = _mm_mul_ss(dx, f16x2(y));
+                            let sy = _mm256_sign_epi8(_mm256_loadu_si256(y.add(2).cast()), q);
+                            let p = _mm256_cvtepi32_ps(dot_u8_i8(aq, sy));
+                            acc[j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), p, acc[j]);
+                        }
+                    }
+                }
+                std::array::from_fn(|j| hsum(acc[j]))
+            }
+
+            /// Q5_1 weights · `R` rows of Q8_1 activations.
+            ///
+            /// # Safety
+            /// See the module contract.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q5_1_q8_1<const R: usize>(nb: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut mins = [_mm_setzero_ps(); R];
+                let wp = w.as_ptr();
+                for i in 0..nb {
+                    // SAFETY: block i of w (24 bytes) and of each a[j] (36 bytes) is in bounds.
+                    unsafe {
+                        let x = wp.add(i * 24);
+                        let dm = f16x2(x);
+                        let q = _mm256_or_si256(nibbles(x.add(8)), fifth_bits(x.add(4)));
+                        for j in 0..R {
+                            let y = a[j].as_ptr().add(i * 36);
+                            let prod = _mm_mul_ps(dm, f16x2(y));
+                            let p = _mm256_cvtepi32_ps(dot_u8_i8(q, _mm256_loadu_si256(y.add(4).cast())));
+                            acc[j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), p, acc[j]);
+                            mins[j] = _mm_add_ss(mins[j], _mm_movehdup_ps(prod));
+                        }
+                    }
+                }
+                std::array::from_fn(|j| hsum(acc[j]) + _mm_cvtss_f32(mins[j]))
+            }
+
+            /// Q4_K (`FIVE`: Q5_K) weights · `R` rows of Q8_K activations: the eight 32-value
+            /// sub-blocks unpacked to bytes once, each product scaled by its sub-block's 6-bit
+            /// scale in the integer domain, the mins applied through the activations' block sums.
+            ///
+            /// # Safety
+            /// See the module contract (`nb` blocks of 256).
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q45_k_q8_k<const R: usize, const FIVE: bool>(
+                nb: usize,
+                w: &[u8],
+                a: [&[u8]; R],
+            ) -> [f32; R] {
+                let bb = if FIVE { 176 } else { 144 };
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut mins = [0f32; R];
+                let m4 = _mm256_set1_epi8(0x0F);
+                for i in 0..nb {
+                    let xb = &w[i * bb..(i + 1) * bb];
+                    let (d, dmin) = (rd_f16(xb, 0), rd_f16(xb, 2));
+                    let mut sc = [0i32; 8];
+                    let mut mn = [0i32; 8];
+                    for s in 0..8 {
+                        let (v, m) = scale_min_k4(s, &xb[4..16]);
+                        sc[s] = i32::from(v);
+                        mn[s] = i32::from(m);
+                    }
+                    let mut q = [_mm256_setzero_si256(); 8];
+                    // SAFETY: the block's bytes are `xb` (bb long): qs at 16 (Q4_K) or 48 (Q5_K)
+                    // holds 4 × 32 bytes, qh at 16 (Q5_K) 32 bytes.
+                    unsafe {
+                        let qs = xb.as_ptr().add(if FIVE { 48 } else { 16 });
+                        let qh =
+                            if FIVE { _mm256_loadu_si256(xb.as_ptr().add(16).cast()) } else { _mm256_setzero_si256() };
+                        for g in 0..4 {
+                            let b = _mm256_loadu_si256(qs.add(32 * g).cast());
+                            let mut lo = _mm256_and_si256(b, m4);
+                            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), m4);
+                            if FIVE {
+                                lo = _mm256_or_si256(lo, qh_bit(qh, 2 * g));
+                                hi = _mm256_or_si256(hi, qh_bit(qh, 2 * g + 1));
+                            }
+                            q[2 * g] = lo;
+                            q[2 * g + 1] = hi;
+                        }
+                    }
+                    for j in 0..R {
+                        let yb = &a[j][i * 292..(i + 1) * 292];
+                        // SAFETY: `yb` is one Q8_K block: d at 0, 256 quants at 4.
+                        let (d8, sumi) = unsafe {
+                            let y = yb.as_ptr();
+                            let mut sumi = _mm256_setzero_si256();
+                            for s in 0..8 {
+                                let ys = _mm256_loadu_si256(y.add(4 + 32 * s).cast());
+                                sumi = _mm256_add_epi32(sumi, scaled_dot(q[s], ys, sc[s], sc[s]));
+                            }
+                            (q8k_d(y), sumi)
+                        };
+                        let summ: i32 = (0..8).map(|s| mn[s] * (bsum(yb, 2 * s) + bsum(yb, 2 * s + 1))).sum();
+                        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * d8), _mm256_cvtepi32_ps(sumi), acc[j]);
+                        mins[j] += dmin * d8 * summ as f32;
+                    }
+                }
+                std::array::from_fn(|j| hsum(acc[j]) - mins[j])
+            }
+
+            /// Q6_K weights · `R` rows of Q8_K activations: the 6-bit values unpacked unsigned
+            /// (0..64) once, each 16-value group scaled by its signed scale in the integer domain,
+            /// the offset of 32 taken back through the activations' block sums.
+            ///
+            /// # Safety
+            /// See the module contract (`nb` blocks of 256).
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q6_k_q8_k<const R: usize>(nb: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut offs = [0f32; R];
+                let m4 = _mm256_set1_epi8(0x0F);
+                let m30 = _mm256_set1_epi8(0x30);
+                for i in 0..nb {
+                    let xb = &w[i * 210..(i + 1) * 210];
+                    let d = rd_f16(xb, 208);
+                    let sc: [i32; 16] = std::array::from_fn(|g| i32::from(xb[192 + g] as i8));
+                    let mut q = [_mm256_setzero_si256(); 8];
+                    // SAFETY: `xb` is one block: ql (128 bytes) at 0, qh (64 bytes) at 128.
+                    unsafe {
+                        let x = xb.as_ptr();
+                        for h in 0..2 {
+                            let ql0 = _mm256_loadu_si256(x.add(64 * h).cast());
+                            let ql1 = _mm256_loadu_si256(x.add(64 * h + 32).cast());
+                            let qh = _mm256_loadu_si256(x.add(128 + 32 * h).cast());
+                            let (lo0, lo1) = (_mm256_and_si256(ql0, m4), _mm256_and_si256(ql1, m4));
+                            let hi0 = _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4);
+                            let hi1 = _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4);
+                            q[4 * h] = _mm256_or_si256(lo0, _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30));
+                            q[4 * h + 1] = _mm256_or_si256(lo1, _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30));
+                            q[4 * h + 2] = _mm256_or_si256(hi0, _mm256_and_si256(qh, m30));
+                            q[4 * h + 3] = _mm256_or_si256(hi1, _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30));
+                        }
+                    }
+                    for j in 0..R {
+                        let yb = &a[j][i * 292..(i + 1) * 292];
+                        // SAFETY: `yb` is one Q8_K block: d at 0, 256 quants at 4.
+                        let (d8, sumi) = unsafe {
+                            let y = yb.as_ptr();
+                            let mut sumi = _mm256_setzero_si256();
+                            for v in 0..8 {
+                                let ys = _mm256_loadu_si256(y.add(4 + 32 * v).cast());
+                                sumi = _mm256_add_epi32(sumi, scaled_dot(q[v], ys, sc[2 * v], sc[2 * v + 1]));
+                            }
+                            (q8k_d(y), sumi)
+                        };
+                        let off: i32 = (0..16).map(|g| sc[g] * bsum(yb, g)).sum();
+                        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * d8), _mm256_cvtepi32_ps(sumi), acc[j]);
+                        offs[j] += d * d8 * (32 * off) as f32;
+                    }
+                }
+                std::array::from_fn(|j| hsum(acc[j]) - offs[j])
+            }
         }
     };
 }
@@ -151,5 +385,33 @@ fn vnni_dot(u: std::arch::x86_64::__m256i, s: std::arch::x86_64::__m256i) -> std
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 }
 
-quant_dot_kernels!(avx2, "avx2,fma,f16c", maddubs_dot);
-quant_dot_kernels!(vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", vnni_dot);
+/// `vpmaddubsw` pairs scaled per 16-byte half by `vpmaddwd` (the scales fit in i16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn maddubs_scaled(
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+    lo: i32,
+    hi: i32,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let scales = _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16));
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scales)
+}
+
+/// `vpdpbusd` sums of four, each 16-byte half multiplied by its scale.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn vnni_scaled(
+    u: std::arch::x86_64::__m256i,
+    s: std::arch::x86_64::__m256i,
+    lo: i32,
+    hi: i32,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let scales = _mm256_set_m128i(_mm_set1_epi32(hi), _mm_set1_epi32(lo));
+    _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s), scales)
+}
+
+quant_dot_kernels!(avx2, "avx2,fma,f16c", maddubs_dot, maddubs_scaled);
+quant_dot_kernels!(vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", vnni_dot, vnni_scaled);

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::gpu::{AttnShape, Buf, DeviceWeights, Gpu, GpuLayer, LoraBank, row_ends};
-use crate::cpu::ops as fwd;
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, Target};
 use crate::model::Model;
@@ -300,13 +299,7 @@ impl GpuTrainer {
         let half = c.rope_dims / 2;
         let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
         for (i, &pos) in p.pos.iter().enumerate() {
-            fwd::rope_angles(
-                pos,
-                c.rope_dims,
-                c.rope_base,
-                &mut cos[i * half..(i + 1) * half],
-                &mut sin[i * half..(i + 1) * half],
-            );
+            self.model.rope_angles(false, pos, &mut cos[i * half..(i + 1) * half], &mut sin[i * half..(i + 1) * half]);
         }
         let neg: Vec<f32> = sin.iter().map(|s| -s).collect();
         let g = &self.gpu;

@@ -279,6 +279,7 @@ impl<'a> Cursor<'a> {
 
 impl Gguf {
     /// Memory-maps and parses a file.
+    #[allow(unsafe_code)]
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(io_err(path))?;

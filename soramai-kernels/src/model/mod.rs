@@ -1,4 +1,4 @@
-//! The llama-family forward pass: a batch of sequences, each with its own KV cache and its own LoRA
+//! The forward pass of every [`crate::family::Family`]: a batch of sequences, each with its own KV cache and its own LoRA
 //! adapter (or none), in one pass. Base projections run once over every token of the batch; LoRA
 //! deltas are gathered per adapter (as in Punica / S-LoRA) and added to the rows of the sequences
 //! that use it. Every row's arithmetic is independent of its batch-mates, so a sequence gives the
@@ -43,6 +43,10 @@ pub struct Layer {
     pub up: QMat,
     /// Down projection.
     pub down: QMat,
+    /// Per-head RMSNorm weights of queries and keys before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: Option<[Vec<f32>; 2]>,
+    /// RMSNorms of the attention and feed-forward outputs before their residual adds (Gemma 3).
+    pub post_norms: Option<[Vec<f32>; 2]>,
 }
 
 impl Layer {
@@ -73,6 +77,8 @@ pub struct Model {
     pub output_norm: Vec<f32>,
     /// Output projection (the embeddings when tied).
     pub output: QMat,
+    /// RoPE frequency divisors (`rope_freqs.weight`, `rope_dims / 2` values) where the file has them.
+    pub rope_freqs: Option<Vec<f32>>,
     /// The parsed file.
     pub gguf: Arc<Gguf>,
 }
@@ -160,6 +166,7 @@ impl Model {
     /// weight format, reading the header only (no tensor data): a file that passes loads.
     pub fn check_layout(g: &Gguf) -> Result<Config> {
         let c = Config::from_gguf(g)?;
+        check_tensor_names(g, &c)?;
         let mat = |name: &str, rows: usize, cols: usize| QMat::check(g, name, rows, cols).map(drop);
         mat("token_embd.weight", c.vocab, c.n_embd)?;
         if g.tensor("output.weight").is_some() {
@@ -174,6 +181,14 @@ impl Model {
             }
             check_vector(g, &n("attn_norm.weight"), c.n_embd)?;
             check_vector(g, &n("ffn_norm.weight"), c.n_embd)?;
+            if c.family.qk_norm() {
+                check_vector(g, &n("attn_q_norm.weight"), c.head_dim)?;
+                check_vector(g, &n("attn_k_norm.weight"), c.head_dim)?;
+            }
+            if c.family.post_norms() {
+                check_vector(g, &n("post_attention_norm.weight"), c.n_embd)?;
+                check_vector(g, &n("post_ffw_norm.weight"), c.n_embd)?;
+            }
             for (t, rows, cols) in [
                 ("attn_q", c.q_dim(), c.n_embd),
                 ("attn_k", c.kv_dim(), c.n_embd),
@@ -192,7 +207,7 @@ impl Model {
 
     /// Builds the model from a parsed file.
     pub fn from_gguf(g: Arc<Gguf>) -> Result<Self> {
-        let c = Config::from_gguf(&g)?;
+        let c = Self::check_layout(&g)?;
         let tok_embd = QMat::load(&g, "token_embd.weight", c.vocab, c.n_embd)?;
         let output = if g.tensor("output.weight").is_some() {
             QMat::load(&g, "output.weight", c.vocab, c.n_embd)?
@@ -222,10 +237,58 @@ impl Model {
                 gate: QMat::load(&g, &n("ffn_gate.weight"), c.n_ff, c.n_embd)?,
                 up: QMat::load(&g, &n("ffn_up.weight"), c.n_ff, c.n_embd)?,
                 down: QMat::load(&g, &n("ffn_down.weight"), c.n_embd, c.n_ff)?,
+                qk_norm: if c.family.qk_norm() {
+                    Some([
+                        vector(&g, &n("attn_q_norm.weight"), c.head_dim)?,
+                        vector(&g, &n("attn_k_norm.weight"), c.head_dim)?,
+                    ])
+                } else {
+                    None
+                },
+                post_norms: if c.family.post_norms() {
+                    Some([
+                        vector(&g, &n("post_attention_norm.weight"), c.n_embd)?,
+                        vector(&g, &n("post_ffw_norm.weight"), c.n_embd)?,
+                    ])
+                } else {
+                    None
+                },
             });
         }
         let output_norm = vector(&g, "output_norm.weight", c.n_embd)?;
-        Ok(Model { config: c, tok_embd, layers, output_norm, output, gguf: g })
+        let rope_freqs = if c.rope_freqs { Some(vector(&g, "rope_freqs.weight", c.rope_dims / 2)?) } else { None };
+        Ok(Model { config: c, tok_embd, layers, output_norm, output, rope_freqs, gguf: g })
+    }
+
+    /// The RoPE angles of position `pos` (`rope_dims / 2` each), for the local (sliding-window)
+    /// layers' base or the global one: the file's linear scaling and frequency factors applied.
+    pub fn rope_angles(&self, local: bool, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        let c = &self.config;
+        match c.family.sliding_pattern() {
+            Some((_, base)) if local => ops::rope_angles_scaled(pos, c.rope_dims, base, 1.0, None, cos, sin),
+            _ => ops::rope_angles_scaled(
+                pos,
+                c.rope_dims,
+                c.rope_base,
+                c.rope_scale,
+                self.rope_freqs.as_deref(),
+                cos,
+                sin,
+            ),
+        }
+    }
+
+    /// Token embeddings of `tokens` into `x` (`n_embd` values each), scaled where the family says.
+    pub fn embed(&self, tokens: &[TokenId], x: &mut [f32]) -> Result<()> {
+        let d = self.config.n_embd;
+        for (k, &t) in tokens.iter().enumerate() {
+            self.tok_embd.dequantize_row(t as usize, &mut x[k * d..(k + 1) * d])?;
+        }
+        if self.config.family.scales_embeddings() {
+            let s = (d as f32).sqrt();
+            x[..tokens.len() * d].iter_mut().for_each(|v| *v *= s);
+        }
+        Ok(())
     }
 
     /// A fresh cache for one sequence.
@@ -276,10 +339,8 @@ impl Model {
         let mut x = vec![0f32; n * d];
         let mut r = 0;
         for lane in lanes.iter() {
-            for &t in lane.tokens {
-                self.tok_embd.dequantize_row(t as usize, &mut x[r * d..(r + 1) * d])?;
-                r += 1;
-            }
+            self.embed(lane.tokens, &mut x[r * d..(r + lane.tokens.len()) * d])?;
+            r += lane.tokens.len();
         }
         // Row ranges per lane and adapter groups for the LoRA gather.
         let mut spans = Vec::with_capacity(lanes.len());
@@ -297,17 +358,19 @@ impl Model {
                 }
             }
         }
-        let mut cos = vec![0f32; n * c.rope_dims / 2];
-        let mut sin = vec![0f32; n * c.rope_dims / 2];
         let h2 = c.rope_dims / 2;
-        for (k, &(_, pos)) in rows.iter().enumerate() {
-            ops::rope_angles(
-                pos,
-                c.rope_dims,
-                c.rope_base,
-                &mut cos[k * h2..(k + 1) * h2],
-                &mut sin[k * h2..(k + 1) * h2],
-            );
+        // One table of angles for the global layers and, where the family has them, one for
+        // the sliding-window layers' own base.
+        let mut tables = Vec::with_capacity(2);
+        for local in [false, true] {
+            if local && !(0..c.n_layer).any(|l| c.is_local(l)) {
+                break;
+            }
+            let (mut cos, mut sin) = (vec![0f32; n * h2], vec![0f32; n * h2]);
+            for (k, &(_, pos)) in rows.iter().enumerate() {
+                self.rope_angles(local, pos, &mut cos[k * h2..(k + 1) * h2], &mut sin[k * h2..(k + 1) * h2]);
+            }
+            tables.push((cos, sin));
         }
         let mut xn = vec![0f32; n * d];
         let mut q = vec![0f32; n * qd];
@@ -333,6 +396,11 @@ impl Model {
                 add_bias(&mut kk, bk);
                 add_bias(&mut vv, bv);
             }
+            if let Some([qn, kn]) = &layer.qk_norm {
+                norm_heads(&mut q, qn, c.eps);
+                norm_heads(&mut kk, kn, c.eps);
+            }
+            let (cos, sin) = &tables[usize::from(c.is_local(l))];
             for k in 0..n {
                 let (cs, sn) = (&cos[k * h2..(k + 1) * h2], &sin[k * h2..(k + 1) * h2]);
                 for h in 0..c.n_head {
@@ -350,22 +418,22 @@ impl Model {
             let caches: Vec<&KvCache> = lanes.iter().map(|ln| &*ln.cache).collect();
             attention(c, l, &rows, &caches, &q, &mut att);
             proj(Target::O, &att, &mut o)?;
-            for (xv, ov) in x.iter_mut().zip(&o) {
-                *xv += ov;
-            }
+            add_residual(&mut x, &mut o, layer.post_norms.as_ref().map(|[a, _]| a), c.eps);
             norm_rows(&x, &layer.ffn_norm, c.eps, &mut xn);
             QMat::matmul_group(&[&layer.gate, &layer.up], &xn, &mut [&mut g, &mut u], precision)?;
             apply_lora(&groups, l, Target::Gate, &xn, &mut g);
             apply_lora(&groups, l, Target::Up, &xn, &mut u);
+            let act = match c.family.activation() {
+                crate::family::Activation::SwiGlu => ops::swiglu,
+                crate::family::Activation::GeGlu => ops::geglu,
+            };
             if n == 1 {
-                ops::swiglu(&mut g, &u);
+                act(&mut g, &u);
             } else {
-                g.par_chunks_mut(c.n_ff).zip(u.par_chunks(c.n_ff)).for_each(|(gr, ur)| ops::swiglu(gr, ur));
+                g.par_chunks_mut(c.n_ff).zip(u.par_chunks(c.n_ff)).for_each(|(gr, ur)| act(gr, ur));
             }
             proj(Target::Down, &g, &mut o)?;
-            for (xv, ov) in x.iter_mut().zip(&o) {
-                *xv += ov;
-            }
+            add_residual(&mut x, &mut o, layer.post_norms.as_ref().map(|[_, f]| f), c.eps);
         }
         for lane in lanes.iter_mut() {
             lane.cache.len += lane.tokens.len();
@@ -429,6 +497,49 @@ pub(crate) fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| ops::rms_norm(xr, w, eps, o));
 }
 
+/// RMSNorm of every head (`w.len()` values) of every row, in place (q/k norms).
+fn norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
+    x.par_chunks_mut(w.len()).for_each_init(Vec::new, |tmp: &mut Vec<f32>, head| {
+        tmp.clear();
+        tmp.extend_from_slice(head);
+        ops::rms_norm(tmp, w, eps, head);
+    });
+}
+
+/// `x += o`, with `o` RMS-normed first where the family has a post norm (`o` is scratch).
+fn add_residual(x: &mut [f32], o: &mut [f32], post_norm: Option<&Vec<f32>>, eps: f32) {
+    if let Some(w) = post_norm {
+        let src = o.to_vec();
+        norm_rows(&src, w, eps, o);
+    }
+    for (xv, ov) in x.iter_mut().zip(o.iter()) {
+        *xv += ov;
+    }
+}
+
+/// Refuses every tensor the family does not name (or names only for other layers): a file is
+/// never run with part of its maths ignored.
+fn check_tensor_names(g: &Gguf, c: &Config) -> Result<()> {
+    let per_layer = c.family.layer_tensors();
+    for t in &g.tensors {
+        let known = match t.name.as_str() {
+            "token_embd.weight" | "output_norm.weight" | "output.weight" => true,
+            "rope_freqs.weight" => c.rope_freqs,
+            name => name.strip_prefix("blk.").and_then(|rest| rest.split_once('.')).is_some_and(|(l, suffix)| {
+                l.parse::<usize>().is_ok_and(|i| i < c.n_layer && i.to_string() == l)
+                    && per_layer.iter().any(|(s, _)| *s == suffix)
+            }),
+        };
+        if !known {
+            return Err(Error::Tensor {
+                name: t.name.clone(),
+                reason: format!("not part of the {} family as implemented here: refused rather than ignored", c.arch),
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn add_bias(x: &mut [f32], b: &[f32]) {
     for row in x.chunks_exact_mut(b.len()) {
         for (v, bv) in row.iter_mut().zip(b) {
@@ -473,7 +584,7 @@ fn apply_lora(groups: &[(&Adapter, Vec<usize>)], layer: usize, t: Target, input:
 fn attention(c: &Config, l: usize, rows: &[(usize, usize)], caches: &[&KvCache], q: &[f32], out: &mut [f32]) {
     let (hd, kvd, nh) = (c.head_dim, c.kv_dim(), c.n_head);
     let group = c.n_head / c.n_head_kv;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = c.attn_scale;
     // One task per (row, query head): a decode step has few rows, and whole KV groups (three here)
     // would split unevenly over two cores. The group's keys stay in cache between its heads.
     out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| {
@@ -481,6 +592,8 @@ fn attention(c: &Config, l: usize, rows: &[(usize, usize)], caches: &[&KvCache],
         let (lane, pos) = rows[row];
         let cache = caches[lane];
         let qh = &q[row * nh * hd + h * hd..row * nh * hd + (h + 1) * hd];
-        cpu::attend(qh, &cache.k[l], &cache.v[l], kvd, (h / group) * hd, pos + 1, hd, scale, scores, o);
+        let first = c.first_visible(l, pos);
+        let (ks, vs) = (&cache.k[l][first * kvd..], &cache.v[l][first * kvd..]);
+        cpu::attend(qh, ks, vs, kvd, (h / group) * hd, pos + 1 - first, hd, scale, scores, o);
     });
 }

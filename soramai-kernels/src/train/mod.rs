@@ -126,6 +126,7 @@ impl TrainConfig {
         if self.total_steps == 0 {
             return bad("total_steps must be at least 1".into());
         }
+        model.config.require_plain_block("the QLoRA trainer").map_err(|e| Error::Training(e.to_string()))?;
         Ok(())
     }
 }
@@ -608,13 +609,7 @@ impl Trainer {
         let half = c.rope_dims / 2;
         let mut rope = Rope { cos: vec![0.0; n * half], sin: vec![0.0; n * half], half };
         for (i, &pos) in p.pos.iter().enumerate() {
-            fwd::rope_angles(
-                pos,
-                c.rope_dims,
-                c.rope_base,
-                &mut rope.cos[i * half..(i + 1) * half],
-                &mut rope.sin[i * half..(i + 1) * half],
-            );
+            m.rope_angles(false, pos, &mut rope.cos[i * half..(i + 1) * half], &mut rope.sin[i * half..(i + 1) * half]);
         }
         let lowest = self.lowest_layer();
         let mut caches: Vec<Option<LayerCache>> = Vec::with_capacity(c.n_layer);

@@ -93,6 +93,7 @@ pub(crate) struct Buf {
 }
 
 impl Buf {
+    #[allow(unsafe_code)]
     pub(super) fn arg<R: Runtime>(&self) -> ArrayArg<R> {
         // SAFETY: `len` is the number of f32 (or u32) elements the buffer was created with, so
         // the kernels' bounds (which every kernel checks against its own size arguments) stay

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use super::super::DECODE_CHUNK;
 use super::super::kernels::ROW_THREADS;
 use super::{AttnShape, Buf, DeviceWeights, Gpu, GpuLayer, GpuMat, LoraBank};
-use crate::cpu::ops::{self};
 use crate::error::{Error, Result};
 use crate::lora::{Adapter, Target};
 use crate::model::{Logits, Model};
@@ -163,6 +162,7 @@ impl GpuModel {
             return Err(Error::Backend("the KV cache needs at least one page".into()));
         }
         check_head_dim(c)?;
+        c.require_plain_block("the GPU model").map_err(|e| Error::Backend(e.to_string()))?;
         let weights = DeviceWeights::upload(&gpu, &model)?;
         let pages = options.kv_tokens / options.page;
         let slots = pages * options.page * c.kv_dim();
@@ -472,10 +472,9 @@ impl GpuModel {
             rows.spans.push(r..r + ntok);
             for k in 0..ntok {
                 let p = cache.len + k;
-                ops::rope_angles(
+                self.model.rope_angles(
+                    false,
                     p,
-                    c.rope_dims,
-                    c.rope_base,
                     &mut rows.cos[r * h2..(r + 1) * h2],
                     &mut rows.sin[r * h2..(r + 1) * h2],
                 );
