@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::tiny_model_bytes;
+use soramai_kernels::Engine;
 use soramai_kernels::gguf::{Gguf, GgufWriter, Value};
+use soramai_kernels::lora::{Adapter, Target};
 use soramai_kernels::model::{Lane, Logits, Model, Precision};
 use soramai_kernels::npy::read_f32_vector;
 use soramai_kernels::quant::GgmlType;
 use soramai_kernels::tokenizer::template::Message;
-use soramai_kernels::train::{TrainConfig, Trainer};
-use soramai_kernels::{Engine, Error};
+use soramai_kernels::train::{Example, TrainConfig, Trainer};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families")
@@ -119,19 +120,101 @@ fn the_fixture_families_read_their_features_from_the_file() {
     assert_eq!(gemma.config.first_visible(5, 10), 0);
 }
 
-#[test]
-fn the_trainer_refuses_the_features_it_does_not_implement_by_name() {
-    let f = fixture();
-    for (name, feature) in [("qwen3", "q/k norms"), ("gemma3", "post norms")] {
-        let model = Arc::new(Model::load(fixtures().join(f["random"][name]["file"].as_str().expect("f"))).expect(name));
-        let Err(e) = Trainer::new(model, TrainConfig { max_seq: 32, ..TrainConfig::default() }) else {
-            panic!("{name}: the trainer accepted a block it does not implement");
-        };
-        assert!(matches!(e, Error::Training(_)), "{name}: {e}");
-        assert!(e.to_string().contains(feature), "{name}: {e}");
+/// Mean weighted next-token loss of `examples` through the inference forward pass (the one
+/// checked against llama.cpp above), with `adapter`.
+fn inference_loss(model: &Model, examples: &[Example], adapter: &Adapter) -> f64 {
+    let (mut sum, mut norm) = (0f64, 0f64);
+    for e in examples {
+        let mut cache = model.new_cache();
+        let logits = model
+            .forward(
+                &mut [Lane { cache: &mut cache, tokens: &e.tokens, adapter: Some(adapter), logits: Logits::All }],
+                Precision::Exact,
+            )
+            .expect("forward")
+            .remove(0);
+        for (i, z) in logits.chunks(model.config.vocab).enumerate().take(e.tokens.len() - 1) {
+            let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let lse = f64::from(max) + z.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln();
+            let w = f64::from(e.weights[i + 1]);
+            sum += w * (lse - f64::from(z[e.tokens[i + 1] as usize]));
+            norm += w;
+        }
     }
-    let llama = Arc::new(Model::load(fixtures().join(f["random"]["llama3"]["file"].as_str().expect("f"))).expect("l"));
-    Trainer::new(llama, TrainConfig { max_seq: 32, ..TrainConfig::default() }).expect("llama 3 trains");
+    sum / norm
+}
+
+#[test]
+fn every_family_trains_with_gradients_that_match_its_forward_pass() {
+    let f = fixture();
+    for name in ["llama3", "qwen3", "gemma3"] {
+        let model = Arc::new(Model::load(fixtures().join(f["random"][name]["file"].as_str().expect("f"))).expect(name));
+        let cfg = TrainConfig {
+            rank: 2,
+            alpha: 4.0,
+            targets: Target::ALL.to_vec(),
+            precision: Precision::Exact,
+            max_seq: 32,
+            ..TrainConfig::default()
+        };
+        let mut tr = Trainer::new(Arc::clone(&model), cfg).expect(name);
+        for (i, t) in Target::ALL.into_iter().enumerate() {
+            for l in 0..model.config.n_layer {
+                let (a, b) = tr.pair(l, t).map(|(a, b)| (a.to_vec(), b.len())).expect("pair");
+                tr.set_pair(l, t, &a, &common::rand_vec(50 + i as u64 * 11 + l as u64, b, 0.2)).expect("set");
+            }
+        }
+        // Two examples packed into one sequence, longer than Gemma's window of 4.
+        let vocab = model.config.vocab as u32;
+        let example = |seed: u32, n: usize| Example {
+            tokens: (0..n as u32).map(|i| (seed * 37 + i * 101) % vocab).collect(),
+            weights: (0..n).map(|i| if i < 2 { 0.0 } else { 1.0 }).collect(),
+        };
+        let batch = [example(3, 11), example(5, 9)];
+        // The trainer's forward is the inference forward (same family maths).
+        let (loss, grads) = tr.gradients(&batch).expect("gradients");
+        let reference = inference_loss(&model, &batch, &tr.adapter());
+        assert!((f64::from(loss) - reference).abs() < 1e-4 * reference.max(1.0), "{name}: {loss} vs {reference}");
+        // Its gradients are the derivative of that loss (central differences of the inference
+        // forward's loss, accumulated in f64).
+        let (mut analytic, mut numeric) = (Vec::new(), Vec::new());
+        for l in 0..model.config.n_layer {
+            for t in [Target::Q, Target::K, Target::O, Target::Gate, Target::Down] {
+                let (a, b) = tr.pair(l, t).map(|(a, b)| (a.to_vec(), b.to_vec())).expect("pair");
+                let (ga, gb) = &grads[&(l, t)];
+                for (is_a, idx) in [(true, 1usize), (false, b.len() / 3)] {
+                    let h = 1e-2f32;
+                    let mut at = |delta: f32| {
+                        let (mut pa, mut pb) = (a.clone(), b.clone());
+                        if is_a {
+                            pa[idx] += delta
+                        } else {
+                            pb[idx] += delta
+                        }
+                        tr.set_pair(l, t, &pa, &pb).expect("set");
+                        let v = inference_loss(&model, &batch, &tr.adapter());
+                        tr.set_pair(l, t, &a, &b).expect("reset");
+                        v
+                    };
+                    numeric.push((at(h) - at(-h)) / (2.0 * f64::from(h)));
+                    analytic.push(f64::from(if is_a { ga[idx] } else { gb[idx] }));
+                }
+            }
+        }
+        let err: f64 = analytic.iter().zip(&numeric).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+        let size: f64 = numeric.iter().map(|y| y * y).sum::<f64>().sqrt();
+        assert!(err <= 2e-2 * size, "{name}: gradient error {err:.3e} against |g| {size:.3e}");
+        eprintln!("{name}: loss {loss:.5} (inference {reference:.5}), gradient error {:.2e} of |g|", err / size);
+        // And a few steps lower the loss.
+        let cfg = TrainConfig { rank: 4, learning_rate: 2e-2, total_steps: 6, max_seq: 32, ..TrainConfig::default() };
+        let mut tr = Trainer::new(Arc::clone(&model), cfg).expect(name);
+        let before = tr.loss(&batch).expect("loss");
+        for _ in 0..6 {
+            tr.step(&batch).expect("step");
+        }
+        let after = tr.loss(&batch).expect("loss");
+        assert!(after < before, "{name}: loss {before} -> {after}");
+    }
 }
 
 /// A tiny model's file with `edit` applied to a writer holding all its metadata and tensors.

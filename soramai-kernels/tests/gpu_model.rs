@@ -405,6 +405,11 @@ fn model_families_run_on_the_device_or_are_refused_by_name() {
                 panic!("{name}: the GPU model accepted a block it does not implement");
             };
             assert!(matches!(e, Error::Backend(_)) && e.to_string().contains(feature), "{name}: {e}");
+            let cfg = soramai_kernels::train::TrainConfig { max_seq: 32, ..Default::default() };
+            let Err(e) = soramai_kernels::cube::GpuTrainer::new(gpu.clone(), family_fixture(name), cfg) else {
+                panic!("{name}: the GPU trainer accepted a block it does not implement");
+            };
+            assert!(matches!(e, Error::Training(_)) && e.to_string().contains(feature), "{name}: {e}");
         }
     }
 }

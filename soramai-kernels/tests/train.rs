@@ -83,6 +83,26 @@ fn swiglu_backward_matches_finite_differences() {
 }
 
 #[test]
+fn geglu_backward_matches_finite_differences() {
+    let (g, u, r) = (rand_vec(14, 16, 4.0), rand_vec(15, 16, 2.0), rand_vec(16, 16, 1.0));
+    let (mut dg, mut du) = (vec![0f32; 16], vec![0f32; 16]);
+    ops::geglu_backward(&g, &u, &r, &mut dg, &mut du);
+    let r64 = f64s(&r);
+    let gelu = |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh());
+    let (g64, u64) = (f64s(&g), f64s(&u));
+    let num_g = numeric(|g| g.iter().zip(&u64).zip(&r64).map(|((g, u), r)| gelu(*g) * u * r).sum(), &g64);
+    let num_u = numeric(|u| g64.iter().zip(u).zip(&r64).map(|((g, u), r)| gelu(*g) * u * r).sum(), &u64);
+    assert_close("geglu dg", &dg, &num_g, 1e-5);
+    assert_close("geglu du", &du, &num_u, 1e-5);
+    // The forward twin computes the same GELU.
+    let mut h = g.clone();
+    fwd::geglu(&mut h, &u);
+    for i in 0..16 {
+        assert!((f64::from(h[i]) - gelu(g64[i]) * u64[i]).abs() < 1e-4, "geglu forward {i}");
+    }
+}
+
+#[test]
 fn rope_backward_matches_finite_differences_in_both_layouts() {
     for layout in [RopeLayout::Interleaved, RopeLayout::Neox] {
         let (head, r) = (rand_vec(7, 16, 1.0), rand_vec(8, 16, 1.0));
@@ -116,18 +136,31 @@ fn rope_backward_matches_finite_differences_in_both_layouts() {
 
 /// f64 twin of packed causal attention.
 fn attention64(h: Heads, q: &[f64], k: &[f64], v: &[f64], starts: &[usize]) -> Vec<f64> {
+    attention64_masked(h, 1.0 / (h.head_dim as f64).sqrt(), None, q, k, v, starts)
+}
+
+/// f64 twin of packed attention with a score scale and an optional sliding window.
+fn attention64_masked(
+    h: Heads,
+    scale: f64,
+    window: Option<usize>,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    starts: &[usize],
+) -> Vec<f64> {
     let (hd, qd, kvd) = (h.head_dim, h.n_head * h.head_dim, h.n_head_kv * h.head_dim);
     let mut o = vec![0f64; starts.len() * qd];
     for i in 0..starts.len() {
         for head in 0..h.n_head {
             let kh = head / (h.n_head / h.n_head_kv) * hd;
             let qi = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-            let s: Vec<f64> =
-                (starts[i]..=i).map(|j| dot(qi, &k[j * kvd + kh..j * kvd + kh + hd]) / (hd as f64).sqrt()).collect();
+            let first = window.map_or(starts[i], |w| (i + 1).saturating_sub(w).max(starts[i]));
+            let s: Vec<f64> = (first..=i).map(|j| dot(qi, &k[j * kvd + kh..j * kvd + kh + hd]) * scale).collect();
             let mx = s.iter().cloned().fold(f64::MIN, f64::max);
             let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
             for (jj, sj) in s.iter().enumerate() {
-                let j = starts[i] + jj;
+                let j = first + jj;
                 for c in 0..hd {
                     o[i * qd + head * hd + c] += (sj - mx).exp() / z * v[j * kvd + kh + c];
                 }
@@ -178,6 +211,33 @@ fn packed_attention_forward_and_backward_match_f64() {
         &mut vec![0f32; t * 16],
     );
     assert!(dk2[..4 * 16].iter().all(|&g| g == 0.0));
+}
+
+#[test]
+fn windowed_attention_with_its_own_scale_matches_f64() {
+    let h = Heads { n_head: 4, n_head_kv: 1, head_dim: 8 };
+    let starts = [0, 0, 0, 0, 0, 0, 0, 7, 7, 7, 7, 7];
+    let t = starts.len();
+    let mask = ops::Mask { scale: 0.2, window: Some(3) };
+    let (q, k, v) = (rand_vec(19, t * 32, 1.0), rand_vec(20, t * 8, 1.0), rand_vec(21, t * 8, 1.0));
+    let r = rand_vec(22, t * 32, 1.0);
+    let (mut o, mut lse) = (vec![0f32; t * 32], vec![0f32; t * 4]);
+    ops::attention_forward_masked(h, mask, &q, &k, &v, &starts, &mut o, &mut lse);
+    let f = |q: &[f64], k: &[f64], v: &[f64]| attention64_masked(h, 0.2, Some(3), q, k, v, &starts);
+    let (q64, k64, v64, r64) = (f64s(&q), f64s(&k), f64s(&v), f64s(&r));
+    assert!(o.iter().zip(&f(&q64, &k64, &v64)).all(|(a, b)| (f64::from(*a) - b).abs() < 1e-5), "forward");
+    let (mut dq, mut dk, mut dv) = (vec![0f32; t * 32], vec![0f32; t * 8], vec![0f32; t * 8]);
+    ops::attention_backward_masked(h, mask, &q, &k, &v, &o, &lse, &starts, &r, &mut dq, &mut dk, &mut dv);
+    assert_close("windowed dq", &dq, &numeric(|q| dot(&f(q, &k64, &v64), &r64), &q64), 1e-4);
+    assert_close("windowed dk", &dk, &numeric(|k| dot(&f(&q64, k, &v64), &r64), &k64), 1e-4);
+    assert_close("windowed dv", &dv, &numeric(|v| dot(&f(&q64, &k64, v), &r64), &v64), 1e-4);
+    // Row 6 sees rows 4..=6 only: key 3 gets no gradient from it.
+    let mut only6 = vec![0f32; t * 32];
+    only6[6 * 32..7 * 32].copy_from_slice(&r[6 * 32..7 * 32]);
+    let mut dk6 = vec![0f32; t * 8];
+    let (mut sq, mut sv) = (vec![0f32; t * 32], vec![0f32; t * 8]);
+    ops::attention_backward_masked(h, mask, &q, &k, &v, &o, &lse, &starts, &only6, &mut sq, &mut dk6, &mut sv);
+    assert!(dk6[3 * 8..4 * 8].iter().all(|&g| g == 0.0) && dk6[4 * 8..5 * 8].iter().any(|&g| g != 0.0));
 }
 
 #[test]

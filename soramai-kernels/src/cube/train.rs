@@ -137,6 +137,7 @@ impl GpuTrainer {
 
     fn on(gpu: Gpu, model: Arc<Model>, host: Trainer) -> Result<Self> {
         super::gpu::check_head_dim(&model.config)?;
+        model.config.require_plain_block("the GPU trainer").map_err(|e| Error::Training(e.to_string()))?;
         let weights = DeviceWeights::upload(&gpu, &model)?;
         let (rank, scale) = (host.config().rank, host.scale());
         let pairs = host

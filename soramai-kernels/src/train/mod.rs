@@ -30,12 +30,13 @@ use crate::cpu::gemm::{PackedMat, QuantRows, packable};
 use crate::cpu::ops as fwd;
 use crate::cpu::ops::RopeLayout;
 use crate::error::{Error, Result};
+use crate::family::Activation;
 use crate::lora::{Adapter, AdapterConfig, LoraPair, MAX_RANK, Target};
 use crate::model::{Model, Precision, QMat, add_bias, norm_rows};
 use crate::tokenizer::TokenId;
 
 pub use data::{Example, TrainMessage};
-use ops::{Heads, LoraGrads};
+use ops::{Heads, LoraGrads, Mask};
 pub use optim::{AdamW, Param, Schedule};
 
 /// What to train and how.
@@ -126,7 +127,6 @@ impl TrainConfig {
         if self.total_steps == 0 {
             return bad("total_steps must be at least 1".into());
         }
-        model.config.require_plain_block("the QLoRA trainer").map_err(|e| Error::Training(e.to_string()))?;
         Ok(())
     }
 }
@@ -208,6 +208,13 @@ struct LayerCache {
     h: Vec<f32>,
     /// `x·Aᵀ` of each LoRA pair of the layer.
     ax: HashMap<Target, Vec<f32>>,
+    /// Q and K before their per-head norms (families with q/k norms; empty otherwise).
+    q_pre: Vec<f32>,
+    k_pre: Vec<f32>,
+    /// The attention and feed-forward outputs before their post norms (families with post
+    /// norms; empty otherwise).
+    o_pre: Vec<f32>,
+    down_pre: Vec<f32>,
 }
 
 /// Per-row rotary angles of a packed sequence.
@@ -603,14 +610,22 @@ impl Trainer {
         let c = &m.config;
         let (d, n) = (c.n_embd, p.tokens.len());
         let mut x = vec![0f32; n * d];
-        for (i, &t) in p.tokens.iter().enumerate() {
-            m.tok_embd.dequantize_row(t as usize, &mut x[i * d..(i + 1) * d])?;
-        }
+        m.embed(&p.tokens, &mut x)?;
+        // The global layers' angles and, where the family has sliding-window layers, theirs.
         let half = c.rope_dims / 2;
-        let mut rope = Rope { cos: vec![0.0; n * half], sin: vec![0.0; n * half], half };
-        for (i, &pos) in p.pos.iter().enumerate() {
-            m.rope_angles(false, pos, &mut rope.cos[i * half..(i + 1) * half], &mut rope.sin[i * half..(i + 1) * half]);
+        let mut ropes = Vec::with_capacity(2);
+        for local in [false, true] {
+            if local && !(0..c.n_layer).any(|l| c.is_local(l)) {
+                break;
+            }
+            let mut rope = Rope { cos: vec![0.0; n * half], sin: vec![0.0; n * half], half };
+            for (i, &pos) in p.pos.iter().enumerate() {
+                let (cs, sn) = (&mut rope.cos[i * half..(i + 1) * half], &mut rope.sin[i * half..(i + 1) * half]);
+                m.rope_angles(local, pos, cs, sn);
+            }
+            ropes.push(rope);
         }
+        let rope_of = |l: usize| &ropes[usize::from(c.is_local(l))];
         let lowest = self.lowest_layer();
         let mut caches: Vec<Option<LayerCache>> = Vec::with_capacity(c.n_layer);
         let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); c.n_layer];
@@ -619,7 +634,7 @@ impl Trainer {
             if keep && self.config.checkpoint_activations {
                 inputs[l] = x.clone();
             }
-            let (out, cache) = self.layer_forward(l, x, &rope, &p.starts)?;
+            let (out, cache) = self.layer_forward(l, x, rope_of(l), &p.starts)?;
             caches.push(if keep && !self.config.checkpoint_activations { Some(cache) } else { None });
             x = out;
         }
@@ -670,9 +685,9 @@ impl Trainer {
         for l in (lowest..c.n_layer).rev() {
             let cache = match caches[l].take() {
                 Some(cache) => cache,
-                None => self.layer_forward(l, std::mem::take(&mut inputs[l]), &rope, &p.starts)?.1,
+                None => self.layer_forward(l, std::mem::take(&mut inputs[l]), rope_of(l), &p.starts)?.1,
             };
-            dx = self.layer_backward(l, &cache, &rope, &p.starts, dx, l > lowest, &mut grads)?;
+            dx = self.layer_backward(l, &cache, rope_of(l), &p.starts, dx, l > lowest, &mut grads)?;
         }
         Ok((loss, grads))
     }
@@ -720,13 +735,21 @@ impl Trainer {
             add_bias(&mut k, bk);
             add_bias(&mut v, bv);
         }
+        let (mut q_pre, mut k_pre) = (Vec::new(), Vec::new());
+        if let Some([qn, kn]) = &layer.qk_norm {
+            q_pre = q.clone();
+            k_pre = k.clone();
+            norm_rows(&q_pre, qn, c.eps, &mut q);
+            norm_rows(&k_pre, kn, c.eps, &mut k);
+        }
         rope.apply(c, &mut q, &mut k, fwd::rope);
         let heads = Heads { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd };
         let mut att = vec![0f32; n * qd];
         let mut lse = vec![0f32; n * c.n_head];
-        ops::attention_forward(heads, &q, &k, &v, starts, &mut att, &mut lse);
+        ops::attention_forward_masked(heads, mask(c, l), &q, &k, &v, starts, &mut att, &mut lse);
         let mut o = vec![0f32; n * d];
         self.project(l, Target::O, &att, self.quantize_for(l, &att, qd)?.as_ref(), &mut o, &mut ax)?;
+        let o_pre = post_norm(layer.post_norms.as_ref().map(|[a, _]| a), c.eps, &mut o);
         let mut xmid = x.clone();
         xmid.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         let mut xn2 = vec![0f32; n * d];
@@ -736,11 +759,17 @@ impl Trainer {
         self.project(l, Target::Gate, &xn2, q2.as_ref(), &mut g, &mut ax)?;
         self.project(l, Target::Up, &xn2, q2.as_ref(), &mut u, &mut ax)?;
         let mut h = g.clone();
-        h.par_chunks_mut(ff).zip(u.par_chunks(ff)).for_each(|(hr, ur)| fwd::swiglu(hr, ur));
+        let act = match c.family.activation() {
+            Activation::SwiGlu => fwd::swiglu,
+            Activation::GeGlu => fwd::geglu,
+        };
+        h.par_chunks_mut(ff).zip(u.par_chunks(ff)).for_each(|(hr, ur)| act(hr, ur));
         let mut out = vec![0f32; n * d];
         self.project(l, Target::Down, &h, self.quantize_for(l, &h, ff)?.as_ref(), &mut out, &mut ax)?;
+        let down_pre = post_norm(layer.post_norms.as_ref().map(|[_, f]| f), c.eps, &mut out);
         out.iter_mut().zip(&xmid).for_each(|(a, b)| *a += b);
-        Ok((out, LayerCache { x, xn1, q, k, v, att, lse, xmid, xn2, g, u, h, ax }))
+        let cache = LayerCache { x, xn1, q, k, v, att, lse, xmid, xn2, g, u, h, ax, q_pre, k_pre, o_pre, down_pre };
+        Ok((out, cache))
     }
 
     /// `dx += dy·W` through the frozen base weight.
@@ -792,13 +821,26 @@ impl Trainer {
         let layer = &self.model.layers[l];
         let n = starts.len();
         let (d, qd, kvd, hd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim, c.n_ff);
-        // Feed-forward.
+        // Feed-forward (through its post norm where the family has one).
         let mut dh = vec![0f32; n * ff];
-        self.project_backward(l, Target::Down, &cache.h, cache, &dout, Some(&mut dh), grads)?;
+        let d_down = post_norm_backward(layer.post_norms.as_ref().map(|[_, f]| f), c.eps, &cache.down_pre, &dout);
+        self.project_backward(
+            l,
+            Target::Down,
+            &cache.h,
+            cache,
+            d_down.as_deref().unwrap_or(&dout),
+            Some(&mut dh),
+            grads,
+        )?;
         let (mut dg, mut du) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        let act_backward = match c.family.activation() {
+            Activation::SwiGlu => ops::swiglu_backward,
+            Activation::GeGlu => ops::geglu_backward,
+        };
         dg.par_chunks_mut(ff).zip(du.par_chunks_mut(ff)).enumerate().for_each(|(i, (dgr, dur))| {
             let r = i * ff..(i + 1) * ff;
-            ops::swiglu_backward(&cache.g[r.clone()], &cache.u[r.clone()], &dh[r], dgr, dur);
+            act_backward(&cache.g[r.clone()], &cache.u[r.clone()], &dh[r], dgr, dur);
         });
         let mut dxn2 = vec![0f32; n * d];
         self.project_backward(l, Target::Gate, &cache.xn2, cache, &dg, Some(&mut dxn2), grads)?;
@@ -807,13 +849,29 @@ impl Trainer {
         ops::rms_norm_backward_rows(&cache.xmid, &layer.ffn_norm, c.eps, &dxn2, &mut dxmid);
         // Attention.
         let mut datt = vec![0f32; n * qd];
-        self.project_backward(l, Target::O, &cache.att, cache, &dxmid, Some(&mut datt), grads)?;
+        let d_o = post_norm_backward(layer.post_norms.as_ref().map(|[a, _]| a), c.eps, &cache.o_pre, &dxmid);
+        self.project_backward(
+            l,
+            Target::O,
+            &cache.att,
+            cache,
+            d_o.as_deref().unwrap_or(&dxmid),
+            Some(&mut datt),
+            grads,
+        )?;
         let (mut dq, mut dk, mut dv) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
         let heads = Heads { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd };
-        ops::attention_backward(
-            heads, &cache.q, &cache.k, &cache.v, &cache.att, &cache.lse, starts, &datt, &mut dq, &mut dk, &mut dv,
-        );
+        let (q, k, v) = (&cache.q, &cache.k, &cache.v);
+        let (o, lse) = (&cache.att, &cache.lse);
+        ops::attention_backward_masked(heads, mask(c, l), q, k, v, o, lse, starts, &datt, &mut dq, &mut dk, &mut dv);
         rope.apply(c, &mut dq, &mut dk, ops::rope_backward);
+        if let Some([qn, kn]) = &layer.qk_norm {
+            let (mut dq_pre, mut dk_pre) = (vec![0f32; n * qd], vec![0f32; n * kvd]);
+            ops::rms_norm_backward_rows(&cache.q_pre, qn, c.eps, &dq, &mut dq_pre);
+            ops::rms_norm_backward_rows(&cache.k_pre, kn, c.eps, &dk, &mut dk_pre);
+            dq = dq_pre;
+            dk = dk_pre;
+        }
         let mut dxn1 = vec![0f32; if need_dx { n * d } else { 0 }];
         for (t, dy) in [(Target::Q, &dq), (Target::K, &dk), (Target::V, &dv)] {
             let dx = if need_dx { Some(&mut dxn1[..]) } else { None };
@@ -826,6 +884,28 @@ impl Trainer {
         ops::rms_norm_backward_rows(&cache.x, &layer.attn_norm, c.eps, &dxn1, &mut dx);
         Ok(dx)
     }
+}
+
+/// The attention mask of layer `l`: the family's score scale, and its window on sliding layers.
+fn mask(c: &crate::model::Config, l: usize) -> Mask {
+    Mask { scale: c.attn_scale, window: if c.is_local(l) { c.sliding_window } else { None } }
+}
+
+/// Applies a post norm to `y` in place where there is one, returning `y` as it was (for the
+/// backward pass); an empty vector where there is none.
+fn post_norm(w: Option<&Vec<f32>>, eps: f32, y: &mut [f32]) -> Vec<f32> {
+    let Some(w) = w else { return Vec::new() };
+    let pre = y.to_vec();
+    norm_rows(&pre, w, eps, y);
+    pre
+}
+
+/// The gradient before a post norm from the one after it (`None` where there is no post norm).
+fn post_norm_backward(w: Option<&Vec<f32>>, eps: f32, pre: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
+    let w = w?;
+    let mut dx = vec![0f32; dy.len()];
+    ops::rms_norm_backward_rows(pre, w, eps, dy, &mut dx);
+    Some(dx)
 }
 
 /// A deterministic plan of batches: `epochs` passes over `n` examples, each pass shuffled from the

@@ -44,6 +44,22 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32], dg: &mut [f32], du: &mu
     }
 }
 
+/// GeGLU backward: `h = gelu(g)·u` (tanh GELU, `gelu(g) = g·Φ̃(g)` with
+/// `Φ̃(g) = ½(1 + tanh(k(g + a·g³)))`) gives `dg = dh·u·gelu'(g)`, `du = dh·gelu(g)`, where
+/// `gelu'(g) = Φ̃(g) + ½·g·(1 − tanh²)·k(1 + 3a·g²)`. Writes (does not add) `dg` and `du`.
+pub fn geglu_backward(g: &[f32], u: &[f32], dh: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    const K: f32 = 0.797_884_6;
+    const A: f32 = 0.044_715;
+    for i in 0..g.len() {
+        let x = g[i];
+        let t = (K * x * (1.0 + A * x * x)).tanh();
+        let gelu = 0.5 * x * (1.0 + t);
+        let slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * A * x * x);
+        dg[i] = dh[i] * u[i] * slope;
+        du[i] = dh[i] * gelu;
+    }
+}
+
 /// RoPE backward for one head: the transpose of a rotation is the rotation by the opposite angle.
 pub fn rope_backward(dhead: &mut [f32], cos: &[f32], sin: &[f32], layout: RopeLayout) {
     let half = cos.len();
@@ -67,6 +83,27 @@ pub struct Heads {
     pub n_head_kv: usize,
     /// Values per head.
     pub head_dim: usize,
+}
+
+/// Which keys a query sees and how its scores are scaled.
+#[derive(Clone, Copy, Debug)]
+pub struct Mask {
+    /// Score scale (`1/√head_dim` for most families).
+    pub scale: f32,
+    /// A sliding window: row `i` of an example sees rows `i + 1 − window ..= i` only.
+    pub window: Option<usize>,
+}
+
+impl Mask {
+    /// Plain causal attention with the usual `1/√head_dim` scale.
+    pub fn causal(head_dim: usize) -> Self {
+        Mask { scale: 1.0 / (head_dim as f32).sqrt(), window: None }
+    }
+
+    /// The first row (within its example) that row `i` sees.
+    fn first(&self, i: usize) -> usize {
+        self.window.map_or(0, |w| (i + 1).saturating_sub(w))
+    }
 }
 
 impl Heads {
@@ -199,8 +236,23 @@ fn example_spans(starts: &[usize]) -> Vec<std::ops::Range<usize>> {
 /// probabilities instead of keeping a `T × T` matrix per head. Each (head, example) is three
 /// dense products: `S = Q·Kᵀ`, the masked softmax, `O = P·V`.
 pub fn attention_forward(h: Heads, q: &[f32], k: &[f32], v: &[f32], starts: &[usize], o: &mut [f32], lse: &mut [f32]) {
+    attention_forward_masked(h, Mask::causal(h.head_dim), q, k, v, starts, o, lse)
+}
+
+/// [`attention_forward`] with a given score scale and, where `mask.window` says, a sliding window.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_masked(
+    h: Heads,
+    mask: Mask,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    starts: &[usize],
+    o: &mut [f32],
+    lse: &mut [f32],
+) {
     let (hd, qd, kvd) = (h.head_dim, h.qd(), h.kvd());
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = mask.scale;
     let spans = example_spans(starts);
     let tasks: Vec<(usize, std::ops::Range<usize>)> =
         (0..h.n_head).flat_map(|head| spans.iter().map(move |s| (head, s.clone()))).collect();
@@ -214,13 +266,15 @@ pub fn attention_forward(h: Heads, q: &[f32], k: &[f32], v: &[f32], starts: &[us
             let mut p = matmul_f32(&qb, &kt, n, hd, n);
             let mut l = vec![0f32; n];
             for (i, row) in p.chunks_exact_mut(n).enumerate() {
-                let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+                let lo = mask.first(i);
+                let max = row[lo..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
                 let mut sum = 0f32;
-                for x in row[..=i].iter_mut() {
+                for x in row[lo..=i].iter_mut() {
                     *x = (*x * scale - max).exp();
                     sum += *x;
                 }
-                row[..=i].iter_mut().for_each(|x| *x /= sum);
+                row[lo..=i].iter_mut().for_each(|x| *x /= sum);
+                row[..lo].fill(0.0);
                 row[i + 1..].fill(0.0);
                 l[i] = max + sum.ln();
             }
@@ -254,8 +308,27 @@ pub fn attention_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
+    attention_backward_masked(h, Mask::causal(h.head_dim), q, k, v, o, lse, starts, d_o, dq, dk, dv)
+}
+
+/// Backward of [`attention_forward_masked`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_masked(
+    h: Heads,
+    mask: Mask,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    starts: &[usize],
+    d_o: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
     let (hd, qd, kvd) = (h.head_dim, h.qd(), h.kvd());
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = mask.scale;
     let spans = example_spans(starts);
     let tasks: Vec<(usize, std::ops::Range<usize>)> =
         (0..h.n_head).flat_map(|head| spans.iter().map(move |s| (head, s.clone()))).collect();
@@ -276,10 +349,13 @@ pub fn attention_backward(
                 let l = lse[(span.start + i) * h.n_head + head];
                 let di = dot_f32(&dob[i * hd..(i + 1) * hd], &ob[i * hd..(i + 1) * hd]);
                 let (prow, drow) = (&mut p[i * n..(i + 1) * n], &mut ds[i * n..(i + 1) * n]);
-                for j in 0..=i {
+                let lo = mask.first(i);
+                for j in lo..=i {
                     prow[j] = (prow[j] * scale - l).exp();
                     drow[j] = prow[j] * (drow[j] - di) * scale;
                 }
+                prow[..lo].fill(0.0);
+                drow[..lo].fill(0.0);
                 prow[i + 1..].fill(0.0);
                 drow[i + 1..].fill(0.0);
             }
