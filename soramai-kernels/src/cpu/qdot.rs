@@ -399,19 +399,7 @@ fn maddubs_scaled(
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scales)
 }
 
-/// `vpdpbusd` sums of four, each 16-byte half multiplied by its scale.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn vnni_scaled(
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-    lo: i32,
-    hi: i32,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let scales = _mm256_set_m128i(_mm_set1_epi32(hi), _mm_set1_epi32(lo));
-    _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s), scales)
-}
-
 quant_dot_kernels!(avx2, "avx2,fma,f16c", maddubs_dot, maddubs_scaled);
-quant_dot_kernels!(vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", vnni_dot, vnni_scaled);
+// The scaled products (the k-quants' per-group scales) use `vpmaddubsw` + `vpmaddwd` on both
+// ISAs: `vpdpbusd` would need a 32-bit multiply by the scales after it, and measured no faster.
+quant_dot_kernels!(vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", vnni_dot, maddubs_scaled);
