@@ -172,6 +172,57 @@ fn a_fine_tune_job_trains_charges_registers_and_serves_its_adapter() {
     assert!(matches!(core.fine_tuned_model(&p, &id), Err(Error::NotFound { .. })));
 }
 
+/// Gemma 3 270M (Q4_K_M), where `scripts/fetch-gemma.sh` put it.
+fn gemma() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("SORAMAI_TEST_GEMMA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/gemma-3-270m-q4_k_m.gguf"));
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(std::env::var_os("SORAMAI_REQUIRE_GEMMA").is_none(), "Gemma 3 270M missing at {}", p.display());
+    eprintln!("skipped: Gemma 3 270M not found at {}", p.display());
+    None
+}
+
+#[test]
+fn a_fine_tune_job_trains_an_adapter_on_gemma3() {
+    let Some(model) = gemma() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    drop(LocalRootKey::create_file(&dir.path().join("root.key")).expect("root"));
+    let core = Arc::new(open_core(dir.path()));
+    let base = ModelId::new("gemma3").expect("id");
+    core.register_base_model(&base, &model).expect("register");
+    let t = TenantId::new("acme").expect("tenant");
+    core.create_tenant(&t, Tier::Basic).expect("create");
+    core.grant_credits(&t, 1_000_000, "test").expect("grant");
+    let p = Principal::operator(&t);
+    let ds = core.upload_dataset(&p, "train.jsonl", &dataset(4)).expect("upload");
+    let JobSpec::FineTune(mut s) = spec(ds.id, 1, 2, 10) else { unreachable!() };
+    s.base_model = base;
+    let job = core.submit_job(&p, JobSpec::FineTune(s)).expect("submit");
+    let done = Worker::new(core.clone(), "w", PoolId::shared(), runner()).run_once().expect("run").expect("job");
+    assert_eq!(done.id, job.id);
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+    let result = done.result.expect("result");
+    assert_eq!(result["steps"], 2, "4 examples, batch 2, 1 epoch");
+    let id = ModelId::new(result["fine_tuned_model"].as_str().expect("model id")).expect("valid id");
+    assert!(id.as_str().starts_with("ft:gemma3:acme:kumo:"), "{id}");
+    // The adapter loads on Gemma and changes its answer's logits.
+    let engine = Engine::load(&model).expect("engine");
+    soramai::finetune::load_fine_tuned(&core, &p, &id, &engine).expect("load");
+    let prompt = engine
+        .chat_tokens(&[soramai::kernels::tokenizer::template::Message::new(
+            "user",
+            "Where does the cloud council meet?",
+        )])
+        .expect("prompt");
+    let before = engine.logits(&prompt, None, Precision::Fast).expect("base");
+    let after = engine.logits(&prompt, Some(id.as_str()), Precision::Fast).expect("tuned");
+    let moved = before.iter().zip(&after).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 0.1, "the adapter changes the logits ({moved})");
+}
+
 #[test]
 fn fine_tune_jobs_refuse_bad_requests_and_fail_cleanly_on_data_that_cannot_train() {
     let Some(model) = reference_model() else { return };
