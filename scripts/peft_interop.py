@@ -1,8 +1,8 @@
-"""Adapter interop with Hugging Face PEFT, both ways, on the reference GGUF.
+"""Adapter interop with Hugging Face PEFT, both ways, on a GGUF (the reference model; Gemma 3 270M).
 
     peft_interop.py SORAMAI_BIN MODEL.gguf WORKDIR
 
-transformers dequantizes the GGUF into a float32 llama; Soramai runs the same file in `exact`
+transformers dequantizes the GGUF into its float32 model class; Soramai runs the same file in `exact`
 precision (f32 on dequantized weights). For each direction the checks are:
 
 - raw last-position logits within max abs 0.05 of each other;

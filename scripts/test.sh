@@ -119,6 +119,10 @@ interop_dir="$(mktemp -d)"
 [ -x target/debug/soramai ] || cargo build --locked -p soramai-server --bin soramai
 "$peft_python" -W ignore scripts/peft_interop.py target/debug/soramai "$SORAMAI_TEST_MODEL" "$interop_dir"
 rm -rf "$interop_dir"
+# The same both ways on Gemma 3 270M (transformers dequantizes its Q4_K_M file into Gemma3ForCausalLM).
+interop_dir="$(mktemp -d)"
+"$peft_python" -W ignore scripts/peft_interop.py target/debug/soramai "$SORAMAI_TEST_GEMMA" "$interop_dir"
+rm -rf "$interop_dir"
 
 end=$(date +%s)
 echo "== disk: target/ holds $(du -sh target 2>/dev/null | cut -f1), $(df -h --output=avail . | tail -1 | tr -d ' ') left"
