@@ -180,6 +180,90 @@ fn tiny() -> Vec<u8> {
     common::tiny_model_bytes("llama", GgmlType::Q8_0, 1)
 }
 
+/// A tiny Gemma 3 in the formats of a Q4_K_M file: Q4_K attention, Q6_K down, Q5_0 gate/up,
+/// Q8_0 embeddings, f32 norms (256 wide, so every row is whole k-quant blocks).
+fn tiny_kquant() -> Vec<u8> {
+    let (d, nh, nkv, hd, ff, layers) = (256usize, 2usize, 1usize, 128usize, 256usize, 2usize);
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("gemma3".into()));
+    let vocab = common::tiny_vocab(&mut w);
+    for (k, v) in [
+        ("block_count", layers),
+        ("context_length", 64),
+        ("embedding_length", d),
+        ("feed_forward_length", ff),
+        ("attention.head_count", nh),
+        ("attention.head_count_kv", nkv),
+        ("attention.key_length", hd),
+        ("attention.value_length", hd),
+        ("attention.sliding_window", 4),
+    ] {
+        w.set(format!("gemma3.{k}"), Value::U32(v as u32));
+    }
+    let mut seed = 40;
+    let mut mat = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize, ty: GgmlType| {
+        seed += 1;
+        w.add_f32(name, &[cols as u64, rows as u64], ty, &common::rand_vec(seed, rows * cols, 0.2)).expect("t");
+    };
+    let norm = |w: &mut GgufWriter, name: &str, n: usize| {
+        w.add_f32(name, &[n as u64], GgmlType::F32, &vec![1.0; n]).expect("t");
+    };
+    mat(&mut w, "token_embd.weight", vocab, d, GgmlType::Q8_0);
+    for l in 0..layers {
+        let n = |s: &str| format!("blk.{l}.{s}");
+        norm(&mut w, &n("attn_norm.weight"), d);
+        mat(&mut w, &n("attn_q.weight"), nh * hd, d, GgmlType::Q4_K);
+        mat(&mut w, &n("attn_k.weight"), nkv * hd, d, GgmlType::Q4_K);
+        mat(&mut w, &n("attn_v.weight"), nkv * hd, d, GgmlType::Q6_K);
+        mat(&mut w, &n("attn_output.weight"), d, nh * hd, GgmlType::Q5_K);
+        norm(&mut w, &n("attn_q_norm.weight"), hd);
+        norm(&mut w, &n("attn_k_norm.weight"), hd);
+        norm(&mut w, &n("post_attention_norm.weight"), d);
+        norm(&mut w, &n("ffn_norm.weight"), d);
+        mat(&mut w, &n("ffn_gate.weight"), ff, d, GgmlType::Q5_0);
+        mat(&mut w, &n("ffn_up.weight"), ff, d, GgmlType::Q5_0);
+        mat(&mut w, &n("ffn_down.weight"), d, ff, GgmlType::Q6_K);
+        norm(&mut w, &n("post_ffw_norm.weight"), d);
+    }
+    norm(&mut w, "output_norm.weight", d);
+    w.to_bytes()
+}
+
+#[test]
+fn k_quant_tensors_of_the_wrong_size_or_shape_are_typed_errors() {
+    let good = tiny_kquant();
+    let m =
+        Model::from_gguf(Arc::new(Gguf::from_bytes(good.clone()).expect("parses"))).expect("the tiny k-quant model");
+    let mut cache = m.new_cache();
+    let toks = [1u32, 5, 9];
+    let mut lanes = [Lane { cache: &mut cache, tokens: &toks, adapter: None, logits: Logits::Last }];
+    let logits = m.forward(&mut lanes, Precision::Fast).expect("forward").remove(0);
+    assert!(logits.iter().all(|v| v.is_finite()));
+    // Truncated anywhere in the tensor data: the reader refuses before any kernel runs.
+    let g = Gguf::from_bytes(good.clone()).expect("parses");
+    let data = g.data_offset;
+    for cut in [data + 1, data + 144, (data + good.len()) / 2, good.len() - 1] {
+        assert!(matches!(Gguf::from_bytes(good[..cut].to_vec()), Err(Error::Gguf { .. })), "cut at {cut}");
+    }
+    // A k-quant matrix whose rows are not whole 256-value blocks (64 columns of Q4_K).
+    let g = Gguf::from_bytes(good).expect("parses");
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.set(k.clone(), v.clone());
+    }
+    for t in &g.tensors {
+        if t.name == "blk.0.attn_q.weight" {
+            // The same bytes declared as 64 × 1024: not whole blocks per row.
+            w.add_raw(t.name.clone(), &[64, 1024], t.ty, g.tensor_bytes(t).to_vec()).expect("declared");
+        } else {
+            w.add_raw(t.name.clone(), &t.dims, t.ty, g.tensor_bytes(t).to_vec()).expect("tensor");
+        }
+    }
+    let bad = Gguf::from_bytes(w.to_bytes());
+    let err = bad.and_then(|g| Model::from_gguf(Arc::new(g)).map(drop)).expect_err("refused");
+    assert!(err.to_string().contains("blk.0.attn_q.weight") || matches!(err, Error::Gguf { .. }), "{err}");
+}
+
 fn with_meta(f: impl Fn(&mut GgufWriter)) -> Gguf {
     let g = Gguf::from_bytes(tiny()).expect("tiny model");
     let mut w = GgufWriter::new();
@@ -401,6 +485,28 @@ proptest! {
                 let mut lanes = [Lane { cache: &mut cache, tokens: &toks, adapter: None, logits: Logits::Last }];
                 let _ = m.forward(&mut lanes, Precision::Fast);
             }
+        }
+    }
+
+    /// The same for a k-quant model of the Gemma 3 family: flipped scales, nibbles or headers and
+    /// cut files never panic in the k-quant kernels or the family's loader.
+    #[test]
+    fn truncated_or_flipped_k_quant_models_never_panic(cut in 0usize..400_000, flips in prop::collection::vec((0usize..400_000, any::<u8>()), 0..8)) {
+        let mut b = tiny_kquant();
+        let n = b.len();
+        for (at, x) in flips {
+            b[at % n] ^= x | 1;
+        }
+        b.truncate(cut % (n + 1));
+        if let Ok(g) = Gguf::from_bytes(b)
+            && let Ok(m) = Model::from_gguf(Arc::new(g))
+            && m.config.n_embd * m.config.n_layer <= 1 << 16
+            && m.config.n_ff <= 1 << 14
+        {
+            let mut cache = m.new_cache();
+            let toks = [0u32, 1];
+            let mut lanes = [Lane { cache: &mut cache, tokens: &toks, adapter: None, logits: Logits::Last }];
+            let _ = m.forward(&mut lanes, Precision::Fast);
         }
     }
 
