@@ -8,12 +8,11 @@
 #![allow(unsafe_code)]
 
 macro_rules! quant_dot_kernels {
-    ($modname:ident, $features:literal, $dot:ident, $sdot:ident) => {
+    ($modname:ident, $features:literal, $dot:ident) => {
         pub(crate) mod $modname {
             use std::arch::x86_64::*;
 
-            use super::{$dot, $sdot};
-            use crate::quant::k_quants::scale_min_k4;
+            use super::$dot;
             use crate::quant::rd_f16;
 
             /// Σ u8 × i8 over 32 lanes, as 8 i32 partial sums.
@@ -23,11 +22,20 @@ macro_rules! quant_dot_kernels {
                 $dot(u, s)
             }
 
-            /// Σ u8 × i8 over 32 lanes, lanes 0..16 times `lo` and 16..32 times `hi`, as 8 i32 sums.
+            /// Σ u8 × i8 over 32 lanes as 8 i32 sums, each pair of products first multiplied by its
+            /// lane of `scales` (16 i16: lanes 0..8 serve bytes 0..16, 8..16 bytes 16..32). The
+            /// pair sums of `vpmaddubsw` cannot saturate here: codes are at most 63.
             #[inline]
             #[target_feature(enable = $features)]
-            fn scaled_dot(u: __m256i, s: __m256i, lo: i32, hi: i32) -> __m256i {
-                $sdot(u, s, lo, hi)
+            fn scaled_dot(u: __m256i, s: __m256i, scales: __m256i) -> __m256i {
+                _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scales)
+            }
+
+            /// 16 i16 lanes: `lo` in the first eight, `hi` in the last eight.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn halves16(lo: i16, hi: i16) -> __m256i {
+                _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
             }
 
             /// The 32 bits of `bits` as bytes: lane k is 0xFF where bit k is set, else 0.
@@ -76,10 +84,19 @@ macro_rules! quant_dot_kernels {
                 f32::from_le_bytes(unsafe { p.cast::<[u8; 4]>().read_unaligned() })
             }
 
-            /// Sum `g` of a Q8_K block's 16 sums of 16 activations.
+            /// The eight 6-bit scales and mins of a Q4_K/Q5_K block from its 12 packed bytes
+            /// (the layout of [`crate::quant::k_quants::scale_min_k4`], four at a time in u32s).
             #[inline]
-            fn bsum(y: &[u8], g: usize) -> i32 {
-                i32::from(i16::from_le_bytes([y[260 + 2 * g], y[261 + 2 * g]]))
+            fn scales_mins_k4(b: &[u8]) -> ([i16; 8], [u8; 8]) {
+                let w = |k: usize| u32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]]);
+                let (w0, w1, w2) = (w(0), w(1), w(2));
+                let sc_lo = w0 & 0x3F3F_3F3F;
+                let mn_lo = w1 & 0x3F3F_3F3F;
+                let sc_hi = (w2 & 0x0F0F_0F0F) | (((w0 >> 6) & 0x0303_0303) << 4);
+                let mn_hi = ((w2 >> 4) & 0x0F0F_0F0F) | (((w1 >> 6) & 0x0303_0303) << 4);
+                let sc = (u64::from(sc_hi) << 32 | u64::from(sc_lo)).to_le_bytes();
+                let mn = (u64::from(mn_hi) << 32 | u64::from(mn_lo)).to_le_bytes();
+                (std::array::from_fn(|j| i16::from(sc[j])), mn)
             }
 
             #[inline]
@@ -252,7 +269,8 @@ macro_rules! quant_dot_kernels {
 
             /// Q4_K (`FIVE`: Q5_K) weights · `R` rows of Q8_K activations: the eight 32-value
             /// sub-blocks unpacked to bytes once, each product scaled by its sub-block's 6-bit
-            /// scale in the integer domain, the mins applied through the activations' block sums.
+            /// scale in the integer domain, the mins applied through the activations' block sums
+            /// (one `vpmaddwd` a block and row).
             ///
             /// # Safety
             /// See the module contract (`nb` blocks of 256).
@@ -264,18 +282,17 @@ macro_rules! quant_dot_kernels {
             ) -> [f32; R] {
                 let bb = if FIVE { 176 } else { 144 };
                 let mut acc = [_mm256_setzero_ps(); R];
-                let mut mins = [0f32; R];
+                let mut mins = [_mm256_setzero_ps(); R];
                 let m4 = _mm256_set1_epi8(0x0F);
                 for i in 0..nb {
                     let xb = &w[i * bb..(i + 1) * bb];
                     let (d, dmin) = (rd_f16(xb, 0), rd_f16(xb, 2));
-                    let mut sc = [0i32; 8];
-                    let mut mn = [0i32; 8];
-                    for s in 0..8 {
-                        let (v, m) = scale_min_k4(s, &xb[4..16]);
-                        sc[s] = i32::from(v);
-                        mn[s] = i32::from(m);
-                    }
+                    let (sc, mn) = scales_mins_k4(&xb[4..16]);
+                    let scv: [__m256i; 8] = std::array::from_fn(|k| _mm256_set1_epi16(sc[k]));
+                    // Each min serves two of the activations' 16-value block sums: the 8 min
+                    // bytes doubled (m0 m0 m1 m1 ...) and widened to 16 i16 lanes.
+                    let m8 = _mm_cvtsi64_si128(i64::from_le_bytes(mn));
+                    let mn16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
                     let mut q = [_mm256_setzero_si256(); 8];
                     // SAFETY: the block's bytes are `xb` (bb long): qs at 16 (Q4_K) or 48 (Q5_K)
                     // holds 4 × 32 bytes, qh at 16 (Q5_K) 32 bytes.
@@ -297,22 +314,23 @@ macro_rules! quant_dot_kernels {
                     }
                     for j in 0..R {
                         let yb = &a[j][i * 292..(i + 1) * 292];
-                        // SAFETY: `yb` is one Q8_K block: d at 0, 256 quants at 4.
-                        let (d8, sumi) = unsafe {
+                        // SAFETY: `yb` is one Q8_K block: d at 0, 256 quants at 4, 16 i16 sums at 260.
+                        unsafe {
                             let y = yb.as_ptr();
                             let mut sumi = _mm256_setzero_si256();
                             for s in 0..8 {
                                 let ys = _mm256_loadu_si256(y.add(4 + 32 * s).cast());
-                                sumi = _mm256_add_epi32(sumi, scaled_dot(q[s], ys, sc[s], sc[s]));
+                                sumi = _mm256_add_epi32(sumi, scaled_dot(q[s], ys, scv[s]));
                             }
-                            (q8k_d(y), sumi)
-                        };
-                        let summ: i32 = (0..8).map(|s| mn[s] * (bsum(yb, 2 * s) + bsum(yb, 2 * s + 1))).sum();
-                        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * d8), _mm256_cvtepi32_ps(sumi), acc[j]);
-                        mins[j] += dmin * d8 * summ as f32;
+                            let d8 = q8k_d(y);
+                            let bsums = _mm256_loadu_si256(y.add(260).cast());
+                            let summ = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mn16));
+                            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * d8), _mm256_cvtepi32_ps(sumi), acc[j]);
+                            mins[j] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * d8), summ, mins[j]);
+                        }
                     }
                 }
-                std::array::from_fn(|j| hsum(acc[j]) - mins[j])
+                std::array::from_fn(|j| hsum(_mm256_sub_ps(acc[j], mins[j])))
             }
 
             /// Q6_K weights · `R` rows of Q8_K activations: the 6-bit values unpacked unsigned
@@ -324,16 +342,18 @@ macro_rules! quant_dot_kernels {
             #[target_feature(enable = $features)]
             pub(crate) unsafe fn q6_k_q8_k<const R: usize>(nb: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
                 let mut acc = [_mm256_setzero_ps(); R];
-                let mut offs = [0f32; R];
+                let mut offs = [_mm256_setzero_ps(); R];
                 let m4 = _mm256_set1_epi8(0x0F);
                 let m30 = _mm256_set1_epi8(0x30);
                 for i in 0..nb {
                     let xb = &w[i * 210..(i + 1) * 210];
                     let d = rd_f16(xb, 208);
-                    let sc: [i32; 16] = std::array::from_fn(|g| i32::from(xb[192 + g] as i8));
+                    let sc: [i16; 16] = std::array::from_fn(|g| i16::from(xb[192 + g] as i8));
+                    let scv: [__m256i; 8] = std::array::from_fn(|v| halves16(sc[2 * v], sc[2 * v + 1]));
                     let mut q = [_mm256_setzero_si256(); 8];
-                    // SAFETY: `xb` is one block: ql (128 bytes) at 0, qh (64 bytes) at 128.
-                    unsafe {
+                    // SAFETY: `xb` is one block: ql (128 bytes) at 0, qh (64 bytes) at 128, the 16
+                    // scales at 192.
+                    let sc16 = unsafe {
                         let x = xb.as_ptr();
                         for h in 0..2 {
                             let ql0 = _mm256_loadu_si256(x.add(64 * h).cast());
@@ -347,25 +367,27 @@ macro_rules! quant_dot_kernels {
                             q[4 * h + 2] = _mm256_or_si256(hi0, _mm256_and_si256(qh, m30));
                             q[4 * h + 3] = _mm256_or_si256(hi1, _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30));
                         }
-                    }
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(192).cast()))
+                    };
                     for j in 0..R {
                         let yb = &a[j][i * 292..(i + 1) * 292];
-                        // SAFETY: `yb` is one Q8_K block: d at 0, 256 quants at 4.
-                        let (d8, sumi) = unsafe {
+                        // SAFETY: `yb` is one Q8_K block: d at 0, 256 quants at 4, 16 i16 sums at 260.
+                        unsafe {
                             let y = yb.as_ptr();
                             let mut sumi = _mm256_setzero_si256();
                             for v in 0..8 {
                                 let ys = _mm256_loadu_si256(y.add(4 + 32 * v).cast());
-                                sumi = _mm256_add_epi32(sumi, scaled_dot(q[v], ys, sc[2 * v], sc[2 * v + 1]));
+                                sumi = _mm256_add_epi32(sumi, scaled_dot(q[v], ys, scv[v]));
                             }
-                            (q8k_d(y), sumi)
-                        };
-                        let off: i32 = (0..16).map(|g| sc[g] * bsum(yb, g)).sum();
-                        acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * d8), _mm256_cvtepi32_ps(sumi), acc[j]);
-                        offs[j] += d * d8 * (32 * off) as f32;
+                            let dd = _mm256_set1_ps(d * q8k_d(y));
+                            let bsums = _mm256_loadu_si256(y.add(260).cast());
+                            let off = _mm256_cvtepi32_ps(_mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc16)));
+                            acc[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), acc[j]);
+                            offs[j] = _mm256_fmadd_ps(dd, off, offs[j]);
+                        }
                     }
                 }
-                std::array::from_fn(|j| hsum(acc[j]) - offs[j])
+                std::array::from_fn(|j| hsum(_mm256_sub_ps(acc[j], offs[j])))
             }
         }
     };
@@ -385,21 +407,7 @@ fn vnni_dot(u: std::arch::x86_64::__m256i, s: std::arch::x86_64::__m256i) -> std
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 }
 
-/// `vpmaddubsw` pairs scaled per 16-byte half by `vpmaddwd` (the scales fit in i16).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn maddubs_scaled(
-    u: std::arch::x86_64::__m256i,
-    s: std::arch::x86_64::__m256i,
-    lo: i32,
-    hi: i32,
-) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let scales = _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16));
-    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scales)
-}
-
-quant_dot_kernels!(avx2, "avx2,fma,f16c", maddubs_dot, maddubs_scaled);
-// The scaled products (the k-quants' per-group scales) use `vpmaddubsw` + `vpmaddwd` on both
-// ISAs: `vpdpbusd` would need a 32-bit multiply by the scales after it, and measured no faster.
-quant_dot_kernels!(vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", vnni_dot, maddubs_scaled);
+quant_dot_kernels!(avx2, "avx2,fma,f16c", maddubs_dot);
+// The k-quants' scaled products use `vpmaddubsw` + `vpmaddwd` here too: `vpdpbusd` would need a
+// 32-bit multiply by the scales after it, and measured no faster.
+quant_dot_kernels!(vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", vnni_dot);
