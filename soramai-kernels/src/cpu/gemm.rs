@@ -3,8 +3,9 @@
 //!
 //! [`PackedMat`] stores every block as unsigned 8-bit codes with a per-row-block scale and offset,
 //! `w = d·q + m`, which holds each 4- and 8-bit legacy format exactly (Q4_1: its nibbles, `d`, `m`;
-//! Q4_0: `m = −8d`; Q8_0: `q + 128`, `m = −128d`) and anything else (K-quants, floats, a transposed
-//! matrix) as asymmetric 8-bit blocks. Rows go in panels of 8; a panel's block is 8 groups of
+//! Q4_0: `m = −8d`; Q8_0: `q + 128`, `m = −128d`; each 32-value sub-block of Q4_K and Q5_K:
+//! `d = d·sc`, `m = −dmin·mn`) and anything else (the other k-quants, floats, a transposed matrix)
+//! as asymmetric 8-bit blocks. Rows go in panels of 8; a panel's block is 8 groups of
 //! 4 columns × 8 rows × 4 bytes, the operand order of `vpdpbusd`, so one instruction multiplies
 //! 4 columns of 8 rows by the same 4 columns of one activation row, broadcast. A block then costs
 //! 8 integer instructions per (panel, activation row) plus one conversion and two fused
@@ -126,6 +127,31 @@ fn encode_blocks(ty: GgmlType, src: &[u8], codes: RowCodes<'_>, scratch: &mut [f
                 m[b] = -128.0 * scale;
                 for (o, &v) in q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(&blk[2..]) {
                     *o = (v as i8 as i16 + 128) as u8;
+                }
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            // Each 32-value sub-block is `d·sc·q − dmin·mn` with q < 16 (Q4_K) or < 32 (Q5_K):
+            // exactly a packed block with scale `d·sc`, offset `−dmin·mn` and the codes q.
+            let five = ty == GgmlType::Q5_K;
+            let bb = if five { 176 } else { 144 };
+            for (k, blk) in src.chunks_exact(bb).enumerate() {
+                let (dk, dmin) = (rd_f16(blk, 0), rd_f16(blk, 2));
+                let qs = if five { &blk[48..176] } else { &blk[16..144] };
+                for j in 0..8 {
+                    let (sc, mn) = crate::quant::k_quants::scale_min_k4(j, &blk[4..16]);
+                    let b = k * 8 + j;
+                    d[b] = dk * f32::from(sc);
+                    m[b] = -dmin * f32::from(mn);
+                    let (chunk, high) = (j / 2, j % 2 == 1);
+                    for l in 0..BLOCK {
+                        let byte = qs[chunk * 32 + l];
+                        let mut c = if high { byte >> 4 } else { byte & 0x0F };
+                        if five && blk[16 + l] & (1 << j) != 0 {
+                            c += 16;
+                        }
+                        q[b * BLOCK + l] = c;
+                    }
                 }
             }
         }
@@ -648,10 +674,39 @@ mod tests {
         out
     }
 
+    /// Element (r, c) of a packed matrix, `d·q + m`, from its panel layout.
+    fn packed_value(p: &PackedMat, r: usize, c: usize) -> f32 {
+        let nb = p.cols / BLOCK;
+        let (panel, pr, b, col) = (r / PANEL, r % PANEL, c / BLOCK, c % BLOCK);
+        let at = (panel * nb + b) * PB + (col / 4) * PANEL * 4 + pr * 4 + col % 4;
+        let s = (panel * nb + b) * PANEL + pr;
+        p.d[s] * f32::from(p.q[at]) + p.m[s]
+    }
+
+    #[test]
+    fn packs_q4_k_and_q5_k_exactly() {
+        let mut seed = 11;
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_K] {
+            let (rows, cols) = (16, 512);
+            let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+            let blocks = quantize(ty, &wf).expect("quantize");
+            let mut w = vec![0f32; rows * cols];
+            crate::quant::dequantize(ty, &blocks, &mut w).expect("dequantize");
+            let p = PackedMat::from_blocks(ty, &blocks, rows, cols).expect("pack");
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (got, want) = (packed_value(&p, r, c), w[r * cols + c]);
+                    assert!((got - want).abs() <= 1e-6 * want.abs().max(1e-3), "{ty} ({r}, {c}): {got} vs {want}");
+                }
+            }
+            assert_eq!(p.narrow, ty == GgmlType::Q4_K, "{ty}: codes up to 15 are narrow, up to 31 are not");
+        }
+    }
+
     #[test]
     fn packs_legacy_blocks_exactly_and_multiplies_within_activation_rounding() {
         let mut seed = 7;
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q4_K] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q4_K, GgmlType::Q5_K] {
             let (rows, cols) = (24, 256);
             let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
             let blocks = quantize(ty, &wf).expect("quantize");
