@@ -601,8 +601,13 @@ impl Core {
         }
     }
 
-    /// The members of the caller's tenant (any member, or a key with any scope).
+    /// The members of the caller's tenant: their emails, roles and user ids. A person signed in
+    /// to the tenant sees their team whatever their role; an API key (or a break-glass grant)
+    /// needs the admin scope — an inference-, train- or rag-only key is refused.
     pub fn members(&self, principal: &Principal) -> Result<Vec<Membership>> {
+        if !matches!(principal.actor(), Actor::User(_)) {
+            principal.require(Scope::Admin)?;
+        }
         self.tenant(principal.tenant())?;
         self.membership_rows("m.tenant_id = ?1", principal.tenant().as_str())
     }

@@ -74,6 +74,15 @@ fn hostile_requests_get_openai_errors_and_change_nothing() {
         StatusCode::FORBIDDEN,
         "permission_denied",
     );
+    // The members list (emails, roles, user ids) needs the admin scope: a key of any other
+    // single scope is refused.
+    for scope in ["inference", "train", "rag"] {
+        let key = server.key(&acme, "acme", &[scope], None);
+        assert_error(server.call("GET", "/v1/members", Some(&key), None), StatusCode::FORBIDDEN, "permission_denied");
+    }
+    let admin_only = server.key(&acme, "acme", &["admin"], None);
+    let (s, v) = server.call("GET", "/v1/members", Some(&admin_only), None);
+    assert_eq!(s, StatusCode::OK, "{v}");
     // A tenant admin is not a platform admin, and cannot mint keys in another tenant.
     assert_error(
         server.call("POST", "/v1/tenants", Some(&acme), Some(json!({"id": "evil", "tier": "org"}))),
