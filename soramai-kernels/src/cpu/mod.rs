@@ -111,12 +111,7 @@ fn has_avx2() -> bool {
 
 /// The block format activations are quantized to for a product with weights of type `ty`.
 pub const fn vec_dot_type(ty: GgmlType) -> GgmlType {
-    match ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => GgmlType::F32,
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 => GgmlType::Q8_1,
-        _ => GgmlType::Q8_K,
-    }
+    ty.facts().vec_dot
 }
 
 /// Quantizes one row of activations to `act` (a [`vec_dot_type`]) into `out`.
@@ -136,11 +131,24 @@ pub fn quantize_activations(act: GgmlType, x: &[f32], out: &mut [u8]) {
             }
             quantize_q8_scalar(x, out, act == GgmlType::Q8_1);
         }
-        _ => {
+        GgmlType::Q8_K => {
             for (xs, b) in x.chunks_exact(256).zip(out.chunks_exact_mut(act.block_bytes())) {
                 crate::quant::k_quants::quantize_q8k_block(xs, b);
             }
         }
+        // Not an activation format ([`vec_dot_type`] never returns these): the bytes are left
+        // as they are, and `matmul` refuses such a product before it gets here.
+        GgmlType::F16
+        | GgmlType::BF16
+        | GgmlType::Q4_0
+        | GgmlType::Q4_1
+        | GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Q2_K
+        | GgmlType::Q3_K
+        | GgmlType::Q4_K
+        | GgmlType::Q5_K
+        | GgmlType::Q6_K => {}
     }
 }
 

@@ -2,7 +2,7 @@
 //! is asserted equal to.
 
 use crate::quant::k_quants::{q3k_scales, scale_min_k4};
-use crate::quant::{GgmlType, rd_f16};
+use crate::quant::{GgmlType, KQuant, Layout, rd_f16};
 
 /// Integer levels and per-16 scales of one k-quant super-block, so that the block's value `i` is
 /// `d * scale[i / 16] * level[i] - dmin * min[i / 16]`.
@@ -14,10 +14,10 @@ pub(crate) struct KLevels {
     pub dmin: f32,
 }
 
-pub(crate) fn k_levels(ty: GgmlType, b: &[u8]) -> KLevels {
+pub(crate) fn k_levels(ty: KQuant, b: &[u8]) -> KLevels {
     let mut k = KLevels { level: [0; 256], scale: [0; 16], min: [0; 16], d: 0.0, dmin: 0.0 };
     match ty {
-        GgmlType::Q2_K => {
+        KQuant::Q2_K => {
             k.d = rd_f16(b, 80);
             k.dmin = rd_f16(b, 82);
             for g in 0..16 {
@@ -29,7 +29,7 @@ pub(crate) fn k_levels(ty: GgmlType, b: &[u8]) -> KLevels {
                 *l = ((b[16 + half * 32 + r % 32] >> (2 * (r / 32))) & 3) as i8;
             }
         }
-        GgmlType::Q3_K => {
+        KQuant::Q3_K => {
             k.d = rd_f16(b, 108);
             let s = q3k_scales(&b[96..108]);
             for g in 0..16 {
@@ -42,7 +42,7 @@ pub(crate) fn k_levels(ty: GgmlType, b: &[u8]) -> KLevels {
                 *l = low - high;
             }
         }
-        GgmlType::Q4_K | GgmlType::Q5_K => {
+        KQuant::Q4_K | KQuant::Q5_K => {
             k.d = rd_f16(b, 0);
             k.dmin = rd_f16(b, 2);
             for j in 0..8 {
@@ -52,7 +52,7 @@ pub(crate) fn k_levels(ty: GgmlType, b: &[u8]) -> KLevels {
                 k.min[2 * j] = m as i32;
                 k.min[2 * j + 1] = m as i32;
             }
-            let five = ty == GgmlType::Q5_K;
+            let five = ty == KQuant::Q5_K;
             let qs = if five { &b[48..176] } else { &b[16..144] };
             for (e, l) in k.level.iter_mut().enumerate() {
                 let (chunk, r) = (e / 64, e % 64);
@@ -65,7 +65,7 @@ pub(crate) fn k_levels(ty: GgmlType, b: &[u8]) -> KLevels {
                 *l = q as i8;
             }
         }
-        GgmlType::Q6_K => {
+        KQuant::Q6_K => {
             k.d = rd_f16(b, 208);
             for g in 0..16 {
                 k.scale[g] = b[192 + g] as i8 as i32;
@@ -79,14 +79,13 @@ pub(crate) fn k_levels(ty: GgmlType, b: &[u8]) -> KLevels {
                 *l = ((low | (high << 4)) as i8) - 32;
             }
         }
-        GgmlType::Q8_K => {
+        KQuant::Q8_K => {
             k.d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             k.scale = [1; 16];
             for (l, q) in k.level.iter_mut().zip(&b[4..260]) {
                 *l = *q as i8;
             }
         }
-        _ => unreachable!("not a k-quant"),
     }
     k
 }
@@ -150,17 +149,20 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
                 }
             }
         }
-        GgmlType::Q8_0 => {
+        GgmlType::Q8_0 | GgmlType::Q8_1 => {
+            // Q8_1 as weights (no model stores them so) is `d·q` too, its sum field unused.
+            let off = if ty == GgmlType::Q8_0 { 2 } else { 4 };
             for i in 0..nb {
                 let (x, y) = (&w[i * wb..(i + 1) * wb], &a[i * ab..(i + 1) * ab]);
-                let sumi: i32 = (0..32).map(|j| x[2 + j] as i8 as i32 * y[2 + j] as i8 as i32).sum();
+                let sumi: i32 = (0..32).map(|j| x[off + j] as i8 as i32 * y[off + j] as i8 as i32).sum();
                 sum += rd_f16(x, 0) * rd_f16(y, 0) * sumi as f32;
             }
         }
         GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q8_K => {
+            let Layout::K(kq) = ty.facts().layout else { return sum };
             for i in 0..nb {
                 let (x, y) = (&w[i * wb..(i + 1) * wb], &a[i * ab..(i + 1) * ab]);
-                let k = k_levels(ty, x);
+                let k = k_levels(kq, x);
                 let d8 = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
                 let (mut sumi, mut summ) = (0i32, 0i32);
                 for g in 0..16 {
@@ -172,7 +174,6 @@ pub(crate) fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
                 sum += k.d * d8 * sumi as f32 - k.dmin * d8 * summ as f32;
             }
         }
-        GgmlType::Q8_1 => unreachable!("Q8_1 is an activation format"),
     }
     sum
 }

@@ -12,7 +12,7 @@
 //! The quantizers here pick scales by min/max per sub-block (not ggml's iterative search): their
 //! output is valid for every reader, a little less precise than ggml's.
 
-use super::{GgmlType, rd_f16, wr_f16};
+use super::{KQuant, rd_f16, wr_f16};
 
 /// Elements per super-block.
 pub const QK_K: usize = 256;
@@ -39,11 +39,11 @@ pub(crate) fn q3k_scales(s: &[u8]) -> [i8; 16] {
     out
 }
 
-pub(super) fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
-    let bb = ty.block_bytes();
+pub(super) fn dequantize(ty: KQuant, src: &[u8], out: &mut [f32]) {
+    let bb = ty.ty().block_bytes();
     for (b, y) in src.chunks_exact(bb).zip(out.chunks_exact_mut(QK_K)) {
         match ty {
-            GgmlType::Q2_K => {
+            KQuant::Q2_K => {
                 let (sc, qs) = (&b[0..16], &b[16..80]);
                 let (d, dmin) = (rd_f16(b, 80), rd_f16(b, 82));
                 for (e, v) in y.iter_mut().enumerate() {
@@ -54,7 +54,7 @@ pub(super) fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                     *v = d * (s & 0x0F) as f32 * q as f32 - dmin * (s >> 4) as f32;
                 }
             }
-            GgmlType::Q3_K => {
+            KQuant::Q3_K => {
                 let (hm, qs) = (&b[0..32], &b[32..96]);
                 let scales = q3k_scales(&b[96..108]);
                 let d = rd_f16(b, 108);
@@ -66,10 +66,10 @@ pub(super) fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                     *v = d * scales[e / 16] as f32 * (low - high) as f32;
                 }
             }
-            GgmlType::Q4_K | GgmlType::Q5_K => {
+            KQuant::Q4_K | KQuant::Q5_K => {
                 let (d, dmin) = (rd_f16(b, 0), rd_f16(b, 2));
                 let sc = &b[4..16];
-                let (qh, qs) = if ty == GgmlType::Q5_K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+                let (qh, qs) = if ty == KQuant::Q5_K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
                 for (e, v) in y.iter_mut().enumerate() {
                     let (chunk, r) = (e / 64, e % 64);
                     let (hi_nib, l) = (r / 32, r % 32);
@@ -84,7 +84,7 @@ pub(super) fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                     *v = d * s as f32 * q as f32 - dmin * m as f32;
                 }
             }
-            GgmlType::Q6_K => {
+            KQuant::Q6_K => {
                 let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
                 let d = rd_f16(b, 208);
                 for (e, v) in y.iter_mut().enumerate() {
@@ -97,13 +97,12 @@ pub(super) fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                     *v = d * (sc[half * 8 + r / 16] as i8) as f32 * q as f32;
                 }
             }
-            GgmlType::Q8_K => {
+            KQuant::Q8_K => {
                 let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 for (v, q) in y.iter_mut().zip(&b[4..260]) {
                     *v = d * (*q as i8) as f32;
                 }
             }
-            _ => unreachable!("not a k-quant"),
         }
     }
 }
@@ -141,12 +140,12 @@ fn inv(v: f32) -> f32 {
     if v != 0.0 { 1.0 / v } else { 0.0 }
 }
 
-pub(super) fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) {
-    let bb = ty.block_bytes();
+pub(super) fn quantize(ty: KQuant, src: &[f32], out: &mut [u8]) {
+    let bb = ty.ty().block_bytes();
     for (x, b) in src.chunks_exact(QK_K).zip(out.chunks_exact_mut(bb)) {
         b.fill(0);
         match ty {
-            GgmlType::Q2_K => {
+            KQuant::Q2_K => {
                 let p: Vec<(f32, f32)> = x.chunks_exact(16).map(|s| affine(s, 3.0)).collect();
                 let d = p.iter().fold(0.0f32, |m, v| m.max(v.0)) / 15.0;
                 let dmin = p.iter().fold(0.0f32, |m, v| m.max(v.1)) / 15.0;
@@ -171,7 +170,7 @@ pub(super) fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) {
                     }
                 }
             }
-            GgmlType::Q3_K => {
+            KQuant::Q3_K => {
                 let scales: Vec<f32> =
                     x.chunks_exact(16).map(|s| s.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 4.0).collect();
                 let d = scales.iter().fold(0.0f32, |m, &v| m.max(v)) / 31.0;
@@ -206,8 +205,8 @@ pub(super) fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) {
                     }
                 }
             }
-            GgmlType::Q4_K | GgmlType::Q5_K => {
-                let top = if ty == GgmlType::Q4_K { 15.0 } else { 31.0 };
+            KQuant::Q4_K | KQuant::Q5_K => {
+                let top = if ty == KQuant::Q4_K { 15.0 } else { 31.0 };
                 let p: Vec<(f32, f32)> = x.chunks_exact(32).map(|s| affine(s, top)).collect();
                 let d = p.iter().fold(0.0f32, |m, v| m.max(v.0)) / 63.0;
                 let dmin = p.iter().fold(0.0f32, |m, v| m.max(v.1)) / 63.0;
@@ -232,11 +231,11 @@ pub(super) fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) {
                         levels[j * 32 + l] = nearest((x[j * 32 + l] + ml) * inv(dl)).clamp(0, top as i32) as u8;
                     }
                 }
-                let qs_off = if ty == GgmlType::Q5_K { 48 } else { 16 };
+                let qs_off = if ty == KQuant::Q5_K { 48 } else { 16 };
                 for chunk in 0..4 {
                     for l in 0..32 {
                         let (mut l1, mut l2) = (levels[chunk * 64 + l], levels[chunk * 64 + 32 + l]);
-                        if ty == GgmlType::Q5_K {
+                        if ty == KQuant::Q5_K {
                             if l1 > 15 {
                                 l1 -= 16;
                                 b[16 + l] |= 1 << (2 * chunk);
@@ -250,7 +249,7 @@ pub(super) fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) {
                     }
                 }
             }
-            GgmlType::Q6_K => {
+            KQuant::Q6_K => {
                 let scales: Vec<f32> = x
                     .chunks_exact(16)
                     .map(|s| s.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m }) / -32.0)
@@ -278,8 +277,7 @@ pub(super) fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) {
                     }
                 }
             }
-            GgmlType::Q8_K => quantize_q8k_block(x, b),
-            _ => unreachable!("not a k-quant"),
+            KQuant::Q8_K => quantize_q8k_block(x, b),
         }
     }
 }

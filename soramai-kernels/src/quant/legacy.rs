@@ -9,34 +9,34 @@
 //! | Q8_0 | 34 | `d: f16, qs: [i8; 32]`; `x = q * d` |
 //! | Q8_1 | 36 | `d: f16, s: f16, qs: [i8; 32]`; `s = d * Σq` |
 
-use super::{GgmlType, rd_f16, wr_f16};
+use super::{Legacy, rd_f16, wr_f16};
 
 /// Elements per block.
 pub const QK: usize = 32;
 
-pub(super) fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
-    let bb = ty.block_bytes();
+pub(super) fn dequantize(ty: Legacy, src: &[u8], out: &mut [f32]) {
+    let bb = ty.ty().block_bytes();
     for (b, y) in src.chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
         match ty {
-            GgmlType::Q4_0 => {
+            Legacy::Q4_0 => {
                 let d = rd_f16(b, 0);
                 for j in 0..16 {
                     y[j] = ((b[2 + j] & 0x0F) as i32 - 8) as f32 * d;
                     y[j + 16] = ((b[2 + j] >> 4) as i32 - 8) as f32 * d;
                 }
             }
-            GgmlType::Q4_1 => {
+            Legacy::Q4_1 => {
                 let (d, m) = (rd_f16(b, 0), rd_f16(b, 2));
                 for j in 0..16 {
                     y[j] = (b[4 + j] & 0x0F) as f32 * d + m;
                     y[j + 16] = (b[4 + j] >> 4) as f32 * d + m;
                 }
             }
-            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            Legacy::Q5_0 | Legacy::Q5_1 => {
                 let (d, m, off) =
-                    if ty == GgmlType::Q5_0 { (rd_f16(b, 0), 0.0, 2) } else { (rd_f16(b, 0), rd_f16(b, 2), 4) };
+                    if ty == Legacy::Q5_0 { (rd_f16(b, 0), 0.0, 2) } else { (rd_f16(b, 0), rd_f16(b, 2), 4) };
                 let qh = u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]);
-                let bias = if ty == GgmlType::Q5_0 { 16 } else { 0 };
+                let bias = if ty == Legacy::Q5_0 { 16 } else { 0 };
                 for j in 0..16 {
                     let q = b[off + 4 + j];
                     let h0 = ((qh >> j) << 4) & 0x10;
@@ -45,14 +45,13 @@ pub(super) fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                     y[j + 16] = (((q >> 4) as u32 | h1) as i32 - bias) as f32 * d + m;
                 }
             }
-            GgmlType::Q8_0 | GgmlType::Q8_1 => {
-                let off = if ty == GgmlType::Q8_0 { 2 } else { 4 };
+            Legacy::Q8_0 | Legacy::Q8_1 => {
+                let off = if ty == Legacy::Q8_0 { 2 } else { 4 };
                 let d = rd_f16(b, 0);
                 for j in 0..QK {
                     y[j] = b[off + j] as i8 as f32 * d;
                 }
             }
-            _ => unreachable!("not a legacy type"),
         }
     }
 }
@@ -66,23 +65,23 @@ fn min_max(x: &[f32]) -> (f32, f32) {
     x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
-pub(super) fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) {
-    let bb = ty.block_bytes();
+pub(super) fn quantize(ty: Legacy, src: &[f32], out: &mut [u8]) {
+    let bb = ty.ty().block_bytes();
     for (x, b) in src.chunks_exact(QK).zip(out.chunks_exact_mut(bb)) {
         match ty {
-            GgmlType::Q4_0 | GgmlType::Q5_0 => {
-                let (levels, bias) = if ty == GgmlType::Q4_0 { (-8.0, 8.5) } else { (-16.0, 16.5) };
+            Legacy::Q4_0 | Legacy::Q5_0 => {
+                let (levels, bias) = if ty == Legacy::Q4_0 { (-8.0, 8.5) } else { (-16.0, 16.5) };
                 let max = signed_absmax(x);
                 let d = max / levels;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 wr_f16(b, 0, d);
-                let top = if ty == GgmlType::Q4_0 { 15 } else { 31 };
+                let top = if ty == Legacy::Q4_0 { 15 } else { 31 };
                 let q = |v: f32| ((v * id + bias) as i32).clamp(0, top) as u8;
                 pack_nibbles(ty, x, q, b, 2);
             }
-            GgmlType::Q4_1 | GgmlType::Q5_1 => {
+            Legacy::Q4_1 | Legacy::Q5_1 => {
                 let (lo, hi) = min_max(x);
-                let top = if ty == GgmlType::Q4_1 { 15 } else { 31 };
+                let top = if ty == Legacy::Q4_1 { 15 } else { 31 };
                 let d = (hi - lo) / top as f32;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 wr_f16(b, 0, d);
@@ -90,11 +89,11 @@ pub(super) fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) {
                 let q = |v: f32| (((v - lo) * id + 0.5) as i32).clamp(0, top) as u8;
                 pack_nibbles(ty, x, q, b, 4);
             }
-            GgmlType::Q8_0 | GgmlType::Q8_1 => {
+            Legacy::Q8_0 | Legacy::Q8_1 => {
                 let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                let off = if ty == GgmlType::Q8_0 { 2 } else { 4 };
+                let off = if ty == Legacy::Q8_0 { 2 } else { 4 };
                 let mut sum = 0i32;
                 for j in 0..QK {
                     let q = (x[j] * id).round() as i32;
@@ -102,19 +101,18 @@ pub(super) fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) {
                     b[off + j] = q as i8 as u8;
                 }
                 wr_f16(b, 0, d);
-                if ty == GgmlType::Q8_1 {
+                if ty == Legacy::Q8_1 {
                     wr_f16(b, 2, d * sum as f32);
                 }
             }
-            _ => unreachable!("not a legacy type"),
         }
     }
 }
 
 /// Packs 4- or 5-bit codes: low nibbles of elements 0..16 and 16..32 share a byte; fifth bits go
 /// to a little-endian u32 before the nibbles.
-fn pack_nibbles(ty: GgmlType, x: &[f32], q: impl Fn(f32) -> u8, b: &mut [u8], off: usize) {
-    let five = matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1);
+fn pack_nibbles(ty: Legacy, x: &[f32], q: impl Fn(f32) -> u8, b: &mut [u8], off: usize) {
+    let five = matches!(ty, Legacy::Q5_0 | Legacy::Q5_1);
     let nib = if five { off + 4 } else { off };
     let mut qh = 0u32;
     for j in 0..16 {
