@@ -143,8 +143,9 @@ impl Family {
         self == Family::Llama
     }
 
-    /// The tensors of one block (names after `blk.N.`), each with whether it must be present.
-    pub fn layer_tensors(self) -> &'static [(&'static str, Need)] {
+    /// The tensors of one block (names after `blk.N.`), each with whether it must be present:
+    /// the pre-norm attention and gated feed-forward every family has, then the family's own.
+    pub fn layer_tensors(self) -> impl Iterator<Item = (&'static str, Need)> {
         use Need::{Optional, Required};
         const BASE: [(&str, Need); 9] = [
             ("attn_norm.weight", Required),
@@ -157,53 +158,17 @@ impl Family {
             ("ffn_up.weight", Required),
             ("ffn_down.weight", Required),
         ];
-        const WITH_BIAS: [(&str, Need); 12] = [
-            BASE[0],
-            BASE[1],
-            BASE[2],
-            BASE[3],
-            BASE[4],
-            BASE[5],
-            BASE[6],
-            BASE[7],
-            BASE[8],
-            ("attn_q.bias", Optional),
-            ("attn_k.bias", Optional),
-            ("attn_v.bias", Optional),
-        ];
-        const QK_NORM: [(&str, Need); 11] = [
-            BASE[0],
-            BASE[1],
-            BASE[2],
-            BASE[3],
-            BASE[4],
-            BASE[5],
-            BASE[6],
-            BASE[7],
-            BASE[8],
-            ("attn_q_norm.weight", Required),
-            ("attn_k_norm.weight", Required),
-        ];
-        const GEMMA3: [(&str, Need); 13] = [
-            BASE[0],
-            BASE[1],
-            BASE[2],
-            BASE[3],
-            BASE[4],
-            BASE[5],
-            BASE[6],
-            BASE[7],
-            BASE[8],
-            ("attn_q_norm.weight", Required),
-            ("attn_k_norm.weight", Required),
-            ("post_attention_norm.weight", Required),
-            ("post_ffw_norm.weight", Required),
-        ];
-        match self {
-            Family::Llama | Family::Qwen2 => &WITH_BIAS,
-            Family::Qwen3 => &QK_NORM,
-            Family::Gemma3 => &GEMMA3,
-        }
+        const BIASES: [(&str, Need); 3] =
+            [("attn_q.bias", Optional), ("attn_k.bias", Optional), ("attn_v.bias", Optional)];
+        const QK_NORMS: [(&str, Need); 2] = [("attn_q_norm.weight", Required), ("attn_k_norm.weight", Required)];
+        const POST_NORMS: [(&str, Need); 2] =
+            [("post_attention_norm.weight", Required), ("post_ffw_norm.weight", Required)];
+        let own: [&'static [(&'static str, Need)]; 2] = match self {
+            Family::Llama | Family::Qwen2 => [&BIASES, &[]],
+            Family::Qwen3 => [&QK_NORMS, &[]],
+            Family::Gemma3 => [&QK_NORMS, &POST_NORMS],
+        };
+        BASE.into_iter().chain(own.into_iter().flatten().copied())
     }
 
     /// Whether `key` (after `{arch}.`) is a metadata key the family honours.

@@ -3,11 +3,14 @@
 //! the refusals: a tensor or `{arch}.*` key a family does not implement is an error naming it.
 
 mod common;
+#[path = "common/gemma_model.rs"]
+mod gemma_model;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::tiny_model_bytes;
+use gemma_model::gemma_model;
 use soramai_kernels::Engine;
 use soramai_kernels::gguf::{Gguf, GgufWriter, Value};
 use soramai_kernels::lora::{Adapter, Target};
@@ -328,22 +331,6 @@ fn linear_rope_scaling_stretches_positions() {
     for i in 0..h {
         assert!((c1[i] - c2[i]).abs() < 1e-5 && (s1[i] - s2[i]).abs() < 1e-5, "dim {i}");
     }
-}
-
-fn gemma_model() -> Option<PathBuf> {
-    let p = std::env::var_os("SORAMAI_TEST_GEMMA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/gemma-3-270m-q4_k_m.gguf"));
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("SORAMAI_REQUIRE_GEMMA").is_none(),
-        "Gemma 3 270M missing at {} (run scripts/fetch-gemma.sh)",
-        p.display()
-    );
-    eprintln!("skipped: Gemma 3 270M not found at {} (run scripts/fetch-gemma.sh)", p.display());
-    None
 }
 
 #[test]

@@ -3,24 +3,12 @@
 //! `soramai-kernels/tests/families.rs`, up to its first near-tie), and the plain response agrees.
 
 mod common;
-
-use std::path::{Path, PathBuf};
+#[path = "../../soramai-kernels/tests/common/gemma_model.rs"]
+mod gemma_model;
 
 use common::Server;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn gemma() -> Option<PathBuf> {
-    let p = std::env::var_os("SORAMAI_TEST_GEMMA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/gemma-3-270m-q4_k_m.gguf"));
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(std::env::var_os("SORAMAI_REQUIRE_GEMMA").is_none(), "Gemma 3 270M missing at {}", p.display());
-    eprintln!("skipped: Gemma 3 270M not found at {} (run scripts/fetch-gemma.sh)", p.display());
-    None
-}
 
 fn fixture() -> Value {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../soramai-kernels/tests/fixtures/families/llama_cpp.json");
@@ -29,7 +17,7 @@ fn fixture() -> Value {
 
 #[test]
 fn gemma3_serves_and_streams_llama_cpps_greedy_answer() {
-    let Some(model) = gemma() else { return };
+    let Some(model) = gemma_model::gemma_model() else { return };
     let chat = &fixture()["gemma3_270m"]["chat"][0];
     // llama.cpp's greedy tokens up to its first near-tie (top-2 margin under 0.5).
     let margins: Vec<f64> = chat["margins"].as_array().expect("margins").iter().filter_map(Value::as_f64).collect();

@@ -21,6 +21,8 @@ use soramai::{
 #[path = "../../soramai-kernels/tests/common/reference_model.rs"]
 mod reference_model;
 use reference_model::reference_model;
+#[path = "../../soramai-kernels/tests/common/gemma_model.rs"]
+mod gemma_model;
 
 const CANARY: &str = "zq7-canary-Kumo-4471";
 const DIR_VAR: &str = "SORAMAI_FT_CRASH_DIR";
@@ -172,22 +174,9 @@ fn a_fine_tune_job_trains_charges_registers_and_serves_its_adapter() {
     assert!(matches!(core.fine_tuned_model(&p, &id), Err(Error::NotFound { .. })));
 }
 
-/// Gemma 3 270M (Q4_K_M), where `scripts/fetch-gemma.sh` put it.
-fn gemma() -> Option<std::path::PathBuf> {
-    let p = std::env::var_os("SORAMAI_TEST_GEMMA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/gemma-3-270m-q4_k_m.gguf"));
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(std::env::var_os("SORAMAI_REQUIRE_GEMMA").is_none(), "Gemma 3 270M missing at {}", p.display());
-    eprintln!("skipped: Gemma 3 270M not found at {}", p.display());
-    None
-}
-
 #[test]
 fn a_fine_tune_job_trains_an_adapter_on_gemma3() {
-    let Some(model) = gemma() else { return };
+    let Some(model) = gemma_model::gemma_model() else { return };
     let dir = tempfile::tempdir().expect("dir");
     drop(LocalRootKey::create_file(&dir.path().join("root.key")).expect("root"));
     let core = Arc::new(open_core(dir.path()));

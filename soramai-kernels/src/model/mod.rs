@@ -520,14 +520,13 @@ fn add_residual(x: &mut [f32], o: &mut [f32], post_norm: Option<&Vec<f32>>, eps:
 /// Refuses every tensor the family does not name (or names only for other layers): a file is
 /// never run with part of its maths ignored.
 fn check_tensor_names(g: &Gguf, c: &Config) -> Result<()> {
-    let per_layer = c.family.layer_tensors();
     for t in &g.tensors {
         let known = match t.name.as_str() {
             "token_embd.weight" | "output_norm.weight" | "output.weight" => true,
             "rope_freqs.weight" => c.rope_freqs,
             name => name.strip_prefix("blk.").and_then(|rest| rest.split_once('.')).is_some_and(|(l, suffix)| {
                 l.parse::<usize>().is_ok_and(|i| i < c.n_layer && i.to_string() == l)
-                    && per_layer.iter().any(|(s, _)| *s == suffix)
+                    && c.family.layer_tensors().any(|(s, _)| s == suffix)
             }),
         };
         if !known {
