@@ -138,11 +138,11 @@ fn encode_blocks(ty: GgmlType, src: &[u8], codes: RowCodes<'_>, scratch: &mut [f
             for (k, blk) in src.chunks_exact(bb).enumerate() {
                 let (dk, dmin) = (rd_f16(blk, 0), rd_f16(blk, 2));
                 let qs = if five { &blk[48..176] } else { &blk[16..144] };
+                let (sc, mn) = crate::quant::k_quants::scales_mins_k4(&blk[4..16]);
                 for j in 0..8 {
-                    let (sc, mn) = crate::quant::k_quants::scale_min_k4(j, &blk[4..16]);
                     let b = k * 8 + j;
-                    d[b] = dk * f32::from(sc);
-                    m[b] = -dmin * f32::from(mn);
+                    d[b] = dk * f32::from(sc[j]);
+                    m[b] = -dmin * f32::from(mn[j]);
                     let (chunk, high) = (j / 2, j % 2 == 1);
                     for l in 0..BLOCK {
                         let byte = qs[chunk * 32 + l];

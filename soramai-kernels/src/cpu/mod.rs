@@ -199,11 +199,11 @@ pub(crate) fn vec_dot_rows_on<const R: usize>(isa: Isa, ty: GgmlType, n: usize, 
                 // SAFETY: the ISA was detected at run time and `fits` / `fits_k` checked every row
                 // holds `nb` (`nk`) blocks.
                 match ty {
-                    GgmlType::Q4_1 if fits(20, 36) => return unsafe { qdot::$m::q4_1_q8_1::<R>(nb, w, a) },
-                    GgmlType::Q4_0 if fits(18, 34) => return unsafe { qdot::$m::q4_0_q8_0::<R>(nb, w, a) },
-                    GgmlType::Q8_0 if fits(34, 34) => return unsafe { qdot::$m::q8_0_q8_0::<R>(nb, w, a) },
-                    GgmlType::Q5_0 if fits(22, 34) => return unsafe { qdot::$m::q5_0_q8_0::<R>(nb, w, a) },
-                    GgmlType::Q5_1 if fits(24, 36) => return unsafe { qdot::$m::q5_1_q8_1::<R>(nb, w, a) },
+                    GgmlType::Q4_1 if fits(20, 36) => return unsafe { qdot::$m::qx_1_q8_1::<R, false>(nb, w, a) },
+                    GgmlType::Q4_0 if fits(18, 34) => return unsafe { qdot::$m::qx_0_q8_0::<R, 18>(nb, w, a) },
+                    GgmlType::Q8_0 if fits(34, 34) => return unsafe { qdot::$m::qx_0_q8_0::<R, 34>(nb, w, a) },
+                    GgmlType::Q5_0 if fits(22, 34) => return unsafe { qdot::$m::qx_0_q8_0::<R, 22>(nb, w, a) },
+                    GgmlType::Q5_1 if fits(24, 36) => return unsafe { qdot::$m::qx_1_q8_1::<R, true>(nb, w, a) },
                     GgmlType::Q4_K if fits_k(144) => return unsafe { qdot::$m::q45_k_q8_k::<R, false>(nk, w, a) },
                     GgmlType::Q5_K if fits_k(176) => return unsafe { qdot::$m::q45_k_q8_k::<R, true>(nk, w, a) },
                     GgmlType::Q6_K if fits_k(210) => return unsafe { qdot::$m::q6_k_q8_k::<R>(nk, w, a) },

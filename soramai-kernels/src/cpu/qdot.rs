@@ -13,6 +13,7 @@ macro_rules! quant_dot_kernels {
             use std::arch::x86_64::*;
 
             use super::$dot;
+            use crate::quant::k_quants::scales_mins_k4;
             use crate::quant::rd_f16;
 
             /// Σ u8 × i8 over 32 lanes, as 8 i32 partial sums.
@@ -84,21 +85,6 @@ macro_rules! quant_dot_kernels {
                 f32::from_le_bytes(unsafe { p.cast::<[u8; 4]>().read_unaligned() })
             }
 
-            /// The eight 6-bit scales and mins of a Q4_K/Q5_K block from its 12 packed bytes
-            /// (the layout of [`crate::quant::k_quants::scale_min_k4`], four at a time in u32s).
-            #[inline]
-            fn scales_mins_k4(b: &[u8]) -> ([i16; 8], [u8; 8]) {
-                let w = |k: usize| u32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]]);
-                let (w0, w1, w2) = (w(0), w(1), w(2));
-                let sc_lo = w0 & 0x3F3F_3F3F;
-                let mn_lo = w1 & 0x3F3F_3F3F;
-                let sc_hi = (w2 & 0x0F0F_0F0F) | (((w0 >> 6) & 0x0303_0303) << 4);
-                let mn_hi = ((w2 >> 4) & 0x0F0F_0F0F) | (((w1 >> 6) & 0x0303_0303) << 4);
-                let sc = (u64::from(sc_hi) << 32 | u64::from(sc_lo)).to_le_bytes();
-                let mn = (u64::from(mn_hi) << 32 | u64::from(mn_lo)).to_le_bytes();
-                (std::array::from_fn(|j| i16::from(sc[j])), mn)
-            }
-
             #[inline]
             #[target_feature(enable = $features)]
             fn hsum(v: __m256) -> f32 {
@@ -131,21 +117,31 @@ macro_rules! quant_dot_kernels {
                 _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(x), m), _mm_and_si128(x, m))
             }
 
-            /// Q4_1 weights · `R` rows of Q8_1 activations.
+            /// Q4_1 (`FIVE`: Q5_1) weights · `R` rows of Q8_1 activations: the unsigned codes
+            /// unpacked once a block, the minimum added through the activations' scaled sums.
             ///
             /// # Safety
             /// See the module contract.
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q4_1_q8_1<const R: usize>(nb: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
+            pub(crate) unsafe fn qx_1_q8_1<const R: usize, const FIVE: bool>(
+                nb: usize,
+                w: &[u8],
+                a: [&[u8]; R],
+            ) -> [f32; R] {
+                let bb = if FIVE { 24 } else { 20 };
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mut mins = [_mm_setzero_ps(); R];
                 let wp = w.as_ptr();
                 for i in 0..nb {
-                    // SAFETY: block i of w (20 bytes) and of each a[j] (36 bytes) is in bounds.
+                    // SAFETY: block i of w (`bb` bytes) and of each a[j] (36 bytes) is in bounds.
                     unsafe {
-                        let x = wp.add(i * 20);
+                        let x = wp.add(i * bb);
                         let dm = f16x2(x);
-                        let q = nibbles(x.add(4));
+                        let q = if FIVE {
+                            _mm256_or_si256(nibbles(x.add(8)), fifth_bits(x.add(4)))
+                        } else {
+                            nibbles(x.add(4))
+                        };
                         for j in 0..R {
                             let y = a[j].as_ptr().add(i * 36);
                             let prod = _mm_mul_ps(dm, f16x2(y));
@@ -158,20 +154,34 @@ macro_rules! quant_dot_kernels {
                 std::array::from_fn(|j| hsum(acc[j]) + _mm_cvtss_f32(mins[j]))
             }
 
-            /// Q4_0 weights · `R` rows of Q8_0 activations.
+            /// Q4_0 (`BB` = 18 bytes a block), Q5_0 (22) or Q8_0 (34) weights · `R` rows of Q8_0
+            /// activations: the block's signed codes made once, then for each row the sign trick
+            /// (`|q|` against `y` carrying `q`'s sign) into `u8 × i8` products.
             ///
             /// # Safety
             /// See the module contract.
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q4_0_q8_0<const R: usize>(nb: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
+            pub(crate) unsafe fn qx_0_q8_0<const R: usize, const BB: usize>(
+                nb: usize,
+                w: &[u8],
+                a: [&[u8]; R],
+            ) -> [f32; R] {
                 let mut acc = [_mm256_setzero_ps(); R];
                 let wp = w.as_ptr();
                 for i in 0..nb {
-                    // SAFETY: block i of w (18 bytes) and of each a[j] (34 bytes) is in bounds.
+                    // SAFETY: block i of w (`BB` bytes) and of each a[j] (34 bytes) is in bounds.
                     unsafe {
-                        let x = wp.add(i * 18);
+                        let x = wp.add(i * BB);
                         let dx = f16x2(x);
-                        let q = _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8));
+                        let q = match BB {
+                            18 => _mm256_sub_epi8(nibbles(x.add(2)), _mm256_set1_epi8(8)),
+                            22 => _mm256_sub_epi8(
+                                _mm256_or_si256(nibbles(x.add(6)), fifth_bits(x.add(2))),
+                                _mm256_set1_epi8(16),
+                            ),
+                            // Q8_0: the codes as they are (the dispatcher names only 18, 22, 34).
+                            _ => _mm256_loadu_si256(x.add(2).cast()),
+                        };
                         let aq = _mm256_sign_epi8(q, q);
                         for j in 0..R {
                             let y = a[j].as_ptr().add(i * 34);
@@ -183,88 +193,6 @@ macro_rules! quant_dot_kernels {
                     }
                 }
                 std::array::from_fn(|j| hsum(acc[j]))
-            }
-
-            /// Q8_0 weights · `R` rows of Q8_0 activations.
-            ///
-            /// # Safety
-            /// See the module contract.
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q8_0_q8_0<const R: usize>(nb: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
-                let mut acc = [_mm256_setzero_ps(); R];
-                let wp = w.as_ptr();
-                for i in 0..nb {
-                    // SAFETY: block i of w and of each a[j] (34 bytes each) is in bounds.
-                    unsafe {
-                        let x = wp.add(i * 34);
-                        let dx = f16x2(x);
-                        let q = _mm256_loadu_si256(x.add(2).cast());
-                        let aq = _mm256_sign_epi8(q, q);
-                        for j in 0..R {
-                            let y = a[j].as_ptr().add(i * 34);
-                            let d = _mm_mul_ss(dx, f16x2(y));
-                            let sy = _mm256_sign_epi8(_mm256_loadu_si256(y.add(2).cast()), q);
-                            let p = _mm256_cvtepi32_ps(dot_u8_i8(aq, sy));
-                            acc[j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), p, acc[j]);
-                        }
-                    }
-                }
-                std::array::from_fn(|j| hsum(acc[j]))
-            }
-
-            /// Q5_0 weights · `R` rows of Q8_0 activations.
-            ///
-            /// # Safety
-            /// See the module contract.
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q5_0_q8_0<const R: usize>(nb: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
-                let mut acc = [_mm256_setzero_ps(); R];
-                let wp = w.as_ptr();
-                for i in 0..nb {
-                    // SAFETY: block i of w (22 bytes) and of each a[j] (34 bytes) is in bounds.
-                    unsafe {
-                        let x = wp.add(i * 22);
-                        let dx = f16x2(x);
-                        let q5 = _mm256_or_si256(nibbles(x.add(6)), fifth_bits(x.add(2)));
-                        let q = _mm256_sub_epi8(q5, _mm256_set1_epi8(16));
-                        let aq = _mm256_sign_epi8(q, q);
-                        for j in 0..R {
-                            let y = a[j].as_ptr().add(i * 34);
-                            let d = _mm_mul_ss(dx, f16x2(y));
-                            let sy = _mm256_sign_epi8(_mm256_loadu_si256(y.add(2).cast()), q);
-                            let p = _mm256_cvtepi32_ps(dot_u8_i8(aq, sy));
-                            acc[j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(d), p, acc[j]);
-                        }
-                    }
-                }
-                std::array::from_fn(|j| hsum(acc[j]))
-            }
-
-            /// Q5_1 weights · `R` rows of Q8_1 activations.
-            ///
-            /// # Safety
-            /// See the module contract.
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q5_1_q8_1<const R: usize>(nb: usize, w: &[u8], a: [&[u8]; R]) -> [f32; R] {
-                let mut acc = [_mm256_setzero_ps(); R];
-                let mut mins = [_mm_setzero_ps(); R];
-                let wp = w.as_ptr();
-                for i in 0..nb {
-                    // SAFETY: block i of w (24 bytes) and of each a[j] (36 bytes) is in bounds.
-                    unsafe {
-                        let x = wp.add(i * 24);
-                        let dm = f16x2(x);
-                        let q = _mm256_or_si256(nibbles(x.add(8)), fifth_bits(x.add(4)));
-                        for j in 0..R {
-                            let y = a[j].as_ptr().add(i * 36);
-                            let prod = _mm_mul_ps(dm, f16x2(y));
-                            let p = _mm256_cvtepi32_ps(dot_u8_i8(q, _mm256_loadu_si256(y.add(4).cast())));
-                            acc[j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), p, acc[j]);
-                            mins[j] = _mm_add_ss(mins[j], _mm_movehdup_ps(prod));
-                        }
-                    }
-                }
-                std::array::from_fn(|j| hsum(acc[j]) + _mm_cvtss_f32(mins[j]))
             }
 
             /// Q4_K (`FIVE`: Q5_K) weights · `R` rows of Q8_K activations: the eight 32-value
@@ -288,7 +216,7 @@ macro_rules! quant_dot_kernels {
                     let xb = &w[i * bb..(i + 1) * bb];
                     let (d, dmin) = (rd_f16(xb, 0), rd_f16(xb, 2));
                     let (sc, mn) = scales_mins_k4(&xb[4..16]);
-                    let scv: [__m256i; 8] = std::array::from_fn(|k| _mm256_set1_epi16(sc[k]));
+                    let scv: [__m256i; 8] = std::array::from_fn(|k| _mm256_set1_epi16(i16::from(sc[k])));
                     // Each min serves two of the activations' 16-value block sums: the 8 min
                     // bytes doubled (m0 m0 m1 m1 ...) and widened to 16 i16 lanes.
                     let m8 = _mm_cvtsi64_si128(i64::from_le_bytes(mn));

@@ -278,6 +278,25 @@ impl Model {
         }
     }
 
+    /// The RoPE angles of `positions`, `rope_dims / 2` cosines and sines each, row after row: one
+    /// table for the global layers and, where the family has sliding-window layers, a second for
+    /// theirs (layer `l` uses table `usize::from(config.is_local(l))`).
+    pub fn rope_tables(&self, positions: &[usize]) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let (c, h2, n) = (&self.config, self.config.rope_dims / 2, positions.len());
+        let locals = (0..c.n_layer).any(|l| c.is_local(l));
+        [false, true]
+            .into_iter()
+            .filter(|&local| !local || locals)
+            .map(|local| {
+                let (mut cos, mut sin) = (vec![0f32; n * h2], vec![0f32; n * h2]);
+                for (k, &pos) in positions.iter().enumerate() {
+                    self.rope_angles(local, pos, &mut cos[k * h2..(k + 1) * h2], &mut sin[k * h2..(k + 1) * h2]);
+                }
+                (cos, sin)
+            })
+            .collect()
+    }
+
     /// Token embeddings of `tokens` into `x` (`n_embd` values each), scaled where the family says.
     pub fn embed(&self, tokens: &[TokenId], x: &mut [f32]) -> Result<()> {
         let d = self.config.n_embd;
@@ -359,19 +378,7 @@ impl Model {
             }
         }
         let h2 = c.rope_dims / 2;
-        // One table of angles for the global layers and, where the family has them, one for
-        // the sliding-window layers' own base.
-        let mut tables = Vec::with_capacity(2);
-        for local in [false, true] {
-            if local && !(0..c.n_layer).any(|l| c.is_local(l)) {
-                break;
-            }
-            let (mut cos, mut sin) = (vec![0f32; n * h2], vec![0f32; n * h2]);
-            for (k, &(_, pos)) in rows.iter().enumerate() {
-                self.rope_angles(local, pos, &mut cos[k * h2..(k + 1) * h2], &mut sin[k * h2..(k + 1) * h2]);
-            }
-            tables.push((cos, sin));
-        }
+        let tables = self.rope_tables(&rows.iter().map(|&(_, pos)| pos).collect::<Vec<_>>());
         let mut xn = vec![0f32; n * d];
         let mut q = vec![0f32; n * qd];
         let mut kk = vec![0f32; n * kvd];
@@ -397,8 +404,9 @@ impl Model {
                 add_bias(&mut vv, bv);
             }
             if let Some([qn, kn]) = &layer.qk_norm {
-                norm_heads(&mut q, qn, c.eps);
-                norm_heads(&mut kk, kn, c.eps);
+                // Each head is a row of `head_dim` values.
+                post_norm(Some(qn), c.eps, &mut q);
+                post_norm(Some(kn), c.eps, &mut kk);
             }
             let (cos, sin) = &tables[usize::from(c.is_local(l))];
             for k in 0..n {
@@ -497,21 +505,18 @@ pub(crate) fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| ops::rms_norm(xr, w, eps, o));
 }
 
-/// RMSNorm of every head (`w.len()` values) of every row, in place (q/k norms).
-fn norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
-    x.par_chunks_mut(w.len()).for_each_init(Vec::new, |tmp: &mut Vec<f32>, head| {
-        tmp.clear();
-        tmp.extend_from_slice(head);
-        ops::rms_norm(tmp, w, eps, head);
-    });
+/// Applies a post norm (rows of `w.len()`) to `y` in place where the family has one, returning
+/// `y` as it was (the trainer's backward pass needs it); an empty vector where there is none.
+pub(crate) fn post_norm(w: Option<&Vec<f32>>, eps: f32, y: &mut [f32]) -> Vec<f32> {
+    let Some(w) = w else { return Vec::new() };
+    let pre = y.to_vec();
+    norm_rows(&pre, w, eps, y);
+    pre
 }
 
 /// `x += o`, with `o` RMS-normed first where the family has a post norm (`o` is scratch).
-fn add_residual(x: &mut [f32], o: &mut [f32], post_norm: Option<&Vec<f32>>, eps: f32) {
-    if let Some(w) = post_norm {
-        let src = o.to_vec();
-        norm_rows(&src, w, eps, o);
-    }
+fn add_residual(x: &mut [f32], o: &mut [f32], w: Option<&Vec<f32>>, eps: f32) {
+    post_norm(w, eps, o);
     for (xv, ov) in x.iter_mut().zip(o.iter()) {
         *xv += ov;
     }

@@ -27,6 +27,22 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// All eight scales and mins of a Q4_K/Q5_K block from its 12 packed bytes at once (the layout of
+/// [`scale_min_k4`], four at a time in u32s): `(scales, mins)`.
+#[inline]
+pub(crate) fn scales_mins_k4(b: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let w = |k: usize| u32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]]);
+    let (w0, w1, w2) = (w(0), w(1), w(2));
+    let sc_lo = w0 & 0x3F3F_3F3F;
+    let mn_lo = w1 & 0x3F3F_3F3F;
+    let sc_hi = (w2 & 0x0F0F_0F0F) | (((w0 >> 6) & 0x0303_0303) << 4);
+    let mn_hi = ((w2 >> 4) & 0x0F0F_0F0F) | (((w1 >> 6) & 0x0303_0303) << 4);
+    (
+        (u64::from(sc_hi) << 32 | u64::from(sc_lo)).to_le_bytes(),
+        (u64::from(mn_hi) << 32 | u64::from(mn_lo)).to_le_bytes(),
+    )
+}
+
 /// The 16 signed 6-bit scales of a Q3_K block.
 #[inline]
 pub(crate) fn q3k_scales(s: &[u8]) -> [i8; 16] {
@@ -278,6 +294,30 @@ pub(super) fn quantize(ty: KQuant, src: &[f32], out: &mut [u8]) {
                 }
             }
             KQuant::Q8_K => quantize_q8k_block(x, b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_and_mins_four_at_a_time_equal_one_at_a_time() {
+        let mut x = 0x9E37_79B9u32;
+        for _ in 0..500 {
+            let b: Vec<u8> = (0..12)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let (sc, mn) = scales_mins_k4(&b);
+            for j in 0..8 {
+                assert_eq!((sc[j], mn[j]), scale_min_k4(j, &b), "{b:?} sub-block {j}");
+            }
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::cpu::ops::RopeLayout;
 use crate::error::{Error, Result};
 use crate::family::Activation;
 use crate::lora::{Adapter, AdapterConfig, LoraPair, MAX_RANK, Target};
-use crate::model::{Model, Precision, QMat, add_bias, norm_rows};
+use crate::model::{Model, Precision, QMat, add_bias, norm_rows, post_norm};
 use crate::tokenizer::TokenId;
 
 pub use data::{Example, TrainMessage};
@@ -613,18 +613,7 @@ impl Trainer {
         m.embed(&p.tokens, &mut x)?;
         // The global layers' angles and, where the family has sliding-window layers, theirs.
         let half = c.rope_dims / 2;
-        let mut ropes = Vec::with_capacity(2);
-        for local in [false, true] {
-            if local && !(0..c.n_layer).any(|l| c.is_local(l)) {
-                break;
-            }
-            let mut rope = Rope { cos: vec![0.0; n * half], sin: vec![0.0; n * half], half };
-            for (i, &pos) in p.pos.iter().enumerate() {
-                let (cs, sn) = (&mut rope.cos[i * half..(i + 1) * half], &mut rope.sin[i * half..(i + 1) * half]);
-                m.rope_angles(local, pos, cs, sn);
-            }
-            ropes.push(rope);
-        }
+        let ropes: Vec<Rope> = m.rope_tables(&p.pos).into_iter().map(|(cos, sin)| Rope { cos, sin, half }).collect();
         let rope_of = |l: usize| &ropes[usize::from(c.is_local(l))];
         let lowest = self.lowest_layer();
         let mut caches: Vec<Option<LayerCache>> = Vec::with_capacity(c.n_layer);
@@ -735,13 +724,9 @@ impl Trainer {
             add_bias(&mut k, bk);
             add_bias(&mut v, bv);
         }
-        let (mut q_pre, mut k_pre) = (Vec::new(), Vec::new());
-        if let Some([qn, kn]) = &layer.qk_norm {
-            q_pre = q.clone();
-            k_pre = k.clone();
-            norm_rows(&q_pre, qn, c.eps, &mut q);
-            norm_rows(&k_pre, kn, c.eps, &mut k);
-        }
+        // Per-head q/k norms (heads are rows of `head_dim`), keeping the inputs for the backward.
+        let q_pre = post_norm(layer.qk_norm.as_ref().map(|[qn, _]| qn), c.eps, &mut q);
+        let k_pre = post_norm(layer.qk_norm.as_ref().map(|[_, kn]| kn), c.eps, &mut k);
         rope.apply(c, &mut q, &mut k, fwd::rope);
         let heads = Heads { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: hd };
         let mut att = vec![0f32; n * qd];
@@ -889,15 +874,6 @@ impl Trainer {
 /// The attention mask of layer `l`: the family's score scale, and its window on sliding layers.
 fn mask(c: &crate::model::Config, l: usize) -> Mask {
     Mask { scale: c.attn_scale, window: if c.is_local(l) { c.sliding_window } else { None } }
-}
-
-/// Applies a post norm to `y` in place where there is one, returning `y` as it was (for the
-/// backward pass); an empty vector where there is none.
-fn post_norm(w: Option<&Vec<f32>>, eps: f32, y: &mut [f32]) -> Vec<f32> {
-    let Some(w) = w else { return Vec::new() };
-    let pre = y.to_vec();
-    norm_rows(&pre, w, eps, y);
-    pre
 }
 
 /// The gradient before a post norm from the one after it (`None` where there is no post norm).
