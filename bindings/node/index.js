@@ -29,6 +29,7 @@ class TooLargeError extends SoramaiError {}
 class ContextLengthError extends SoramaiError {}
 class InsufficientCreditsError extends SoramaiError {}
 class RateLimitError extends SoramaiError {}
+class IntegrityError extends SoramaiError {}
 class InternalError extends SoramaiError {}
 
 const errorClasses = {
@@ -41,6 +42,7 @@ const errorClasses = {
   ContextLengthError,
   InsufficientCreditsError,
   RateLimitError,
+  IntegrityError,
   InternalError,
 }
 

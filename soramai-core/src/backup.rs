@@ -237,12 +237,40 @@ fn info(m: &Manifest) -> SnapshotInfo {
     SnapshotInfo { id: m.id.clone(), created_at: m.created_at, objects: m.objects.len(), tenants: m.tenants.clone() }
 }
 
-/// Re-reads a snapshot (the latest when `snapshot` is `None`): the manifest and metadata open under
-/// the root key, and every object is there with its digest. Any difference is
-/// [`Error::Integrity`].
-pub fn verify_backup(target: &dyn BlobStore, root: &dyn KeyProvider, snapshot: Option<&str>) -> Result<SnapshotInfo> {
-    let m = choose(target, root, snapshot)?;
-    check_snapshot(target, root, &m)?;
+/// Re-reads a snapshot (the latest when `snapshot` is `None`) and authenticates all of it: the
+/// manifest and metadata open under the root key, every object is there with its digest, every
+/// object's chunks authenticate under its tenant's restored keys (read straight from the target,
+/// nothing copied), and every audit chain in the metadata verifies. A damaged manifest, metadata
+/// or keyring is [`Error::Integrity`]; corrupt objects or broken chains are
+/// [`Error::IntegrityFailures`] naming them. Only the metadata is staged, in a private scratch
+/// directory under the system's temporary directory, removed afterwards.
+pub fn verify_backup(
+    target: &Arc<dyn BlobStore>,
+    root: Arc<dyn KeyProvider>,
+    snapshot: Option<&str>,
+) -> Result<SnapshotInfo> {
+    let m = choose(target.as_ref(), root.as_ref(), snapshot)?;
+    let meta = check_snapshot(target.as_ref(), root.as_ref(), &m)?;
+    let scratch = Staging::create(&std::env::temp_dir().join(format!("soramai-verify-{}", random_hex(8))))?;
+    let view: Arc<SnapshotObjects> = Arc::new(SnapshotObjects {
+        target: target.clone(),
+        objects: m.objects.iter().map(|o| (o.blob.clone(), o.sha256.clone())).collect(),
+    });
+    let mut config = Config::new(scratch.path(), root.clone());
+    config.blobs = Some(view.clone());
+    config.dedicated = Some(view);
+    let mut report = RestoreReport::empty(&m.id);
+    stage_metadata(
+        config.data_dir.as_path(),
+        target.as_ref(),
+        root.as_ref(),
+        &m,
+        &meta,
+        config.clock.now(),
+        &mut report,
+    )?;
+    let core = Core::open(config)?;
+    core.check_integrity()?.into_result()?;
     Ok(info(&m))
 }
 
@@ -264,46 +292,179 @@ fn check_snapshot(target: &dyn BlobStore, root: &dyn KeyProvider, m: &Manifest) 
     Ok(meta)
 }
 
-/// Restores a snapshot (the latest when `snapshot` is `None`) into `config`'s fresh data
-/// directory, with `config.root` the root key the backup was taken under (after re-reading the
-/// whole snapshot, so a damaged one writes nothing); then verifies every
-/// restored tenant's audit chain. A tenant closed after the snapshot comes back closed, with no
-/// data; objects under a key scope shredded after it are left out.
+/// Restores a snapshot (the latest when `snapshot` is `None`) into `config`'s data directory,
+/// which must be absent or empty, with `config.root` the root key the backup was taken under.
+///
+/// The whole snapshot is re-read first; then it is restored into a staging directory beside the
+/// data directory, where every object is authenticated and every audit chain verified; only then
+/// is the staging directory renamed into place. A restore that fails at any point (a damaged
+/// snapshot, a corrupt object, a broken chain, a full disk) removes the staging directory and
+/// leaves the data directory as it was. (With an external blob store in `config.blobs`, the
+/// objects go straight to it: a failed restore leaves them unreferenced there, for the retention
+/// sweep to collect.) A tenant closed after the snapshot comes back closed, with no data; objects
+/// under a key scope shredded after it are left out.
 pub fn restore_backup(target: &dyn BlobStore, snapshot: Option<&str>, config: Config) -> Result<(Core, RestoreReport)> {
     let root = config.root.clone();
     let m = choose(target, root.as_ref(), snapshot)?;
-    // The whole snapshot is checked before anything is written: a damaged one leaves the
-    // directory as it was, ready for another snapshot.
     let meta = check_snapshot(target, root.as_ref(), &m)?;
-    let db_path = config.data_dir.join("meta.sqlite3");
-    if db_path.exists() {
-        return Err(Error::AlreadyExists { kind: "metadata database (restore into a fresh data directory)" });
+    let final_dir = config.data_dir.clone();
+    if final_dir.exists() && std::fs::read_dir(&final_dir)?.next().is_some() {
+        return Err(Error::AlreadyExists { kind: "data directory (restore into an absent or empty one)" });
     }
-    std::fs::create_dir_all(&config.data_dir)?;
-    crate::store::blob::set_private_dir(&config.data_dir)?;
-    write_private(&db_path, &meta)?;
-    let mut report = RestoreReport {
-        snapshot: m.id.clone(),
-        objects: 0,
-        tenants: 0,
-        shredded_tenants: 0,
-        shredded_objects: 0,
-        audit_records: 0,
+    let name = final_dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        Error::InvalidArgument("the data directory to restore into needs a final path component".into())
+    })?;
+    let staging = Staging::create(&final_dir.with_file_name(format!(".{name}.restoring-{}", random_hex(6))))?;
+    let staged_config = match &config.blobs {
+        // The embedded default: blobs and dedicated stores live in the staging directory too.
+        None => Config {
+            clock: config.clock.clone(),
+            limits: config.limits.clone(),
+            ..Config::new(staging.path(), root.clone())
+        },
+        Some(_) => Config { data_dir: staging.path().to_path_buf(), ..config.clone() },
     };
-    let keep = restore_keys(&db_path, target, root.as_ref(), &m, config.clock.now(), &mut report)?;
-    let core = Core::open(config)?;
-    for o in m.objects.iter().filter(|o| keep.contains(&o.blob)) {
-        let bytes = target.get(&object_key(&o.sha256)?)?;
-        if sha256_hex(&bytes) != o.sha256 {
-            return Err(Error::Integrity);
+    let mut report = RestoreReport::empty(&m.id);
+    let keep = stage_metadata(staging.path(), target, root.as_ref(), &m, &meta, config.clock.now(), &mut report)?;
+    {
+        let core = Core::open(staged_config)?;
+        for o in m.objects.iter().filter(|o| keep.contains(&o.blob)) {
+            let bytes = target.get(&object_key(&o.sha256)?)?;
+            if sha256_hex(&bytes) != o.sha256 {
+                return Err(Error::Integrity);
+            }
+            core.blobs().put(&BlobKey::new(o.blob.clone())?, &bytes)?;
+            report.objects += 1;
         }
-        core.blobs().put(&BlobKey::new(o.blob.clone())?, &bytes)?;
-        report.objects += 1;
+        let integrity = core.check_integrity()?.into_result()?;
+        report.audit_records = integrity.audit_records;
     }
-    for t in core.tenants()? {
-        report.audit_records += core.verify_audit(&t.id)?.records;
+    staging.commit(&final_dir)?;
+    Ok((Core::open(config)?, report))
+}
+
+impl RestoreReport {
+    fn empty(snapshot: &str) -> Self {
+        RestoreReport {
+            snapshot: snapshot.to_owned(),
+            objects: 0,
+            tenants: 0,
+            shredded_tenants: 0,
+            shredded_objects: 0,
+            audit_records: 0,
+        }
     }
-    Ok((core, report))
+}
+
+/// Writes a snapshot's metadata into the fresh directory `dir` and puts its keys back; returns
+/// the blobs to restore.
+fn stage_metadata(
+    dir: &Path,
+    target: &dyn BlobStore,
+    root: &dyn KeyProvider,
+    m: &Manifest,
+    meta: &[u8],
+    now: Millis,
+    report: &mut RestoreReport,
+) -> Result<BTreeSet<String>> {
+    let db_path = dir.join("meta.sqlite3");
+    write_private(&db_path, meta)?;
+    restore_keys(&db_path, target, root, m, now, report)
+}
+
+/// A private directory that is removed, with everything in it, unless committed.
+struct Staging {
+    path: Option<PathBuf>,
+}
+
+impl Staging {
+    fn create(path: &Path) -> Result<Self> {
+        std::fs::create_dir(path)?;
+        let staging = Staging { path: Some(path.to_path_buf()) };
+        crate::store::blob::set_private_dir(path)?;
+        Ok(staging)
+    }
+
+    fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Renames the staging directory to `to` (absent or an empty directory) and makes the rename
+    /// durable.
+    fn commit(mut self, to: &Path) -> Result<()> {
+        let from = self.path.take().ok_or_else(|| Error::InvalidArgument("staging already committed".into()))?;
+        let done = (|| {
+            if to.exists() {
+                std::fs::remove_dir(to)?;
+            }
+            std::fs::rename(&from, to)?;
+            if let Some(parent) = to.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if done.is_err() {
+            let _ = std::fs::remove_dir_all(&from);
+        }
+        done
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// A snapshot's objects seen as the blob store they were backed up from (read-only): a blob key
+/// reads its content-addressed copy in the target.
+#[derive(Debug)]
+struct SnapshotObjects {
+    target: Arc<dyn BlobStore>,
+    objects: HashMap<String, String>,
+}
+
+impl SnapshotObjects {
+    fn key(&self, key: &BlobKey) -> Result<BlobKey> {
+        let sha = self.objects.get(key.as_str()).ok_or(Error::NotFound { kind: "object" })?;
+        object_key(sha)
+    }
+}
+
+fn read_only() -> Error {
+    Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "a snapshot is read-only"))
+}
+
+impl BlobStore for SnapshotObjects {
+    fn put(&self, _: &BlobKey, _: &[u8]) -> Result<()> {
+        Err(read_only())
+    }
+    fn get(&self, key: &BlobKey) -> Result<Vec<u8>> {
+        self.target.get(&self.key(key)?)
+    }
+    fn get_range(&self, key: &BlobKey, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        self.target.get_range(&self.key(key)?, range)
+    }
+    fn size(&self, key: &BlobKey) -> Result<u64> {
+        self.target.size(&self.key(key)?)
+    }
+    fn delete(&self, _: &BlobKey) -> Result<()> {
+        Err(read_only())
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<BlobKey>> {
+        self.objects.keys().filter(|k| k.starts_with(prefix)).map(|k| BlobKey::new(k.clone())).collect()
+    }
+    fn age(&self, _: &BlobKey) -> Result<Option<Duration>> {
+        Ok(None)
+    }
+}
+
+impl crate::store::StoreRouter for SnapshotObjects {
+    fn dedicated_store(&self, _: &TenantId) -> Result<Arc<dyn BlobStore>> {
+        Ok(Arc::new(SnapshotObjects { target: self.target.clone(), objects: self.objects.clone() }))
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -406,6 +567,14 @@ impl Drop for Scratch {
 
 type KeyRows = HashMap<String, Keyring>;
 
+/// An object as the metadata copy names it: what a backup authenticates before copying it.
+struct SnapshotObject {
+    blob: String,
+    tenant: String,
+    path: String,
+    scope: String,
+}
+
 impl Core {
     /// Takes a snapshot into the target at `url` (`file:///path` or `s3://bucket`) and registers
     /// the target, so that closing a tenant or shredding a key scope reaches it. Incremental:
@@ -448,15 +617,36 @@ impl Core {
             None => HashMap::new(),
         };
         let mut report = BackupReport { snapshot: id.clone(), objects: blobs.len(), copied: 0, bytes_copied: 0 };
+        // Every object copied is authenticated first, and every audit chain verified: a corrupt
+        // one is reported (logged, audited, named in the error) and no snapshot is written.
+        let mut integrity = crate::integrity::IntegrityReport::default();
+        for tenant in &tenants {
+            integrity.add_chain(self, &TenantId::new(tenant.clone())?)?;
+        }
         let mut objects = Vec::with_capacity(blobs.len());
-        for blob in blobs {
-            if let Some(o) = known.get(&blob)
-                && target.size(&object_key(&o.sha256)?).is_ok()
+        for o in blobs {
+            if let Some(known) = known.get(&o.blob)
+                && target.size(&object_key(&known.sha256)?).is_ok()
             {
-                objects.push(o.clone());
+                objects.push(known.clone());
                 continue;
             }
-            let bytes = self.blobs().get(&BlobKey::new(blob.clone())?)?;
+            let key = BlobKey::new(o.blob.clone())?;
+            let (tenant, path) = (TenantId::new(o.tenant.clone())?, crate::ids::ObjectPath::new(o.path.clone())?);
+            let bytes = match self.authenticate_sealed(&tenant, &path, &o.scope, &key, self.blobs().get(&key)?) {
+                Ok(bytes) => bytes,
+                Err(Error::Integrity) => {
+                    integrity
+                        .corrupt_objects
+                        .push(crate::integrity::CorruptObject { tenant: o.tenant, object: o.path });
+                    continue;
+                }
+                // A customer-held key not loaded: copied as stored (its tags were checked when it
+                // was written, and are checked again whenever it is read).
+                Err(Error::TenantLocked) => self.blobs().get(&key)?,
+                Err(e) => return Err(e),
+            };
+            integrity.objects_checked += 1;
             let sha = sha256_hex(&bytes);
             let at = object_key(&sha)?;
             if target.size(&at).is_err() {
@@ -464,8 +654,9 @@ impl Core {
                 report.copied += 1;
                 report.bytes_copied += bytes.len() as u64;
             }
-            objects.push(ManifestObject { blob, sha256: sha, len: bytes.len() as u64 });
+            objects.push(ManifestObject { blob: o.blob, sha256: sha, len: bytes.len() as u64 });
         }
+        integrity.into_result()?;
 
         // Keys: each tenant's ring keeps the versions earlier snapshots need, and exactly the live
         // key scopes (a shredded scope is gone from every snapshot).
@@ -630,13 +821,16 @@ pub fn prune(target: &dyn BlobStore, root: &dyn KeyProvider, cutoff: Millis) -> 
 
 /// Reads the objects, tenants and key rows of a metadata copy, then takes every wrapped key out
 /// of it (and compacts it, so no free page keeps one).
-fn strip_keys(path: &Path) -> Result<(Vec<String>, Vec<String>, KeyRows)> {
+fn strip_keys(path: &Path) -> Result<(Vec<SnapshotObject>, Vec<String>, KeyRows)> {
     let conn = rusqlite::Connection::open(path)?;
     let mut blobs = Vec::new();
     {
-        let mut st = conn.prepare("SELECT blob FROM objects ORDER BY blob")?;
-        for b in st.query_map([], |r| r.get::<_, String>(0))? {
-            blobs.push(b?);
+        let mut st = conn.prepare("SELECT blob, tenant_id, path, scope FROM objects ORDER BY blob")?;
+        let rows = st.query_map([], |r| {
+            Ok(SnapshotObject { blob: r.get(0)?, tenant: r.get(1)?, path: r.get(2)?, scope: r.get(3)? })
+        })?;
+        for o in rows {
+            blobs.push(o?);
         }
     }
     let mut tenants = Vec::new();

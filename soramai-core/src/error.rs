@@ -69,6 +69,10 @@ pub enum Error {
         /// The first record (1-based sequence number) that does not verify.
         seq: u64,
     },
+    /// A check over stored data (a backup, a restore, a verification) found these objects or
+    /// audit chains failing their integrity check; each was also logged and audited.
+    #[error("integrity check failed: {0}")]
+    IntegrityFailures(Box<crate::integrity::IntegrityReport>),
     /// A dataset line is invalid.
     #[error("invalid dataset, line {line}: {reason}")]
     InvalidDataset {

@@ -39,12 +39,14 @@ pub mod datasets;
 pub mod error;
 pub mod grants;
 pub mod ids;
+pub mod integrity;
 pub mod jobs;
 pub mod metering;
 pub mod models;
 pub mod names;
 pub mod passkeys;
 mod random;
+pub mod recovery;
 pub mod retention;
 pub mod sso;
 pub mod store;
@@ -52,7 +54,7 @@ pub mod tier;
 mod vault;
 
 pub use crate::accounts::{Invitation, IssuedInvitation, IssuedSession, Membership, Role, TotpSetup, User};
-pub use crate::audit::{Action, Actor, AuditRecord, AuditReport};
+pub use crate::audit::{Action, Actor, AuditRecord, AuditReport, AuditVerification};
 pub use crate::auth::{ApiKeyInfo, GrantContext, IssuedKey, KeyOptions, Principal, Scope};
 pub use crate::backup::{BackupReport, RestoreReport, SnapshotInfo};
 pub use crate::clock::{Clock, ManualClock, Millis, SystemClock};
@@ -68,6 +70,7 @@ pub use crate::grants::{AccessGrant, GrantRequest, GrantStatus, IssuedGrant};
 pub use crate::ids::{
     ApiKeyId, DatasetId, GrantId, InvitationId, JobId, ModelId, ObjectPath, PoolId, SecretName, TenantId, UserId,
 };
+pub use crate::integrity::{BrokenChain, CorruptObject, IntegrityReport};
 pub use crate::jobs::{
     FineTuneSpec, Hyperparameters, Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker,
 };

@@ -72,7 +72,7 @@ fn a_restore_drill_brings_everything_back_on_a_fresh_directory() {
     let third = env.core.backup(&url).expect("backup");
     assert_eq!((third.objects, third.copied), (first.objects + 1, 1));
     assert_eq!(backup::list_snapshots(store.as_ref(), env.root.as_ref()).expect("list").len(), 3);
-    let checked = backup::verify_backup(store.as_ref(), env.root.as_ref(), None).expect("verify");
+    let checked = backup::verify_backup(&store, env.root.clone(), None).expect("verify");
     assert_eq!(checked.id, third.snapshot);
     // Ciphertext only: neither the dataset nor the secret is in any file of the target.
     for f in files_under(&dir) {
@@ -171,9 +171,9 @@ fn snapshots_past_thirty_days_are_pruned_by_the_retention_sweep() {
     let new = env.core.backup(&url).expect("backup");
     let report = env.core.sweep_retention().expect("sweep");
     assert_eq!(report.backups_pruned, 1);
-    let err = backup::verify_backup(store.as_ref(), env.root.as_ref(), Some(&old.snapshot)).expect_err("pruned");
+    let err = backup::verify_backup(&store, env.root.clone(), Some(&old.snapshot)).expect_err("pruned");
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
-    assert_eq!(backup::verify_backup(store.as_ref(), env.root.as_ref(), None).expect("latest").id, new.snapshot);
+    assert_eq!(backup::verify_backup(&store, env.root.clone(), None).expect("latest").id, new.snapshot);
     assert_eq!(env.core.sweep_retention().expect("sweep").backups_pruned, 0);
 }
 
@@ -232,14 +232,11 @@ fn a_tampered_or_half_written_snapshot_never_passes_for_a_good_one() {
         match env.core.backup_into(&failing) {
             Err(_) => {
                 failures += 1;
-                let latest = backup::verify_backup(store.as_ref(), env.root.as_ref(), None).expect("the good one");
+                let latest = backup::verify_backup(&store, env.root.clone(), None).expect("the good one");
                 assert_eq!(latest.id, good.snapshot, "after {ok} writes");
             }
             Ok(done) => {
-                assert_eq!(
-                    backup::verify_backup(store.as_ref(), env.root.as_ref(), None).expect("new").id,
-                    done.snapshot
-                );
+                assert_eq!(backup::verify_backup(&store, env.root.clone(), None).expect("new").id, done.snapshot);
                 break;
             }
         }
@@ -262,7 +259,7 @@ fn a_tampered_or_half_written_snapshot_never_passes_for_a_good_one() {
     ];
     for (i, keys) in cases.iter().enumerate() {
         keys.iter().for_each(&flip);
-        let err = backup::verify_backup(store.as_ref(), env.root.as_ref(), Some(&good.snapshot)).expect_err("tampered");
+        let err = backup::verify_backup(&store, env.root.clone(), Some(&good.snapshot)).expect_err("tampered");
         assert!(matches!(err, Error::Integrity), "{keys:?}: {err:?}");
         let config = fresh_config(&env, &format!("tampered-{i}"));
         let data_dir = config.data_dir.clone();
@@ -270,8 +267,182 @@ fn a_tampered_or_half_written_snapshot_never_passes_for_a_good_one() {
         assert!(!data_dir.join("meta.sqlite3").exists(), "a refused restore writes nothing");
         keys.iter().for_each(&flip);
     }
-    backup::verify_backup(store.as_ref(), env.root.as_ref(), Some(&good.snapshot)).expect("intact again");
+    backup::verify_backup(&store, env.root.clone(), Some(&good.snapshot)).expect("intact again");
     // Another root key opens nothing.
     let stranger = soramai_core::LocalRootKey::generate();
-    assert!(backup::verify_backup(store.as_ref(), &stranger, None).is_err());
+    assert!(backup::verify_backup(&store, Arc::new(stranger), None).is_err());
+}
+
+#[test]
+fn a_backup_refuses_to_carry_a_corrupt_object_or_a_broken_chain_and_names_them() {
+    let env = Env::new();
+    let (_, url, store) = target(&env);
+    if on_postgres(&env, &url) {
+        return;
+    }
+    let (acme, p) = env.tenant("acme", Tier::Basic);
+    let ds = env.core.upload_dataset(&p, "a.jsonl", &dataset(3, "x")).expect("upload");
+    let good = env.core.backup(&url).expect("backup");
+    env.core.upload_dataset(&p, "b.jsonl", &dataset(3, "y")).expect("upload");
+
+    // The newest blob (b's), flipped: the backup authenticates what it copies and refuses.
+    let mut blobs = files_under(&env.data_dir().join("blobs"));
+    blobs.sort_by_key(|f| std::fs::metadata(f).and_then(|m| m.modified()).expect("mtime"));
+    let blob = blobs.pop().expect("blob");
+    let intact = std::fs::read(&blob).expect("read");
+    let mut bad = intact.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 4;
+    std::fs::write(&blob, &bad).expect("write");
+    let err = env.core.backup(&url).expect_err("a corrupt object is not carried");
+    let Error::IntegrityFailures(report) = &err else { panic!("{err:?}") };
+    assert_eq!(report.corrupt_objects.len(), 1, "{report:?}");
+    assert!(report.corrupt_objects[0].object.starts_with("datasets/"), "{report:?}");
+    assert!(err.to_string().contains(&report.corrupt_objects[0].object), "{err}");
+    let listed = backup::list_snapshots(store.as_ref(), env.root.as_ref()).expect("list");
+    assert_eq!(listed.len(), 1, "no snapshot was written");
+    assert_eq!(listed[0].id, good.snapshot);
+    std::fs::write(&blob, &intact).expect("put back");
+
+    // An edited audit record: refused too, naming the tenant and the record.
+    env.raw_sql("UPDATE audit_log SET target = 'forged' WHERE seq = 2");
+    let err = env.core.backup(&url).expect_err("a broken chain is not carried");
+    let Error::IntegrityFailures(report) = &err else { panic!("{err:?}") };
+    assert_eq!(report.broken_audit_chains.len(), 1, "{report:?}");
+    assert_eq!(
+        (report.broken_audit_chains[0].tenant.as_str(), report.broken_audit_chains[0].first_bad_record),
+        ("acme", 2)
+    );
+    assert_eq!(backup::list_snapshots(store.as_ref(), env.root.as_ref()).expect("list").len(), 1);
+    assert!(env.core.download_dataset(&p, &ds.id).is_ok());
+    let _ = acme;
+}
+
+/// Re-seals a snapshot after `edit` changed its manifest or metadata copy, as one holding the
+/// root key could (or a backup taken before objects were authenticated): only the deep checks
+/// of the objects' tags and the audit chains can tell.
+fn reseal(
+    store: &Arc<dyn BlobStore>,
+    root: &soramai_core::LocalRootKey,
+    id: &str,
+    edit: impl FnOnce(&mut serde_json::Value, &std::path::Path),
+) {
+    use sha2::Digest as _;
+    use soramai_core::KeyProvider as _;
+    let manifest_key = BlobKey::new(format!("snapshots/{id}/manifest")).expect("key");
+    let meta_key = BlobKey::new(format!("snapshots/{id}/meta")).expect("key");
+    let manifest_aad = format!("soramai backup manifest\0{id}");
+    let meta_aad = format!("soramai backup metadata\0{id}");
+    let manifest = root.unwrap(manifest_aad.as_bytes(), &store.get(&manifest_key).expect("manifest")).expect("opens");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&manifest).expect("json");
+    let meta = root.unwrap(meta_aad.as_bytes(), &store.get(&meta_key).expect("meta")).expect("opens");
+    let dir = tempfile::tempdir().expect("dir");
+    let meta_path = dir.path().join("meta.sqlite3");
+    std::fs::write(&meta_path, &meta[..]).expect("write");
+    edit(&mut manifest, &meta_path);
+    let meta = std::fs::read(&meta_path).expect("read");
+    manifest["meta_sha256"] = hex::encode(sha2::Sha256::digest(&meta)).into();
+    store.put(&meta_key, &root.wrap(meta_aad.as_bytes(), &meta).expect("seal")).expect("put");
+    let manifest = serde_json::to_vec(&manifest).expect("json");
+    store.put(&manifest_key, &root.wrap(manifest_aad.as_bytes(), &manifest).expect("seal")).expect("put");
+}
+
+/// Nothing of a failed restore is left: not the data directory, not a staging directory.
+fn assert_nothing_restored(parent: &std::path::Path, name: &str) {
+    assert!(!parent.join(name).exists(), "{name} was left behind");
+    let staged: Vec<_> = std::fs::read_dir(parent)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".restoring-"))
+        .map(|e| e.path())
+        .collect();
+    assert!(staged.is_empty(), "staging left behind: {staged:?}");
+}
+
+#[test]
+fn verify_and_restore_authenticate_every_object_and_audit_chain_and_a_failed_restore_leaves_nothing() {
+    let env = Env::new();
+    let (_, url, store) = target(&env);
+    if on_postgres(&env, &url) {
+        return;
+    }
+    let (_, p) = env.tenant("acme", Tier::Basic);
+    env.core.upload_dataset(&p, "a.jsonl", &dataset(40, "x")).expect("upload");
+    let good = env.core.backup(&url).expect("backup");
+    backup::verify_backup(&store, env.root.clone(), Some(&good.snapshot)).expect("a good snapshot verifies");
+
+    // An object whose bytes changed, with a manifest that agrees on its digest.
+    let object_id = {
+        let mut copy = None;
+        reseal(&store, &env.root, &good.snapshot, |m, _| {
+            let o = &mut m["objects"][0];
+            let mut bytes = store
+                .get(&BlobKey::new(format!("objects/{}", o["sha256"].as_str().expect("sha"))).expect("key"))
+                .expect("object");
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 1;
+            use sha2::Digest as _;
+            let sha = hex::encode(sha2::Sha256::digest(&bytes));
+            store.put(&BlobKey::new(format!("objects/{sha}")).expect("key"), &bytes).expect("put");
+            copy = Some(o["blob"].as_str().expect("blob").to_owned());
+            o["sha256"] = sha.into();
+        });
+        copy.expect("an object")
+    };
+    let err = backup::verify_backup(&store, env.root.clone(), Some(&good.snapshot)).expect_err("corrupt object");
+    let Error::IntegrityFailures(report) = &err else { panic!("{err:?}") };
+    assert_eq!(report.corrupt_objects.len(), 1, "{report:?} ({object_id})");
+    let parent = env.dir.path();
+    let err = backup::restore_backup(store.as_ref(), Some(&good.snapshot), fresh_config(&env, "restored-1"))
+        .expect_err("refused");
+    assert!(matches!(err, Error::IntegrityFailures(_)), "{err:?}");
+    assert_nothing_restored(parent, "restored-1");
+
+    // An edited audit record in the metadata copy.
+    let second = env.core.backup(&url).expect("backup");
+    reseal(&store, &env.root, &second.snapshot, |_, meta| {
+        rusqlite::Connection::open(meta)
+            .expect("db")
+            .execute_batch("UPDATE audit_log SET target = 'forged' WHERE seq = 2")
+            .expect("edit");
+    });
+    let err = backup::verify_backup(&store, env.root.clone(), Some(&second.snapshot)).expect_err("broken chain");
+    let Error::IntegrityFailures(report) = &err else { panic!("{err:?}") };
+    assert_eq!(report.broken_audit_chains.len(), 1, "{report:?}");
+    assert_eq!(report.broken_audit_chains[0].first_bad_record, 2);
+    // An empty directory waiting for the restore stays as it was.
+    std::fs::create_dir(parent.join("restored-2")).expect("mkdir");
+    let err = backup::restore_backup(store.as_ref(), Some(&second.snapshot), fresh_config(&env, "restored-2"))
+        .expect_err("refused");
+    assert!(matches!(err, Error::IntegrityFailures(_)), "{err:?}");
+    assert!(parent.join("restored-2").read_dir().expect("dir").next().is_none(), "the empty directory stays empty");
+    std::fs::remove_dir(parent.join("restored-2")).expect("rmdir");
+    assert_nothing_restored(parent, "restored-2");
+}
+
+/// The staging copy fails part of the way (a disk filling up): the restore fails and leaves
+/// nothing behind.
+#[test]
+fn a_restore_that_fails_writing_leaves_nothing_behind() {
+    let env = Env::new();
+    let (_, url, store) = target(&env);
+    if on_postgres(&env, &url) {
+        return;
+    }
+    let (_, p) = env.tenant("acme", Tier::Basic);
+    for i in 0..3 {
+        env.core.upload_dataset(&p, &format!("d{i}.jsonl"), &dataset(20, "x")).expect("upload");
+    }
+    env.core.backup(&url).expect("backup");
+    for ok in [0, 1, 2] {
+        let mut config = fresh_config(&env, &format!("full-{ok}"));
+        let blobs_dir = env.dir.path().join(format!("full-{ok}-blobs"));
+        config.blobs = Some(Arc::new(FailingAfter {
+            inner: LocalBlobStore::open(&blobs_dir).expect("store"),
+            ok: AtomicUsize::new(ok),
+        }));
+        let err = backup::restore_backup(store.as_ref(), None, config).expect_err("the disk filled up");
+        assert!(matches!(err, Error::Io(_)), "{err:?}");
+        assert_nothing_restored(env.dir.path(), &format!("full-{ok}"));
+    }
 }

@@ -177,3 +177,52 @@ fn worker_killed_mid_job_is_requeued_and_finished() {
         assert!(!contains(&std::fs::read(&f).expect("read"), b"slow"), "{}", f.display());
     }
 }
+
+/// Sets a file's or directory's modification time `ago` in the past.
+fn age(path: &std::path::Path, ago: Duration) {
+    let when = std::time::SystemTime::now() - ago;
+    std::fs::File::open(path).expect("open").set_modified(when).expect("mtime");
+}
+
+#[test]
+fn startup_recovery_removes_what_a_crash_left_and_nothing_a_live_writer_owns() {
+    let env = Env::new();
+    let (t, p) = env.tenant("acme", Tier::Basic);
+    let ds = env.core.upload_dataset(&p, "d.jsonl", &dataset(3, "x")).expect("upload");
+    let blobs = env.data_dir().join("blobs").join("t").join("acme").join("o");
+    let stale_tmp = blobs.join("a1b2c3.tmp");
+    let live_tmp = blobs.join("d4e5f6.tmp");
+    let orphan = blobs.join("0123456789abcdef0123456789abcdef");
+    for f in [&stale_tmp, &live_tmp, &orphan] {
+        std::fs::write(f, vec![0u8; 70_000]).expect("write");
+    }
+    let old = soramai_core::recovery::STALE_AFTER + Duration::from_secs(60);
+    age(&stale_tmp, old);
+    age(&orphan, old);
+    // A dead job's scratch directory, a running job's (its lease holds), and a backup's metadata
+    // copy left by a crash.
+    let scratch = env.data_dir().join("scratch");
+    let job = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id.clone(), pace_ms: 0 }).expect("submit");
+    let claim = env.core.claim_job("w", &PoolId::shared(), Duration::from_secs(3600)).expect("claim").expect("job");
+    let running = scratch.join(format!("{}-{}", job.id.as_str(), claim.job.attempts));
+    let dead = scratch.join("job-0000deadbeef-2");
+    let backup_copy = scratch.join("backup-1.sqlite3");
+    for d in [&running, &dead] {
+        std::fs::create_dir_all(d).expect("mkdir");
+        std::fs::write(d.join("adapter.bin"), b"partial").expect("write");
+    }
+    std::fs::write(&backup_copy, b"copy").expect("write");
+    age(&backup_copy, old);
+
+    // The node restarts.
+    let core = env.reopen();
+    let report = core.recover_after_restart().expect("recover");
+    assert_eq!(report.blobs, 2, "{report:?}");
+    assert_eq!(report.scratch_entries, 2, "{report:?}");
+    assert!(!stale_tmp.exists() && !orphan.exists() && !dead.exists() && !backup_copy.exists());
+    assert!(live_tmp.exists(), "a .tmp written to just now may have a live writer");
+    assert!(running.exists(), "a running job keeps its scratch directory");
+    assert_eq!(core.download_dataset(&Principal::operator(&t), &ds.id).expect("intact").len(), dataset(3, "x").len());
+    // Nothing is left to remove the second time.
+    assert_eq!(core.recover_after_restart().expect("again"), soramai_core::recovery::RecoveryReport::default());
+}

@@ -375,6 +375,7 @@ fn main() -> ExitCode {
     // The one TLS crypto provider (ring) for every rustls client and server in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    init_logging();
     match cli.command {
         Command::Tokenize { model, no_special, text } => report(tokenize(&model, no_special, &text)),
         Command::Generate(args) => report(generate(&args)),
@@ -477,7 +478,7 @@ fn backup(a: &BackupArgs) -> Result<(), Box<dyn std::error::Error>> {
     match &a.action {
         Some(BackupAction::Verify { from, snapshot, root_key_file }) => {
             let root = root_key(root_key_file.as_deref())?;
-            let info = backup::verify_backup(backup::open_target(from)?.as_ref(), &root, snapshot.as_deref())?;
+            let info = backup::verify_backup(&backup::open_target(from)?, Arc::new(root), snapshot.as_deref())?;
             println!("{}", serde_json::to_string(&info)?);
         }
         Some(BackupAction::List { from, root_key_file }) => {
@@ -515,6 +516,27 @@ fn restore(
     drop(core);
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// Operator logs on stderr: `SORAMAI_LOG` sets the level (`error`, `warn`, `info` — the default —,
+/// `debug`, `off`), `SORAMAI_LOG_FORMAT=json` writes JSON lines. Lines hold ids, routes,
+/// statuses, timings and error kinds; never prompt text, file content, names or keys.
+fn init_logging() {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match std::env::var("SORAMAI_LOG").as_deref() {
+        Ok("off") => LevelFilter::OFF,
+        Ok("error") => LevelFilter::ERROR,
+        Ok("warn") => LevelFilter::WARN,
+        Ok("debug") => LevelFilter::DEBUG,
+        _ => LevelFilter::INFO,
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_ansi(false);
+    // A second subscriber (none here) would be refused; logging is never a reason to fail.
+    let _ = if std::env::var("SORAMAI_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn report(r: Result<(), Box<dyn std::error::Error>>) -> ExitCode {

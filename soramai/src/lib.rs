@@ -35,11 +35,11 @@ pub use session::{
 };
 
 pub use soramai_core::{
-    AccessGrant, ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, BaseModel, CloseOptions, Closure, Config, Core,
-    CustomModel, Database, DatasetId, DatasetInfo, Error, FineTuneSpec, FineTunedModel, GrantId, GrantRequest,
-    GrantStatus, Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, JobId, JobSpec, JobState, KeyOptions,
-    KeyProvider, LocalRootKey, ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand, Scope,
-    SecretName, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
+    AccessGrant, ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, AuditVerification, BaseModel, CloseOptions, Closure,
+    Config, Core, CustomModel, Database, DatasetId, DatasetInfo, Error, FineTuneSpec, FineTunedModel, GrantId,
+    GrantRequest, GrantStatus, Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, JobId, JobSpec, JobState,
+    KeyOptions, KeyProvider, LocalRootKey, ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand,
+    Scope, SecretName, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
 };
 
 /// The security core's full API (storage, crypto, audit, metering, retention).
@@ -111,8 +111,46 @@ pub enum ErrorKind {
     InsufficientCredits,
     /// A tier limit (requests per minute, concurrent requests).
     RateLimited,
-    /// Anything else: storage, integrity, the engine. Not the caller's fault.
+    /// Stored data failed its integrity check (a tampered or corrupted object, a broken audit
+    /// chain). Not the caller's fault; the failure is logged and recorded in the tenant's audit log.
+    Integrity,
+    /// Anything else: storage, the engine. Not the caller's fault.
     Internal,
+}
+
+impl ErrorKind {
+    /// The HTTP status this kind is answered with, by the API and the dashboard alike. Insufficient
+    /// credits is 429 with the code `insufficient_quota`, as OpenAI answers it (clients already
+    /// handle that pair); an integrity failure is 500 with the code `integrity_error`.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::Authentication => 401,
+            ErrorKind::PermissionDenied => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::InvalidRequest | ErrorKind::ContextLength => 400,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::InsufficientCredits | ErrorKind::RateLimited => 429,
+            ErrorKind::Integrity | ErrorKind::Internal => 500,
+        }
+    }
+
+    /// The exception class the bindings raise for this kind (Python and Node alike).
+    pub fn exception_name(self) -> &'static str {
+        match self {
+            ErrorKind::Authentication => "AuthenticationError",
+            ErrorKind::PermissionDenied => "PermissionDeniedError",
+            ErrorKind::NotFound => "NotFoundError",
+            ErrorKind::Conflict => "ConflictError",
+            ErrorKind::InvalidRequest => "InvalidRequestError",
+            ErrorKind::TooLarge => "TooLargeError",
+            ErrorKind::ContextLength => "ContextLengthError",
+            ErrorKind::InsufficientCredits => "InsufficientCreditsError",
+            ErrorKind::RateLimited => "RateLimitError",
+            ErrorKind::Integrity => "IntegrityError",
+            ErrorKind::Internal => "InternalError",
+        }
+    }
 }
 
 impl PlatformError {
@@ -133,6 +171,7 @@ impl PlatformError {
                 C::InvalidArgument(_) | C::InvalidDataset { .. } => ErrorKind::InvalidRequest,
                 C::TooLarge { .. } => ErrorKind::TooLarge,
                 C::InsufficientCredits { .. } => ErrorKind::InsufficientCredits,
+                C::Integrity | C::AuditChainBroken { .. } | C::IntegrityFailures(_) => ErrorKind::Integrity,
                 _ => ErrorKind::Internal,
             },
             PlatformError::Rag(r) => match r {
@@ -140,6 +179,7 @@ impl PlatformError {
                 soramai_rag::Error::CorpusExists => ErrorKind::Conflict,
                 soramai_rag::Error::InvalidArgument(_) => ErrorKind::InvalidRequest,
                 soramai_rag::Error::TooLarge { .. } => ErrorKind::TooLarge,
+                soramai_rag::Error::Integrity => ErrorKind::Integrity,
                 _ => ErrorKind::Internal,
             },
             PlatformError::InvalidArgument(_) | PlatformError::Inference(soramai_kernels::Error::Request(_)) => {
@@ -153,7 +193,8 @@ impl PlatformError {
 
     /// A stable machine-readable code in OpenAI's style: `invalid_api_key`, `permission_denied`,
     /// `<kind>_not_found`, `already_exists`, `invalid_state`, `invalid_request`, `too_large`,
-    /// `context_length_exceeded`, `insufficient_quota`, `rate_limit_exceeded`, `internal_error`.
+    /// `context_length_exceeded`, `insufficient_quota`, `rate_limit_exceeded`, `integrity_error`,
+    /// `internal_error`.
     pub fn code(&self) -> String {
         use soramai_core::Error as C;
         match (self.kind(), self) {
@@ -172,6 +213,7 @@ impl PlatformError {
                 ErrorKind::ContextLength => "context_length_exceeded",
                 ErrorKind::InsufficientCredits => "insufficient_quota",
                 ErrorKind::RateLimited => "rate_limit_exceeded",
+                ErrorKind::Integrity => "integrity_error",
                 ErrorKind::NotFound | ErrorKind::Internal => "internal_error",
             }
             .into(),

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use soramai_core::{
-    AccessGrant, ApiKeyId, AuditRecord, AuditReport, CloseOptions, Closure, DatasetInfo, FineTuneSpec, GrantRequest,
-    Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, KeyOptions, ModelId, Principal, Receipt, Scope, Tenant,
-    Tier,
+    AccessGrant, ApiKeyId, AuditRecord, AuditReport, AuditVerification, CloseOptions, Closure, DatasetInfo,
+    FineTuneSpec, GrantRequest, Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, KeyOptions, ModelId, Principal,
+    Receipt, Scope, Tenant, Tier,
 };
 use soramai_rag::{CorpusId, Document, Format, GroundedPrompt, Hit, IngestReport, SearchRequest};
 use zeroize::Zeroizing;
@@ -552,11 +552,23 @@ impl Session {
         Ok(self.platform.core().audit_log(&self.principal)?)
     }
 
-    /// Verifies the tenant's audit chain (admin scope).
+    /// Verifies the tenant's audit chain (admin scope). A broken chain is an integrity error
+    /// naming the first bad record; see [`Session::audit_verification`] for the whole report.
     pub fn verify_audit(&self) -> Result<AuditReport, PlatformError> {
+        let check = self.audit_verification()?;
+        match check.first_bad_record {
+            None => Ok(AuditReport { records: check.records }),
+            Some(seq) => Err(soramai_core::Error::AuditChainBroken { seq }.into()),
+        }
+    }
+
+    /// Verifies the tenant's audit chain (admin scope) and reports how far it holds: the first
+    /// record that does not verify and why. A broken chain is logged and recorded as an integrity
+    /// failure in the tenant's audit log.
+    pub fn audit_verification(&self) -> Result<AuditVerification, PlatformError> {
         self.acting("verify_audit")?;
         self.principal.require(Scope::Admin)?;
-        Ok(self.platform.core().verify_audit(self.principal.tenant())?)
+        Ok(self.platform.core().check_audit(self.principal.tenant())?)
     }
 
     /// Token usage since `since_ms` (Unix ms) and the credits left.

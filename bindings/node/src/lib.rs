@@ -18,24 +18,7 @@ use napi_derive::napi;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use soramai::{
-    ErrorKind, GenerationOptions, GenerationStream, NewKey, OpenOptions, PlatformError, RunnerCommand, Session,
-};
-
-fn kind_name(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Authentication => "AuthenticationError",
-        ErrorKind::PermissionDenied => "PermissionDeniedError",
-        ErrorKind::NotFound => "NotFoundError",
-        ErrorKind::Conflict => "ConflictError",
-        ErrorKind::InvalidRequest => "InvalidRequestError",
-        ErrorKind::TooLarge => "TooLargeError",
-        ErrorKind::ContextLength => "ContextLengthError",
-        ErrorKind::InsufficientCredits => "InsufficientCreditsError",
-        ErrorKind::RateLimited => "RateLimitError",
-        _ => "InternalError",
-    }
-}
+use soramai::{GenerationOptions, GenerationStream, NewKey, OpenOptions, PlatformError, RunnerCommand, Session};
 
 fn reject(kind: &str, code: &str, message: &str) -> napi::Error {
     let body = serde_json::json!({"kind": kind, "code": code, "message": message});
@@ -43,7 +26,7 @@ fn reject(kind: &str, code: &str, message: &str) -> napi::Error {
 }
 
 fn platform_error(e: &PlatformError) -> napi::Error {
-    reject(kind_name(e.kind()), &e.code(), &e.to_string())
+    reject(e.kind().exception_name(), &e.code(), &e.to_string())
 }
 
 fn invalid(message: &str) -> napi::Error {

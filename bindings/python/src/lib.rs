@@ -30,6 +30,12 @@ pyo3::create_exception!(soramai, TooLargeError, SoramaiError, "Over a size limit
 pyo3::create_exception!(soramai, ContextLengthError, SoramaiError, "The prompt does not fit the model's context.");
 pyo3::create_exception!(soramai, InsufficientCreditsError, SoramaiError, "The tenant's credits do not cover it.");
 pyo3::create_exception!(soramai, RateLimitError, SoramaiError, "A tier limit was reached; try again later.");
+pyo3::create_exception!(
+    soramai,
+    IntegrityError,
+    SoramaiError,
+    "Stored data failed its integrity check; it is logged and audited."
+);
 pyo3::create_exception!(soramai, InternalError, SoramaiError, "A failure inside the platform.");
 
 fn raise(py: Python<'_>, e: &PlatformError) -> PyErr {
@@ -44,6 +50,7 @@ fn raise(py: Python<'_>, e: &PlatformError) -> PyErr {
         ErrorKind::ContextLength => ContextLengthError::new_err(message),
         ErrorKind::InsufficientCredits => InsufficientCreditsError::new_err(message),
         ErrorKind::RateLimited => RateLimitError::new_err(message),
+        ErrorKind::Integrity => IntegrityError::new_err(message),
         _ => InternalError::new_err(message),
     };
     // Best effort: an exception object that refuses attributes still carries its message.
@@ -548,6 +555,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ("ContextLengthError", py.get_type::<ContextLengthError>(), "context_length_exceeded"),
         ("InsufficientCreditsError", py.get_type::<InsufficientCreditsError>(), "insufficient_quota"),
         ("RateLimitError", py.get_type::<RateLimitError>(), "rate_limit_exceeded"),
+        ("IntegrityError", py.get_type::<IntegrityError>(), "integrity_error"),
         ("InternalError", py.get_type::<InternalError>(), "internal_error"),
     ];
     for (name, class, code) in classes {

@@ -36,6 +36,7 @@ pub(crate) fn append(tx: &Db<'_>, key: &AuditKey, tenant: &TenantId, at: Millis,
         action: action.as_str().to_string(),
         target: target.to_string(),
         detail: detail.to_string(),
+        verified: true,
     };
     let hash = key.record_hash(tenant, &record, &prev_hash)?;
     tx.execute(

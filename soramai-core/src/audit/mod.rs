@@ -18,7 +18,7 @@ pub(crate) mod vocabulary;
 
 pub(crate) use chain::GENESIS;
 
-pub use vocabulary::{Action, Actor, AuditRecord, AuditReport};
+pub use vocabulary::{Action, Actor, AuditRecord, AuditReport, AuditVerification};
 
 /// Reads an `AuditRecord` from columns `seq, at, actor, action, target, detail` (in that order).
 fn record_from_row(r: &Row) -> Result<AuditRecord> {
@@ -29,6 +29,7 @@ fn record_from_row(r: &Row) -> Result<AuditRecord> {
         action: r.get(3)?,
         target: r.get(4)?,
         detail: r.get(5)?,
+        verified: true,
     })
 }
 
@@ -49,7 +50,8 @@ impl Core {
         self.audit(principal.tenant(), principal.actor(), action, target, detail)
     }
 
-    /// The tenant's audit records, oldest first (admin scope). A tier with audit-log access (Org
+    /// The tenant's audit records, oldest first (admin scope), each marked verified or not (every
+    /// record from the chain's first break on is not). A tier with audit-log access (Org
     /// and Enterprise) reads them all; every other tier reads the records of the operator's access
     /// to it (tenant changes, its first key, break-glass grants and every request under one), so
     /// that access is visible to every tenant. The operator's embedding code reads them all.
@@ -57,7 +59,13 @@ impl Core {
         principal.require(crate::auth::Scope::Admin)?;
         let tenant = principal.tenant();
         let t = self.tenant(tenant)?;
-        let records = self.audit_records(tenant)?;
+        let mut records = self.audit_records(tenant)?;
+        if let Some(bad) = self.walk_audit(tenant)?.first_bad_record {
+            // Positions, as the walk counts them (records are in sequence order).
+            for r in records.iter_mut().skip(usize::try_from(bad.saturating_sub(1)).unwrap_or(usize::MAX)) {
+                r.verified = false;
+            }
+        }
         if principal.is_operator() || t.tier.policy().audit_log_access {
             return Ok(records);
         }
@@ -75,8 +83,42 @@ impl Core {
     }
 
     /// Verifies the tenant's whole chain and its head. Any edited, dropped, inserted or reordered
-    /// record yields [`Error::AuditChainBroken`] naming the first bad position.
+    /// record yields [`Error::AuditChainBroken`] naming the first bad position; see
+    /// [`Core::check_audit`] for the whole report.
     pub fn verify_audit(&self, tenant: &TenantId) -> Result<AuditReport> {
+        let check = self.check_audit(tenant)?;
+        match check.first_bad_record {
+            None => Ok(AuditReport { records: check.records }),
+            Some(seq) => Err(Error::AuditChainBroken { seq }),
+        }
+    }
+
+    /// Verifies the tenant's chain and reports how far it holds: the first record that does not
+    /// verify and why. A broken chain is also reported as an integrity failure (an operator log
+    /// line and an audit record, appended after the break, naming the bad record).
+    pub fn check_audit(&self, tenant: &TenantId) -> Result<AuditVerification> {
+        let check = self.walk_audit(tenant)?;
+        if let (Some(seq), Some(reason)) = (check.first_bad_record, check.reason) {
+            tracing::error!(
+                target: "soramai::integrity",
+                error_kind = "integrity_error",
+                tenant = %tenant.as_str(),
+                record = seq,
+                reason = %reason,
+                "the audit chain failed its integrity check"
+            );
+            self.audit(
+                tenant,
+                &Actor::System,
+                Action::IntegrityFailed,
+                "audit_log",
+                serde_json::json!({"first_bad_record": seq, "reason": reason}),
+            )?;
+        }
+        Ok(check)
+    }
+
+    fn walk_audit(&self, tenant: &TenantId) -> Result<AuditVerification> {
         let (rows, head) = self.read(|c| {
             let rows = c.query_map(
                 "SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit_log
@@ -91,34 +133,42 @@ impl Core {
                 .optional()?;
             Ok((rows, head))
         })?;
+        let count = rows.len() as u64;
+        let broken = |seq: u64, reason: &'static str| AuditVerification {
+            records: count,
+            valid: false,
+            first_bad_record: Some(seq),
+            reason: Some(reason),
+        };
+        let ct_eq = |a: &[u8], b: &[u8]| bool::from(subtle::ConstantTimeEq::ct_eq(a, b));
         let mut prev = GENESIS.to_vec();
         // Walk in sequence order; a record out of place breaks the expected sequence number.
         let mut sorted = rows;
         sorted.sort_by_key(|(r, _, _)| r.seq);
         for (i, (record, prev_hash, hash)) in sorted.iter().enumerate() {
             let expected_seq = i as u64 + 1;
+            if record.seq != expected_seq {
+                return Ok(broken(expected_seq, "a record is missing, inserted or out of order here"));
+            }
+            if !ct_eq(prev_hash, &prev) {
+                return Ok(broken(expected_seq, "the record does not link to the record before it"));
+            }
             let computed = self.audit_key().record_hash(tenant, record, &prev)?;
-            let ok = record.seq == expected_seq
-                && subtle::ConstantTimeEq::ct_eq(&prev_hash[..], &prev[..]).into()
-                && bool::from(subtle::ConstantTimeEq::ct_eq(&computed[..], &hash[..]));
-            if !ok {
-                return Err(Error::AuditChainBroken { seq: expected_seq });
+            if !ct_eq(&computed, hash) {
+                return Ok(broken(expected_seq, "the record was edited after it was written"));
             }
             prev = hash.clone();
         }
-        let count = sorted.len() as u64;
+        let intact = AuditVerification { records: count, valid: true, first_bad_record: None, reason: None };
         match head {
-            None if count == 0 => Ok(AuditReport { records: 0 }),
-            None => Err(Error::AuditChainBroken { seq: 1 }),
+            None if count == 0 => Ok(intact),
+            None => Ok(broken(1, "the chain's head is missing")),
             Some((seq, hash, tag)) => {
                 let expected_tag = self.audit_key().head_tag(tenant, seq, &hash)?;
-                let ok = seq == count
-                    && bool::from(subtle::ConstantTimeEq::ct_eq(&hash[..], &prev[..]))
-                    && bool::from(subtle::ConstantTimeEq::ct_eq(&tag[..], &expected_tag[..]));
-                if ok {
-                    Ok(AuditReport { records: count })
+                if seq == count && ct_eq(&hash, &prev) && ct_eq(&tag, &expected_tag) {
+                    Ok(intact)
                 } else {
-                    Err(Error::AuditChainBroken { seq: count.min(seq) + 1 })
+                    Ok(broken(count.min(seq) + 1, "records after this point were removed, or the head was rewound"))
                 }
             }
         }

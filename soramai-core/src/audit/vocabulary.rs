@@ -111,6 +111,8 @@ pub enum Action {
     UserPasskeyRemoved,
     SsoConfigured,
     SsoRemoved,
+    /// Stored data failed its integrity check (an object's authentication tag, the audit chain).
+    IntegrityFailed,
 }
 
 impl Action {
@@ -167,6 +169,7 @@ impl Action {
             Action::UserPasskeyRemoved => "user.passkey_removed",
             Action::SsoConfigured => "sso.configured",
             Action::SsoRemoved => "sso.removed",
+            Action::IntegrityFailed => "integrity.failed",
         }
     }
 }
@@ -193,6 +196,9 @@ pub struct AuditRecord {
     pub target: String,
     /// Extra, content-free detail as JSON (ids, counts, states).
     pub detail: String,
+    /// Whether the chain verifies up to and including this record: `false` for every record from
+    /// the first break on (an edited, dropped, inserted or reordered record).
+    pub verified: bool,
 }
 
 impl AuditRecord {
@@ -201,6 +207,19 @@ impl AuditRecord {
     pub fn is_operator_access(&self) -> bool {
         self.actor == "operator" || self.actor.starts_with("operator:") || self.action.starts_with("access_grant.")
     }
+}
+
+/// A verification of a tenant's audit chain: how much of it holds, and where and why it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditVerification {
+    /// Records in the chain.
+    pub records: u64,
+    /// Whether every record and the chain's head verify.
+    pub valid: bool,
+    /// The first record (1-based position) that does not verify; every later one is unverified too.
+    pub first_bad_record: Option<u64>,
+    /// Why that record fails.
+    pub reason: Option<&'static str>,
 }
 
 /// What a successful verification covered.

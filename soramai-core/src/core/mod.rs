@@ -34,7 +34,7 @@ use store::Store;
 /// The security core over one data directory. Cheap to share behind an `Arc`; every method is safe
 /// to call from many threads.
 pub struct Core {
-    store: Store,
+    store: Arc<Store>,
     keyring: Keyring,
     objects: Objects,
     data_dir: PathBuf,
@@ -68,7 +68,7 @@ impl Core {
             Ok(rows)
         })?;
         let objects = Objects::open(shared, config.dedicated, dedicated_tenants)?;
-        let store = Store::open(meta, config.root.as_ref(), config.clock)?;
+        let store = Arc::new(Store::open(meta, config.root.as_ref(), config.clock)?);
         std::fs::create_dir_all(config.data_dir.join("scratch"))?;
         set_private_dir(&config.data_dir.join("scratch"))?;
         Ok(Self {

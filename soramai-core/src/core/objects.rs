@@ -108,6 +108,10 @@ impl ReadAt for BlobSource {
 /// decrypted, after the object's length has been authenticated.
 pub struct ObjectReader {
     inner: RandomAccess<BlobSource>,
+    /// Where a failed check is reported, and what it names.
+    store: Arc<super::store::Store>,
+    tenant: TenantId,
+    path: ObjectPath,
 }
 
 impl fmt::Debug for ObjectReader {
@@ -127,7 +131,7 @@ impl ObjectReader {
     }
     /// Reads `len` plaintext bytes at `offset`.
     pub fn read_range(&self, offset: u64, len: usize) -> Result<Zeroizing<Vec<u8>>> {
-        Ok(self.inner.read_range(offset, len)?)
+        self.inner.read_range(offset, len).map_err(|e| self.failed(e.into()))
     }
     /// An opaque id of this stored version of the object: a new write of the same path gets a
     /// new one, so it can key caches of decrypted chunks.
@@ -135,9 +139,23 @@ impl ObjectReader {
         self.inner.source().key.as_str()
     }
 
+    /// The number of chunks (16 KiB of plaintext each, the final one shorter).
+    pub fn chunk_count(&self) -> u64 {
+        self.inner.chunk_count()
+    }
+
     /// Decrypts chunk `index` of the object (16 KiB plaintext chunks).
     pub fn chunk(&self, index: u64) -> Result<Zeroizing<Vec<u8>>> {
-        Ok(self.inner.chunk(index)?)
+        self.inner.chunk(index).map_err(|e| self.failed(e.into()))
+    }
+
+    /// Reports an integrity failure of this object (a log line and an audit record) and passes
+    /// the error on.
+    fn failed(&self, e: Error) -> Error {
+        if matches!(e, Error::Integrity) {
+            self.store.report_integrity(&self.tenant, self.path.as_str(), self.inner.source().key.as_str());
+        }
+        e
     }
 }
 
@@ -427,19 +445,57 @@ impl Core {
     pub fn get_object(&self, tenant: &TenantId, path: &ObjectPath) -> Result<Zeroizing<Vec<u8>>> {
         let (blob, _, scope) = self.object_row_scoped(tenant, path)?;
         let sealed = self.objects.blobs().get(&blob)?;
-        let key = self.key_for_object(tenant, path, &scope, envelope::key_version(&sealed)?)?;
-        Ok(envelope::open_owned(&key, tenant, path, sealed)?)
+        let opened = (|| {
+            let key = self.key_for_object(tenant, path, &scope, envelope::key_version(&sealed)?)?;
+            Ok(envelope::open_owned(&key, tenant, path, sealed)?)
+        })();
+        opened.map_err(|e| self.integrity_checked(e, tenant, path, &blob))
+    }
+
+    /// Reports an integrity failure of an object (a log line and an audit record naming it) and
+    /// passes the error on; any other error passes unreported.
+    fn integrity_checked(&self, e: Error, tenant: &TenantId, path: &ObjectPath, blob: &BlobKey) -> Error {
+        if matches!(e, Error::Integrity) {
+            self.store.report_integrity(tenant, path.as_str(), blob.as_str());
+        }
+        e
+    }
+
+    /// Authenticates a sealed object's bytes (every chunk) as the object at `path` under key
+    /// `scope`, and hands them back: a backup copies only what this accepts. A failure is logged
+    /// and audited as an integrity failure of that object.
+    pub(crate) fn authenticate_sealed(
+        &self,
+        tenant: &TenantId,
+        path: &ObjectPath,
+        scope: &str,
+        blob: &BlobKey,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let opened = (|| {
+            let key = self.key_for_object(tenant, path, scope, envelope::key_version(&sealed)?)?;
+            let reader = envelope::open_random_access(&key, tenant, path, sealed)?;
+            for i in 0..reader.chunk_count() {
+                reader.chunk(i)?;
+            }
+            Ok(reader.into_inner())
+        })();
+        opened.map_err(|e| self.integrity_checked(e, tenant, path, blob))
     }
 
     /// Opens an object for random-access reads.
     pub fn open_object(&self, tenant: &TenantId, path: &ObjectPath) -> Result<ObjectReader> {
         let (blob, _, scope) = self.object_row_scoped(tenant, path)?;
         let len = self.objects.blobs().size(&blob)?;
-        let source = BlobSource { blobs: self.objects.blobs().clone(), key: blob, len };
-        let mut prefix = [0u8; envelope::PREFIX_LEN];
-        source.read_exact_at(&mut prefix, 0).map_err(|_| Error::Integrity)?;
-        let key = self.key_for_object(tenant, path, &scope, envelope::key_version(&prefix)?)?;
-        Ok(ObjectReader { inner: envelope::open_random_access(&key, tenant, path, source)? })
+        let source = BlobSource { blobs: self.objects.blobs().clone(), key: blob.clone(), len };
+        let opened = (|| {
+            let mut prefix = [0u8; envelope::PREFIX_LEN];
+            source.read_exact_at(&mut prefix, 0).map_err(|_| Error::Integrity)?;
+            let key = self.key_for_object(tenant, path, &scope, envelope::key_version(&prefix)?)?;
+            Ok(envelope::open_random_access(&key, tenant, path, source)?)
+        })();
+        let inner = opened.map_err(|e| self.integrity_checked(e, tenant, path, &blob))?;
+        Ok(ObjectReader { inner, store: self.store.clone(), tenant: tenant.clone(), path: path.clone() })
     }
 
     /// Deletes an object (metadata first, then its blob).

@@ -8,7 +8,7 @@ use crate::store::{Db, OptionalExt as _};
 use zeroize::Zeroizing;
 
 use crate::audit::chain::{self, Entry};
-use crate::audit::vocabulary::AuditKey;
+use crate::audit::vocabulary::{Action, Actor, AuditKey};
 use crate::clock::{Clock, Millis};
 use crate::crypto::keys::{KEY_LEN, KeyProvider, random_bytes};
 use crate::error::{Error, Result};
@@ -41,6 +41,32 @@ impl Store {
 
     pub(super) fn audit_key(&self) -> &AuditKey {
         &self.audit_key
+    }
+
+    /// Reports stored data that failed its integrity check: an operator log line (ids only: the
+    /// tenant and the blob, never a name) and a record in the tenant's audit log naming the
+    /// object. Reporting is best effort: a failure to record is itself logged, and the caller's
+    /// integrity error stands either way.
+    pub(super) fn report_integrity(&self, tenant: &TenantId, object: &str, blob: &str) {
+        tracing::error!(
+            target: "soramai::integrity",
+            error_kind = "integrity_error",
+            tenant = %tenant.as_str(),
+            blob = %blob,
+            "stored data failed its integrity check"
+        );
+        let recorded = self.meta.write(|tx| {
+            let entry = Entry {
+                actor: &Actor::System,
+                action: Action::IntegrityFailed,
+                target: object,
+                detail: serde_json::json!({"blob": blob}),
+            };
+            self.append_audit(tx, tenant, entry)
+        });
+        if let Err(e) = recorded {
+            tracing::error!(target: "soramai::integrity", tenant = %tenant.as_str(), error = %e, "the integrity failure could not be audited");
+        }
     }
 
     /// Appends one audit record inside `tx`.

@@ -165,16 +165,7 @@ pub(crate) async fn run<T: Send + 'static>(
 
 /// The status a refusal is answered with.
 pub(crate) fn status_of(e: &PlatformError) -> StatusCode {
-    match e.kind() {
-        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
-        ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::Conflict => StatusCode::CONFLICT,
-        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
-        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    }
+    StatusCode::from_u16(e.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// Renders a tenant page: its data, with what a post produced (`extra`), an error, and the status
@@ -200,7 +191,7 @@ async fn section(
         Err(e) if e.kind() == ErrorKind::PermissionDenied => {
             return message(StatusCode::FORBIDDEN, &format!("Your role cannot open this page: {e}."));
         }
-        Err(e) if e.kind() == ErrorKind::Internal => {
+        Err(e) if matches!(e.kind(), ErrorKind::Internal | ErrorKind::Integrity) => {
             return message(StatusCode::INTERNAL_SERVER_ERROR, "The page could not be loaded. Please try again.");
         }
         Err(_) => return not_found(),

@@ -341,7 +341,7 @@ pub(super) async fn audit_log(State(s): State<AppState>, Caller(p): Caller) -> A
 pub(super) async fn audit_verify(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
     let report = blocking(move || {
         p.require(Scope::Admin)?;
-        Ok(s.platform.core().verify_audit(p.tenant())?)
+        Ok(s.platform.core().check_audit(p.tenant())?)
     })
     .await?;
     Ok(axum::Json(json!({"object": "audit.verification", "report": report})).into_response())

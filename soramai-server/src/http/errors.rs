@@ -34,38 +34,46 @@ impl ApiError {
     }
 }
 
+/// An error answer's code, left on the response for the request log and the metrics.
+#[derive(Clone)]
+pub(super) struct ErrorCode(pub(super) String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut res = (self.status, axum::Json(self.body())).into_response();
+        let code = self.code.clone().unwrap_or_else(|| self.kind.to_owned());
+        res.extensions_mut().insert(ErrorCode(code));
+        res
     }
 }
 
 impl From<PlatformError> for ApiError {
     fn from(e: PlatformError) -> Self {
         use soramai::ErrorKind as K;
-        let (status, kind) = match e.kind() {
+        let kind = e.kind();
+        let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let error_type = match kind {
             K::Authentication => {
+                return Self::new(status, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.");
+            }
+            K::ContextLength => {
+                return Self::new(status, "invalid_request_error", &e.code(), e.to_string()).param("messages");
+            }
+            K::Integrity => {
                 return Self::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_request_error",
-                    "invalid_api_key",
-                    "Incorrect API key provided.",
+                    status,
+                    "server_error",
+                    "integrity_error",
+                    "Stored data failed its integrity check. The failure is logged and recorded in the audit log.",
                 );
             }
-            K::PermissionDenied => (StatusCode::FORBIDDEN, "permission_error"),
-            K::NotFound => (StatusCode::NOT_FOUND, "invalid_request_error"),
-            K::Conflict => (StatusCode::CONFLICT, "invalid_request_error"),
-            K::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-            K::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
-            K::ContextLength => {
-                return Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", &e.code(), e.to_string())
-                    .param("messages");
-            }
-            K::InsufficientCredits => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
-            K::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "requests"),
+            K::PermissionDenied => "permission_error",
+            K::InsufficientCredits => "insufficient_quota",
+            K::RateLimited => "requests",
+            K::NotFound | K::Conflict | K::InvalidRequest | K::TooLarge => "invalid_request_error",
             _ => return server_error(),
         };
-        Self::new(status, kind, &e.code(), e.to_string())
+        Self::new(status, error_type, &e.code(), e.to_string())
     }
 }
 

@@ -118,7 +118,14 @@ struct Metrics {
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     in_flight: AtomicU64,
+    /// Error answers by their code (`integrity_error`, `rate_limit_exceeded`, …): a fixed set
+    /// of codes, never anything from the request.
+    errors_by_code: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
+
+/// The tenant a request acted for, left on the response for the request log.
+#[derive(Clone)]
+struct LoggedTenant(String);
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
@@ -174,7 +181,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown request URL.")
         })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Every request, body read included, ends within the limit (a stream's body after its
         // head is the connection's to bound: see `conn`).
@@ -189,18 +196,66 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// connection, never a tenant's concurrency place).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// Counts and logs every request: one structured line (`soramai::http`) with its request id,
+/// method, route template (never the path's ids or the query), status, latency, the tenant it
+/// acted for and its error code; never a header, a body, a name or a key. The request id is the
+/// client's `X-Request-Id` when it is a short token, else a new one, and is echoed back.
+async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map_or_else(new_request_id, str::to_owned);
+    let method = req.method().clone();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned());
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
     s.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    let res = next.run(req).await;
+    let mut res = next.run(req).await;
     s.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-    if res.status().is_client_error() {
+    let status = res.status();
+    if status.is_client_error() {
         s.metrics.errors_4xx.fetch_add(1, Ordering::Relaxed);
-    } else if res.status().is_server_error() {
+    } else if status.is_server_error() {
         s.metrics.errors_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+    let code = res.extensions().get::<ErrorCode>().map(|c| c.0.clone());
+    if let Some(code) = &code
+        && let Ok(mut counts) = s.metrics.errors_by_code.lock()
+    {
+        *counts.entry(code.clone()).or_default() += 1;
+    }
+    let tenant = res.extensions().get::<LoggedTenant>().map(|t| t.0.clone());
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    let route = route.as_deref().unwrap_or("unmatched");
+    let (tenant, error) = (tenant.as_deref().unwrap_or("-"), code.as_deref().unwrap_or("-"));
+    if status.is_server_error() {
+        tracing::error!(target: "soramai::http", request_id = %request_id, %method, route = %route, status = status.as_u16(), latency_ms, tenant = %tenant, error = %error, "request");
+    } else {
+        tracing::info!(target: "soramai::http", request_id = %request_id, %method, route = %route, status = status.as_u16(), latency_ms, tenant = %tenant, error = %error, "request");
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert(REQUEST_ID, v);
     }
     res
 }
+
+/// A request id unique in this process and, with its start-time prefix, across restarts.
+fn new_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        (nanos as u32) ^ std::process::id().rotate_left(16)
+    });
+    format!("req_{prefix:08x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The request id header, read and echoed.
+const REQUEST_ID: &str = "x-request-id";
 
 /// Authenticates the bearer key, reads the body (bounded), then applies the tenant's tier limits
 /// (requests per minute and concurrent requests), so a slow upload holds no concurrency place;
@@ -265,8 +320,10 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     .await;
     match checked {
         Ok(Ok((principal, permit))) => {
+            let tenant = LoggedTenant(principal.tenant().as_str().to_owned());
             req.extensions_mut().insert(principal);
-            let res = next.run(req).await;
+            let mut res = next.run(req).await;
+            res.extensions_mut().insert(tenant);
             // The permit lives as long as the response body, so a stream holds its place until it
             // ends or its client goes away (response extensions are dropped once the head is sent).
             res.map(|body| {
@@ -324,7 +381,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
          # TYPE soramai_http_in_flight gauge\nsoramai_http_in_flight {}\n\
          # TYPE soramai_completions_total counter\nsoramai_completions_total {}\n\
          # TYPE soramai_prompt_tokens_total counter\nsoramai_prompt_tokens_total {}\n\
-         # TYPE soramai_completion_tokens_total counter\nsoramai_completion_tokens_total {}\n",
+         # TYPE soramai_completion_tokens_total counter\nsoramai_completion_tokens_total {}\n\
+         # TYPE soramai_http_errors_total counter\n",
         g(&m.requests),
         g(&m.errors_4xx),
         g(&m.errors_5xx),
@@ -333,5 +391,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
         g(&m.prompt_tokens),
         g(&m.completion_tokens),
     );
+    let mut body = body;
+    if let Ok(counts) = m.errors_by_code.lock() {
+        for (code, n) in counts.iter() {
+            body.push_str(&format!("soramai_http_errors_total{{code=\"{code}\"}} {n}\n"));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -183,6 +183,8 @@ impl Platform {
             config.limits.max_custom_model_bytes = n;
         }
         let core = Arc::new(Core::open(config)?);
+        // What a crash left behind (half-written blobs, dead jobs' scratch) goes before any work.
+        core.recover_after_restart()?;
         if let Some(model) = &options.model {
             let id = options.model_id.as_deref().unwrap_or(DEFAULT_MODEL_ID);
             let id = ModelId::new(id)?;
