@@ -17,12 +17,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod finetune;
 pub mod grounded;
 pub mod models;
 pub mod platform;
 pub mod session;
 
+pub use access::Needs;
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
 pub use platform::{
     ChatMessage, Completion, DEFAULT_MODEL_ID, Embeddings, FinishReason, GenerationOptions, GenerationStream,

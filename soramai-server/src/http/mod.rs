@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use soramai::{Platform, PlatformError};
+use soramai::{Needs, Platform, PlatformError};
 
 mod admin;
 mod errors;
@@ -292,6 +292,27 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     );
     // A body refused unread leaves the rest of it on the connection: the answer closes it.
     let closing = |e: ApiError| ([(header::CONNECTION, "close")], e).into_response();
+    // The route's scope first: a key without it learns nothing of the body's form.
+    match needs(&operation) {
+        Some(n) => {
+            if let Err(e) = n.check(&principal) {
+                // A refused call under a break-glass grant is in both audit logs too.
+                if principal.grant().is_some() {
+                    let (platform, p, op) = (s.platform.clone(), principal.clone(), operation.clone());
+                    match tokio::task::spawn_blocking(move || platform.record_request(&p, &op)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return closing(ApiError::from(e)),
+                        Err(_) => return closing(server_error()),
+                    }
+                }
+                return closing(ApiError::from(e));
+            }
+        }
+        None => {
+            tracing::error!(target: "soramai::http", operation = %operation, "a route without a scope requirement");
+            return closing(server_error());
+        }
+    }
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     // A model upload streams its body to the handler (sealed as it arrives, bounded by the
     // model size limit and a per-piece idle timeout); every other body is read here, bounded.
@@ -337,6 +358,67 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(_) => server_error().into_response(),
     }
+}
+
+/// What each operation needs of the key (`x-soramai-scopes` in `openapi.json`), checked before
+/// the body is read. An operation missing here is refused (closed by default); the scopes test
+/// calls every documented route with a key of each single scope.
+fn needs(operation: &str) -> Option<Needs> {
+    use soramai::Scope::{Admin, Inference, Rag, Train};
+    const INFERENCE: Needs = Needs::scope(&Inference);
+    const TRAIN: Needs = Needs::scope(&Train);
+    const RAG: Needs = Needs::scope(&Rag);
+    const ADMIN: Needs = Needs::scope(&Admin);
+    const MODELS: Needs = Needs::AnyOf(&[Inference, Train]);
+    const GROUNDED: Needs = Needs::AllOf(&[Inference, Rag]);
+    Some(match operation {
+        "GET /v1/models" | "GET /v1/models/{id}" | "GET /v1/custom_models" | "GET /v1/custom_models/{id}" => MODELS,
+        "DELETE /v1/models/{id}" | "POST /v1/custom_models" => TRAIN,
+        "POST /v1/chat/completions" | "POST /v1/completions" | "POST /v1/embeddings" => INFERENCE,
+        "POST /v1/files"
+        | "GET /v1/files"
+        | "GET /v1/files/{id}"
+        | "DELETE /v1/files/{id}"
+        | "GET /v1/files/{id}/content"
+        | "POST /v1/fine_tuning/jobs"
+        | "GET /v1/fine_tuning/jobs"
+        | "GET /v1/fine_tuning/jobs/{id}"
+        | "POST /v1/fine_tuning/jobs/{id}/cancel"
+        | "GET /v1/fine_tuning/jobs/{id}/events"
+        | "GET /v1/fine_tuning/jobs/{id}/checkpoints" => TRAIN,
+        "POST /v1/tenants"
+        | "GET /v1/tenants"
+        | "POST /v1/tenants/{id}/tier"
+        | "POST /v1/tenants/{id}/credits"
+        | "POST /v1/tenants/{id}/access_grants"
+        | "POST /v1/tenants/{id}/reopen" => Needs::PlatformAdmin,
+        // A tenant's admin closes its own account; the platform admin any.
+        "POST /v1/tenants/{id}/close" => ADMIN,
+        "GET /v1/access_grants"
+        | "GET /v1/access_grants/{id}"
+        | "POST /v1/access_grants/{id}/approve"
+        | "POST /v1/access_grants/{id}/revoke"
+        | "POST /v1/api_keys"
+        | "GET /v1/api_keys"
+        | "DELETE /v1/api_keys/{id}"
+        | "POST /v1/api_keys/{id}/rotate"
+        | "GET /v1/members"
+        | "POST /v1/members/invitations"
+        | "POST /v1/members/{id}/role"
+        | "DELETE /v1/members/{id}"
+        | "GET /v1/audit"
+        | "GET /v1/audit/verify"
+        | "GET /v1/usage" => ADMIN,
+        "POST /v1/corpora"
+        | "GET /v1/corpora"
+        | "DELETE /v1/corpora/{id}"
+        | "POST /v1/corpora/{id}/documents"
+        | "GET /v1/corpora/{id}/documents"
+        | "DELETE /v1/corpora/{id}/documents/{doc}"
+        | "POST /v1/corpora/{id}/search" => RAG,
+        "POST /v1/corpora/{id}/chat" => GROUNDED,
+        _ => return None,
+    })
 }
 
 /// The one route whose body the handler streams.
