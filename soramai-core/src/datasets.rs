@@ -149,6 +149,7 @@ impl Core {
         }
         let stats = validate_chat_jsonl(data, self.limits().max_dataset_line_bytes)?;
         let id = DatasetId::generate();
+        let sealed_name = self.seal_name(tenant, name)?;
         let info = DatasetInfo {
             id: id.clone(),
             name: name.to_string(),
@@ -159,7 +160,7 @@ impl Core {
         self.put_object_with(tenant, &dataset_path(&id)?, data, |tx| {
             tx.execute(
                 "INSERT INTO datasets (id, tenant_id, name, bytes, examples, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id.as_str(), tenant.as_str(), info.name, info.bytes, info.examples, info.created_at],
+                params![id.as_str(), tenant.as_str(), sealed_name, info.bytes, info.examples, info.created_at],
             )?;
             self.audit_tx(tx, tenant, principal.actor(), Action::DatasetUploaded, id.as_str(), serde_json::json!({"bytes": info.bytes, "examples": info.examples}))
         })?;
@@ -175,7 +176,8 @@ impl Core {
             Ok(rows)
         })?;
         rows.into_iter()
-            .map(|(id, name, bytes, examples, created_at)| {
+            .map(|(id, name, bytes, examples, created_at): (String, String, u64, u64, i64)| {
+                let name = self.open_name(principal.tenant(), &name)?;
                 Ok(DatasetInfo { id: DatasetId::new(id)?, name, bytes, examples, created_at })
             })
             .collect()
@@ -193,7 +195,8 @@ impl Core {
             )
             .optional()
         })?;
-        let (name, bytes, examples, created_at) = row.ok_or(Error::NotFound { kind: "dataset" })?;
+        let (name, bytes, examples, created_at): (String, _, _, _) = row.ok_or(Error::NotFound { kind: "dataset" })?;
+        let name = self.open_name(principal.tenant(), &name)?;
         Ok(DatasetInfo { id: id.clone(), name, bytes, examples, created_at })
     }
 

@@ -241,8 +241,8 @@ impl Core {
             _ => (GrantStatus::Active, now.saturating_add(millis(ttl))),
         };
         let id = GrantId::generate();
+        let name = self.seal_name(tenant, &format!("access grant {}", id.as_str()))?;
         self.write(|tx| {
-            let name = format!("access grant {}", id.as_str());
             let row = NewKeyRow {
                 tenant,
                 name: &name,

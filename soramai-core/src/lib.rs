@@ -48,6 +48,7 @@ pub mod passkeys;
 mod random;
 pub mod recovery;
 pub mod retention;
+mod sealed;
 pub mod sso;
 pub mod store;
 pub mod tier;
@@ -77,4 +78,5 @@ pub use crate::jobs::{
 pub use crate::metering::{AccessRecord, Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary};
 pub use crate::models::{AdapterFiles, BaseModel, CustomModel, CustomModelUpload, FineTunedModel, is_custom_model};
 pub use crate::retention::SweepReport;
+pub use crate::sealed::NAME_LOCKED;
 pub use crate::tier::{ComputePool, OperatorAccess, Policy, RagIsolation, Tier};

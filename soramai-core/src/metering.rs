@@ -283,7 +283,7 @@ pub struct AccessRecord {
 /// epoch). Charged at each checkpoint and at the end, never twice for a token across a resume.
 pub const CREDITS_PER_TRAINED_TOKEN: i64 = 1;
 
-const SEALED_DETAIL: &str = "sealed:v1:";
+pub(crate) const SEALED_DETAIL: &str = "sealed:v1:";
 
 impl Core {
     /// Opts the principal's tenant in or out of keeping query text in its access log (admin
@@ -310,21 +310,11 @@ impl Core {
     }
 
     fn seal_detail(&self, tenant: &crate::ids::TenantId, detail: &str) -> Result<String> {
-        let nonce = random_hex(12);
-        let path = crate::ids::ObjectPath::new(format!("access-log/{nonce}"))?;
-        let key = self.primary_key(tenant)?;
-        let sealed = crate::crypto::envelope::seal(&key, tenant, &path, detail.as_bytes())?;
-        Ok(format!("{SEALED_DETAIL}{nonce}:{}", hex::encode(sealed)))
+        self.seal_text(tenant, SEALED_DETAIL, "access-log", detail)
     }
 
     fn open_detail(&self, tenant: &crate::ids::TenantId, stored: &str) -> Result<String> {
-        let rest = stored.strip_prefix(SEALED_DETAIL).ok_or(Error::Integrity)?;
-        let (nonce, body) = rest.split_once(':').ok_or(Error::Integrity)?;
-        let path = crate::ids::ObjectPath::new(format!("access-log/{nonce}"))?;
-        let sealed = hex::decode(body).map_err(|_| Error::Integrity)?;
-        let key = self.tenant_key(tenant, crate::crypto::envelope::key_version(&sealed)?)?;
-        let plain = crate::crypto::envelope::open(&key, tenant, &path, &sealed)?;
-        String::from_utf8(plain.to_vec()).map_err(|_| Error::Integrity)
+        self.open_text(tenant, SEALED_DETAIL, "access-log", stored)
     }
 
     /// Records an access when the tenant's tier keeps an access log (Org, Enterprise); a no-op

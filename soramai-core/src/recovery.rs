@@ -3,7 +3,8 @@
 //! row references, and a job whose worker died leaves its scratch directory (a backup its metadata
 //! copy). Only what no live writer can still own is touched: a `.tmp` file or an unreferenced
 //! blob untouched for [`STALE_AFTER`] (the server cuts an upload idle for a minute), and a job's
-//! scratch directory unless its job is running under an unexpired lease.
+//! scratch directory unless its job is running under an unexpired lease. Names written before
+//! names were sealed are sealed too.
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct RecoveryReport {
     pub blobs: usize,
     /// Scratch directories of jobs that no longer run, and leftover scratch files.
     pub scratch_entries: usize,
+    /// File and key names written before names were sealed, sealed now.
+    pub names_sealed: usize,
 }
 
 impl Core {
@@ -33,11 +36,13 @@ impl Core {
     pub fn recover_after_restart(&self) -> Result<RecoveryReport> {
         let blobs = self.collect_orphan_blobs(STALE_AFTER)?;
         let scratch_entries = self.sweep_scratch(&self.scratch_root(), STALE_AFTER)?;
-        let report = RecoveryReport { blobs, scratch_entries };
+        let names_sealed = self.seal_legacy_names()?;
+        let report = RecoveryReport { blobs, scratch_entries, names_sealed };
         tracing::info!(
             target: "soramai::recovery",
             blobs = report.blobs,
             scratch_entries = report.scratch_entries,
+            names_sealed = report.names_sealed,
             "startup recovery removed what a crash left behind"
         );
         Ok(report)

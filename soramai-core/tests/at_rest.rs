@@ -79,3 +79,37 @@ fn canary_never_reaches_disk() {
     // No scratch directory is left behind.
     assert_eq!(std::fs::read_dir(env.data_dir().join("scratch")).expect("scratch").count(), 0);
 }
+
+/// File names and API key names are customer data too: sealed under the tenant's key in the
+/// metadata (SQLite and its WAL, or PostgreSQL), shown opened, and a row written before names
+/// were sealed is sealed when the node starts.
+#[test]
+fn file_and_key_names_are_sealed_at_rest() {
+    const NAME: &str = "NAMECANARY-jones-medical-notes";
+    let env = Env::new();
+    let core = &env.core;
+    let (t, p) = env.tenant("names-co", Tier::Basic);
+    let ds = core.upload_dataset(&p, &format!("{NAME}.jsonl"), &dataset(2, "x")).expect("upload");
+    assert_eq!(ds.name, format!("{NAME}.jsonl"));
+    let key = core.create_api_key(&p, KeyOptions::new(format!("{NAME} key"), &[Scope::Train])).expect("key");
+    assert_eq!(key.info.name, format!("{NAME} key"));
+    assert_eq!(core.list_datasets(&p).expect("list")[0].name, format!("{NAME}.jsonl"));
+    assert_eq!(core.dataset(&p, &ds.id).expect("one").name, format!("{NAME}.jsonl"));
+    let keys = core.list_api_keys(&p).expect("keys");
+    assert!(keys.iter().any(|k| k.name == format!("{NAME} key")), "{keys:?}");
+    // A rotation keeps the name.
+    let rotated = core.rotate_api_key(&p, &key.info.id, std::time::Duration::ZERO).expect("rotate");
+    assert_eq!(rotated.info.name, format!("{NAME} key"));
+    for f in env.stored_files() {
+        let Ok(bytes) = std::fs::read(&f) else { continue };
+        assert!(!contains(&bytes, NAME.as_bytes()), "{} holds a name in the clear", f.display());
+    }
+
+    // A row from before names were sealed: sealed at the next start, shown as it was.
+    env.raw_sql(&format!("UPDATE datasets SET name = 'legacy-{NAME}.jsonl' WHERE tenant_id = '{}'", t.as_str()));
+    assert_eq!(core.list_datasets(&p).expect("list")[0].name, format!("legacy-{NAME}.jsonl"));
+    let report = env.reopen().recover_after_restart().expect("recover");
+    assert_eq!(report.names_sealed, 1, "{report:?}");
+    assert_eq!(core.list_datasets(&p).expect("list")[0].name, format!("legacy-{NAME}.jsonl"));
+    assert_eq!(env.reopen().recover_after_restart().expect("again").names_sealed, 0);
+}

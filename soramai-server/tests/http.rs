@@ -275,6 +275,20 @@ fn a_canary_prompt_reaches_no_log_metric_row_or_file() {
     assert!(metrics.contains("soramai_completions_total 2"), "{metrics}");
     let (_, usage) = server.call("GET", "/v1/usage", Some(&key), None);
     assert_eq!(usage["usage"]["requests"], 3, "{usage}");
+    // Names are customer data too: a file and a key named with the canary are shown to their
+    // tenant and sealed everywhere else.
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("purpose", "fine-tune")
+        .part("file", reqwest::blocking::multipart::Part::bytes(dataset()).file_name(format!("{CANARY}.jsonl")));
+    let res = server.http.post(format!("{}/v1/files", server.url)).bearer_auth(&key).multipart(form).send();
+    assert_eq!(res.expect("upload").status(), StatusCode::OK);
+    let (_, files) = server.call("GET", "/v1/files", Some(&key), None);
+    assert_eq!(files["data"][0]["filename"], format!("{CANARY}.jsonl").as_str(), "{files}");
+    let body = json!({"name": format!("{CANARY} key"), "scopes": ["inference"], "tenant": "acme"});
+    assert_eq!(server.call("POST", "/v1/api_keys", Some(&key), Some(body)).0, StatusCode::CREATED);
+    let (_, keys) = server.call("GET", "/v1/api_keys", Some(&key), None);
+    assert!(keys.to_string().contains(&format!("{CANARY} key")), "{keys}");
+
     let (_, audit) = server.call("GET", "/v1/audit", Some(&key), None);
     let logs = server.stop();
     for (what, text) in

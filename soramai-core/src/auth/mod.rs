@@ -410,7 +410,8 @@ impl Core {
         }
         let now = self.now();
         let expires_at = options.expires_in.map(|d| now.saturating_add(millis(d)));
-        let (info, secret) = self.write(|tx| {
+        let sealed_name = self.seal_name(&tenant.id, &options.name)?;
+        let (mut info, secret) = self.write(|tx| {
             if let KeyIssue::First { .. } = how {
                 if has_live_key(tx, &tenant.id, now)? {
                     return Err(Error::OperatorAccess(
@@ -425,7 +426,7 @@ impl Core {
             }
             let row = NewKeyRow {
                 tenant: &tenant.id,
-                name: &options.name,
+                name: &sealed_name,
                 scopes: &options.scopes,
                 pool: options.pool.clone(),
                 expires_at,
@@ -454,6 +455,7 @@ impl Core {
             }
             Ok((info, secret))
         })?;
+        info.name = options.name;
         Ok(IssuedKey { info, secret })
     }
 
@@ -523,7 +525,7 @@ impl Core {
             )?;
             Ok(rows)
         })?;
-        rows.into_iter().map(|r| key_info(r).map(|(i, _)| i)).collect()
+        rows.into_iter().map(|r| self.key_info_opened(r)).collect()
     }
 
     fn own_key(&self, principal: &Principal, id: &ApiKeyId) -> Result<ApiKeyInfo> {
@@ -535,7 +537,14 @@ impl Core {
             )
             .optional()
         })?;
-        Ok(key_info(row.ok_or(Error::NotFound { kind: "api key" })?)?.0)
+        self.key_info_opened(row.ok_or(Error::NotFound { kind: "api key" })?)
+    }
+
+    /// A key's metadata with its name opened.
+    fn key_info_opened(&self, row: KeyRow) -> Result<ApiKeyInfo> {
+        let (mut info, _) = key_info(row)?;
+        info.name = self.open_name(&info.tenant, &info.name)?;
+        Ok(info)
     }
 
     /// Revokes a key of the principal's tenant; effective for the very next request.

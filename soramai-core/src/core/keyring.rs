@@ -195,18 +195,21 @@ impl Core {
             let data = self.get_object(tenant, &path)?;
             self.put_object_with(tenant, &path, &data, |_| Ok(()))?;
         }
+        let texts = self.reseal_texts(tenant)?;
         self.audit(
             tenant,
             &Actor::System,
             Action::TenantKeysRewrapped,
             tenant.as_str(),
-            serde_json::json!({"objects": stale.len(), "version": primary}),
+            serde_json::json!({"objects": stale.len(), "sealed_texts": texts, "version": primary}),
         )?;
         Ok(stale.len())
     }
 
     /// Destroys every non-primary key version no object uses any more. Returns the versions retired.
     pub fn retire_tenant_keys(&self, tenant: &TenantId) -> Result<Vec<u32>> {
+        // Names and access-log details sealed under an old version move to the primary first.
+        self.reseal_texts(tenant)?;
         let retired = self.write(|tx| {
             let versions: Vec<u32> = {
                 tx.query_map("SELECT version FROM tenant_keys k WHERE tenant_id = ?1 AND state = 'active'
