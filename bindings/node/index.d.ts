@@ -236,6 +236,7 @@ export declare class TooLargeError extends SoramaiError {}
 export declare class ContextLengthError extends SoramaiError {}
 export declare class InsufficientCreditsError extends SoramaiError {}
 export declare class RateLimitError extends SoramaiError {}
+export declare class UnavailableError extends SoramaiError {}
 export declare class IntegrityError extends SoramaiError {}
 export declare class InternalError extends SoramaiError {}
 

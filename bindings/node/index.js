@@ -29,6 +29,7 @@ class TooLargeError extends SoramaiError {}
 class ContextLengthError extends SoramaiError {}
 class InsufficientCreditsError extends SoramaiError {}
 class RateLimitError extends SoramaiError {}
+class UnavailableError extends SoramaiError {}
 class IntegrityError extends SoramaiError {}
 class InternalError extends SoramaiError {}
 
@@ -42,6 +43,7 @@ const errorClasses = {
   ContextLengthError,
   InsufficientCreditsError,
   RateLimitError,
+  UnavailableError,
   IntegrityError,
   InternalError,
 }

@@ -60,6 +60,13 @@ impl Tier {
             billing_retention: Duration::from_secs(7 * 365 * day + 2 * day),
             requests_per_minute: rpm,
             max_concurrent_requests: conc,
+            ingest: match self {
+                Tier::Free => IngestLimits { max_bytes: 0, max_chunks: 0, max_concurrent: 0 },
+                Tier::Basic => IngestLimits { max_bytes: 1 << 20, max_chunks: 1_000, max_concurrent: 1 },
+                Tier::Pro => IngestLimits { max_bytes: 8 << 20, max_chunks: 8_000, max_concurrent: 2 },
+                Tier::Org => IngestLimits { max_bytes: 16 << 20, max_chunks: 20_000, max_concurrent: 4 },
+                Tier::Enterprise => IngestLimits { max_bytes: 32 << 20, max_chunks: 40_000, max_concurrent: 8 },
+            },
             keys_bindable_to_pool: matches!(self, Tier::Org | Tier::Enterprise),
             sso: matches!(self, Tier::Org | Tier::Enterprise),
             customer_held_root_key: self == Tier::Enterprise,
@@ -147,6 +154,8 @@ pub struct Policy {
     pub requests_per_minute: u32,
     /// Concurrent request limit.
     pub max_concurrent_requests: u32,
+    /// What one request may ask RAG ingestion to do.
+    pub ingest: IngestLimits,
     /// API keys may be bound to a dedicated pool.
     pub keys_bindable_to_pool: bool,
     /// Members may sign in through the tenant's own OpenID Connect provider.
@@ -155,6 +164,18 @@ pub struct Policy {
     pub customer_held_root_key: bool,
     /// How the operator may reach the tenant's data.
     pub operator_access: OperatorAccess,
+}
+
+/// Bounds on RAG ingestion (embedding costs CPU per chunk): document bytes and chunks per
+/// request, and ingestions running at once per tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IngestLimits {
+    /// Document bytes (bodies and titles) in one request.
+    pub max_bytes: usize,
+    /// Chunks one request may produce.
+    pub max_chunks: usize,
+    /// Ingestions of one tenant running at once.
+    pub max_concurrent: u32,
 }
 
 #[cfg(test)]

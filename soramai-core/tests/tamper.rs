@@ -216,6 +216,9 @@ fn a_broken_audit_chain_is_reported_with_its_first_bad_record_and_marked_in_the_
     let report = env.core.check_integrity().expect("check");
     assert_eq!(report.broken_audit_chains.len(), 1, "{report:?}");
     assert_eq!(report.broken_audit_chains[0].first_bad_record, 3);
+    // Checked again, the same break gets no second record.
+    env.core.check_audit(&t).expect("again");
+    assert_eq!(env.core.audit_log(&soramai_core::Principal::operator(&t)).expect("log").len(), 6);
 
     // Each way of breaking it has its reason.
     for (sql, first, reason) in [

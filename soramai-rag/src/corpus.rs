@@ -178,6 +178,31 @@ pub struct Rag {
     cache: Arc<ChunkCache>,
     options: RagOptions,
     open: Mutex<HashMap<(TenantId, CorpusId), Arc<OpenCorpus>>>,
+    /// Ingestions running, per tenant.
+    ingesting: Arc<Mutex<HashMap<TenantId, u32>>>,
+}
+
+/// Chunks embedded per call: six default chunks (160 tokens) make one forward pass of the
+/// serving engine's embedding batch (up to 1,024 tokens), so a cancelled ingestion stops within
+/// one forward pass.
+const EMBED_BATCH: usize = 6;
+
+/// A tenant's place among its running ingestions, given back when dropped.
+struct IngestSlot {
+    running: Arc<Mutex<HashMap<TenantId, u32>>>,
+    tenant: TenantId,
+}
+
+impl Drop for IngestSlot {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = running.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Rag {
@@ -248,12 +273,29 @@ impl Rag {
 
     /// Retrieval with explicit options.
     pub fn with_options(core: Arc<Core>, cache_bytes: usize, options: RagOptions) -> Self {
-        Self { core, cache: Arc::new(ChunkCache::new(cache_bytes)), options, open: Mutex::new(HashMap::new()) }
+        Self {
+            core,
+            cache: Arc::new(ChunkCache::new(cache_bytes)),
+            options,
+            open: Mutex::new(HashMap::new()),
+            ingesting: Arc::default(),
+        }
     }
 
     /// The shared chunk cache (for statistics).
     pub fn cache(&self) -> &ChunkCache {
         &self.cache
+    }
+
+    /// A place among the tenant's running ingestions, or [`Error::Busy`] when all are taken.
+    fn ingest_slot(&self, tenant: &TenantId, max: u32) -> Result<IngestSlot> {
+        let mut running = self.ingesting.lock().unwrap_or_else(|e| e.into_inner());
+        let n = running.entry(tenant.clone()).or_insert(0);
+        if *n >= max {
+            return Err(Error::Busy { limit: max });
+        }
+        *n += 1;
+        Ok(IngestSlot { running: self.ingesting.clone(), tenant: tenant.clone() })
     }
 
     /// Checks scope and tier: RAG needs the `rag` scope and a tier that has RAG.
@@ -350,6 +392,21 @@ impl Rag {
 
     /// Adds (or replaces, by id) documents, chunked and indexed in one commit.
     pub fn add_documents(&self, principal: &Principal, corpus: &CorpusId, docs: &[Document]) -> Result<IngestReport> {
+        self.add_documents_until(principal, corpus, docs, &|| false)
+    }
+
+    /// [`Rag::add_documents`], bounded by the tenant's tier ([`soramai_core::tier::IngestLimits`]:
+    /// document bytes and chunks per request, checked before anything is embedded, and
+    /// ingestions at once) and stopped when `cancelled` says so (polled between documents and
+    /// between embedding batches of [`EMBED_BATCH`] chunks): a cancelled ingestion commits
+    /// nothing and is [`Error::Cancelled`].
+    pub fn add_documents_until(
+        &self,
+        principal: &Principal,
+        corpus: &CorpusId,
+        docs: &[Document],
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<IngestReport> {
         self.admit(principal)?;
         if docs.len() > self.options.max_documents_per_call {
             return Err(Error::InvalidArgument(format!(
@@ -360,19 +417,43 @@ impl Rag {
         for d in docs {
             check_doc(d, &self.options)?;
         }
+        let limits = self.core.tenant(principal.tenant())?.tier.policy().ingest;
+        let bytes: usize = docs.iter().map(|d| d.body.len() + d.title.len()).sum();
+        if bytes > limits.max_bytes {
+            return Err(Error::TooLarge { what: "the documents of one request", limit: limits.max_bytes as u64 });
+        }
+        // Cutting is cheap and embedding is not: the chunk bound holds before any embedding.
+        let cuts: Vec<_> = docs
+            .iter()
+            .map(|d| text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref()))
+            .collect();
+        let total: usize = cuts.iter().map(Vec::len).sum();
+        if total > limits.max_chunks {
+            return Err(Error::TooManyChunks { chunks: total, limit: limits.max_chunks });
+        }
+        let _slot = self.ingest_slot(principal.tenant(), limits.max_concurrent)?;
         let h = self.handle(principal.tenant(), corpus)?;
         let _guard = h.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut writer: IndexWriter = h.index.writer_with_num_threads(1, self.options.writer_memory_bytes)?;
         let f = h.fields;
         let mut chunks = 0;
-        for d in docs {
+        for (d, cut) in docs.iter().zip(&cuts) {
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
             writer.delete_term(Term::from_field_text(f.doc_id, &d.id));
-            let cut = text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref());
             let vectors = match &self.options.embedder {
                 Some(e) => {
                     let texts: Vec<String> =
                         cut.iter().map(|c| embedding_text(&d.title, &c.heading, &c.text)).collect();
-                    Some(embed_checked(e.as_ref(), &texts)?)
+                    let mut vs = Vec::with_capacity(texts.len());
+                    for batch in texts.chunks(EMBED_BATCH) {
+                        if cancelled() {
+                            return Err(Error::Cancelled);
+                        }
+                        vs.extend(embed_checked(e.as_ref(), batch)?);
+                    }
+                    Some(vs)
                 }
                 None => None,
             };

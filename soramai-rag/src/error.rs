@@ -31,6 +31,24 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// One request would cut into more chunks than the tenant's tier embeds per request.
+    #[error("too large: the documents make {chunks} chunks; this tier indexes at most {limit} per request")]
+    TooManyChunks {
+        /// Chunks the request would make.
+        chunks: usize,
+        /// The tier's bound.
+        limit: usize,
+    },
+    /// The tenant already runs as many ingestions as its tier allows.
+    #[error("this tier runs at most {limit} ingestion(s) at once; try again when one ends")]
+    Busy {
+        /// The tier's bound.
+        limit: u32,
+    },
+    /// The ingestion was stopped (its client went away, or the server is shutting down); nothing
+    /// was committed.
+    #[error("the ingestion was cancelled; nothing was indexed")]
+    Cancelled,
     /// The embedder failed or returned vectors of the wrong number or shape.
     #[error("embedding: {0}")]
     Embedding(String),

@@ -436,7 +436,7 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let passkeys = a.public_url.as_deref().map(soramai::core::passkeys::PasskeyConfig::new).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.addr).await?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         writeln!(out, "listening on {scheme}://{}", listener.local_addr()?)?;
@@ -457,10 +457,17 @@ fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             None => state,
         };
         http::serve(listener, tls, state, a.limits()).await
-    })?;
+    });
+    // Blocking work still running (an ingestion stops at its next batch once shutdown began)
+    // gets a bounded wait, never an unbounded one.
+    rt.shutdown_timeout(SHUTDOWN_TAIL);
+    served?;
     platform.shutdown();
     Ok(())
 }
+
+/// How long blocking work may run on after the server stopped serving.
+const SHUTDOWN_TAIL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The root key from a file, or from SORAMAI_ROOT_KEY.
 fn root_key(file: Option<&std::path::Path>) -> Result<soramai::LocalRootKey, Box<dyn std::error::Error>> {

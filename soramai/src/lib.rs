@@ -113,6 +113,9 @@ pub enum ErrorKind {
     InsufficientCredits,
     /// A tier limit (requests per minute, concurrent requests).
     RateLimited,
+    /// The work was stopped before it finished (the server is shutting down, or the caller went
+    /// away); nothing was committed. Try again.
+    Unavailable,
     /// Stored data failed its integrity check (a tampered or corrupted object, a broken audit
     /// chain). Not the caller's fault; the failure is logged and recorded in the tenant's audit log.
     Integrity,
@@ -133,6 +136,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest | ErrorKind::ContextLength => 400,
             ErrorKind::TooLarge => 413,
             ErrorKind::InsufficientCredits | ErrorKind::RateLimited => 429,
+            ErrorKind::Unavailable => 503,
             ErrorKind::Integrity | ErrorKind::Internal => 500,
         }
     }
@@ -149,6 +153,7 @@ impl ErrorKind {
             ErrorKind::ContextLength => "ContextLengthError",
             ErrorKind::InsufficientCredits => "InsufficientCreditsError",
             ErrorKind::RateLimited => "RateLimitError",
+            ErrorKind::Unavailable => "UnavailableError",
             ErrorKind::Integrity => "IntegrityError",
             ErrorKind::Internal => "InternalError",
         }
@@ -180,7 +185,9 @@ impl PlatformError {
                 soramai_rag::Error::CorpusNotFound => ErrorKind::NotFound,
                 soramai_rag::Error::CorpusExists => ErrorKind::Conflict,
                 soramai_rag::Error::InvalidArgument(_) => ErrorKind::InvalidRequest,
-                soramai_rag::Error::TooLarge { .. } => ErrorKind::TooLarge,
+                soramai_rag::Error::TooLarge { .. } | soramai_rag::Error::TooManyChunks { .. } => ErrorKind::TooLarge,
+                soramai_rag::Error::Busy { .. } => ErrorKind::RateLimited,
+                soramai_rag::Error::Cancelled => ErrorKind::Unavailable,
                 soramai_rag::Error::Integrity => ErrorKind::Integrity,
                 _ => ErrorKind::Internal,
             },
@@ -195,7 +202,7 @@ impl PlatformError {
 
     /// A stable machine-readable code in OpenAI's style: `invalid_api_key`, `permission_denied`,
     /// `<kind>_not_found`, `already_exists`, `invalid_state`, `invalid_request`, `too_large`,
-    /// `context_length_exceeded`, `insufficient_quota`, `rate_limit_exceeded`, `integrity_error`,
+    /// `context_length_exceeded`, `insufficient_quota`, `rate_limit_exceeded`, `unavailable`, `integrity_error`,
     /// `internal_error`.
     pub fn code(&self) -> String {
         use soramai_core::Error as C;
@@ -216,6 +223,7 @@ impl PlatformError {
                 ErrorKind::InsufficientCredits => "insufficient_quota",
                 ErrorKind::RateLimited => "rate_limit_exceeded",
                 ErrorKind::Integrity => "integrity_error",
+                ErrorKind::Unavailable => "unavailable",
                 ErrorKind::NotFound | ErrorKind::Internal => "internal_error",
             }
             .into(),

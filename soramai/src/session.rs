@@ -403,9 +403,22 @@ impl Session {
 
     /// Adds (or replaces) documents.
     pub fn add_documents(&self, corpus: &str, documents: Vec<DocumentInput>) -> Result<IngestReport, PlatformError> {
+        self.add_documents_until(corpus, documents, &|| false)
+    }
+
+    /// [`Session::add_documents`], stopped (committing nothing) when `cancelled` says so or the
+    /// platform begins shutting down; bounded by the tenant's tier (bytes and chunks per request,
+    /// ingestions at once).
+    pub fn add_documents_until(
+        &self,
+        corpus: &str,
+        documents: Vec<DocumentInput>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<IngestReport, PlatformError> {
         self.acting("add_documents")?;
         let docs: Vec<Document> = documents.into_iter().map(Document::from).collect();
-        Ok(self.platform.rag()?.add_documents(&self.principal, &corpus_id(corpus)?, &docs)?)
+        let stop = || cancelled() || self.platform.stopping();
+        Ok(self.platform.rag()?.add_documents_until(&self.principal, &corpus_id(corpus)?, &docs, &stop)?)
     }
 
     /// The ids of a corpus's documents.

@@ -32,6 +32,12 @@ pyo3::create_exception!(soramai, InsufficientCreditsError, SoramaiError, "The te
 pyo3::create_exception!(soramai, RateLimitError, SoramaiError, "A tier limit was reached; try again later.");
 pyo3::create_exception!(
     soramai,
+    UnavailableError,
+    SoramaiError,
+    "Stopped before it finished; nothing was committed. Try again."
+);
+pyo3::create_exception!(
+    soramai,
     IntegrityError,
     SoramaiError,
     "Stored data failed its integrity check; it is logged and audited."
@@ -50,6 +56,7 @@ fn raise(py: Python<'_>, e: &PlatformError) -> PyErr {
         ErrorKind::ContextLength => ContextLengthError::new_err(message),
         ErrorKind::InsufficientCredits => InsufficientCreditsError::new_err(message),
         ErrorKind::RateLimited => RateLimitError::new_err(message),
+        ErrorKind::Unavailable => UnavailableError::new_err(message),
         ErrorKind::Integrity => IntegrityError::new_err(message),
         _ => InternalError::new_err(message),
     };
@@ -555,6 +562,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ("ContextLengthError", py.get_type::<ContextLengthError>(), "context_length_exceeded"),
         ("InsufficientCreditsError", py.get_type::<InsufficientCreditsError>(), "insufficient_quota"),
         ("RateLimitError", py.get_type::<RateLimitError>(), "rate_limit_exceeded"),
+        ("UnavailableError", py.get_type::<UnavailableError>(), "unavailable"),
         ("IntegrityError", py.get_type::<IntegrityError>(), "integrity_error"),
         ("InternalError", py.get_type::<InternalError>(), "internal_error"),
     ];

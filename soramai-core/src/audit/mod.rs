@@ -94,8 +94,9 @@ impl Core {
     }
 
     /// Verifies the tenant's chain and reports how far it holds: the first record that does not
-    /// verify and why. A broken chain is also reported as an integrity failure (an operator log
-    /// line and an audit record, appended after the break, naming the bad record).
+    /// verify and why. A broken chain is also reported as an integrity failure: an operator log
+    /// line each time, and an audit record (appended after the break, naming the bad record) the
+    /// first time that break is found.
     pub fn check_audit(&self, tenant: &TenantId) -> Result<AuditVerification> {
         let check = self.walk_audit(tenant)?;
         if let (Some(seq), Some(reason)) = (check.first_bad_record, check.reason) {
@@ -107,13 +108,24 @@ impl Core {
                 reason = %reason,
                 "the audit chain failed its integrity check"
             );
-            self.audit(
-                tenant,
-                &Actor::System,
-                Action::IntegrityFailed,
-                "audit_log",
-                serde_json::json!({"first_bad_record": seq, "reason": reason}),
-            )?;
+            // Recorded once per break: a chain checked again (a dashboard view, each backup)
+            // whose newest record already reports this break gets no second record.
+            let detail = serde_json::json!({"first_bad_record": seq, "reason": reason});
+            let detail_text = detail.to_string();
+            let newest: Option<(String, String, String)> = self.read(|c| {
+                c.query_row(
+                    "SELECT action, target, detail FROM audit_log WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
+                    [tenant.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+            })?;
+            let reported = newest.is_some_and(|(action, target, d)| {
+                action == Action::IntegrityFailed.as_str() && target == "audit_log" && d == detail_text
+            });
+            if !reported {
+                self.audit(tenant, &Actor::System, Action::IntegrityFailed, "audit_log", detail)?;
+            }
         }
         Ok(check)
     }

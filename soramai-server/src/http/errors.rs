@@ -68,6 +68,7 @@ impl From<PlatformError> for ApiError {
                 );
             }
             K::PermissionDenied => "permission_error",
+            K::Unavailable => "server_error",
             K::InsufficientCredits => "insufficient_quota",
             K::RateLimited => "requests",
             K::NotFound | K::Conflict | K::InvalidRequest | K::TooLarge => "invalid_request_error",

@@ -47,6 +47,15 @@ pub(super) async fn delete_corpus(
     Ok(axum::Json(json!({"id": shown, "object": "corpus", "deleted": true})).into_response())
 }
 
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DocsBody {
@@ -60,8 +69,15 @@ pub(super) async fn add_documents(
     JsonBody(b): JsonBody<DocsBody>,
 ) -> ApiResult<Response> {
     let id = corpus_id(&id)?;
-    let docs: Vec<soramai::rag::Document> = b.documents.into_iter().map(Into::into).collect();
-    let report = blocking(move || Ok(s.platform.rag()?.add_documents(&p, &id, &docs)?)).await?;
+    // The ingestion stops (committing nothing) when this request is dropped (its client went
+    // away, or the server's shutdown grace ran out) or the server begins shutting down.
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _dropped = SetOnDrop(gone.clone());
+    let report = blocking(move || {
+        let cancelled = || gone.load(Ordering::Relaxed);
+        Session::new(s.platform, p).add_documents_until(id.as_str(), b.documents, &cancelled)
+    })
+    .await?;
     Ok(axum::Json(json!({"object": "ingestion", "documents": report.documents, "chunks": report.chunks}))
         .into_response())
 }

@@ -14,7 +14,14 @@ pub async fn serve(
     state: AppState,
     limits: crate::conn::ServeLimits,
 ) -> std::io::Result<()> {
-    crate::conn::serve(listener, tls, router(state), limits, shutdown_signal()).await
+    let platform = state.platform.clone();
+    let signal = async move {
+        shutdown_signal().await;
+        // Long work in progress (an ingestion) stops at once and commits nothing; requests
+        // finish within the grace.
+        platform.begin_shutdown();
+    };
+    crate::conn::serve(listener, tls, router(state), limits, signal).await
 }
 
 /// Loads a PEM certificate chain and private key into a rustls server configuration.

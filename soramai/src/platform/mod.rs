@@ -225,11 +225,23 @@ impl Platform {
 
     /// Stops the job workers (running jobs finish first) and waits for them.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.begin_shutdown();
         let handles = self.workers.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
         for h in handles {
             let _ = h.join();
         }
+    }
+
+    /// Marks the platform as stopping: long work in progress (an ingestion) stops at its next
+    /// check and commits nothing, and workers take no new job. [`Platform::shutdown`] then waits
+    /// for the workers.
+    pub fn begin_shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Platform::begin_shutdown`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
     fn serving(&self, base: &ModelId) -> Result<Arc<Serving>, PlatformError> {

@@ -38,6 +38,7 @@ from ._native import (
     SoramaiError,
     TokenStream,
     TooLargeError,
+    UnavailableError,
 )
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "SoramaiError",
     "TokenStream",
     "TooLargeError",
+    "UnavailableError",
     "default_runner",
 ]
 
