@@ -3,6 +3,9 @@
 
 use std::process::{Command, Stdio};
 
+mod common;
+use common::{cli, ok_json};
+
 #[path = "../../soramai-kernels/tests/common/reference_model.rs"]
 mod reference_model;
 use reference_model::reference_model;
@@ -218,16 +221,6 @@ fn train_refuses_bad_datasets_and_options_with_clear_errors() {
         assert!(stderr.contains(needle), "case {i}: {stderr}");
         assert!(!out.exists(), "case {i} wrote output");
     }
-}
-
-/// Runs `soramai` with string arguments, the root key from nowhere but the files named.
-fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_soramai")).args(args).env_remove("SORAMAI_ROOT_KEY").output().expect("run")
-}
-
-fn ok_json(out: std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("one JSON line")
 }
 
 #[test]

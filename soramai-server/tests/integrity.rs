@@ -26,10 +26,6 @@ use reference_model::reference_model;
 /// What a file holds: never in a log line.
 const CONTENT_CANARY: &str = "zq7-content-canary-Kumo";
 
-fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_soramai")).args(args).env_remove("SORAMAI_ROOT_KEY").output().expect("run")
-}
-
 /// The newest blob file of a tenant (the last object written).
 fn newest_blob(data: &Path, tenant: &str) -> PathBuf {
     let mut blobs: Vec<PathBuf> = files_under(data)
@@ -107,6 +103,12 @@ fn tampering_is_a_typed_error_logged_audited_and_refused_by_backup() {
         .collect();
     assert!(marks.len() > 3 && marks[0] == (1, true), "{marks:?}");
     assert!(marks[1..].iter().all(|&(_, ok)| !ok), "{marks:?}");
+    // The dashboard's audit page says where and why, and marks the records.
+    let session = join_and_sign_in(&server, &key, "ada@acme.com", "admin", "correct horse battery staple 7");
+    let (s, html) = Web::new(&server).get(&session, "/t/acme/audit");
+    assert_eq!(s, StatusCode::OK, "{html}");
+    assert!(html.contains("Verification failed") && html.contains("record 2: the record was edited"), "{html}");
+    assert!(html.contains("(unverified)"), "{html}");
     let admin = server.admin.clone();
     let logs = server.stop();
 

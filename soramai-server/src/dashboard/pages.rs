@@ -54,12 +54,18 @@ pub(super) fn load(view: &View, session: &Session) -> Result<Value, PlatformErro
         }
         _ => {
             let records = session.audit_log()?;
-            let verified = session.verify_audit();
+            let check = session.audit_verification()?;
+            let broken = check.first_bad_record.map(|seq| {
+                format!(
+                    "record {seq}: {}; it and every record after it are marked",
+                    check.reason.unwrap_or("it does not verify")
+                )
+            });
             json!({
                 "records": records.iter().map(|r| json!({"seq": r.seq, "at": utc(r.at), "actor": r.actor,
-                    "action": r.action, "target": r.target})).collect::<Vec<_>>(),
-                "verified": verified.as_ref().ok().map(|v| v.records),
-                "broken": verified.err().map(|e| e.to_string()),
+                    "action": r.action, "target": r.target, "verified": r.verified})).collect::<Vec<_>>(),
+                "verified": check.valid.then_some(check.records),
+                "broken": broken,
             })
         }
     })

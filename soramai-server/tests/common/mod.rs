@@ -286,3 +286,14 @@ pub fn client_builder() -> reqwest::blocking::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::builder()
 }
+
+/// Runs `soramai` with string arguments, the root key from nowhere but the files named.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_soramai")).args(args).env_remove("SORAMAI_ROOT_KEY").output().expect("run")
+}
+
+/// The one JSON line a successful command printed.
+pub fn ok_json(out: std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
