@@ -63,11 +63,7 @@ impl Core {
     pub(crate) fn reseal_texts(&self, tenant: &TenantId) -> Result<usize> {
         let primary = self.primary_key(tenant)?.version();
         let mut resealed = 0;
-        for (table, column, prefix, root) in [
-            ("datasets", "name", SEALED_NAME, NAME_ROOT),
-            ("api_keys", "name", SEALED_NAME, NAME_ROOT),
-            ("access_log", "detail", crate::metering::SEALED_DETAIL, "access-log"),
-        ] {
+        for (table, column, prefix, root) in SEALED_COLUMNS {
             let rows: Vec<(String, String)> = self.read(|c| {
                 c.query_map(
                     &format!(
@@ -78,18 +74,11 @@ impl Core {
                 )
             })?;
             for (id, stored) in rows {
-                let Some(version) = sealed_version(prefix, &stored) else { continue };
-                if version == primary {
+                if sealed_version(prefix, &stored).is_none_or(|v| v == primary) {
                     continue;
                 }
                 let fresh = self.seal_text(tenant, prefix, root, &self.open_text(tenant, prefix, root, &stored)?)?;
-                self.write(|tx| {
-                    tx.execute(
-                        &format!("UPDATE {table} SET {column} = ?2 WHERE CAST(id AS TEXT) = ?1 AND {column} = ?3"),
-                        params![id, fresh, stored],
-                    )?;
-                    Ok(())
-                })?;
+                self.swap_text(table, column, &id, &stored, &fresh)?;
                 resealed += 1;
             }
         }
@@ -100,12 +89,12 @@ impl Core {
     /// is not loaded wait for a later start); returns how many.
     pub(crate) fn seal_legacy_names(&self) -> Result<usize> {
         let mut sealed = 0;
-        for table in ["datasets", "api_keys"] {
+        for (table, column, _, _) in SEALED_COLUMNS.into_iter().filter(|c| c.2 == SEALED_NAME) {
             let rows: Vec<(String, String, String)> = self.read(|c| {
                 c.query_map(
                     &format!(
-                        "SELECT x.id, x.tenant_id, x.name FROM {table} x JOIN tenants t ON t.id = x.tenant_id
-                         WHERE t.status = 'active' AND substr(x.name, 1, {}) != ?1",
+                        "SELECT CAST(x.id AS TEXT), x.tenant_id, x.{column} FROM {table} x JOIN tenants t ON t.id = x.tenant_id
+                         WHERE t.status = 'active' AND substr(x.{column}, 1, {}) != ?1",
                         SEALED_NAME.len()
                     ),
                     params![SEALED_NAME],
@@ -119,13 +108,7 @@ impl Core {
                     Err(Error::TenantLocked) => continue,
                     Err(e) => return Err(e),
                 };
-                self.write(|tx| {
-                    tx.execute(
-                        &format!("UPDATE {table} SET name = ?2 WHERE id = ?1 AND name = ?3"),
-                        params![id, stored, name],
-                    )?;
-                    Ok(())
-                })?;
+                self.swap_text(table, column, &id, &name, &stored)?;
                 sealed += 1;
             }
         }
@@ -135,7 +118,26 @@ impl Core {
         }
         Ok(sealed)
     }
+
+    /// Replaces one row's stored string, only while it still holds `old` (a concurrent change
+    /// wins).
+    fn swap_text(&self, table: &str, column: &str, id: &str, old: &str, new: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                &format!("UPDATE {table} SET {column} = ?2 WHERE CAST(id AS TEXT) = ?1 AND {column} = ?3"),
+                params![id, new, old],
+            )?;
+            Ok(())
+        })
+    }
 }
+
+/// Every column that holds sealed strings: table, column, prefix, path root.
+const SEALED_COLUMNS: [(&str, &str, &str, &str); 3] = [
+    ("datasets", "name", SEALED_NAME, NAME_ROOT),
+    ("api_keys", "name", SEALED_NAME, NAME_ROOT),
+    ("access_log", "detail", crate::metering::SEALED_DETAIL, "access-log"),
+];
 
 /// The key version a sealed string is under, if it is one.
 fn sealed_version(prefix: &str, stored: &str) -> Option<u32> {

@@ -66,6 +66,19 @@ fn tampering_is_a_typed_error_logged_audited_and_refused_by_backup() {
         .send()
         .expect("send");
     assert_eq!(res.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("probe-flip-1"));
+    // A hostile request id (too long, a forged log field, a space) is replaced, never echoed
+    // or logged.
+    for hostile in ["x".repeat(65), "a error=forged".to_owned(), "id;tenant=other".to_owned()] {
+        let res = server
+            .http
+            .get(format!("{}/v1/models", server.url))
+            .bearer_auth(&key)
+            .header("x-request-id", hostile.as_str())
+            .send()
+            .expect("send");
+        let echoed = res.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        assert!(echoed.starts_with("req_") && echoed != hostile, "{echoed}");
+    }
     let status = res.status();
     let body: Value = res.json().expect("json");
     assert_error((status, body), StatusCode::INTERNAL_SERVER_ERROR, "integrity_error");
@@ -132,7 +145,7 @@ fn tampering_is_a_typed_error_logged_audited_and_refused_by_backup() {
     ] {
         assert!(request.contains(part), "{part} missing from {request}");
     }
-    for secret in [CONTENT_CANARY, "train.jsonl", key.as_str(), admin.as_str()] {
+    for secret in [CONTENT_CANARY, "train.jsonl", key.as_str(), admin.as_str(), "error=forged", "tenant=other"] {
         assert!(!logs.contains(secret), "{secret} is in the server's output");
     }
 
