@@ -23,9 +23,8 @@ const DATASET: &[u8] = include_bytes!("../soramai-server/assets/quickstart.jsonl
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("job-runner") {
-        // A worker started this process to run one fine-tuning job.
-        let kinds: [(&str, soramai::core::jobs::runner::KindHandler); 1] = [("fine_tune", soramai::finetune::run_job)];
-        let code = soramai::core::jobs::runner::main_with(&args[2..], &kinds);
+        // A worker started this process to run one job (a fine-tune, an ingestion).
+        let code = soramai::job_runner_main(&args[2..]);
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(2));
     }
     match run(&args[1..]) {

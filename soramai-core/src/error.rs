@@ -97,6 +97,14 @@ pub enum Error {
         /// Amount asked for.
         needed: i64,
     },
+    /// The tenant's tier already runs as many of these at once as it may.
+    #[error("at most {limit} {what} at once on this tier; try again when one ends")]
+    Busy {
+        /// What is bounded (`ingestions`).
+        what: &'static str,
+        /// The tier's bound.
+        limit: u32,
+    },
     /// A job state change that the state machine does not allow.
     #[error("job is {state}; cannot {action}")]
     InvalidJobState {

@@ -73,7 +73,8 @@ pub use crate::ids::{
 };
 pub use crate::integrity::{BrokenChain, CorruptObject, IntegrityReport};
 pub use crate::jobs::{
-    FineTuneSpec, Hyperparameters, Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand, Worker,
+    Completion, FineTuneSpec, Hyperparameters, IngestSpec, Job, JobEvent, JobSpec, JobState, Outcome, RunnerCommand,
+    Worker,
 };
 pub use crate::metering::{AccessRecord, Receipt, UsageEvent, UsageKind, UsageStatus, UsageSummary};
 pub use crate::models::{AdapterFiles, BaseModel, CustomModel, CustomModelUpload, FineTunedModel, is_custom_model};

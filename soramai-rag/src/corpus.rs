@@ -18,6 +18,7 @@ use crate::embedding::{self, Embedder};
 use crate::error::{Error, Result};
 use crate::grounding::GroundedPrompt;
 pub use crate::hit::Hit;
+use crate::ingest::{Batch, CutChunk, CutDocument, Vectors};
 use crate::text::{self, ChunkingOptions, Format, TokenCounter, WordCount};
 
 /// A corpus id: `a-z0-9`, `-`, `_`, 1-64 characters, starting with a letter or digit.
@@ -215,11 +216,6 @@ fn prefix(corpus: &CorpusId) -> String {
     format!("rag/{}", corpus.as_str())
 }
 
-/// What a chunk's embedding is computed from: its title and heading give it context.
-fn embedding_text(title: &str, heading: &str, text: &str) -> String {
-    [title, heading, text].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("\n")
-}
-
 /// Embeds `texts` and checks the embedder kept its contract: one finite vector per text, all of one
 /// non-zero length.
 fn embed_checked(e: &dyn Embedder, texts: &[String]) -> Result<Vec<Vec<f32>>> {
@@ -397,9 +393,9 @@ impl Rag {
 
     /// [`Rag::add_documents`], bounded by the tenant's tier ([`soramai_core::tier::IngestLimits`]:
     /// document bytes and chunks per request, checked before anything is embedded, and
-    /// ingestions at once) and stopped when `cancelled` says so (polled between documents and
-    /// between embedding batches of [`EMBED_BATCH`] chunks): a cancelled ingestion commits
-    /// nothing and is [`Error::Cancelled`].
+    /// ingestions at once) and stopped when `cancelled` says so (polled between embedding batches
+    /// of [`EMBED_BATCH`] chunks): a cancelled ingestion commits nothing and is
+    /// [`Error::Cancelled`].
     pub fn add_documents_until(
         &self,
         principal: &Principal,
@@ -407,6 +403,35 @@ impl Rag {
         docs: &[Document],
         cancelled: &dyn Fn() -> bool,
     ) -> Result<IngestReport> {
+        let batch = self.prepare(principal, corpus, docs)?;
+        let _slot = self.ingest_slot(principal.tenant(), self.max_concurrent(principal)?)?;
+        let vectors = match &self.options.embedder {
+            Some(e) => {
+                let texts = batch.embedding_texts();
+                let mut vs = Vec::with_capacity(texts.len());
+                for part in texts.chunks(EMBED_BATCH) {
+                    if cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    vs.extend(embed_checked(e.as_ref(), part)?);
+                }
+                Some(Vectors { embedder: e.id().to_owned(), vectors: vs })
+            }
+            None => None,
+        };
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let report = self.commit_as(principal.tenant(), &batch, vectors.as_ref(), Some(principal))?;
+        self.core.record_access(principal, &format!("rag:{}", corpus.as_str()), "ingest", None)?;
+        Ok(report)
+    }
+
+    /// The first step of an ingestion: checks scope and tier, each document, and the tier's
+    /// bounds on bytes and chunks per request ([`soramai_core::tier::IngestLimits`]), then cuts
+    /// the documents into chunks (cheap; embedding is not, so the chunk bound holds before any).
+    /// The corpus must exist.
+    pub fn prepare(&self, principal: &Principal, corpus: &CorpusId, docs: &[Document]) -> Result<Batch> {
         self.admit(principal)?;
         if docs.len() > self.options.max_documents_per_call {
             return Err(Error::InvalidArgument(format!(
@@ -422,42 +447,79 @@ impl Rag {
         if bytes > limits.max_bytes {
             return Err(Error::TooLarge { what: "the documents of one request", limit: limits.max_bytes as u64 });
         }
-        // Cutting is cheap and embedding is not: the chunk bound holds before any embedding.
-        let cuts: Vec<_> = docs
-            .iter()
-            .map(|d| text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref()))
-            .collect();
-        let total: usize = cuts.iter().map(Vec::len).sum();
-        if total > limits.max_chunks {
-            return Err(Error::TooManyChunks { chunks: total, limit: limits.max_chunks });
+        let mut total = 0;
+        let mut documents = Vec::with_capacity(docs.len());
+        for d in docs {
+            let chunks: Vec<CutChunk> =
+                text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref())
+                    .into_iter()
+                    .map(|c| CutChunk { ordinal: c.ordinal, heading: c.heading, text: c.text })
+                    .collect();
+            total += chunks.len();
+            if total > limits.max_chunks {
+                // Counted to the end, cheaply, so the refusal says how many there are.
+                let rest: usize = docs
+                    .iter()
+                    .skip(documents.len() + 1)
+                    .map(|d| {
+                        text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref()).len()
+                    })
+                    .sum();
+                return Err(Error::TooManyChunks { chunks: total + rest, limit: limits.max_chunks });
+            }
+            documents.push(CutDocument {
+                id: d.id.clone(),
+                title: d.title.clone(),
+                metadata: d.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                chunks,
+            });
         }
-        let _slot = self.ingest_slot(principal.tenant(), limits.max_concurrent)?;
-        let h = self.handle(principal.tenant(), corpus)?;
+        if !self.exists(principal.tenant(), corpus)? {
+            return Err(Error::CorpusNotFound);
+        }
+        Ok(Batch { corpus: corpus.as_str().to_owned(), documents })
+    }
+
+    /// How many ingestions the principal's tier runs at once.
+    pub fn max_concurrent(&self, principal: &Principal) -> Result<u32> {
+        Ok(self.core.tenant(principal.tenant())?.tier.policy().ingest.max_concurrent)
+    }
+
+    /// The embedder chunks are embedded with, if any.
+    pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
+        self.options.embedder.as_ref()
+    }
+
+    /// The last step of an ingestion: indexes a prepared batch into its corpus of `tenant`, each
+    /// chunk with its vector when `vectors` are given (one per chunk, in order), replacing any
+    /// document of the same id, in one commit; audited as the platform's work.
+    pub fn commit(&self, tenant: &TenantId, batch: &Batch, vectors: Option<&Vectors>) -> Result<IngestReport> {
+        self.commit_as(tenant, batch, vectors, None)
+    }
+
+    /// [`Rag::commit`], audited as `principal`'s when one asked in person.
+    fn commit_as(
+        &self,
+        tenant: &TenantId,
+        batch: &Batch,
+        vectors: Option<&Vectors>,
+        principal: Option<&Principal>,
+    ) -> Result<IngestReport> {
+        let corpus = CorpusId::new(batch.corpus.clone())?;
+        let chunks = batch.chunks();
+        if let Some(v) = vectors
+            && v.vectors.len() != chunks
+        {
+            return Err(Error::Embedding(format!("{} vectors for {chunks} chunks", v.vectors.len())));
+        }
+        let h = self.handle(tenant, &corpus)?;
         let _guard = h.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut writer: IndexWriter = h.index.writer_with_num_threads(1, self.options.writer_memory_bytes)?;
         let f = h.fields;
-        let mut chunks = 0;
-        for (d, cut) in docs.iter().zip(&cuts) {
-            if cancelled() {
-                return Err(Error::Cancelled);
-            }
+        let mut vectors_in_order = vectors.map(|v| v.vectors.iter());
+        for d in &batch.documents {
             writer.delete_term(Term::from_field_text(f.doc_id, &d.id));
-            let vectors = match &self.options.embedder {
-                Some(e) => {
-                    let texts: Vec<String> =
-                        cut.iter().map(|c| embedding_text(&d.title, &c.heading, &c.text)).collect();
-                    let mut vs = Vec::with_capacity(texts.len());
-                    for batch in texts.chunks(EMBED_BATCH) {
-                        if cancelled() {
-                            return Err(Error::Cancelled);
-                        }
-                        vs.extend(embed_checked(e.as_ref(), batch)?);
-                    }
-                    Some(vs)
-                }
-                None => None,
-            };
-            for (i, c) in cut.iter().enumerate() {
+            for c in &d.chunks {
                 let mut doc = TantivyDocument::default();
                 doc.add_text(f.chunk_id, format!("{}#{}", d.id, c.ordinal));
                 doc.add_text(f.doc_id, &d.id);
@@ -467,25 +529,22 @@ impl Rag {
                 for (k, v) in &d.metadata {
                     doc.add_text(f.tags, format!("{k}={v}"));
                 }
-                if let (Some(vs), Some(e)) = (&vectors, &self.options.embedder) {
-                    doc.add_bytes(f.embedding, &embedding::to_bytes(&vs[i]));
-                    doc.add_text(f.embedder, e.id());
+                if let (Some(vs), Some(v)) = (vectors_in_order.as_mut().and_then(Iterator::next), vectors) {
+                    doc.add_bytes(f.embedding, &embedding::to_bytes(vs));
+                    doc.add_text(f.embedder, &v.embedder);
                 }
                 writer.add_document(doc)?;
-                chunks += 1;
             }
         }
         writer.commit()?;
         writer.wait_merging_threads()?;
         h.reader.reload()?;
-        self.core.record_access(principal, &format!("rag:{}", corpus.as_str()), "ingest", None)?;
-        self.core.record_audit(
-            principal,
-            Action::DocumentsIndexed,
-            corpus.as_str(),
-            serde_json::json!({"documents": docs.len(), "chunks": chunks}),
-        )?;
-        Ok(IngestReport { documents: docs.len(), chunks })
+        let detail = serde_json::json!({"documents": batch.documents.len(), "chunks": chunks});
+        match principal {
+            Some(p) => self.core.record_audit(p, Action::DocumentsIndexed, corpus.as_str(), detail)?,
+            None => self.core.record_system_audit(tenant, Action::DocumentsIndexed, corpus.as_str(), detail)?,
+        }
+        Ok(IngestReport { documents: batch.documents.len(), chunks })
     }
 
     /// Deletes documents by id (absent ids are ignored).

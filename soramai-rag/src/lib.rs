@@ -33,6 +33,7 @@ pub mod embedding;
 pub mod error;
 pub mod grounding;
 pub mod hit;
+pub mod ingest;
 pub mod text;
 
 pub use corpus::{CorpusId, Document, Hit, IngestReport, Rag, RagOptions, SearchRequest};
@@ -40,4 +41,5 @@ pub use directory::{ChunkCache, EncryptedDirectory};
 pub use embedding::Embedder;
 pub use error::{Error, Result};
 pub use grounding::{GroundedPrompt, Source};
+pub use ingest::{Batch, Vectors};
 pub use text::{ChunkingOptions, Format, TokenCounter, WordCount};

@@ -386,11 +386,7 @@ fn main() -> ExitCode {
         Command::Merge { files, r#type } => report(merge(&files.model, &files.adapter, &files.out, &r#type)),
         Command::ExportLora(files) => report(export_lora(&files.model, &files.adapter, &files.out)),
         Command::Serve(args) => report(serve(&args)),
-        Command::JobRunner { args } => {
-            let kinds: [(&str, soramai::core::jobs::runner::KindHandler); 1] =
-                [("fine_tune", soramai::finetune::run_job)];
-            ExitCode::from(u8::try_from(soramai::core::jobs::runner::main_with(&args, &kinds)).unwrap_or(2))
-        }
+        Command::JobRunner { args } => ExitCode::from(u8::try_from(soramai::job_runner_main(&args)).unwrap_or(2)),
         Command::Backup(args) => report(backup(&args)),
         Command::Restore { from, data_dir, snapshot, root_key_file } => {
             report(restore(&from, &data_dir, snapshot.as_deref(), root_key_file.as_deref()))

@@ -160,7 +160,14 @@ fn fine_tuning_from_the_dashboard_shows_live_progress_and_the_model_can_be_delet
     let (s, html) = post(&ada, "/t/acme/corpora/kb", doc(&csrf, "pdf"));
     assert_eq!(s, StatusCode::BAD_REQUEST, "{html}");
     assert_eq!(post(&ada, "/t/acme/corpora/kb", doc(&csrf, "markdown")).0, StatusCode::SEE_OTHER);
+    // The document goes in as an ingestion job, shown on the corpus page until it ends.
     let (_, html) = web.get(&ada, "/t/acme/corpora/kb");
+    assert!(!html.contains("No ingestions yet."), "{html}");
+    let (_, list) = server.call("GET", "/v1/corpora/kb/ingestions", Some(&acme), None);
+    let ingestion = list["data"][0]["id"].as_str().expect("an ingestion").to_owned();
+    assert_eq!(wait_ingestion(&server, &acme, "kb", &ingestion)["status"], "succeeded");
+    let (_, html) = web.get(&ada, "/t/acme/corpora/kb");
+    assert!(html.contains("succeeded"), "{html}");
     assert!(html.contains("handbook&#x2f;1") && html.contains("/documents/handbook%2F1/delete"), "{html}");
     let (_, hits) = server.call("POST", "/v1/corpora/kb/search", Some(&acme), Some(json!({"query": "council"})));
     assert!(hits.to_string().contains("handbook/1"), "indexed: {hits}");

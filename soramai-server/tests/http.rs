@@ -380,9 +380,23 @@ fn rag_over_http_grounds_answers_in_the_tenants_own_documents_only() {
         {"id": "travel", "title": "Travel policy", "text": "Employees book trains for trips under 600 km. The travel desk is on floor 7.", "metadata": {"team": "ops"}},
         {"id": "leave", "title": "Leave", "format": "markdown", "text": "# Leave\n\nEveryone gets 30 days of paid leave a year."},
     ]});
-    let (s, v) = server.call("POST", "/v1/corpora/handbook/documents", Some(&acme), Some(docs));
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = ingest(&server, &acme, "handbook", docs);
+    assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["documents"], 2);
+    assert_eq!(v["embedded"], true, "{v}");
+    let (s, list) = server.call("GET", "/v1/corpora/handbook/ingestions", Some(&acme), None);
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert_eq!(list["data"][0]["id"], v["id"]);
+    // Another tenant, or another corpus of the same tenant, does not see the ingestion.
+    let one = format!("/v1/corpora/handbook/ingestions/{}", v["id"].as_str().expect("id"));
+    assert_error(server.call("GET", &one, Some(&globex), None), StatusCode::NOT_FOUND, "ingestion_not_found");
+    let other = one.replace("handbook", "other");
+    assert_error(server.call("GET", &other, Some(&acme), None), StatusCode::NOT_FOUND, "ingestion_not_found");
+    assert_error(
+        server.call("POST", &format!("{one}/cancel"), Some(&acme), None),
+        StatusCode::CONFLICT,
+        "invalid_state",
+    );
     let (s, v) =
         server.call("POST", "/v1/corpora/handbook/search", Some(&acme), Some(json!({"query": "travel desk floor"})));
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -517,8 +531,7 @@ fn operator_access_needs_a_reasoned_time_boxed_grant_the_tenant_sees() {
     let content = format!("/v1/files/{file_id}/content");
     assert_eq!(server.call("POST", "/v1/corpora", Some(&acme), Some(json!({"id": "kb"}))).0, StatusCode::CREATED);
     let docs = json!({"documents": [{"id": "d1", "text": "The cloud council meets in Kumo every spring."}]});
-    let (s, v) = server.call("POST", "/v1/corpora/kb/documents", Some(&acme), Some(docs));
-    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(ingest(&server, &acme, "kb", docs)["status"], "succeeded");
     let tune = json!({"model": MODEL, "training_file": file_id,
                       "hyperparameters": {"n_epochs": 1, "batch_size": 2, "rank": 2, "max_seq": 64}});
     let (s, job) = server.call("POST", "/v1/fine_tuning/jobs", Some(&acme), Some(tune));

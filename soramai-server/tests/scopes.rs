@@ -55,8 +55,11 @@ fn every_route_refuses_a_key_without_its_documented_scope_and_admits_one_with_it
             let needs = op["x-soramai-scopes"].as_str().unwrap_or_else(|| panic!("{method} {path} states no scopes"));
             // The tenant's own id where a route names a tenant (a tenant's admin closes its own
             // account), with a body that is refused after the scope check (nothing closes).
-            let concrete =
-                path.replace("/v1/tenants/{id}", "/v1/tenants/acme").replace("{id}", "x0").replace("{doc}", "y0");
+            let concrete = path
+                .replace("/v1/tenants/{id}", "/v1/tenants/acme")
+                .replace("{id}", "x0")
+                .replace("{doc}", "y0")
+                .replace("{job}", "job-0");
             let body = match (method.as_str(), path.as_str()) {
                 ("post", "/v1/tenants/{id}/close") => Some(json!({"window_days": 0})),
                 ("post", _) => Some(json!({})),

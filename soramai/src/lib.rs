@@ -20,12 +20,14 @@
 pub mod access;
 pub mod finetune;
 pub mod grounded;
+pub mod ingest;
 pub mod models;
 pub mod platform;
 pub mod session;
 
 pub use access::Needs;
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
+pub use ingest::job_runner_main;
 pub use platform::{
     ChatMessage, Completion, DEFAULT_MODEL_ID, Embeddings, FinishReason, GenerationOptions, GenerationStream,
     ModelInfo, OPERATOR_TENANT, OpenOptions, Permit, Platform, PlatformOptions, Prompt, PromptTokensDetails, Retrieval,
@@ -167,7 +169,7 @@ impl PlatformError {
         match self {
             PlatformError::Core(c) | PlatformError::Rag(soramai_rag::Error::Core(c)) => match c {
                 C::Unauthenticated | C::SecondFactorRequired => ErrorKind::Authentication,
-                C::Locked { .. } => ErrorKind::RateLimited,
+                C::Locked { .. } | C::Busy { .. } => ErrorKind::RateLimited,
                 C::MissingScope(_)
                 | C::NotAllowed { .. }
                 | C::TenantLocked

@@ -421,6 +421,44 @@ impl Session {
         Ok(self.platform.rag()?.add_documents_until(&self.principal, &corpus_id(corpus)?, &docs, &stop)?)
     }
 
+    /// Queues an ingestion of `documents` into `corpus` and returns its job at once (see
+    /// [`Platform::start_ingestion`]); [`Session::wait_ingestion`] waits for it.
+    pub fn start_ingestion(&self, corpus: &str, documents: Vec<DocumentInput>) -> Result<Job, PlatformError> {
+        self.acting("start_ingestion")?;
+        let docs: Vec<Document> = documents.into_iter().map(Document::from).collect();
+        self.platform.start_ingestion(&self.principal, corpus, &docs)
+    }
+
+    /// One of the corpus's ingestions.
+    pub fn ingestion(&self, corpus: &str, id: &str) -> Result<Job, PlatformError> {
+        self.acting("ingestion")?;
+        self.platform.ingestion(&self.principal, corpus, id)
+    }
+
+    /// The corpus's ingestions, newest first.
+    pub fn ingestions(&self, corpus: &str) -> Result<Vec<Job>, PlatformError> {
+        self.acting("ingestions")?;
+        self.platform.ingestions(&self.principal, corpus)
+    }
+
+    /// Cancels an ingestion; nothing of it is committed.
+    pub fn cancel_ingestion(&self, corpus: &str, id: &str) -> Result<Job, PlatformError> {
+        self.acting("cancel_ingestion")?;
+        self.platform.cancel_ingestion(&self.principal, corpus, id)
+    }
+
+    /// Waits until an ingestion ends or `timeout` passes, and returns it as it then stands.
+    pub fn wait_ingestion(&self, corpus: &str, id: &str, timeout: Duration) -> Result<Job, PlatformError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.ingestion(corpus, id)?;
+            if job.state.is_terminal() || Instant::now() >= deadline {
+                return Ok(job);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The ids of a corpus's documents.
     pub fn documents(&self, corpus: &str) -> Result<Vec<String>, PlatformError> {
         self.acting("documents")?;

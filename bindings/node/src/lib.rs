@@ -510,6 +510,5 @@ fn parse_tier(name: &str) -> napi::Result<soramai::Tier> {
 /// process exit code.
 #[napi]
 pub fn job_runner(args: Vec<String>) -> i32 {
-    let kinds: [(&str, soramai::core::jobs::runner::KindHandler); 1] = [("fine_tune", soramai::finetune::run_job)];
-    soramai::core::jobs::runner::main_with(&args, &kinds)
+    soramai::job_runner_main(&args)
 }

@@ -539,8 +539,7 @@ fn finish(py: Python<'_>, mut s: PyStream, stream: bool) -> PyResult<Py<PyAny>> 
 /// and returns the process exit code.
 #[pyfunction]
 fn job_runner(py: Python<'_>, args: Vec<String>) -> i32 {
-    let kinds: [(&str, soramai::core::jobs::runner::KindHandler); 1] = [("fine_tune", soramai::finetune::run_job)];
-    py.detach(|| soramai::core::jobs::runner::main_with(&args, &kinds))
+    py.detach(|| soramai::job_runner_main(&args))
 }
 
 #[pymodule]

@@ -50,6 +50,22 @@ impl Core {
         self.audit(principal.tenant(), principal.actor(), action, target, detail)
     }
 
+    /// Appends a record for work the platform did for a tenant without a caller present (a job's
+    /// ingestion indexed by a worker). `detail` must be content-free.
+    pub fn record_system_audit(
+        &self,
+        tenant: &TenantId,
+        action: Action,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        self.tenant(tenant)?;
+        if target.len() > 200 || target.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument("invalid audit target".into()));
+        }
+        self.audit(tenant, &Actor::System, action, target, detail)
+    }
+
     /// The tenant's audit records, oldest first (admin scope), each marked verified or not (every
     /// record from the chain's first break on is not). A tier with audit-log access (Org
     /// and Enterprise) reads them all; every other tier reads the records of the operator's access

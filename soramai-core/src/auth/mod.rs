@@ -122,6 +122,11 @@ impl Principal {
         if self.grant.is_some() { Err(Error::OperatorAccess(what)) } else { Ok(()) }
     }
 
+    /// Whether the principal holds `scope`.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
     /// Fails with [`Error::MissingScope`] unless the principal holds `scope`.
     pub fn require(&self, scope: Scope) -> Result<()> {
         if self.scopes.contains(&scope) { Ok(()) } else { Err(Error::MissingScope(scope)) }

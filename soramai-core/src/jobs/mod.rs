@@ -25,7 +25,7 @@ use crate::tier::ComputePool;
 
 pub(crate) mod state;
 pub use state::JobState;
-pub use worker::{RunnerCommand, Worker};
+pub use worker::{Completion, RunnerCommand, Worker};
 
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -48,6 +48,26 @@ pub enum JobSpec {
     /// Trains a LoRA adapter on a chat dataset over a registered base model; on success the
     /// adapter is stored encrypted and registered as a fine-tuned model id.
     FineTune(FineTuneSpec),
+    /// Embeds a batch of documents already cut into chunks (its input, stored encrypted under
+    /// the tenant key until the job ends) and indexes them into a corpus: the embedding runs in
+    /// the child process, the indexing in the worker through its [`worker::Completion`].
+    Ingest(IngestSpec),
+}
+
+/// An `ingest` job: where the documents go and how much work they are (counts only; the
+/// documents themselves are the job's encrypted input).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSpec {
+    /// The corpus id.
+    pub corpus: String,
+    /// Documents added or replaced.
+    pub documents: u64,
+    /// Chunks to embed and index.
+    pub chunks: u64,
+    /// The base model whose hidden states embed the chunks; none: BM25 only.
+    #[serde(default)]
+    pub embedder: Option<ModelId>,
 }
 
 /// A `fine_tune` job: the dataset, the base model, and how to train.
@@ -158,6 +178,15 @@ impl JobSpec {
         match self {
             JobSpec::Checksum { .. } => "checksum",
             JobSpec::FineTune(_) => "fine_tune",
+            JobSpec::Ingest(_) => "ingest",
+        }
+    }
+
+    /// The scope that submits, reads and cancels jobs of this kind.
+    pub fn scope(&self) -> Scope {
+        match self {
+            JobSpec::Checksum { .. } | JobSpec::FineTune(_) => Scope::Train,
+            JobSpec::Ingest(_) => Scope::Rag,
         }
     }
 
@@ -167,6 +196,7 @@ impl JobSpec {
                 serde_json::json!({"dataset": dataset.as_str(), "pace_ms": pace_ms})
             }
             JobSpec::FineTune(spec) => serde_json::to_value(spec)?,
+            JobSpec::Ingest(spec) => serde_json::to_value(spec)?,
         })
     }
 
@@ -178,15 +208,17 @@ impl JobSpec {
                 pace_ms: v.get("pace_ms").and_then(|p| p.as_u64()).unwrap_or(0),
             }),
             "fine_tune" => Ok(JobSpec::FineTune(serde_json::from_value(v)?)),
+            "ingest" => Ok(JobSpec::Ingest(serde_json::from_value(v)?)),
             other => Err(Error::InvalidArgument(format!("unknown job kind {other:?}"))),
         }
     }
 
-    /// The dataset the job reads.
-    pub fn dataset(&self) -> &DatasetId {
+    /// The dataset the job reads (an ingestion reads its own input instead).
+    pub fn dataset(&self) -> Option<&DatasetId> {
         match self {
-            JobSpec::Checksum { dataset, .. } => dataset,
-            JobSpec::FineTune(spec) => &spec.dataset,
+            JobSpec::Checksum { dataset, .. } => Some(dataset),
+            JobSpec::FineTune(spec) => Some(&spec.dataset),
+            JobSpec::Ingest(_) => None,
         }
     }
 }
@@ -294,7 +326,7 @@ pub enum Outcome {
 impl Core {
     /// Submits a job (train scope). Its pool follows the tenant's tier, or the key's pool binding.
     pub fn submit_job(&self, principal: &Principal, spec: JobSpec) -> Result<Job> {
-        principal.require(Scope::Train)?;
+        principal.require(spec.scope())?;
         let tenant = self.tenant(principal.tenant())?;
         match &spec {
             JobSpec::Checksum { dataset, pace_ms } => {
@@ -316,21 +348,80 @@ impl Core {
                 }
                 ft.hyperparameters.validate()?;
             }
+            JobSpec::Ingest(_) => {
+                return Err(Error::InvalidArgument("an ingestion is submitted with its documents".into()));
+            }
         }
-        let pool = match (principal.pool(), tenant.tier.policy().compute) {
+        let pool = self.job_pool(principal, &tenant);
+        let id = JobId::generate();
+        let spec_json = spec.to_stored()?;
+        self.write(|tx| self.insert_job_tx(tx, principal, &tenant.id, &id, &spec, &spec_json, &pool))?;
+        self.job_by_id(&id)
+    }
+
+    fn job_pool(&self, principal: &Principal, tenant: &crate::Tenant) -> PoolId {
+        match (principal.pool(), tenant.tier.policy().compute) {
             (Some(p), _) => p.clone(),
             (None, ComputePool::Shared) => PoolId::shared(),
             (None, ComputePool::Dedicated) => PoolId::dedicated_for(&tenant.id),
-        };
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_job_tx(
+        &self,
+        tx: &Db<'_>,
+        principal: &Principal,
+        tenant: &TenantId,
+        id: &JobId,
+        spec: &JobSpec,
+        spec_json: &serde_json::Value,
+        pool: &PoolId,
+    ) -> Result<()> {
+        tx.execute(
+            "INSERT INTO jobs (id, tenant_id, kind, spec, pool, state, max_attempts, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 3, ?6)",
+            params![id.as_str(), tenant.as_str(), spec.kind(), spec_json.to_string(), pool.as_str(), self.now()],
+        )?;
+        self.audit_tx(
+            tx,
+            tenant,
+            principal.actor(),
+            Action::JobSubmitted,
+            id.as_str(),
+            serde_json::json!({"kind": spec.kind(), "pool": pool.as_str()}),
+        )
+    }
+
+    /// Submits an ingestion (rag scope): `input` (the documents cut into chunks, as the RAG layer
+    /// encodes them) is stored encrypted under the tenant key in the same transaction that queues
+    /// the job, and goes when the job ends. At most `max_concurrent` of the tenant's ingestions
+    /// are queued or running at once ([`Error::Busy`] beyond).
+    pub fn submit_ingest(
+        &self,
+        principal: &Principal,
+        spec: IngestSpec,
+        input: &[u8],
+        max_concurrent: u32,
+    ) -> Result<Job> {
+        principal.require(Scope::Rag)?;
+        let tenant = self.tenant(principal.tenant())?;
+        if let Some(base) = &spec.embedder {
+            self.base_model(base)?;
+        }
+        let pool = self.job_pool(principal, &tenant);
         let id = JobId::generate();
-        let now = self.now();
+        let spec = JobSpec::Ingest(spec);
         let spec_json = spec.to_stored()?;
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO jobs (id, tenant_id, kind, spec, pool, state, max_attempts, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 3, ?6)",
-                params![id.as_str(), tenant.id.as_str(), spec.kind(), spec_json.to_string(), pool.as_str(), now],
+        self.put_object_with(&tenant.id, &input_path(&id)?, input, |tx| {
+            let open: u32 = tx.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE tenant_id = ?1 AND kind = 'ingest' AND state IN ('queued', 'running')",
+                [tenant.id.as_str()],
+                |r| r.get(0),
             )?;
-            self.audit_tx(tx, &tenant.id, principal.actor(), Action::JobSubmitted, id.as_str(), serde_json::json!({"kind": spec.kind(), "pool": pool.as_str()}))
+            if open >= max_concurrent {
+                return Err(Error::Busy { what: "ingestions", limit: max_concurrent });
+            }
+            self.insert_job_tx(tx, principal, &tenant.id, &id, &spec, &spec_json, &pool)
         })?;
         self.job_by_id(&id)
     }
@@ -344,26 +435,37 @@ impl Core {
     }
 
     /// One of the principal's tenant's jobs.
+    /// Needs the scope of the job's kind ([`JobSpec::scope`]).
     pub fn job(&self, principal: &Principal, id: &JobId) -> Result<Job> {
-        principal.require(Scope::Train)?;
-        let job = self.job_by_id(id)?;
+        if !principal.has(Scope::Train) && !principal.has(Scope::Rag) {
+            return Err(Error::MissingScope(Scope::Train));
+        }
+        let job = match self.job_by_id(id) {
+            Err(Error::InvalidArgument(_)) => return Err(Error::NotFound { kind: "job" }),
+            other => other?,
+        };
         if &job.tenant != principal.tenant() {
             return Err(Error::NotFound { kind: "job" });
         }
+        principal.require(job.spec.scope())?;
         Ok(job)
     }
 
     /// The principal's tenant's jobs, newest first.
+    /// Those of kinds whose scope the principal holds (train or rag, at least one).
     pub fn list_jobs(&self, principal: &Principal) -> Result<Vec<Job>> {
-        principal.require(Scope::Train)?;
-        self.read(|c| {
+        if !principal.has(Scope::Rag) {
+            principal.require(Scope::Train)?;
+        }
+        let jobs: Vec<Job> = self.read(|c| {
             let rows = c.query_map(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = ?1 ORDER BY created_at DESC, id"),
                 [principal.tenant().as_str()],
                 job_from_row,
             )?;
             rows.into_iter().collect()
-        })
+        })?;
+        Ok(jobs.into_iter().filter(|j| principal.has(j.spec.scope())).collect())
     }
 
     /// A job's events, oldest first.
@@ -562,7 +664,10 @@ impl Core {
     /// The decrypted input of a claimed job, for the worker holding its lease only.
     pub(crate) fn job_input(&self, job: &Job, worker: &str) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         self.write(|tx| Self::check_lease(tx, &job.id, worker).map(|_| ()))?;
-        self.dataset_bytes(&job.tenant, job.spec.dataset())
+        match job.spec.dataset() {
+            Some(dataset) => self.dataset_bytes(&job.tenant, dataset),
+            None => self.get_object(&job.tenant, &input_path(&job.id)?),
+        }
     }
 
     /// The job's last checkpoint, decrypted, for the worker holding its lease; `None` before the
@@ -657,13 +762,38 @@ impl Core {
         Ok(result)
     }
 
-    /// Removes a job's checkpoint once the job has ended (nothing to do without one).
-    pub(crate) fn drop_job_checkpoint(&self, job: &Job) -> Result<()> {
-        match self.delete_object(&job.tenant, &checkpoint_path(&job.id)?) {
+    /// Removes what an ended job kept in the store: a fine-tune's checkpoint, an ingestion's
+    /// input (nothing to do without them).
+    pub(crate) fn drop_job_objects(&self, job: &Job) -> Result<()> {
+        let path = match &job.spec {
+            JobSpec::FineTune(_) => checkpoint_path(&job.id)?,
+            JobSpec::Ingest(_) => input_path(&job.id)?,
+            JobSpec::Checksum { .. } => return Ok(()),
+        };
+        match self.delete_object(&job.tenant, &path) {
             Err(Error::NotFound { .. }) => Ok(()),
             other => other,
         }
     }
+
+    /// Hands a running job back to its queue (its worker is stopping): it runs again from its
+    /// last checkpoint, without the attempt counting against it.
+    pub(crate) fn release_job(&self, job: &JobId, worker: &str) -> Result<()> {
+        self.write(|tx| {
+            Self::check_lease(tx, job, worker)?;
+            tx.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE id = ?1",
+                [job.as_str()],
+            )?;
+            self.add_event(tx, job, "state", &serde_json::json!({"state": "queued", "reason": "worker stopping"}))
+        })
+    }
+}
+
+/// Where an ingestion's input waits, encrypted, while the job is queued or running.
+fn input_path(job: &JobId) -> Result<ObjectPath> {
+    ObjectPath::new(format!("jobs/{}/input", job.as_str()))
 }
 
 fn checkpoint_path(job: &JobId) -> Result<ObjectPath> {

@@ -16,6 +16,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,29 @@ use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::ids::PoolId;
 use crate::jobs::{Job, JobSpec, Outcome};
+
+/// Finishes the jobs whose result lives outside the core: an ingestion's chunks go into a RAG
+/// index. Given the job, its input, the runner's result and its artifacts; answers the job's
+/// result, or a message (no content) that fails it.
+pub trait Completion: Send + Sync + std::fmt::Debug {
+    /// Completes `job`.
+    fn complete(
+        &self,
+        job: &Job,
+        input: &[u8],
+        result: serde_json::Value,
+        artifacts: &[(String, Zeroizing<Vec<u8>>)],
+    ) -> std::result::Result<serde_json::Value, String>;
+}
+
+/// The artifacts a job of this kind may hand back, by name.
+fn artifact_names(spec: &JobSpec) -> &'static [&'static str] {
+    match spec {
+        JobSpec::FineTune(_) => &crate::models::ADAPTER_FILES,
+        JobSpec::Ingest(_) => &["vectors"],
+        JobSpec::Checksum { .. } => &[],
+    }
+}
 use zeroize::Zeroizing;
 
 /// Largest checkpoint or artifact a runner may hand back.
@@ -65,6 +89,8 @@ pub struct Worker {
     pool: PoolId,
     runner: RunnerCommand,
     lease: Duration,
+    completion: Option<Arc<dyn Completion>>,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 enum ChildMsg {
@@ -108,7 +134,26 @@ fn read_child(stdout: impl Read, tx: &mpsc::Sender<ChildMsg>) {
 impl Worker {
     /// A worker named `id` serving `pool`.
     pub fn new(core: Arc<Core>, id: impl Into<String>, pool: PoolId, runner: RunnerCommand) -> Self {
-        Self { core, id: id.into(), pool, runner, lease: Duration::from_secs(30) }
+        Self { core, id: id.into(), pool, runner, lease: Duration::from_secs(30), completion: None, stop: None }
+    }
+
+    /// Finishes ingestions (and other jobs whose result lives outside the core) through `c`;
+    /// without one they fail.
+    pub fn with_completion(mut self, c: Arc<dyn Completion>) -> Self {
+        self.completion = Some(c);
+        self
+    }
+
+    /// Stops the running job when `stop` is set: its child is killed within 50 ms and the job
+    /// goes back to its queue (a fine-tune resumes from its last checkpoint, an ingestion
+    /// starts over; neither committed anything half-done).
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
     }
 
     /// Sets the lease length (heartbeats happen every third of it).
@@ -133,10 +178,9 @@ impl Worker {
             Err(e) => Outcome::Failed(e.to_string()),
         };
         let done = self.core.finish_job(&job.id, &self.id, outcome)?;
-        // An ended job needs no checkpoint (a lost lease returned above and keeps it for a resume).
-        if matches!(done.spec, JobSpec::FineTune(_)) {
-            self.core.drop_job_checkpoint(&done)?;
-        }
+        // An ended job needs no checkpoint or input (a lost lease returned above and keeps them
+        // for a resume).
+        self.core.drop_job_objects(&done)?;
         Ok(Some(done))
     }
 
@@ -145,7 +189,7 @@ impl Worker {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new().mode(0o700).create(scratch)?;
         }
-        let input = self.core.job_input(job, &self.id)?;
+        let input = Arc::new(self.core.job_input(job, &self.id)?);
         let mut checkpoint = None;
         // A customer's own GGUF base reaches the child through the pipe too, chunk by chunk,
         // decrypted in memory only; a registered base model is a public file the child maps.
@@ -172,6 +216,13 @@ impl Worker {
                 }
                 header
             }
+            JobSpec::Ingest(spec) => {
+                let mut header = serde_json::json!({"kind": "ingest", "input_len": input.len(), "chunks": spec.chunks});
+                if let Some(base) = &spec.embedder {
+                    header["base_model_path"] = serde_json::json!(self.core.base_model(base)?.path);
+                }
+                header
+            }
         };
         let mut child = Command::new(&self.runner.program)
             .args(&self.runner.args)
@@ -190,10 +241,11 @@ impl Worker {
             .map_err(|e| Error::Runner(format!("cannot start the job runner: {e}")))?;
         let mut stdin = child.stdin.take().ok_or_else(|| Error::Runner("no stdin".into()))?;
         let stdout = child.stdout.take().ok_or_else(|| Error::Runner("no stdout".into()))?;
+        let fed = input.clone();
         let feeder = std::thread::spawn(move || -> std::io::Result<()> {
             stdin.write_all(header.to_string().as_bytes())?;
             stdin.write_all(b"\n")?;
-            stdin.write_all(&input)?;
+            stdin.write_all(&fed)?;
             if let Some(c) = &checkpoint {
                 stdin.write_all(c)?;
             }
@@ -227,7 +279,7 @@ impl Worker {
                     let data = ev.get("data").cloned().unwrap_or(serde_json::Value::Null);
                     if ev.get("type").and_then(|t| t.as_str()) == Some("artifact") {
                         let name = data.get("name").and_then(|n| n.as_str()).unwrap_or_default();
-                        if crate::models::ADAPTER_FILES.contains(&name) && !artifacts.iter().any(|(n, _)| n == name) {
+                        if artifact_names(&job.spec).contains(&name) && !artifacts.iter().any(|(n, _)| n == name) {
                             artifacts.push((name.to_owned(), bytes));
                         }
                         continue;
@@ -268,6 +320,16 @@ impl Worker {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
             }
+            if self.stopping() {
+                // The node is going down: the job goes back to its queue (it committed nothing
+                // half-done), and this worker no longer holds it.
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = feeder.join();
+                let _ = reader.join();
+                self.core.release_job(&job.id, &self.id)?;
+                return Err(Error::LeaseLost);
+            }
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + beat;
                 match self.core.heartbeat(&job.id, &self.id, self.lease) {
@@ -299,6 +361,18 @@ impl Worker {
                     Err(Error::LeaseLost) => Err(Error::LeaseLost),
                     Err(e) => Ok(Outcome::Failed(e.to_string())),
                 },
+                JobSpec::Ingest(_) => {
+                    let Some(completion) = &self.completion else {
+                        return Ok(Outcome::Failed("this worker cannot index ingestions".into()));
+                    };
+                    // The lease is checked before indexing (a re-run replaces the same
+                    // documents, so indexing twice after a lost lease does no harm).
+                    self.core.heartbeat(&job.id, &self.id, self.lease)?;
+                    match completion.complete(job, &input, r, &artifacts) {
+                        Ok(r) => Ok(Outcome::Succeeded(r)),
+                        Err(e) => Ok(Outcome::Failed(e)),
+                    }
+                }
                 JobSpec::Checksum { .. } => Ok(Outcome::Succeeded(r)),
             },
             (true, None) => Ok(Outcome::Failed("the job runner ended without a result".into())),

@@ -207,7 +207,7 @@ pub(super) async fn add_document(
     }));
     act(&s, &headers, v, &field(&f, "csrf"), move |session| {
         let doc = doc.map_err(|_| invalid("format is text, markdown or html"))?;
-        session.add_documents(&corpus, vec![doc]).map(drop)
+        session.start_ingestion(&corpus, vec![doc]).map(drop)
     })
     .await
 }

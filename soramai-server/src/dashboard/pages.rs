@@ -29,7 +29,15 @@ pub(super) fn load(view: &View, session: &Session) -> Result<Value, PlatformErro
                 "created": utc(m.created_at)})).collect::<Vec<_>>(),
         }),
         "corpora" => json!({"corpora": session.corpora()?}),
-        "corpus" => json!({"corpus": item, "documents": session.documents(item)?}),
+        "corpus" => json!({"corpus": item, "documents": session.documents(item)?,
+            "ingestions": session.ingestions(item)?.iter().take(20).map(|j| {
+                let (documents, chunks) = match &j.spec {
+                    JobSpec::Ingest(i) => (i.documents, i.chunks),
+                    _ => (0, 0),
+                };
+                json!({"id": j.id.as_str(), "state": j.state, "documents": documents, "chunks": chunks,
+                    "percent": (j.progress * 100.0).round(), "created": utc(j.created_at)})
+            }).collect::<Vec<_>>()}),
         "keys" => json!({"keys": session.api_keys()?.iter().filter(|k| k.grant.is_none()).map(|k| json!({
             "id": k.id.as_str(), "name": k.name,
             "scopes": k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
@@ -80,6 +88,7 @@ fn jobs(session: &Session) -> Result<Value, PlatformError> {
             let (model, dataset) = match &j.spec {
                 JobSpec::FineTune(f) => (f.base_model.as_str().to_owned(), f.dataset.as_str().to_owned()),
                 JobSpec::Checksum { dataset, .. } => (String::new(), dataset.as_str().to_owned()),
+                JobSpec::Ingest(_) => (String::new(), String::new()),
             };
             json!({"id": j.id.as_str(), "state": j.state, "percent": (j.progress * 100.0).round(), "model": model,
                 "dataset": dataset, "created": utc(j.created_at),
@@ -101,6 +110,7 @@ fn job(session: &Session, id: &str) -> Result<Value, PlatformError> {
             (f.base_model.as_str().to_owned(), f.dataset.as_str().to_owned(), f.suffix.clone().unwrap_or_default())
         }
         JobSpec::Checksum { dataset, .. } => (String::new(), dataset.as_str().to_owned(), String::new()),
+        JobSpec::Ingest(_) => (String::new(), String::new(), String::new()),
     };
     let losses: Vec<(u64, f64)> = events
         .iter()

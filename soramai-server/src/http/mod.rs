@@ -162,6 +162,9 @@ pub fn router(state: AppState) -> Router {
         .route("/corpora/{id}", axum::routing::delete(delete_corpus))
         .route("/corpora/{id}/documents", post(add_documents).get(list_documents))
         .route("/corpora/{id}/documents/{doc}", axum::routing::delete(delete_document))
+        .route("/corpora/{id}/ingestions", get(list_ingestions))
+        .route("/corpora/{id}/ingestions/{job}", get(get_ingestion))
+        .route("/corpora/{id}/ingestions/{job}/cancel", post(cancel_ingestion))
         .route("/corpora/{id}/search", post(search))
         .route("/corpora/{id}/chat", post(grounded_chat))
         .route("/members", get(list_members))
@@ -415,6 +418,9 @@ fn needs(operation: &str) -> Option<Needs> {
         | "POST /v1/corpora/{id}/documents"
         | "GET /v1/corpora/{id}/documents"
         | "DELETE /v1/corpora/{id}/documents/{doc}"
+        | "GET /v1/corpora/{id}/ingestions"
+        | "GET /v1/corpora/{id}/ingestions/{job}"
+        | "POST /v1/corpora/{id}/ingestions/{job}/cancel"
         | "POST /v1/corpora/{id}/search" => RAG,
         "POST /v1/corpora/{id}/chat" => GROUNDED,
         _ => return None,

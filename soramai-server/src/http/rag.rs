@@ -47,39 +47,62 @@ pub(super) async fn delete_corpus(
     Ok(axum::Json(json!({"id": shown, "object": "corpus", "deleted": true})).into_response())
 }
 
-/// Sets its flag when dropped.
-struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DocsBody {
     documents: Vec<soramai::DocumentInput>,
 }
 
+/// An ingestion as the API shows it: counts and states, never content.
+fn ingestion_json(j: &soramai::Job) -> Value {
+    let soramai::JobSpec::Ingest(spec) = &j.spec else { return json!({}) };
+    json!({
+        "id": j.id.as_str(), "object": "ingestion", "corpus": spec.corpus, "status": j.state,
+        "documents": spec.documents, "chunks": spec.chunks, "progress": j.progress,
+        "embedded": spec.embedder.is_some(),
+        "created_at": ms_to_s(j.created_at), "finished_at": j.finished_at.map(ms_to_s),
+        "error": j.error.as_ref().map(|e| json!({"code": "ingestion_failed", "message": e})),
+    })
+}
+
+/// Checks and cuts the documents now (the tier's bounds answer at once) and queues their
+/// embedding and indexing as a job: 202 with the ingestion to poll.
 pub(super) async fn add_documents(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<DocsBody>,
 ) -> ApiResult<Response> {
-    let id = corpus_id(&id)?;
-    // The ingestion stops (committing nothing) when this request is dropped (its client went
-    // away, or the server's shutdown grace ran out) or the server begins shutting down.
-    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let _dropped = SetOnDrop(gone.clone());
-    let report = blocking(move || {
-        let cancelled = || gone.load(Ordering::Relaxed);
-        Session::new(s.platform, p).add_documents_until(id.as_str(), b.documents, &cancelled)
-    })
-    .await?;
-    Ok(axum::Json(json!({"object": "ingestion", "documents": report.documents, "chunks": report.chunks}))
-        .into_response())
+    let job = blocking(move || Session::new(s.platform, p).start_ingestion(&id, b.documents)).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(ingestion_json(&job))).into_response())
+}
+
+pub(super) async fn list_ingestions(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let jobs = blocking(move || Session::new(s.platform, p).ingestions(&id)).await?;
+    let data: Vec<Value> = jobs.iter().map(ingestion_json).collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+pub(super) async fn get_ingestion(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path((id, job)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let j = blocking(move || Session::new(s.platform, p).ingestion(&id, &job)).await?;
+    Ok(axum::Json(ingestion_json(&j)).into_response())
+}
+
+pub(super) async fn cancel_ingestion(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path((id, job)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let j = blocking(move || Session::new(s.platform, p).cancel_ingestion(&id, &job)).await?;
+    Ok(axum::Json(ingestion_json(&j)).into_response())
 }
 
 pub(super) async fn list_documents(

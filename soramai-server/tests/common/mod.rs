@@ -167,6 +167,29 @@ pub fn wait_job(server: &Server, key: &str, id: &str) -> Value {
     panic!("the job did not end");
 }
 
+/// Adds documents to a corpus (202, an ingestion job) and waits for the ingestion to end;
+/// returns it as it ended.
+pub fn ingest(server: &Server, key: &str, corpus: &str, body: Value) -> Value {
+    let (s, v) = server.call("POST", &format!("/v1/corpora/{corpus}/documents"), Some(key), Some(body));
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["object"], "ingestion", "{v}");
+    wait_ingestion(server, key, corpus, v["id"].as_str().expect("id"))
+}
+
+/// Polls an ingestion until it ends.
+pub fn wait_ingestion(server: &Server, key: &str, corpus: &str, id: &str) -> Value {
+    // Slowly enough for the Basic tier's 60 requests a minute.
+    for _ in 0..600 {
+        let (s, job) = server.call("GET", &format!("/v1/corpora/{corpus}/ingestions/{id}"), Some(key), None);
+        assert_eq!(s, StatusCode::OK, "{job}");
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or_default()) {
+            return job;
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    panic!("the ingestion did not end");
+}
+
 /// The `Set-Cookie` headers of a response.
 pub fn set_cookies(res: &reqwest::blocking::Response) -> Vec<String> {
     res.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()

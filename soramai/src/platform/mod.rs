@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use soramai_core::{
     AccessGrant, Action, CloseOptions, Closure, Core, DatasetId, FineTuneSpec, GrantId, GrantRequest, IssuedGrant,
     IssuedKey, Job, JobId, JobSpec, KeyOptions, ModelId, PoolId, Principal, Receipt, RunnerCommand, Scope, Tenant,
-    TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
+    TenantId, Tier, UsageEvent, UsageKind, UsageStatus,
 };
 use soramai_kernels::sample::SamplingParams;
 use soramai_kernels::{Engine, Request};
@@ -93,12 +93,66 @@ pub const OPERATOR_TENANT: &str = "operator";
 pub struct Platform {
     core: Arc<Core>,
     options: PlatformOptions,
-    serving: Mutex<HashMap<ModelId, Arc<Serving>>>,
+    engines: Arc<Engines>,
     stop: Arc<AtomicBool>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     counter: AtomicU64,
     limiter: Arc<Limiter>,
+}
+
+/// The engines loaded for serving and the retrieval built on the first of them, shared with the
+/// job workers, which index ingestions into the corpora the platform searches.
+pub(crate) struct Engines {
+    core: Arc<Core>,
+    options: PlatformOptions,
+    serving: Mutex<HashMap<ModelId, Arc<Serving>>>,
     rag: Mutex<Option<Arc<Rag>>>,
+}
+
+impl std::fmt::Debug for Engines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engines").finish_non_exhaustive()
+    }
+}
+
+impl Engines {
+    fn serving(&self, base: &ModelId) -> Result<Arc<Serving>, PlatformError> {
+        let mut map = self.serving.lock().map_err(|_| PlatformError::Engine("engine registry poisoned".into()))?;
+        if let Some(s) = map.get(base) {
+            return Ok(s.clone());
+        }
+        let model = self.core.base_model(base)?;
+        let engine = Arc::new(Engine::load(&model.path)?);
+        let s = Arc::new(
+            Serving::start(engine, &self.options)
+                .map_err(|e| PlatformError::Engine(format!("starting the scheduler: {e}")))?,
+        );
+        map.insert(base.clone(), s.clone());
+        Ok(s)
+    }
+
+    /// Retrieval, on the first registered base model's tokenizer (chunk windows) and embeddings
+    /// (hybrid search); created on first use.
+    pub(crate) fn rag(&self) -> Result<Arc<Rag>, PlatformError> {
+        let mut slot = self.rag.lock().map_err(|_| PlatformError::Engine("rag poisoned".into()))?;
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let mut options = RagOptions::default();
+        if let Some(base) = self.embedding_model()? {
+            let engine = self.serving(&base)?.engine.clone();
+            options.tokens = Arc::new(crate::grounded::ModelTokens(engine.tokenizer.clone()));
+            options.embedder = Some(Arc::new(crate::grounded::ModelEmbedder::new(engine)));
+        }
+        let r = Arc::new(Rag::with_options(self.core.clone(), RAG_CACHE_BYTES, options));
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+
+    /// The base model whose tokenizer and hidden states RAG uses: the first registered.
+    pub(crate) fn embedding_model(&self) -> Result<Option<ModelId>, PlatformError> {
+        Ok(self.core.base_models()?.into_iter().next().map(|b| b.id))
+    }
 }
 
 impl std::fmt::Debug for Platform {
@@ -121,24 +175,30 @@ impl Platform {
     /// A platform over an opened core (any store configuration), with options. Starts the job
     /// workers when a runner is given.
     pub fn with_core(core: Arc<Core>, options: PlatformOptions) -> Result<Self, PlatformError> {
+        let engines = Arc::new(Engines {
+            core: core.clone(),
+            options: options.clone(),
+            serving: Mutex::new(HashMap::new()),
+            rag: Mutex::new(None),
+        });
         let p = Platform {
             core,
             options,
-            serving: Mutex::new(HashMap::new()),
+            engines,
             stop: Arc::new(AtomicBool::new(false)),
             workers: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
             limiter: Arc::new(Limiter::default()),
-            rag: Mutex::new(None),
         };
         if let Some(runner) = p.options.runner.clone() {
             let mut handles = p.workers.lock().map_err(|_| PlatformError::Engine("worker list poisoned".into()))?;
             for i in 0..p.options.workers {
-                let worker = Worker::new(
-                    p.core.clone(),
+                let worker = new_worker(
+                    &p.engines,
                     format!("worker-{}-{i}", std::process::id()),
                     PoolId::shared(),
-                    runner.clone(),
+                    &runner,
+                    &p.stop,
                 );
                 let (stop, poll) = (p.stop.clone(), p.options.poll);
                 handles.push(
@@ -149,11 +209,11 @@ impl Platform {
                 );
             }
             if p.options.dedicated_pools {
-                let (core, stop, poll) = (p.core.clone(), p.stop.clone(), p.options.poll);
+                let (engines, stop, poll) = (p.engines.clone(), p.stop.clone(), p.options.poll);
                 handles.push(
                     std::thread::Builder::new()
                         .name("soramai-dedicated".into())
-                        .spawn(move || supervise_dedicated(&core, &runner, &stop, poll))
+                        .spawn(move || supervise_dedicated(&engines, &runner, &stop, poll))
                         .map_err(|e| PlatformError::Engine(format!("starting a worker: {e}")))?,
                 );
             }
@@ -206,6 +266,14 @@ impl Platform {
         Ok(Arc::new(Self::with_core(core, platform_options)?))
     }
 
+    pub(crate) fn engines(&self) -> &Arc<Engines> {
+        &self.engines
+    }
+
+    pub(crate) fn core_ref(&self) -> &Arc<Core> {
+        &self.core
+    }
+
     /// The security core (tenants, keys, datasets, jobs, audit, metering).
     pub fn core(&self) -> &Arc<Core> {
         &self.core
@@ -223,7 +291,9 @@ impl Platform {
         self.limiter.admit(principal.tenant(), &policy)
     }
 
-    /// Stops the job workers (running jobs finish first) and waits for them.
+    /// Stops the job workers and waits for them: a running job's child is killed within 50 ms
+    /// and the job queued again (a fine-tune resumes from its last checkpoint, an ingestion
+    /// starts over; neither has committed anything half-done).
     pub fn shutdown(&self) {
         self.begin_shutdown();
         let handles = self.workers.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
@@ -245,18 +315,7 @@ impl Platform {
     }
 
     fn serving(&self, base: &ModelId) -> Result<Arc<Serving>, PlatformError> {
-        let mut map = self.serving.lock().map_err(|_| PlatformError::Engine("engine registry poisoned".into()))?;
-        if let Some(s) = map.get(base) {
-            return Ok(s.clone());
-        }
-        let model = self.core.base_model(base)?;
-        let engine = Arc::new(Engine::load(&model.path)?);
-        let s = Arc::new(
-            Serving::start(engine, &self.options)
-                .map_err(|e| PlatformError::Engine(format!("starting the scheduler: {e}")))?,
-        );
-        map.insert(base.clone(), s.clone());
-        Ok(s)
+        self.engines.serving(base)
     }
 
     /// The engine serving a base model for a caller: a registered one, or one of the caller's
@@ -267,7 +326,8 @@ impl Platform {
             return self.serving(base);
         }
         self.core.custom_model(principal, base)?;
-        let mut map = self.serving.lock().map_err(|_| PlatformError::Engine("engine registry poisoned".into()))?;
+        let mut map =
+            self.engines.serving.lock().map_err(|_| PlatformError::Engine("engine registry poisoned".into()))?;
         if let Some(s) = map.get(base) {
             return Ok(s.clone());
         }
@@ -287,7 +347,7 @@ impl Platform {
     /// Stops serving a deleted model: a customer GGUF's engine (running streams keep it until
     /// they end), or a fine-tuned model's adapter in its base's engine.
     pub(crate) fn forget_model(&self, id: &ModelId, base: Option<&ModelId>) {
-        let Ok(mut map) = self.serving.lock() else { return };
+        let Ok(mut map) = self.engines.serving.lock() else { return };
         map.remove(id);
         if let Some(s) = base.and_then(|b| map.get(b)) {
             s.engine.remove_adapter(id.as_str());
@@ -638,7 +698,7 @@ impl Platform {
         };
         let closure = self.core.close_tenant(&actor, &id, options)?;
         // Its own models leave memory now: no key of the tenant can reach them any more.
-        if let Ok(mut map) = self.serving.lock() {
+        if let Ok(mut map) = self.engines.serving.lock() {
             let prefix = format!("{}{}:", soramai_core::models::CUSTOM_MODEL_PREFIX, id.as_str());
             map.retain(|model, _| !model.as_str().starts_with(&prefix));
             // So do the states of its recent prompts.
@@ -705,19 +765,7 @@ impl Platform {
     /// Retrieval, on the first registered base model's tokenizer (chunk windows) and embeddings
     /// (hybrid search); created on first use.
     pub fn rag(&self) -> Result<Arc<Rag>, PlatformError> {
-        let mut slot = self.rag.lock().map_err(|_| PlatformError::Engine("rag poisoned".into()))?;
-        if let Some(r) = slot.as_ref() {
-            return Ok(r.clone());
-        }
-        let mut options = RagOptions::default();
-        if let Some(base) = self.core.base_models()?.into_iter().next() {
-            let engine = self.serving(&base.id)?.engine.clone();
-            options.tokens = Arc::new(crate::grounded::ModelTokens(engine.tokenizer.clone()));
-            options.embedder = Some(Arc::new(crate::grounded::ModelEmbedder::new(engine)));
-        }
-        let r = Arc::new(Rag::with_options(self.core.clone(), RAG_CACHE_BYTES, options));
-        *slot = Some(r.clone());
-        Ok(r)
+        self.engines.rag()
     }
 
     /// Starts a chat grounded in one of the caller's corpora (rag and inference scopes, a tier

@@ -6,7 +6,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use soramai_core::{Core, PoolId, RunnerCommand, Worker};
+use soramai_core::{PoolId, RunnerCommand, Worker};
+
+use super::Engines;
+
+/// A worker that indexes ingestions into the platform's corpora and gives its job back when the
+/// platform stops.
+pub(super) fn new_worker(
+    engines: &Arc<Engines>,
+    name: String,
+    pool: PoolId,
+    runner: &RunnerCommand,
+    stop: &Arc<AtomicBool>,
+) -> Worker {
+    Worker::new(engines.core.clone(), name, pool, runner.clone())
+        .with_completion(Arc::new(crate::ingest::Indexer(engines.clone())))
+        .with_stop(stop.clone())
+}
 
 pub(super) fn work(worker: &Worker, stop: &AtomicBool, poll: Duration) {
     while !stop.load(Ordering::SeqCst) {
@@ -19,7 +35,13 @@ pub(super) fn work(worker: &Worker, stop: &AtomicBool, poll: Duration) {
 
 /// Starts a worker for each dedicated pool with queued jobs (one per pool at a time) and lets it
 /// run until its pool's queue is empty; joins them all when the platform stops.
-pub(super) fn supervise_dedicated(core: &Arc<Core>, runner: &RunnerCommand, stop: &Arc<AtomicBool>, poll: Duration) {
+pub(super) fn supervise_dedicated(
+    engines: &Arc<Engines>,
+    runner: &RunnerCommand,
+    stop: &Arc<AtomicBool>,
+    poll: Duration,
+) {
+    let core = &engines.core;
     let mut running: HashMap<PoolId, JoinHandle<()>> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         running.retain(|_, h| !h.is_finished());
@@ -28,7 +50,7 @@ pub(super) fn supervise_dedicated(core: &Arc<Core>, runner: &RunnerCommand, stop
                 continue;
             }
             let name = format!("worker-{}-{}", std::process::id(), pool.as_str());
-            let worker = Worker::new(core.clone(), name, pool.clone(), runner.clone());
+            let worker = new_worker(engines, name, pool.clone(), runner, stop);
             let stop = stop.clone();
             let spawned = std::thread::Builder::new()
                 .name("soramai-dedicated-worker".into())
