@@ -286,6 +286,12 @@ export declare class Session {
   corpora(): Promise<string[]>
   deleteCorpus(id: string): Promise<void>
   addDocuments(corpus: string, documents: Document[]): Promise<Ingestion>
+  /** Queues the documents as an ingestion job and returns it at once. */
+  startIngestion(corpus: string, documents: Document[]): Promise<Job>
+  ingestion(corpus: string, id: string): Promise<Job>
+  ingestions(corpus: string): Promise<Job[]>
+  cancelIngestion(corpus: string, id: string): Promise<Job>
+  waitIngestion(corpus: string, id: string, options?: { timeout?: number }): Promise<Job>
   documents(corpus: string): Promise<string[]>
   deleteDocument(corpus: string, id: string): Promise<void>
   search(corpus: string, query: string, options?: SearchOptions): Promise<Hit[]>

@@ -244,6 +244,26 @@ class Session {
     return call(() => this.#native.addDocuments(corpus, documents))
   }
 
+  startIngestion(corpus, documents) {
+    return call(() => this.#native.startIngestion(corpus, documents))
+  }
+
+  ingestion(corpus, id) {
+    return call(() => this.#native.ingestion(corpus, id))
+  }
+
+  ingestions(corpus) {
+    return call(() => this.#native.ingestions(corpus))
+  }
+
+  cancelIngestion(corpus, id) {
+    return call(() => this.#native.cancelIngestion(corpus, id))
+  }
+
+  waitIngestion(corpus, id, { timeout = 600 } = {}) {
+    return call(() => this.#native.waitIngestion(corpus, id, timeout))
+  }
+
   documents(corpus) {
     return call(() => this.#native.documents(corpus))
   }

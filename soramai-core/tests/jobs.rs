@@ -206,3 +206,62 @@ fn hostile_runner_output_fails_the_job_and_stores_nothing() {
     assert_eq!(env.core.balance(p.tenant()).expect("balance"), 0, "nothing was charged");
     assert_eq!(std::fs::read_dir(env.data_dir().join("scratch")).expect("scratch").count(), 0);
 }
+
+#[test]
+fn ingest_jobs_need_the_rag_scope_are_bounded_per_tenant_and_leave_no_input_behind() {
+    let env = Env::new();
+    let (t, operator) = env.tenant("acme", Tier::Basic);
+    let key = |scopes: &[Scope]| {
+        let k = env.core.create_api_key(&operator, KeyOptions::new("k", scopes)).expect("key");
+        env.core.authenticate(k.secret()).expect("auth")
+    };
+    let (rag, train) = (key(&[Scope::Rag]), key(&[Scope::Train]));
+    let spec = || soramai_core::IngestSpec { corpus: "kb".into(), documents: 1, chunks: 1, embedder: None };
+    let inputs = || env.core.list_objects(&t, "jobs/").expect("list").len();
+    assert!(matches!(env.core.submit_ingest(&train, spec(), b"{}", 1), Err(Error::MissingScope(Scope::Rag))));
+    assert!(matches!(
+        env.core.submit_job(&rag, JobSpec::Ingest(spec())),
+        Err(Error::MissingScope(Scope::Train)) | Err(Error::InvalidArgument(_))
+    ));
+    let job = env.core.submit_ingest(&rag, spec(), b"{\"corpus\":\"kb\"}", 1).expect("submit");
+    assert_eq!(inputs(), 1, "the input waits, encrypted, with the job");
+    // The tier's bound counts queued ones: a second is refused and stores nothing.
+    assert!(matches!(env.core.submit_ingest(&rag, spec(), b"{}", 1), Err(Error::Busy { limit: 1, .. })));
+    assert_eq!(inputs(), 1);
+    // A train-only key of the same tenant neither lists nor reads it.
+    assert!(env.core.list_jobs(&train).expect("list").iter().all(|j| j.id != job.id));
+    assert!(matches!(env.core.job(&train, &job.id), Err(Error::MissingScope(Scope::Rag))));
+    assert_eq!(env.core.list_jobs(&rag).expect("list").len(), 1);
+    // Cancelled while queued: the input goes with it, and the place comes back.
+    assert_eq!(env.core.cancel_job(&rag, &job.id).expect("cancel").state, JobState::Cancelled);
+    assert_eq!(inputs(), 0);
+    // A worker whose runner does not know the kind fails the job; the input goes too.
+    let job = env.core.submit_ingest(&rag, spec(), b"{}", 1).expect("submit");
+    let done = Worker::new(env.core.clone(), "w", PoolId::shared(), runner()).run_once().expect("run").expect("job");
+    assert_eq!((done.id, done.state), (job.id, JobState::Failed));
+    assert_eq!(inputs(), 0);
+}
+
+#[test]
+fn a_stopping_worker_gives_its_running_job_back_to_the_queue() {
+    let env = Env::new();
+    let (_, p) = env.tenant("acme", Tier::Basic);
+    let ds = env.core.upload_dataset(&p, "d.jsonl", &dataset(3000, "s")).expect("upload");
+    let slow = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id, pace_ms: 200 }).expect("submit");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = Worker::new(env.core.clone(), "w", PoolId::shared(), runner()).with_stop(stop.clone());
+    let handle = std::thread::spawn(move || worker.run_once());
+    while env.core.job(&p, &slow.id).expect("job").state != JobState::Running {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopping = std::time::Instant::now();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(handle.join().expect("thread"), Err(Error::LeaseLost)));
+    assert!(stopping.elapsed() < Duration::from_secs(2), "stopping took {:?}", stopping.elapsed());
+    let job = env.core.job(&p, &slow.id).expect("job");
+    assert_eq!((job.state, job.attempts), (JobState::Queued, 0), "queued again, the attempt not counted");
+    assert_eq!(std::fs::read_dir(env.data_dir().join("scratch")).expect("scratch").count(), 0);
+    // Another worker runs it to the end.
+    let done = Worker::new(env.core.clone(), "w2", PoolId::shared(), runner()).run_once().expect("run").expect("job");
+    assert_eq!((done.id, done.state), (slow.id, JobState::Succeeded));
+}

@@ -62,7 +62,7 @@ fn corpus(chunks: usize) -> Vec<DocumentInput> {
 
 fn tenant(p: &Platform) -> Principal {
     let t = soramai::TenantId::new("bench").expect("id");
-    p.core().create_tenant(&t, Tier::Enterprise).expect("tenant");
+    p.core().create_tenant(&t, Tier::Org).expect("tenant");
     let key = p.core().create_api_key(&Principal::operator(&t), KeyOptions::new("k", &[Scope::Rag])).expect("key");
     p.authenticate(key.secret()).expect("auth")
 }

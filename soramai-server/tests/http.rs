@@ -623,6 +623,15 @@ fn operator_access_needs_a_reasoned_time_boxed_grant_the_tenant_sees() {
         StatusCode::FORBIDDEN,
         "permission_denied",
     );
+    // The refused call is in the tenant's audit log too, naming the grant and the operation.
+    let (_, audit) = server.call("GET", "/v1/audit", Some(&acme), None);
+    let refused = audit["data"].as_array().expect("records").iter().any(|r| {
+        r["action"] == "access_grant.request"
+            && r["target"] == grant_id.as_str()
+            && serde_json::from_str::<Value>(r["detail"].as_str().unwrap_or("{}"))
+                .is_ok_and(|d| d["operation"] == "POST /v1/api_keys")
+    });
+    assert!(refused, "the refused call under the grant is not audited: {audit}");
     // The tenant sees the grant, with its reason and the operator's key, and ends it at once.
     let (_, listed) = server.call("GET", "/v1/access_grants", Some(&acme), None);
     assert_eq!(listed["data"][0]["id"], grant_id.as_str());

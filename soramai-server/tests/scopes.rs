@@ -95,3 +95,54 @@ fn every_route_refuses_a_key_without_its_documented_scope_and_admits_one_with_it
     }
     server.stop();
 }
+
+#[test]
+fn a_refused_call_counts_against_the_rate_limit_and_is_logged_as_json_with_its_tenant() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let args = ["--model".as_ref(), model.as_os_str()];
+    let server = Server::launch_env(dir.path(), &args, &[("SORAMAI_LOG_FORMAT", "json")]);
+    let owner = server.tenant("acme", "basic", 0);
+    let inference = server.key(&owner, "acme", &["inference"], None);
+    let res = server
+        .http
+        .get(format!("{}/v1/members", server.url))
+        .bearer_auth(&inference)
+        .header("x-request-id", "probe-scope-1")
+        .send()
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // Basic allows 60 calls a minute, refused ones included: hammering a route the key may not
+    // call runs into the limit like any other calls.
+    let limited = (0..90).any(|_| {
+        let (s, v) = server.call("GET", "/v1/members", Some(&inference), None);
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert_error((s, v), StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded");
+            return true;
+        }
+        assert_error((s, v), StatusCode::FORBIDDEN, "permission_denied");
+        false
+    });
+    assert!(limited, "90 refused calls in a few seconds never met the Basic tier's 60 a minute");
+    let admin = server.admin.clone();
+    let logs = server.stop();
+
+    // Every log line is one JSON object; the refused call's names its tenant, route, status
+    // and error code, and no key appears anywhere.
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter(|l| l.contains("soramai::"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let line = lines.iter().find(|l| l["request_id"] == "probe-scope-1").expect("the refused call's line");
+    assert_eq!(line["target"], "soramai::http", "{line}");
+    assert_eq!(line["route"], "/v1/members", "{line}");
+    assert_eq!(line["status"], 403, "{line}");
+    assert_eq!(line["tenant"], "acme", "{line}");
+    assert_eq!(line["error"], "permission_denied", "{line}");
+    assert!(line["latency_ms"].as_f64().is_some(), "{line}");
+    assert!(lines.iter().any(|l| l["status"] == 429 && l["tenant"] == "acme"), "the limited calls are logged");
+    for secret in [inference.as_str(), owner.as_str(), admin.as_str()] {
+        assert!(!logs.contains(secret), "a key is in the server's log");
+    }
+}

@@ -347,6 +347,44 @@ impl NativeSession {
     }
 
     #[napi]
+    pub async fn start_ingestion(&self, corpus: String, documents: Value) -> napi::Result<Value> {
+        let documents = parse(documents, "documents")?;
+        let s = self.session();
+        json(move || s.start_ingestion(&corpus, documents)).await
+    }
+
+    #[napi]
+    pub async fn ingestion(&self, corpus: String, id: String) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.ingestion(&corpus, &id)).await
+    }
+
+    #[napi]
+    pub async fn ingestions(&self, corpus: String) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.ingestions(&corpus)).await
+    }
+
+    #[napi]
+    pub async fn cancel_ingestion(&self, corpus: String, id: String) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.cancel_ingestion(&corpus, &id)).await
+    }
+
+    #[napi]
+    pub async fn wait_ingestion(
+        &self,
+        corpus: String,
+        id: String,
+        timeout_seconds: Option<f64>,
+    ) -> napi::Result<Value> {
+        let timeout = Duration::try_from_secs_f64(timeout_seconds.unwrap_or(600.0))
+            .map_err(|_| invalid("timeout is a number of seconds"))?;
+        let s = self.session();
+        json(move || s.wait_ingestion(&corpus, &id, timeout)).await
+    }
+
+    #[napi]
     pub async fn documents(&self, corpus: String) -> napi::Result<Value> {
         let s = self.session();
         json(move || s.documents(&corpus)).await

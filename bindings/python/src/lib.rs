@@ -374,6 +374,29 @@ impl PySession {
         to_py(py, &call(py, || self.inner.add_documents(corpus, docs))?)
     }
 
+    fn start_ingestion(&self, py: Python<'_>, corpus: &str, documents: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let docs = from_py(py, documents, "documents")?;
+        to_py(py, &call(py, || self.inner.start_ingestion(corpus, docs))?)
+    }
+
+    fn ingestion(&self, py: Python<'_>, corpus: &str, id: &str) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.ingestion(corpus, id))?)
+    }
+
+    fn ingestions(&self, py: Python<'_>, corpus: &str) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.ingestions(corpus))?)
+    }
+
+    fn cancel_ingestion(&self, py: Python<'_>, corpus: &str, id: &str) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.cancel_ingestion(corpus, id))?)
+    }
+
+    #[pyo3(signature = (corpus, id, *, timeout=600.0))]
+    fn wait_ingestion(&self, py: Python<'_>, corpus: &str, id: &str, timeout: f64) -> PyResult<Py<PyAny>> {
+        let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| invalid("timeout is a number of seconds"))?;
+        to_py(py, &call(py, || self.inner.wait_ingestion(corpus, id, timeout))?)
+    }
+
     fn documents(&self, py: Python<'_>, corpus: &str) -> PyResult<Vec<String>> {
         call(py, || self.inner.documents(corpus))
     }

@@ -150,6 +150,17 @@ def test_rag_and_grounded_chat(world):
     )
     assert report["documents"] == 2 and report["chunks"] >= 2
     assert sorted(acme.documents("handbook")) == ["billing", "keys"]
+    # The same as a job: queued at once, embedded and indexed by a worker's child process.
+    job = acme.start_ingestion("handbook", [{"id": "leave", "text": "Everyone gets thirty days of paid leave."}])
+    assert job["state"] in ("queued", "running") and job["spec"]["kind"] == "ingest"
+    done = acme.wait_ingestion("handbook", job["id"], timeout=300)
+    assert done["state"] == "succeeded" and done["result"]["chunks"] >= 1, done
+    assert [j["id"] for j in acme.ingestions("handbook")] == [job["id"]]
+    with pytest.raises(soramai.NotFoundError):
+        globex.ingestion("handbook", job["id"])
+    with pytest.raises(soramai.ConflictError):
+        acme.cancel_ingestion("handbook", job["id"])
+    assert sorted(acme.documents("handbook")) == ["billing", "keys", "leave"]
     hits = acme.search("handbook", "rotate key", top_k=2)
     assert hits and hits[0]["doc_id"] == "keys"
     answer = acme.grounded_chat(soramai.DEFAULT_MODEL_ID, "handbook", "How do I rotate a key?", max_tokens=16, seed=1)

@@ -413,12 +413,12 @@ impl Core {
         let spec = JobSpec::Ingest(spec);
         let spec_json = spec.to_stored()?;
         self.put_object_with(&tenant.id, &input_path(&id)?, input, |tx| {
-            let open: u32 = tx.query_row(
+            let open: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM jobs WHERE tenant_id = ?1 AND kind = 'ingest' AND state IN ('queued', 'running')",
                 [tenant.id.as_str()],
                 |r| r.get(0),
             )?;
-            if open >= max_concurrent {
+            if open >= i64::from(max_concurrent) {
                 return Err(Error::Busy { what: "ingestions", limit: max_concurrent });
             }
             self.insert_job_tx(tx, principal, &tenant.id, &id, &spec, &spec_json, &pool)
@@ -510,7 +510,12 @@ impl Core {
             }
             Ok(())
         })?;
-        self.job_by_id(id)
+        let job = self.job_by_id(id)?;
+        // A job that never ran keeps nothing (an ingestion's input goes with it).
+        if job.state.is_terminal() {
+            self.drop_job_objects(&job)?;
+        }
+        Ok(job)
     }
 
     fn add_event(&self, tx: &Db<'_>, job: &JobId, kind: &str, data: &serde_json::Value) -> Result<()> {
@@ -526,7 +531,7 @@ impl Core {
     /// attempts, or cancels them if cancellation was asked for. Returns how many were handled.
     pub fn reap_expired_leases(&self) -> Result<usize> {
         let now = self.now();
-        self.write(|tx| {
+        let expired: Vec<(String, String, u32, u32, bool)> = self.write(|tx| {
             let expired: Vec<(String, String, u32, u32, bool)> = {
                 tx.query_map("SELECT id, tenant_id, attempts, max_attempts, cancel_requested FROM jobs WHERE state = 'running' AND lease_expires_at < ?1", [now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
             };
@@ -551,8 +556,14 @@ impl Core {
                     self.audit_tx(tx, &tenant, &Actor::System, action, id, serde_json::json!({"state": state, "reason": "lease expired"}))?;
                 }
             }
-            Ok(expired.len())
-        })
+            Ok(expired)
+        })?;
+        // Ended for good: what the jobs kept in the store goes.
+        for (id, ..) in expired.iter().filter(|(_, _, attempts, max, cancel)| *cancel || attempts >= max) {
+            let job = self.job_by_id(&JobId::new(id.clone())?)?;
+            self.drop_job_objects(&job)?;
+        }
+        Ok(expired.len())
     }
 
     /// The pools with queued jobs of active tenants (what a node's workers may look for).

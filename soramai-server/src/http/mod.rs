@@ -293,12 +293,25 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
         req.method(),
         req.extensions().get::<axum::extract::MatchedPath>().map_or("/v1/?", |m| m.as_str())
     );
+    // Every answer from here on, refusals included, names its tenant in the request log.
+    let tenant = LoggedTenant(principal.tenant().as_str().to_owned());
+    let tagged = |mut res: Response| {
+        res.extensions_mut().insert(tenant.clone());
+        res
+    };
     // A body refused unread leaves the rest of it on the connection: the answer closes it.
-    let closing = |e: ApiError| ([(header::CONNECTION, "close")], e).into_response();
-    // The route's scope first: a key without it learns nothing of the body's form.
+    let closing = |e: ApiError| tagged(([(header::CONNECTION, "close")], e).into_response());
+    // The route's scope first: a key without it learns nothing of the body's form. The refusal
+    // still counts against the tenant's requests per minute.
     match needs(&operation) {
         Some(n) => {
             if let Err(e) = n.check(&principal) {
+                let (platform, p) = (s.platform.clone(), principal.clone());
+                match tokio::task::spawn_blocking(move || platform.charge_refused(&p)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(limited)) => return closing(ApiError::from(limited)),
+                    Err(_) => return closing(server_error()),
+                }
                 // A refused call under a break-glass grant is in both audit logs too.
                 if principal.grant().is_some() {
                     let (platform, p, op) = (s.platform.clone(), principal.clone(), operation.clone());
@@ -336,18 +349,19 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
         Request::from_parts(parts, axum::body::Body::from(bytes))
     };
     let platform = s.platform.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        let permit = platform.admit(&principal)?;
-        platform.record_request(&principal, &operation)?;
-        Ok::<_, PlatformError>((principal, permit))
-    })
-    .await;
+    let checked = {
+        let p = principal.clone();
+        tokio::task::spawn_blocking(move || {
+            let permit = platform.admit(&p)?;
+            platform.record_request(&p, &operation)?;
+            Ok::<_, PlatformError>(permit)
+        })
+        .await
+    };
     match checked {
-        Ok(Ok((principal, permit))) => {
-            let tenant = LoggedTenant(principal.tenant().as_str().to_owned());
+        Ok(Ok(permit)) => {
             req.extensions_mut().insert(principal);
-            let mut res = next.run(req).await;
-            res.extensions_mut().insert(tenant);
+            let res = tagged(next.run(req).await);
             // The permit lives as long as the response body, so a stream holds its place until it
             // ends or its client goes away (response extensions are dropped once the head is sent).
             res.map(|body| {
@@ -358,8 +372,8 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
                 axum::body::Body::from_stream(data)
             })
         }
-        Ok(Err(e)) => ApiError::from(e).into_response(),
-        Err(_) => server_error().into_response(),
+        Ok(Err(e)) => tagged(ApiError::from(e).into_response()),
+        Err(_) => tagged(server_error().into_response()),
     }
 }
 

@@ -46,8 +46,14 @@ impl Server {
 
     /// A server with these arguments after `serve --addr 127.0.0.1:0 --data-dir <dir>/data`.
     pub fn launch(dir: &Path, args: &[&std::ffi::OsStr]) -> Self {
+        Self::launch_env(dir, args, &[])
+    }
+
+    /// [`Server::launch`] with extra environment variables (`SORAMAI_LOG_FORMAT=json`).
+    pub fn launch_env(dir: &Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Self {
         let stderr = dir.join("server.stderr");
         let mut child = Command::new(env!("CARGO_BIN_EXE_soramai"))
+            .envs(env.iter().copied())
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(dir.join("data"))
             .args(args)

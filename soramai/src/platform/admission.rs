@@ -27,19 +27,8 @@ impl Limiter {
     /// Takes a place for one request of `tenant` under its tier's `policy`: refused when the
     /// tenant is over its requests per minute or its requests in flight.
     pub(super) fn admit(self: &Arc<Self>, tenant: &TenantId, policy: &Policy) -> Result<Permit, PlatformError> {
-        let rate = f64::from(policy.requests_per_minute.max(1));
-        let now = Instant::now();
         let mut loads = self.loads.lock().map_err(|_| PlatformError::Engine("limiter poisoned".into()))?;
-        let load = loads.entry(tenant.clone()).or_insert(Load { tokens: rate, refilled: now, in_flight: 0 });
-        load.tokens = (load.tokens + now.duration_since(load.refilled).as_secs_f64() * rate / 60.0).min(rate);
-        load.refilled = now;
-        if load.tokens < 1.0 {
-            return Err(PlatformError::RateLimited(format!(
-                "more than {} requests per minute on the {} tier",
-                policy.requests_per_minute,
-                policy.tier.as_str()
-            )));
-        }
+        let load = Self::refilled(&mut loads, tenant, policy)?;
         if load.in_flight >= policy.max_concurrent_requests {
             return Err(PlatformError::RateLimited(format!(
                 "more than {} concurrent requests on the {} tier",
@@ -50,6 +39,36 @@ impl Limiter {
         load.tokens -= 1.0;
         load.in_flight += 1;
         Ok(Permit { limiter: self.clone(), tenant: tenant.clone() })
+    }
+
+    /// Counts a request that is refused without running (a missing scope) against the
+    /// tenant's requests per minute, taking no place in flight: refused itself when over.
+    pub(super) fn charge(&self, tenant: &TenantId, policy: &Policy) -> Result<(), PlatformError> {
+        let mut loads = self.loads.lock().map_err(|_| PlatformError::Engine("limiter poisoned".into()))?;
+        Self::refilled(&mut loads, tenant, policy)?.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// The tenant's load with its bucket refilled for the time passed; refused when the bucket
+    /// holds less than one request.
+    fn refilled<'a>(
+        loads: &'a mut HashMap<TenantId, Load>,
+        tenant: &TenantId,
+        policy: &Policy,
+    ) -> Result<&'a mut Load, PlatformError> {
+        let rate = f64::from(policy.requests_per_minute.max(1));
+        let now = Instant::now();
+        let load = loads.entry(tenant.clone()).or_insert(Load { tokens: rate, refilled: now, in_flight: 0 });
+        load.tokens = (load.tokens + now.duration_since(load.refilled).as_secs_f64() * rate / 60.0).min(rate);
+        load.refilled = now;
+        if load.tokens < 1.0 {
+            return Err(PlatformError::RateLimited(format!(
+                "more than {} requests per minute on the {} tier",
+                policy.requests_per_minute,
+                policy.tier.as_str()
+            )));
+        }
+        Ok(load)
     }
 }
 

@@ -291,6 +291,13 @@ impl Platform {
         self.limiter.admit(principal.tenant(), &policy)
     }
 
+    /// Counts a call refused before it ran (a key without the route's scope) against the
+    /// tenant's requests per minute; `rate_limit_exceeded` when the tenant is over.
+    pub fn charge_refused(&self, principal: &Principal) -> Result<(), PlatformError> {
+        let policy = self.core.tenant(principal.tenant())?.tier.policy();
+        self.limiter.charge(principal.tenant(), &policy)
+    }
+
     /// Stops the job workers and waits for them: a running job's child is killed within 50 ms
     /// and the job queued again (a fine-tune resumes from its last checkpoint, an ingestion
     /// starts over; neither has committed anything half-done).
