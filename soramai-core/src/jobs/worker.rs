@@ -366,8 +366,11 @@ impl Worker {
                         return Ok(Outcome::Failed("this worker cannot index ingestions".into()));
                     };
                     // The lease is checked before indexing (a re-run replaces the same
-                    // documents, so indexing twice after a lost lease does no harm).
-                    self.core.heartbeat(&job.id, &self.id, self.lease)?;
+                    // documents, so indexing twice after a lost lease does no harm), and a
+                    // cancel asked for while the child ran still stops it here.
+                    if self.core.heartbeat(&job.id, &self.id, self.lease)? {
+                        return Ok(Outcome::Cancelled);
+                    }
                     match completion.complete(job, &input, r, &artifacts) {
                         Ok(r) => Ok(Outcome::Succeeded(r)),
                         Err(e) => Ok(Outcome::Failed(e)),
