@@ -447,33 +447,28 @@ impl Rag {
         if bytes > limits.max_bytes {
             return Err(Error::TooLarge { what: "the documents of one request", limit: limits.max_bytes as u64 });
         }
-        let mut total = 0;
-        let mut documents = Vec::with_capacity(docs.len());
-        for d in docs {
-            let chunks: Vec<CutChunk> =
-                text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref())
-                    .into_iter()
-                    .map(|c| CutChunk { ordinal: c.ordinal, heading: c.heading, text: c.text })
-                    .collect();
-            total += chunks.len();
-            if total > limits.max_chunks {
-                // Counted to the end, cheaply, so the refusal says how many there are.
-                let rest: usize = docs
-                    .iter()
-                    .skip(documents.len() + 1)
-                    .map(|d| {
-                        text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref()).len()
-                    })
-                    .sum();
-                return Err(Error::TooManyChunks { chunks: total + rest, limit: limits.max_chunks });
-            }
-            documents.push(CutDocument {
+        // Cutting is cheap and embedding is not: the chunk bound holds before any embedding.
+        let cuts: Vec<_> = docs
+            .iter()
+            .map(|d| text::chunk_with(&d.body, d.format, self.options.chunking, self.options.tokens.as_ref()))
+            .collect();
+        let total: usize = cuts.iter().map(Vec::len).sum();
+        if total > limits.max_chunks {
+            return Err(Error::TooManyChunks { chunks: total, limit: limits.max_chunks });
+        }
+        let documents = docs
+            .iter()
+            .zip(cuts)
+            .map(|(d, cut)| CutDocument {
                 id: d.id.clone(),
                 title: d.title.clone(),
                 metadata: d.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                chunks,
-            });
-        }
+                chunks: cut
+                    .into_iter()
+                    .map(|c| CutChunk { ordinal: c.ordinal, heading: c.heading, text: c.text })
+                    .collect(),
+            })
+            .collect();
         if !self.exists(principal.tenant(), corpus)? {
             return Err(Error::CorpusNotFound);
         }

@@ -289,6 +289,14 @@ fn a_canary_prompt_reaches_no_log_metric_row_or_file() {
     let (_, keys) = server.call("GET", "/v1/api_keys", Some(&key), None);
     assert!(keys.to_string().contains(&format!("{CANARY} key")), "{keys}");
 
+    // A document titled and written with the canary goes through an ingestion job (its
+    // encrypted input, the child's pipe, the encrypted index) and is found, nowhere else.
+    assert_eq!(server.call("POST", "/v1/corpora", Some(&key), Some(json!({"id": "kb"}))).0, StatusCode::CREATED);
+    let doc = json!({"documents": [{"id": "d1", "title": CANARY, "text": format!("The note says {CANARY}.")}]});
+    assert_eq!(ingest(&server, &key, "kb", doc)["status"], "succeeded");
+    let (_, hits) = server.call("POST", "/v1/corpora/kb/search", Some(&key), Some(json!({"query": CANARY})));
+    assert_eq!(hits["data"][0]["doc_id"], "d1", "{hits}");
+
     let (_, audit) = server.call("GET", "/v1/audit", Some(&key), None);
     let logs = server.stop();
     for (what, text) in

@@ -107,6 +107,10 @@ impl Completion for Indexer {
             }
             _ => None,
         };
+        // An ingestion queued with an embedder is indexed with its vectors or not at all.
+        if spec.embedder.is_some() && chunks > 0 && vectors.is_none() {
+            return Err("the runner sent no vectors for an ingestion with an embedder".into());
+        }
         let rag = self.0.rag().map_err(|e| e.to_string())?;
         let report = rag.commit(&job.tenant, &batch, vectors.as_ref()).map_err(|e| e.to_string())?;
         Ok(serde_json::json!({
@@ -152,8 +156,8 @@ impl crate::Platform {
             chunks: batch.chunks() as u64,
             embedder,
         };
-        let job = self.core_ref().submit_ingest(principal, spec, &input, rag.max_concurrent(principal)?)?;
-        self.core_ref().record_access(principal, &format!("rag:{}", corpus.as_str()), "ingest", None)?;
+        let job = self.core().submit_ingest(principal, spec, &input, rag.max_concurrent(principal)?)?;
+        self.core().record_access(principal, &format!("rag:{}", corpus.as_str()), "ingest", None)?;
         Ok(job)
     }
 
@@ -167,7 +171,7 @@ impl crate::Platform {
         let not_found = || crate::PlatformError::from(soramai_core::Error::NotFound { kind: "ingestion" });
         let id = soramai_core::JobId::new(id).map_err(|_| not_found())?;
         principal.require(soramai_core::Scope::Rag)?;
-        let job = match self.core_ref().job(principal, &id) {
+        let job = match self.core().job(principal, &id) {
             Err(soramai_core::Error::NotFound { .. }) | Err(soramai_core::Error::MissingScope(_)) => {
                 return Err(not_found());
             }
@@ -187,7 +191,7 @@ impl crate::Platform {
     ) -> Result<Vec<Job>, crate::PlatformError> {
         principal.require(soramai_core::Scope::Rag)?;
         Ok(self
-            .core_ref()
+            .core()
             .list_jobs(principal)?
             .into_iter()
             .filter(|j| matches!(&j.spec, JobSpec::Ingest(s) if s.corpus == corpus))
@@ -203,6 +207,6 @@ impl crate::Platform {
         id: &str,
     ) -> Result<Job, crate::PlatformError> {
         let job = self.ingestion(principal, corpus, id)?;
-        Ok(self.core_ref().cancel_job(principal, &job.id)?)
+        Ok(self.core().cancel_job(principal, &job.id)?)
     }
 }

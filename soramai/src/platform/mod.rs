@@ -270,10 +270,6 @@ impl Platform {
         &self.engines
     }
 
-    pub(crate) fn core_ref(&self) -> &Arc<Core> {
-        &self.core
-    }
-
     /// The security core (tenants, keys, datasets, jobs, audit, metering).
     pub fn core(&self) -> &Arc<Core> {
         &self.core
