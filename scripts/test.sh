@@ -72,6 +72,10 @@ cargo fmt --all -- --check
 stage "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --features "$features" --locked -- -D warnings
 
+stage "no module cycles (each crate's files depend on each other one way)"
+python3 scripts/module-cycles.py soramai-core/src soramai-kernels/src soramai-rag/src soramai/src \
+  soramai-server/src bindings/python/src bindings/node/src
+
 stage "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --features "$features" --locked --no-fail-fast

@@ -19,6 +19,12 @@ export interface GenerationOptions {
   stop?: string[]
   /** Report each token's log-probability and this many alternatives (0..=20). */
   logprobs?: number
+  /** Subtracted once from the logit of every token already generated (-2 to 2). */
+  presence_penalty?: number
+  /** Subtracted from a token's logit once per time it was generated (-2 to 2). */
+  frequency_penalty?: number
+  /** Token ids (as strings) mapped to biases added to their logits (-100 to 100). */
+  logit_bias?: Record<string, number>
 }
 
 export interface Usage {

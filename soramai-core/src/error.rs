@@ -72,7 +72,7 @@ pub enum Error {
     /// A check over stored data (a backup, a restore, a verification) found these objects or
     /// audit chains failing their integrity check; each was also logged and audited.
     #[error("integrity check failed: {0}")]
-    IntegrityFailures(Box<crate::integrity::IntegrityReport>),
+    IntegrityFailures(Box<crate::integrity::report::IntegrityReport>),
     /// A dataset line is invalid.
     #[error("invalid dataset, line {line}: {reason}")]
     InvalidDataset {

@@ -441,6 +441,7 @@ impl Batch<'_> {
             return Err(Error::Request(format!("request id {id} is already in the batch")));
         }
         let adapter = self.engine.adapter(req.adapter.as_deref())?;
+        req.sampling.validate_for(self.engine.model.config.vocab)?;
         let sampler = Sampler::new(req.sampling.clone())?;
         let cache = req
             .prefix_scope

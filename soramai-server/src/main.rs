@@ -10,21 +10,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-mod conn;
-mod dashboard;
-mod http;
-mod operator;
-mod passkeys;
+mod backups;
 mod quickstart;
-mod sso;
+mod serving;
 mod tools;
-mod web;
+
+use soramai_server::conn;
 
 use clap::{Parser, Subcommand};
-use soramai::{Core, RunnerCommand};
 
 #[derive(Parser, Debug)]
 #[command(name = "soramai", version, about = "Soramai: a private fine-tune-and-serve platform")]
@@ -243,7 +238,7 @@ struct ServeArgs {
     open_sign_up: bool,
     /// Password attempts (sign-in, sign-up, invitations) one client address gets in a burst and
     /// back each minute; raise it behind a proxy that sends many people from one address.
-    #[arg(long, default_value_t = web::ATTEMPTS_PER_ADDRESS, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, default_value_t = soramai_server::state::ATTEMPTS_PER_ADDRESS, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     password_attempts_per_minute: u32,
     /// The site's address as people's browsers see it (`https://soramai.example`, or
     /// `http://localhost:8080`): turns on passkey sign-in, bound to that origin.
@@ -383,11 +378,11 @@ fn main() -> ExitCode {
         Command::Train(args) => report(tools::train(&args)),
         Command::Merge { files, r#type } => report(tools::merge(&files.model, &files.adapter, &files.out, &r#type)),
         Command::ExportLora(files) => report(tools::export_lora(&files.model, &files.adapter, &files.out)),
-        Command::Serve(args) => report(serve(&args)),
+        Command::Serve(args) => report(serving::serve(&args)),
         Command::JobRunner { args } => ExitCode::from(u8::try_from(soramai::job_runner_main(&args)).unwrap_or(2)),
-        Command::Backup(args) => report(backup(&args)),
+        Command::Backup(args) => report(backups::backup(&args)),
         Command::Restore { from, data_dir, snapshot, root_key_file } => {
-            report(restore(&from, &data_dir, snapshot.as_deref(), root_key_file.as_deref()))
+            report(backups::restore(&from, &data_dir, snapshot.as_deref(), root_key_file.as_deref()))
         }
         Command::Quickstart { data_dir, model } => match quickstart::quickstart(&data_dir, model.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
@@ -397,126 +392,6 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-fn serve(a: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    use std::io::Write;
-    std::fs::create_dir_all(&a.data_dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(http::tls_config(cert, key)?),
-        _ => None,
-    };
-    let runner = RunnerCommand { args: vec!["job-runner".into()], ..RunnerCommand::new(std::env::current_exe()?) };
-    let options = soramai::OpenOptions {
-        model: a.model.clone(),
-        model_id: Some(a.model_id.clone()),
-        workers: Some(a.workers),
-        max_batch: Some(a.max_batch),
-        database: a.database_url.clone().or_else(|| std::env::var("SORAMAI_DATABASE_URL").ok()),
-        blob_store: a.blob_store.clone(),
-        max_model_bytes: Some(a.max_model_bytes),
-        prefill_chunk: Some(a.prefill_chunk as usize),
-        prefix_cache_bytes: Some(a.prefix_cache_mib << 20),
-    };
-    let platform = soramai::Platform::open_with(&a.data_dir, &options, Some(runner))?;
-    let mut out = std::io::stdout();
-    if let Some(key) = platform.bootstrap_operator()? {
-        writeln!(out, "bootstrap admin key (shown once, store it now): {}", key.secret())?;
-    }
-    let passkeys = a.public_url.as_deref().map(soramai::core::passkeys::PasskeyConfig::new).transpose()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let served = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&a.addr).await?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        writeln!(out, "listening on {scheme}://{}", listener.local_addr()?)?;
-        out.flush()?;
-        let state = http::AppState::new(platform.clone())
-            .with_sign_up(a.open_sign_up)
-            .with_password_attempts(a.password_attempts_per_minute);
-        let state = match passkeys {
-            Some(config) => state.with_passkeys(config),
-            None => state,
-        };
-        // Single sign-on needs the address providers send people back to.
-        let state = match &a.public_url {
-            Some(url) => state.with_sso(sso::SsoOptions {
-                redirect: format!("{}/sso/callback", url.trim_end_matches('/')),
-                allow_http_loopback: a.sso_allow_http_loopback,
-            }),
-            None => state,
-        };
-        http::serve(listener, tls, state, a.limits()).await
-    });
-    // Blocking work still running (an ingestion stops at its next batch once shutdown began)
-    // gets a bounded wait, never an unbounded one.
-    rt.shutdown_timeout(SHUTDOWN_TAIL);
-    served?;
-    platform.shutdown();
-    Ok(())
-}
-
-/// How long blocking work may run on after the server stopped serving.
-const SHUTDOWN_TAIL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The root key from a file, or from SORAMAI_ROOT_KEY.
-fn root_key(file: Option<&std::path::Path>) -> Result<soramai::LocalRootKey, Box<dyn std::error::Error>> {
-    match file {
-        Some(f) => Ok(soramai::LocalRootKey::from_file(f)?),
-        None if std::env::var_os("SORAMAI_ROOT_KEY").is_some() => {
-            Ok(soramai::LocalRootKey::from_env("SORAMAI_ROOT_KEY")?)
-        }
-        None => Err("the root key: --root-key-file PATH, or SORAMAI_ROOT_KEY (a backup never holds it)".into()),
-    }
-}
-
-fn backup(a: &BackupArgs) -> Result<(), Box<dyn std::error::Error>> {
-    use soramai::core::backup;
-    match &a.action {
-        Some(BackupAction::Verify { from, snapshot, root_key_file }) => {
-            let root = root_key(root_key_file.as_deref())?;
-            let info = backup::verify_backup(&backup::open_target(from)?, Arc::new(root), snapshot.as_deref())?;
-            println!("{}", serde_json::to_string(&info)?);
-        }
-        Some(BackupAction::List { from, root_key_file }) => {
-            let root = root_key(root_key_file.as_deref())?;
-            for info in backup::list_snapshots(backup::open_target(from)?.as_ref(), &root)? {
-                println!("{}", serde_json::to_string(&info)?);
-            }
-        }
-        None => {
-            let to = a.to.as_deref().ok_or("backup --to URL (file:///path or s3://bucket)")?;
-            let core = Core::open_embedded(&a.data_dir)?;
-            println!("{}", serde_json::to_string(&core.backup(to)?)?);
-        }
-    }
-    Ok(())
-}
-
-fn restore(
-    from: &str,
-    data_dir: &std::path::Path,
-    snapshot: Option<&str>,
-    root_file: Option<&std::path::Path>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let root = Arc::new(root_key(root_file)?);
-    let target = soramai::core::backup::open_target(from)?;
-    let config = soramai::Config::new(data_dir, root);
-    let (core, report) = soramai::core::backup::restore_backup(target.as_ref(), snapshot, config)?;
-    if let Some(file) = root_file {
-        // The embedded default finds its root key in the data directory.
-        let dest = data_dir.join("root.key");
-        std::fs::copy(file, &dest)?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
-    }
-    drop(core);
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
 }
 
 /// Operator logs on stderr: `SORAMAI_LOG` sets the level (`error`, `warn`, `info` — the default —,

@@ -12,9 +12,8 @@ use axum::routing::{get, post};
 use serde_json::json;
 use soramai::{OPERATOR_TENANT, Platform, PlatformError, Session, Tier};
 
-use crate::dashboard::{Acting, acting, message, run, status_of};
-use crate::http::AppState;
-use crate::web::{csrf_refusal, page, redirect};
+use crate::site::{Acting, acting, csrf_refusal, message, page, redirect, run, status_of};
+use crate::state::AppState;
 
 /// The console's routes.
 pub fn routes() -> Router<AppState> {
@@ -38,20 +37,19 @@ fn tier(f: &[(String, String)]) -> Result<Tier, PlatformError> {
 /// A platform admin signed in; anyone else gets the 404 of a page that is not there.
 async fn admin(s: &AppState, headers: &HeaderMap) -> Result<Acting, Response> {
     let a = acting(s, headers, OPERATOR_TENANT).await?;
-    if Platform::is_platform_admin(a.principal()) { Ok(a) } else { Err(crate::dashboard::not_found()) }
+    if Platform::is_platform_admin(a.principal()) { Ok(a) } else { Err(crate::site::not_found()) }
 }
 
 /// Renders the console, with an error and a status.
 async fn render(s: &AppState, a: &Acting, error: Option<String>, status: StatusCode) -> Response {
-    let core = s.platform().core().clone();
     let listed = run(s, a, move |session| {
         let tenants = session.tenants()?;
         let mut rows = Vec::with_capacity(tenants.len());
         for t in tenants {
-            let balance = core.balance(&t.id).unwrap_or(0);
+            let balance = session.balance_of(t.id.as_str()).unwrap_or(0);
             rows.push(json!({"id": t.id.as_str(), "tier": t.tier.as_str(), "status": t.status,
                 "store": t.store, "custody": t.key_custody, "balance": balance,
-                "created": crate::dashboard::utc(t.created_at)}));
+                "created": crate::site::utc(t.created_at)}));
         }
         Ok(rows)
     })
@@ -59,7 +57,7 @@ async fn render(s: &AppState, a: &Acting, error: Option<String>, status: StatusC
     match listed {
         Ok(tenants) => {
             let ctx = json!({"tenants": tenants, "tiers": Tier::ALL.map(Tier::as_str), "email": a.email(),
-                "csrf": soramai::core::accounts::csrf_token(a.token()), "error": error});
+                "csrf": soramai::accounts::csrf_token(a.token()), "error": error});
             page(status, "operator.html", ctx, &[])
         }
         Err(e) => message(status_of(&e), &e.to_string()),

@@ -1,4 +1,4 @@
-//! Passkeys on the web (WebAuthn through [`soramai::core::passkeys`]), on when the server knows
+//! Passkeys on the web (WebAuthn through [`soramai::accounts`]), on when the server knows
 //! its public origin (`--public-url`): a signed-in person adds passkeys on `/account` and removes
 //! them there; anyone signs in with one from `/sign_in` after typing their email. The browser's
 //! side is the dashboard's script; these routes speak JSON to it.
@@ -17,12 +17,12 @@ use axum::{Extension, Form, Router};
 use serde::Deserialize;
 use serde_json::json;
 use soramai::Error;
-use soramai::core::accounts::csrf_valid;
-use soramai::core::passkeys::{PasskeyConfig, PublicKeyCredential, RegisterPublicKeyCredential};
+use soramai::accounts::csrf_valid;
+use soramai::accounts::{PasskeyConfig, PublicKeyCredential, RegisterPublicKeyCredential};
 
 use crate::conn::Peer;
-use crate::http::AppState;
-use crate::web::{CSRF_COOKIE, SESSION_COOKIE, blocking, clear_cookie, cookie, csrf_refusal, redirect, set_cookie};
+use crate::site::{CSRF_COOKIE, SESSION_COOKIE, blocking, clear_cookie, cookie, csrf_refusal, redirect, set_cookie};
+use crate::state::AppState;
 
 const CEREMONY_COOKIE: &str = "soramai_passkey";
 
@@ -74,7 +74,7 @@ async fn register_options(State(s): State<AppState>, headers: HeaderMap) -> Resp
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     match blocking(move || core.begin_passkey_registration(&config, &token)).await {
         Ok(options) => Json(options).into_response(),
         Err(e) => refusal(&e),
@@ -96,7 +96,7 @@ async fn register(State(s): State<AppState>, headers: HeaderMap, body: Json<serd
     let Ok(r) = serde_json::from_value::<Registration>(body.0) else {
         return answer(StatusCode::BAD_REQUEST, "expected {name, credential} from navigator.credentials.create");
     };
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     match blocking(move || core.finish_passkey_registration(&config, &token, &r.name, &r.credential)).await {
         Ok(info) => (StatusCode::CREATED, Json(json!({"passkey": info}))).into_response(),
         Err(e) => refusal(&e),
@@ -119,7 +119,7 @@ async fn delete(
     if let Some(r) = csrf_refusal(&token, &f.csrf) {
         return r;
     }
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     match blocking(move || core.delete_passkey(&token, &id)).await {
         Ok(()) | Err(Error::NotFound { .. }) => redirect("/account", &[]),
         Err(_) => redirect("/sign_in", &[]),
@@ -146,17 +146,17 @@ async fn sign_in_options(
     if !cookie(&headers, CSRF_COOKIE).is_some_and(|seed| csrf_valid(&seed, presented)) {
         return answer(StatusCode::FORBIDDEN, "the request did not come from this site");
     }
-    if crate::web::attempt_refusal(&s, peer).is_some() {
+    if crate::site::attempt_refusal(&s, peer).is_some() {
         return answer(StatusCode::TOO_MANY_REQUESTS, "too many attempts from your address; wait a minute");
     }
     let Ok(Email { email }) = serde_json::from_value::<Email>(body.0) else {
         return answer(StatusCode::BAD_REQUEST, "expected {email}");
     };
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     match blocking(move || core.begin_passkey_sign_in(&config, &email)).await {
         Ok((ceremony, options)) => {
             let mut res = Json(options).into_response();
-            crate::web::secure(res.headers_mut(), &[set_cookie(CEREMONY_COOKIE, ceremony.secret(), 300)]);
+            crate::site::secure(res.headers_mut(), &[set_cookie(CEREMONY_COOKIE, ceremony.secret(), 300)]);
             res
         }
         Err(Error::Locked { .. }) => answer(StatusCode::TOO_MANY_REQUESTS, "this account is locked for 15 minutes"),
@@ -175,7 +175,7 @@ async fn sign_in(State(s): State<AppState>, headers: HeaderMap, body: Json<serde
     let Ok(credential) = serde_json::from_value::<PublicKeyCredential>(body.0) else {
         return answer(StatusCode::BAD_REQUEST, "expected the answer of navigator.credentials.get");
     };
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     // Whatever session the browser brought is ended: sign-in always starts a new one.
     if let Some(old) = cookie(&headers, SESSION_COOKIE) {
         let core = core.clone();
@@ -183,14 +183,14 @@ async fn sign_in(State(s): State<AppState>, headers: HeaderMap, body: Json<serde
     }
     match blocking(move || core.finish_passkey_sign_in(&config, &ceremony, &credential)).await {
         Ok(session) => {
-            let max_age = (session.expires_at - s.platform().core().now()) / 1000;
+            let max_age = (session.expires_at - s.platform().accounts().now()) / 1000;
             let mut res = Json(json!({"redirect": "/dashboard"})).into_response();
             let cookies = [
                 set_cookie(SESSION_COOKIE, session.token.secret(), max_age),
                 clear_cookie(CSRF_COOKIE),
                 clear_cookie(CEREMONY_COOKIE),
             ];
-            crate::web::secure(res.headers_mut(), &cookies);
+            crate::site::secure(res.headers_mut(), &cookies);
             res
         }
         Err(Error::Locked { .. }) => answer(StatusCode::TOO_MANY_REQUESTS, "this account is locked for 15 minutes"),

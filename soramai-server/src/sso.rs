@@ -1,5 +1,5 @@
 //! Single sign-on over OpenID Connect (the `openidconnect` crate), for tenants on Org and up
-//! whose admins named their provider on `/t/{tenant}/sso` (kept by [`soramai::core::sso`]).
+//! whose admins named their provider on `/t/{tenant}/sso` (kept by [`soramai::accounts`]).
 //! Needs `--public-url`: the provider sends people back to `<public-url>/sso/callback`.
 //!
 //! - `GET /sso/start?tenant=…`: discovery at the tenant's issuer (the issuer it states must be
@@ -32,26 +32,18 @@ use openidconnect::{
 };
 use serde::Deserialize;
 use soramai::Error;
-use soramai::core::TenantId;
+use soramai::TenantId;
 
-use crate::dashboard::message;
-use crate::http::AppState;
-use crate::web::{CSRF_COOKIE, SESSION_COOKIE, blocking, clear_cookie, cookie, onward, set_cookie, set_lax_cookie};
+use crate::site::message;
+use crate::site::{CSRF_COOKIE, SESSION_COOKIE, blocking, clear_cookie, cookie, onward, set_cookie, set_lax_cookie};
+use crate::state::AppState;
+pub use crate::state::SsoOptions;
 
 const STATE_COOKIE: &str = "soramai_sso";
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
     Router::new().route("/sso/start", get(start)).route("/sso/callback", get(callback))
-}
-
-/// How the server reaches providers.
-#[derive(Clone, Debug)]
-pub struct SsoOptions {
-    /// The callback address providers send people back to.
-    pub redirect: String,
-    /// Whether `http://` issuers on loopback hosts are allowed (tests, a provider on this machine).
-    pub allow_http_loopback: bool,
 }
 
 /// Why a sign-in through a provider failed: said to the person, never with token contents.
@@ -150,8 +142,8 @@ struct StartQuery {
 }
 
 async fn start(State(s): State<AppState>, Query(q): Query<StartQuery>) -> Response {
-    let Some(options) = s.sso().cloned() else { return crate::dashboard::not_found() };
-    let core = s.platform().core().clone();
+    let Some(options) = s.sso().cloned() else { return crate::site::not_found() };
+    let core = s.platform().accounts();
     let begun = blocking(move || {
         let tenant = TenantId::new(q.tenant.trim()).map_err(|_| Error::NotFound { kind: "sso configuration" })?;
         let (config, secret) = core.sso_client(&tenant)?;
@@ -197,7 +189,7 @@ struct CallbackQuery {
 }
 
 async fn callback(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<CallbackQuery>) -> Response {
-    let Some(options) = s.sso().cloned() else { return crate::dashboard::not_found() };
+    let Some(options) = s.sso().cloned() else { return crate::site::not_found() };
     if !q.error.is_empty() {
         return message(StatusCode::UNAUTHORIZED, "The provider did not sign you in.");
     }
@@ -205,7 +197,7 @@ async fn callback(State(s): State<AppState>, headers: HeaderMap, Query(q): Query
     if q.state.is_empty() || cookie(&headers, STATE_COOKIE).as_deref() != Some(q.state.as_str()) {
         return message(StatusCode::FORBIDDEN, "This sign-in did not start in this browser. Please start again.");
     }
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     let signed = blocking(move || {
         let login = core.take_sso(&q.state)?;
         let (config, secret) = core.sso_client(&login.tenant)?;
@@ -246,7 +238,7 @@ async fn callback(State(s): State<AppState>, headers: HeaderMap, Query(q): Query
     .await;
     match signed {
         Ok(session) => {
-            let max_age = (session.expires_at - s.platform().core().now()) / 1000;
+            let max_age = (session.expires_at - s.platform().accounts().now()) / 1000;
             let cookies = [
                 set_cookie(SESSION_COOKIE, session.token.secret(), max_age),
                 set_lax_cookie(STATE_COOKIE, "", "/sso/callback", 0),

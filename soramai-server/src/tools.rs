@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use soramai::kernels;
+use soramai::local;
 
 use crate::{GenerateArgs, TrainArgs};
 
@@ -14,10 +14,10 @@ pub(crate) fn merge(
     out: &std::path::Path,
     ty: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let ty: kernels::merge::MergeType = ty.parse()?;
-    let m = kernels::Model::load(model)?;
-    let a = kernels::lora::Adapter::load(adapter, &m.config)?;
-    let w = kernels::merge::merge(&m, &a, ty)?;
+    let ty: local::MergeType = ty.parse()?;
+    let m = local::Model::load(model)?;
+    let a = local::Adapter::load(adapter, &m.config)?;
+    let w = local::merge(&m, &a, ty)?;
     w.write(out)?;
     eprintln!("merged {} into {}", adapter.display(), out.display());
     Ok(())
@@ -28,9 +28,9 @@ pub(crate) fn export_lora(
     adapter: &std::path::Path,
     out: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let m = kernels::Model::load(model)?;
-    let a = kernels::lora::Adapter::load(adapter, &m.config)?;
-    kernels::merge::to_llama_lora(&m.config, &a)?.write(out)?;
+    let m = local::Model::load(model)?;
+    let a = local::Adapter::load(adapter, &m.config)?;
+    local::to_llama_lora(&m.config, &a)?.write(out)?;
     eprintln!("wrote {} as a llama.cpp LoRA to {}", adapter.display(), out.display());
     Ok(())
 }
@@ -39,8 +39,8 @@ pub(crate) fn export_lora(
 const MAX_TRAIN_FILE: u64 = 1 << 30;
 
 pub(crate) fn train(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
-    use kernels::lora::Target;
-    use kernels::train::{AdamW, Schedule, TrainConfig, Trainer, batch_plan};
+    use local::Target;
+    use local::{AdamW, Schedule, TrainConfig, Trainer, batch_plan};
     use std::io::Read;
 
     let mut targets = Vec::new();
@@ -65,7 +65,7 @@ pub(crate) fn train(a: &TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("{} is larger than {MAX_TRAIN_FILE} bytes", a.data.display()).into());
     }
     let conversations = soramai::finetune::parse_chat_jsonl(&bytes)?;
-    let engine = kernels::Engine::load(&a.model)?;
+    let engine = local::Engine::load(&a.model)?;
     let (examples, data_report) = soramai::finetune::examples(&engine, &conversations, a.max_seq)?;
     eprintln!(
         "{} examples, {} tokens ({} trained), longest {} tokens, {} cut to {}",
@@ -156,15 +156,15 @@ pub(crate) fn tokenize(
     no_special: bool,
     text: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let g = kernels::gguf::Gguf::open(model)?;
-    let tk = kernels::Tokenizer::from_gguf(&g)?;
+    let g = local::Gguf::open(model)?;
+    let tk = local::Tokenizer::from_gguf(&g)?;
     println!("{}", serde_json::to_string(&tk.encode(text, true, !no_special))?);
     Ok(())
 }
 
 pub(crate) fn generate(a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::Write;
-    let engine = kernels::Engine::load(&a.model)?;
+    let engine = local::Engine::load(&a.model)?;
     let mut adapter = None;
     for (i, dir) in a.adapter.iter().enumerate() {
         let name = format!("adapter-{i}");
@@ -172,15 +172,15 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error
         adapter.get_or_insert(name);
     }
     let prompt = if a.chat {
-        engine.chat_tokens(&[kernels::tokenizer::template::Message::new("user", &a.prompt)])?
+        engine.chat_tokens(&[local::Message::new("user", &a.prompt)])?
     } else {
         engine.tokenizer.encode(&a.prompt, true, true)
     };
-    let req = kernels::Request {
+    let req = local::Request {
         prompt,
         adapter,
         max_tokens: a.max_tokens,
-        sampling: kernels::sample::SamplingParams {
+        sampling: local::SamplingParams {
             temperature: a.temperature,
             top_k: a.top_k,
             top_p: a.top_p,
@@ -188,6 +188,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error
             repeat_penalty: a.repeat_penalty,
             repeat_last_n: 64,
             seed: a.seed,
+            ..local::SamplingParams::default()
         },
         stop: a.stop.clone(),
         precision: a.precision.parse()?,
@@ -220,12 +221,12 @@ pub(crate) fn logits(
     prompt: &str,
     out: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let engine = kernels::Engine::load(model)?;
+    let engine = local::Engine::load(model)?;
     if let Some(dir) = adapter {
         engine.load_adapter("adapter", dir)?;
     }
     let ids = engine.tokenizer.encode(prompt, true, !no_special);
     let l = engine.logits(&ids, adapter.map(|_| "adapter"), precision.parse()?)?;
-    std::fs::write(out, kernels::npy::f32_vector(&l))?;
+    std::fs::write(out, local::npy_f32_vector(&l))?;
     Ok(())
 }

@@ -18,65 +18,16 @@ use axum::Extension;
 use axum::Router;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use soramai::Error;
-use soramai::core::accounts::{csrf_seed, csrf_token, csrf_valid};
+use soramai::accounts::{csrf_seed, csrf_token, csrf_valid};
 
 use crate::conn::Peer;
-use crate::http::AppState;
-
-pub(crate) const SESSION_COOKIE: &str = "soramai_session";
-pub(crate) const CSRF_COOKIE: &str = "soramai_csrf";
-
-/// Password attempts (sign-in, sign-up, invitation acceptance) one client address may make in a
-/// burst, and how many come back each minute, unless the server is told otherwise.
-pub const ATTEMPTS_PER_ADDRESS: u32 = 10;
-
-/// Password attempts per client address, a token bucket each: guessing many accounts' passwords
-/// from one address is slowed however the per-email lockout counts.
-#[derive(Debug)]
-pub struct AttemptLimiter {
-    /// Attempts in a burst, and refilled per minute.
-    per_minute: f64,
-    buckets: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
-}
-
-impl Default for AttemptLimiter {
-    fn default() -> Self {
-        Self::new(ATTEMPTS_PER_ADDRESS)
-    }
-}
-
-impl AttemptLimiter {
-    /// `per_minute` attempts in a burst, refilled at that rate.
-    pub fn new(per_minute: u32) -> Self {
-        Self { per_minute: f64::from(per_minute.max(1)), buckets: Default::default() }
-    }
-
-    /// Takes one attempt for `addr`; `false` when its bucket is empty.
-    pub fn take(&self, addr: std::net::IpAddr) -> bool {
-        let now = std::time::Instant::now();
-        let refilled = |tokens: f64, at: std::time::Instant| {
-            (tokens + now.duration_since(at).as_secs_f64() * self.per_minute / 60.0).min(self.per_minute)
-        };
-        let Ok(mut buckets) = self.buckets.lock() else { return false };
-        if buckets.len() > 100_000 {
-            // Full buckets hold nothing worth keeping.
-            buckets.retain(|_, (tokens, at)| refilled(*tokens, *at) < self.per_minute);
-        }
-        let (tokens, at) = buckets.entry(addr).or_insert((self.per_minute, now));
-        *tokens = refilled(*tokens, *at);
-        *at = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
-    }
-}
+use crate::site::*;
+use crate::state::AppState;
 
 /// The checks before a post that tries a password (sign-in, invitation acceptance): the
 /// pre-session CSRF token (a 403), then the client address's attempts (a 429). Returns the CSRF
@@ -96,20 +47,6 @@ fn password_post_checks(
     }
 }
 
-/// The 429 page for an address out of attempts; `None` while it has some. A request that came
-/// through no connection of ours (a test calling the router) has no address and is not limited.
-pub(crate) fn attempt_refusal(s: &AppState, peer: Option<Extension<Peer>>) -> Option<Response> {
-    let Extension(Peer(addr)) = peer?;
-    (!s.sign_ins().take(addr)).then(|| {
-        page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "sign_in.html",
-            json!({"error": "Too many attempts from your address. Wait a minute and try again.", "csrf": "", "email": ""}),
-            &[],
-        )
-    })
-}
-
 /// The web routes (outside `/v1` and its API-key authentication).
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -123,157 +60,6 @@ pub fn routes() -> Router<AppState> {
         .route("/sign_up", get(sign_up_page).post(sign_up))
         .route("/reset_password", get(reset_page).post(reset_password))
         .route("/assets/dashboard.js", get(script))
-        .merge(crate::dashboard::routes())
-        .merge(crate::operator::routes())
-        .merge(crate::passkeys::routes())
-        .merge(crate::sso::routes())
-}
-
-fn templates() -> &'static minijinja::Environment<'static> {
-    static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = minijinja::Environment::new();
-        env.add_filter("segment", segment);
-        for (name, text) in [
-            ("base.html", include_str!("../templates/base.html")),
-            ("sign_out.html", include_str!("../templates/sign_out.html")),
-            ("sign_in.html", include_str!("../templates/sign_in.html")),
-            ("accept.html", include_str!("../templates/accept.html")),
-            ("dashboard.html", include_str!("../templates/dashboard.html")),
-            ("account.html", include_str!("../templates/account.html")),
-            ("tenant_base.html", include_str!("../templates/tenant_base.html")),
-            ("datasets.html", include_str!("../templates/datasets.html")),
-            ("keys.html", include_str!("../templates/keys.html")),
-            ("members.html", include_str!("../templates/members.html")),
-            ("audit.html", include_str!("../templates/audit.html")),
-            ("jobs.html", include_str!("../templates/jobs.html")),
-            ("job.html", include_str!("../templates/job.html")),
-            ("job_progress.html", include_str!("../templates/job_progress.html")),
-            ("models.html", include_str!("../templates/models.html")),
-            ("corpora.html", include_str!("../templates/corpora.html")),
-            ("corpus.html", include_str!("../templates/corpus.html")),
-            ("grants.html", include_str!("../templates/grants.html")),
-            ("usage.html", include_str!("../templates/usage.html")),
-            ("sign_up.html", include_str!("../templates/sign_up.html")),
-            ("operator.html", include_str!("../templates/operator.html")),
-            ("sso.html", include_str!("../templates/sso.html")),
-            ("redirect.html", include_str!("../templates/redirect.html")),
-            ("reset.html", include_str!("../templates/reset.html")),
-        ] {
-            // The templates are the binary's own: a broken one fails every test that renders it.
-            if env.add_template(name, text).is_err() {
-                eprintln!("template {name} does not parse");
-            }
-        }
-        env
-    })
-}
-
-/// A value made one URL path segment: every byte but the unreserved ones percent-encoded (ids
-/// hold `:` and `/`).
-fn segment(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// A page with the security headers every page gets, and any cookies to set.
-pub(crate) fn page(status: StatusCode, name: &str, ctx: serde_json::Value, cookies: &[String]) -> Response {
-    let body = templates().get_template(name).and_then(|t| t.render(ctx));
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => {
-            // The template's own fault (its name and the kind of error; never the page's data).
-            eprintln!("page {name} could not be rendered: {:?} at line {:?}", e.kind(), e.line());
-            return (StatusCode::INTERNAL_SERVER_ERROR, "The page could not be rendered.").into_response();
-        }
-    };
-    let mut res = (status, Html(body)).into_response();
-    secure(res.headers_mut(), cookies);
-    res
-}
-
-pub(crate) fn secure(h: &mut HeaderMap, cookies: &[String]) {
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    for c in cookies {
-        if let Ok(v) = HeaderValue::from_str(c) {
-            h.append(header::SET_COOKIE, v);
-        }
-    }
-}
-
-pub(crate) fn redirect(to: &str, cookies: &[String]) -> Response {
-    let mut res = Redirect::to(to).into_response();
-    secure(res.headers_mut(), cookies);
-    res
-}
-
-pub(crate) fn set_cookie(name: &str, value: &str, max_age: i64) -> String {
-    format!("{name}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}")
-}
-
-/// A cookie sent back on a top-level navigation from another site too (single sign-on's state,
-/// which returns from the provider's site); only on `path`.
-pub(crate) fn set_lax_cookie(name: &str, value: &str, path: &str, max_age: i64) -> String {
-    format!("{name}={value}; HttpOnly; Secure; SameSite=Lax; Path={path}; Max-Age={max_age}")
-}
-
-/// A page that moves the browser on to `to` by itself (a meta refresh, with a link), where a
-/// redirect would not do: after a form, whose CSP `form-action` keeps redirects on this site, and
-/// after a navigation from another site, which brings no SameSite=Strict cookie along the chain.
-pub(crate) fn onward(to: &str, text: &str, cookies: &[String]) -> Response {
-    page(StatusCode::OK, "redirect.html", json!({"to": to, "text": text, "title": "Continue"}), cookies)
-}
-
-pub(crate) fn clear_cookie(name: &str) -> String {
-    set_cookie(name, "", 0)
-}
-
-/// The value of the first cookie of that name in the request (empty or overlong values are none).
-pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, v)| *k == name && !v.is_empty() && v.len() <= 128)
-        .map(|(_, v)| v.to_owned())
-}
-
-/// The 403 page for a post whose CSRF token is not the one bound to `session`; `None` when it is.
-pub(crate) fn csrf_refusal(session: &str, presented: &str) -> Option<Response> {
-    (!csrf_valid(session, presented)).then(forbidden)
-}
-
-fn forbidden() -> Response {
-    page(
-        StatusCode::FORBIDDEN,
-        "sign_in.html",
-        json!({"error": "The form expired or did not come from this site. Please try again.", "csrf": "", "email": ""}),
-        &[],
-    )
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> soramai::Result<T> + Send + 'static,
-) -> soramai::Result<T> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| Err(Error::Runner("a worker thread failed".into())))
 }
 
 /// The pre-session CSRF value: the cookie's, or a new one to set.
@@ -314,7 +100,7 @@ async fn sign_in(
         Ok(seed) => seed,
         Err(r) => return *r,
     };
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     // Whatever session the browser brought is ended: sign-in always starts a new one.
     if let Some(old) = cookie(&headers, SESSION_COOKIE) {
         let core = core.clone();
@@ -328,7 +114,7 @@ async fn sign_in(
     };
     match signed {
         Ok(session) => {
-            let max_age = (session.expires_at - s.platform().core().now()) / 1000;
+            let max_age = (session.expires_at - s.platform().accounts().now()) / 1000;
             let cookies = [set_cookie(SESSION_COOKIE, session.token.secret(), max_age), clear_cookie(CSRF_COOKIE)];
             redirect("/dashboard", &cookies)
         }
@@ -362,7 +148,7 @@ async fn script() -> Response {
 
 async fn sign_up_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if !s.sign_up_open() {
-        return crate::dashboard::not_found();
+        return crate::site::not_found();
     }
     let (seed, cookies) = pre_session(&headers);
     page(StatusCode::OK, "sign_up.html", json!({"csrf": csrf_token(&seed), "email": "", "team": ""}), &cookies)
@@ -388,13 +174,13 @@ async fn sign_up(
     Form(f): Form<SignUpForm>,
 ) -> Response {
     if !s.sign_up_open() {
-        return crate::dashboard::not_found();
+        return crate::site::not_found();
     }
     let seed = match password_post_checks(&s, peer, &headers, &f.csrf) {
         Ok(seed) => seed,
         Err(r) => return *r,
     };
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     let (email, team) = (f.email.clone(), f.team.clone());
     let made = blocking(move || {
         let tenant = soramai::TenantId::new(f.team.trim())?;
@@ -405,7 +191,7 @@ async fn sign_up(
     .await;
     match made {
         Ok((tenant, session)) => {
-            let max_age = (session.expires_at - s.platform().core().now()) / 1000;
+            let max_age = (session.expires_at - s.platform().accounts().now()) / 1000;
             let cookies = [set_cookie(SESSION_COOKIE, session.token.secret(), max_age), clear_cookie(CSRF_COOKIE)];
             redirect(&format!("/t/{}/datasets", tenant.as_str()), &cookies)
         }
@@ -428,14 +214,14 @@ async fn sign_out(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<C
     if let Some(r) = csrf_refusal(&token, &f.csrf) {
         return r;
     }
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     let _ = blocking(move || core.sign_out(&token)).await;
     redirect("/sign_in", &[clear_cookie(SESSION_COOKIE)])
 }
 
 async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let Some(token) = cookie(&headers, SESSION_COOKIE) else { return redirect("/sign_in", &[]) };
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     let t = token.clone();
     let found = blocking(move || {
         let (user, confined) = core.session(&t)?;
@@ -458,7 +244,7 @@ async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> Response {
         "dashboard.html",
         json!({"email": user.email, "totp": user.totp_enabled, "memberships": rows, "csrf": csrf_token(&token),
             "operator": memberships.iter().any(|m| m.tenant.as_str() == soramai::OPERATOR_TENANT
-                && m.role >= soramai::core::Role::Admin)}),
+                && m.role >= soramai::accounts::Role::Admin)}),
         &[],
     )
 }
@@ -496,7 +282,7 @@ async fn accept(
 }
 
 /// The page a password-reset link opens (`/reset_password?token=pr-…`: the token
-/// [`soramai::core::Core::request_password_reset`] gave the operator's mailer).
+/// [`soramai::Accounts::request_password_reset`] gave the operator's mailer).
 async fn reset_page(headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
     token_page(&headers, q, "reset.html")
 }
@@ -531,13 +317,13 @@ async fn token_password_post(
     f: AcceptForm,
     template: &str,
     refused: &str,
-    act: impl FnOnce(&soramai::core::Core, &str, &str) -> Result<(), Error> + Send + 'static,
+    act: impl FnOnce(&soramai::Accounts, &str, &str) -> Result<(), Error> + Send + 'static,
 ) -> Response {
     let seed = match password_post_checks(s, peer, headers, &f.csrf) {
         Ok(seed) => seed,
         Err(r) => return *r,
     };
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     let token = f.token.clone();
     match blocking(move || act(&core, &f.token, &f.password)).await {
         Ok(()) => redirect("/sign_in", &[]),
@@ -552,13 +338,13 @@ async fn token_password_post(
 }
 
 /// The signed-in person's session token and account; a redirect to sign-in without one.
-async fn signed_in(s: &AppState, headers: &HeaderMap) -> Result<(String, soramai::core::User), Box<Response>> {
+async fn signed_in(s: &AppState, headers: &HeaderMap) -> Result<(String, soramai::accounts::User), Box<Response>> {
     let Some(token) = cookie(headers, SESSION_COOKIE) else { return Err(Box::new(redirect("/sign_in", &[]))) };
-    let core = s.platform().core().clone();
+    let core = s.platform().accounts();
     let t = token.clone();
     match blocking(move || core.session_user(&t)).await {
         Ok(user) => Ok((token, user)),
-        Err(Error::NotAllowedForSession) => Err(Box::new(crate::dashboard::message(
+        Err(Error::NotAllowedForSession) => Err(Box::new(crate::site::message(
             StatusCode::FORBIDDEN,
             "You signed in through your organization's provider: your account's own settings need a sign-in with your password or a passkey.",
         ))),
@@ -570,17 +356,17 @@ async fn account_page(
     s: &AppState,
     status: StatusCode,
     token: &str,
-    user: &soramai::core::User,
+    user: &soramai::accounts::User,
     setup: serde_json::Value,
     error: Option<String>,
 ) -> Response {
-    let (core, t) = (s.platform().core().clone(), token.to_owned());
+    let (core, t) = (s.platform().accounts(), token.to_owned());
     let passkeys = blocking(move || core.passkeys(&t)).await.unwrap_or_default();
     let passkeys: Vec<_> = passkeys
         .iter()
         .map(|p| {
-            json!({"id": p.id, "name": p.name, "created": crate::dashboard::utc(p.created_at),
-            "used": p.last_used_at.map(crate::dashboard::utc)})
+            json!({"id": p.id, "name": p.name, "created": crate::site::utc(p.created_at),
+            "used": p.last_used_at.map(crate::site::utc)})
         })
         .collect();
     let ctx = json!({"email": user.email, "totp": user.totp_enabled, "setup": setup, "error": error,
@@ -604,7 +390,7 @@ async fn begin_totp(State(s): State<AppState>, headers: HeaderMap, Form(f): Form
     if let Some(r) = csrf_refusal(&token, &f.csrf) {
         return r;
     }
-    let (core, t) = (s.platform().core().clone(), token.clone());
+    let (core, t) = (s.platform().accounts(), token.clone());
     match blocking(move || core.begin_totp(&t)).await {
         Ok(setup) => {
             let shown = json!({"secret": setup.secret_base32.as_str(), "url": setup.otpauth_url.as_str()});
@@ -630,7 +416,7 @@ async fn confirm_totp(State(s): State<AppState>, headers: HeaderMap, Form(f): Fo
     if let Some(r) = csrf_refusal(&token, &f.csrf) {
         return r;
     }
-    let (core, t) = (s.platform().core().clone(), token.clone());
+    let (core, t) = (s.platform().accounts(), token.clone());
     match blocking(move || core.confirm_totp(&t, &f.code)).await {
         Ok(()) => redirect("/account", &[]),
         Err(_) => {

@@ -27,6 +27,101 @@ const CANARY: &str = "zq9-canary-Sora-7713";
 const MODEL: &str = "smollm2-135m-instruct";
 
 #[test]
+fn openai_parameters_are_honoured_or_refused_by_name() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &model);
+    let acme = server.tenant("acme", "pro", 1_000_000);
+    let g = soramai::kernels::gguf::Gguf::open(&model).expect("gguf");
+    let tk = soramai::kernels::Tokenizer::from_gguf(&g).expect("tokenizer");
+    let zebra = tk.encode("zebra", false, false)[0];
+    let ask = |extra: Value| {
+        let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Name a fruit."}],
+            "max_tokens": 1, "temperature": 0});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        server.call("POST", "/v1/chat/completions", Some(&acme), Some(body))
+    };
+
+    // A bias of 100 makes a token the greedy choice; -100 keeps the unbiased choice out.
+    let (s, plain) = ask(json!({}));
+    assert_eq!(s, StatusCode::OK, "{plain}");
+    let plain = plain["choices"][0]["message"]["content"].as_str().expect("content").to_owned();
+    let (s, v) = ask(json!({"logit_bias": {zebra.to_string(): 100}}));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], tk.decode(&[zebra], false), "{v}");
+    let first = tk.encode(&plain, false, false)[0];
+    let (s, v) = ask(json!({"logit_bias": {first.to_string(): -100}}));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_ne!(v["choices"][0]["message"]["content"], plain.as_str(), "{v}");
+    // Penalties and max_completion_tokens are taken (the sampler's own tests check their effect).
+    let (s, v) = ask(json!({"presence_penalty": 1.5, "frequency_penalty": -0.5, "max_completion_tokens": 1}));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 1, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/v1/completions",
+        Some(&acme),
+        Some(json!({"model": MODEL, "prompt": "The", "max_tokens": 1, "temperature": 0,
+            "logit_bias": {zebra.to_string(): 100}})),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["choices"][0]["text"], tk.decode(&[zebra], false), "{v}");
+
+    // What the server does not implement is refused by name, and nothing is charged.
+    let (_, before) = server.call("GET", "/v1/usage", Some(&acme), None);
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    for (extra, code, param) in [
+        (json!({"tools": tool}), "unsupported_parameter", Some("tools")),
+        (json!({"tool_choice": "required"}), "unsupported_parameter", Some("tool_choice")),
+        (json!({"response_format": {"type": "json_object"}}), "unsupported_parameter", Some("response_format")),
+        (json!({"user": "u-1"}), "unsupported_parameter", Some("user")),
+        (json!({"bogus_option": 1}), "unknown_parameter", None),
+        (json!({"stream": true, "stream_options": {"include_obfuscation": true}}), "invalid_request", None),
+        (json!({"presence_penalty": 2.5}), "invalid_request", None),
+        (json!({"frequency_penalty": -3}), "invalid_request", None),
+        (json!({"logit_bias": {"zebra": 5}}), "invalid_request", Some("logit_bias")),
+        (json!({"logit_bias": {"99999999": 5}}), "invalid_request", None),
+        (json!({"logit_bias": {"5": 101}}), "invalid_request", None),
+        (json!({"max_tokens": 1, "max_completion_tokens": 2}), "invalid_request", Some("max_completion_tokens")),
+        (
+            json!({"messages": [{"role": "assistant", "content": "", "tool_calls": []}, {"role": "user", "content": "x"}]}),
+            "unsupported_parameter",
+            Some("messages"),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x", "name": "bob"}]}),
+            "unsupported_parameter",
+            Some("messages"),
+        ),
+    ] {
+        let (s, v) = ask(extra.clone());
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {v}");
+        assert_eq!(v["error"]["code"], code, "{extra}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{extra}: {v}");
+        if let Some(param) = param {
+            assert_eq!(v["error"]["param"], param, "{extra}: {v}");
+            if code == "unsupported_parameter" && param != "messages" {
+                assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains(param)), "{v}");
+            }
+        }
+    }
+    let (s, v) = server.call(
+        "POST",
+        "/v1/completions",
+        Some(&acme),
+        Some(json!({"model": MODEL, "prompt": "x", "max_completion_tokens": 1})),
+    );
+    assert_eq!((s, v["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("unknown_parameter")), "{v}");
+    let (s, v) =
+        server.call("POST", "/v1/embeddings", Some(&acme), Some(json!({"model": MODEL, "input": "x", "user": "u"})));
+    assert_eq!((s, v["error"]["param"].clone()), (StatusCode::BAD_REQUEST, json!("user")), "{v}");
+    let (_, after) = server.call("GET", "/v1/usage", Some(&acme), None);
+    assert_eq!(after["credits"], before["credits"], "a refused request is not charged");
+}
+
+#[test]
 fn hostile_requests_get_openai_errors_and_change_nothing() {
     let Some(model) = reference_model() else { return };
     let dir = tempfile::tempdir().expect("dir");

@@ -3,8 +3,12 @@
 //! shows before it trains: example and token counts, and which examples were cut to `max_seq`.
 
 use serde::Serialize;
+use soramai_core::jobs::runner::{emit, emit_bytes};
+use soramai_core::jobs::{BASE_LEARNING_RATE, Hyperparameters};
 use soramai_kernels::Engine;
-use soramai_kernels::train::{Example, TrainMessage, data};
+use soramai_kernels::lora::Target;
+use soramai_kernels::train::{AdamW, Example, Schedule, TrainConfig, TrainMessage, Trainer, batch_plan, data};
+use zeroize::Zeroizing;
 
 use crate::PlatformError;
 
@@ -107,36 +111,85 @@ pub fn run_job(
     input: &mut dyn std::io::Read,
     out: &mut dyn std::io::Write,
 ) -> Result<(), String> {
+    let job = JobInput::read(header, input)?;
+    let engine = load_base(header, input)?;
+    let conversations = parse_chat_jsonl(&job.data).map_err(|e| format!("dataset: {e}"))?;
+    let (examples, report) =
+        examples(&engine, &conversations, job.hp.max_seq as usize).map_err(|e| format!("dataset: {e}"))?;
+    drop(conversations);
+    emit(out, "metric", serde_json::json!({"name": "validation", "report": report})).map_err(output)?;
+
+    let plan = batch_plan(examples.len(), job.hp.batch_size as usize, job.hp.n_epochs as usize, job.hp.seed);
+    let config = train_config(&job.hp, plan.len(), job.base_name.clone())?;
+    let mut trainer = trainer_for(&engine, &job.state, config, plan.len())?;
+    let run = train(&mut trainer, &plan, &examples, job.hp.checkpoint_every as usize, out)?;
+    let (config_json, weights) = trainer.adapter().to_bytes(&engine.model.config).map_err(|e| e.to_string())?;
+    let weights = Zeroizing::new(weights);
+    emit_bytes(out, "artifact", serde_json::json!({"name": "adapter_config.json"}), &config_json).map_err(output)?;
+    emit_bytes(out, "artifact", serde_json::json!({"name": "adapter_model.safetensors"}), &weights).map_err(output)?;
+    emit(
+        out,
+        "result",
+        serde_json::json!({
+            "steps": plan.len(),
+            "resumed_at_step": run.resumed_at,
+            "trained_tokens": run.trained,
+            "tokens": run.tokens,
+            "seconds": run.seconds,
+            "first_loss": run.first_loss,
+            "final_loss": run.last_loss,
+            "trainable_parameters": trainer.trainable_parameters(),
+            "validation": report,
+        }),
+    )
+    .map_err(output)
+}
+
+fn output(e: std::io::Error) -> String {
+    format!("job output: {e}")
+}
+
+/// What a fine-tuning job's header and pipe hold before the base model: its hyperparameters (checked),
+/// the dataset, and the training state of a resume (empty on a first run).
+struct JobInput {
+    hp: Hyperparameters,
+    base_name: Option<String>,
+    data: Zeroizing<Vec<u8>>,
+    state: Zeroizing<Vec<u8>>,
+}
+
+impl JobInput {
+    fn read(header: &serde_json::Value, input: &mut dyn std::io::Read) -> Result<Self, String> {
+        let hp: Hyperparameters = serde_json::from_value(header.get("hyperparameters").cloned().unwrap_or_default())
+            .map_err(|e| format!("hyperparameters: {e}"))?;
+        hp.validate().map_err(|e| e.to_string())?;
+        let len = |k: &str| {
+            header
+                .get(k)
+                .and_then(|v| v.as_u64())
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or(format!("header: no {k}"))
+        };
+        let (data_len, state_len) = (len("input_len")?, len("checkpoint_len")?);
+        let base_name = header.get("base_model").and_then(|p| p.as_str()).map(str::to_owned);
+        let mut data = Zeroizing::new(vec![0u8; data_len]);
+        input.read_exact(&mut data).map_err(|e| format!("reading the dataset: {e}"))?;
+        let mut state = Zeroizing::new(vec![0u8; state_len]);
+        input.read_exact(&mut state).map_err(|e| format!("reading the checkpoint: {e}"))?;
+        Ok(Self { hp, base_name, data, state })
+    }
+}
+
+/// The base: a registered model's public file, mapped; or a customer's own GGUF, which follows on
+/// the pipe and stays in memory only (zeroed when the engine goes).
+fn load_base(header: &serde_json::Value, input: &mut dyn std::io::Read) -> Result<Engine, String> {
     use std::io::Read as _;
-
-    use soramai_core::jobs::runner::{emit, emit_bytes};
-    use soramai_core::jobs::{BASE_LEARNING_RATE, Hyperparameters};
-    use soramai_kernels::lora::Target;
-    use soramai_kernels::train::{AdamW, Schedule, TrainConfig, Trainer, batch_plan};
-    use zeroize::Zeroizing;
-
-    let io = |e: std::io::Error| format!("job output: {e}");
-    let hp: Hyperparameters = serde_json::from_value(header.get("hyperparameters").cloned().unwrap_or_default())
-        .map_err(|e| format!("hyperparameters: {e}"))?;
-    hp.validate().map_err(|e| e.to_string())?;
-    let len = |k: &str| {
-        header.get(k).and_then(|v| v.as_u64()).and_then(|n| usize::try_from(n).ok()).ok_or(format!("header: no {k}"))
-    };
-    let (data_len, state_len) = (len("input_len")?, len("checkpoint_len")?);
-    let base_name = header.get("base_model").and_then(|p| p.as_str()).map(str::to_owned);
-    let mut data = Zeroizing::new(vec![0u8; data_len]);
-    input.read_exact(&mut data).map_err(|e| format!("reading the dataset: {e}"))?;
-    let mut state = Zeroizing::new(vec![0u8; state_len]);
-    input.read_exact(&mut state).map_err(|e| format!("reading the checkpoint: {e}"))?;
-
-    // The base: a registered model's public file, mapped; or a customer's own GGUF, which
-    // follows on the pipe and stays in memory only (zeroed when the engine goes).
-    let engine = match header.get("base_model_len").and_then(|v| v.as_u64()) {
+    match header.get("base_model_len").and_then(|v| v.as_u64()) {
         Some(n) => {
             let n = usize::try_from(n).map_err(|_| "header: base_model_len is too large".to_owned())?;
             let mut bytes = Vec::new();
             bytes.try_reserve_exact(n).map_err(|_| "the base model does not fit in memory".to_owned())?;
-            (&mut *input).take(n as u64).read_to_end(&mut bytes).map_err(|e| format!("reading the base model: {e}"))?;
+            input.take(n as u64).read_to_end(&mut bytes).map_err(|e| format!("reading the base model: {e}"))?;
             if bytes.len() != n {
                 return Err("the base model ended early".into());
             }
@@ -147,21 +200,17 @@ pub fn run_job(
             Engine::load(path)
         }
     }
-    .map_err(|e| format!("base model: {e}"))?;
-    let conversations = parse_chat_jsonl(&data).map_err(|e| format!("dataset: {e}"))?;
-    let (examples, report) =
-        examples(&engine, &conversations, hp.max_seq as usize).map_err(|e| format!("dataset: {e}"))?;
-    drop(conversations);
-    emit(out, "metric", serde_json::json!({"name": "validation", "report": report})).map_err(io)?;
+    .map_err(|e| format!("base model: {e}"))
+}
 
+/// The trainer's configuration for the job's hyperparameters over `total` steps.
+fn train_config(hp: &Hyperparameters, total: usize, base_model: Option<String>) -> Result<TrainConfig, String> {
     let targets = hp
         .target_modules
         .iter()
         .map(|m| Target::from_module(m).ok_or_else(|| format!("unknown target module {m:?}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let plan = batch_plan(examples.len(), hp.batch_size as usize, hp.n_epochs as usize, hp.seed);
-    let total = plan.len();
-    let config = TrainConfig {
+    Ok(TrainConfig {
         rank: hp.rank as usize,
         alpha: hp.alpha as f32,
         targets,
@@ -172,19 +221,43 @@ pub fn run_job(
         total_steps: total,
         max_seq: hp.max_seq as usize,
         seed: hp.seed,
-        base_model: base_name,
+        base_model,
         ..TrainConfig::default()
-    };
-    let mut trainer = if state_len > 0 {
-        let t = Trainer::load_state(std::sync::Arc::clone(&engine.model), &state).map_err(|e| e.to_string())?;
-        if t.config() != &config || t.steps_done() > total {
-            return Err("the checkpoint belongs to another training configuration".into());
-        }
-        t
-    } else {
-        Trainer::new(std::sync::Arc::clone(&engine.model), config).map_err(|e| e.to_string())?
-    };
-    drop(state);
+    })
+}
+
+/// A new trainer, or the one a checkpoint holds (which must be of this very configuration).
+fn trainer_for(engine: &Engine, state: &[u8], config: TrainConfig, total: usize) -> Result<Trainer, String> {
+    if state.is_empty() {
+        return Trainer::new(std::sync::Arc::clone(&engine.model), config).map_err(|e| e.to_string());
+    }
+    let t = Trainer::load_state(std::sync::Arc::clone(&engine.model), state).map_err(|e| e.to_string())?;
+    if t.config() != &config || t.steps_done() > total {
+        return Err("the checkpoint belongs to another training configuration".into());
+    }
+    Ok(t)
+}
+
+/// What a run of the training loop did.
+struct Run {
+    resumed_at: usize,
+    trained: u64,
+    tokens: u64,
+    seconds: f64,
+    first_loss: Option<f32>,
+    last_loss: f32,
+}
+
+/// The training loop from the trainer's step on: a `progress` event each step and a `checkpoint`
+/// every `checkpoint_every` steps (not after the last).
+fn train(
+    trainer: &mut Trainer,
+    plan: &[Vec<usize>],
+    examples: &[Example],
+    checkpoint_every: usize,
+    out: &mut dyn std::io::Write,
+) -> Result<Run, String> {
+    let total = plan.len();
     let done = trainer.steps_done();
     let count = |steps: std::ops::Range<usize>, f: fn(&Example) -> usize| -> u64 {
         steps.flat_map(|i| plan[i].iter()).map(|&j| f(&examples[j]) as u64).sum()
@@ -192,7 +265,7 @@ pub fn run_job(
     let mut trained = count(0..done, Example::trained_tokens);
     let mut tokens = count(0..done, |e| e.tokens.len());
     if done > 0 {
-        emit(out, "metric", serde_json::json!({"name": "resumed", "step": done})).map_err(io)?;
+        emit(out, "metric", serde_json::json!({"name": "resumed", "step": done})).map_err(output)?;
     }
     let started = std::time::Instant::now();
     let (mut first_loss, mut last_loss) = (None, 0f32);
@@ -220,33 +293,14 @@ pub fn run_job(
                 "trained_tokens": trained,
             }),
         )
-        .map_err(io)?;
-        if (i + 1) % hp.checkpoint_every as usize == 0 && i + 1 < total {
+        .map_err(output)?;
+        if (i + 1) % checkpoint_every == 0 && i + 1 < total {
             let bytes = Zeroizing::new(trainer.save_state().map_err(|e| e.to_string())?);
             emit_bytes(out, "checkpoint", serde_json::json!({"step": i + 1, "trained_tokens": trained}), &bytes)
-                .map_err(io)?;
+                .map_err(output)?;
         }
     }
-    let (config_json, weights) = trainer.adapter().to_bytes(&engine.model.config).map_err(|e| e.to_string())?;
-    let weights = Zeroizing::new(weights);
-    emit_bytes(out, "artifact", serde_json::json!({"name": "adapter_config.json"}), &config_json).map_err(io)?;
-    emit_bytes(out, "artifact", serde_json::json!({"name": "adapter_model.safetensors"}), &weights).map_err(io)?;
-    emit(
-        out,
-        "result",
-        serde_json::json!({
-            "steps": total,
-            "resumed_at_step": done,
-            "trained_tokens": trained,
-            "tokens": tokens,
-            "seconds": started.elapsed().as_secs_f64(),
-            "first_loss": first_loss,
-            "final_loss": last_loss,
-            "trainable_parameters": trainer.trainable_parameters(),
-            "validation": report,
-        }),
-    )
-    .map_err(io)
+    Ok(Run { resumed_at: done, trained, tokens, seconds: started.elapsed().as_secs_f64(), first_loss, last_loss })
 }
 
 /// Loads one of the principal's tenant's fine-tuned models into an engine serving its base model,
@@ -262,4 +316,10 @@ pub fn load_fine_tuned(
     let adapter = soramai_kernels::lora::Adapter::from_bytes(&files.config, &files.weights, &engine.model.config)?;
     engine.add_adapter(id.as_str(), adapter)?;
     Ok(files.model)
+}
+
+/// A chat JSONL dataset's figures (examples, messages, trained turns), by the same check an
+/// upload passes.
+pub fn dataset_stats(bytes: &[u8]) -> Result<soramai_core::DatasetStats, PlatformError> {
+    Ok(soramai_core::datasets::validate_chat_jsonl(bytes, usize::MAX)?)
 }

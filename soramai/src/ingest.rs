@@ -2,20 +2,19 @@
 //! ([`soramai_rag::Rag::prepare`]) and queues an `ingest` job with them as its encrypted input;
 //! the job's child process embeds the chunks through the serving engine's batched forward pass
 //! ([`run_job`]), reporting progress, and hands the vectors back; the worker indexes chunks and
-//! vectors into the corpus in one commit ([`Indexer`]). Cancelling kills the child; a stopping
+//! vectors into the corpus in one commit (the platform's workers' indexer). Cancelling kills the child; a stopping
 //! platform kills it too and queues the job again; either way nothing half-done is committed.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
 use soramai_core::jobs::runner::{emit, emit_bytes};
-use soramai_core::{Completion, Job, JobSpec};
+use soramai_core::{Job, JobSpec};
 use soramai_kernels::Engine;
 use soramai_rag::{Batch, Embedder, Vectors};
 use zeroize::Zeroizing;
 
 use crate::grounded::ModelEmbedder;
-use crate::platform::Engines;
 
 /// Chunks embedded between two progress events: a few of the engine's forward passes (each
 /// packs up to 1,024 tokens, six default chunks).
@@ -74,54 +73,6 @@ pub fn run_job(header: &serde_json::Value, input: &mut dyn Read, out: &mut dyn W
     emit(out, "result", serde_json::json!({"chunks": total, "dim": dim, "embedder": embedder.id()})).map_err(io)
 }
 
-/// Indexes a finished ingestion's chunks and vectors into the platform's corpus.
-#[derive(Debug)]
-pub(crate) struct Indexer(pub(crate) Arc<Engines>);
-
-impl Completion for Indexer {
-    fn complete(
-        &self,
-        job: &Job,
-        input: &[u8],
-        result: serde_json::Value,
-        artifacts: &[(String, Zeroizing<Vec<u8>>)],
-    ) -> Result<serde_json::Value, String> {
-        let JobSpec::Ingest(spec) = &job.spec else {
-            return Err("not an ingestion".into());
-        };
-        let batch = Batch::decode(input).map_err(|e| e.to_string())?;
-        let chunks = batch.chunks();
-        let count = |k: &str| result.get(k).and_then(|v| v.as_u64()).and_then(|n| usize::try_from(n).ok());
-        if count("chunks") != Some(chunks) {
-            return Err(format!("the runner embedded {:?} chunks of {chunks}", count("chunks")));
-        }
-        let dim = count("dim").unwrap_or(0);
-        let vectors = match (result.get("embedder").and_then(|e| e.as_str()), dim, chunks) {
-            (Some(embedder), d, n) if d > 0 && n > 0 => {
-                let bytes = artifacts
-                    .iter()
-                    .find(|(name, _)| name == "vectors")
-                    .map(|(_, b)| b)
-                    .ok_or("the runner sent no vectors")?;
-                Some(Vectors::from_le_bytes(embedder, d, n, bytes).map_err(|e| e.to_string())?)
-            }
-            _ => None,
-        };
-        // An ingestion queued with an embedder is indexed with its vectors or not at all.
-        if spec.embedder.is_some() && chunks > 0 && vectors.is_none() {
-            return Err("the runner sent no vectors for an ingestion with an embedder".into());
-        }
-        let rag = self.0.rag().map_err(|e| e.to_string())?;
-        let report = rag.commit(&job.tenant, &batch, vectors.as_ref()).map_err(|e| e.to_string())?;
-        Ok(serde_json::json!({
-            "corpus": spec.corpus,
-            "documents": report.documents,
-            "chunks": report.chunks,
-            "embedded": vectors.is_some(),
-        }))
-    }
-}
-
 /// The job runner of every embedder (the `soramai` CLI's `job-runner`, the Python and Node
 /// bindings, `examples/embed.rs`): the core's kinds plus `fine_tune` and `ingest`. Returns the
 /// process exit code.
@@ -156,8 +107,8 @@ impl crate::Platform {
             chunks: batch.chunks() as u64,
             embedder,
         };
-        let job = self.core().submit_ingest(principal, spec, &input, rag.max_concurrent(principal)?)?;
-        self.core().record_access(principal, &format!("rag:{}", corpus.as_str()), "ingest", None)?;
+        let job = self.core.submit_ingest(principal, spec, &input, rag.max_concurrent(principal)?)?;
+        self.core.record_access(principal, &format!("rag:{}", corpus.as_str()), "ingest", None)?;
         Ok(job)
     }
 
@@ -171,7 +122,7 @@ impl crate::Platform {
         let not_found = || crate::PlatformError::from(soramai_core::Error::NotFound { kind: "ingestion" });
         let id = soramai_core::JobId::new(id).map_err(|_| not_found())?;
         principal.require(soramai_core::Scope::Rag)?;
-        let job = match self.core().job(principal, &id) {
+        let job = match self.core.job(principal, &id) {
             Err(soramai_core::Error::NotFound { .. }) | Err(soramai_core::Error::MissingScope(_)) => {
                 return Err(not_found());
             }
@@ -191,7 +142,7 @@ impl crate::Platform {
     ) -> Result<Vec<Job>, crate::PlatformError> {
         principal.require(soramai_core::Scope::Rag)?;
         Ok(self
-            .core()
+            .core
             .list_jobs(principal)?
             .into_iter()
             .filter(|j| matches!(&j.spec, JobSpec::Ingest(s) if s.corpus == corpus))
@@ -207,6 +158,6 @@ impl crate::Platform {
         id: &str,
     ) -> Result<Job, crate::PlatformError> {
         let job = self.ingestion(principal, corpus, id)?;
-        Ok(self.core().cancel_job(principal, &job.id)?)
+        Ok(self.core.cancel_job(principal, &job.id)?)
     }
 }

@@ -1,31 +1,57 @@
 //! # soramai
 //!
-//! The Soramai SDK: a private, multi-tenant fine-tune-and-serve platform as a library. This crate is
-//! the facade users `cargo add`; today it exposes the security core (tenants, keys, encrypted
-//! datasets, jobs, audit, metering), and it grows the `Platform` that ties in the inference engine
-//! (`soramai-kernels`) and retrieval (`soramai-rag`) as those land.
+//! The Soramai SDK: a private, multi-tenant fine-tune-and-serve platform as a library, and the one
+//! door into it. A [`Platform`] ties the security core, the inference engine and retrieval together;
+//! callers act through:
+//!
+//! - [`Session`]: one caller (an API key, or a signed-in member's role): models, chat and
+//!   completions, embeddings, datasets, fine-tuning jobs, corpora and ingestions, API keys, members
+//!   and single sign-on, tenants and credits, break-glass grants, audit and usage. Every scope, tier
+//!   and tenant check is made inside.
+//! - [`Accounts`]: people before they hold a session (sign-up and sign-in, TOTP, passkeys, single
+//!   sign-on, invitations, password resets).
+//! - [`local`]: the compute engine on the caller's own files, outside any tenant.
+//! - [`backup`]: the operator's snapshots and restores.
+//!
+//! Errors map once to HTTP statuses and binding exception names through [`ErrorKind`]; every
+//! embedder's job runner is [`job_runner_main`]. The layers under the facade (`core`, `kernels`,
+//! `rag`, `Platform::core`) are behind the `internals` feature, for tests and fuzzing only.
 //!
 //! ```
-//! # fn main() -> soramai::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
 //! let dir = tempfile::tempdir()?;
-//! let core = soramai::Core::open_embedded(dir.path())?;
-//! let acme = soramai::TenantId::new("acme")?;
-//! core.create_tenant(&acme, soramai::Tier::Basic)?;
-//! let key = core.create_api_key(&soramai::Principal::operator(&acme), soramai::KeyOptions::new("ci", &[soramai::Scope::Inference]))?;
-//! assert_eq!(core.authenticate(key.secret())?.tenant(), &acme);
+//! let platform = Arc::new(soramai::Platform::open(dir.path())?);
+//! let operator = platform.bootstrap_operator()?.ok_or("a first operator key")?;
+//! let admin = platform.session(operator.secret())?;
+//! admin.create_tenant("acme", soramai::Tier::Basic)?;
+//! let key = admin.create_api_key(soramai::KeyRequest {
+//!     name: "ci".into(),
+//!     scopes: vec![soramai::Scope::Inference],
+//!     tenant: Some("acme".into()),
+//!     expires_in_seconds: None,
+//! })?;
+//! let acme = platform.session(key.secret())?;
+//! assert_eq!(acme.principal().tenant().as_str(), "acme");
+//! assert!(acme.api_keys().is_err(), "an inference key lists no keys");
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod accounts;
+pub mod backup;
 pub mod finetune;
 pub mod grounded;
 pub mod ingest;
+pub mod local;
 pub mod models;
+mod people;
 pub mod platform;
 pub mod session;
 
 pub use access::Needs;
+pub use accounts::Accounts;
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
 pub use ingest::job_runner_main;
 pub use platform::{
@@ -40,17 +66,33 @@ pub use session::{
 
 pub use soramai_core::{
     AccessGrant, ApiKeyId, ApiKeyInfo, AuditRecord, AuditReport, AuditVerification, BaseModel, CloseOptions, Closure,
-    Config, Core, CustomModel, Database, DatasetId, DatasetInfo, Error, FineTuneSpec, FineTunedModel, GrantId,
-    GrantRequest, GrantStatus, Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, JobId, JobSpec, JobState,
-    KeyOptions, KeyProvider, LocalRootKey, ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand,
-    Scope, SecretName, Tenant, TenantId, Tier, UsageEvent, UsageKind, UsageStatus, Worker,
+    CustomModel, DatasetId, DatasetInfo, Error, FineTuneSpec, FineTunedModel, GrantId, GrantRequest, GrantStatus,
+    Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, JobId, JobSpec, JobState, KeyOptions, KeyProvider,
+    LocalRootKey, ModelId, ObjectPath, PoolId, Principal, Receipt, Result, RunnerCommand, Scope, SecretName, Tenant,
+    TenantId, Tier, UsageEvent, UsageKind, UsageStatus,
 };
 
-/// The security core's full API (storage, crypto, audit, metering, retention).
+pub use soramai_core::crypto::envelope::MAGIC as ENVELOPE_MAGIC;
+pub use soramai_core::error::json_error_message;
+pub use soramai_core::{DatasetStats, UsageSummary};
+pub use soramai_rag::{CorpusId, Document, Error as RagError, Hit, IngestReport, SearchRequest};
+
+/// The security core's full API, for tests and fuzzing only (feature `internals`): an embedder
+/// goes through [`Session`] and [`Accounts`].
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub use soramai_core as core;
-/// The compute engine: GGUF, kernels, model, LoRA, tokenizer, sampling.
+/// The security core's handle and its job worker, for tests and tools only (feature `internals`).
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub use soramai_core::{Config, Core, Database, Worker};
+/// The compute engine, for tests and benchmarks only (feature `internals`).
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub use soramai_kernels as kernels;
-/// Retrieval: corpora, documents and search over encrypted tantivy indexes.
+/// Retrieval, for tests and benchmarks only (feature `internals`).
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub use soramai_rag as rag;
 
 /// An error from any layer the SDK ties together.

@@ -35,7 +35,7 @@ impl Platform {
         name: &str,
         source: &mut dyn Read,
     ) -> Result<CustomModel, PlatformError> {
-        let mut upload = self.core().begin_custom_model(principal, name)?;
+        let mut upload = self.core.begin_custom_model(principal, name)?;
         let mut head = Zeroizing::new(Vec::with_capacity(MAX_GGUF_HEADER_BYTES));
         let mut piece = Zeroizing::new(vec![0u8; PIECE]);
         loop {
@@ -53,17 +53,17 @@ impl Platform {
             let hint = if head.len() == MAX_GGUF_HEADER_BYTES { " (or a header over 64 MiB)" } else { "" };
             PlatformError::InvalidArgument(format!("not a GGUF model this engine can serve{hint}: {e}"))
         })?;
-        Ok(self.core().commit_custom_model(upload, &header.config.arch)?)
+        Ok(self.core.commit_custom_model(upload, &header.config.arch)?)
     }
 
     /// The caller's tenant's own GGUF models, newest first.
     pub fn custom_models(&self, principal: &Principal) -> Result<Vec<CustomModel>, PlatformError> {
-        Ok(self.core().list_custom_models(principal)?)
+        Ok(self.core.list_custom_models(principal)?)
     }
 
     /// One of the caller's tenant's own GGUF models (another tenant's is not found).
     pub fn custom_model(&self, principal: &Principal, id: &str) -> Result<CustomModel, PlatformError> {
-        Ok(self.core().custom_model(principal, &model_id(id)?)?)
+        Ok(self.core.custom_model(principal, &model_id(id)?)?)
     }
 
     /// Deletes one of the caller's tenant's models (train scope): a fine-tuned `ft:` model, or an
@@ -72,12 +72,12 @@ impl Platform {
     pub fn delete_model(&self, principal: &Principal, id: &str) -> Result<(), PlatformError> {
         let id = model_id(id)?;
         if soramai_core::is_custom_model(&id) {
-            self.core().delete_custom_model(principal, &id)?;
+            self.core.delete_custom_model(principal, &id)?;
             self.forget_model(&id, None);
         } else if id.as_str().starts_with("ft:") {
             principal.require(soramai_core::Scope::Train)?;
-            let model = self.core().fine_tuned_model(principal, &id)?;
-            self.core().delete_fine_tuned_model(principal, &id)?;
+            let model = self.core.fine_tuned_model(principal, &id)?;
+            self.core.delete_fine_tuned_model(principal, &id)?;
             self.forget_model(&id, Some(&model.base));
         } else {
             return Err(soramai_core::Error::NotFound { kind: "model" }.into());

@@ -188,6 +188,9 @@ pub struct GroundedChat {
 pub struct Session {
     platform: Arc<Platform>,
     principal: Principal,
+    /// Whoever made the session already recorded its one request in the audit logs (a server's
+    /// middleware does, for a call under a break-glass grant).
+    recorded: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -214,7 +217,14 @@ impl Platform {
 impl Session {
     /// A session for a caller already authenticated (a server's middleware checked the key).
     pub fn new(platform: Arc<Platform>, principal: Principal) -> Self {
-        Self { platform, principal }
+        Self { platform, principal, recorded: false }
+    }
+
+    /// A session for one request that a server has already admitted and recorded (a call under
+    /// a break-glass grant is in both audit logs once, by the server's middleware, which also
+    /// refuses it once the grant has ended): its calls don't record it again.
+    pub fn for_request(platform: Arc<Platform>, principal: Principal) -> Self {
+        Self { platform, principal, recorded: true }
     }
 
     /// The key's principal: tenant, key id, scopes.
@@ -229,8 +239,8 @@ impl Session {
 
     /// Records a call made under a break-glass grant in both audit logs, and fails once the
     /// grant has ended (so a session stops with its grant); nothing for other keys.
-    fn acting(&self, operation: &str) -> Result<(), PlatformError> {
-        if self.principal.grant().is_some() {
+    pub(crate) fn acting(&self, operation: &str) -> Result<(), PlatformError> {
+        if !self.recorded && self.principal.grant().is_some() {
             self.platform.record_request(&self.principal, &format!("session.{operation}"))?;
         }
         Ok(())
@@ -303,31 +313,31 @@ impl Session {
     /// Uploads a dataset (encrypted under the tenant's key).
     pub fn upload_dataset(&self, name: &str, bytes: &[u8]) -> Result<DatasetInfo, PlatformError> {
         self.acting("upload_dataset")?;
-        Ok(self.platform.core().upload_dataset(&self.principal, name, bytes)?)
+        Ok(self.platform.core.upload_dataset(&self.principal, name, bytes)?)
     }
 
     /// The tenant's datasets.
     pub fn datasets(&self) -> Result<Vec<DatasetInfo>, PlatformError> {
         self.acting("datasets")?;
-        Ok(self.platform.core().list_datasets(&self.principal)?)
+        Ok(self.platform.core.list_datasets(&self.principal)?)
     }
 
     /// One dataset's metadata.
     pub fn dataset(&self, id: &str) -> Result<DatasetInfo, PlatformError> {
         self.acting("dataset")?;
-        Ok(self.platform.core().dataset(&self.principal, &Platform::dataset_id(id)?)?)
+        Ok(self.platform.core.dataset(&self.principal, &Platform::dataset_id(id)?)?)
     }
 
     /// A dataset's bytes (zeroized when dropped).
     pub fn download_dataset(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
         self.acting("download_dataset")?;
-        Ok(self.platform.core().download_dataset(&self.principal, &Platform::dataset_id(id)?)?)
+        Ok(self.platform.core.download_dataset(&self.principal, &Platform::dataset_id(id)?)?)
     }
 
     /// Deletes a dataset (its key is destroyed: the bytes are unreadable from then on).
     pub fn delete_dataset(&self, id: &str) -> Result<(), PlatformError> {
         self.acting("delete_dataset")?;
-        Ok(self.platform.core().delete_dataset(&self.principal, &Platform::dataset_id(id)?)?)
+        Ok(self.platform.core.delete_dataset(&self.principal, &Platform::dataset_id(id)?)?)
     }
 
     // ---- fine-tuning ----
@@ -510,19 +520,19 @@ impl Session {
     /// The tenant's keys (never their secrets).
     pub fn api_keys(&self) -> Result<Vec<soramai_core::ApiKeyInfo>, PlatformError> {
         self.acting("api_keys")?;
-        Ok(self.platform.core().list_api_keys(&self.principal)?)
+        Ok(self.platform.core.list_api_keys(&self.principal)?)
     }
 
     /// Revokes a key at once.
     pub fn revoke_api_key(&self, id: &str) -> Result<(), PlatformError> {
         self.acting("revoke_api_key")?;
-        Ok(self.platform.core().revoke_api_key(&self.principal, &key_id(id)?)?)
+        Ok(self.platform.core.revoke_api_key(&self.principal, &key_id(id)?)?)
     }
 
     /// Replaces a key; the old one keeps working for `grace`.
     pub fn rotate_api_key(&self, id: &str, grace: Duration) -> Result<IssuedKey, PlatformError> {
         self.acting("rotate_api_key")?;
-        Ok(self.platform.core().rotate_api_key(&self.principal, &key_id(id)?, grace)?)
+        Ok(self.platform.core.rotate_api_key(&self.principal, &key_id(id)?, grace)?)
     }
 
     /// Creates a tenant (platform admin).
@@ -600,7 +610,7 @@ impl Session {
     /// The tenant's audit log (admin scope).
     pub fn audit_log(&self) -> Result<Vec<AuditRecord>, PlatformError> {
         self.acting("audit_log")?;
-        Ok(self.platform.core().audit_log(&self.principal)?)
+        Ok(self.platform.core.audit_log(&self.principal)?)
     }
 
     /// Verifies the tenant's audit chain (admin scope). A broken chain is an integrity error
@@ -619,14 +629,14 @@ impl Session {
     pub fn audit_verification(&self) -> Result<AuditVerification, PlatformError> {
         self.acting("verify_audit")?;
         self.principal.require(Scope::Admin)?;
-        Ok(self.platform.core().check_audit(self.principal.tenant())?)
+        Ok(self.platform.core.check_audit(self.principal.tenant())?)
     }
 
     /// Token usage since `since_ms` (Unix ms) and the credits left.
     pub fn usage(&self, since_ms: i64) -> Result<UsageReport, PlatformError> {
         self.acting("usage")?;
-        let summary = self.platform.core().usage_summary(&self.principal, since_ms)?;
-        Ok(UsageReport { summary, balance: self.platform.core().balance(self.principal.tenant())? })
+        let summary = self.platform.core.usage_summary(&self.principal, since_ms)?;
+        Ok(UsageReport { summary, balance: self.platform.core.balance(self.principal.tenant())? })
     }
 }
 

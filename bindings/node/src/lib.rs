@@ -39,8 +39,7 @@ fn to_json<T: Serialize>(value: &T) -> napi::Result<Value> {
 
 /// A JavaScript value (as JSON) in the SDK's shape; `what` names it in the error.
 fn parse<T: DeserializeOwned>(value: Value, what: &str) -> napi::Result<T> {
-    serde_json::from_value(value)
-        .map_err(|e| invalid(&format!("{what}: {}", soramai::core::error::json_error_message(&e))))
+    serde_json::from_value(value).map_err(|e| invalid(&format!("{what}: {}", soramai::json_error_message(&e))))
 }
 
 /// Options that may be left out (`undefined` or `null`).

@@ -120,6 +120,17 @@ describe('soramai through napi', { skip: haveModel ? false : 'the reference mode
     assert.ok(Math.abs(e.vectors[0].reduce((s, x) => s + x * x, 0) - 1) < 1e-3)
   })
 
+  test('sampling penalties and logit bias cross the binding; out-of-range ones are refused', async () => {
+    const bias = Object.fromEntries(Array.from({ length: 1024 }, (_, i) => [String(i), -100]))
+    const c = await t.acme.complete(MODEL, 'The', {
+      max_tokens: 2, temperature: 0, presence_penalty: 1, frequency_penalty: 0.5, logit_bias: bias,
+    })
+    assert.ok(c.usage.completion_tokens >= 1)
+    for (const bad of [{ presence_penalty: 3 }, { logit_bias: { 1: 101 } }, { logit_bias: { 99999999: 1 } }]) {
+      await assert.rejects(t.acme.complete(MODEL, 'The', { max_tokens: 1, ...bad }), soramai.InvalidRequestError)
+    }
+  })
+
   test('the event loop runs while the engine works', async () => {
     let ticks = 0
     const timer = setInterval(() => ticks++, 1)

@@ -88,8 +88,7 @@ fn from_py<T: DeserializeOwned>(py: Python<'_>, value: &Bound<'_, PyAny>, what: 
         .call_method1("dumps", (value,))
         .map_err(|_| invalid(format!("{what} holds values JSON cannot hold")))?
         .extract()?;
-    serde_json::from_str(&text)
-        .map_err(|e| invalid(format!("{what}: {}", soramai::core::error::json_error_message(&e))))
+    serde_json::from_str(&text).map_err(|e| invalid(format!("{what}: {}", soramai::json_error_message(&e))))
 }
 
 /// Keyword options (`None` for none) as a serde value.

@@ -116,6 +116,24 @@ def test_completion_logprobs_and_embeddings(world):
     assert abs(sum(x * x for x in e["vectors"][0]) - 1.0) < 1e-3
 
 
+def test_sampling_penalties_and_logit_bias(world):
+    acme = world["acme"]
+    # The server's HTTP test checks their effect token by token; here the options cross the binding.
+    taken = acme.complete(
+        soramai.DEFAULT_MODEL_ID,
+        "The",
+        max_tokens=2,
+        temperature=0,
+        presence_penalty=1.0,
+        frequency_penalty=0.5,
+        logit_bias={str(i): -100 for i in range(1024)},
+    )
+    assert taken["usage"]["completion_tokens"] >= 1
+    for bad in ({"presence_penalty": 3}, {"logit_bias": {"1": 101}}, {"logit_bias": {"99999999": 1}}):
+        with pytest.raises(soramai.InvalidRequestError):
+            acme.complete(soramai.DEFAULT_MODEL_ID, "The", max_tokens=1, **bad)
+
+
 def test_blocking_calls_release_the_gil(world):
     acme = world["acme"]
     ticks = 0

@@ -190,27 +190,58 @@ impl Worker {
             std::fs::DirBuilder::new().mode(0o700).create(scratch)?;
         }
         let input = Arc::new(self.core.job_input(job, &self.id)?);
-        let mut checkpoint = None;
-        // A customer's own GGUF base reaches the child through the pipe too, chunk by chunk,
-        // decrypted in memory only; a registered base model is a public file the child maps.
-        let mut custom_base = None;
-        let header = match &job.spec {
+        let feed = self.feed_for(job, &input)?;
+        let mut child = self.spawn_runner(scratch)?;
+        let stdin = child.stdin.take().ok_or_else(|| Error::Runner("no stdin".into()))?;
+        let stdout = child.stdout.take().ok_or_else(|| Error::Runner("no stdout".into()))?;
+        let feeder = std::thread::spawn(move || feed.write_to(stdin));
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            read_child(stdout, &tx);
+            let _ = tx.send(ChildMsg::Closed);
+        });
+        let watched = self.watch(job, &mut child, &rx);
+        if !matches!(watched, Ok(Watched::Ended(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = feeder.join();
+        let _ = reader.join();
+        match watched? {
+            Watched::Gave(outcome) => Ok(outcome),
+            Watched::Released => {
+                // The node is going down: the job goes back to its queue (it committed nothing
+                // half-done), and this worker no longer holds it.
+                self.core.release_job(&job.id, &self.id)?;
+                Err(Error::LeaseLost)
+            }
+            Watched::Ended(ended) => self.finish(job, &input, ended),
+        }
+    }
+
+    /// What the child reads on its stdin: the header line, the job's input, a resume's checkpoint,
+    /// and a customer's own GGUF base (decrypted in memory only; a registered base model is a
+    /// public file the child maps by its path).
+    fn feed_for(&self, job: &Job, input: &Arc<Zeroizing<Vec<u8>>>) -> Result<Feed> {
+        let mut feed =
+            Feed { header: serde_json::Value::Null, input: input.clone(), checkpoint: None, custom_base: None };
+        feed.header = match &job.spec {
             JobSpec::Checksum { pace_ms, .. } => {
                 serde_json::json!({"kind": "checksum", "pace_ms": pace_ms, "input_len": input.len()})
             }
             JobSpec::FineTune(spec) => {
-                checkpoint = self.core.job_checkpoint(job, &self.id)?;
+                feed.checkpoint = self.core.job_checkpoint(job, &self.id)?;
                 let mut header = serde_json::json!({
                     "kind": "fine_tune",
                     "input_len": input.len(),
-                    "checkpoint_len": checkpoint.as_ref().map_or(0, |c| c.len()),
+                    "checkpoint_len": feed.checkpoint.as_ref().map_or(0, |c| c.len()),
                     "base_model": spec.base_model.as_str(),
                     "hyperparameters": spec.hyperparameters,
                 });
                 if crate::models::is_custom_model(&spec.base_model) {
                     let reader = self.core.custom_model_reader(&job.tenant, &spec.base_model)?;
                     header["base_model_len"] = reader.len().into();
-                    custom_base = Some(reader);
+                    feed.custom_base = Some(reader);
                 } else {
                     header["base_model_path"] = serde_json::json!(self.core.base_model(&spec.base_model)?.path);
                 }
@@ -224,7 +255,13 @@ impl Worker {
                 header
             }
         };
-        let mut child = Command::new(&self.runner.program)
+        Ok(feed)
+    }
+
+    /// Starts the runner: a cleared environment, the scratch directory as its working directory,
+    /// the resource limits as arguments it applies to itself before reading anything.
+    fn spawn_runner(&self, scratch: &std::path::Path) -> Result<std::process::Child> {
+        Command::new(&self.runner.program)
             .args(&self.runner.args)
             .arg("--max-memory-bytes")
             .arg(self.runner.max_memory_bytes.to_string())
@@ -238,49 +275,27 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| Error::Runner(format!("cannot start the job runner: {e}")))?;
-        let mut stdin = child.stdin.take().ok_or_else(|| Error::Runner("no stdin".into()))?;
-        let stdout = child.stdout.take().ok_or_else(|| Error::Runner("no stdout".into()))?;
-        let fed = input.clone();
-        let feeder = std::thread::spawn(move || -> std::io::Result<()> {
-            stdin.write_all(header.to_string().as_bytes())?;
-            stdin.write_all(b"\n")?;
-            stdin.write_all(&fed)?;
-            if let Some(c) = &checkpoint {
-                stdin.write_all(c)?;
-            }
-            if let Some(model) = &custom_base {
-                const PIECE: u64 = 1 << 20;
-                let mut at = 0;
-                while at < model.len() {
-                    let n = PIECE.min(model.len() - at);
-                    stdin.write_all(&model.read_range(at, n as usize).map_err(std::io::Error::other)?)?;
-                    at += n;
-                }
-            }
-            stdin.flush()
-        });
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            read_child(stdout, &tx);
-            let _ = tx.send(ChildMsg::Closed);
-        });
+            .map_err(|e| Error::Runner(format!("cannot start the job runner: {e}")))
+    }
 
+    /// Follows the child until it exits: stores its checkpoints, records its progress and
+    /// metrics, keeps its artifacts and result, heartbeats the lease (a cancel kills the child),
+    /// and gives the job back when the worker stops. The caller kills the child on anything but
+    /// its own exit.
+    fn watch(&self, job: &Job, child: &mut std::process::Child, rx: &mpsc::Receiver<ChildMsg>) -> Result<Watched> {
         let beat = self.lease / 3;
         let mut next_beat = Instant::now() + beat;
-        let mut result: Option<serde_json::Value> = None;
-        let mut error: Option<String> = None;
-        let mut artifacts: Vec<(String, Zeroizing<Vec<u8>>)> = Vec::new();
-        let mut cancelled = false;
+        let mut ended = Ended::default();
         let mut closed = false;
-        let status = loop {
+        loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(ChildMsg::Blob(ev, bytes)) => {
                     let data = ev.get("data").cloned().unwrap_or(serde_json::Value::Null);
                     if ev.get("type").and_then(|t| t.as_str()) == Some("artifact") {
                         let name = data.get("name").and_then(|n| n.as_str()).unwrap_or_default();
-                        if artifact_names(&job.spec).contains(&name) && !artifacts.iter().any(|(n, _)| n == name) {
-                            artifacts.push((name.to_owned(), bytes));
+                        if artifact_names(&job.spec).contains(&name) && !ended.artifacts.iter().any(|(n, _)| n == name)
+                        {
+                            ended.artifacts.push((name.to_owned(), bytes));
                         }
                         continue;
                     }
@@ -291,28 +306,21 @@ impl Worker {
                         }
                         _ => Err(Error::Runner("a checkpoint without step and trained_tokens".into())),
                     };
-                    if let Err(e) = saved {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return match e {
-                            Error::LeaseLost => Err(e),
-                            e => Ok(Outcome::Failed(e.to_string())),
-                        };
+                    match saved {
+                        Ok(()) => {}
+                        Err(Error::LeaseLost) => return Err(Error::LeaseLost),
+                        Err(e) => return Ok(Watched::Gave(Outcome::Failed(e.to_string()))),
                     }
                 }
                 Ok(ChildMsg::Event(ev)) => match ev.get("type").and_then(|t| t.as_str()) {
-                    Some("result") => result = ev.get("data").cloned(),
+                    Some("result") => ended.result = ev.get("data").cloned(),
                     Some("error") => {
                         let msg = ev.pointer("/data/message").and_then(|m| m.as_str()).unwrap_or("the job failed");
-                        error = Some(msg.chars().take(1000).collect());
+                        ended.error = Some(msg.chars().take(1000).collect());
                     }
                     Some(kind @ ("progress" | "metric")) => {
                         let data = ev.get("data").cloned().unwrap_or(serde_json::Value::Null);
-                        if let Err(e) = self.core.report_job_event(&job.id, &self.id, kind, &data) {
-                            let _ = child.kill();
-                            let _ = child.wait();
-                            return Err(e);
-                        }
+                        self.core.report_job_event(&job.id, &self.id, kind, &data)?;
                     }
                     _ => {}
                 },
@@ -321,46 +329,38 @@ impl Worker {
                 Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
             }
             if self.stopping() {
-                // The node is going down: the job goes back to its queue (it committed nothing
-                // half-done), and this worker no longer holds it.
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = feeder.join();
-                let _ = reader.join();
-                self.core.release_job(&job.id, &self.id)?;
-                return Err(Error::LeaseLost);
+                return Ok(Watched::Released);
             }
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + beat;
-                match self.core.heartbeat(&job.id, &self.id, self.lease) {
-                    Ok(true) => {
-                        cancelled = true;
-                        let _ = child.kill();
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return Err(e);
-                    }
+                if self.core.heartbeat(&job.id, &self.id, self.lease)? {
+                    ended.cancelled = true;
+                    let _ = child.kill();
                 }
             }
             if closed && let Some(status) = child.try_wait()? {
-                break status;
+                ended.status = Some(status);
+                return Ok(Watched::Ended(ended));
             }
-        };
-        let _ = feeder.join();
-        let _ = reader.join();
-        if cancelled {
+        }
+    }
+
+    /// The outcome of a child that exited: a fine-tune's adapter stored, an ingestion indexed
+    /// through the worker's [`Completion`], or why it failed.
+    fn finish(&self, job: &Job, input: &[u8], ended: Ended) -> Result<Outcome> {
+        if ended.cancelled {
             return Ok(Outcome::Cancelled);
         }
-        match (status.success(), result) {
+        let status = ended.status.ok_or_else(|| Error::Runner("the job runner's status is unknown".into()))?;
+        match (status.success(), ended.result) {
             (true, Some(r)) => match &job.spec {
-                JobSpec::FineTune(spec) => match self.core.complete_fine_tune(job, &self.id, spec, r, &artifacts) {
-                    Ok(r) => Ok(Outcome::Succeeded(r)),
-                    Err(Error::LeaseLost) => Err(Error::LeaseLost),
-                    Err(e) => Ok(Outcome::Failed(e.to_string())),
-                },
+                JobSpec::FineTune(spec) => {
+                    match self.core.complete_fine_tune(job, &self.id, spec, r, &ended.artifacts) {
+                        Ok(r) => Ok(Outcome::Succeeded(r)),
+                        Err(Error::LeaseLost) => Err(Error::LeaseLost),
+                        Err(e) => Ok(Outcome::Failed(e.to_string())),
+                    }
+                }
                 JobSpec::Ingest(_) => {
                     let Some(completion) = &self.completion else {
                         return Ok(Outcome::Failed("this worker cannot index ingestions".into()));
@@ -371,7 +371,7 @@ impl Worker {
                     if self.core.heartbeat(&job.id, &self.id, self.lease)? {
                         return Ok(Outcome::Cancelled);
                     }
-                    match completion.complete(job, &input, r, &artifacts) {
+                    match completion.complete(job, input, r, &ended.artifacts) {
                         Ok(r) => Ok(Outcome::Succeeded(r)),
                         Err(e) => Ok(Outcome::Failed(e)),
                     }
@@ -379,11 +379,61 @@ impl Worker {
                 JobSpec::Checksum { .. } => Ok(Outcome::Succeeded(r)),
             },
             (true, None) => Ok(Outcome::Failed("the job runner ended without a result".into())),
-            (false, _) => Ok(Outcome::Failed(match (error, status.code()) {
+            (false, _) => Ok(Outcome::Failed(match (ended.error, status.code()) {
                 (Some(e), _) => e,
                 (None, Some(c)) => format!("the job runner exited with status {c}"),
                 (None, None) => "the job runner was killed by a signal (resource limit?)".into(),
             })),
         }
     }
+}
+
+/// What a job's child reads on its stdin.
+struct Feed {
+    header: serde_json::Value,
+    input: Arc<Zeroizing<Vec<u8>>>,
+    checkpoint: Option<Zeroizing<Vec<u8>>>,
+    custom_base: Option<crate::core::ObjectReader>,
+}
+
+impl Feed {
+    /// Writes it all (a customer's GGUF in 1 MiB pieces); ends with the pipe.
+    fn write_to(self, mut stdin: std::process::ChildStdin) -> std::io::Result<()> {
+        stdin.write_all(self.header.to_string().as_bytes())?;
+        stdin.write_all(b"\n")?;
+        stdin.write_all(&self.input)?;
+        if let Some(c) = &self.checkpoint {
+            stdin.write_all(c)?;
+        }
+        if let Some(model) = &self.custom_base {
+            const PIECE: u64 = 1 << 20;
+            let mut at = 0;
+            while at < model.len() {
+                let n = PIECE.min(model.len() - at);
+                stdin.write_all(&model.read_range(at, n as usize).map_err(std::io::Error::other)?)?;
+                at += n;
+            }
+        }
+        stdin.flush()
+    }
+}
+
+/// How following a child ended.
+enum Watched {
+    /// The child exited by itself (or after a cancel killed it).
+    Ended(Ended),
+    /// The job ends now with this outcome (the child is to be killed).
+    Gave(Outcome),
+    /// The worker is stopping: the job goes back to its queue (the child is to be killed).
+    Released,
+}
+
+/// What an exited child left.
+#[derive(Default)]
+struct Ended {
+    status: Option<std::process::ExitStatus>,
+    result: Option<serde_json::Value>,
+    error: Option<String>,
+    artifacts: Vec<(String, Zeroizing<Vec<u8>>)>,
+    cancelled: bool,
 }

@@ -329,9 +329,31 @@ impl Model {
     }
 
     fn forward_on_pool(&self, lanes: &mut [Lane<'_>], precision: Precision) -> Result<Vec<Vec<f32>>> {
+        let rows = self.check_lanes(lanes)?;
+        let (n, d) = (rows.len(), self.config.n_embd);
+        let mut x = vec![0f32; n * d];
+        let spans = lane_spans(lanes);
+        for (lane, span) in lanes.iter().zip(&spans) {
+            self.embed(lane.tokens, &mut x[span.start * d..span.end * d])?;
+        }
+        let groups = adapter_groups(lanes, &spans);
+        let tables = self.rope_tables(&rows.iter().map(|&(_, pos)| pos).collect::<Vec<_>>());
+        let pass = Pass { rows: &rows, spans: &spans, groups: &groups, tables: &tables, precision };
+        let mut buf = Buffers::new(&self.config, n);
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.attention_block(&pass, l, layer, lanes, &mut x, &mut buf)?;
+            self.ffn_block(&pass, l, layer, &mut x, &mut buf)?;
+        }
+        for lane in lanes.iter_mut() {
+            lane.cache.len += lane.tokens.len();
+        }
+        self.outputs(lanes, &spans, &x, precision)
+    }
+
+    /// Checks every lane against the model (tokens in the vocabulary, its own KV cache, room in
+    /// the context, an adapter of this shape) and lists the batch's rows as (lane, position).
+    fn check_lanes(&self, lanes: &[Lane<'_>]) -> Result<Vec<(usize, usize)>> {
         let c = &self.config;
-        let (d, qd, kvd, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.head_dim);
-        // Rows of the batch: (lane, position).
         let mut rows: Vec<(usize, usize)> = Vec::new();
         for (i, lane) in lanes.iter().enumerate() {
             if lane.tokens.is_empty() {
@@ -340,7 +362,7 @@ impl Model {
             if let Some(&t) = lane.tokens.iter().find(|&&t| t as usize >= c.vocab) {
                 return Err(Error::Request(format!("token id {t} is outside the {}-token vocabulary", c.vocab)));
             }
-            if lane.cache.kv_dim != kvd || lane.cache.k.len() != c.n_layer {
+            if lane.cache.kv_dim != c.kv_dim() || lane.cache.k.len() != c.n_layer {
                 return Err(Error::Request("a KV cache from another model".into()));
             }
             let end = lane.cache.len + lane.tokens.len();
@@ -354,105 +376,103 @@ impl Model {
             }
             rows.extend((0..lane.tokens.len()).map(|k| (i, lane.cache.len + k)));
         }
-        let n = rows.len();
-        let mut x = vec![0f32; n * d];
-        let mut r = 0;
-        for lane in lanes.iter() {
-            self.embed(lane.tokens, &mut x[r * d..(r + lane.tokens.len()) * d])?;
-            r += lane.tokens.len();
+        Ok(rows)
+    }
+
+    /// One layer's attention half: the Q/K/V projections (with their adapters, biases and norms),
+    /// RoPE, the new keys and values appended to each lane's cache, attention, the output
+    /// projection and the residual.
+    fn attention_block(
+        &self,
+        pass: &Pass<'_>,
+        l: usize,
+        layer: &Layer,
+        lanes: &mut [Lane<'_>],
+        x: &mut [f32],
+        buf: &mut Buffers,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (n, qd, kvd, hd, h2) = (pass.rows.len(), c.q_dim(), c.kv_dim(), c.head_dim, c.rope_dims / 2);
+        let Buffers { xn, q, kk, vv, att, o, .. } = buf;
+        norm_rows(x, &layer.attn_norm, c.eps, xn);
+        QMat::matmul_group(&[&layer.wq, &layer.wk, &layer.wv], xn, &mut [q, kk, vv], pass.precision)?;
+        apply_lora(pass.groups, l, Target::Q, xn, q);
+        apply_lora(pass.groups, l, Target::K, xn, kk);
+        apply_lora(pass.groups, l, Target::V, xn, vv);
+        if let Some([bq, bk, bv]) = &layer.bias {
+            add_bias(q, bq);
+            add_bias(kk, bk);
+            add_bias(vv, bv);
         }
-        // Row ranges per lane and adapter groups for the LoRA gather.
-        let mut spans = Vec::with_capacity(lanes.len());
-        let mut start = 0;
-        for lane in lanes.iter() {
-            spans.push(start..start + lane.tokens.len());
-            start += lane.tokens.len();
+        if let Some([qn, kn]) = &layer.qk_norm {
+            // Each head is a row of `head_dim` values.
+            post_norm(Some(qn), c.eps, q);
+            post_norm(Some(kn), c.eps, kk);
         }
-        let mut groups: Vec<(&Adapter, Vec<usize>)> = Vec::new();
-        for (i, lane) in lanes.iter().enumerate() {
-            if let Some(a) = lane.adapter {
-                match groups.iter_mut().find(|(g, _)| std::ptr::eq(*g, a)) {
-                    Some((_, rs)) => rs.extend(spans[i].clone()),
-                    None => groups.push((a, spans[i].clone().collect())),
-                }
+        let (cos, sin) = &pass.tables[usize::from(c.is_local(l))];
+        for k in 0..n {
+            let (cs, sn) = (&cos[k * h2..(k + 1) * h2], &sin[k * h2..(k + 1) * h2]);
+            for h in 0..c.n_head {
+                ops::rope(&mut q[k * qd + h * hd..k * qd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
+            }
+            for h in 0..c.n_head_kv {
+                ops::rope(&mut kk[k * kvd + h * hd..k * kvd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
             }
         }
-        let h2 = c.rope_dims / 2;
-        let tables = self.rope_tables(&rows.iter().map(|&(_, pos)| pos).collect::<Vec<_>>());
-        let mut xn = vec![0f32; n * d];
-        let mut q = vec![0f32; n * qd];
-        let mut kk = vec![0f32; n * kvd];
-        let mut vv = vec![0f32; n * kvd];
-        let mut att = vec![0f32; n * qd];
-        let mut o = vec![0f32; n * d];
-        let mut g = vec![0f32; n * c.n_ff];
-        let mut u = vec![0f32; n * c.n_ff];
-        for (l, layer) in self.layers.iter().enumerate() {
-            norm_rows(&x, &layer.attn_norm, c.eps, &mut xn);
-            let proj = |t: Target, input: &[f32], out: &mut [f32]| -> Result<()> {
-                layer.weight(t).matmul(input, out, precision)?;
-                apply_lora(&groups, l, t, input, out);
-                Ok(())
-            };
-            QMat::matmul_group(&[&layer.wq, &layer.wk, &layer.wv], &xn, &mut [&mut q, &mut kk, &mut vv], precision)?;
-            apply_lora(&groups, l, Target::Q, &xn, &mut q);
-            apply_lora(&groups, l, Target::K, &xn, &mut kk);
-            apply_lora(&groups, l, Target::V, &xn, &mut vv);
-            if let Some([bq, bk, bv]) = &layer.bias {
-                add_bias(&mut q, bq);
-                add_bias(&mut kk, bk);
-                add_bias(&mut vv, bv);
-            }
-            if let Some([qn, kn]) = &layer.qk_norm {
-                // Each head is a row of `head_dim` values.
-                post_norm(Some(qn), c.eps, &mut q);
-                post_norm(Some(kn), c.eps, &mut kk);
-            }
-            let (cos, sin) = &tables[usize::from(c.is_local(l))];
-            for k in 0..n {
-                let (cs, sn) = (&cos[k * h2..(k + 1) * h2], &sin[k * h2..(k + 1) * h2]);
-                for h in 0..c.n_head {
-                    ops::rope(&mut q[k * qd + h * hd..k * qd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
-                }
-                for h in 0..c.n_head_kv {
-                    ops::rope(&mut kk[k * kvd + h * hd..k * kvd + h * hd + c.rope_dims], cs, sn, c.rope_layout);
-                }
-            }
-            for (i, lane) in lanes.iter_mut().enumerate() {
-                let span = spans[i].clone();
-                lane.cache.k[l].extend_from_slice(&kk[span.start * kvd..span.end * kvd]);
-                lane.cache.v[l].extend_from_slice(&vv[span.start * kvd..span.end * kvd]);
-            }
-            let caches: Vec<&KvCache> = lanes.iter().map(|ln| &*ln.cache).collect();
-            attention(c, l, &rows, &caches, &q, &mut att);
-            proj(Target::O, &att, &mut o)?;
-            add_residual(&mut x, &mut o, layer.post_norms.as_ref().map(|[a, _]| a), c.eps);
-            norm_rows(&x, &layer.ffn_norm, c.eps, &mut xn);
-            QMat::matmul_group(&[&layer.gate, &layer.up], &xn, &mut [&mut g, &mut u], precision)?;
-            apply_lora(&groups, l, Target::Gate, &xn, &mut g);
-            apply_lora(&groups, l, Target::Up, &xn, &mut u);
-            let act = match c.family.activation() {
-                crate::family::Activation::SwiGlu => ops::swiglu,
-                crate::family::Activation::GeGlu => ops::geglu,
-            };
-            if n == 1 {
-                act(&mut g, &u);
-            } else {
-                g.par_chunks_mut(c.n_ff).zip(u.par_chunks(c.n_ff)).for_each(|(gr, ur)| act(gr, ur));
-            }
-            proj(Target::Down, &g, &mut o)?;
-            add_residual(&mut x, &mut o, layer.post_norms.as_ref().map(|[_, f]| f), c.eps);
+        for (lane, span) in lanes.iter_mut().zip(pass.spans) {
+            lane.cache.k[l].extend_from_slice(&kk[span.start * kvd..span.end * kvd]);
+            lane.cache.v[l].extend_from_slice(&vv[span.start * kvd..span.end * kvd]);
         }
-        for lane in lanes.iter_mut() {
-            lane.cache.len += lane.tokens.len();
+        let caches: Vec<&KvCache> = lanes.iter().map(|ln| &*ln.cache).collect();
+        attention(c, l, pass.rows, &caches, q, att);
+        layer.weight(Target::O).matmul(att, o, pass.precision)?;
+        apply_lora(pass.groups, l, Target::O, att, o);
+        add_residual(x, o, layer.post_norms.as_ref().map(|[a, _]| a), c.eps);
+        Ok(())
+    }
+
+    /// One layer's feed-forward half: gate and up (with their adapters), the family's gated
+    /// activation, down, and the residual.
+    fn ffn_block(&self, pass: &Pass<'_>, l: usize, layer: &Layer, x: &mut [f32], buf: &mut Buffers) -> Result<()> {
+        let c = &self.config;
+        let Buffers { xn, o, g, u, .. } = buf;
+        norm_rows(x, &layer.ffn_norm, c.eps, xn);
+        QMat::matmul_group(&[&layer.gate, &layer.up], xn, &mut [g, u], pass.precision)?;
+        apply_lora(pass.groups, l, Target::Gate, xn, g);
+        apply_lora(pass.groups, l, Target::Up, xn, u);
+        let act = match c.family.activation() {
+            crate::family::Activation::SwiGlu => ops::swiglu,
+            crate::family::Activation::GeGlu => ops::geglu,
+        };
+        if pass.rows.len() == 1 {
+            act(g, u);
+        } else {
+            g.par_chunks_mut(c.n_ff).zip(u.par_chunks(c.n_ff)).for_each(|(gr, ur)| act(gr, ur));
         }
-        // Every lane's wanted rows go through the vocabulary projection together: its weights
-        // (the largest matrix) are read once per step, not once per sequence.
+        layer.weight(Target::Down).matmul(g, o, pass.precision)?;
+        apply_lora(pass.groups, l, Target::Down, g, o);
+        add_residual(x, o, layer.post_norms.as_ref().map(|[_, f]| f), c.eps);
+        Ok(())
+    }
+
+    /// What each lane asked for from the final hidden states: logits of its last row, of every
+    /// row, none, or its mean normalized hidden state. Every lane's wanted rows go through the
+    /// vocabulary projection together: its weights (the largest matrix) are read once per step,
+    /// not once per sequence.
+    fn outputs(
+        &self,
+        lanes: &[Lane<'_>],
+        spans: &[std::ops::Range<usize>],
+        x: &[f32],
+        precision: Precision,
+    ) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let d = c.n_embd;
         let mut out: Vec<Vec<f32>> = Vec::with_capacity(lanes.len());
         let mut wanted_rows: Vec<usize> = Vec::new();
         let mut counts = Vec::with_capacity(lanes.len());
-        for (i, lane) in lanes.iter().enumerate() {
-            let span = spans[i].clone();
+        for (lane, span) in lanes.iter().zip(spans) {
+            let span = span.clone();
             let wanted = match lane.logits {
                 Logits::None => span.end..span.end,
                 Logits::Last => span.end - 1..span.end,
@@ -495,6 +515,70 @@ impl Model {
         }
         Ok(out)
     }
+}
+
+/// What every layer of one forward pass shares: the rows (lane, position), each lane's row range,
+/// the adapters' row groups, the RoPE tables and the arithmetic.
+struct Pass<'a> {
+    rows: &'a [(usize, usize)],
+    spans: &'a [std::ops::Range<usize>],
+    groups: &'a [(&'a Adapter, Vec<usize>)],
+    tables: &'a [(Vec<f32>, Vec<f32>)],
+    precision: Precision,
+}
+
+/// One forward pass's activations, allocated once for all its layers.
+struct Buffers {
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    kk: Vec<f32>,
+    vv: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+}
+
+impl Buffers {
+    fn new(c: &Config, n: usize) -> Self {
+        Self {
+            xn: vec![0f32; n * c.n_embd],
+            q: vec![0f32; n * c.q_dim()],
+            kk: vec![0f32; n * c.kv_dim()],
+            vv: vec![0f32; n * c.kv_dim()],
+            att: vec![0f32; n * c.q_dim()],
+            o: vec![0f32; n * c.n_embd],
+            g: vec![0f32; n * c.n_ff],
+            u: vec![0f32; n * c.n_ff],
+        }
+    }
+}
+
+/// Each lane's range of rows in the batch.
+fn lane_spans(lanes: &[Lane<'_>]) -> Vec<std::ops::Range<usize>> {
+    let mut start = 0;
+    lanes
+        .iter()
+        .map(|lane| {
+            start += lane.tokens.len();
+            start - lane.tokens.len()..start
+        })
+        .collect()
+}
+
+/// The rows of each adapter in the batch (lanes sharing an adapter share its group), for the
+/// LoRA gather.
+fn adapter_groups<'a>(lanes: &[Lane<'a>], spans: &[std::ops::Range<usize>]) -> Vec<(&'a Adapter, Vec<usize>)> {
+    let mut groups: Vec<(&'a Adapter, Vec<usize>)> = Vec::new();
+    for (lane, span) in lanes.iter().zip(spans) {
+        if let Some(a) = lane.adapter {
+            match groups.iter_mut().find(|(g, _)| std::ptr::eq(*g, a)) {
+                Some((_, rs)) => rs.extend(span.clone()),
+                None => groups.push((a, span.clone().collect())),
+            }
+        }
+    }
+    groups
 }
 
 pub(crate) fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

@@ -11,12 +11,12 @@ use axum::extract::{Form, Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
-use soramai::core::{Hyperparameters, Scope, UserId};
 use soramai::{DocumentInput, FineTuneRequest, KeyRequest, PlatformError, Session};
+use soramai::{Hyperparameters, Scope};
 
 use super::{View, act, checked, refused, run, shown};
-use crate::http::AppState;
-use crate::web::redirect;
+use crate::site::redirect;
+use crate::state::AppState;
 
 /// A submitted form's fields in order (a field may repeat: one `scope` per box ticked).
 type Fields = Form<Vec<(String, String)>>;
@@ -69,8 +69,7 @@ pub(super) fn on_item(
 
 /// Removes a member of the tenant.
 pub(super) fn remove_member(session: &Session, user: &str) -> Result<(), PlatformError> {
-    let user = UserId::new(user).map_err(|_| soramai::Error::NotFound { kind: "member" })?;
-    Ok(session.platform().core().remove_member(session.principal(), &user)?)
+    session.remove_member(user)
 }
 
 pub(super) async fn upload_dataset(
@@ -97,7 +96,8 @@ pub(super) async fn upload_dataset(
                 match f.bytes().await {
                     Ok(b) => file = Some((name, b)),
                     Err(_) => {
-                        let e = soramai::Error::TooLarge { what: "dataset", limit: crate::http::MAX_BODY_BYTES as u64 };
+                        let e =
+                            soramai::Error::TooLarge { what: "dataset", limit: crate::state::MAX_BODY_BYTES as u64 };
                         return refused(&s, &a, &view, e.into()).await;
                     }
                 }
@@ -111,7 +111,7 @@ pub(super) async fn upload_dataset(
     let uploaded = run(&s, &a, move |session| {
         let d = session.upload_dataset(&name, &bytes)?;
         // Stored, so valid: the same check again gives the report's figures.
-        let stats = soramai::core::datasets::validate_chat_jsonl(&bytes, usize::MAX)?;
+        let stats = soramai::finetune::dataset_stats(&bytes)?;
         Ok((d, stats))
     })
     .await;
@@ -261,8 +261,7 @@ pub(super) async fn invite(
 ) -> Response {
     let (email, role) = (field(&f, "email"), field(&f, "role"));
     shown(&s, &headers, view(tenant, "members"), &field(&f, "csrf"), move |session| {
-        let role = role.parse::<soramai::core::Role>()?;
-        let i = session.platform().core().invite(session.principal(), &email, role)?;
+        let i = session.invite(&email, &role)?;
         let link = format!("/invitations/accept?token={}", i.token.secret());
         Ok(json!({"invited": {"email": i.invitation.email, "role": i.invitation.role.as_str(), "link": link}}))
     })
@@ -277,16 +276,16 @@ pub(super) async fn set_sso(
     Form(f): Fields,
 ) -> Response {
     let role = field(&f, "default_role");
-    let config = soramai::core::sso::SsoConfig {
+    let config = soramai::accounts::SsoConfig {
         issuer: field(&f, "issuer").trim().to_owned(),
         client_id: field(&f, "client_id").trim().to_owned(),
         default_role: None,
     };
     let secret = field(&f, "client_secret");
     act(&s, &headers, view(tenant, "sso"), &field(&f, "csrf"), move |session| {
-        let default_role = if role.is_empty() { None } else { Some(role.parse::<soramai::core::Role>()?) };
-        let config = soramai::core::sso::SsoConfig { default_role, ..config };
-        Ok(session.platform().core().set_sso(session.principal(), &config, &secret)?)
+        let default_role = if role.is_empty() { None } else { Some(role.parse::<soramai::accounts::Role>()?) };
+        let config = soramai::accounts::SsoConfig { default_role, ..config };
+        session.set_sso(&config, &secret)
     })
     .await
 }
@@ -297,10 +296,7 @@ pub(super) async fn delete_sso(
     Path(tenant): Path<String>,
     Form(f): Fields,
 ) -> Response {
-    act(&s, &headers, view(tenant, "sso"), &field(&f, "csrf"), move |session| {
-        Ok(session.platform().core().delete_sso(session.principal())?)
-    })
-    .await
+    act(&s, &headers, view(tenant, "sso"), &field(&f, "csrf"), move |session| session.delete_sso()).await
 }
 
 /// Gives a member another role (never above the changer's own; a tenant keeps an owner).
@@ -312,10 +308,7 @@ pub(super) async fn set_role(
 ) -> Response {
     let role = field(&f, "role");
     act(&s, &headers, view(tenant, "members"), &field(&f, "csrf"), move |session| {
-        let user = UserId::new(user).map_err(|_| soramai::Error::NotFound { kind: "member" })?;
-        let role = role.parse::<soramai::core::Role>()?;
-        session.platform().core().set_member_role(session.principal(), &user, role).map(drop)?;
-        Ok(())
+        session.set_member_role(&user, &role).map(drop)
     })
     .await
 }

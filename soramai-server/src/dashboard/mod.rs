@@ -17,11 +17,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use soramai::core::{Principal, Role, User};
-use soramai::{ErrorKind, PlatformError, Session, TenantId};
+use soramai::{ErrorKind, PlatformError, Session};
 
-use crate::http::AppState;
-use crate::web::{SESSION_COOKIE, blocking, cookie, csrf_refusal, page, redirect};
+pub(crate) use crate::site::{Acting, acting, message, not_found, run, status_of, utc};
+use crate::site::{csrf_refusal, page, redirect};
+use crate::state::AppState;
 
 /// The tenant pages.
 pub fn routes() -> Router<AppState> {
@@ -98,76 +98,6 @@ impl View {
     }
 }
 
-/// A signed-in person acting in one of their tenants.
-pub(crate) struct Acting {
-    token: String,
-    user: User,
-    role: Role,
-    principal: Principal,
-}
-
-impl Acting {
-    /// The session token (what CSRF tokens are bound to).
-    pub(crate) fn token(&self) -> &str {
-        &self.token
-    }
-
-    /// Who acts, with what scopes, in which tenant.
-    pub(crate) fn principal(&self) -> &Principal {
-        &self.principal
-    }
-
-    /// The person's email.
-    pub(crate) fn email(&self) -> &str {
-        &self.user.email
-    }
-
-    /// The person's view of the platform, with their role's scopes.
-    fn session(&self, s: &AppState) -> Session {
-        Session::new(s.platform().clone(), self.principal.clone())
-    }
-}
-
-/// The person behind the session cookie in `tenant`: a redirect to sign-in without a live
-/// session, a 404 page for a tenant they do not belong to.
-pub(crate) async fn acting(s: &AppState, headers: &HeaderMap, tenant: &str) -> Result<Acting, Response> {
-    let Some(token) = cookie(headers, SESSION_COOKIE) else { return Err(redirect("/sign_in", &[])) };
-    let core = s.platform().core().clone();
-    let (t, tenant) = (token.clone(), tenant.to_owned());
-    let found = blocking(move || core.session_principal(&t, &TenantId::new(tenant)?)).await;
-    match found {
-        Ok((user, role, principal)) => Ok(Acting { token, user, role, principal }),
-        Err(soramai::Error::Unauthenticated) => Err(redirect("/sign_in", &[])),
-        Err(_) => Err(not_found()),
-    }
-}
-
-pub(crate) fn not_found() -> Response {
-    message(StatusCode::NOT_FOUND, "No such page.")
-}
-
-/// A page that says one thing (an error), with its status.
-pub(crate) fn message(status: StatusCode, text: &str) -> Response {
-    page(status, "sign_in.html", json!({"error": text, "csrf": "", "email": ""}), &[])
-}
-
-/// Runs library calls off the async threads, as the signed-in person.
-pub(crate) async fn run<T: Send + 'static>(
-    s: &AppState,
-    a: &Acting,
-    f: impl FnOnce(&Session) -> Result<T, PlatformError> + Send + 'static,
-) -> Result<T, PlatformError> {
-    let session = a.session(s);
-    tokio::task::spawn_blocking(move || f(&session))
-        .await
-        .unwrap_or_else(|_| Err(PlatformError::InvalidArgument("a worker thread failed".into())))
-}
-
-/// The status a refusal is answered with.
-pub(crate) fn status_of(e: &PlatformError) -> StatusCode {
-    StatusCode::from_u16(e.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
 /// Renders a tenant page: its data, with what a post produced (`extra`), an error, and the status
 /// to answer with.
 async fn section(
@@ -178,10 +108,10 @@ async fn section(
     error: Option<String>,
     status: StatusCode,
 ) -> Response {
-    let (core, p, v) = (s.platform().core().clone(), a.principal.clone(), view.clone());
+    let v = view.clone();
     let loaded = run(s, a, move |session| {
-        let tenant = core.tenant(p.tenant())?;
-        let balance = core.balance(p.tenant())?;
+        let tenant = session.tenant()?;
+        let balance = session.balance()?;
         let data = pages::load(&v, session)?;
         Ok((tenant.tier.as_str(), balance, data))
     })
@@ -199,7 +129,7 @@ async fn section(
     let mut ctx = json!({
         "tenant": a.principal.tenant().as_str(), "email": a.user.email, "role": a.role.as_str(), "tier": tier,
         "balance": balance, "section": view.section(), "here": view.path(), "error": error,
-        "csrf": soramai::core::accounts::csrf_token(&a.token),
+        "csrf": soramai::accounts::csrf_token(&a.token),
     });
     for (k, v) in data.as_object().into_iter().flatten().chain(extra.as_object().into_iter().flatten()) {
         ctx[k] = v.clone();
@@ -281,23 +211,6 @@ async fn job_progress(
         }
         Err(e) => (status_of(&e), e.to_string()).into_response(),
     }
-}
-
-/// A Unix time in milliseconds as `YYYY-MM-DD HH:MM:SS` UTC (the proleptic Gregorian calendar,
-/// by Howard Hinnant's days-to-civil algorithm).
-pub(crate) fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

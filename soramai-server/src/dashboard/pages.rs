@@ -2,7 +2,7 @@
 //! states and numbers; never a dataset's, document's or model's content.
 
 use serde_json::{Value, json};
-use soramai::core::{JobEvent, JobSpec, Scope};
+use soramai::{JobEvent, JobSpec};
 use soramai::{PlatformError, Session};
 
 use super::{View, utc};
@@ -12,8 +12,6 @@ const USAGE_DAYS: i64 = 30;
 
 /// The page's data.
 pub(super) fn load(view: &View, session: &Session) -> Result<Value, PlatformError> {
-    let core = session.platform().core();
-    let p = session.principal();
     let item = view.item.as_deref().unwrap_or_default();
     Ok(match view.name {
         "datasets" => json!({"datasets": session.datasets()?.iter().map(|d| json!({
@@ -21,10 +19,10 @@ pub(super) fn load(view: &View, session: &Session) -> Result<Value, PlatformErro
         "jobs" => jobs(session)?,
         "job" => job(session, item)?,
         "models" => json!({
-            "fine_tuned": core.list_fine_tuned_models(p)?.iter().map(|m| json!({"id": m.id.as_str(),
+            "fine_tuned": session.fine_tuned_models()?.iter().map(|m| json!({"id": m.id.as_str(),
                 "base": m.base.as_str(), "job": m.job.as_str(), "trained_tokens": m.trained_tokens,
                 "created": utc(m.created_at)})).collect::<Vec<_>>(),
-            "custom": core.list_custom_models(p)?.iter().map(|m| json!({"id": m.id.as_str(), "name": m.name,
+            "custom": session.custom_models()?.iter().map(|m| json!({"id": m.id.as_str(), "name": m.name,
                 "bytes": m.bytes, "sha256": m.sha256, "architecture": m.architecture,
                 "created": utc(m.created_at)})).collect::<Vec<_>>(),
         }),
@@ -43,19 +41,18 @@ pub(super) fn load(view: &View, session: &Session) -> Result<Value, PlatformErro
             "scopes": k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
             "expires": k.expires_at.map(utc),
             "state": if k.revoked_at.is_some() { "revoked" } else { "active" }})).collect::<Vec<_>>()}),
-        "members" => json!({"members": core.members(p)?.iter().map(|m| json!({
+        "members" => json!({"members": session.members()?.iter().map(|m| json!({
             "user": m.user.as_str(), "email": m.email, "role": m.role.as_str()})).collect::<Vec<_>>()}),
         "grants" => json!({"grants": session.access_grants()?.iter().map(|g| json!({
             "id": g.id.as_str(), "reason": g.reason, "status": g.status,
             "scopes": g.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
             "minutes": g.ttl_seconds / 60, "requested": utc(g.requested_at), "expires": utc(g.expires_at),
             "ended_by": g.ended_by})).collect::<Vec<_>>()}),
-        "sso" => json!({"sso": core.sso_config(p)?, "sso_allowed": core.tenant(p.tenant())?.tier.policy().sso}),
+        "sso" => json!({"sso": session.sso_config()?, "sso_allowed": session.tenant()?.tier.policy().sso}),
         "usage" => {
-            let since = core.now() - USAGE_DAYS * 86_400_000;
+            let since = session.now() - USAGE_DAYS * 86_400_000;
             let usage = session.usage(since)?;
-            p.require(Scope::Admin)?;
-            let receipts = core.receipts(p.tenant())?;
+            let receipts = session.receipts()?;
             json!({"days": USAGE_DAYS, "usage": usage, "receipts": receipts.iter().rev().take(100).map(|r| json!({
                 "receipt": r.receipt, "kind": r.kind, "amount": r.amount, "balance_after": r.balance_after,
                 "reference": r.reference, "at": utc(r.at)})).collect::<Vec<_>>()})

@@ -8,18 +8,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use soramai::core::Scope;
-use soramai::{PlatformError, Session, Tier};
+use soramai::accounts::Membership;
+use soramai::{PlatformError, Scope, Session, Tier};
 
 use super::*;
 
-fn member_json(m: &soramai::core::Membership) -> Value {
+fn member_json(m: &Membership) -> Value {
     json!({"object": "member", "user": m.user.as_str(), "email": m.email, "role": m.role.as_str(),
            "created_at": m.created_at / 1000})
 }
 
 pub(super) async fn list_members(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
-    let members = blocking(move || Ok(s.platform.core().members(&p)?)).await?;
+    let members = blocking(move || Session::for_request(s.platform, p).members()).await?;
     Ok(axum::Json(json!({"object": "list", "data": members.iter().map(member_json).collect::<Vec<_>>()}))
         .into_response())
 }
@@ -36,11 +36,7 @@ pub(super) async fn invite_member(
     Caller(p): Caller,
     JsonBody(b): JsonBody<InviteBody>,
 ) -> ApiResult<Response> {
-    let issued = blocking(move || {
-        let role: soramai::core::Role = b.role.parse()?;
-        Ok(s.platform.core().invite(&p, &b.email, role)?)
-    })
-    .await?;
+    let issued = blocking(move || Session::for_request(s.platform, p).invite(&b.email, &b.role)).await?;
     let i = &issued.invitation;
     let body = json!({"id": i.id.as_str(), "object": "invitation", "email": i.email, "role": i.role.as_str(),
                       "expires_at": i.expires_at / 1000, "token": issued.token.secret(),
@@ -54,21 +50,13 @@ pub(super) struct RoleBody {
     role: String,
 }
 
-fn user_id(id: &str) -> Result<soramai::core::UserId, PlatformError> {
-    soramai::core::UserId::new(id).map_err(|_| soramai::Error::NotFound { kind: "member" }.into())
-}
-
 pub(super) async fn set_member_role(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<RoleBody>,
 ) -> ApiResult<Response> {
-    let m = blocking(move || {
-        let role: soramai::core::Role = b.role.parse()?;
-        Ok(s.platform.core().set_member_role(&p, &user_id(&id)?, role)?)
-    })
-    .await?;
+    let m = blocking(move || Session::for_request(s.platform, p).set_member_role(&id, &b.role)).await?;
     Ok(axum::Json(member_json(&m)).into_response())
 }
 
@@ -78,7 +66,7 @@ pub(super) async fn remove_member(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let shown = id.clone();
-    blocking(move || Ok(s.platform.core().remove_member(&p, &user_id(&id)?)?)).await?;
+    blocking(move || Session::for_request(s.platform, p).remove_member(&id)).await?;
     Ok(axum::Json(json!({"user": shown, "object": "member", "deleted": true})).into_response())
 }
 
@@ -187,14 +175,14 @@ pub(super) async fn create_key(
     let scopes = b.scopes.iter().map(|n| scope(n)).collect::<ApiResult<Vec<_>>>()?;
     let request =
         soramai::KeyRequest { name: b.name, scopes, tenant: b.tenant, expires_in_seconds: b.expires_in_seconds };
-    let key = blocking(move || Session::new(s.platform, p).create_api_key(request)).await?;
+    let key = blocking(move || Session::for_request(s.platform, p).create_api_key(request)).await?;
     let mut v = key_json(&key.info);
     v["key"] = json!(key.secret());
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
 pub(super) async fn list_keys(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
-    let keys = blocking(move || Ok(s.platform.core().list_api_keys(&p)?)).await?;
+    let keys = blocking(move || Session::for_request(s.platform, p).api_keys()).await?;
     Ok(axum::Json(json!({"object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>()})).into_response())
 }
 
@@ -207,9 +195,8 @@ pub(super) async fn revoke_key(
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let id = key_id(&id)?;
-    let shown = id.as_str().to_owned();
-    blocking(move || Ok(s.platform.core().revoke_api_key(&p, &id)?)).await?;
+    let shown = key_id(&id)?.as_str().to_owned();
+    blocking(move || Session::for_request(s.platform, p).revoke_api_key(&id)).await?;
     Ok(axum::Json(json!({"id": shown, "object": "api_key", "revoked": true})).into_response())
 }
 
@@ -226,10 +213,10 @@ pub(super) async fn rotate_key(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let id = key_id(&id)?;
+    key_id(&id)?;
     let b: RotateBody = optional_body(&body)?;
     let grace = Duration::from_secs(b.grace_seconds.unwrap_or(0));
-    let key = blocking(move || Ok(s.platform.core().rotate_api_key(&p, &id, grace)?)).await?;
+    let key = blocking(move || Session::for_request(s.platform, p).rotate_api_key(&id, grace)).await?;
     let mut v = key_json(&key.info);
     v["key"] = json!(key.secret());
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
@@ -251,7 +238,7 @@ pub(super) async fn close_tenant(
     body: Bytes,
 ) -> ApiResult<Response> {
     let b: CloseBody = optional_body(&body)?;
-    let c = blocking(move || Session::new(s.platform, p).close_tenant(&id, b.immediate, b.window_days)).await?;
+    let c = blocking(move || Session::for_request(s.platform, p).close_tenant(&id, b.immediate, b.window_days)).await?;
     Ok(axum::Json(
         json!({"object": "tenant.closure", "tenant": c.tenant.as_str(), "requested_at": ms_to_s(c.requested_at),
                          "purge_at": ms_to_s(c.purge_at), "purged": c.purged}),
@@ -295,7 +282,7 @@ pub(super) async fn request_grant(
 ) -> ApiResult<Response> {
     let scopes = b.scopes.iter().map(|n| scope(n)).collect::<ApiResult<Vec<_>>>()?;
     let input = soramai::GrantInput { reason: b.reason, scopes, ttl_seconds: b.ttl_seconds };
-    let issued = blocking(move || Session::new(s.platform, p).request_access_grant(&tenant, input)).await?;
+    let issued = blocking(move || Session::for_request(s.platform, p).request_access_grant(&tenant, input)).await?;
     let mut v = grant_json(&issued.grant);
     v["key"] = json!(issued.key.secret());
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
@@ -334,16 +321,12 @@ pub(super) async fn revoke_grant(
 }
 
 pub(super) async fn audit_log(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
-    let records = blocking(move || Ok(s.platform.core().audit_log(&p)?)).await?;
+    let records = blocking(move || Session::for_request(s.platform, p).audit_log()).await?;
     Ok(axum::Json(json!({"object": "list", "data": records})).into_response())
 }
 
 pub(super) async fn audit_verify(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
-    let report = blocking(move || {
-        p.require(Scope::Admin)?;
-        Ok(s.platform.core().check_audit(p.tenant())?)
-    })
-    .await?;
+    let report = blocking(move || Session::for_request(s.platform, p).audit_verification()).await?;
     Ok(axum::Json(json!({"object": "audit.verification", "report": report})).into_response())
 }
 
@@ -358,11 +341,7 @@ pub(super) async fn usage(
     Caller(p): Caller,
     Query(q): Query<UsageQuery>,
 ) -> ApiResult<Response> {
-    let (summary, balance) = blocking(move || {
-        let summary = s.platform.core().usage_summary(&p, q.since.unwrap_or(0).saturating_mul(1000))?;
-        let balance = s.platform.core().balance(p.tenant())?;
-        Ok((summary, balance))
-    })
-    .await?;
-    Ok(axum::Json(json!({"object": "usage", "usage": summary, "credits": balance})).into_response())
+    let since = q.since.unwrap_or(0).saturating_mul(1000);
+    let report = blocking(move || Session::for_request(s.platform, p).usage(since)).await?;
+    Ok(axum::Json(json!({"object": "usage", "usage": report.summary, "credits": report.balance})).into_response())
 }

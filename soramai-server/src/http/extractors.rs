@@ -42,6 +42,86 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
     }
 }
 
+/// A JSON object body whose fields are checked by name before it is parsed: a parameter this
+/// server does not implement is refused naming it (OpenAI's `tools` or `response_format`, say),
+/// never parsed and ignored.
+pub struct Checked<T>(pub T);
+
+/// The fields a [`Checked`] body may have.
+pub(super) trait Fields {
+    /// Every field the body's type reads.
+    const KNOWN: &'static [&'static str];
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Fields> FromRequest<S> for Checked<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBody(v) = JsonBody::<serde_json::Value>::from_request(req, state).await?;
+        if let serde_json::Value::Object(fields) = &v
+            && let Some(unknown) = fields.keys().find(|k| !T::KNOWN.contains(&k.as_str()))
+        {
+            return Err(unsupported(unknown));
+        }
+        serde_json::from_value(v).map(Checked).map_err(|e| body_error(&e))
+    }
+}
+
+/// OpenAI's request parameters that this server does not implement, refused by name.
+const NOT_IMPLEMENTED: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "response_format",
+    "user",
+    "store",
+    "metadata",
+    "service_tier",
+    "reasoning_effort",
+    "modalities",
+    "audio",
+    "prediction",
+    "web_search_options",
+    "best_of",
+    "suffix",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+];
+
+/// The refusal of a field the body's type does not read.
+fn unsupported(field: &str) -> ApiError {
+    match NOT_IMPLEMENTED.iter().find(|n| **n == field) {
+        Some(&name) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "unsupported_parameter",
+            format!("{name} is not supported by this server."),
+        )
+        .param(name),
+        // A short identifier is named back, as OpenAI does; anything else could be content.
+        None if !field.is_empty()
+            && field.len() <= 64
+            && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unknown_parameter",
+                format!("Unrecognized request argument supplied: {field}"),
+            )
+        }
+        None => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "unknown_parameter",
+            "The body has an unrecognized argument.",
+        ),
+    }
+}
+
 /// A JSON body that does not parse: its kind and position only. serde's own message can quote
 /// the input (an unknown field or variant, a string where a number goes), and the input may be a
 /// prompt.

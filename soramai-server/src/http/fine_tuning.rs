@@ -6,8 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use soramai::core::{Job, JobState};
-use soramai::{FineTuneSpec, Hyperparameters, ModelId, Platform};
+use soramai::{FineTuneSpec, Hyperparameters, Job, JobState, ModelId, Platform, Session};
 
 use super::*;
 
@@ -49,12 +48,12 @@ pub(super) async fn upload_file(
         return Err(ApiError::invalid("purpose must be fine-tune.").param("purpose"));
     }
     let (name, bytes) = file.ok_or_else(|| ApiError::invalid("No file field.").param("file"))?;
-    let info = blocking(move || Ok(s.platform.core().upload_dataset(&p, &name, &bytes)?)).await?;
+    let info = blocking(move || Session::for_request(s.platform, p).upload_dataset(&name, &bytes)).await?;
     Ok(axum::Json(file_json(&info)).into_response())
 }
 
 pub(super) async fn list_files(State(s): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
-    let files = blocking(move || Ok(s.platform.core().list_datasets(&p)?)).await?;
+    let files = blocking(move || Session::for_request(s.platform, p).datasets()).await?;
     Ok(axum::Json(
         json!({"object": "list", "data": files.iter().map(file_json).collect::<Vec<_>>(), "has_more": false}),
     )
@@ -66,7 +65,7 @@ pub(super) async fn get_file(
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let info = blocking(move || Ok(s.platform.core().dataset(&p, &Platform::dataset_id(&id)?)?)).await?;
+    let info = blocking(move || Session::for_request(s.platform, p).dataset(&id)).await?;
     Ok(axum::Json(file_json(&info)).into_response())
 }
 
@@ -75,9 +74,8 @@ pub(super) async fn delete_file(
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let ds = Platform::dataset_id(&id)?;
-    let shown = ds.as_str().to_owned();
-    blocking(move || Ok(s.platform.core().delete_dataset(&p, &ds)?)).await?;
+    let shown = Platform::dataset_id(&id)?.as_str().to_owned();
+    blocking(move || Session::for_request(s.platform, p).delete_dataset(&id)).await?;
     Ok(axum::Json(json!({"id": shown, "object": "file", "deleted": true})).into_response())
 }
 
@@ -86,7 +84,7 @@ pub(super) async fn file_content(
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let bytes = blocking(move || Ok(s.platform.core().download_dataset(&p, &Platform::dataset_id(&id)?)?)).await?;
+    let bytes = blocking(move || Session::for_request(s.platform, p).download_dataset(&id)).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes.to_vec()).into_response())
 }
 

@@ -37,13 +37,24 @@ struct ContentPart {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct InMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    // What OpenAI's messages may carry and this server does not render: refused by name.
+    #[serde(default)]
+    name: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    tool_call_id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    function_call: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
@@ -75,15 +86,67 @@ struct Sampling {
     presence_penalty: Option<f32>,
     #[serde(default)]
     frequency_penalty: Option<f32>,
+    #[serde(default)]
+    logit_bias: Option<std::collections::BTreeMap<String, f32>>,
 }
+
+/// The fields of a chat request.
+const CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+];
+
+/// The fields of a text completion request.
+const COMPLETION_FIELDS: &[&str] = &[
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "echo",
+];
 
 impl Sampling {
     pub(super) fn options(&self, logprobs: Option<usize>) -> ApiResult<GenerationOptions> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid("Only n = 1 is supported.").param("n"));
         }
-        if self.presence_penalty.is_some_and(|v| v != 0.0) || self.frequency_penalty.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::invalid("presence_penalty and frequency_penalty are not supported (use 0)."));
+        if let (Some(a), Some(b)) = (self.max_tokens, self.max_completion_tokens)
+            && a != b
+        {
+            return Err(
+                ApiError::invalid("Set max_completion_tokens or max_tokens, not both.").param("max_completion_tokens")
+            );
+        }
+        let mut logit_bias = std::collections::BTreeMap::new();
+        for (token, &bias) in self.logit_bias.iter().flatten() {
+            let Ok(id) = token.parse::<u32>() else {
+                return Err(ApiError::invalid("logit_bias maps token ids (numbers) to biases.").param("logit_bias"));
+            };
+            logit_bias.insert(id, bias);
         }
         let stop = match &self.stop {
             None => Vec::new(),
@@ -97,6 +160,9 @@ impl Sampling {
             seed: self.seed,
             stop,
             logprobs,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias,
         })
     }
 }
@@ -110,6 +176,10 @@ pub(super) struct ChatBody {
     logprobs: bool,
     #[serde(default)]
     top_logprobs: Option<u32>,
+}
+
+impl Fields for ChatBody {
+    const KNOWN: &'static [&'static str] = CHAT_FIELDS;
 }
 
 #[derive(Deserialize)]
@@ -130,9 +200,28 @@ pub(super) struct CompletionBody {
     echo: bool,
 }
 
+impl Fields for CompletionBody {
+    const KNOWN: &'static [&'static str] = COMPLETION_FIELDS;
+}
+
 fn chat_messages(messages: Vec<InMessage>) -> ApiResult<Vec<ChatMessage>> {
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
+        let unsupported = [
+            ("name", m.name.is_some()),
+            ("tool_calls", m.tool_calls.is_some()),
+            ("tool_call_id", m.tool_call_id.is_some()),
+            ("function_call", m.function_call.is_some()),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, given)| *given) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unsupported_parameter",
+                format!("A message's {field} is not supported by this server."),
+            )
+            .param("messages"));
+        }
         let content = match m.content {
             None => String::new(),
             Some(Content::Text(t)) => t,
@@ -186,7 +275,7 @@ pub(super) fn note_usage(s: &AppState, u: &soramai::Usage) {
 pub(super) async fn chat_completions(
     State(s): State<AppState>,
     Caller(p): Caller,
-    JsonBody(body): JsonBody<ChatBody>,
+    Checked(body): Checked<ChatBody>,
 ) -> ApiResult<Response> {
     let top = body.top_logprobs.unwrap_or(0) as usize;
     if body.top_logprobs.is_some() && !body.logprobs {
@@ -220,7 +309,7 @@ pub(super) async fn chat_completions(
 pub(super) async fn completions(
     State(s): State<AppState>,
     Caller(p): Caller,
-    JsonBody(body): JsonBody<CompletionBody>,
+    Checked(body): Checked<CompletionBody>,
 ) -> ApiResult<Response> {
     let text = match body.prompt {
         PromptIn::One(t) => t,
@@ -390,10 +479,14 @@ pub(super) struct EmbeddingBody {
     dimensions: Option<u32>,
 }
 
+impl Fields for EmbeddingBody {
+    const KNOWN: &'static [&'static str] = &["model", "input", "encoding_format", "dimensions"];
+}
+
 pub(super) async fn embeddings(
     State(s): State<AppState>,
     Caller(p): Caller,
-    JsonBody(body): JsonBody<EmbeddingBody>,
+    Checked(body): Checked<EmbeddingBody>,
 ) -> ApiResult<Response> {
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,

@@ -1,7 +1,6 @@
 //! `soramai serve`: the OpenAI-compatible HTTP API over the SDK's [`Platform`]. Every behaviour is
 //! the SDK's; this module translates requests and responses and maps errors to OpenAI's shape.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use soramai::{Needs, Platform, PlatformError};
+use soramai::{Needs, PlatformError};
 
 mod admin;
 mod errors;
@@ -20,7 +19,6 @@ mod fine_tuning;
 mod inference;
 mod models;
 mod rag;
-mod serve;
 
 use admin::*;
 use errors::*;
@@ -29,106 +27,16 @@ use fine_tuning::*;
 use inference::*;
 use models::*;
 use rag::*;
-pub use serve::{serve, tls_config};
 
-/// Largest request body (a dataset upload included).
-pub const MAX_BODY_BYTES: usize = 32 << 20;
-
-/// Shared state of the routes.
-#[derive(Clone)]
-pub struct AppState {
-    platform: Arc<Platform>,
-    metrics: Arc<Metrics>,
-    sign_ins: Arc<crate::web::AttemptLimiter>,
-    sign_up: bool,
-    passkeys: Option<Arc<soramai::core::passkeys::PasskeyConfig>>,
-    sso: Option<crate::sso::SsoOptions>,
-}
-
-impl AppState {
-    /// State over a platform (web sign-up closed).
-    pub fn new(platform: Arc<Platform>) -> Self {
-        Self {
-            platform,
-            metrics: Arc::new(Metrics::default()),
-            sign_ins: Arc::default(),
-            sign_up: false,
-            passkeys: None,
-            sso: None,
-        }
-    }
-
-    /// Password attempts one client address gets in a burst, and back per minute.
-    pub fn with_password_attempts(mut self, per_minute: u32) -> Self {
-        self.sign_ins = Arc::new(crate::web::AttemptLimiter::new(per_minute));
-        self
-    }
-
-    /// Opens (or closes) `/sign_up`: anyone may then make an account with a Free tenant.
-    pub fn with_sign_up(mut self, open: bool) -> Self {
-        self.sign_up = open;
-        self
-    }
-
-    /// Turns passkeys on, for the site at the config's origin.
-    pub fn with_passkeys(mut self, config: soramai::core::passkeys::PasskeyConfig) -> Self {
-        self.passkeys = Some(Arc::new(config));
-        self
-    }
-
-    /// The passkeys' relying party, when they are on.
-    pub(crate) fn passkeys(&self) -> Option<&Arc<soramai::core::passkeys::PasskeyConfig>> {
-        self.passkeys.as_ref()
-    }
-
-    /// Turns single sign-on on, with providers sending people back to `options.redirect`.
-    pub fn with_sso(mut self, options: crate::sso::SsoOptions) -> Self {
-        self.sso = Some(options);
-        self
-    }
-
-    /// How single sign-on reaches providers, when it is on.
-    pub(crate) fn sso(&self) -> Option<&crate::sso::SsoOptions> {
-        self.sso.as_ref()
-    }
-
-    /// Whether `/sign_up` is open.
-    pub(crate) fn sign_up_open(&self) -> bool {
-        self.sign_up
-    }
-
-    /// The platform the routes serve.
-    pub(crate) fn platform(&self) -> &Arc<Platform> {
-        &self.platform
-    }
-
-    /// Sign-in attempts per client address.
-    pub(crate) fn sign_ins(&self) -> &crate::web::AttemptLimiter {
-        &self.sign_ins
-    }
-}
-
-/// Aggregates only: counts and sums, never ids of tenants, never content.
-#[derive(Default)]
-struct Metrics {
-    requests: AtomicU64,
-    errors_4xx: AtomicU64,
-    errors_5xx: AtomicU64,
-    completions: AtomicU64,
-    prompt_tokens: AtomicU64,
-    completion_tokens: AtomicU64,
-    in_flight: AtomicU64,
-    /// Error answers by their code (`integrity_error`, `rate_limit_exceeded`, …): a fixed set
-    /// of codes, never anything from the request.
-    errors_by_code: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
-}
+pub use crate::state::{AppState, MAX_BODY_BYTES};
 
 /// The tenant a request acted for, left on the response for the request log.
 #[derive(Clone)]
 struct LoggedTenant(String);
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
+/// The OpenAI-compatible API under `/v1` (every route behind API-key authentication) and the
+/// health, readiness and metrics endpoints.
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     let v1 = Router::new()
         .route("/models", get(list_models))
         .route("/models/{id}", get(get_model).delete(delete_model))
@@ -180,16 +88,20 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(crate::web::routes())
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown request URL.")
-        })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // Every request, body read included, ends within the limit (a stream's body after its
-        // head is the connection's to bound: see `conn`).
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        .with_state(state)
+}
+
+/// What wraps every route, the web pages' included: OpenAI's 404 for an unknown URL, the request
+/// log and metrics, the body limit and the request timeout.
+pub(crate) fn outer(app: Router<AppState>, state: AppState) -> Router {
+    app.fallback(|| async {
+        ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown request URL.")
+    })
+    .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    // Every request, body read included, ends within the limit (a stream's body after its
+    // head is the connection's to bound: see `conn`).
+    .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+    .with_state(state)
 }
 
 /// How long a request may take to be answered (its head; a stream may run on).
@@ -265,28 +177,12 @@ const REQUEST_ID: &str = "x-request-id";
 /// the permit lives as long as the response, streams included. A request made under a
 /// break-glass access grant is recorded in the tenant's and the operator's audit logs first.
 async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default()
-        .to_owned();
-    if token.is_empty() {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "missing_api_key",
-            "You didn't provide an API key (Authorization: Bearer sk-…).",
-        )
-        .into_response();
-    }
-    let platform = s.platform.clone();
-    let principal = match tokio::task::spawn_blocking(move || platform.authenticate(&token)).await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return ApiError::from(e).into_response(),
-        Err(_) => return server_error().into_response(),
+    let principal = match bearer_token(&req) {
+        Ok(token) => match principal_of(&s, token).await {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        },
+        Err(e) => return e.into_response(),
     };
     let operation = format!(
         "{} {}",
@@ -301,52 +197,12 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     };
     // A body refused unread leaves the rest of it on the connection: the answer closes it.
     let closing = |e: ApiError| tagged(([(header::CONNECTION, "close")], e).into_response());
-    // The route's scope first: a key without it learns nothing of the body's form. The refusal
-    // still counts against the tenant's requests per minute.
-    match needs(&operation) {
-        Some(n) => {
-            if let Err(e) = n.check(&principal) {
-                let (platform, p) = (s.platform.clone(), principal.clone());
-                match tokio::task::spawn_blocking(move || platform.charge_refused(&p)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(limited)) => return closing(ApiError::from(limited)),
-                    Err(_) => return closing(server_error()),
-                }
-                // A refused call under a break-glass grant is in both audit logs too.
-                if principal.grant().is_some() {
-                    let (platform, p, op) = (s.platform.clone(), principal.clone(), operation.clone());
-                    match tokio::task::spawn_blocking(move || platform.record_request(&p, &op)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return closing(ApiError::from(e)),
-                        Err(_) => return closing(server_error()),
-                    }
-                }
-                return closing(ApiError::from(e));
-            }
-        }
-        None => {
-            tracing::error!(target: "soramai::http", operation = %operation, "a route without a scope requirement");
-            return closing(server_error());
-        }
+    if let Err(e) = check_scope(&s, &principal, &operation).await {
+        return closing(e);
     }
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    // A model upload streams its body to the handler (sealed as it arrives, bounded by the
-    // model size limit and a per-piece idle timeout); every other body is read here, bounded.
-    let streamed = operation == STREAMED_UPLOAD;
-    let limit = if streamed { s.platform.core().limits().max_custom_model_bytes } else { MAX_BODY_BYTES as u64 };
-    if declared.is_some_and(|n| n > limit) {
-        return closing(too_large());
-    }
-    let mut req = if streamed {
-        req
-    } else {
-        let (parts, body) = req.into_parts();
-        let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(_)) => return closing(too_large()),
-            Err(_) => return closing(body_timeout()),
-        };
-        Request::from_parts(parts, axum::body::Body::from(bytes))
+    let mut req = match read_body(&s, req, operation == STREAMED_UPLOAD).await {
+        Ok(req) => req,
+        Err(e) => return closing(e),
     };
     let platform = s.platform.clone();
     let checked = {
@@ -374,6 +230,84 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
         }
         Ok(Err(e)) => tagged(ApiError::from(e).into_response()),
         Err(_) => tagged(server_error().into_response()),
+    }
+}
+
+/// The request's bearer key; a 401 without one.
+fn bearer_token(req: &Request) -> Result<String, ApiError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    if token.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing_api_key",
+            "You didn't provide an API key (Authorization: Bearer sk-…).",
+        ));
+    }
+    Ok(token)
+}
+
+/// The principal of a key, or the platform's refusal of it.
+async fn principal_of(s: &AppState, token: String) -> Result<soramai::Principal, ApiError> {
+    let platform = s.platform.clone();
+    match tokio::task::spawn_blocking(move || platform.authenticate(&token)).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => Err(ApiError::from(e)),
+        Err(_) => Err(server_error()),
+    }
+}
+
+/// The route's scope, checked before the body is read: a key without it learns nothing of the
+/// body's form. The refusal still counts against the tenant's requests per minute, and under a
+/// break-glass grant it is in both audit logs too.
+async fn check_scope(s: &AppState, principal: &soramai::Principal, operation: &str) -> Result<(), ApiError> {
+    let Some(n) = needs(operation) else {
+        tracing::error!(target: "soramai::http", operation = %operation, "a route without a scope requirement");
+        return Err(server_error());
+    };
+    let Err(refused) = n.check(principal) else { return Ok(()) };
+    let (platform, p) = (s.platform.clone(), principal.clone());
+    match tokio::task::spawn_blocking(move || platform.charge_refused(&p)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(limited)) => return Err(ApiError::from(limited)),
+        Err(_) => return Err(server_error()),
+    }
+    if principal.grant().is_some() {
+        let (platform, p, op) = (s.platform.clone(), principal.clone(), operation.to_owned());
+        match tokio::task::spawn_blocking(move || platform.record_request(&p, &op)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ApiError::from(e)),
+            Err(_) => return Err(server_error()),
+        }
+    }
+    Err(ApiError::from(refused))
+}
+
+/// The request with its body read (bounded by [`MAX_BODY_BYTES`] and [`BODY_TIMEOUT`]), or as it
+/// is for a model upload, which streams its body to the handler (sealed as it arrives, bounded by
+/// the model size limit and a per-piece idle timeout). A declared length over the limit is
+/// refused before anything is read.
+async fn read_body(s: &AppState, req: Request, streamed: bool) -> Result<Request, ApiError> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let limit = if streamed { s.platform.max_model_upload_bytes() } else { MAX_BODY_BYTES as u64 };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    if streamed {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(body_timeout()),
     }
 }
 
@@ -467,8 +401,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, PlatformError
 
 async fn readyz(State(s): State<AppState>) -> Response {
     let p = s.platform.clone();
-    match tokio::task::spawn_blocking(move || p.core().base_models()).await {
-        Ok(Ok(models)) if !models.is_empty() => (StatusCode::OK, "ready").into_response(),
+    match tokio::task::spawn_blocking(move || p.ready()).await {
+        Ok(Ok(true)) => (StatusCode::OK, "ready").into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response(),
     }
 }

@@ -9,8 +9,8 @@ use soramai::{GenerationOptions, PlatformError, Session};
 
 use super::*;
 
-fn corpus_id(id: &str) -> ApiResult<soramai::rag::CorpusId> {
-    soramai::rag::CorpusId::new(id).map_err(|_| PlatformError::Rag(soramai::rag::Error::CorpusNotFound).into())
+fn corpus_id(id: &str) -> ApiResult<soramai::CorpusId> {
+    soramai::CorpusId::new(id).map_err(|_| PlatformError::Rag(soramai::RagError::CorpusNotFound).into())
 }
 
 #[derive(Deserialize)]
@@ -24,7 +24,7 @@ pub(super) async fn create_corpus(
     Caller(p): Caller,
     JsonBody(b): JsonBody<CorpusBody>,
 ) -> ApiResult<Response> {
-    let id = soramai::rag::CorpusId::new(&b.id).map_err(|e| ApiError::from(PlatformError::Rag(e)).param("id"))?;
+    let id = soramai::CorpusId::new(&b.id).map_err(|e| ApiError::from(PlatformError::Rag(e)).param("id"))?;
     let shown = id.as_str().to_owned();
     blocking(move || Ok(s.platform.rag()?.create_corpus(&p, &id)?)).await?;
     Ok((StatusCode::CREATED, axum::Json(json!({"id": shown, "object": "corpus"}))).into_response())
@@ -73,7 +73,7 @@ pub(super) async fn add_documents(
     Path(id): Path<String>,
     JsonBody(b): JsonBody<DocsBody>,
 ) -> ApiResult<Response> {
-    let job = blocking(move || Session::new(s.platform, p).start_ingestion(&id, b.documents)).await?;
+    let job = blocking(move || Session::for_request(s.platform, p).start_ingestion(&id, b.documents)).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(ingestion_json(&job))).into_response())
 }
 
@@ -82,7 +82,7 @@ pub(super) async fn list_ingestions(
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let jobs = blocking(move || Session::new(s.platform, p).ingestions(&id)).await?;
+    let jobs = blocking(move || Session::for_request(s.platform, p).ingestions(&id)).await?;
     let data: Vec<Value> = jobs.iter().map(ingestion_json).collect();
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
@@ -92,7 +92,7 @@ pub(super) async fn get_ingestion(
     Caller(p): Caller,
     Path((id, job)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let j = blocking(move || Session::new(s.platform, p).ingestion(&id, &job)).await?;
+    let j = blocking(move || Session::for_request(s.platform, p).ingestion(&id, &job)).await?;
     Ok(axum::Json(ingestion_json(&j)).into_response())
 }
 
@@ -101,7 +101,7 @@ pub(super) async fn cancel_ingestion(
     Caller(p): Caller,
     Path((id, job)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let j = blocking(move || Session::new(s.platform, p).cancel_ingestion(&id, &job)).await?;
+    let j = blocking(move || Session::for_request(s.platform, p).cancel_ingestion(&id, &job)).await?;
     Ok(axum::Json(ingestion_json(&j)).into_response())
 }
 
@@ -133,7 +133,7 @@ pub(super) async fn search(
     Path(id): Path<String>,
     JsonBody(b): JsonBody<soramai::SearchInput>,
 ) -> ApiResult<Response> {
-    let hits = blocking(move || Session::new(s.platform, p).search(&id, b)).await?;
+    let hits = blocking(move || Session::for_request(s.platform, p).search(&id, b)).await?;
     Ok(axum::Json(json!({"object": "list", "data": hits})).into_response())
 }
 

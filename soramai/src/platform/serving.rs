@@ -38,6 +38,13 @@ pub struct GenerationOptions {
     pub stop: Vec<String>,
     /// Report each token's log-probability and this many alternatives (0..=20).
     pub logprobs: Option<usize>,
+    /// Subtracted once from the logit of every token already generated (-2 to 2; default 0).
+    pub presence_penalty: Option<f32>,
+    /// Subtracted from a token's logit once per time it was generated (-2 to 2; default 0).
+    pub frequency_penalty: Option<f32>,
+    /// Added to the logits of these token ids (each -100 to 100; at most 1,024 tokens, each in
+    /// the model's vocabulary).
+    pub logit_bias: std::collections::BTreeMap<u32, f32>,
 }
 
 impl GenerationOptions {
@@ -63,7 +70,23 @@ impl GenerationOptions {
         if self.max_tokens == Some(0) {
             return bad("max_tokens is at least 1");
         }
-        Ok(())
+        match self.sampling(0).validate() {
+            Err(soramai_kernels::Error::Request(m)) => Err(PlatformError::InvalidArgument(m)),
+            other => Ok(other?),
+        }
+    }
+
+    /// The engine's sampling settings for these options (`seed` when none was asked for).
+    pub(super) fn sampling(&self, seed: u64) -> soramai_kernels::sample::SamplingParams {
+        soramai_kernels::sample::SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(1.0),
+            seed: self.seed.unwrap_or(seed),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias: self.logit_bias.iter().map(|(&t, &b)| (t, b)).collect(),
+            ..soramai_kernels::sample::SamplingParams::default()
+        }
     }
 }
 

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use soramai_core::{PoolId, RunnerCommand, Worker};
+use soramai_core::{Completion, Job, JobSpec, PoolId, RunnerCommand, Worker};
+use soramai_rag::{Batch, Vectors};
+use zeroize::Zeroizing;
 
 use super::Engines;
 
@@ -20,7 +22,7 @@ pub(super) fn new_worker(
     stop: &Arc<AtomicBool>,
 ) -> Worker {
     Worker::new(engines.core.clone(), name, pool, runner.clone())
-        .with_completion(Arc::new(crate::ingest::Indexer(engines.clone())))
+        .with_completion(Arc::new(Indexer(engines.clone())))
         .with_stop(stop.clone())
 }
 
@@ -63,5 +65,53 @@ pub(super) fn supervise_dedicated(
     }
     for (_, h) in running {
         let _ = h.join();
+    }
+}
+
+/// Indexes a finished ingestion's chunks and vectors into the platform's corpus.
+#[derive(Debug)]
+pub(crate) struct Indexer(pub(crate) Arc<Engines>);
+
+impl Completion for Indexer {
+    fn complete(
+        &self,
+        job: &Job,
+        input: &[u8],
+        result: serde_json::Value,
+        artifacts: &[(String, Zeroizing<Vec<u8>>)],
+    ) -> Result<serde_json::Value, String> {
+        let JobSpec::Ingest(spec) = &job.spec else {
+            return Err("not an ingestion".into());
+        };
+        let batch = Batch::decode(input).map_err(|e| e.to_string())?;
+        let chunks = batch.chunks();
+        let count = |k: &str| result.get(k).and_then(|v| v.as_u64()).and_then(|n| usize::try_from(n).ok());
+        if count("chunks") != Some(chunks) {
+            return Err(format!("the runner embedded {:?} chunks of {chunks}", count("chunks")));
+        }
+        let dim = count("dim").unwrap_or(0);
+        let vectors = match (result.get("embedder").and_then(|e| e.as_str()), dim, chunks) {
+            (Some(embedder), d, n) if d > 0 && n > 0 => {
+                let bytes = artifacts
+                    .iter()
+                    .find(|(name, _)| name == "vectors")
+                    .map(|(_, b)| b)
+                    .ok_or("the runner sent no vectors")?;
+                Some(Vectors::from_le_bytes(embedder, d, n, bytes).map_err(|e| e.to_string())?)
+            }
+            _ => None,
+        };
+        // An ingestion queued with an embedder is indexed with its vectors or not at all.
+        if spec.embedder.is_some() && chunks > 0 && vectors.is_none() {
+            return Err("the runner sent no vectors for an ingestion with an embedder".into());
+        }
+        let rag = self.0.rag().map_err(|e| e.to_string())?;
+        let report = rag.commit(&job.tenant, &batch, vectors.as_ref()).map_err(|e| e.to_string())?;
+        Ok(serde_json::json!({
+            "corpus": spec.corpus,
+            "documents": report.documents,
+            "chunks": report.chunks,
+            "embedded": vectors.is_some(),
+        }))
     }
 }

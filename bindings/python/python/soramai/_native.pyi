@@ -36,6 +36,9 @@ class GenerationOptions(TypedDict, total=False):
     seed: int
     stop: list[str]
     logprobs: int
+    presence_penalty: float
+    frequency_penalty: float
+    logit_bias: dict[str, float]
 
 class PromptTokensDetails(TypedDict):
     cached_tokens: int

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::*;
+use crate::state::AppState;
 
 /// Serves until ctrl-c or SIGTERM, then lets running requests finish. With a TLS configuration
 /// every connection is TLS (1.2 or 1.3, rustls); handshakes run concurrently, each with a time
@@ -21,7 +21,7 @@ pub async fn serve(
         // finish within the grace.
         platform.begin_shutdown();
     };
-    crate::conn::serve(listener, tls, router(state), limits, signal).await
+    crate::conn::serve(listener, tls, crate::app::router(state), limits, signal).await
 }
 
 /// Loads a PEM certificate chain and private key into a rustls server configuration.
