@@ -87,13 +87,15 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     println!("fine-tuned model {tuned}");
 
     // 4. A streamed chat with the tenant's own model.
-    let question = vec![ChatMessage { role: "user".into(), content: "How do I rotate an API key?".into() }];
+    let question = vec![ChatMessage::new("user", "How do I rotate an API key?")];
     let greedy = GenerationOptions { max_tokens: Some(32), temperature: Some(0.0), ..GenerationOptions::default() };
     print!("chat: ");
     for event in acme.chat(&tuned, question, &greedy)? {
         match event? {
             StreamEvent::Delta { text, .. } => print!("{text}"),
             StreamEvent::Done { usage, .. } => println!("  [{} tokens]", usage.total_tokens),
+            // No tools were offered, so there are no calls.
+            StreamEvent::ToolCalls { .. } => {}
         }
         std::io::stdout().flush()?;
     }

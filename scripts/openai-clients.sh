@@ -5,11 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.cache/openai-venv
-py_pin="openai==3.54.0"
+# jsonschema validates the structured outputs the tests ask for.
+py_pins=(openai==3.54.0 jsonschema==4.26.0)
+py_pin="${py_pins[*]}"
 node_pin="openai@7.57.0"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != "$py_pin" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "$py_pin" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "${py_pins[@]}" >&2
   echo "$py_pin" >"$venv/.pins"
 fi
 node_dir=.cache/openai-node

@@ -4,11 +4,15 @@ export declare const DEFAULT_MODEL_ID: string
 
 export type Scope = 'inference' | 'train' | 'rag' | 'admin'
 export type Tier = 'free' | 'basic' | 'pro' | 'org' | 'enterprise'
-export type FinishReason = 'stop' | 'length'
+export type FinishReason = 'stop' | 'length' | 'tool_calls'
 
 export interface ChatMessage {
-  role: 'system' | 'developer' | 'user' | 'assistant'
-  content: string
+  role: 'system' | 'developer' | 'user' | 'assistant' | 'tool'
+  content?: string
+  /** An assistant turn's calls. */
+  tool_calls?: ToolCall[]
+  /** The call a tool message answers. */
+  tool_call_id?: string
 }
 
 export interface GenerationOptions {
@@ -25,7 +29,35 @@ export interface GenerationOptions {
   frequency_penalty?: number
   /** Token ids (as strings) mapped to biases added to their logits (-100 to 100). */
   logit_bias?: Record<string, number>
+  /** Independent continuations of the prompt (1 to 16), prefilled once. */
+  n?: number
+  /** What the output must be, held token by token by a mask over the vocabulary. */
+  response_format?: ResponseFormat
+  /** Functions the model may call (chat only). */
+  tools?: Tool[]
+  tool_choice?: 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } }
+  parallel_tool_calls?: boolean
 }
+
+export interface Tool {
+  type: 'function'
+  function: { name: string; description?: string; parameters?: object; strict?: boolean }
+}
+
+export interface ToolCall {
+  id: string
+  type: 'function'
+  /** `arguments` is a JSON object, as text. */
+  function: { name: string; arguments: string }
+}
+
+export type ResponseFormat =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | { type: 'json_schema'; json_schema: { name: string; description?: string; schema?: object; strict?: boolean } }
+  /** Extensions: text matching a regular expression (Rust regex syntax) or a Lark grammar. */
+  | { type: 'regex'; pattern: string }
+  | { type: 'lark'; grammar: string }
 
 export interface Usage {
   prompt_tokens: number
@@ -47,17 +79,28 @@ export interface TokenLogprob extends TopLogprob {
 
 export interface DeltaEvent {
   type: 'delta'
+  /** The choice this text belongs to (0 unless `n` > 1). */
+  index: number
   text: string
   logprob: TokenLogprob | null
 }
 
 export interface DoneEvent {
   type: 'done'
+  /** The first choice's. */
   finish_reason: FinishReason
+  /** Every choice's, in choice order. */
+  finish_reasons: FinishReason[]
   usage: Usage
 }
 
-export type StreamEvent = DeltaEvent | DoneEvent
+export interface ToolCallsEvent {
+  type: 'tool_calls'
+  index: number
+  calls: ToolCall[]
+}
+
+export type StreamEvent = DeltaEvent | ToolCallsEvent | DoneEvent
 
 export interface Source {
   /** What the answer's `[n]` citations name. */
@@ -67,13 +110,24 @@ export interface Source {
   title: string
 }
 
+export interface Choice {
+  index: number
+  text: string
+  finish_reason: FinishReason
+  logprobs: TokenLogprob[] | null
+  tool_calls: ToolCall[]
+}
+
 export interface Completion {
   id: string
   model: string
+  /** The first choice's text (and below, its finish reason and log-probabilities). */
   text: string
   finish_reason: FinishReason
   usage: Usage
   logprobs: TokenLogprob[] | null
+  /** Every choice, the first included. */
+  choices: Choice[]
   created: number
   /** A grounded chat's numbered sources. */
   sources?: Source[]
@@ -305,13 +359,13 @@ export declare class Session {
     model: string,
     corpus: string,
     question: string,
-    options: Streamed<GenerationOptions & { top_k?: number; hybrid?: boolean }>,
+    options: Streamed<GenerationOptions & { top_k?: number; hybrid?: boolean; cite?: boolean }>,
   ): Promise<TokenStream>
   groundedChat(
     model: string,
     corpus: string,
     question: string,
-    options?: GenerationOptions & { top_k?: number; hybrid?: boolean; stream?: false },
+    options?: GenerationOptions & { top_k?: number; hybrid?: boolean; cite?: boolean; stream?: false },
   ): Promise<Completion>
   createApiKey(
     name: string,

@@ -277,7 +277,7 @@ class Session {
   }
 
   groundedChat(model, corpus, question, options = {}) {
-    const [{ stream = false, ...retrieval }, rest] = split(options, ['stream', 'top_k', 'hybrid'])
+    const [{ stream = false, ...retrieval }, rest] = split(options, ['stream', 'top_k', 'hybrid', 'cite'])
     return generation(() => this.#native.groundedChat(model, corpus, question, retrieval, rest), stream)
   }
 

@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
+use crate::grammar::{Constraint, Grammar, Grammars};
 use crate::lora::Adapter;
 use crate::model::{KvCache, Lane, Logits, Model, Precision};
 use crate::prefix::PrefixCache;
@@ -27,6 +28,9 @@ pub enum Finish {
     Context,
     /// The streaming callback asked to stop.
     Cancelled,
+    /// The output constraint could not go on (the grammar engine failed; the reason is in
+    /// [`Generation::error`]).
+    Constraint,
 }
 
 /// A generation request.
@@ -50,6 +54,8 @@ pub struct Request {
     /// of earlier prompts under the same scope and adapter ([`crate::prefix`]). A serving
     /// platform passes the tenant's id; None neither reads nor writes the cache.
     pub prefix_scope: Option<String>,
+    /// What the output must match ([`Engine::constrain`]); None leaves it free.
+    pub constraint: Option<Constraint>,
 }
 
 impl Request {
@@ -64,6 +70,7 @@ impl Request {
             precision: Precision::Fast,
             logprobs: None,
             prefix_scope: None,
+            constraint: None,
         }
     }
 }
@@ -81,6 +88,8 @@ pub struct Generation {
     pub finish: Finish,
     /// Prompt tokens whose states came from the prefix cache instead of a prefill.
     pub cached_tokens: usize,
+    /// Why the output constraint failed ([`Finish::Constraint`]).
+    pub error: Option<String>,
 }
 
 /// What a GGUF file's header says of the model in it ([`Engine::check_header`]).
@@ -106,6 +115,7 @@ pub struct Engine {
     template: Option<ChatTemplate>,
     adapters: RwLock<HashMap<String, Arc<Adapter>>>,
     prefixes: PrefixCache,
+    grammars: OnceLock<std::result::Result<Grammars, String>>,
 }
 
 /// The prefix cache's default budget: 256 MiB of key/value state.
@@ -132,6 +142,7 @@ impl Engine {
             template,
             adapters: RwLock::new(HashMap::new()),
             prefixes: PrefixCache::new(DEFAULT_PREFIX_CACHE_BYTES),
+            grammars: OnceLock::new(),
         })
     }
 
@@ -204,6 +215,16 @@ impl Engine {
     /// The cache of prompt prefixes' key/value states shared by this engine's batches.
     pub fn prefix_cache(&self) -> &PrefixCache {
         &self.prefixes
+    }
+
+    /// Compiles what a request's output must match, over this model's vocabulary (the grammar
+    /// compiler is built on first use). A grammar that does not compile is an [`Error::Request`].
+    pub fn constrain(&self, grammar: &Grammar) -> Result<Constraint> {
+        let grammars = self.grammars.get_or_init(|| Grammars::new(&self.tokenizer).map_err(|e| e.to_string()));
+        match grammars {
+            Ok(g) => g.compile(grammar),
+            Err(e) => Err(Error::Tokenizer(e.clone())),
+        }
     }
 
     /// Names of registered adapters.
@@ -313,7 +334,7 @@ impl Engine {
 
     /// A running batch that requests join and leave between steps (continuous batching).
     pub fn batch(&self, precision: Precision) -> Batch<'_> {
-        Batch { engine: self, precision, seqs: Vec::new(), prefill_chunk: DEFAULT_PREFILL_CHUNK }
+        Batch { engine: self, precision, seqs: Vec::new(), prefill_chunk: DEFAULT_PREFILL_CHUNK, prefilled: 0 }
     }
 
     fn run(&self, reqs: &[Request], on_text: &mut dyn FnMut(usize, TokenId, &str) -> bool) -> Result<Vec<Generation>> {
@@ -372,9 +393,41 @@ struct Seq {
     /// Tokens not yet run: the prompt (less what the prefix cache gave), then the last sampled.
     pending: Vec<TokenId>,
     cached: usize,
+    /// Why the output constraint failed.
+    error: Option<String>,
+    /// Another choice of the same request whose prompt prefill this one waits for; it then
+    /// starts from a copy of that choice's key/value states ([`Batch::admit_choices`]).
+    follows: Option<u64>,
 }
 
 impl Seq {
+    /// A sequence for `req` starting from `cache` (the prompt states it already holds).
+    fn new(
+        id: u64,
+        req: Request,
+        cache: KvCache,
+        adapter: Option<Arc<Adapter>>,
+        sampling: SamplingParams,
+    ) -> Result<Self> {
+        let cached = cache.len();
+        Ok(Seq {
+            id,
+            cache,
+            adapter,
+            sampler: Sampler::new(sampling)?,
+            history: req.prompt.clone(),
+            out: Vec::new(),
+            bytes: Vec::new(),
+            emitted: 0,
+            finish: if req.max_tokens == 0 { Some(Finish::Length) } else { None },
+            pending: req.prompt[cached..].to_vec(),
+            cached,
+            error: None,
+            follows: None,
+            req,
+        })
+    }
+
     fn prefilling(&self) -> bool {
         self.cache.len() < self.req.prompt.len()
     }
@@ -389,6 +442,7 @@ pub struct Batch<'e> {
     precision: Precision,
     seqs: Vec<Seq>,
     prefill_chunk: usize,
+    prefilled: u64,
 }
 
 impl std::fmt::Debug for Batch<'_> {
@@ -415,6 +469,48 @@ impl Batch<'_> {
     /// invalid (empty or over-long prompt, empty stop string, unknown adapter, bad sampling) is
     /// refused and the batch is unchanged.
     pub fn admit(&mut self, id: u64, req: Request) -> Result<()> {
+        self.admit_choices(&[id], req)
+    }
+
+    /// Adds one request that wants `ids.len()` independent continuations (OpenAI's `n`), one
+    /// per id. The prompt is prefilled once, under the first id; when that prefill ends, every
+    /// other id starts from a copy of its key/value states and samples its first token from the
+    /// same logits, each with its own seed ([`choice_seed`]: the first id keeps the request's), so
+    /// choice `i` generates what the request alone would with seed `choice_seed(seed, i)`. The
+    /// choices then run and finish on their own. If the first id ends before its prompt is
+    /// prefilled, the others prefill it themselves. Refused as a whole, leaving the batch
+    /// unchanged, like [`Batch::admit`], or when an id repeats.
+    pub fn admit_choices(&mut self, ids: &[u64], req: Request) -> Result<()> {
+        let Some((&lead, rest)) = ids.split_first() else {
+            return Err(Error::Request("a request needs at least one choice".into()));
+        };
+        let adapter = self.check(&req)?;
+        for (k, &id) in ids.iter().enumerate() {
+            if self.seqs.iter().any(|s| s.id == id) || ids[..k].contains(&id) {
+                return Err(Error::Request(format!("request id {id} is already in the batch")));
+            }
+        }
+        let mut followers = Vec::with_capacity(rest.len());
+        for (i, &id) in rest.iter().enumerate() {
+            let sampling = SamplingParams { seed: choice_seed(req.sampling.seed, i + 1), ..req.sampling.clone() };
+            let mut seq = Seq::new(id, req.clone(), self.engine.model.new_cache(), adapter.clone(), sampling)?;
+            seq.pending.clear();
+            seq.follows = Some(lead);
+            followers.push(seq);
+        }
+        let cache = req
+            .prefix_scope
+            .as_deref()
+            .and_then(|scope| self.engine.prefixes.lookup(scope, adapter.as_ref(), &req.prompt))
+            .unwrap_or_else(|| self.engine.model.new_cache());
+        let sampling = req.sampling.clone();
+        self.seqs.push(Seq::new(lead, req, cache, adapter, sampling)?);
+        self.seqs.extend(followers);
+        Ok(())
+    }
+
+    /// Refuses what no step could run; the request's adapter.
+    fn check(&self, req: &Request) -> Result<Option<Arc<Adapter>>> {
         let n_ctx = self.engine.model.config.n_ctx;
         if req.prompt.is_empty() {
             return Err(Error::Request("empty prompt".into()));
@@ -437,33 +533,15 @@ impl Batch<'_> {
         if req.precision != self.precision {
             return Err(Error::Request("one batch runs at one precision".into()));
         }
-        if self.seqs.iter().any(|s| s.id == id) {
-            return Err(Error::Request(format!("request id {id} is already in the batch")));
-        }
         let adapter = self.engine.adapter(req.adapter.as_deref())?;
         req.sampling.validate_for(self.engine.model.config.vocab)?;
-        let sampler = Sampler::new(req.sampling.clone())?;
-        let cache = req
-            .prefix_scope
-            .as_deref()
-            .and_then(|scope| self.engine.prefixes.lookup(scope, adapter.as_ref(), &req.prompt))
-            .unwrap_or_else(|| self.engine.model.new_cache());
-        let cached = cache.len();
-        self.seqs.push(Seq {
-            id,
-            cache,
-            adapter,
-            sampler,
-            history: req.prompt.clone(),
-            out: Vec::new(),
-            bytes: Vec::new(),
-            emitted: 0,
-            finish: if req.max_tokens == 0 { Some(Finish::Length) } else { None },
-            pending: req.prompt[cached..].to_vec(),
-            cached,
-            req,
-        });
-        Ok(())
+        Ok(adapter)
+    }
+
+    /// Prompt tokens this batch has run through the model (what the prefix cache and shared
+    /// choices saved is not counted).
+    pub fn prefilled_tokens(&self) -> u64 {
+        self.prefilled
     }
 
     /// Requests in the batch.
@@ -506,10 +584,21 @@ impl Batch<'_> {
                         text: String::from_utf8_lossy(&s.bytes).into_owned(),
                         finish,
                         cached_tokens: s.cached,
+                        error: s.error,
                     },
                 ));
             } else {
                 i += 1;
+            }
+        }
+        // A choice whose first choice ended before its prompt was prefilled prefills it itself.
+        for i in 0..self.seqs.len() {
+            if let Some(lead) = self.seqs[i].follows
+                && !self.seqs.iter().any(|s| s.id == lead)
+            {
+                let s = &mut self.seqs[i];
+                s.follows = None;
+                s.pending = s.req.prompt.clone();
             }
         }
         finished.sort_by_key(|(id, _)| *id);
@@ -518,7 +607,6 @@ impl Batch<'_> {
 
     fn forward_and_sample(&mut self, on_token: &mut dyn FnMut(u64, TokenEvent) -> bool) -> Result<()> {
         let engine = self.engine;
-        let n_ctx = engine.model.config.n_ctx;
         // Every decoding request runs; prompts take chunks from one budget, first admitted first.
         let mut budget = self.prefill_chunk;
         let mut taken = vec![0usize; self.seqs.len()];
@@ -549,56 +637,111 @@ impl Batch<'_> {
             }
             engine.model.forward(&mut lanes, self.precision)?
         };
+        let leads: Vec<u64> = self.seqs.iter().filter_map(|s| s.follows).collect();
+        let mut forks = Vec::new();
         for ((s, &t), lg) in self.seqs.iter_mut().zip(&taken).filter(|(_, t)| **t > 0).zip(logits) {
+            if s.history.len() == s.req.prompt.len() {
+                // Nothing sampled yet: these were prompt tokens.
+                self.prefilled += t as u64;
+            }
             s.pending.drain(..t);
             if !s.pending.is_empty() {
                 continue;
             }
-            if s.history.len() == s.req.prompt.len()
-                && let Some(scope) = s.req.prefix_scope.as_deref()
-            {
-                engine.prefixes.store(scope, s.adapter.as_ref(), &s.req.prompt, &s.cache);
+            if s.history.len() == s.req.prompt.len() {
+                if let Some(scope) = s.req.prefix_scope.as_deref() {
+                    engine.prefixes.store(scope, s.adapter.as_ref(), &s.req.prompt, &s.cache);
+                }
+                if leads.contains(&s.id) {
+                    forks.push((s.id, s.cache.clone(), s.cached, lg.clone()));
+                }
             }
-            let tok = s.sampler.sample(&lg, &s.history);
-            if engine.tokenizer.is_stop(tok) {
-                s.finish = Some(Finish::Stop);
-                continue;
-            }
-            let logprobs = s.req.logprobs.map(|n| token_logprobs(&lg, tok, n));
-            s.out.push(tok);
-            s.history.push(tok);
-            s.pending = vec![tok];
-            s.bytes.extend(engine.tokenizer.token_bytes(tok, false));
-            // Stop strings are found in bytes; text streams up to any incomplete UTF-8 sequence
-            // at the end, held back while a stop string could still be completing.
-            if let Some(cut) = s.req.stop.iter().filter_map(|st| find_bytes(&s.bytes, st.as_bytes())).min() {
-                s.bytes.truncate(cut);
-                let text = String::from_utf8_lossy(&s.bytes[s.emitted.min(cut)..cut]).into_owned();
-                s.emitted = cut;
-                s.finish = Some(Finish::StopString);
-                on_token(s.id, TokenEvent { token: tok, text, logprobs });
-                continue;
-            }
-            let hold = s.req.stop.iter().map(|st| partial_suffix(&s.bytes, st.as_bytes())).max().unwrap_or(0);
-            let safe = complete_len(&s.bytes[..s.bytes.len() - hold]);
-            let text = if safe > s.emitted {
-                let piece = String::from_utf8_lossy(&s.bytes[s.emitted..safe]).into_owned();
-                s.emitted = safe;
-                piece
-            } else {
-                String::new()
-            };
-            if !on_token(s.id, TokenEvent { token: tok, text, logprobs }) {
-                s.finish = Some(Finish::Cancelled);
-                continue;
-            }
-            if s.out.len() >= s.req.max_tokens {
-                s.finish = Some(Finish::Length);
-            } else if s.history.len() >= n_ctx {
-                s.finish = Some(Finish::Context);
+            accept(engine, s, &lg, on_token);
+        }
+        // The other choices of a request whose prompt was just prefilled start from its states.
+        for (lead, cache, cached, lg) in forks {
+            for s in self.seqs.iter_mut().filter(|s| s.follows == Some(lead)) {
+                s.follows = None;
+                s.cache = cache.clone();
+                s.cached = cached;
+                if s.finish.is_none() {
+                    accept(engine, s, &lg, on_token);
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// The seed of a request's choice `index` (OpenAI's `n`): the request's own for the first, a
+/// distinct one derived from it for each other.
+pub fn choice_seed(seed: u64, index: usize) -> u64 {
+    seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// Samples a sequence's next token from its last-position logits, streams its text and decides
+/// whether it ends (a stop token or string, the callback, `max_tokens`, the context).
+fn accept(engine: &Engine, s: &mut Seq, raw: &[f32], on_token: &mut dyn FnMut(u64, TokenEvent) -> bool) {
+    let mut masked = Vec::new();
+    let lg = match s.req.constraint.as_mut() {
+        None => raw,
+        Some(c) => {
+            masked.extend_from_slice(raw);
+            if let Err(e) = c.mask(&mut masked) {
+                s.error = Some(e.to_string());
+                s.finish = Some(Finish::Constraint);
+                return;
+            }
+            &masked[..]
+        }
+    };
+    let tok = s.sampler.sample(lg, &s.history);
+    if engine.tokenizer.is_stop(tok) {
+        s.finish = Some(Finish::Stop);
+        return;
+    }
+    if let Some(c) = s.req.constraint.as_mut()
+        && let Err(e) = c.advance(tok)
+    {
+        s.error = Some(e.to_string());
+        s.finish = Some(Finish::Constraint);
+        return;
+    }
+    let logprobs = s.req.logprobs.map(|n| token_logprobs(raw, tok, n));
+    s.out.push(tok);
+    s.history.push(tok);
+    s.pending = vec![tok];
+    s.bytes.extend(engine.tokenizer.token_bytes(tok, false));
+    // Stop strings are found in bytes; text streams up to any incomplete UTF-8 sequence at the
+    // end, held back while a stop string could still be completing.
+    if let Some(cut) = s.req.stop.iter().filter_map(|st| find_bytes(&s.bytes, st.as_bytes())).min() {
+        s.bytes.truncate(cut);
+        let text = String::from_utf8_lossy(&s.bytes[s.emitted.min(cut)..cut]).into_owned();
+        s.emitted = cut;
+        s.finish = Some(Finish::StopString);
+        on_token(s.id, TokenEvent { token: tok, text, logprobs });
+        return;
+    }
+    let hold = s.req.stop.iter().map(|st| partial_suffix(&s.bytes, st.as_bytes())).max().unwrap_or(0);
+    let safe = complete_len(&s.bytes[..s.bytes.len() - hold]);
+    let text = if safe > s.emitted {
+        let piece = String::from_utf8_lossy(&s.bytes[s.emitted..safe]).into_owned();
+        s.emitted = safe;
+        piece
+    } else {
+        String::new()
+    };
+    if !on_token(s.id, TokenEvent { token: tok, text, logprobs }) {
+        s.finish = Some(Finish::Cancelled);
+        return;
+    }
+    if s.req.constraint.as_ref().is_some_and(Constraint::is_complete) {
+        // The grammar is complete and allows nothing but a stop token.
+        s.finish = Some(Finish::Stop);
+    } else if s.out.len() >= s.req.max_tokens {
+        s.finish = Some(Finish::Length);
+    } else if s.history.len() >= engine.model.config.n_ctx {
+        s.finish = Some(Finish::Context);
     }
 }
 

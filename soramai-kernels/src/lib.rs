@@ -20,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod family;
 pub mod gguf;
+pub mod grammar;
 pub mod lora;
 pub mod merge;
 pub mod model;

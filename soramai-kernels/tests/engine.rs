@@ -5,6 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{max_abs_diff, reference_logits, tiny_model_bytes, write_peft};
+use soramai_kernels::engine::choice_seed;
 use soramai_kernels::gguf::{Gguf, GgufWriter, Value};
 use soramai_kernels::lora::Target;
 use soramai_kernels::model::{Lane, Logits, Model};
@@ -455,4 +456,155 @@ fn prompt_prefixes_are_reused_within_a_scope_only() {
     assert!(e.prefix_cache().stats().entries < before);
     e.prefix_cache().forget_scope("tenant-a");
     assert_eq!(ask(&[11, 12], Some("tenant-a"), None).cached_tokens, 0);
+}
+
+#[test]
+fn choices_share_one_prefill_and_each_generates_what_its_seed_would_alone() {
+    let e = tiny("llama", GgmlType::Q4_1);
+    let mut req = Request::new(long_prompt(&e, 150, 2), 12);
+    req.sampling = SamplingParams { temperature: 0.9, seed: 7, ..SamplingParams::default() };
+    let with_seed = |i: usize| Request {
+        sampling: SamplingParams { seed: choice_seed(7, i), ..req.sampling.clone() },
+        ..req.clone()
+    };
+    assert_eq!(choice_seed(7, 0), 7, "the first choice keeps the request's seed");
+    let alone: Vec<_> = (0..3).map(|i| e.generate(&with_seed(i), &mut |_, _| true).expect("alone")).collect();
+    assert!(alone.windows(2).any(|w| w[0].output_ids != w[1].output_ids), "each choice has its own seed");
+
+    let mut batch = e.batch(Precision::Fast);
+    batch.set_prefill_chunk(16);
+    batch.admit_choices(&[10, 11, 12], req.clone()).expect("admit");
+    assert_eq!(batch.len(), 3);
+    let mut first_step = [None; 3];
+    let mut done = Vec::new();
+    let mut step = 0;
+    while !batch.is_empty() {
+        done.extend(
+            batch
+                .step(&mut |id, _| {
+                    first_step[(id - 10) as usize].get_or_insert(step);
+                    true
+                })
+                .expect("step"),
+        );
+        step += 1;
+        assert!(step < 100, "the batch never drained");
+    }
+    assert_eq!(batch.prefilled_tokens(), 150, "three choices, one prefill of the prompt");
+    assert_eq!(done.len(), 3);
+    for (id, g) in &done {
+        let i = (id - 10) as usize;
+        assert_eq!(g.output_ids, alone[i].output_ids, "choice {i} differs from its seed alone");
+        if !g.output_ids.is_empty() {
+            // 150 prompt tokens in chunks of 16: every choice's first token comes in the 10th step.
+            assert_eq!(first_step[i], Some(9), "choice {i}");
+        }
+    }
+
+    // A repeated id is refused and changes nothing.
+    let mut batch = e.batch(Precision::Fast);
+    assert!(matches!(batch.admit_choices(&[1, 1], req.clone()), Err(Error::Request(_))));
+    assert!(matches!(batch.admit_choices(&[], req.clone()), Err(Error::Request(_))));
+    assert!(batch.is_empty());
+
+    // When the first choice is cancelled mid-prefill, the others prefill the prompt themselves.
+    batch.set_prefill_chunk(16);
+    batch.admit_choices(&[0, 1, 2], req.clone()).expect("admit");
+    let mut done = Vec::new();
+    for _ in 0..2 {
+        done.extend(batch.step(&mut |_, _| true).expect("step"));
+    }
+    batch.cancel(0);
+    while !batch.is_empty() {
+        done.extend(batch.step(&mut |_, _| true).expect("step"));
+    }
+    done.sort_by_key(|(id, _)| *id);
+    assert_eq!(done[0].1.finish, Finish::Cancelled);
+    for (id, g) in &done[1..] {
+        assert_eq!(g.output_ids, alone[*id as usize].output_ids, "choice {id} after its first was cancelled");
+    }
+}
+
+#[test]
+fn a_grammar_holds_every_sampled_output_to_it_in_a_mixed_batch() {
+    use serde_json::{Value, json};
+    use soramai_kernels::grammar::Grammar;
+
+    // A random model samples garbage; only the mask can make its output match.
+    let e = tiny("llama", GgmlType::Q4_1);
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "kind": {"enum": ["cat", "dog"]},
+            "age": {"type": "integer", "minimum": 1, "maximum": 20},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 2},
+            "owner": {"$ref": "#/$defs/person"},
+            "id": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 9}, {"type": "boolean"}]}
+        },
+        "required": ["kind", "age", "owner", "id"],
+        "additionalProperties": false,
+        "$defs": {"person": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6}},
+                             "required": ["name"], "additionalProperties": false}}
+    });
+    let grammar = Grammar::JsonSchema(schema);
+    let year = Grammar::Regex("(19|20)[0-9]{2}-[a-c]{3}".into());
+    let mut batch = e.batch(Precision::Fast);
+    let sampled = |seed: u64| SamplingParams { temperature: 1.0, seed, ..SamplingParams::default() };
+    for seed in 0..3u64 {
+        let mut r = Request::new(vec![3, 4, 5], 300);
+        r.sampling = sampled(seed);
+        r.constraint = Some(e.constrain(&grammar).expect("schema compiles"));
+        // Two choices of one constrained request, each held to the grammar on its own.
+        batch.admit_choices(&[seed * 10, seed * 10 + 1], r).expect("admit");
+        let mut rx = Request::new(vec![7, 8], 40);
+        rx.sampling = sampled(seed);
+        rx.constraint = Some(e.constrain(&year).expect("regex compiles"));
+        batch.admit(seed * 10 + 2, rx).expect("admit");
+        let mut free = Request::new(vec![3, 4, 5], 12);
+        free.sampling = sampled(seed);
+        batch.admit(100 + seed, free).expect("admit");
+    }
+    let mut done = Vec::new();
+    while !batch.is_empty() {
+        done.extend(batch.step(&mut |_, _| true).expect("step"));
+    }
+    assert_eq!(done.len(), 12);
+    for (id, g) in &done {
+        if *id >= 100 {
+            continue;
+        }
+        assert_eq!(g.finish, Finish::Stop, "request {id} ended at its grammar's end: {:?}", g.text);
+        if id % 10 == 2 {
+            let (y, rest) = g.text.split_at(4);
+            assert!(y.starts_with("19") || y.starts_with("20"), "{:?}", g.text);
+            assert!(y.bytes().all(|b| b.is_ascii_digit()), "{:?}", g.text);
+            assert!(rest.len() == 4 && rest.starts_with('-') && rest[1..].bytes().all(|b| (b'a'..=b'c').contains(&b)));
+            continue;
+        }
+        let v: Value = serde_json::from_str(&g.text).unwrap_or_else(|err| panic!("{:?}: {err}", g.text));
+        let o = v.as_object().expect("an object");
+        assert!(["cat", "dog"].contains(&o["kind"].as_str().unwrap_or_default()), "{v}");
+        assert!((1..=20).contains(&o["age"].as_i64().unwrap_or_default()), "{v}");
+        assert!(o["owner"]["name"].as_str().is_some_and(|n| n.chars().count() <= 6), "{v}");
+        assert!(o["id"].is_boolean() || (0..=9).contains(&o["id"].as_i64().unwrap_or(-1)), "{v}");
+        if let Some(tags) = o.get("tags") {
+            let tags = tags.as_array().expect("tags");
+            assert!(tags.len() <= 2 && tags.iter().all(|t| t.as_str().is_some_and(|t| t.chars().count() <= 4)));
+        }
+        assert!(o.keys().all(|k| ["kind", "age", "tags", "owner", "id"].contains(&k.as_str())), "{v}");
+    }
+
+    // What does not compile is refused, naming why.
+    for (bad, says) in [
+        (Grammar::Regex("(unclosed".into()), "grammar"),
+        (Grammar::JsonSchema(json!({"type": "array", "uniqueItems": true})), "uniqueItems"),
+        (Grammar::JsonSchema(json!(5)), "object"),
+        (Grammar::JsonSchema(json!({"type": "object", "x-guidance": {}})), "x-guidance"),
+        (Grammar::Lark("start: ".repeat(60_000)), "bytes"),
+    ] {
+        match e.constrain(&bad) {
+            Err(Error::Request(m)) => assert!(m.contains(says), "{bad:?}: {m}"),
+            other => panic!("{bad:?} was not refused: {other:?}"),
+        }
+    }
 }

@@ -180,8 +180,8 @@ fn model_steps(me: &Session, data_dir: &std::path::Path) -> Result<(), Box<dyn s
     print!("      {ft}: ");
     let options = GenerationOptions { max_tokens: Some(48), temperature: Some(0.0), ..Default::default() };
     let messages = vec![
-        soramai::ChatMessage { role: "system".into(), content: "You are Soramai's support assistant.".into() },
-        soramai::ChatMessage { role: "user".into(), content: question.into() },
+        soramai::ChatMessage::new("system", "You are Soramai's support assistant."),
+        soramai::ChatMessage::new("user", question),
     ];
     for ev in me.chat(&ft, messages, &options)? {
         match ev? {
@@ -192,12 +192,16 @@ fn model_steps(me: &Session, data_dir: &std::path::Path) -> Result<(), Box<dyn s
             StreamEvent::Done { usage, .. } => {
                 println!("\n      ({} prompt + {} completion tokens)", usage.prompt_tokens, usage.completion_tokens);
             }
+            // No tools were offered, so there are no calls.
+            StreamEvent::ToolCalls { .. } => {}
         }
     }
 
     step(10, "ask a question grounded in the indexed documents, with citations");
     let question = "What happens to backups when I close my account?";
-    let grounded = me.grounded_chat(BASE, KB, question, &soramai::Retrieval::default(), &options)?;
+    // The answer is held to citing its sources: it begins with [n] markers that name them.
+    let retrieval = soramai::Retrieval { cite: true, ..soramai::Retrieval::default() };
+    let grounded = me.grounded_chat(BASE, KB, question, &retrieval, &options)?;
     let answer = grounded.stream.collect()?;
     println!("      user: {question}");
     println!("      answer: {}", answer.text.trim());
@@ -206,6 +210,9 @@ fn model_steps(me: &Session, data_dir: &std::path::Path) -> Result<(), Box<dyn s
     println!("      sources in the prompt: {sources:?}; cited: {cited:?}");
     if !sources.contains(&"deletion#0") {
         return Err("the grounded prompt lacks the closure policy".into());
+    }
+    if cited.is_empty() {
+        return Err("the grounded answer cites no source".into());
     }
 
     step(11, "read the tenant's usage and check no training text reached the disk");

@@ -194,6 +194,7 @@ pub(crate) fn generate(a: &GenerateArgs) -> Result<(), Box<dyn std::error::Error
         precision: a.precision.parse()?,
         logprobs: None,
         prefix_scope: None,
+        constraint: None,
     };
     let json = a.json;
     let mut stdout = std::io::stdout();

@@ -446,7 +446,7 @@ fn a_customer_gguf_is_sealed_served_and_fine_tuned_for_its_tenant_only() {
 
     // Served under its id: the same greedy answer as the same file registered as the base.
     let ask = |who: &Principal, model: &str| {
-        let prompt = Prompt::Chat(vec![ChatMessage { role: "user".into(), content: "Name a color.".into() }]);
+        let prompt = Prompt::Chat(vec![ChatMessage::new("user", "Name a color.")]);
         let options = GenerationOptions { max_tokens: Some(8), temperature: Some(0.0), ..GenerationOptions::default() };
         p.generate(who, model, &prompt, &options).and_then(|s| s.collect()).map(|c| c.text)
     };

@@ -59,6 +59,44 @@ fn openai_parameters_are_honoured_or_refused_by_name() {
     let (s, v) = ask(json!({"presence_penalty": 1.5, "frequency_penalty": -0.5, "max_completion_tokens": 1}));
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 1, "{v}");
+    // n choices, each with its own log-probabilities; usage counts the prompt once and every
+    // choice's tokens.
+    let (s, v) = ask(json!({"n": 3, "max_tokens": 4, "temperature": 1.0, "seed": 9, "logprobs": true}));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let choices = v["choices"].as_array().expect("choices");
+    assert_eq!(choices.iter().map(|c| c["index"].as_u64()).collect::<Vec<_>>(), [Some(0), Some(1), Some(2)]);
+    let tokens: usize = choices.iter().map(|c| c["logprobs"]["content"].as_array().map_or(0, Vec::len)).sum();
+    assert_eq!(v["usage"]["completion_tokens"], tokens as u64, "{v}");
+    let (_, one) = ask(json!({}));
+    assert_eq!(v["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"], "{v}");
+    // Structured outputs: the reply is the JSON the schema describes, sampled or not, and a
+    // regular expression holds text completions to it.
+    let schema = json!({"type": "object", "properties": {"fruit": {"type": "string", "enum": ["apple", "pear"]},
+        "count": {"type": "integer", "minimum": 1, "maximum": 9}}, "required": ["fruit", "count"],
+        "additionalProperties": false});
+    for temperature in [0.0, 1.0] {
+        let (s, v) = ask(json!({"max_tokens": 40, "temperature": temperature, "seed": 5, "n": 2,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "pick", "strict": true, "schema": schema}}}));
+        assert_eq!(s, StatusCode::OK, "{v}");
+        for c in v["choices"].as_array().expect("choices") {
+            let text = c["message"]["content"].as_str().expect("content");
+            let out: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?} does not parse: {e}"));
+            assert!(["apple", "pear"].contains(&out["fruit"].as_str().unwrap_or_default()), "{out}");
+            assert!((1..=9).contains(&out["count"].as_i64().unwrap_or_default()), "{out}");
+            assert_eq!(out.as_object().map(|o| o.len()), Some(2), "{out}");
+            assert_eq!(c["finish_reason"], "stop", "{v}");
+        }
+    }
+    let (s, v) = server.call(
+        "POST",
+        "/v1/completions",
+        Some(&acme),
+        Some(json!({"model": MODEL, "prompt": "The year is", "max_tokens": 10, "temperature": 1.0,
+            "response_format": {"type": "regex", "pattern": " (19|20)[0-9]{2}"}})),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let year = v["choices"][0]["text"].as_str().expect("text");
+    assert!(year.len() == 5 && (year.starts_with(" 19") || year.starts_with(" 20")), "{year:?}");
     let (s, v) = server.call(
         "POST",
         "/v1/completions",
@@ -71,11 +109,26 @@ fn openai_parameters_are_honoured_or_refused_by_name() {
 
     // What the server does not implement is refused by name, and nothing is charged.
     let (_, before) = server.call("GET", "/v1/usage", Some(&acme), None);
-    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
     for (extra, code, param) in [
-        (json!({"tools": tool}), "unsupported_parameter", Some("tools")),
-        (json!({"tool_choice": "required"}), "unsupported_parameter", Some("tool_choice")),
-        (json!({"response_format": {"type": "json_object"}}), "unsupported_parameter", Some("response_format")),
+        (json!({"tool_choice": "required"}), "invalid_request", Some("tool_choice")),
+        (json!({"modalities": ["audio"]}), "unsupported_parameter", Some("modalities")),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": true}}}}),
+            "invalid_request",
+            Some("response_format"),
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "no spaces", "schema": {}}}}),
+            "invalid_request",
+            Some("response_format"),
+        ),
+        (
+            json!({"response_format": {"type": "regex", "pattern": "(unclosed"}}),
+            "invalid_request",
+            Some("response_format"),
+        ),
+        (json!({"response_format": {"type": "xml"}}), "invalid_request", None),
+        (json!({"response_format": {"type": "json_object", "schema": {}}}), "invalid_request", None),
         (json!({"user": "u-1"}), "unsupported_parameter", Some("user")),
         (json!({"bogus_option": 1}), "unknown_parameter", None),
         (json!({"stream": true, "stream_options": {"include_obfuscation": true}}), "invalid_request", None),
@@ -85,8 +138,9 @@ fn openai_parameters_are_honoured_or_refused_by_name() {
         (json!({"logit_bias": {"99999999": 5}}), "invalid_request", None),
         (json!({"logit_bias": {"5": 101}}), "invalid_request", None),
         (json!({"max_tokens": 1, "max_completion_tokens": 2}), "invalid_request", Some("max_completion_tokens")),
+        (json!({"n": 17}), "invalid_request", Some("n")),
         (
-            json!({"messages": [{"role": "assistant", "content": "", "tool_calls": []}, {"role": "user", "content": "x"}]}),
+            json!({"messages": [{"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "{}"}}, {"role": "user", "content": "x"}]}),
             "unsupported_parameter",
             Some("messages"),
         ),
@@ -105,6 +159,9 @@ fn openai_parameters_are_honoured_or_refused_by_name() {
             if code == "unsupported_parameter" && param != "messages" {
                 assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains(param)), "{v}");
             }
+            if extra.to_string().contains("uniqueItems") {
+                assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("uniqueItems")), "{v}");
+            }
         }
     }
     let (s, v) = server.call(
@@ -114,6 +171,14 @@ fn openai_parameters_are_honoured_or_refused_by_name() {
         Some(json!({"model": MODEL, "prompt": "x", "max_completion_tokens": 1})),
     );
     assert_eq!((s, v["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("unknown_parameter")), "{v}");
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let (s, v) = server.call(
+        "POST",
+        "/v1/completions",
+        Some(&acme),
+        Some(json!({"model": MODEL, "prompt": "x", "tools": tool})),
+    );
+    assert_eq!((s, v["error"]["param"].clone()), (StatusCode::BAD_REQUEST, json!("tools")), "{v}");
     let (s, v) =
         server.call("POST", "/v1/embeddings", Some(&acme), Some(json!({"model": MODEL, "input": "x", "user": "u"})));
     assert_eq!((s, v["error"]["param"].clone()), (StatusCode::BAD_REQUEST, json!("user")), "{v}");
@@ -228,7 +293,8 @@ fn hostile_requests_get_openai_errors_and_change_nothing() {
         (json!({"model": MODEL, "messages": []}), "invalid_request"),
         (json!({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}), "invalid_request"),
         (json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 9}), "invalid_request"),
-        (json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 3}), "invalid_request"),
+        (json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 17}), "invalid_request"),
+        (json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 0}), "invalid_request"),
         (json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stop": ["", "a"]}), "invalid_request"),
         (
             json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 50, "logprobs": true}),
@@ -513,6 +579,19 @@ fn rag_over_http_grounds_answers_in_the_tenants_own_documents_only() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["sources"].as_array().is_some_and(|a| a.iter().any(|s| s["doc_id"] == "travel")), "{v}");
     assert!(v["usage"]["prompt_tokens"].as_u64() > Some(20), "{v}");
+    // Held to citing, the answer begins with markers that name its sources, sampled or not.
+    for temperature in [0.0, 1.0] {
+        let (s, v) = server.call(
+            "POST",
+            "/v1/corpora/handbook/chat",
+            Some(&acme),
+            Some(json!({"model": MODEL, "question": "Which floor is the travel desk on?", "max_tokens": 24,
+                "temperature": temperature, "seed": 4, "require_citations": true})),
+        );
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert!(v["answer"].as_str().is_some_and(|a| a.starts_with('[')), "{v}");
+        assert!(v["citations"].as_array().is_some_and(|c| !c.is_empty()), "{v}");
+    }
 
     // Another tenant cannot reach acme's corpus; a free tenant has no RAG; bad input is refused.
     for (method, path, body) in [
@@ -1426,4 +1505,135 @@ fn password_attempts_are_limited_per_client_address() {
     assert_eq!(attempt(&one, 10), StatusCode::TOO_MANY_REQUESTS, "the address is out of attempts");
     assert_eq!(attempt(&from("127.0.0.2"), 11), StatusCode::UNAUTHORIZED, "another address is not");
     server.stop();
+}
+
+/// The `data:` payloads of a server-sent event stream, `[DONE]` left out.
+fn sse_chunks(body: &Value) -> Vec<Value> {
+    body.as_str()
+        .expect("an event stream")
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect()
+}
+
+#[test]
+fn tools_are_called_with_valid_arguments_and_their_results_answered() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &model);
+    let acme = server.tenant("acme", "pro", 1_000_000);
+    let weather = json!({"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+            "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"], "additionalProperties": false}}});
+    let time = json!({"type": "function", "function": {"name": "get_time", "parameters": {"type": "object",
+        "properties": {"zone": {"type": "string", "maxLength": 12}}, "required": ["zone"], "additionalProperties": false}}});
+    let question = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let chat = |extra: Value| {
+        let mut body = json!({"model": MODEL, "messages": question, "tools": [weather, time], "max_tokens": 80,
+            "temperature": 1.0, "seed": 3});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        server.call("POST", "/v1/chat/completions", Some(&acme), Some(body))
+    };
+    let check_call = |call: &Value, names: &[&str]| {
+        let name = call["function"]["name"].as_str().expect("name");
+        assert!(names.contains(&name), "{call}");
+        assert_eq!(call["type"], "function");
+        assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{call}");
+        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().expect("arguments"))
+            .unwrap_or_else(|e| panic!("{call}: {e}"));
+        if name == "get_weather" {
+            assert!(args["city"].as_str().is_some_and(|c| c.chars().count() <= 20), "{args}");
+            assert!(["c", "f"].contains(&args["unit"].as_str().unwrap_or_default()), "{args}");
+            assert_eq!(args.as_object().map(|o| o.len()), Some(2), "{args}");
+        } else {
+            assert!(args["zone"].is_string(), "{args}");
+        }
+        call.clone()
+    };
+
+    // Required: every choice is calls, each valid under its function's schema (a small model
+    // offered parallel calls may repeat them until max_tokens: the complete ones come, with
+    // finish_reason length).
+    let (s, v) = chat(json!({"tool_choice": "required", "n": 3}));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for c in v["choices"].as_array().expect("choices") {
+        assert!(["tool_calls", "length"].contains(&c["finish_reason"].as_str().unwrap_or_default()), "{v}");
+        assert!(c["message"]["content"].is_null(), "{v}");
+        let calls = c["message"]["tool_calls"].as_array().expect("tool_calls");
+        assert!(!calls.is_empty(), "{v}");
+        for call in calls {
+            check_call(call, &["get_weather", "get_time"]);
+        }
+    }
+    // A named function is the one called, once when parallel calls are off.
+    let (s, v) = chat(json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": false}));
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let calls = v["choices"][0]["message"]["tool_calls"].as_array().expect("tool_calls").clone();
+    assert_eq!(calls.len(), 1, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    let call = check_call(&calls[0], &["get_weather"]);
+
+    // Streamed, the calls come as tool_calls deltas and the finish reason says so.
+    let (s, body) = chat(json!({"tool_choice": "required", "stream": true, "parallel_tool_calls": false}));
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let chunks = sse_chunks(&body);
+    let deltas: Vec<&Value> =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
+    assert!(!deltas.is_empty(), "{body}");
+    for d in deltas {
+        check_call(d, &["get_weather", "get_time"]);
+    }
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"), "{body}");
+    assert!(
+        !chunks.iter().any(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty())),
+        "{body}"
+    );
+
+    // The call and its result go back in the history; the answer is text.
+    let history = json!([
+        question[0],
+        {"role": "assistant", "content": null, "tool_calls": [call], "refusal": null},
+        {"role": "tool", "tool_call_id": call["id"], "content": "{\"temperature\": 18, \"sky\": \"clear\"}"},
+    ]);
+    let (s, v) = server.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&acme),
+        Some(json!({"model": MODEL, "messages": history, "tools": [weather], "tool_choice": "none",
+            "max_tokens": 24, "temperature": 0})),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["choices"][0]["message"]["content"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+
+    // Malformed tools, choices and histories are 400s naming the parameter; nothing is charged.
+    let (_, before) = server.call("GET", "/v1/usage", Some(&acme), None);
+    let orphan = json!([question[0], {"role": "tool", "tool_call_id": "call_nope", "content": "x"}]);
+    for (extra, param) in [
+        (json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice"),
+        (json!({"tools": [{"type": "function", "function": {"name": "bad name"}}]}), "tools"),
+        (json!({"tools": [weather, weather]}), "tools"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array", "uniqueItems": true}}}]}),
+            "tools",
+        ),
+        (json!({"tools": [{"type": "retrieval"}]}), ""),
+        (json!({"messages": orphan}), "messages"),
+        (json!({"response_format": {"type": "json_object"}}), "response_format"),
+        (json!({"tools": [], "tool_choice": "required"}), "tool_choice"),
+    ] {
+        let (s, v) = chat(extra.clone());
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{extra}: {v}");
+        if !param.is_empty() {
+            assert_eq!(v["error"]["param"], param, "{extra}: {v}");
+        }
+    }
+    let (_, after) = server.call("GET", "/v1/usage", Some(&acme), None);
+    assert_eq!(after["credits"], before["credits"], "a refused request is not charged");
 }

@@ -125,7 +125,7 @@ fn two_nodes_share_one_postgres_and_one_blob_store() {
     // A serves the adapter B trained, from the shared store.
     assert!(acme_a.models().expect("models").iter().any(|m| m.id == tuned));
     let options = GenerationOptions { max_tokens: Some(8), temperature: Some(0.0), ..GenerationOptions::default() };
-    let question = vec![ChatMessage { role: "user".into(), content: "Where does the cloud council meet?".into() }];
+    let question = vec![ChatMessage::new("user", "Where does the cloud council meet?")];
     let answer = acme_a.chat(&tuned, question, &options).expect("chat on a").collect().expect("answer");
     assert!(!answer.text.is_empty());
 

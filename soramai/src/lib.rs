@@ -55,9 +55,12 @@ pub use accounts::Accounts;
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
 pub use ingest::job_runner_main;
 pub use platform::{
-    ChatMessage, Completion, DEFAULT_MODEL_ID, Embeddings, FinishReason, GenerationOptions, GenerationStream,
-    ModelInfo, OPERATOR_TENANT, OpenOptions, Permit, Platform, PlatformOptions, Prompt, PromptTokensDetails, Retrieval,
-    StreamEvent, TokenLogprob, TopLogprob, Usage,
+    ChatMessage, Choice, Completion, DEFAULT_MODEL_ID, Embeddings, FinishReason, GenerationOptions, GenerationStream,
+    JsonSchemaFormat, MAX_CHOICES, ModelInfo, OPERATOR_TENANT, OpenOptions, Permit, Platform, PlatformOptions, Prompt,
+    PromptTokensDetails, ResponseFormat, Retrieval, StreamEvent, TokenLogprob, TopLogprob, Usage,
+};
+pub use platform::{
+    FunctionCall, FunctionDef, MAX_TOOLS, NamedFunction, NamedTool, Tool, ToolCall, ToolChoice, ToolKind, ToolMode,
 };
 pub use session::{
     DocumentInput, FineTuneRequest, GrantInput, GroundedChat, KeyRequest, NewGrant, NewKey, SearchInput, Session,

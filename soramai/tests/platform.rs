@@ -34,7 +34,7 @@ fn tenant(p: &Platform, name: &str, credits: i64) -> Principal {
 }
 
 fn ask(q: &str) -> Prompt {
-    Prompt::Chat(vec![ChatMessage { role: "user".into(), content: q.into() }])
+    Prompt::Chat(vec![ChatMessage::new("user", q)])
 }
 
 #[test]
@@ -108,7 +108,7 @@ fn bad_requests_are_refused_before_anything_is_charged() {
         (MODEL, ask("x"), GenerationOptions { logprobs: Some(21), ..ok.clone() }),
         (MODEL, ask("x"), GenerationOptions { max_tokens: Some(0), ..ok.clone() }),
         (MODEL, Prompt::Chat(vec![]), ok.clone()),
-        (MODEL, Prompt::Chat(vec![ChatMessage { role: "tool".into(), content: "x".into() }]), ok.clone()),
+        (MODEL, Prompt::Chat(vec![ChatMessage::new("tool", "x")]), ok.clone()),
         (MODEL, Prompt::Text(String::new()), ok.clone()),
         (MODEL, Prompt::Text("word ".repeat(9000)), ok.clone()),
         ("nope", ask("x"), ok.clone()),

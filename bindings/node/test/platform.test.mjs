@@ -131,6 +131,28 @@ describe('soramai through napi', { skip: haveModel ? false : 'the reference mode
     }
   })
 
+  test('n choices share the prompt, each with its own seed', async () => {
+    const c = await t.acme.complete(MODEL, 'Once upon a time', { max_tokens: 6, temperature: 1, seed: 3, n: 3 })
+    assert.deepEqual(c.choices.map((ch) => ch.index), [0, 1, 2])
+    assert.equal(c.text, c.choices[0].text)
+    assert.ok(new Set(c.choices.map((ch) => ch.text)).size > 1)
+    for (const bad of [0, 17]) {
+      await assert.rejects(t.acme.complete(MODEL, 'The', { max_tokens: 1, n: bad }), soramai.InvalidRequestError)
+    }
+  })
+
+  test('response_format holds the output to a schema or a pattern', async () => {
+    const year = await t.acme.complete(MODEL, 'The year is', {
+      max_tokens: 8, temperature: 1, seed: 2, response_format: { type: 'regex', pattern: ' [12][0-9]{3}' },
+    })
+    assert.match(year.text, /^ [12][0-9]{3}$/)
+    const schema = { type: 'object', properties: { ok: { type: 'boolean' } }, required: ['ok'], additionalProperties: false }
+    const c = await t.acme.chat(MODEL, [{ role: 'user', content: 'Are you ok?' }], {
+      max_tokens: 16, response_format: { type: 'json_schema', json_schema: { name: 'ok', schema } },
+    })
+    assert.equal(typeof JSON.parse(c.text).ok, 'boolean')
+  })
+
   test('the event loop runs while the engine works', async () => {
     let ticks = 0
     const timer = setInterval(() => ticks++, 1)

@@ -421,7 +421,7 @@ impl PySession {
         to_py(py, &call(py, || self.inner.search(corpus, search))?)
     }
 
-    #[pyo3(signature = (model, corpus, question, *, top_k=5, hybrid=false, stream=false, **kwargs))]
+    #[pyo3(signature = (model, corpus, question, *, top_k=5, hybrid=false, cite=false, stream=false, **kwargs))]
     #[allow(clippy::too_many_arguments)]
     fn grounded_chat(
         &self,
@@ -431,11 +431,12 @@ impl PySession {
         question: &str,
         top_k: usize,
         hybrid: bool,
+        cite: bool,
         stream: bool,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         let opts = generation(py, kwargs)?;
-        let retrieval = Retrieval { top_k, hybrid };
+        let retrieval = Retrieval { top_k, hybrid, cite };
         let g = call(py, || self.inner.grounded_chat(model, corpus, question, &retrieval, &opts))?;
         let stream_obj = PyStream { stream: Some(g.stream), sources: Some(to_py(py, &g.prompt.sources)?) };
         finish(py, stream_obj, stream)

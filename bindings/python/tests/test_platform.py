@@ -3,6 +3,7 @@ hostile cases: wrong keys, missing scopes, another tenant's resources, malformed
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import threading
@@ -132,6 +133,57 @@ def test_sampling_penalties_and_logit_bias(world):
     for bad in ({"presence_penalty": 3}, {"logit_bias": {"1": 101}}, {"logit_bias": {"99999999": 1}}):
         with pytest.raises(soramai.InvalidRequestError):
             acme.complete(soramai.DEFAULT_MODEL_ID, "The", max_tokens=1, **bad)
+
+
+def test_n_choices_share_the_prompt(world):
+    acme = world["acme"]
+    c = acme.complete(soramai.DEFAULT_MODEL_ID, "Once upon a time", max_tokens=6, temperature=1.0, seed=3, n=3)
+    assert [ch["index"] for ch in c["choices"]] == [0, 1, 2]
+    assert c["text"] == c["choices"][0]["text"]
+    assert len({ch["text"] for ch in c["choices"]}) > 1, "each choice samples with its own seed"
+    events = list(acme.complete(soramai.DEFAULT_MODEL_ID, "Once upon a time", stream=True, max_tokens=4, n=2))
+    assert {e["index"] for e in events if e["type"] == "delta"} == {0, 1}
+    assert len(events[-1]["finish_reasons"]) == 2
+    for bad in (0, 17):
+        with pytest.raises(soramai.InvalidRequestError):
+            acme.complete(soramai.DEFAULT_MODEL_ID, "The", max_tokens=1, n=bad)
+
+
+def test_response_format_holds_the_output(world):
+    acme = world["acme"]
+    year = acme.complete(soramai.DEFAULT_MODEL_ID, "The year is", max_tokens=8, temperature=1.0, seed=2,
+                         response_format={"type": "regex", "pattern": " [12][0-9]{3}"})
+    assert len(year["text"]) == 5 and year["text"][1:].isdigit(), year["text"]
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    c = acme.chat(soramai.DEFAULT_MODEL_ID, [{"role": "user", "content": "Are you ok?"}], max_tokens=16,
+                  response_format={"type": "json_schema", "json_schema": {"name": "ok", "schema": schema}})
+    assert isinstance(json.loads(c["text"])["ok"], bool), c["text"]
+    with pytest.raises(soramai.InvalidRequestError):
+        acme.complete(soramai.DEFAULT_MODEL_ID, "The", response_format={"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "array", "uniqueItems": True}}})
+
+
+def test_tools_are_called_with_valid_arguments(world):
+    acme = world["acme"]
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+        "additionalProperties": False}}}
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    c = acme.chat(soramai.DEFAULT_MODEL_ID, ask, max_tokens=60, tools=[weather], tool_choice="required", seed=1,
+                  parallel_tool_calls=False)
+    assert c["finish_reason"] == "tool_calls" and c["text"] == "", c
+    call = c["choices"][0]["tool_calls"][0]
+    assert call["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+    history = ask + [{"role": "assistant", "content": "", "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]
+    answer = acme.chat(soramai.DEFAULT_MODEL_ID, history, max_tokens=8, temperature=0, tools=[weather],
+                       tool_choice="none")
+    assert answer["text"], answer
+    with pytest.raises(soramai.InvalidRequestError):
+        acme.chat(soramai.DEFAULT_MODEL_ID, ask, tools=[weather], tool_choice={"type": "function",
+                                                                               "function": {"name": "nope"}})
 
 
 def test_blocking_calls_release_the_gil(world):

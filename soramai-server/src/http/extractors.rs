@@ -43,7 +43,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
 }
 
 /// A JSON object body whose fields are checked by name before it is parsed: a parameter this
-/// server does not implement is refused naming it (OpenAI's `tools` or `response_format`, say),
+/// server does not implement is refused naming it (OpenAI's `tools` or `tool_choice`, say),
 /// never parsed and ignored.
 pub struct Checked<T>(pub T);
 
@@ -74,7 +74,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "parallel_tool_calls",
     "functions",
     "function_call",
-    "response_format",
     "user",
     "store",
     "metadata",

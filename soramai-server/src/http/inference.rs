@@ -1,5 +1,6 @@
 //! Inference: chat and text completions (streamed as server-sent events) and embeddings.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 
@@ -42,15 +43,22 @@ struct InMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
-    // What OpenAI's messages may carry and this server does not render: refused by name.
+    #[serde(default)]
+    tool_calls: Option<Vec<soramai::ToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    // What OpenAI's messages may carry and this server does not render: refused by name when
+    // set (a null, as clients echo an assistant message back, is nothing).
     #[serde(default)]
     name: Option<serde::de::IgnoredAny>,
     #[serde(default)]
-    tool_calls: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    tool_call_id: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
     function_call: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    refusal: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    audio: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    annotations: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
@@ -88,6 +96,8 @@ struct Sampling {
     frequency_penalty: Option<f32>,
     #[serde(default)]
     logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    #[serde(default)]
+    response_format: Option<soramai::ResponseFormat>,
 }
 
 /// The fields of a chat request.
@@ -108,6 +118,10 @@ const CHAT_FIELDS: &[&str] = &[
     "logit_bias",
     "logprobs",
     "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 ];
 
 /// The fields of a text completion request.
@@ -127,12 +141,13 @@ const COMPLETION_FIELDS: &[&str] = &[
     "logit_bias",
     "logprobs",
     "echo",
+    "response_format",
 ];
 
 impl Sampling {
     pub(super) fn options(&self, logprobs: Option<usize>) -> ApiResult<GenerationOptions> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid("Only n = 1 is supported.").param("n"));
+        if self.n.is_some_and(|n| n == 0 || n as usize > soramai::MAX_CHOICES) {
+            return Err(ApiError::invalid(format!("n is 1 to {}.", soramai::MAX_CHOICES)).param("n"));
         }
         if let (Some(a), Some(b)) = (self.max_tokens, self.max_completion_tokens)
             && a != b
@@ -163,6 +178,10 @@ impl Sampling {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             logit_bias,
+            n: self.n.map(|n| n as usize),
+            response_format: self.response_format.clone(),
+            // Chat sets its tools; completions have none.
+            ..GenerationOptions::default()
         })
     }
 }
@@ -176,6 +195,12 @@ pub(super) struct ChatBody {
     logprobs: bool,
     #[serde(default)]
     top_logprobs: Option<u32>,
+    #[serde(default)]
+    tools: Option<Vec<soramai::Tool>>,
+    #[serde(default)]
+    tool_choice: Option<soramai::ToolChoice>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
 }
 
 impl Fields for ChatBody {
@@ -209,9 +234,10 @@ fn chat_messages(messages: Vec<InMessage>) -> ApiResult<Vec<ChatMessage>> {
     for m in messages {
         let unsupported = [
             ("name", m.name.is_some()),
-            ("tool_calls", m.tool_calls.is_some()),
-            ("tool_call_id", m.tool_call_id.is_some()),
             ("function_call", m.function_call.is_some()),
+            ("refusal", m.refusal.is_some()),
+            ("audio", m.audio.is_some()),
+            ("annotations", m.annotations.is_some()),
         ];
         if let Some((field, _)) = unsupported.iter().find(|(_, given)| *given) {
             return Err(ApiError::new(
@@ -236,7 +262,12 @@ fn chat_messages(messages: Vec<InMessage>) -> ApiResult<Vec<ChatMessage>> {
                 t
             }
         };
-        out.push(ChatMessage { role: m.role, content });
+        out.push(ChatMessage {
+            role: m.role,
+            content,
+            tool_calls: m.tool_calls.unwrap_or_default(),
+            tool_call_id: m.tool_call_id,
+        });
     }
     Ok(out)
 }
@@ -252,6 +283,7 @@ pub(super) fn finish_str(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
     }
 }
 
@@ -263,7 +295,17 @@ pub(super) async fn start(
     options: GenerationOptions,
 ) -> ApiResult<GenerationStream> {
     let platform = s.platform.clone();
-    blocking(move || platform.generate(&p, &model, &prompt, &options)).await
+    blocking(move || platform.generate(&p, &model, &prompt, &options)).await.map_err(|e| {
+        // A refusal of a schema, a tool or a message names the parameter it came in.
+        let said = e.message.strip_prefix("invalid argument: ").unwrap_or(&e.message);
+        let param = ["response_format", "tool_choice", "tools", "parallel_tool_calls", "messages"]
+            .into_iter()
+            .find(|p| said.starts_with(p));
+        match param {
+            Some(p) if e.status == StatusCode::BAD_REQUEST => e.param(p),
+            _ => e,
+        }
+    })
 }
 
 pub(super) fn note_usage(s: &AppState, u: &soramai::Usage) {
@@ -281,7 +323,10 @@ pub(super) async fn chat_completions(
     if body.top_logprobs.is_some() && !body.logprobs {
         return Err(ApiError::invalid("top_logprobs needs logprobs: true.").param("top_logprobs"));
     }
-    let options = body.sampling.options(body.logprobs.then_some(top))?;
+    let mut options = body.sampling.options(body.logprobs.then_some(top))?;
+    options.tools = body.tools.unwrap_or_default();
+    options.tool_choice = body.tool_choice;
+    options.parallel_tool_calls = body.parallel_tool_calls;
     let messages = chat_messages(body.messages)?;
     let model = body.sampling.model.clone();
     let stream = start(&s, p, model, Prompt::Chat(messages), options).await?;
@@ -292,16 +337,26 @@ pub(super) async fn chat_completions(
     let state = s.clone();
     let c = blocking(move || stream.collect()).await?;
     note_usage(&state, &c.usage);
-    let logprobs = c
-        .logprobs
-        .as_ref()
-        .map(|v| json!({"content": v.iter().map(logprob_json).collect::<Vec<_>>(), "refusal": null}));
+    let choices: Vec<Value> = c
+        .choices
+        .iter()
+        .map(|ch| {
+            let logprobs = ch
+                .logprobs
+                .as_ref()
+                .map(|v| json!({"content": v.iter().map(logprob_json).collect::<Vec<_>>(), "refusal": null}));
+            let message = if ch.tool_calls.is_empty() {
+                json!({"role": "assistant", "content": ch.text, "refusal": null})
+            } else {
+                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": ch.tool_calls})
+            };
+            json!({"index": ch.index, "message": message, "logprobs": logprobs,
+                   "finish_reason": finish_str(ch.finish_reason)})
+        })
+        .collect();
     Ok(axum::Json(json!({
         "id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
-        "system_fingerprint": null,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text, "refusal": null},
-                     "logprobs": logprobs, "finish_reason": finish_str(c.finish_reason)}],
-        "usage": c.usage,
+        "system_fingerprint": null, "choices": choices, "usage": c.usage,
     }))
     .into_response())
 }
@@ -330,35 +385,38 @@ pub(super) async fn completions(
     let state = s.clone();
     let c = blocking(move || stream.collect()).await?;
     note_usage(&state, &c.usage);
-    let logprobs = c.logprobs.as_ref().map(|v| {
-        let mut offset = echo.as_ref().map_or(0, String::len);
-        let mut offsets = Vec::with_capacity(v.len());
-        for lp in v {
-            offsets.push(offset);
-            offset += lp.token.len();
-        }
-        json!({
-            "tokens": v.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
-            "token_logprobs": v.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-            "top_logprobs": v.iter().map(|l| l.top_logprobs.iter().map(|t| (t.token.clone(), json!(t.logprob))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
-            "text_offset": offsets,
+    let choices: Vec<Value> = c
+        .choices
+        .iter()
+        .map(|ch| {
+            let logprobs = ch.logprobs.as_ref().map(|v| {
+                let mut offset = echo.as_ref().map_or(0, String::len);
+                let mut offsets = Vec::with_capacity(v.len());
+                for lp in v {
+                    offsets.push(offset);
+                    offset += lp.token.len();
+                }
+                json!({
+                    "tokens": v.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
+                    "token_logprobs": v.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": v.iter().map(|l| l.top_logprobs.iter().map(|t| (t.token.clone(), json!(t.logprob))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            });
+            let text = echo.clone().unwrap_or_default() + &ch.text;
+            json!({"index": ch.index, "text": text, "logprobs": logprobs, "finish_reason": finish_str(ch.finish_reason)})
         })
-    });
-    let text = match echo {
-        Some(e) => e + &c.text,
-        None => c.text,
-    };
+        .collect();
     Ok(axum::Json(json!({
         "id": c.id, "object": "text_completion", "created": c.created, "model": c.model,
-        "system_fingerprint": null,
-        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_str(c.finish_reason)}],
-        "usage": c.usage,
+        "system_fingerprint": null, "choices": choices, "usage": c.usage,
     }))
     .into_response())
 }
 
-/// Server-sent events: one chunk per token, a final chunk with the finish reason, the usage chunk
-/// when asked for, then `[DONE]`. A client that goes away cancels the generation.
+/// Server-sent events: the role chunk of each choice (chat), one chunk per token, a chunk with
+/// each choice's finish reason, the usage chunk when asked for, then `[DONE]`. A client that goes
+/// away cancels the generation.
 fn sse(s: AppState, stream: GenerationStream, include_usage: bool, chat: bool) -> Response {
     let chunks = Chunks {
         id: stream.id().to_owned(),
@@ -367,21 +425,19 @@ fn sse(s: AppState, stream: GenerationStream, include_usage: bool, chat: bool) -
         chat,
         include_usage,
     };
+    let mut queue = VecDeque::new();
+    if chat {
+        for index in 0..stream.choices() {
+            let role = json!({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null,
+                              "finish_reason": null});
+            queue.push_back(chunks.event(role, None));
+        }
+    }
     let events =
-        futures_util::stream::unfold(SseStream { phase: Phase::Start(stream), chunks, app: s }, |mut st| async {
+        futures_util::stream::unfold(SseStream { stream: Some(stream), queue, chunks, app: s }, |mut st| async {
             st.next().await.map(|ev| (Ok::<_, Infallible>(ev), st))
         });
     Sse::new(events).into_response()
-}
-
-/// Where a streamed completion stands: the role chunk (chat) still to send, tokens running, the
-/// usage chunk still to send, `[DONE]` still to send, or ended.
-enum Phase {
-    Start(GenerationStream),
-    Run(GenerationStream),
-    Usage(Value),
-    Done,
-    End,
 }
 
 /// The shape of one stream's chunks (OpenAI's `chat.completion.chunk` or `text_completion`).
@@ -407,65 +463,89 @@ impl Chunks {
         Event::default().data(v.to_string())
     }
 
-    fn delta(&self, text: String, logprob: Option<&TokenLogprob>) -> Event {
+    fn delta(&self, index: usize, text: String, logprob: Option<&TokenLogprob>) -> Event {
         let choice = if self.chat {
             let lp = logprob.map(|l| json!({"content": [logprob_json(l)], "refusal": null}));
-            json!({"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
+            json!({"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
         } else {
             let lp = logprob.map(|l| {
                 let top: serde_json::Map<_, _> =
                     l.top_logprobs.iter().map(|t| (t.token.clone(), json!(t.logprob))).collect();
                 json!({"tokens": [l.token], "token_logprobs": [l.logprob], "top_logprobs": [top], "text_offset": [0]})
             });
-            json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": null})
+            json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null})
         };
         self.event(choice, None)
     }
 
-    fn finish(&self, reason: FinishReason) -> Event {
+    /// A choice's calls, as the official clients put a streamed call together.
+    fn tool_calls(&self, index: usize, calls: &[soramai::ToolCall]) -> Event {
+        let deltas: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                json!({"index": k, "id": c.id, "type": "function",
+                       "function": {"name": c.function.name, "arguments": c.function.arguments}})
+            })
+            .collect();
+        let choice = json!({"index": index, "delta": {"tool_calls": deltas}, "logprobs": null, "finish_reason": null});
+        self.event(choice, None)
+    }
+
+    fn finish(&self, index: usize, reason: FinishReason) -> Event {
         let choice = if self.chat {
-            json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish_str(reason)})
+            json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_str(reason)})
         } else {
-            json!({"index": 0, "text": "", "logprobs": null, "finish_reason": finish_str(reason)})
+            json!({"index": index, "text": "", "logprobs": null, "finish_reason": finish_str(reason)})
         };
         self.event(choice, None)
     }
 }
 
-/// A completion streamed as server-sent events: one chunk per token, a final chunk with the finish
-/// reason, the usage chunk when asked for, then `[DONE]`; an error mid-stream is one error event.
+/// A completion streamed as server-sent events: the events still to send, then the generation's
+/// next ones until it ends; an error mid-stream is one error event before `[DONE]`.
 struct SseStream {
-    phase: Phase,
+    stream: Option<GenerationStream>,
+    queue: VecDeque<Event>,
     chunks: Chunks,
     app: AppState,
 }
 
 impl SseStream {
     async fn next(&mut self) -> Option<Event> {
-        let (event, next) = match std::mem::replace(&mut self.phase, Phase::End) {
-            Phase::Start(g) if self.chunks.chat => {
-                let role = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null,
-                                  "finish_reason": null});
-                (self.chunks.event(role, None), Phase::Run(g))
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
             }
-            Phase::Start(mut g) | Phase::Run(mut g) => match g.next_event().await {
-                Some(Ok(StreamEvent::Delta { text, logprob })) => {
-                    (self.chunks.delta(text, logprob.as_ref()), Phase::Run(g))
+            let g = self.stream.as_mut()?;
+            match g.next_event().await {
+                Some(Ok(StreamEvent::Delta { index, text, logprob })) => {
+                    let event = self.chunks.delta(index, text, logprob.as_ref());
+                    self.queue.push_back(event);
+                    continue;
                 }
-                Some(Ok(StreamEvent::Done { finish_reason, usage })) => {
+                Some(Ok(StreamEvent::ToolCalls { index, calls })) => {
+                    let event = self.chunks.tool_calls(index, &calls);
+                    self.queue.push_back(event);
+                    continue;
+                }
+                Some(Ok(StreamEvent::Done { finish_reasons, usage, .. })) => {
                     note_usage(&self.app, &usage);
-                    let next = if self.chunks.include_usage { Phase::Usage(json!(usage)) } else { Phase::Done };
-                    (self.chunks.finish(finish_reason), next)
+                    for (index, reason) in finish_reasons.into_iter().enumerate() {
+                        let event = self.chunks.finish(index, reason);
+                        self.queue.push_back(event);
+                    }
+                    if self.chunks.include_usage {
+                        let event = self.chunks.event(Value::Null, Some(json!(usage)));
+                        self.queue.push_back(event);
+                    }
                 }
-                Some(Err(e)) => (Event::default().data(ApiError::from(e).body().to_string()), Phase::Done),
-                None => (Event::default().data("[DONE]"), Phase::End),
-            },
-            Phase::Usage(u) => (self.chunks.event(Value::Null, Some(u)), Phase::Done),
-            Phase::Done => (Event::default().data("[DONE]"), Phase::End),
-            Phase::End => return None,
-        };
-        self.phase = next;
-        Some(event)
+                Some(Err(e)) => self.queue.push_back(Event::default().data(ApiError::from(e).body().to_string())),
+                None => {}
+            }
+            self.queue.push_back(Event::default().data("[DONE]"));
+            self.stream = None;
+        }
     }
 }
 

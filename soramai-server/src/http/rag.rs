@@ -152,6 +152,8 @@ pub(super) struct GroundedBody {
     top_k: Option<usize>,
     #[serde(default)]
     hybrid: bool,
+    #[serde(default)]
+    require_citations: bool,
 }
 
 pub(super) async fn grounded_chat(
@@ -162,7 +164,7 @@ pub(super) async fn grounded_chat(
 ) -> ApiResult<Response> {
     let state = s.clone();
     let (c, prompt) = blocking(move || {
-        let retrieval = soramai::Retrieval { top_k: b.top_k.unwrap_or(5), hybrid: b.hybrid };
+        let retrieval = soramai::Retrieval { top_k: b.top_k.unwrap_or(5), hybrid: b.hybrid, cite: b.require_citations };
         let options = GenerationOptions {
             max_tokens: b.max_tokens,
             temperature: b.temperature,

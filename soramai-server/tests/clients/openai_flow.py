@@ -1,9 +1,11 @@
 """The official `openai` Python client, with strict response validation, against `soramai serve`:
 list models, chat (plain and streaming), upload a dataset, fine-tune, follow the job's events to
 success, chat with the `ft:` model. Usage: openai_flow.py SORAMAI_BINARY MODEL.gguf"""
+import json
 import sys
 import time
 
+import jsonschema
 import openai
 from openai import OpenAI
 
@@ -11,6 +13,119 @@ from common import Server, dataset
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "Where does the cloud council meet?"}]
+
+
+# Schemas of the shapes apps ask for: nested objects, arrays, enums, required fields, bounded
+# numbers, $ref/$defs, anyOf. Strings and arrays are bounded so a 135M model ends within max_tokens.
+def _text(n=16):
+    return {"type": "string", "maxLength": n}
+
+
+SCHEMAS = [
+    {"type": "object", "properties": {"name": _text(), "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+     "required": ["name", "age"], "additionalProperties": False},
+    {"type": "object", "properties": {"tags": {"type": "array", "items": _text(10), "minItems": 1, "maxItems": 3}},
+     "required": ["tags"], "additionalProperties": False},
+    {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"}},
+     "required": ["color", "ok"], "additionalProperties": False},
+    {"type": "object", "properties": {"price": {"type": "number", "minimum": 0.5, "maximum": 99.5}},
+     "required": ["price"], "additionalProperties": False},
+    {"type": "object", "properties": {"owner": {"$ref": "#/$defs/person"}}, "required": ["owner"],
+     "additionalProperties": False,
+     "$defs": {"person": {"type": "object", "properties": {"first": _text(), "last": _text()},
+                          "required": ["first", "last"], "additionalProperties": False}}},
+    {"type": "object", "properties": {"id": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 999},
+                                                       {"type": "string", "pattern": "^[a-z]{3}$"}]}},
+     "required": ["id"], "additionalProperties": False},
+    {"type": "object", "properties": {"address": {"type": "object", "properties": {
+        "city": _text(20), "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+        "required": ["city", "zip"], "additionalProperties": False}}, "required": ["address"],
+     "additionalProperties": False},
+    {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "integer", "minimum": -5, "maximum": 5}},
+                                "required": ["x"], "additionalProperties": False}, "minItems": 2, "maxItems": 2},
+]
+
+
+def structured_outputs(client):
+    """Every strict json_schema output parses and validates (jsonschema), greedy and sampled,
+    plain and streamed; json_object gives an object; a schema the engine cannot hold is a 400."""
+    for i, schema in enumerate(SCHEMAS):
+        fmt = {"type": "json_schema", "json_schema": {"name": f"shape_{i}", "strict": True, "schema": schema}}
+        for temperature in (0, 1):
+            r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=160, seed=i,
+                                               temperature=temperature, response_format=fmt)
+            c = r.choices[0]
+            assert c.finish_reason == "stop", (schema, c.message.content)
+            jsonschema.validate(json.loads(c.message.content), schema)
+    stream = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=160, temperature=1, seed=3,
+                                            stream=True, response_format={"type": "json_schema", "json_schema": {
+                                                "name": "streamed", "strict": True, "schema": SCHEMAS[4]}})
+    text = "".join(ch.delta.content or "" for chunk in stream for ch in chunk.choices)
+    jsonschema.validate(json.loads(text), SCHEMAS[4])
+    obj = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=200, temperature=0,
+                                         response_format={"type": "json_object"})
+    assert isinstance(json.loads(obj.choices[0].message.content), dict), obj.choices[0].message.content
+    try:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}})
+        raise AssertionError("an unsupported schema keyword was accepted")
+    except openai.BadRequestError as e:
+        assert e.param == "response_format" and "uniqueItems" in str(e), e
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": _text(20), "unit": {"enum": ["c", "f"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+
+
+def check_call(name, arguments):
+    assert name == "get_weather", name
+    jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])
+
+
+def tool_round_trip(client):
+    """tool_choice required always yields valid calls, plain and streamed as the client puts them
+    together; the call and its result go back and the answer is text; auto gives either."""
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = client.chat.completions.create(model=MODEL, messages=ask, tools=[WEATHER], tool_choice="required",
+                                       max_tokens=80, temperature=1, seed=1, parallel_tool_calls=False)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1 and c.message.content is None, c
+    for call in c.message.tool_calls:
+        check_call(call.function.name, call.function.arguments)
+    stream = client.chat.completions.create(model=MODEL, messages=ask, tools=[WEATHER], tool_choice="required",
+                                            max_tokens=80, temperature=1, seed=2, stream=True)
+    calls, finish = {}, None
+    for chunk in stream:
+        for ch in chunk.choices:
+            for tc in ch.delta.tool_calls or []:
+                entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+                entry["name"] += tc.function.name or ""
+                entry["arguments"] += tc.function.arguments or ""
+            finish = ch.finish_reason or finish
+    # Parallel calls allowed: a small model may repeat them until max_tokens (finish "length").
+    assert finish in ("tool_calls", "length") and calls, (finish, calls)
+    for entry in calls.values():
+        check_call(entry["name"], entry["arguments"])
+    call = c.message.tool_calls[0]
+    history = ask + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 18, "sky": "clear"})},
+    ]
+    final = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], tool_choice="none",
+                                           max_tokens=24, temperature=0)
+    assert final.choices[0].message.content and not final.choices[0].message.tool_calls, final
+    auto = client.chat.completions.create(model=MODEL, messages=ask, tools=[WEATHER], max_tokens=80, temperature=0)
+    a = auto.choices[0]
+    if a.message.tool_calls:
+        assert a.finish_reason in ("tool_calls", "length"), a
+        for call in a.message.tool_calls:
+            check_call(call.function.name, call.function.arguments)
+    else:
+        assert a.message.content and not a.message.content.startswith("<"), a
 
 
 def main(binary, model):
@@ -53,6 +168,23 @@ def run(server):
             text += c.delta.content or ""
     assert text == chat.choices[0].message.content, (text, chat.choices[0].message.content)
     assert usage and usage.completion_tokens == chat.usage.completion_tokens
+
+    # n choices: the prompt is prefilled once; greedy choices agree, each streamed under its index.
+    many = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0.9, seed=2, n=3)
+    assert [c.index for c in many.choices] == [0, 1, 2], many.choices
+    assert many.usage.prompt_tokens == chat.usage.prompt_tokens
+    stream = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0, seed=1,
+                                            n=2, stream=True)
+    texts, finishes = ["", ""], [None, None]
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            finishes[c.index] = c.finish_reason or finishes[c.index]
+    assert texts == [chat.choices[0].message.content] * 2, texts
+    assert finishes == [chat.choices[0].finish_reason] * 2, finishes
+
+    structured_outputs(client)
+    tool_round_trip(client)
 
     # Legacy completions and embeddings (the client asks for base64 by default).
     comp = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0)

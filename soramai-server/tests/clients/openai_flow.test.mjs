@@ -74,6 +74,31 @@ test('the openai npm client drives models, chat, streaming, files and fine-tunin
     assert.equal(text, chat.choices[0].message.content);
     assert.equal(usage.completion_tokens, chat.usage.completion_tokens);
 
+    const many = await client.chat.completions.create({ model: MODEL, messages: QUESTION, max_tokens: 16, temperature: 0, n: 3 });
+    assert.deepEqual(many.choices.map((c) => c.index), [0, 1, 2]);
+    assert.ok(many.choices.every((c) => c.message.content === chat.choices[0].message.content));
+
+    const schema = { type: 'object', properties: { city: { type: 'string', maxLength: 20 }, rank: { enum: [1, 2, 3] } },
+      required: ['city', 'rank'], additionalProperties: false };
+    const shaped = await client.chat.completions.create({ model: MODEL, messages: QUESTION, max_tokens: 80,
+      temperature: 1, seed: 4, response_format: { type: 'json_schema', json_schema: { name: 'place', strict: true, schema } } });
+    const place = JSON.parse(shaped.choices[0].message.content);
+    assert.deepEqual(Object.keys(place).sort(), ['city', 'rank']);
+    assert.ok(typeof place.city === 'string' && [1, 2, 3].includes(place.rank));
+
+    const weather = { type: 'function', function: { name: 'get_weather', parameters: { type: 'object',
+      properties: { city: { type: 'string', maxLength: 20 } }, required: ['city'], additionalProperties: false } } };
+    const called = await client.chat.completions.create({ model: MODEL, messages: QUESTION, tools: [weather],
+      tool_choice: 'required', parallel_tool_calls: false, max_tokens: 60, temperature: 1, seed: 5 });
+    assert.equal(called.choices[0].finish_reason, 'tool_calls');
+    const call = called.choices[0].message.tool_calls[0];
+    assert.equal(call.function.name, 'get_weather');
+    assert.equal(typeof JSON.parse(call.function.arguments).city, 'string');
+    const answer = await client.chat.completions.create({ model: MODEL, tools: [weather], tool_choice: 'none',
+      max_tokens: 16, temperature: 0, messages: [...QUESTION, { role: 'assistant', content: null, tool_calls: [call] },
+        { role: 'tool', tool_call_id: call.id, content: '{"city": "Kumo", "sky": "clear"}' }] });
+    assert.ok(answer.choices[0].message.content.length > 0);
+
     await assert.rejects(client.chat.completions.create({ model: 'no-such-model', messages: QUESTION }),
       (e) => e instanceof OpenAI.NotFoundError);
 

@@ -26,6 +26,7 @@ use crate::PlatformError;
 
 mod admin;
 mod admission;
+mod chat;
 mod options;
 mod serving;
 mod stream;
@@ -33,12 +34,18 @@ mod workers;
 
 pub use admission::Permit;
 use admission::*;
+use chat::ToolPlan;
+pub use chat::{
+    ChatMessage, FunctionCall, FunctionDef, MAX_TOOLS, NamedFunction, NamedTool, Tool, ToolCall, ToolChoice, ToolKind,
+    ToolMode,
+};
 pub use options::{DEFAULT_MODEL_ID, OpenOptions, PlatformOptions};
 use serving::*;
-pub use serving::{ChatMessage, GenerationOptions, Prompt};
+pub use serving::{GenerationOptions, JsonSchemaFormat, MAX_CHOICES, Prompt, ResponseFormat};
 use stream::*;
 pub use stream::{
-    Completion, FinishReason, GenerationStream, PromptTokensDetails, StreamEvent, TokenLogprob, TopLogprob, Usage,
+    Choice, Completion, FinishReason, GenerationStream, PromptTokensDetails, StreamEvent, TokenLogprob, TopLogprob,
+    Usage,
 };
 use workers::*;
 
@@ -75,11 +82,15 @@ pub struct Retrieval {
     pub top_k: usize,
     /// Rerank BM25 candidates by embedding similarity.
     pub hybrid: bool,
+    /// Hold the answer to citing its sources: it begins with one or more `[n]` markers, and
+    /// every marker in it names a source in the prompt (a grammar over the answer). No effect
+    /// when nothing was retrieved.
+    pub cite: bool,
 }
 
 impl Default for Retrieval {
     fn default() -> Self {
-        Self { top_k: 5, hybrid: false }
+        Self { top_k: 5, hybrid: false, cite: false }
     }
 }
 
@@ -454,7 +465,23 @@ impl Platform {
                 serving.engine.model.config.vocab
             )));
         }
-        let tokens = prompt_tokens(&serving.engine, prompt)?;
+        let format = options.response_format.as_ref().map(ResponseFormat::grammar).transpose()?.flatten();
+        let tools =
+            ToolPlan::new(&options.tools, options.tool_choice.as_ref(), options.parallel_tool_calls, format.is_some())?;
+        let tokens = prompt_tokens(&serving.engine, prompt, tools.as_ref())?;
+        // What the output is held to, and the parameter to name when it does not compile.
+        let held = match (&tools, format) {
+            (Some(plan), _) => Some((plan.grammar(), "tools")),
+            (None, Some(grammar)) => Some((grammar, "response_format")),
+            (None, None) => None,
+        };
+        let constraint = match held {
+            None => None,
+            Some((grammar, param)) => Some(serving.engine.constrain(&grammar).map_err(|e| match e {
+                soramai_kernels::Error::Request(m) => PlatformError::InvalidArgument(format!("{param}: {m}")),
+                other => other.into(),
+            })?),
+        };
         let n_ctx = serving.engine.model.config.n_ctx;
         let prompt_len = tokens.len();
         if prompt_len >= n_ctx {
@@ -464,8 +491,14 @@ impl Platform {
         let id =
             format!("{}-{}", if matches!(prompt, Prompt::Chat(_)) { "chatcmpl" } else { "cmpl" }, request_suffix(n));
         let wanted = options.max_tokens.unwrap_or(usize::MAX).min(n_ctx - prompt_len);
-        let (max_tokens, settlement) =
-            self.reserve(principal.tenant(), prompt_len, wanted, &id, base, adapter.clone())?;
+        let choices = options.choices();
+        let (max_tokens, settlement) = self.reserve(
+            principal.tenant(),
+            Ask { prompt: prompt_len, choices, tokens: wanted },
+            &id,
+            base,
+            adapter.clone(),
+        )?;
         let req = Request {
             prompt: tokens,
             adapter: adapter.as_ref().map(|a| a.as_str().to_owned()),
@@ -477,8 +510,9 @@ impl Platform {
             // Prompt prefixes are reused within the tenant only: another tenant's request never
             // reads them, nor learns from its timing whether a prompt was sent before.
             prefix_scope: Some(principal.tenant().as_str().to_owned()),
+            constraint,
         };
-        let rx = match serving.submit(req) {
+        let rx = match serving.submit(req, choices) {
             Ok(rx) => rx,
             Err(e) => {
                 settlement.settle(0, 0, UsageStatus::Error)?;
@@ -493,33 +527,38 @@ impl Platform {
             settle: Some(settlement),
             prompt_tokens: prompt_len as u64,
             seen: 0,
+            choices: vec![ChoiceState::default(); choices],
+            tools: tools.is_some(),
+            queued: Default::default(),
             want_logprobs: options.logprobs.is_some(),
             created: unix_seconds(),
             permit: None,
         })
     }
 
-    /// Reserves what a request may cost, its prompt and up to `wanted` new tokens, clipped to the
-    /// tenant's balance: the tokens it may generate, and the settlement that gives back what it
-    /// does not use. Refused when the balance does not cover the prompt and one token.
+    /// Reserves what a request may cost, its prompt and up to `ask.tokens` new tokens for each of
+    /// its choices, clipped to the tenant's balance: the tokens each choice may generate, and the
+    /// settlement that gives back what it does not use. Refused when the balance does not cover
+    /// the prompt and one token a choice.
     fn reserve(
         &self,
         tenant: &TenantId,
-        prompt_len: usize,
-        wanted: usize,
+        ask: Ask,
         id: &str,
         base: ModelId,
         adapter: Option<ModelId>,
     ) -> Result<(usize, Settlement), PlatformError> {
+        let Ask { prompt: prompt_len, choices, tokens: wanted } = ask;
         let balance = self.core.balance(tenant)?.max(0) as u64;
-        let needed = prompt_len as u64 + 1;
+        let choices = choices.max(1) as u64;
+        let needed = prompt_len as u64 + choices;
         if balance < needed {
             return Err(
                 soramai_core::Error::InsufficientCredits { balance: balance as i64, needed: needed as i64 }.into()
             );
         }
-        let max_tokens = wanted.min((balance - prompt_len as u64) as usize);
-        let reserved = prompt_len as u64 + max_tokens as u64;
+        let max_tokens = wanted.min(((balance - prompt_len as u64) / choices) as usize);
+        let reserved = prompt_len as u64 + max_tokens as u64 * choices;
         self.core.charge_credits(tenant, reserved as i64, id)?;
         let settlement = Settlement {
             core: self.core.clone(),
@@ -630,6 +669,15 @@ impl Platform {
         if question.trim().is_empty() {
             return Err(PlatformError::InvalidArgument("question is empty".into()));
         }
+        if options.choices() != 1 {
+            return Err(PlatformError::InvalidArgument("a grounded answer has one choice: n is 1".into()));
+        }
+        if options.response_format.as_ref().is_some_and(|f| *f != ResponseFormat::Text {}) {
+            return Err(PlatformError::InvalidArgument("a grounded answer is text: response_format is text".into()));
+        }
+        if !options.tools.is_empty() {
+            return Err(PlatformError::InvalidArgument("a grounded answer offers no tools".into()));
+        }
         let rag = self.rag()?;
         let corpus = CorpusId::new(corpus).map_err(|_| soramai_rag::Error::CorpusNotFound)?;
         let (serving, _, _) = self.resolve(principal, model)?;
@@ -646,10 +694,13 @@ impl Platform {
             &crate::grounded::ModelTokens(engine.tokenizer.clone()),
         );
         let chat = Prompt::Chat(vec![
-            ChatMessage { role: "system".into(), content: prompt.system.clone() },
-            ChatMessage { role: "user".into(), content: prompt.user.clone() },
+            ChatMessage::new("system", prompt.system.clone()),
+            ChatMessage::new("user", prompt.user.clone()),
         ]);
-        let options = GenerationOptions { max_tokens: Some(max_tokens), ..options.clone() };
+        let mut options = GenerationOptions { max_tokens: Some(max_tokens), ..options.clone() };
+        if retrieval.cite && !prompt.sources.is_empty() {
+            options.response_format = Some(ResponseFormat::Lark { grammar: citing_grammar(prompt.sources.len()) });
+        }
         let stream = self.generate(principal, model, &chat, &options)?;
         Ok((stream, prompt))
     }
@@ -664,6 +715,21 @@ impl Drop for Platform {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// What a generation asks to reserve: its prompt, its choices and the new tokens each may take.
+struct Ask {
+    prompt: usize,
+    choices: usize,
+    tokens: usize,
+}
+
+/// An answer that cites its sources: it begins with `[n]` markers naming sources 1 to `sources`,
+/// and any later `[` opens such a marker.
+fn citing_grammar(sources: usize) -> String {
+    let markers: Vec<String> = (1..=sources).map(|n| format!("\"[{n}]\"")).collect();
+    let numbers: Vec<String> = (1..=sources).map(|n| n.to_string()).collect();
+    format!("start: cite+ \" \" TEXT\ncite: {}\nTEXT: /([^\\[]|\\[({})\\])*/\n", markers.join(" | "), numbers.join("|"))
 }
 
 fn request_suffix(n: u64) -> String {

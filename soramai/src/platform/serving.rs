@@ -6,21 +6,13 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use soramai_kernels::grammar::Grammar;
 use soramai_kernels::tokenizer::template::Message;
 use soramai_kernels::{Engine, Finish, Precision, Request, TokenEvent};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use super::chat::{ChatMessage, Tool, ToolChoice, ToolPlan, flatten};
 use super::*;
-
-/// One message of a chat.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChatMessage {
-    /// `system`, `developer` (as system), `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
 
 /// How to sample and when to stop.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -45,7 +37,93 @@ pub struct GenerationOptions {
     /// Added to the logits of these token ids (each -100 to 100; at most 1,024 tokens, each in
     /// the model's vocabulary).
     pub logit_bias: std::collections::BTreeMap<u32, f32>,
+    /// Independent continuations of the prompt (1 to [`MAX_CHOICES`]; default 1). The prompt is
+    /// prefilled once and every choice starts from its states; choice `i` samples with its own
+    /// seed, derived from `seed` (the first keeps it).
+    pub n: Option<usize>,
+    /// What the output must be: free text (the default), any JSON object, JSON valid under a
+    /// schema, or (an extension) text matching a regular expression or a Lark grammar. Enforced
+    /// token by token by a mask over the model's vocabulary, so the output matches even on a
+    /// small model (unless `max_tokens` cuts it short: `finish_reason` is then `length`).
+    pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call (chat only; at most [`super::chat::MAX_TOOLS`]).
+    pub tools: Vec<Tool>,
+    /// Whether it may (`auto`, the default with tools), must (`required`, or a named function)
+    /// or must not (`none`) call one.
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether a reply may hold several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
 }
+
+/// What a generation's output must be (OpenAI's `response_format`, and two extensions).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    /// Free text.
+    Text {},
+    /// Any JSON object.
+    JsonObject {},
+    /// JSON valid under a schema.
+    JsonSchema {
+        /// The schema and its name.
+        json_schema: JsonSchemaFormat,
+    },
+    /// Text matching a regular expression (Rust `regex` syntax), whole.
+    Regex {
+        /// The expression.
+        pattern: String,
+    },
+    /// Text in a Lark grammar (llguidance's dialect).
+    Lark {
+        /// The grammar.
+        grammar: String,
+    },
+}
+
+/// `response_format.json_schema`, as OpenAI takes it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    /// 1 to 64 letters, digits, `_` or `-`.
+    pub name: String,
+    /// What the output is for (not shown to the model).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The JSON schema; absent means any JSON value.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// OpenAI's strict mode. The output is held to the schema either way; a schema keyword the
+    /// engine does not implement is refused either way.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+impl ResponseFormat {
+    /// The grammar the output is held to; None for free text.
+    pub(super) fn grammar(&self) -> Result<Option<Grammar>, PlatformError> {
+        Ok(Some(match self {
+            ResponseFormat::Text {} => return Ok(None),
+            ResponseFormat::JsonObject {} => Grammar::JsonObject,
+            ResponseFormat::JsonSchema { json_schema } => {
+                let name = &json_schema.name;
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    return Err(PlatformError::InvalidArgument(
+                        "response_format.json_schema.name is 1 to 64 letters, digits, _ or -".into(),
+                    ));
+                }
+                Grammar::JsonSchema(json_schema.schema.clone().unwrap_or(serde_json::Value::Bool(true)))
+            }
+            ResponseFormat::Regex { pattern } => Grammar::Regex(pattern.clone()),
+            ResponseFormat::Lark { grammar } => Grammar::Lark(grammar.clone()),
+        }))
+    }
+}
+
+/// Most choices one generation may ask for.
+pub const MAX_CHOICES: usize = 16;
 
 impl GenerationOptions {
     /// Refuses what no model could honour (before anything is charged).
@@ -70,10 +148,18 @@ impl GenerationOptions {
         if self.max_tokens == Some(0) {
             return bad("max_tokens is at least 1");
         }
+        if self.n.is_some_and(|n| !(1..=MAX_CHOICES).contains(&n)) {
+            return bad("n is 1 to 16");
+        }
         match self.sampling(0).validate() {
             Err(soramai_kernels::Error::Request(m)) => Err(PlatformError::InvalidArgument(m)),
             other => Ok(other?),
         }
+    }
+
+    /// Choices asked for.
+    pub(super) fn choices(&self) -> usize {
+        self.n.unwrap_or(1)
     }
 
     /// The engine's sampling settings for these options (`seed` when none was asked for).
@@ -99,14 +185,16 @@ pub enum Prompt {
     Text(String),
 }
 
+/// What the scheduler tells a generation, each token and end naming its choice.
 pub(super) enum Msg {
-    Token(TokenEvent),
-    Done { finish: Finish, generated: u64, cached: u64 },
+    Token { index: usize, ev: TokenEvent },
+    Done { index: usize, finish: Finish, generated: u64, cached: u64 },
     Failed(String),
 }
 
 pub(super) struct Submission {
     pub(super) req: Request,
+    pub(super) choices: usize,
     pub(super) events: UnboundedSender<Msg>,
 }
 
@@ -118,11 +206,11 @@ pub(super) struct Serving {
 
 impl Serving {
     /// Hands a request to the scheduler; its events come on the returned channel.
-    pub(super) fn submit(&self, req: Request) -> Result<UnboundedReceiver<Msg>, PlatformError> {
+    pub(super) fn submit(&self, req: Request, choices: usize) -> Result<UnboundedReceiver<Msg>, PlatformError> {
         let (tx, rx) = unbounded_channel();
         let submit = self.submit.lock().map_err(|_| PlatformError::Engine("scheduler poisoned".into()))?;
         submit
-            .send(Submission { req, events: tx })
+            .send(Submission { req, choices, events: tx })
             .map_err(|_| PlatformError::Engine("the scheduler stopped".into()))?;
         Ok(rx)
     }
@@ -144,11 +232,12 @@ impl Serving {
 fn schedule(engine: &Engine, rx: &Receiver<Submission>, max_batch: usize, precision: Precision, chunk: usize) {
     let mut batch = engine.batch(precision);
     batch.set_prefill_chunk(chunk);
-    let mut sinks: HashMap<u64, UnboundedSender<Msg>> = HashMap::new();
+    // Each sequence's stream and the choice it is.
+    let mut sinks: HashMap<u64, (UnboundedSender<Msg>, usize)> = HashMap::new();
     let mut next_id = 0u64;
     let mut open = true;
     loop {
-        let mut waiting = Vec::new();
+        let mut waiting: Vec<Submission> = Vec::new();
         if batch.is_empty() {
             if !open {
                 return;
@@ -158,7 +247,7 @@ fn schedule(engine: &Engine, rx: &Receiver<Submission>, max_batch: usize, precis
                 Err(_) => return,
             }
         }
-        while batch.len() + waiting.len() < max_batch && open {
+        while batch.len() + waiting.iter().map(|s| s.choices).sum::<usize>() < max_batch && open {
             match rx.try_recv() {
                 Ok(s) => waiting.push(s),
                 Err(TryRecvError::Empty) => break,
@@ -166,10 +255,13 @@ fn schedule(engine: &Engine, rx: &Receiver<Submission>, max_batch: usize, precis
             }
         }
         for s in waiting {
-            next_id += 1;
-            match batch.admit(next_id, s.req) {
+            let ids: Vec<u64> = (next_id + 1..=next_id + s.choices.max(1) as u64).collect();
+            next_id += ids.len() as u64;
+            match batch.admit_choices(&ids, s.req) {
                 Ok(()) => {
-                    sinks.insert(next_id, s.events);
+                    for (index, id) in ids.into_iter().enumerate() {
+                        sinks.insert(id, (s.events.clone(), index));
+                    }
                 }
                 Err(e) => {
                     let _ = s.events.send(Msg::Failed(e.to_string()));
@@ -177,25 +269,36 @@ fn schedule(engine: &Engine, rx: &Receiver<Submission>, max_batch: usize, precis
             }
         }
         // A request whose stream was dropped before it started leaves at once.
-        for (id, tx) in &sinks {
+        for (id, (tx, _)) in &sinks {
             if tx.is_closed() {
                 batch.cancel(*id);
             }
         }
-        match batch.step(&mut |id, ev| sinks.get(&id).is_some_and(|tx| tx.send(Msg::Token(ev)).is_ok())) {
+        let step = batch.step(&mut |id, ev| {
+            sinks.get(&id).is_some_and(|(tx, index)| tx.send(Msg::Token { index: *index, ev }).is_ok())
+        });
+        match step {
             Ok(finished) => {
                 for (id, g) in finished {
-                    if let Some(tx) = sinks.remove(&id) {
-                        let _ = tx.send(Msg::Done {
-                            finish: g.finish,
-                            generated: g.output_ids.len() as u64,
-                            cached: g.cached_tokens as u64,
-                        });
+                    if let Some((tx, index)) = sinks.remove(&id) {
+                        let msg = match g.finish {
+                            Finish::Constraint => Msg::Failed(format!(
+                                "the output constraint failed: {}",
+                                g.error.as_deref().unwrap_or("no reason given")
+                            )),
+                            finish => Msg::Done {
+                                index,
+                                finish,
+                                generated: g.output_ids.len() as u64,
+                                cached: g.cached_tokens as u64,
+                            },
+                        };
+                        let _ = tx.send(msg);
                     }
                 }
             }
             Err(e) => {
-                for (_, tx) in sinks.drain() {
+                for (_, (tx, _)) in sinks.drain() {
                     let _ = tx.send(Msg::Failed(e.to_string()));
                 }
             }
@@ -203,29 +306,32 @@ fn schedule(engine: &Engine, rx: &Receiver<Submission>, max_batch: usize, precis
     }
 }
 
-/// A prompt's tokens: a chat rendered with the model's template, or raw text.
-pub(super) fn prompt_tokens(engine: &Engine, prompt: &Prompt) -> Result<Vec<u32>, PlatformError> {
+/// A prompt's tokens: a chat rendered with the model's template (the tools offered, when there
+/// are), or raw text.
+pub(super) fn prompt_tokens(
+    engine: &Engine,
+    prompt: &Prompt,
+    tools: Option<&ToolPlan>,
+) -> Result<Vec<u32>, PlatformError> {
     let bad = |m: &str| Err(PlatformError::InvalidArgument(m.into()));
     match prompt {
         Prompt::Chat(messages) => {
             if messages.is_empty() {
                 return bad("messages is empty");
             }
-            let mut msgs = Vec::with_capacity(messages.len());
-            for m in messages {
-                let role = match m.role.as_str() {
-                    "system" | "developer" => "system",
-                    "user" => "user",
-                    "assistant" => "assistant",
-                    _ => return bad("a message role is system, developer, user or assistant"),
-                };
-                msgs.push(Message::new(role, &m.content));
+            let mut flat = flatten(messages)?;
+            if let Some(plan) = tools {
+                flat = plan.offer(&flat);
             }
+            let msgs: Vec<Message> = flat.iter().map(|(role, text)| Message::new(role, text)).collect();
             Ok(engine.chat_tokens(&msgs)?)
         }
         Prompt::Text(text) => {
             if text.is_empty() {
                 return bad("prompt is empty");
+            }
+            if tools.is_some() {
+                return bad("tools are offered in a chat, not a text completion");
             }
             Ok(engine.tokenizer.encode(text, true, false))
         }

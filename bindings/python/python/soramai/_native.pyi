@@ -25,9 +25,44 @@ class InternalError(SoramaiError): ...
 Scope = Literal["inference", "train", "rag", "admin"]
 Tier = Literal["free", "basic", "pro", "org", "enterprise"]
 
-class ChatMessage(TypedDict):
-    role: Literal["system", "developer", "user", "assistant"]
+class FunctionCall(TypedDict):
+    name: str
+    arguments: str
+
+class ToolCall(TypedDict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+class ChatMessage(TypedDict, total=False):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str
+    tool_calls: list[ToolCall]
+    tool_call_id: str
+
+class FunctionDef(TypedDict, total=False):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    strict: bool
+
+class Tool(TypedDict):
+    type: Literal["function"]
+    function: FunctionDef
+
+class JsonSchemaFormat(TypedDict, total=False):
+    name: str
+    description: str
+    schema: dict[str, Any]
+    strict: bool
+
+class ResponseFormat(TypedDict, total=False):
+    """type is text, json_object, json_schema (with json_schema), regex (with pattern) or lark
+    (with grammar)."""
+    type: Literal["text", "json_object", "json_schema", "regex", "lark"]
+    json_schema: JsonSchemaFormat
+    pattern: str
+    grammar: str
 
 class GenerationOptions(TypedDict, total=False):
     max_tokens: int
@@ -39,6 +74,11 @@ class GenerationOptions(TypedDict, total=False):
     presence_penalty: float
     frequency_penalty: float
     logit_bias: dict[str, float]
+    n: int
+    response_format: ResponseFormat
+    tools: list[Tool]
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any]
+    parallel_tool_calls: bool
 
 class PromptTokensDetails(TypedDict):
     cached_tokens: int
@@ -59,12 +99,14 @@ class TokenLogprob(TopLogprob):
 
 class DeltaEvent(TypedDict):
     type: Literal["delta"]
+    index: int
     text: str
     logprob: TokenLogprob | None
 
 class DoneEvent(TypedDict):
     type: Literal["done"]
     finish_reason: Literal["stop", "length"]
+    finish_reasons: list[Literal["stop", "length"]]
     usage: Usage
 
 class Source(TypedDict):
@@ -73,13 +115,26 @@ class Source(TypedDict):
     doc_id: str
     title: str
 
+class Choice(TypedDict):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    logprobs: list[TokenLogprob] | None
+    tool_calls: list[ToolCall]
+
+class ToolCallsEvent(TypedDict):
+    type: Literal["tool_calls"]
+    index: int
+    calls: list[ToolCall]
+
 class Completion(TypedDict, total=False):
     id: str
     model: str
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     usage: Usage
     logprobs: list[TokenLogprob] | None
+    choices: list[Choice]
     created: int
     sources: list[Source]
 
@@ -210,7 +265,7 @@ class UsageReport(TypedDict):
     balance: int
 
 @final
-class TokenStream(Iterator[DeltaEvent | DoneEvent]):
+class TokenStream(Iterator[DeltaEvent | ToolCallsEvent | DoneEvent]):
     """A generation under way; iterating releases the GIL while it waits for each token."""
 
     @property
@@ -218,7 +273,7 @@ class TokenStream(Iterator[DeltaEvent | DoneEvent]):
     @property
     def sources(self) -> list[Source] | None: ...
     def __iter__(self) -> TokenStream: ...
-    def __next__(self) -> DeltaEvent | DoneEvent: ...
+    def __next__(self) -> DeltaEvent | ToolCallsEvent | DoneEvent: ...
     def collect(self) -> Completion: ...
     def close(self) -> None: ...
 
@@ -287,11 +342,13 @@ class Session:
         *,
         top_k: int = 5,
         hybrid: bool = False,
+        cite: bool = False,
         stream: bool = False,
         **options: Unpack[GenerationOptions],
     ) -> Any:
         """A :class:`Completion` with ``sources``, or with ``stream=True`` a :class:`TokenStream`
-        whose ``sources`` resolve the answer's ``[n]`` citations."""
+        whose ``sources`` resolve the answer's ``[n]`` citations. ``cite`` holds the answer to
+        citing: it begins with ``[n]`` markers that name sources."""
     def create_api_key(
         self, name: str, scopes: Sequence[Scope], *, tenant: str | None = None, expires_in_seconds: int | None = None
     ) -> NewApiKey: ...
