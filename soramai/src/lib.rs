@@ -114,6 +114,15 @@ pub enum PlatformError {
     /// A request the SDK itself refuses.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A request parameter the SDK refuses, named as the caller sent it (`tools`,
+    /// `response_format`, `messages`, …) so an API can point at it.
+    #[error("invalid argument: {message}")]
+    InvalidParameter {
+        /// The parameter.
+        param: &'static str,
+        /// Why.
+        message: String,
+    },
     /// The prompt does not fit the model's context.
     #[error("the prompt has {tokens} tokens; the model's context holds {context}")]
     ContextLength {
@@ -208,6 +217,14 @@ impl ErrorKind {
 }
 
 impl PlatformError {
+    /// The request parameter a refusal names, when it names one.
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            PlatformError::InvalidParameter { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         use soramai_core::Error as C;
@@ -238,9 +255,9 @@ impl PlatformError {
                 soramai_rag::Error::Integrity => ErrorKind::Integrity,
                 _ => ErrorKind::Internal,
             },
-            PlatformError::InvalidArgument(_) | PlatformError::Inference(soramai_kernels::Error::Request(_)) => {
-                ErrorKind::InvalidRequest
-            }
+            PlatformError::InvalidArgument(_)
+            | PlatformError::InvalidParameter { .. }
+            | PlatformError::Inference(soramai_kernels::Error::Request(_)) => ErrorKind::InvalidRequest,
             PlatformError::ContextLength { .. } => ErrorKind::ContextLength,
             PlatformError::RateLimited(_) => ErrorKind::RateLimited,
             _ => ErrorKind::Internal,

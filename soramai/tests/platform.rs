@@ -120,6 +120,7 @@ fn bad_requests_are_refused_before_anything_is_charged() {
             matches!(
                 err,
                 PlatformError::InvalidArgument(_)
+                    | PlatformError::InvalidParameter { .. }
                     | PlatformError::ContextLength { .. }
                     | PlatformError::Core(soramai::Error::NotFound { .. })
             ),

@@ -74,7 +74,11 @@ impl From<PlatformError> for ApiError {
             K::NotFound | K::Conflict | K::InvalidRequest | K::TooLarge => "invalid_request_error",
             _ => return server_error(),
         };
-        Self::new(status, error_type, &e.code(), e.to_string())
+        let answer = Self::new(status, error_type, &e.code(), e.to_string());
+        match e.param() {
+            Some(p) => answer.param(p),
+            None => answer,
+        }
     }
 }
 

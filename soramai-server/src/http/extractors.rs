@@ -49,8 +49,10 @@ pub struct Checked<T>(pub T);
 
 /// The fields a [`Checked`] body may have.
 pub(super) trait Fields {
-    /// Every field the body's type reads.
+    /// Every field the body's type reads (besides [`Fields::SHARED`]).
     const KNOWN: &'static [&'static str];
+    /// Fields of a part the body shares with others (a flattened struct).
+    const SHARED: &'static [&'static str] = &[];
 }
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Fields> FromRequest<S> for Checked<T> {
@@ -59,7 +61,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Fields> FromRequest<S> for
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let JsonBody(v) = JsonBody::<serde_json::Value>::from_request(req, state).await?;
         if let serde_json::Value::Object(fields) = &v
-            && let Some(unknown) = fields.keys().find(|k| !T::KNOWN.contains(&k.as_str()))
+            && let Some(unknown) =
+                fields.keys().find(|k| !T::KNOWN.contains(&k.as_str()) && !T::SHARED.contains(&k.as_str()))
         {
             return Err(unsupported(unknown));
         }

@@ -100,34 +100,10 @@ struct Sampling {
     response_format: Option<soramai::ResponseFormat>,
 }
 
-/// The fields of a chat request.
-const CHAT_FIELDS: &[&str] = &[
+/// The fields of [`Sampling`] that chat and completions share (`max_completion_tokens` is chat's
+/// alone, as in OpenAI's API).
+const SAMPLING_FIELDS: &[&str] = &[
     "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "seed",
-    "stop",
-    "n",
-    "stream",
-    "stream_options",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-];
-
-/// The fields of a text completion request.
-const COMPLETION_FIELDS: &[&str] = &[
-    "model",
-    "prompt",
     "max_tokens",
     "temperature",
     "top_p",
@@ -139,8 +115,6 @@ const COMPLETION_FIELDS: &[&str] = &[
     "presence_penalty",
     "frequency_penalty",
     "logit_bias",
-    "logprobs",
-    "echo",
     "response_format",
 ];
 
@@ -204,7 +178,16 @@ pub(super) struct ChatBody {
 }
 
 impl Fields for ChatBody {
-    const KNOWN: &'static [&'static str] = CHAT_FIELDS;
+    const KNOWN: &'static [&'static str] = &[
+        "messages",
+        "max_completion_tokens",
+        "logprobs",
+        "top_logprobs",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    ];
+    const SHARED: &'static [&'static str] = SAMPLING_FIELDS;
 }
 
 #[derive(Deserialize)]
@@ -226,7 +209,8 @@ pub(super) struct CompletionBody {
 }
 
 impl Fields for CompletionBody {
-    const KNOWN: &'static [&'static str] = COMPLETION_FIELDS;
+    const KNOWN: &'static [&'static str] = &["prompt", "logprobs", "echo"];
+    const SHARED: &'static [&'static str] = SAMPLING_FIELDS;
 }
 
 fn chat_messages(messages: Vec<InMessage>) -> ApiResult<Vec<ChatMessage>> {
@@ -295,17 +279,7 @@ pub(super) async fn start(
     options: GenerationOptions,
 ) -> ApiResult<GenerationStream> {
     let platform = s.platform.clone();
-    blocking(move || platform.generate(&p, &model, &prompt, &options)).await.map_err(|e| {
-        // A refusal of a schema, a tool or a message names the parameter it came in.
-        let said = e.message.strip_prefix("invalid argument: ").unwrap_or(&e.message);
-        let param = ["response_format", "tool_choice", "tools", "parallel_tool_calls", "messages"]
-            .into_iter()
-            .find(|p| said.starts_with(p));
-        match param {
-            Some(p) if e.status == StatusCode::BAD_REQUEST => e.param(p),
-            _ => e,
-        }
-    })
+    blocking(move || platform.generate(&p, &model, &prompt, &options)).await
 }
 
 pub(super) fn note_usage(s: &AppState, u: &soramai::Usage) {

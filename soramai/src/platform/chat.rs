@@ -146,8 +146,8 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-fn bad<T>(m: impl Into<String>) -> Result<T, PlatformError> {
-    Err(PlatformError::InvalidArgument(m.into()))
+fn bad<T>(param: &'static str, m: impl Into<String>) -> Result<T, PlatformError> {
+    Err(PlatformError::InvalidParameter { param, message: m.into() })
 }
 
 fn valid_name(name: &str) -> bool {
@@ -174,26 +174,26 @@ impl ToolPlan {
     ) -> Result<Option<Self>, PlatformError> {
         if tools.is_empty() {
             if choice.is_some() {
-                return bad("tool_choice needs tools");
+                return bad("tool_choice", "tool_choice needs tools");
             }
             if parallel.is_some() {
-                return bad("parallel_tool_calls needs tools");
+                return bad("parallel_tool_calls", "parallel_tool_calls needs tools");
             }
             return Ok(None);
         }
         if tools.len() > MAX_TOOLS {
-            return bad(format!("tools holds at most {MAX_TOOLS} functions"));
+            return bad("tools", format!("tools holds at most {MAX_TOOLS} functions"));
         }
         for (i, t) in tools.iter().enumerate() {
             let f = &t.function;
             if !valid_name(&f.name) {
-                return bad(format!("tools[{i}].function.name is 1 to 64 letters, digits, _ or -"));
+                return bad("tools", format!("tools[{i}].function.name is 1 to 64 letters, digits, _ or -"));
             }
             if tools[..i].iter().any(|o| o.function.name == f.name) {
-                return bad(format!("tools[{i}].function.name {:?} is given twice", f.name));
+                return bad("tools", format!("tools[{i}].function.name {:?} is given twice", f.name));
             }
             if f.parameters.as_ref().is_some_and(|p| !p.is_object()) {
-                return bad(format!("tools[{i}].function.parameters is a JSON schema object"));
+                return bad("tools", format!("tools[{i}].function.parameters is a JSON schema object"));
             }
         }
         let mut tools = tools.to_vec();
@@ -203,14 +203,17 @@ impl ToolPlan {
             Some(ToolChoice::Mode(ToolMode::Required)) => true,
             Some(ToolChoice::Named(n)) => {
                 let Some(t) = tools.iter().find(|t| t.function.name == n.function.name).cloned() else {
-                    return bad(format!("tool_choice names {:?}, which is not in tools", n.function.name));
+                    return bad(
+                        "tool_choice",
+                        format!("tool_choice names {:?}, which is not in tools", n.function.name),
+                    );
                 };
                 tools = vec![t];
                 true
             }
         };
         if formatted {
-            return bad("response_format and tools together are not supported");
+            return bad("response_format", "response_format and tools together are not supported");
         }
         Ok(Some(ToolPlan { tools, required, parallel: parallel.unwrap_or(true) }))
     }
@@ -290,18 +293,21 @@ pub(super) fn flatten(messages: &[ChatMessage]) -> Result<Vec<(String, String)>,
             "user" => "user",
             "assistant" => "assistant",
             "tool" => "tool",
-            _ => return bad("a message role is system, developer, user, assistant or tool"),
+            _ => return bad("messages", "a message role is system, developer, user, assistant or tool"),
         };
         if !m.tool_calls.is_empty() && role != "assistant" {
-            return bad(format!("messages[{i}]: only an assistant message has tool_calls"));
+            return bad("messages", format!("messages[{i}]: only an assistant message has tool_calls"));
         }
         if m.tool_call_id.is_some() != (role == "tool") {
-            return bad(format!("messages[{i}]: a tool message, and only a tool message, has a tool_call_id"));
+            return bad(
+                "messages",
+                format!("messages[{i}]: a tool message, and only a tool message, has a tool_call_id"),
+            );
         }
         if role == "tool" {
             let id = m.tool_call_id.as_deref().unwrap_or_default();
             if !call_ids.contains(&id) {
-                return bad(format!("messages[{i}]: tool_call_id {id:?} answers no earlier tool call"));
+                return bad("messages", format!("messages[{i}]: tool_call_id {id:?} answers no earlier tool call"));
             }
             let result = format!("<tool_response>\n{}\n</tool_response>", m.content);
             match out.last_mut() {
@@ -318,10 +324,13 @@ pub(super) fn flatten(messages: &[ChatMessage]) -> Result<Vec<(String, String)>,
         let mut text = m.content.clone();
         for (k, c) in m.tool_calls.iter().enumerate() {
             let Ok(arguments) = serde_json::from_str::<Value>(&c.function.arguments) else {
-                return bad(format!("messages[{i}].tool_calls[{k}].function.arguments is not JSON"));
+                return bad("messages", format!("messages[{i}].tool_calls[{k}].function.arguments is not JSON"));
             };
             if !arguments.is_object() {
-                return bad(format!("messages[{i}].tool_calls[{k}].function.arguments is not a JSON object"));
+                return bad(
+                    "messages",
+                    format!("messages[{i}].tool_calls[{k}].function.arguments is not a JSON object"),
+                );
             }
             if !text.is_empty() {
                 text.push('\n');

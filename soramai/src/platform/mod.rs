@@ -478,7 +478,9 @@ impl Platform {
         let constraint = match held {
             None => None,
             Some((grammar, param)) => Some(serving.engine.constrain(&grammar).map_err(|e| match e {
-                soramai_kernels::Error::Request(m) => PlatformError::InvalidArgument(format!("{param}: {m}")),
+                soramai_kernels::Error::Request(m) => {
+                    PlatformError::InvalidParameter { param, message: format!("{param}: {m}") }
+                }
                 other => other.into(),
             })?),
         };

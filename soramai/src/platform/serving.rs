@@ -110,9 +110,10 @@ impl ResponseFormat {
                     || name.len() > 64
                     || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
                 {
-                    return Err(PlatformError::InvalidArgument(
-                        "response_format.json_schema.name is 1 to 64 letters, digits, _ or -".into(),
-                    ));
+                    return Err(PlatformError::InvalidParameter {
+                        param: "response_format",
+                        message: "response_format.json_schema.name is 1 to 64 letters, digits, _ or -".into(),
+                    });
                 }
                 Grammar::JsonSchema(json_schema.schema.clone().unwrap_or(serde_json::Value::Bool(true)))
             }
