@@ -74,7 +74,7 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         training_file: ds.id.as_str().to_owned(),
         model: soramai::DEFAULT_MODEL_ID.into(),
         suffix: Some("support".into()),
-        hyperparameters,
+        hyperparameters: hyperparameters.into(),
     })?;
     let job = acme.wait_fine_tuning_job(job.id.as_str(), Duration::from_secs(600))?;
     let tuned = job

@@ -162,10 +162,11 @@ export interface Dataset {
   created_at: number
 }
 
+/** OpenAI's three are a number or `'auto'` (left out: `'auto'`, chosen from the dataset's size). */
 export interface Hyperparameters {
-  n_epochs?: number
-  batch_size?: number
-  learning_rate_multiplier?: number
+  n_epochs?: number | 'auto'
+  batch_size?: number | 'auto'
+  learning_rate_multiplier?: number | 'auto'
   rank?: number
   alpha?: number
   target_modules?: string[]
@@ -300,6 +301,36 @@ export declare class UnavailableError extends SoramaiError {}
 export declare class IntegrityError extends SoramaiError {}
 export declare class InternalError extends SoramaiError {}
 
+/** A request of OpenAI's Responses API, as `POST /v1/responses` takes it (see `soramai::responses`). */
+export interface ResponseRequest {
+  model: string
+  /** A user message, or input items: messages, `function_call` and `function_call_output` items. */
+  input: string | Record<string, unknown>[]
+  instructions?: string
+  previous_response_id?: string
+  /** Keep it for retrieval and continuation (default true). */
+  store?: boolean
+  tools?: { type: 'function'; name: string; description?: string; parameters?: Record<string, unknown>; strict?: boolean }[]
+  tool_choice?: 'none' | 'auto' | 'required' | { type: 'function'; name: string }
+  parallel_tool_calls?: boolean
+  text?: { format: { type: 'text' } | { type: 'json_object' } | { type: 'json_schema'; name: string; schema: Record<string, unknown>; strict?: boolean; description?: string } }
+  max_output_tokens?: number
+  temperature?: number
+  top_p?: number
+  metadata?: Record<string, string>
+  truncation?: 'disabled'
+}
+
+/** A response, in OpenAI's shape (`output` holds a message or function calls). */
+export interface ResponseObject {
+  id: string
+  object: 'response'
+  status: 'in_progress' | 'completed' | 'incomplete'
+  output: Record<string, unknown>[]
+  usage: { input_tokens: number; output_tokens: number; total_tokens: number } | null
+  [field: string]: unknown
+}
+
 /** A generation under way: `for await` its events, or `collect()` the rest. */
 export declare class TokenStream implements AsyncIterable<StreamEvent> {
   readonly id: string
@@ -307,6 +338,7 @@ export declare class TokenStream implements AsyncIterable<StreamEvent> {
   readonly sources: Source[] | null
   next(): Promise<StreamEvent | null>
   [Symbol.asyncIterator](): AsyncGenerator<StreamEvent, void, undefined>
+  /** The completion, or the response (`createResponse`). */
   collect(): Promise<Completion>
   close(): Promise<void>
 }
@@ -321,6 +353,11 @@ export declare class Session {
   chat(model: string, messages: ChatMessage[], options?: GenerationOptions & { stream?: false }): Promise<Completion>
   complete(model: string, prompt: string, options: Streamed<GenerationOptions>): Promise<TokenStream>
   complete(model: string, prompt: string, options?: GenerationOptions & { stream?: false }): Promise<Completion>
+  /** OpenAI's Responses API; with `stream: true`, a stream of its typed events. */
+  createResponse(request: ResponseRequest & { stream: true }): Promise<TokenStream>
+  createResponse(request: ResponseRequest & { stream?: false }): Promise<ResponseObject>
+  response(id: string): Promise<ResponseObject>
+  deleteResponse(id: string): Promise<void>
   embed(model: string, inputs: string[]): Promise<Embeddings>
   /** Uploads the tenant's own GGUF (Pro and up) from a file, streamed. */
   uploadModel(name: string, path: string): Promise<CustomModel>

@@ -167,6 +167,23 @@ class Session {
     return generation(() => this.#native.complete(model, prompt, rest), stream)
   }
 
+  /** OpenAI's Responses API: `request` as `POST /v1/responses` takes it; the response, or with
+   * `stream: true` a stream of its typed events. */
+  createResponse(request) {
+    const [{ stream = false }, rest] = split(request, ['stream'])
+    return generation(() => this.#native.createResponse(rest), stream)
+  }
+
+  /** A stored response of the tenant's. */
+  response(id) {
+    return call(() => this.#native.response(id))
+  }
+
+  /** Deletes a stored response of the tenant's. */
+  deleteResponse(id) {
+    return call(() => this.#native.deleteResponse(id))
+  }
+
   embed(model, inputs) {
     return call(() => this.#native.embed(model, inputs))
   }

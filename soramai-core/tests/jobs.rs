@@ -131,6 +131,56 @@ fn cancellation_of_queued_and_running_jobs() {
 }
 
 #[test]
+fn an_accepted_cancel_always_ends_cancelled_and_a_late_one_gets_the_final_state() {
+    let env = Env::new();
+    let (_, p) = env.tenant("acme", Tier::Basic);
+    let ds = env.core.upload_dataset(&p, "d.jsonl", &dataset(3, "r")).expect("upload");
+    let pool = PoolId::shared();
+    let lease = Duration::from_secs(30);
+
+    // Before the commit: the cancel is accepted, the worker's commit is refused, and even a
+    // failure it reports afterwards ends the job cancelled.
+    for report in [soramai_core::Outcome::Succeeded(serde_json::json!({})), soramai_core::Outcome::Failed("x".into())] {
+        let job = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id.clone(), pace_ms: 0 }).expect("submit");
+        env.core.claim_job("w", &pool, lease).expect("claim").expect("job");
+        assert_eq!(env.core.cancel_job(&p, &job.id).expect("accepted").state, JobState::Running);
+        assert!(!env.core.begin_commit(&job.id, "w").expect("begin"), "a cancelled job's result is not stored");
+        let outcome = match report {
+            soramai_core::Outcome::Succeeded(_) => soramai_core::Outcome::Cancelled,
+            failed => failed,
+        };
+        assert_eq!(env.core.finish_job(&job.id, "w", outcome).expect("finish").state, JobState::Cancelled);
+    }
+
+    // After the commit began: the cancel waits for the end and answers with the final state,
+    // and the job is not cancelled.
+    let job = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id.clone(), pace_ms: 0 }).expect("submit");
+    env.core.claim_job("w", &pool, lease).expect("claim").expect("job");
+    assert!(env.core.begin_commit(&job.id, "w").expect("begin"));
+    let (core, principal, id) = (env.core.clone(), p.clone(), job.id.clone());
+    let cancel = std::thread::spawn(move || core.cancel_job(&principal, &id));
+    std::thread::sleep(Duration::from_millis(100));
+    let done =
+        env.core.finish_job(&job.id, "w", soramai_core::Outcome::Succeeded(serde_json::json!({}))).expect("finish");
+    assert_eq!(done.state, JobState::Succeeded);
+    assert!(matches!(
+        cancel.join().expect("thread"),
+        Err(Error::InvalidJobState { state: JobState::Succeeded, action: "cancel" })
+    ));
+    assert!(!env.core.job(&p, &job.id).expect("job").cancel_requested);
+
+    // A job whose worker died mid-commit runs again, and takes a cancel again.
+    let job = env.core.submit_job(&p, JobSpec::Checksum { dataset: ds.id, pace_ms: 0 }).expect("submit");
+    env.core.claim_job("dead", &pool, lease).expect("claim").expect("job");
+    assert!(env.core.begin_commit(&job.id, "dead").expect("begin"));
+    env.clock.advance(Duration::from_secs(31));
+    env.core.reap_expired_leases().expect("reap");
+    env.core.claim_job("w2", &pool, lease).expect("claim").expect("job");
+    assert_eq!(env.core.cancel_job(&p, &job.id).expect("accepted").state, JobState::Running);
+    assert!(!env.core.begin_commit(&job.id, "w2").expect("begin"));
+}
+
+#[test]
 fn a_failing_runner_fails_the_job_and_cleans_up() {
     let env = Env::new();
     let (_, p) = env.tenant("acme", Tier::Basic);

@@ -247,7 +247,8 @@ fn fine_tune(me: &Session) -> Result<String, Box<dyn std::error::Error>> {
             max_seq: 128,
             seed: 7,
             checkpoint_every: 8,
-        },
+        }
+        .into(),
     })?;
     let bar = indicatif::ProgressBar::new(24);
     bar.set_style(indicatif::ProgressStyle::with_template(

@@ -149,6 +149,11 @@ fn openai_parameters_are_honoured_or_refused_by_name() {
             "unsupported_parameter",
             Some("messages"),
         ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]}),
+            "unsupported_parameter",
+            Some("messages"),
+        ),
     ] {
         let (s, v) = ask(extra.clone());
         assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {v}");
@@ -179,11 +184,34 @@ fn openai_parameters_are_honoured_or_refused_by_name() {
         Some(json!({"model": MODEL, "prompt": "x", "tools": tool})),
     );
     assert_eq!((s, v["error"]["param"].clone()), (StatusCode::BAD_REQUEST, json!("tools")), "{v}");
+    let described = json!({"type": "json_schema", "json_schema": {"name": "n", "description": "a count",
+        "schema": {"type": "integer"}}});
+    let (s, v) = server.call(
+        "POST",
+        "/v1/completions",
+        Some(&acme),
+        Some(json!({"model": MODEL, "prompt": "x", "response_format": described})),
+    );
+    assert_eq!((s, v["error"]["param"].clone()), (StatusCode::BAD_REQUEST, json!("response_format")), "{v}");
     let (s, v) =
         server.call("POST", "/v1/embeddings", Some(&acme), Some(json!({"model": MODEL, "input": "x", "user": "u"})));
     assert_eq!((s, v["error"]["param"].clone()), (StatusCode::BAD_REQUEST, json!("user")), "{v}");
     let (_, after) = server.call("GET", "/v1/usage", Some(&acme), None);
     assert_eq!(after["credits"], before["credits"], "a refused request is not charged");
+    // A schema's description is shown to the model in the chat's system prompt.
+    let shaped = |description: Option<&str>| {
+        let mut format = json!({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer"}}});
+        if let Some(d) = description {
+            format["json_schema"]["description"] = json!(d);
+        }
+        // A system message of its own in both, so the template's default one is out of play.
+        let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count."}]);
+        let body = json!({"model": MODEL, "messages": messages, "max_tokens": 2, "response_format": format});
+        let (s, v) = server.call("POST", "/v1/chat/completions", Some(&acme), Some(body));
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["usage"]["prompt_tokens"].as_u64().expect("prompt tokens")
+    };
+    assert!(shaped(Some("how many clouds are in the sky")) > shaped(None) + 5);
 }
 
 #[test]
@@ -333,6 +361,13 @@ fn hostile_requests_get_openai_errors_and_change_nothing() {
         Some(json!({"model": MODEL, "training_file": file_id, "hyperparameters": {"bogus": 1}})),
     );
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = server.call(
+        "POST",
+        "/v1/fine_tuning/jobs",
+        Some(&acme),
+        Some(json!({"model": MODEL, "training_file": file_id, "metadata": {"project": "x"}})),
+    );
+    assert_eq!((s, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("metadata")), "{v}");
 
     // Path tricks in ids are unknown ids, never files.
     for path in [
@@ -436,6 +471,15 @@ fn a_canary_prompt_reaches_no_log_metric_row_or_file() {
     assert!(metrics.contains("soramai_completions_total 2"), "{metrics}");
     let (_, usage) = server.call("GET", "/v1/usage", Some(&key), None);
     assert_eq!(usage["usage"]["requests"], 3, "{usage}");
+    // A stored response (and the one that continues it) holds its conversation sealed.
+    let body = json!({"model": MODEL, "input": prompt, "instructions": CANARY, "max_output_tokens": 4});
+    let (s, first) = server.call("POST", "/v1/responses", Some(&key), Some(body));
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let body = json!({"model": MODEL, "input": CANARY, "previous_response_id": first["id"], "max_output_tokens": 4});
+    assert_eq!(server.call("POST", "/v1/responses", Some(&key), Some(body)).0, StatusCode::OK);
+    let (_, stored) =
+        server.call("GET", &format!("/v1/responses/{}", first["id"].as_str().expect("id")), Some(&key), None);
+    assert_eq!(stored["instructions"], CANARY, "{stored}");
     // Names are customer data too: a file and a key named with the canary are shown to their
     // tenant and sealed everywhere else.
     let form = reqwest::blocking::multipart::Form::new()
@@ -1636,4 +1680,193 @@ fn tools_are_called_with_valid_arguments_and_their_results_answered() {
     }
     let (_, after) = server.call("GET", "/v1/usage", Some(&acme), None);
     assert_eq!(after["credits"], before["credits"], "a refused request is not charged");
+}
+
+#[test]
+fn responses_are_created_streamed_chained_and_kept_per_tenant() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &model);
+    let acme = server.tenant("acme", "basic", 1_000_000);
+    let globex = server.tenant("globex", "basic", 1_000_000);
+    let create = |key: &str, body: Value| server.call("POST", "/v1/responses", Some(key), Some(body));
+
+    let (s, r) =
+        create(&acme, json!({"model": MODEL, "input": "Say hello.", "max_output_tokens": 6, "temperature": 0}));
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let id = r["id"].as_str().expect("id").to_owned();
+    assert!(id.starts_with("resp_") && r["object"] == "response", "{r}");
+    assert_eq!(r["output"][0]["type"], "message", "{r}");
+    assert_eq!(r["output"][0]["content"][0]["type"], "output_text", "{r}");
+    assert!(["completed", "incomplete"].contains(&r["status"].as_str().unwrap_or_default()), "{r}");
+    if r["status"] == "incomplete" {
+        assert_eq!(r["incomplete_details"]["reason"], "max_output_tokens", "{r}");
+    }
+    let text = r["output"][0]["content"][0]["text"].as_str().expect("text").to_owned();
+
+    // Streamed: typed, numbered events whose deltas make the same text.
+    let body = json!({"model": MODEL, "input": "Say hello.", "max_output_tokens": 6, "temperature": 0, "stream": true});
+    let res = server.http.post(format!("{}/v1/responses", server.url)).bearer_auth(&acme).json(&body).send();
+    let stream = res.expect("send").text().expect("stream");
+    let names: Vec<&str> = stream.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let events = sse_chunks(&json!(stream));
+    assert_eq!(names.len(), events.len(), "{stream}");
+    for (k, (name, ev)) in names.iter().zip(&events).enumerate() {
+        assert_eq!(ev["type"], *name, "{ev}");
+        assert_eq!(ev["sequence_number"], k, "{ev}");
+    }
+    assert_eq!(names[..2], ["response.created", "response.in_progress"], "{names:?}");
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().expect("delta"))
+        .collect();
+    assert_eq!(deltas, text);
+    let last = events.last().expect("events");
+    assert_eq!(last["response"]["output"][0]["content"][0]["text"], text.as_str(), "{last}");
+    assert!(!stream.contains("[DONE]"), "{stream}");
+
+    // Retrieved by its tenant only; continued by its tenant only.
+    let (s, got) = server.call("GET", &format!("/v1/responses/{id}"), Some(&acme), None);
+    assert_eq!((s, got["id"].as_str()), (StatusCode::OK, Some(id.as_str())), "{got}");
+    let (s, v) = server.call("GET", &format!("/v1/responses/{id}"), Some(&globex), None);
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = create(&globex, json!({"model": MODEL, "input": "x", "previous_response_id": id}));
+    assert_eq!((s, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("previous_response_id")), "{v}");
+    let (s, next) =
+        create(&acme, json!({"model": MODEL, "input": "Again.", "previous_response_id": id, "max_output_tokens": 4}));
+    assert_eq!(s, StatusCode::OK, "{next}");
+    assert!(next["usage"]["input_tokens"].as_u64() > r["usage"]["total_tokens"].as_u64(), "{next} {r}");
+    let (s, v) = server.call("DELETE", &format!("/v1/responses/{id}"), Some(&globex), None);
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = server.call("DELETE", &format!("/v1/responses/{id}"), Some(&acme), None);
+    assert_eq!((s, v["deleted"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+    assert_eq!(server.call("GET", &format!("/v1/responses/{id}"), Some(&acme), None).0, StatusCode::NOT_FOUND);
+    // The response that continued it kept its own copy of the conversation.
+    let next_id = next["id"].as_str().expect("id");
+    let body = json!({"model": MODEL, "input": "More.", "previous_response_id": next_id, "max_output_tokens": 2});
+    assert_eq!(create(&acme, body).0, StatusCode::OK);
+    let (s, v) = create(&acme, json!({"model": MODEL, "input": "x", "store": false, "max_output_tokens": 2}));
+    assert_eq!((s, v["store"].as_bool()), (StatusCode::OK, Some(false)), "{v}");
+    let gone = format!("/v1/responses/{}", v["id"].as_str().expect("id"));
+    assert_eq!(server.call("GET", &gone, Some(&acme), None).0, StatusCode::NOT_FOUND);
+
+    // Hostile and unsupported input: a 400 naming the parameter, nothing charged or stored.
+    let before = server.call("GET", "/v1/usage", Some(&acme), None).1;
+    let refused = [
+        (json!({"model": MODEL, "input": "x", "reasoning": {"effort": "low"}}), None),
+        (json!({"model": MODEL, "input": "x", "background": true}), None),
+        (json!({"model": MODEL, "input": "x", "truncation": "auto"}), None),
+        (json!({"model": MODEL, "input": []}), Some("input")),
+        (
+            json!({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
+            Some("input"),
+        ),
+        (
+            json!({"model": MODEL, "input": [{"type": "function_call_output", "call_id": "nope", "output": "1"}]}),
+            Some("input"),
+        ),
+        (json!({"model": MODEL, "input": [{"role": "user", "content": "x", "zz_content_zz": 1}]}), Some("input")),
+        (json!({"model": MODEL, "input": "x", "tools": [{"type": "function", "name": "bad name!"}]}), Some("tools")),
+        (json!({"model": MODEL, "input": "x", "tool_choice": "required"}), Some("tool_choice")),
+        (
+            json!({"model": MODEL, "input": "x", "text": {"format": {"type": "json_schema", "name": "s",
+            "schema": {"type": "array", "uniqueItems": true}}}}),
+            Some("text"),
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "previous_response_id": "resp_../../etc/passwd"}),
+            Some("previous_response_id"),
+        ),
+        (json!({"model": MODEL, "input": "x", "metadata": {"k": "v".repeat(600)}}), Some("metadata")),
+    ];
+    for (body, param) in refused {
+        let (s, v) = create(&acme, body.clone());
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["error"]["param"].as_str(), param, "{body}: {v}");
+    }
+    for path in
+        ["/v1/responses/resp_..%2F..%2Fx", "/v1/responses/chatcmpl-1", "/v1/responses/resp_0123456789abcdef01234567"]
+    {
+        assert_eq!(server.call("GET", path, Some(&acme), None).0, StatusCode::NOT_FOUND, "{path}");
+    }
+    let after = server.call("GET", "/v1/usage", Some(&acme), None).1;
+    assert!(before["credits"].is_i64(), "{before}");
+    assert_eq!(before["credits"], after["credits"], "a refused request was charged");
+    server.stop();
+}
+
+#[test]
+fn a_cancel_is_cancelled_or_refused_with_the_final_state_on_both_sides_of_the_finish() {
+    let Some(model) = reference_model() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), &model);
+    // Pro: the polling below needs more than Basic's 60 requests a minute.
+    let acme = server.tenant("acme", "pro", 1_000_000);
+    let (s, file) = upload(&server, &acme, dataset());
+    assert_eq!(s, StatusCode::OK, "{file}");
+    let credits = || server.call("GET", "/v1/usage", Some(&acme), None).1["credits"].as_i64().expect("credits");
+    let models = || server.call("GET", "/v1/models", Some(&acme), None).1["data"].as_array().expect("models").len();
+    // "auto" (or left out) is chosen from the dataset's size (2 examples) and reported.
+    for hyper in [json!({"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}), json!({})] {
+        let tune = json!({"model": MODEL, "training_file": file["id"], "hyperparameters": hyper});
+        let (s, job) = server.call("POST", "/v1/fine_tuning/jobs", Some(&acme), Some(tune));
+        assert_eq!(s, StatusCode::OK, "{job}");
+        let h = &job["hyperparameters"];
+        assert_eq!((h["n_epochs"].as_u64(), h["batch_size"].as_u64()), (Some(25), Some(1)), "{job}");
+        assert_eq!(h["learning_rate_multiplier"].as_f64(), Some(0.5), "{job}");
+        let id = job["id"].as_str().expect("id");
+        let _ = server.call("POST", &format!("/v1/fine_tuning/jobs/{id}/cancel"), Some(&acme), None);
+        wait_job(&server, &acme, id);
+    }
+    let tune = json!({"model": MODEL, "training_file": file["id"], "hyperparameters": {"n_epochs": "many"}});
+    let (s, v) = server.call("POST", "/v1/fine_tuning/jobs", Some(&acme), Some(tune));
+    assert_eq!((s, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("hyperparameters")), "{v}");
+    let (mut cancelled, mut refused) = (0, 0);
+    // A short run (5 steps) cancelled later and later: each cancel is either accepted (the job
+    // then ends cancelled, with no model and no charge beyond its checkpoints) or refused with a
+    // 409 that names the state the job ended in.
+    for delay_ms in [Some(0u64), Some(300), Some(700), Some(1500), Some(3000), None] {
+        let tune = json!({"model": MODEL, "training_file": file["id"],
+                          "hyperparameters": {"n_epochs": 5, "batch_size": 2, "rank": 2, "max_seq": 64}});
+        let (before_credits, before_models) = (credits(), models());
+        let (s, job) = server.call("POST", "/v1/fine_tuning/jobs", Some(&acme), Some(tune));
+        assert_eq!(s, StatusCode::OK, "{job}");
+        let id = job["id"].as_str().expect("id").to_owned();
+        match delay_ms {
+            Some(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            None => assert_eq!(wait_job(&server, &acme, &id)["status"], "succeeded"),
+        }
+        let (s, answer) = server.call("POST", &format!("/v1/fine_tuning/jobs/{id}/cancel"), Some(&acme), None);
+        let job = wait_job(&server, &acme, &id);
+        match s {
+            StatusCode::OK => {
+                cancelled += 1;
+                assert_eq!(job["status"], "cancelled", "an accepted cancel ended {job}");
+                assert!(job["fine_tuned_model"].is_null(), "{job}");
+                assert_eq!(models(), before_models, "a cancelled job made a model");
+                let events = format!("/v1/fine_tuning/jobs/{id}/events?limit=100");
+                let (_, events) = server.call("GET", &events, Some(&acme), None);
+                let checkpointed = events["data"]
+                    .as_array()
+                    .expect("events")
+                    .iter()
+                    .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with("Checkpoint")))
+                    .filter_map(|e| e["data"]["trained_tokens"].as_i64())
+                    .max()
+                    .unwrap_or(0);
+                assert!(before_credits - credits() <= checkpointed, "billed beyond the checkpoints: {events}");
+            }
+            StatusCode::CONFLICT => {
+                refused += 1;
+                assert_eq!(answer["error"]["code"], "invalid_state", "{answer}");
+                let state = job["status"].as_str().expect("state");
+                assert_ne!(state, "cancelled", "{job}");
+                assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains(state)), "{answer} {job}");
+            }
+            other => panic!("cancel answered {other}: {answer}"),
+        }
+    }
+    assert!(cancelled > 0 && refused > 0, "both sides of the finish: {cancelled} cancelled, {refused} refused");
+    server.stop();
 }

@@ -115,7 +115,8 @@ fn two_nodes_share_one_postgres_and_one_blob_store() {
                 rank: 4,
                 max_seq: 64,
                 ..Hyperparameters::default()
-            },
+            }
+            .into(),
         })
         .expect("job on a");
     let done = acme_a.wait_fine_tuning_job(job.id.as_str(), Duration::from_secs(600)).expect("wait on a");

@@ -2,7 +2,9 @@
 //! uploaded dataset) turned into training examples for a model, with the validation report a job
 //! shows before it trains: example and token counts, and which examples were cut to `max_seq`.
 
-use serde::Serialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use soramai_core::jobs::runner::{emit, emit_bytes};
 use soramai_core::jobs::{BASE_LEARNING_RATE, Hyperparameters};
 use soramai_kernels::Engine;
@@ -28,6 +30,117 @@ pub struct DataReport {
     pub longest: usize,
     /// 1-based line numbers of the examples cut to `max_seq` tokens.
     pub truncated_lines: Vec<usize>,
+}
+
+/// OpenAI's `hyperparameters` as a request gives them: each of `n_epochs`, `batch_size` and
+/// `learning_rate_multiplier` a value or `"auto"` — left out is `"auto"`, as in OpenAI's API —
+/// chosen from the dataset's size when the job is created ([`HyperparametersRequest::resolve`],
+/// and the job reports what was chosen); Soramai's LoRA settings as values, with defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HyperparametersRequest {
+    /// The values given (for the `"auto"` ones, placeholders until they are chosen).
+    pub values: Hyperparameters,
+    /// Which of the three are `"auto"`.
+    pub auto: AutoHyperparameters,
+}
+
+/// Which of OpenAI's three hyperparameters are left to the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoHyperparameters {
+    /// Passes over the data.
+    pub n_epochs: bool,
+    /// Examples per step.
+    pub batch_size: bool,
+    /// The learning rate's multiplier.
+    pub learning_rate_multiplier: bool,
+}
+
+impl Default for HyperparametersRequest {
+    /// Everything left out: the three chosen from the data, the LoRA settings' defaults.
+    fn default() -> Self {
+        let auto = AutoHyperparameters { n_epochs: true, batch_size: true, learning_rate_multiplier: true };
+        HyperparametersRequest { values: Hyperparameters::default(), auto }
+    }
+}
+
+impl From<Hyperparameters> for HyperparametersRequest {
+    /// Every value given.
+    fn from(values: Hyperparameters) -> Self {
+        let auto = AutoHyperparameters { n_epochs: false, batch_size: false, learning_rate_multiplier: false };
+        HyperparametersRequest { values, auto }
+    }
+}
+
+impl<'de> Deserialize<'de> for HyperparametersRequest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut fields = serde_json::Map::<String, Value>::deserialize(d)?;
+        let mut auto = [true; 3];
+        for (k, key) in ["n_epochs", "batch_size", "learning_rate_multiplier"].into_iter().enumerate() {
+            match fields.remove(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(w)) if w == "auto" => {}
+                Some(Value::String(_)) => return Err(D::Error::custom(format!("{key} is a number or \"auto\""))),
+                Some(v) => {
+                    auto[k] = false;
+                    fields.insert(key.to_owned(), v);
+                }
+            }
+        }
+        let values = Hyperparameters::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
+        let [n_epochs, batch_size, learning_rate_multiplier] = auto;
+        Ok(HyperparametersRequest {
+            values,
+            auto: AutoHyperparameters { n_epochs, batch_size, learning_rate_multiplier },
+        })
+    }
+}
+
+impl HyperparametersRequest {
+    /// The hyperparameters a job on `examples` training examples runs with: the `"auto"` ones
+    /// chosen by [`auto_epochs`], [`auto_batch_size`] and [`auto_learning_rate_multiplier`].
+    pub fn resolve(&self, examples: u64) -> Hyperparameters {
+        let mut h = self.values.clone();
+        if self.auto.n_epochs {
+            h.n_epochs = auto_epochs(examples);
+        }
+        if self.auto.batch_size {
+            h.batch_size = auto_batch_size(examples);
+        }
+        if self.auto.learning_rate_multiplier {
+            h.learning_rate_multiplier = auto_learning_rate_multiplier(h.batch_size);
+        }
+        h
+    }
+}
+
+/// `n_epochs: "auto"`, as OpenAI documents it: 3 passes, more for a small dataset so that about
+/// 100 examples are seen (at most 25 passes), fewer for a large one so that about 25,000 are (at
+/// least 1).
+pub fn auto_epochs(examples: u64) -> u32 {
+    const TARGET: u64 = 3;
+    let n = examples.max(1);
+    let epochs = if n * TARGET < 100 {
+        (100 / n).min(25)
+    } else if n * TARGET > 25_000 {
+        (25_000 / n).max(1)
+    } else {
+        TARGET
+    };
+    epochs as u32
+}
+
+/// `batch_size: "auto"`, as OpenAI documents it: about 0.2% of the examples, at least 1 and at
+/// most 256.
+pub fn auto_batch_size(examples: u64) -> u32 {
+    ((examples as f64 * 0.002).round() as u64).clamp(1, 256) as u32
+}
+
+/// `learning_rate_multiplier: "auto"`: larger with larger batches, as OpenAI's is (it picks 0.05,
+/// 0.1 or 0.2 of its own base rate by batch size). Soramai's multiplier scales the LoRA rate
+/// [`BASE_LEARNING_RATE`] (2e-4), so OpenAI's figures do not carry over; "auto" grows it with
+/// the square root of the batch size, 1.0 at a batch of 4, within 0.5 to 8.
+pub fn auto_learning_rate_multiplier(batch_size: u32) -> f64 {
+    (f64::from(batch_size.max(1)) / 4.0).sqrt().clamp(0.5, 8.0)
 }
 
 /// Parses a chat JSONL file into conversations. Validation comes first, with the rules (and
@@ -322,4 +435,28 @@ pub fn load_fine_tuned(
 /// upload passes.
 pub fn dataset_stats(bytes: &[u8]) -> Result<soramai_core::DatasetStats, PlatformError> {
     Ok(soramai_core::datasets::validate_chat_jsonl(bytes, usize::MAX)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_hyperparameters_follow_the_dataset_size() {
+        assert_eq!((auto_epochs(4), auto_epochs(20), auto_epochs(1_000), auto_epochs(20_000)), (25, 5, 3, 1));
+        assert_eq!((auto_batch_size(10), auto_batch_size(5_000), auto_batch_size(1_000_000)), (1, 10, 256));
+        assert_eq!(auto_learning_rate_multiplier(4), 1.0);
+        assert!(auto_learning_rate_multiplier(1) < 1.0 && auto_learning_rate_multiplier(64) > 1.0);
+        let r: HyperparametersRequest =
+            serde_json::from_value(serde_json::json!({"n_epochs": "auto", "batch_size": 2, "rank": 4}))
+                .expect("request");
+        let h = r.resolve(10);
+        assert_eq!((h.n_epochs, h.batch_size, h.rank), (10, 2, 4));
+        assert!((h.learning_rate_multiplier - 0.5f64.sqrt()).abs() < 1e-12);
+        let given = HyperparametersRequest::from(Hyperparameters::default());
+        assert_eq!(given.resolve(10), Hyperparameters::default());
+        for bad in [serde_json::json!({"n_epochs": "many"}), serde_json::json!({"bogus": 1}), serde_json::json!(3)] {
+            assert!(serde_json::from_value::<HyperparametersRequest>(bad).is_err());
+        }
+    }
 }

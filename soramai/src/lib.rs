@@ -5,9 +5,10 @@
 //! callers act through:
 //!
 //! - [`Session`]: one caller (an API key, or a signed-in member's role): models, chat and
-//!   completions, embeddings, datasets, fine-tuning jobs, corpora and ingestions, API keys, members
-//!   and single sign-on, tenants and credits, break-glass grants, audit and usage. Every scope, tier
-//!   and tenant check is made inside.
+//!   completions, responses (stored and chained: [`responses`]), embeddings, datasets,
+//!   fine-tuning jobs, corpora and ingestions, API keys, members and single sign-on, tenants and
+//!   credits, break-glass grants, audit and usage. Every scope, tier and tenant check is made
+//!   inside.
 //! - [`Accounts`]: people before they hold a session (sign-up and sign-in, TOTP, passkeys, single
 //!   sign-on, invitations, password resets).
 //! - [`local`]: the compute engine on the caller's own files, outside any tenant.
@@ -48,10 +49,12 @@ pub mod local;
 pub mod models;
 mod people;
 pub mod platform;
+pub mod responses;
 pub mod session;
 
 pub use access::Needs;
 pub use accounts::Accounts;
+pub use finetune::HyperparametersRequest;
 pub use grounded::{GroundedAnswer, GroundedOptions, ModelEmbedder, ModelTokens};
 pub use ingest::job_runner_main;
 pub use platform::{
@@ -62,6 +65,7 @@ pub use platform::{
 pub use platform::{
     FunctionCall, FunctionDef, MAX_TOOLS, NamedFunction, NamedTool, Tool, ToolCall, ToolChoice, ToolKind, ToolMode,
 };
+pub use responses::{Response, ResponseEvent, ResponseRequest, ResponseStream};
 pub use session::{
     DocumentInput, FineTuneRequest, GrantInput, GroundedChat, KeyRequest, NewGrant, NewKey, SearchInput, Session,
     UsageReport,

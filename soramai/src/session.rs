@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use soramai_core::{
     AccessGrant, ApiKeyId, AuditRecord, AuditReport, AuditVerification, CloseOptions, Closure, DatasetInfo,
-    FineTuneSpec, GrantRequest, Hyperparameters, IssuedGrant, IssuedKey, Job, JobEvent, KeyOptions, ModelId, Principal,
-    Receipt, Scope, Tenant, Tier,
+    FineTuneSpec, GrantRequest, IssuedGrant, IssuedKey, Job, JobEvent, KeyOptions, ModelId, Principal, Receipt, Scope,
+    Tenant, Tier,
 };
 use soramai_rag::{CorpusId, Document, Format, GroundedPrompt, Hit, IngestReport, SearchRequest};
 use zeroize::Zeroizing;
@@ -34,9 +34,10 @@ pub struct FineTuneRequest {
     /// Part of the new model's id.
     #[serde(default)]
     pub suffix: Option<String>,
-    /// Training settings; defaults for what is left out.
+    /// Training settings: OpenAI's three a value or `"auto"` (the default: chosen from the
+    /// dataset's size), Soramai's LoRA settings with defaults for what is left out.
     #[serde(default)]
-    pub hyperparameters: Hyperparameters,
+    pub hyperparameters: crate::finetune::HyperparametersRequest,
 }
 
 /// A new API key as a caller asks for it.
@@ -278,6 +279,26 @@ impl Session {
         Ok(self.platform.generate(&self.principal, model, &Prompt::Text(prompt.to_owned()), options)?.hold(permit))
     }
 
+    /// Starts a response (OpenAI's Responses API: see [`crate::responses`]); collect it for the
+    /// whole response. Stored when it ends unless the request says `store: false`.
+    pub fn create_response(&self, request: &crate::ResponseRequest) -> Result<crate::ResponseStream, PlatformError> {
+        self.acting("create_response")?;
+        let permit = self.platform.admit(&self.principal)?;
+        Ok(self.platform.create_response(&self.principal, request)?.hold(permit))
+    }
+
+    /// A stored response of the tenant's.
+    pub fn response(&self, id: &str) -> Result<crate::Response, PlatformError> {
+        self.acting("response")?;
+        self.platform.response(&self.principal, id)
+    }
+
+    /// Deletes a stored response of the tenant's.
+    pub fn delete_response(&self, id: &str) -> Result<(), PlatformError> {
+        self.acting("delete_response")?;
+        self.platform.delete_response(&self.principal, id)
+    }
+
     /// Embeds texts.
     pub fn embed(&self, model: &str, inputs: &[String]) -> Result<Embeddings, PlatformError> {
         self.acting("embed")?;
@@ -345,11 +366,13 @@ impl Session {
     /// Submits a fine-tuning job.
     pub fn create_fine_tuning_job(&self, request: FineTuneRequest) -> Result<Job, PlatformError> {
         self.acting("create_fine_tuning_job")?;
+        let dataset = Platform::dataset_id(&request.training_file)?;
+        let examples = self.platform.core.dataset(&self.principal, &dataset)?.examples;
         let spec = FineTuneSpec {
-            dataset: Platform::dataset_id(&request.training_file)?,
+            dataset,
             base_model: ModelId::new(&request.model).map_err(|_| not_found("model"))?,
             suffix: request.suffix,
-            hyperparameters: request.hyperparameters,
+            hyperparameters: request.hyperparameters.resolve(examples),
         };
         self.platform.create_fine_tuning_job(&self.principal, spec)
     }

@@ -18,7 +18,10 @@ use napi_derive::napi;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use soramai::{GenerationOptions, GenerationStream, NewKey, OpenOptions, PlatformError, RunnerCommand, Session};
+use soramai::{
+    GenerationOptions, GenerationStream, NewKey, OpenOptions, PlatformError, ResponseRequest, ResponseStream,
+    RunnerCommand, Session,
+};
 
 fn reject(kind: &str, code: &str, message: &str) -> napi::Error {
     let body = serde_json::json!({"kind": kind, "code": code, "message": message});
@@ -118,12 +121,38 @@ impl NativePlatform {
 pub struct NativeStream {
     id: String,
     sources: Option<Value>,
-    stream: Arc<Mutex<Option<GenerationStream>>>,
+    stream: Arc<Mutex<Option<Events>>>,
+}
+
+/// What a stream yields from: a generation's token events, or a response's typed events.
+#[derive(Debug)]
+enum Events {
+    Generation(GenerationStream),
+    Response(ResponseStream),
+}
+
+impl Events {
+    async fn next(&mut self) -> Option<Result<Value, napi::Error>> {
+        let ev = match self {
+            Events::Generation(s) => s.next_event().await.map(|r| r.map(|e| to_json(&e))),
+            Events::Response(s) => s.next_event().await.map(|r| r.map(|e| to_json(&e))),
+        };
+        ev.map(|r| r.map_err(|e| platform_error(&e)).and_then(|v| v))
+    }
+
+    /// The rest, as the completion or the response (blocking).
+    fn collect(self) -> Result<Value, PlatformError> {
+        let v = match self {
+            Events::Generation(s) => serde_json::to_value(s.collect()?),
+            Events::Response(s) => serde_json::to_value(s.collect()?),
+        };
+        v.map_err(|e| PlatformError::Engine(e.to_string()))
+    }
 }
 
 impl NativeStream {
     fn new(stream: GenerationStream, sources: Option<Value>) -> Self {
-        Self { id: stream.id().to_owned(), sources, stream: Arc::new(Mutex::new(Some(stream))) }
+        Self { id: stream.id().to_owned(), sources, stream: Arc::new(Mutex::new(Some(Events::Generation(stream)))) }
     }
 }
 
@@ -147,11 +176,11 @@ impl NativeStream {
     pub async fn next(&self) -> napi::Result<Option<Value>> {
         let mut slot = self.stream.lock().await;
         let Some(stream) = slot.as_mut() else { return Ok(None) };
-        match stream.next_event().await {
-            Some(Ok(ev)) => Ok(Some(to_json(&ev)?)),
+        match stream.next().await {
+            Some(Ok(ev)) => Ok(Some(ev)),
             Some(Err(e)) => {
                 *slot = None;
-                Err(platform_error(&e))
+                Err(e)
             }
             None => {
                 *slot = None;
@@ -160,12 +189,12 @@ impl NativeStream {
         }
     }
 
-    /// Runs the rest of the generation and returns the completion (`id`, `model`, `text`,
-    /// `finish_reason`, `usage`, `logprobs`, `created`).
+    /// Runs the rest and returns the completion (`id`, `model`, `text`, `finish_reason`,
+    /// `usage`, `logprobs`, `created`), or the response.
     #[napi]
     pub async fn collect(&self) -> napi::Result<Value> {
         let stream = self.stream.lock().await.take().ok_or_else(|| invalid("the stream has ended"))?;
-        json(move || stream.collect()).await
+        blocking(move || stream.collect()).await
     }
 
     /// Stops the generation now (unused credits are refunded).
@@ -218,6 +247,31 @@ impl NativeSession {
         let options: GenerationOptions = parse_options(options, "options")?;
         let s = self.session();
         Ok(NativeStream::new(blocking(move || s.complete(&model, &prompt, &options)).await?, None))
+    }
+
+    /// Creates a response (OpenAI's Responses API): `request` as `POST /v1/responses` takes it,
+    /// less `stream`; a stream of its typed events.
+    #[napi]
+    pub async fn create_response(&self, request: Value) -> napi::Result<NativeStream> {
+        let request: ResponseRequest = parse(request, "request")?;
+        let s = self.session();
+        let stream = blocking(move || s.create_response(&request)).await?;
+        let id = stream.id().to_owned();
+        Ok(NativeStream { id, sources: None, stream: Arc::new(Mutex::new(Some(Events::Response(stream)))) })
+    }
+
+    /// A stored response of the tenant's.
+    #[napi]
+    pub async fn response(&self, id: String) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.response(&id)).await
+    }
+
+    /// Deletes a stored response of the tenant's.
+    #[napi]
+    pub async fn delete_response(&self, id: String) -> napi::Result<()> {
+        let s = self.session();
+        blocking(move || s.delete_response(&id)).await
     }
 
     #[napi]

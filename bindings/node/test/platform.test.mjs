@@ -153,6 +153,25 @@ describe('soramai through napi', { skip: haveModel ? false : 'the reference mode
     assert.equal(typeof JSON.parse(c.text).ok, 'boolean')
   })
 
+  test('responses are stored, streamed, chained and the tenant\'s own', async () => {
+    const r = await t.acme.createResponse({ model: MODEL, input: 'Say hi.', max_output_tokens: 6, temperature: 0 })
+    assert.equal(r.object, 'response')
+    const text = r.output[0].content[0].text
+    let streamed = ''; let last = null
+    for await (const ev of await t.acme.createResponse({ model: MODEL, input: 'Say hi.', max_output_tokens: 6,
+      temperature: 0, stream: true })) {
+      if (ev.type === 'response.output_text.delta') streamed += ev.delta
+      last = ev
+    }
+    assert.equal(streamed, text)
+    assert.ok(['response.completed', 'response.incomplete'].includes(last.type))
+    assert.deepEqual((await t.acme.response(r.id)).output, r.output)
+    await assert.rejects(t.globex.response(r.id), soramai.NotFoundError)
+    await assert.rejects(t.acme.createResponse({ model: MODEL, input: 'x', background: true }), soramai.InvalidRequestError)
+    await t.acme.deleteResponse(r.id)
+    await assert.rejects(t.acme.response(r.id), soramai.NotFoundError)
+  })
+
   test('the event loop runs while the engine works', async () => {
     let ticks = 0
     const timer = setInterval(() => ticks++, 1)
@@ -293,6 +312,7 @@ describe('soramai through napi', { skip: haveModel ? false : 'the reference mode
   test('a canary prompt never reaches disk', async () => {
     await t.acme.chat(MODEL, [{ role: 'user', content: `Remember ${CANARY}` }], { max_tokens: 4 })
     await t.acme.complete(MODEL, `${CANARY} says`, { max_tokens: 4 })
+    await t.acme.createResponse({ model: MODEL, input: `Remember ${CANARY}`, max_output_tokens: 4 })
     const needle = Buffer.from(CANARY)
     for (const file of filesUnder(data)) {
       assert.ok(!fs.readFileSync(file).includes(needle), `the canary is in ${file}`)

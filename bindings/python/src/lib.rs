@@ -16,8 +16,8 @@ use pyo3::types::{PyBytes, PyDict};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use soramai::{
-    ChatMessage, ErrorKind, GenerationOptions, GenerationStream, NewKey, OpenOptions, PlatformError, Retrieval,
-    RunnerCommand, Session, Tier,
+    ChatMessage, ErrorKind, GenerationOptions, GenerationStream, NewKey, OpenOptions, PlatformError, ResponseRequest,
+    ResponseStream, Retrieval, RunnerCommand, Session, Tier,
 };
 
 pyo3::create_exception!(soramai, SoramaiError, PyException, "Base class of every Soramai error; `code` names it.");
@@ -77,7 +77,7 @@ fn call<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, PlatformError> + 
 /// A serde value as Python objects (dicts, lists, str, int, float, bool, None).
 fn to_py<T: Serialize>(py: Python<'_>, value: &T) -> PyResult<Py<PyAny>> {
     let text = serde_json::to_string(value).map_err(|e| InternalError::new_err(e.to_string()))?;
-    Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
+    json_loads(py, text)
 }
 
 /// Python objects (JSON-shaped) as a serde value; a shape the SDK refuses is an
@@ -168,14 +168,53 @@ impl Platform {
 /// A generation under way: iterate for events, or `collect()` the rest.
 #[pyclass(module = "soramai._native", name = "TokenStream")]
 struct PyStream {
-    stream: Option<GenerationStream>,
+    stream: Option<Events>,
     sources: Option<Py<PyAny>>,
+}
+
+/// What a stream yields from: a generation's token events, or a response's typed events.
+enum Events {
+    Generation(GenerationStream),
+    Response(ResponseStream),
+}
+
+impl Events {
+    fn id(&self) -> &str {
+        match self {
+            Events::Generation(s) => s.id(),
+            Events::Response(s) => s.id(),
+        }
+    }
+
+    /// The next event as JSON text (blocking).
+    fn next_json(&mut self) -> Option<Result<String, PlatformError>> {
+        fn text<T: Serialize>(v: &T) -> Result<String, PlatformError> {
+            serde_json::to_string(v).map_err(|e| PlatformError::Engine(e.to_string()))
+        }
+        match self {
+            Events::Generation(s) => s.next().map(|r| r.and_then(|ev| text(&ev))),
+            Events::Response(s) => s.next().map(|r| r.and_then(|ev| text(&ev))),
+        }
+    }
+
+    /// The rest, as the completion or the response.
+    fn collect_json(self) -> Result<String, PlatformError> {
+        let text = match self {
+            Events::Generation(s) => serde_json::to_string(&s.collect()?),
+            Events::Response(s) => serde_json::to_string(&s.collect()?),
+        };
+        text.map_err(|e| PlatformError::Engine(e.to_string()))
+    }
 }
 
 impl PyStream {
     fn new(stream: GenerationStream) -> Self {
-        Self { stream: Some(stream), sources: None }
+        Self { stream: Some(Events::Generation(stream)), sources: None }
     }
+}
+
+fn json_loads(py: Python<'_>, text: String) -> PyResult<Py<PyAny>> {
+    Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
 }
 
 #[pymethods]
@@ -186,8 +225,8 @@ impl PyStream {
 
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let Some(stream) = self.stream.as_mut() else { return Ok(None) };
-        match py.detach(|| stream.next()) {
-            Some(Ok(ev)) => to_py(py, &ev).map(Some),
+        match py.detach(|| stream.next_json()) {
+            Some(Ok(ev)) => json_loads(py, ev).map(Some),
             Some(Err(e)) => {
                 self.stream = None;
                 Err(raise(py, &e))
@@ -211,11 +250,11 @@ impl PyStream {
         self.sources.as_ref().map(|s| s.clone_ref(py))
     }
 
-    /// Runs the rest of the generation and returns the completion (text, finish_reason, usage).
+    /// Runs the rest and returns the completion (text, finish_reason, usage), or the response.
     fn collect(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let stream = self.stream.take().ok_or_else(|| invalid("the stream has ended"))?;
-        let completion = call(py, || stream.collect())?;
-        to_py(py, &completion)
+        let text = call(py, || stream.collect_json())?;
+        json_loads(py, text)
     }
 
     /// Stops the generation now (unused credits are refunded).
@@ -273,6 +312,25 @@ impl PySession {
         let opts = generation(py, kwargs)?;
         let s = call(py, || self.inner.complete(model, prompt, &opts))?;
         finish(py, PyStream::new(s), stream)
+    }
+
+    /// Creates a response (OpenAI's Responses API): `request` as `POST /v1/responses` takes it,
+    /// less `stream`. The response, or with `stream=True` a stream of its typed events.
+    #[pyo3(signature = (request, *, stream=false))]
+    fn create_response(&self, py: Python<'_>, request: &Bound<'_, PyAny>, stream: bool) -> PyResult<Py<PyAny>> {
+        let request: ResponseRequest = from_py(py, request, "request")?;
+        let s = call(py, || self.inner.create_response(&request))?;
+        finish(py, PyStream { stream: Some(Events::Response(s)), sources: None }, stream)
+    }
+
+    /// A stored response of the tenant's.
+    fn response(&self, py: Python<'_>, id: &str) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.response(id))?)
+    }
+
+    /// Deletes a stored response of the tenant's.
+    fn delete_response(&self, py: Python<'_>, id: &str) -> PyResult<()> {
+        call(py, || self.inner.delete_response(id))
     }
 
     fn embed(&self, py: Python<'_>, model: &str, inputs: Vec<String>) -> PyResult<Py<PyAny>> {
@@ -438,7 +496,8 @@ impl PySession {
         let opts = generation(py, kwargs)?;
         let retrieval = Retrieval { top_k, hybrid, cite };
         let g = call(py, || self.inner.grounded_chat(model, corpus, question, &retrieval, &opts))?;
-        let stream_obj = PyStream { stream: Some(g.stream), sources: Some(to_py(py, &g.prompt.sources)?) };
+        let stream_obj =
+            PyStream { stream: Some(Events::Generation(g.stream)), sources: Some(to_py(py, &g.prompt.sources)?) };
         finish(py, stream_obj, stream)
     }
 

@@ -186,6 +186,32 @@ def test_tools_are_called_with_valid_arguments(world):
                                                                                "function": {"name": "nope"}})
 
 
+def test_responses_are_stored_chained_and_the_tenants_own(world):
+    acme, globex = world["acme"], world["globex"]
+    r = acme.create_response({"model": soramai.DEFAULT_MODEL_ID, "input": "Say hi.", "max_output_tokens": 6,
+                              "temperature": 0})
+    assert r["object"] == "response" and r["output"][0]["type"] == "message", r
+    text = r["output"][0]["content"][0]["text"]
+    events = list(acme.create_response({"model": soramai.DEFAULT_MODEL_ID, "input": "Say hi.",
+                                        "max_output_tokens": 6, "temperature": 0}, stream=True))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == text
+    assert events[-1]["type"] in ("response.completed", "response.incomplete")
+    assert acme.response(r["id"])["output"] == r["output"]
+    nxt = acme.create_response({"model": soramai.DEFAULT_MODEL_ID, "input": "Again.", "max_output_tokens": 2,
+                                "previous_response_id": r["id"]})
+    assert nxt["usage"]["input_tokens"] > r["usage"]["total_tokens"]
+    with pytest.raises(soramai.NotFoundError):
+        globex.response(r["id"])
+    with pytest.raises(soramai.InvalidRequestError):
+        globex.create_response({"model": soramai.DEFAULT_MODEL_ID, "input": "x", "previous_response_id": r["id"]})
+    with pytest.raises(soramai.InvalidRequestError):
+        acme.create_response({"model": soramai.DEFAULT_MODEL_ID, "input": "x", "reasoning": {"effort": "low"}})
+    acme.delete_response(r["id"])
+    with pytest.raises(soramai.NotFoundError):
+        acme.response(r["id"])
+
+
 def test_blocking_calls_release_the_gil(world):
     acme = world["acme"]
     ticks = 0
@@ -357,6 +383,7 @@ def test_canary_prompt_never_reaches_disk(world):
     acme, data = world["acme"], world["data"]
     acme.chat(soramai.DEFAULT_MODEL_ID, [{"role": "user", "content": f"Remember {CANARY}"}], max_tokens=4)
     acme.complete(soramai.DEFAULT_MODEL_ID, f"{CANARY} says", max_tokens=4)
+    acme.create_response({"model": soramai.DEFAULT_MODEL_ID, "input": f"Remember {CANARY}", "max_output_tokens": 4})
     needle = CANARY.encode()
     for path in pathlib.Path(data).rglob("*"):
         if path.is_file():

@@ -74,7 +74,7 @@ impl Core {
             let Some((id, tenant)) = id else { return Ok(None) };
             tx.execute(
                 "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_expires_at = ?3, attempts = attempts + 1,
-                 started_at = COALESCE(started_at, ?4) WHERE id = ?1",
+                 started_at = COALESCE(started_at, ?4), committing = 0 WHERE id = ?1",
                 params![id, worker, expires, now],
             )?;
             let job = JobId::new(id.clone())?;
@@ -127,13 +127,31 @@ impl Core {
         })
     }
 
-    /// Ends a job the worker holds.
+    /// Begins storing a job's result: false when a cancel was asked for (the job is to end
+    /// cancelled); otherwise no cancel is accepted from now on ([`Core::cancel_job`] answers
+    /// with the final state), so a success is never reported over an accepted cancel.
+    pub fn begin_commit(&self, job: &JobId, worker: &str) -> Result<bool> {
+        self.write(|tx| {
+            if Self::check_lease(tx, job, worker)? {
+                return Ok(false);
+            }
+            tx.execute("UPDATE jobs SET committing = 1 WHERE id = ?1", [job.as_str()])?;
+            Ok(true)
+        })
+    }
+
+    /// Ends a job the worker holds. A job whose cancel was accepted ends cancelled, whatever
+    /// else its worker saw (a failure after the cancel, say).
     pub fn finish_job(&self, job: &JobId, worker: &str, outcome: Outcome) -> Result<Job> {
         let now = self.now();
         let current = self.job_by_id(job)?;
         self.write(|tx| {
-            Self::check_lease(tx, job, worker)?;
-            let (state, result, error) = match &outcome {
+            let cancel = Self::check_lease(tx, job, worker)?;
+            let outcome = match outcome {
+                Outcome::Failed(_) if cancel => &Outcome::Cancelled,
+                ref o => o,
+            };
+            let (state, result, error) = match outcome {
                 Outcome::Succeeded(v) => ("succeeded", Some(v.to_string()), None),
                 Outcome::Failed(e) => ("failed", None, Some(e.clone())),
                 Outcome::Cancelled => ("cancelled", None, None),

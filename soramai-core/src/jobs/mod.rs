@@ -324,6 +324,10 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// How long a cancel waits for a job that is storing its result to end, to answer with its final
+/// state.
+pub const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Core {
     /// Submits a job (train scope). Its pool follows the tenant's tier, or the key's pool binding.
     pub fn submit_job(&self, principal: &Principal, spec: JobSpec) -> Result<Job> {
@@ -486,18 +490,24 @@ impl Core {
 
     /// Cancels a job: a queued one at once, a running one as soon as its worker's next heartbeat
     /// sees the request (or its lease expires).
+    ///
+    /// A cancel is accepted, and the job then ends `cancelled` (a fine-tune keeps no model and is
+    /// billed for the tokens of its checkpoints only), while the job is queued or running and its
+    /// worker has not begun to store its result. A job that ended, or whose result is being
+    /// stored, is not cancelled: [`Error::InvalidJobState`] with its final state (after waiting
+    /// up to [`COMMIT_WAIT`] for a commit under way to end).
     pub fn cancel_job(&self, principal: &Principal, id: &JobId) -> Result<Job> {
         let job = self.job(principal, id)?;
         if job.state.is_terminal() {
             return Err(Error::InvalidJobState { state: job.state, action: "cancel" });
         }
         let now = self.now();
-        self.write(|tx| {
-            if job.state == JobState::Queued {
-                tx.execute(
-                    "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 AND state = 'queued'",
-                    params![id.as_str(), now],
-                )?;
+        let accepted = self.write(|tx| {
+            let dropped = tx.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1 AND state = 'queued'",
+                params![id.as_str(), now],
+            )?;
+            if dropped == 1 {
                 self.audit_tx(
                     tx,
                     &job.tenant,
@@ -506,11 +516,27 @@ impl Core {
                     id.as_str(),
                     serde_json::json!({}),
                 )?;
-            } else {
-                tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id.as_str()])?;
+                return Ok(true);
             }
-            Ok(())
+            // A running job takes a cancel until its worker begins to commit its result.
+            let asked = tx.execute(
+                "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 'running' AND committing = 0",
+                [id.as_str()],
+            )?;
+            Ok(asked == 1)
         })?;
+        if !accepted {
+            // It ended, or is storing its result: the answer is its final state, never an
+            // accepted cancel that a success then overrides.
+            let deadline = std::time::Instant::now() + COMMIT_WAIT;
+            loop {
+                let job = self.job_by_id(id)?;
+                if job.state.is_terminal() || std::time::Instant::now() >= deadline {
+                    return Err(Error::InvalidJobState { state: job.state, action: "cancel" });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         let job = self.job_by_id(id)?;
         // A job that never ran keeps nothing (an ingestion's input goes with it).
         if job.state.is_terminal() {

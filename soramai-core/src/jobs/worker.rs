@@ -352,6 +352,11 @@ impl Worker {
             return Ok(Outcome::Cancelled);
         }
         let status = ended.status.ok_or_else(|| Error::Runner("the job runner's status is unknown".into()))?;
+        // The result is stored only if no cancel was asked for; once its commit has begun, no
+        // cancel is accepted (a cancel asked for while the child ran still stops it here).
+        if status.success() && ended.result.is_some() && !self.core.begin_commit(&job.id, &self.id)? {
+            return Ok(Outcome::Cancelled);
+        }
         match (status.success(), ended.result) {
             (true, Some(r)) => match &job.spec {
                 JobSpec::FineTune(spec) => {
@@ -365,12 +370,8 @@ impl Worker {
                     let Some(completion) = &self.completion else {
                         return Ok(Outcome::Failed("this worker cannot index ingestions".into()));
                     };
-                    // The lease is checked before indexing (a re-run replaces the same
-                    // documents, so indexing twice after a lost lease does no harm), and a
-                    // cancel asked for while the child ran still stops it here.
-                    if self.core.heartbeat(&job.id, &self.id, self.lease)? {
-                        return Ok(Outcome::Cancelled);
-                    }
+                    // The lease was checked as the commit began (a re-run replaces the same
+                    // documents, so indexing twice after a lost lease does no harm).
                     match completion.complete(job, input, r, &ended.artifacts) {
                         Ok(r) => Ok(Outcome::Succeeded(r)),
                         Err(e) => Ok(Outcome::Failed(e)),

@@ -356,6 +356,11 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 14: a running job's commit under way (its result being stored): a cancel is refused from
+    // then on, so an accepted cancel always ends the job cancelled
+    r#"
+    ALTER TABLE jobs ADD COLUMN committing INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The metadata database: SQLite in the data directory (the embedded default), or a PostgreSQL

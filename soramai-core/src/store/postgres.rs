@@ -364,6 +364,10 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL
     );
     "#,
+    // 9: SQLite's version 14, a running job's commit under way
+    r#"
+    ALTER TABLE jobs ADD COLUMN committing BIGINT NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The tables holding wrapped keys: rewritten after a key is destroyed.

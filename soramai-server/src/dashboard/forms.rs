@@ -160,7 +160,7 @@ pub(super) async fn create_job(
             training_file: field(&f, "dataset"),
             model: field(&f, "model"),
             suffix,
-            hyperparameters,
+            hyperparameters: hyperparameters.into(),
         })
     })();
     let created = match request {

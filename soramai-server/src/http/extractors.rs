@@ -93,6 +93,17 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "repetition_penalty",
 ];
 
+/// Whether a field's name may be quoted back: a short identifier, as OpenAI names fields
+/// (anything else could be content).
+fn is_name(field: &str) -> bool {
+    !field.is_empty() && field.len() <= 64 && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A field's name to quote back in a message, or `a field` when it is not a name.
+pub(super) fn shown_name(field: &str) -> &str {
+    if is_name(field) { field } else { "field" }
+}
+
 /// The refusal of a field the body's type does not read.
 fn unsupported(field: &str) -> ApiError {
     match NOT_IMPLEMENTED.iter().find(|n| **n == field) {
@@ -103,18 +114,12 @@ fn unsupported(field: &str) -> ApiError {
             format!("{name} is not supported by this server."),
         )
         .param(name),
-        // A short identifier is named back, as OpenAI does; anything else could be content.
-        None if !field.is_empty()
-            && field.len() <= 64
-            && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-        {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "unknown_parameter",
-                format!("Unrecognized request argument supplied: {field}"),
-            )
-        }
+        None if is_name(field) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "unknown_parameter",
+            format!("Unrecognized request argument supplied: {field}"),
+        ),
         None => ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -127,7 +132,7 @@ fn unsupported(field: &str) -> ApiError {
 /// A JSON body that does not parse: its kind and position only. serde's own message can quote
 /// the input (an unknown field or variant, a string where a number goes), and the input may be a
 /// prompt.
-fn body_error(e: &serde_json::Error) -> ApiError {
+pub(super) fn body_error(e: &serde_json::Error) -> ApiError {
     if e.is_syntax() || e.is_eof() {
         ApiError::invalid("The body is not valid JSON.")
     } else {

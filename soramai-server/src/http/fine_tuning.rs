@@ -6,7 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use soramai::{FineTuneSpec, Hyperparameters, Job, JobState, ModelId, Platform, Session};
+use soramai::{Job, JobState, ModelId, Platform, Session};
 
 use super::*;
 
@@ -89,48 +89,9 @@ pub(super) async fn file_content(
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Auto<T> {
-    Value(T),
-    Word(String),
-}
-
-impl<T> Auto<T> {
-    pub(super) fn get(self, field: &'static str) -> ApiResult<Option<T>> {
-        match self {
-            Auto::Value(v) => Ok(Some(v)),
-            Auto::Word(w) if w == "auto" => Ok(None),
-            Auto::Word(_) => Err(ApiError::invalid(format!("{field} is a number or \"auto\".")).param(field)),
-        }
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct HyperIn {
-    #[serde(default)]
-    n_epochs: Option<Auto<u32>>,
-    #[serde(default)]
-    batch_size: Option<Auto<u32>>,
-    #[serde(default)]
-    learning_rate_multiplier: Option<Auto<f64>>,
-    // Soramai's LoRA settings.
-    #[serde(default)]
-    rank: Option<u32>,
-    #[serde(default)]
-    alpha: Option<f64>,
-    #[serde(default)]
-    target_modules: Option<Vec<String>>,
-    #[serde(default)]
-    max_seq: Option<u32>,
-    #[serde(default)]
-    checkpoint_every: Option<u32>,
-}
-
-#[derive(Deserialize)]
 struct Supervised {
     #[serde(default)]
-    hyperparameters: Option<HyperIn>,
+    hyperparameters: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -146,7 +107,7 @@ pub(super) struct JobBody {
     model: String,
     training_file: String,
     #[serde(default)]
-    hyperparameters: Option<HyperIn>,
+    hyperparameters: Option<Value>,
     #[serde(default)]
     method: Option<Method>,
     #[serde(default)]
@@ -159,26 +120,6 @@ pub(super) struct JobBody {
     integrations: Option<Value>,
     #[serde(default)]
     metadata: Option<Value>,
-}
-
-fn hyperparameters(h: HyperIn, seed: Option<u64>) -> ApiResult<Hyperparameters> {
-    let mut out = Hyperparameters::default();
-    if let Some(v) = h.n_epochs.map(|v| v.get("n_epochs")).transpose()?.flatten() {
-        out.n_epochs = v;
-    }
-    if let Some(v) = h.batch_size.map(|v| v.get("batch_size")).transpose()?.flatten() {
-        out.batch_size = v;
-    }
-    if let Some(v) = h.learning_rate_multiplier.map(|v| v.get("learning_rate_multiplier")).transpose()?.flatten() {
-        out.learning_rate_multiplier = v;
-    }
-    out.rank = h.rank.unwrap_or(out.rank);
-    out.alpha = h.alpha.unwrap_or(out.alpha);
-    out.target_modules = h.target_modules.unwrap_or(out.target_modules);
-    out.max_seq = h.max_seq.unwrap_or(out.max_seq);
-    out.checkpoint_every = h.checkpoint_every.unwrap_or(out.checkpoint_every);
-    out.seed = seed.unwrap_or(out.seed);
-    Ok(out)
 }
 
 pub(super) fn ms_to_s(ms: i64) -> i64 {
@@ -230,7 +171,10 @@ pub(super) async fn create_job(
     if body.integrations.as_ref().is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())) {
         return Err(ApiError::invalid("integrations are not supported.").param("integrations"));
     }
-    let _ = body.metadata;
+    // Metadata would be customer text kept beside the job's record in clear: refused, not dropped.
+    if body.metadata.as_ref().is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|m| !m.is_empty())) {
+        return Err(ApiError::invalid("metadata is not supported on fine-tuning jobs.").param("metadata"));
+    }
     let mut hyper = body.hyperparameters;
     if let Some(m) = body.method {
         if m.kind != "supervised" {
@@ -240,13 +184,24 @@ pub(super) async fn create_job(
             hyper = Some(h);
         }
     }
-    let spec = FineTuneSpec {
-        dataset: Platform::dataset_id(&body.training_file).map_err(|e| ApiError::from(e).param("training_file"))?,
-        base_model: ModelId::new(&body.model).map_err(|_| ApiError::invalid("Unknown model.").param("model"))?,
+    // OpenAI's three are numbers or "auto" (left out: "auto"), chosen by the SDK from the
+    // dataset's size; the job reports what was chosen.
+    let mut hyperparameters: soramai::HyperparametersRequest =
+        serde_json::from_value(hyper.unwrap_or_else(|| json!({}))).map_err(|e| {
+            ApiError::invalid(format!("hyperparameters: {}", soramai::json_error_message(&e))).param("hyperparameters")
+        })?;
+    if let Some(seed) = body.seed {
+        hyperparameters.values.seed = seed;
+    }
+    Platform::dataset_id(&body.training_file).map_err(|e| ApiError::from(e).param("training_file"))?;
+    ModelId::new(&body.model).map_err(|_| ApiError::invalid("Unknown model.").param("model"))?;
+    let request = soramai::FineTuneRequest {
+        training_file: body.training_file,
+        model: body.model,
         suffix: body.suffix,
-        hyperparameters: hyperparameters(hyper.unwrap_or_default(), body.seed)?,
+        hyperparameters,
     };
-    let job = blocking(move || s.platform.create_fine_tuning_job(&p, spec)).await?;
+    let job = blocking(move || Session::for_request(s.platform, p).create_fine_tuning_job(request)).await?;
     Ok(axum::Json(job_json(&job)).into_response())
 }
 

@@ -35,6 +35,9 @@ struct ContentPart {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    /// Anything else a part carries (`cache_control`, an image's URL, …): refused by name.
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +244,15 @@ fn chat_messages(messages: Vec<InMessage>) -> ApiResult<Vec<ChatMessage>> {
                     if p.kind != "text" {
                         return Err(ApiError::invalid("Only text content parts are supported.").param("messages"));
                     }
+                    if let Some(field) = p.other.keys().next() {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request_error",
+                            "unsupported_parameter",
+                            format!("A content part's {} is not supported by this server.", shown_name(field)),
+                        )
+                        .param("messages"));
+                    }
                     t.push_str(p.text.as_deref().unwrap_or_default());
                 }
                 t
@@ -283,9 +295,14 @@ pub(super) async fn start(
 }
 
 pub(super) fn note_usage(s: &AppState, u: &soramai::Usage) {
+    note_tokens(s, u.prompt_tokens, u.completion_tokens);
+}
+
+/// Counts one finished generation and its tokens in the server's metrics.
+pub(super) fn note_tokens(s: &AppState, prompt: u64, completion: u64) {
     s.metrics.completions.fetch_add(1, Ordering::Relaxed);
-    s.metrics.prompt_tokens.fetch_add(u.prompt_tokens, Ordering::Relaxed);
-    s.metrics.completion_tokens.fetch_add(u.completion_tokens, Ordering::Relaxed);
+    s.metrics.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+    s.metrics.completion_tokens.fetch_add(completion, Ordering::Relaxed);
 }
 
 pub(super) async fn chat_completions(

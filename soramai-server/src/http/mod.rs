@@ -19,6 +19,7 @@ mod fine_tuning;
 mod inference;
 mod models;
 mod rag;
+mod responses;
 
 use admin::*;
 use errors::*;
@@ -27,6 +28,7 @@ use fine_tuning::*;
 use inference::*;
 use models::*;
 use rag::*;
+use responses::*;
 
 pub use crate::state::{AppState, MAX_BODY_BYTES};
 
@@ -45,6 +47,8 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .route("/chat/completions", post(chat_completions))
         .route("/completions", post(completions))
         .route("/embeddings", post(embeddings))
+        .route("/responses", post(create_response))
+        .route("/responses/{id}", get(get_response).delete(delete_response))
         .route("/files", post(upload_file).get(list_files))
         .route("/files/{id}", get(get_file).delete(delete_file))
         .route("/files/{id}/content", get(file_content))
@@ -325,7 +329,12 @@ fn needs(operation: &str) -> Option<Needs> {
     Some(match operation {
         "GET /v1/models" | "GET /v1/models/{id}" | "GET /v1/custom_models" | "GET /v1/custom_models/{id}" => MODELS,
         "DELETE /v1/models/{id}" | "POST /v1/custom_models" => TRAIN,
-        "POST /v1/chat/completions" | "POST /v1/completions" | "POST /v1/embeddings" => INFERENCE,
+        "POST /v1/chat/completions"
+        | "POST /v1/completions"
+        | "POST /v1/embeddings"
+        | "POST /v1/responses"
+        | "GET /v1/responses/{id}"
+        | "DELETE /v1/responses/{id}" => INFERENCE,
         "POST /v1/files"
         | "GET /v1/files"
         | "GET /v1/files/{id}"

@@ -128,6 +128,126 @@ def tool_round_trip(client):
         assert a.message.content and not a.message.content.startswith("<"), a
 
 
+WEATHER_TOOL = {"type": "function", **WEATHER["function"]}
+ASK = "What is the weather in Paris?"
+
+
+def responses_api(client, other):
+    """client.responses: create, plain and streamed as the client's typed events (and its stream
+    helper), retrieve, previous_response_id chaining, store false, delete, another tenant's id
+    not found, text.format json_schema, a function tools round trip, unknown parameters refused."""
+    q = QUESTION[0]["content"]
+    r = client.responses.create(model=MODEL, input=q, max_output_tokens=16, temperature=0)
+    assert r.object == "response" and r.status in ("completed", "incomplete") and r.output_text, r
+    assert r.usage.input_tokens > 0 and 0 < r.usage.output_tokens <= 16, r.usage
+    chat = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0)
+    assert r.output_text == chat.choices[0].message.content, (r.output_text, chat.choices[0].message.content)
+    assert r.usage.input_tokens == chat.usage.prompt_tokens
+    got = client.responses.retrieve(r.id)
+    assert got.id == r.id and got.output_text == r.output_text and got.usage == r.usage
+
+    stream = client.responses.create(model=MODEL, input=q, max_output_tokens=16, temperature=0, stream=True)
+    types, text, final, seqs = [], "", None, []
+    for ev in stream:
+        types.append(ev.type)
+        seqs.append(ev.sequence_number)
+        if ev.type == "response.output_text.delta":
+            text += ev.delta
+        if ev.type in ("response.completed", "response.incomplete"):
+            final = ev.response
+    assert types[:3] == ["response.created", "response.in_progress", "response.output_item.added"], types
+    assert types[-1] == f"response.{final.status}", types
+    assert seqs == list(range(len(seqs))), seqs
+    assert text == r.output_text == final.output_text, (text, r.output_text)
+    # The client's stream helper wants `response.completed`: a short schema ends well within the limit.
+    fmt = {"format": {"type": "json_schema", "name": "flag", "strict": True, "schema": SCHEMAS[2]}}
+    with client.responses.stream(model=MODEL, input=q, max_output_tokens=160, temperature=0, text=fmt) as s:
+        helped = s.get_final_response()
+    assert helped.status == "completed", helped
+    jsonschema.validate(json.loads(helped.output_text), SCHEMAS[2])
+
+    # Chaining: the stored conversation comes before the new input.
+    follow = client.responses.create(model=MODEL, previous_response_id=r.id, input="Who leads it?",
+                                     max_output_tokens=8, temperature=0)
+    assert follow.previous_response_id == r.id and follow.output_text
+    assert follow.usage.input_tokens > r.usage.input_tokens + r.usage.output_tokens, (follow.usage, r.usage)
+    # Another tenant finds nothing, and cannot continue it.
+    for call in (lambda: other.responses.retrieve(r.id),):
+        try:
+            call()
+            raise AssertionError("another tenant read a response")
+        except openai.NotFoundError:
+            pass
+    try:
+        other.responses.create(model=MODEL, previous_response_id=r.id, input="x", max_output_tokens=4)
+        raise AssertionError("another tenant continued a response")
+    except openai.BadRequestError as e:
+        assert e.param == "previous_response_id", e
+    # store false: answered, never kept.
+    gone = client.responses.create(model=MODEL, input=q, max_output_tokens=4, store=False)
+    assert gone.store is False
+    try:
+        client.responses.retrieve(gone.id)
+        raise AssertionError("a store: false response was kept")
+    except openai.NotFoundError:
+        pass
+    client.responses.delete(follow.id)
+    try:
+        client.responses.retrieve(follow.id)
+        raise AssertionError("a deleted response was found")
+    except openai.NotFoundError:
+        pass
+
+    # Structured output.
+    for i in (0, 4, 6):
+        j = client.responses.create(model=MODEL, input=q, max_output_tokens=160, temperature=1, text={
+            "format": {"type": "json_schema", "name": f"shape_{i}", "strict": True, "schema": SCHEMAS[i]}})
+        assert j.status == "completed", j
+        jsonschema.validate(json.loads(j.output_text), SCHEMAS[i])
+
+    # Tools: a required call, its output sent back by continuing the response, a text answer.
+    t = client.responses.create(model=MODEL, input=ASK, tools=[WEATHER_TOOL], tool_choice="required",
+                                parallel_tool_calls=False, max_output_tokens=80, temperature=1)
+    calls = [o for o in t.output if o.type == "function_call"]
+    assert t.status == "completed" and len(calls) == 1 and not t.output_text, t
+    check_call(calls[0].name, calls[0].arguments)
+    answer = client.responses.create(model=MODEL, previous_response_id=t.id, tools=[WEATHER_TOOL], tool_choice="none",
+                                     input=[{"type": "function_call_output", "call_id": calls[0].call_id,
+                                             "output": json.dumps({"temperature": 18, "sky": "clear"})}],
+                                     max_output_tokens=24, temperature=0)
+    assert answer.output_text and not [o for o in answer.output if o.type == "function_call"], answer
+    # The same without storing: the call and its output go back as input items.
+    items = [{"role": "user", "content": ASK},
+             {"type": "function_call", "call_id": calls[0].call_id, "name": calls[0].name,
+              "arguments": calls[0].arguments},
+             {"type": "function_call_output", "call_id": calls[0].call_id, "output": "18C, clear"}]
+    again = client.responses.create(model=MODEL, input=items, store=False, max_output_tokens=24, temperature=0)
+    assert again.output_text, again
+    # Streamed calls.
+    done = []
+    for ev in client.responses.create(model=MODEL, input=ASK, tools=[WEATHER_TOOL], tool_choice={
+            "type": "function", "name": "get_weather"}, max_output_tokens=80, temperature=1, stream=True):
+        if ev.type == "response.function_call_arguments.done":
+            done.append(ev)
+    assert done, "no streamed call"
+    for ev in done:
+        check_call(ev.name, ev.arguments)
+
+    # What is not served is refused by name.
+    for extra in ({"reasoning": {"effort": "low"}}, {"background": True}, {"include": ["x"]}):
+        try:
+            client.responses.create(model=MODEL, input=q, extra_body=extra)
+            raise AssertionError(f"{extra} accepted")
+        except openai.BadRequestError as e:
+            assert next(iter(extra)) in str(e), e
+    try:
+        client.responses.create(model=MODEL, input=[{"role": "user", "content": [
+            {"type": "input_image", "image_url": "https://example.com/a.png"}]}])
+        raise AssertionError("an image was accepted")
+    except openai.BadRequestError as e:
+        assert e.param == "input", e
+
+
 def main(binary, model):
     server = Server(binary, model)
     try:
@@ -185,6 +305,7 @@ def run(server):
 
     structured_outputs(client)
     tool_round_trip(client)
+    responses_api(client, OpenAI(base_url=server.url + "/v1", api_key=server.tenant("initech"), max_retries=0))
 
     # Legacy completions and embeddings (the client asks for base64 by default).
     comp = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0)

@@ -99,6 +99,30 @@ test('the openai npm client drives models, chat, streaming, files and fine-tunin
         { role: 'tool', tool_call_id: call.id, content: '{"city": "Kumo", "sky": "clear"}' }] });
     assert.ok(answer.choices[0].message.content.length > 0);
 
+    // The Responses API: create, stream (typed events), chain, and a function call round trip.
+    const resp = await client.responses.create({ model: MODEL, input: QUESTION[0].content, max_output_tokens: 16,
+      temperature: 0 });
+    assert.equal(resp.object, 'response');
+    assert.equal(resp.output_text, chat.choices[0].message.content);
+    let streamed = ''; let last = null;
+    for await (const ev of await client.responses.create({ model: MODEL, input: QUESTION[0].content,
+      max_output_tokens: 16, temperature: 0, stream: true })) {
+      if (ev.type === 'response.output_text.delta') streamed += ev.delta;
+      last = ev;
+    }
+    assert.equal(streamed, resp.output_text);
+    assert.ok(['response.completed', 'response.incomplete'].includes(last.type));
+    assert.equal((await client.responses.retrieve(resp.id)).output_text, resp.output_text);
+    const fn = { type: 'function', name: 'get_weather', parameters: weather.function.parameters };
+    const calledR = await client.responses.create({ model: MODEL, input: 'What is the weather in Paris?', tools: [fn],
+      tool_choice: 'required', parallel_tool_calls: false, max_output_tokens: 60, temperature: 1 });
+    const fc = calledR.output.find((o) => o.type === 'function_call');
+    assert.equal(fc.name, 'get_weather');
+    assert.equal(typeof JSON.parse(fc.arguments).city, 'string');
+    const answered = await client.responses.create({ model: MODEL, previous_response_id: calledR.id, max_output_tokens: 16,
+      temperature: 0, input: [{ type: 'function_call_output', call_id: fc.call_id, output: '{"sky": "clear"}' }] });
+    assert.ok(answered.output_text.length > 0);
+
     await assert.rejects(client.chat.completions.create({ model: 'no-such-model', messages: QUESTION }),
       (e) => e instanceof OpenAI.NotFoundError);
 

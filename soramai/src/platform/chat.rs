@@ -260,18 +260,22 @@ impl ToolPlan {
         ))
     }
 
-    /// The messages as the chat template sees them: the tools offered in the system prompt,
-    /// earlier calls and their results as text in the protocol's layout.
-    pub(super) fn offer(&self, messages: &[(String, String)]) -> Vec<(String, String)> {
-        let mut out = messages.to_vec();
-        match out.first_mut() {
-            Some((role, content)) if role == "system" => {
-                content.push_str("\n\n");
-                content.push_str(&self.system_text());
-            }
-            _ => out.insert(0, ("system".into(), self.system_text())),
+    /// Offers the tools in the system prompt of messages already [`flatten`]ed (earlier calls
+    /// and their results as text in the protocol's layout).
+    pub(super) fn offer(&self, messages: &mut Vec<(String, String)>) {
+        add_system(messages, &self.system_text());
+    }
+}
+
+/// Adds a text to the system prompt: after the first message's text when it is a system
+/// message, else as a new first message.
+pub(super) fn add_system(messages: &mut Vec<(String, String)>, text: &str) {
+    match messages.first_mut() {
+        Some((role, content)) if role == "system" => {
+            content.push_str("\n\n");
+            content.push_str(text);
         }
-        out
+        _ => messages.insert(0, ("system".into(), text.to_owned())),
     }
 }
 

@@ -468,7 +468,7 @@ impl Platform {
         let format = options.response_format.as_ref().map(ResponseFormat::grammar).transpose()?.flatten();
         let tools =
             ToolPlan::new(&options.tools, options.tool_choice.as_ref(), options.parallel_tool_calls, format.is_some())?;
-        let tokens = prompt_tokens(&serving.engine, prompt, tools.as_ref())?;
+        let tokens = prompt_tokens(&serving.engine, prompt, tools.as_ref(), options.response_format.as_ref())?;
         // What the output is held to, and the parameter to name when it does not compile.
         let held = match (&tools, format) {
             (Some(plan), _) => Some((plan.grammar(), "tools")),

@@ -11,7 +11,7 @@ use soramai_kernels::tokenizer::template::Message;
 use soramai_kernels::{Engine, Finish, Precision, Request, TokenEvent};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::chat::{ChatMessage, Tool, ToolChoice, ToolPlan, flatten};
+use super::chat::{ChatMessage, Tool, ToolChoice, ToolPlan, add_system, flatten};
 use super::*;
 
 /// How to sample and when to stop.
@@ -86,7 +86,8 @@ pub enum ResponseFormat {
 pub struct JsonSchemaFormat {
     /// 1 to 64 letters, digits, `_` or `-`.
     pub name: String,
-    /// What the output is for (not shown to the model).
+    /// What the output is for: shown to the model in a chat's system prompt (refused on a text
+    /// completion, which has none).
     #[serde(default)]
     pub description: Option<String>,
     /// The JSON schema; absent means any JSON value.
@@ -313,8 +314,13 @@ pub(super) fn prompt_tokens(
     engine: &Engine,
     prompt: &Prompt,
     tools: Option<&ToolPlan>,
+    format: Option<&ResponseFormat>,
 ) -> Result<Vec<u32>, PlatformError> {
     let bad = |m: &str| Err(PlatformError::InvalidArgument(m.into()));
+    let described = match format {
+        Some(ResponseFormat::JsonSchema { json_schema }) => json_schema.description.as_deref(),
+        _ => None,
+    };
     match prompt {
         Prompt::Chat(messages) => {
             if messages.is_empty() {
@@ -322,7 +328,10 @@ pub(super) fn prompt_tokens(
             }
             let mut flat = flatten(messages)?;
             if let Some(plan) = tools {
-                flat = plan.offer(&flat);
+                plan.offer(&mut flat);
+            }
+            if let Some(d) = described {
+                add_system(&mut flat, &format!("Reply with JSON. What it is for: {d}"));
             }
             let msgs: Vec<Message> = flat.iter().map(|(role, text)| Message::new(role, text)).collect();
             Ok(engine.chat_tokens(&msgs)?)
@@ -333,6 +342,14 @@ pub(super) fn prompt_tokens(
             }
             if tools.is_some() {
                 return bad("tools are offered in a chat, not a text completion");
+            }
+            if described.is_some() {
+                return Err(PlatformError::InvalidParameter {
+                    param: "response_format",
+                    message: "response_format.json_schema.description is shown to the model in a chat's system \
+                              prompt; a text completion has none"
+                        .into(),
+                });
             }
             Ok(engine.tokenizer.encode(text, true, false))
         }

@@ -164,9 +164,11 @@ class Dataset(TypedDict):
     created_at: int
 
 class Hyperparameters(TypedDict, total=False):
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
+    """OpenAI's three are a number or ``"auto"`` (left out: ``"auto"``, chosen from the dataset's size)."""
+
+    n_epochs: int | Literal["auto"]
+    batch_size: int | Literal["auto"]
+    learning_rate_multiplier: float | Literal["auto"]
     rank: int
     alpha: float
     target_modules: list[str]
@@ -274,7 +276,8 @@ class TokenStream(Iterator[DeltaEvent | ToolCallsEvent | DoneEvent]):
     def sources(self) -> list[Source] | None: ...
     def __iter__(self) -> TokenStream: ...
     def __next__(self) -> DeltaEvent | ToolCallsEvent | DoneEvent: ...
-    def collect(self) -> Completion: ...
+    def collect(self) -> Any:
+        """The :class:`Completion` (a generation) or the response dict (``create_response``)."""
     def close(self) -> None: ...
 
 @final
@@ -303,6 +306,12 @@ class Session:
     ) -> Any:
         """A :class:`Completion`, or with ``stream=True`` a :class:`TokenStream`."""
     def embed(self, model: str, inputs: Sequence[str]) -> Embeddings: ...
+    def create_response(self, request: Mapping[str, Any], *, stream: bool = False) -> Any:
+        """OpenAI's Responses API (``request`` as ``POST /v1/responses`` takes it, less ``stream``):
+        the response dict, or with ``stream=True`` a :class:`TokenStream` of its typed events."""
+    def response(self, id: str) -> dict[str, Any]:
+        """A stored response of the tenant's."""
+    def delete_response(self, id: str) -> None: ...
     def upload_model(self, name: str, path: str) -> CustomModel:
         """Uploads the tenant's own GGUF (Pro and up) from a file, streamed; its ``id`` names it."""
     def custom_models(self) -> list[CustomModel]: ...
