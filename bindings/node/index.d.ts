@@ -357,6 +357,8 @@ export declare class Session {
   createResponse(request: ResponseRequest & { stream: true }): Promise<TokenStream>
   createResponse(request: ResponseRequest & { stream?: false }): Promise<ResponseObject>
   response(id: string): Promise<ResponseObject>
+  /** A stored response's input items, in the order given. */
+  responseInputItems(id: string): Promise<Record<string, unknown>[]>
   deleteResponse(id: string): Promise<void>
   embed(model: string, inputs: string[]): Promise<Embeddings>
   /** Uploads the tenant's own GGUF (Pro and up) from a file, streamed. */

@@ -179,6 +179,11 @@ class Session {
     return call(() => this.#native.response(id))
   }
 
+  /** A stored response's input items, in the order given. */
+  responseInputItems(id) {
+    return call(() => this.#native.responseInputItems(id))
+  }
+
   /** Deletes a stored response of the tenant's. */
   deleteResponse(id) {
     return call(() => this.#native.deleteResponse(id))

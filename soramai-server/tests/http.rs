@@ -1737,6 +1737,30 @@ fn responses_are_created_streamed_chained_and_kept_per_tenant() {
         create(&acme, json!({"model": MODEL, "input": "Again.", "previous_response_id": id, "max_output_tokens": 4}));
     assert_eq!(s, StatusCode::OK, "{next}");
     assert!(next["usage"]["input_tokens"].as_u64() > r["usage"]["total_tokens"].as_u64(), "{next} {r}");
+    // Its input items, as given, listed newest first by default.
+    let body = json!({"model": MODEL, "max_output_tokens": 2, "input": [
+        {"role": "user", "content": "One."}, {"role": "assistant", "content": "Two."},
+        {"role": "user", "content": [{"type": "input_text", "text": "Three."}]}]});
+    let (s, items_resp) = create(&acme, body);
+    assert_eq!(s, StatusCode::OK, "{items_resp}");
+    let listing = format!("/v1/responses/{}/input_items", items_resp["id"].as_str().expect("id"));
+    let (s, list) = server.call("GET", &format!("{listing}?order=asc"), Some(&acme), None);
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let texts: Vec<&str> = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|i| i["content"][0]["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(texts, ["One.", "Two.", "Three."], "{list}");
+    assert_eq!(list["data"][1]["content"][0]["type"], "output_text", "{list}");
+    let (_, newest) = server.call("GET", &format!("{listing}?limit=1"), Some(&acme), None);
+    assert_eq!(
+        (newest["data"][0]["content"][0]["text"].as_str(), newest["has_more"].as_bool()),
+        (Some("Three."), Some(true))
+    );
+    assert_eq!(server.call("GET", &listing, Some(&globex), None).0, StatusCode::NOT_FOUND);
+    assert_eq!(server.call("GET", &format!("{listing}?order=up"), Some(&acme), None).0, StatusCode::BAD_REQUEST);
     let (s, v) = server.call("DELETE", &format!("/v1/responses/{id}"), Some(&globex), None);
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     let (s, v) = server.call("DELETE", &format!("/v1/responses/{id}"), Some(&acme), None);

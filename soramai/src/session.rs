@@ -293,6 +293,12 @@ impl Session {
         self.platform.response(&self.principal, id)
     }
 
+    /// A stored response's input items, in the order given.
+    pub fn response_input_items(&self, id: &str) -> Result<Vec<serde_json::Value>, PlatformError> {
+        self.acting("response_input_items")?;
+        self.platform.response_input_items(&self.principal, id)
+    }
+
     /// Deletes a stored response of the tenant's.
     pub fn delete_response(&self, id: &str) -> Result<(), PlatformError> {
         self.acting("delete_response")?;

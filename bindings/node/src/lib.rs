@@ -267,6 +267,13 @@ impl NativeSession {
         json(move || s.response(&id)).await
     }
 
+    /// A stored response's input items, in the order given.
+    #[napi]
+    pub async fn response_input_items(&self, id: String) -> napi::Result<Value> {
+        let s = self.session();
+        json(move || s.response_input_items(&id)).await
+    }
+
     /// Deletes a stored response of the tenant's.
     #[napi]
     pub async fn delete_response(&self, id: String) -> napi::Result<()> {

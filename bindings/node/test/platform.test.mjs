@@ -166,6 +166,7 @@ describe('soramai through napi', { skip: haveModel ? false : 'the reference mode
     assert.equal(streamed, text)
     assert.ok(['response.completed', 'response.incomplete'].includes(last.type))
     assert.deepEqual((await t.acme.response(r.id)).output, r.output)
+    assert.deepEqual((await t.acme.responseInputItems(r.id)).map((i) => i.content[0].text), ['Say hi.'])
     await assert.rejects(t.globex.response(r.id), soramai.NotFoundError)
     await assert.rejects(t.acme.createResponse({ model: MODEL, input: 'x', background: true }), soramai.InvalidRequestError)
     await t.acme.deleteResponse(r.id)

@@ -328,6 +328,11 @@ impl PySession {
         to_py(py, &call(py, || self.inner.response(id))?)
     }
 
+    /// A stored response's input items, in the order given.
+    fn response_input_items(&self, py: Python<'_>, id: &str) -> PyResult<Py<PyAny>> {
+        to_py(py, &call(py, || self.inner.response_input_items(id))?)
+    }
+
     /// Deletes a stored response of the tenant's.
     fn delete_response(&self, py: Python<'_>, id: &str) -> PyResult<()> {
         call(py, || self.inner.delete_response(id))

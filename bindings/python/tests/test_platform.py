@@ -198,6 +198,7 @@ def test_responses_are_stored_chained_and_the_tenants_own(world):
     assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == text
     assert events[-1]["type"] in ("response.completed", "response.incomplete")
     assert acme.response(r["id"])["output"] == r["output"]
+    assert [i["content"][0]["text"] for i in acme.response_input_items(r["id"])] == ["Say hi."]
     nxt = acme.create_response({"model": soramai.DEFAULT_MODEL_ID, "input": "Again.", "max_output_tokens": 2,
                                 "previous_response_id": r["id"]})
     assert nxt["usage"]["input_tokens"] > r["usage"]["total_tokens"]

@@ -49,6 +49,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .route("/embeddings", post(embeddings))
         .route("/responses", post(create_response))
         .route("/responses/{id}", get(get_response).delete(delete_response))
+        .route("/responses/{id}/input_items", get(response_input_items))
         .route("/files", post(upload_file).get(list_files))
         .route("/files/{id}", get(get_file).delete(delete_file))
         .route("/files/{id}/content", get(file_content))
@@ -334,7 +335,8 @@ fn needs(operation: &str) -> Option<Needs> {
         | "POST /v1/embeddings"
         | "POST /v1/responses"
         | "GET /v1/responses/{id}"
-        | "DELETE /v1/responses/{id}" => INFERENCE,
+        | "DELETE /v1/responses/{id}"
+        | "GET /v1/responses/{id}/input_items" => INFERENCE,
         "POST /v1/files"
         | "GET /v1/files"
         | "GET /v1/files/{id}"

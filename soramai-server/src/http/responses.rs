@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -71,6 +71,50 @@ pub(super) async fn get_response(
 ) -> ApiResult<Response> {
     let r = blocking(move || s.platform.response(&p, &id)).await?;
     Ok(axum::Json(r).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ItemsQuery {
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    order: Option<String>,
+}
+
+/// A stored response's input items: OpenAI's list (newest first unless `order=asc`), `limit`
+/// 1..=100 (20), `after` an item id.
+pub(super) async fn response_input_items(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<ItemsQuery>,
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit is 1 to 100.").param("limit"));
+    }
+    let asc = match q.order.as_deref() {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(_) => return Err(ApiError::invalid("order is asc or desc.").param("order")),
+    };
+    let mut items = blocking(move || s.platform.response_input_items(&p, &id)).await?;
+    if !asc {
+        items.reverse();
+    }
+    let start = match &q.after {
+        Some(a) => items.iter().position(|i| i["id"].as_str() == Some(a)).map_or(items.len(), |k| k + 1),
+        None => 0,
+    };
+    let rest: Vec<Value> = items.into_iter().skip(start).collect();
+    let has_more = rest.len() > limit;
+    let data: Vec<Value> = rest.into_iter().take(limit).collect();
+    let (first, last) = (data.first().map(|i| i["id"].clone()), data.last().map(|i| i["id"].clone()));
+    Ok(axum::Json(json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more}))
+        .into_response())
 }
 
 pub(super) async fn delete_response(

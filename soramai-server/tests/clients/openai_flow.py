@@ -216,6 +216,8 @@ def responses_api(client, other):
                                              "output": json.dumps({"temperature": 18, "sky": "clear"})}],
                                      max_output_tokens=24, temperature=0)
     assert answer.output_text and not [o for o in answer.output if o.type == "function_call"], answer
+    listed = list(client.responses.input_items.list(answer.id))
+    assert [i.type for i in listed] == ["function_call_output"] and listed[0].call_id == calls[0].call_id, listed
     # The same without storing: the call and its output go back as input items.
     items = [{"role": "user", "content": ASK},
              {"type": "function_call", "call_id": calls[0].call_id, "name": calls[0].name,

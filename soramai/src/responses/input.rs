@@ -1,6 +1,6 @@
 //! A request's input items, read and checked, and as chat messages.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::PlatformError;
 use crate::platform::{ChatMessage, FunctionCall, ToolCall, ToolKind};
@@ -145,6 +145,29 @@ pub fn input_items(input: &ResponseInput) -> Result<Vec<InputItem>, PlatformErro
         });
     }
     Ok(out)
+}
+
+/// Input items as OpenAI lists them (`GET /v1/responses/{id}/input_items`), each with an id made
+/// from the response's.
+pub(super) fn listed(items: &[InputItem], suffix: &str) -> Vec<Value> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(k, item)| match item {
+            InputItem::Message { role, text } if role == "assistant" => json!({
+                "type": "message", "id": format!("msg_{suffix}_in{k}"), "status": "completed", "role": role,
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}),
+            InputItem::Message { role, text } => json!({
+                "type": "message", "id": format!("msg_{suffix}_in{k}"), "status": "completed", "role": role,
+                "content": [{"type": "input_text", "text": text}]}),
+            InputItem::FunctionCall { call_id, name, arguments } => json!({
+                "type": "function_call", "id": format!("fc_{suffix}_in{k}"), "status": "completed",
+                "call_id": call_id, "name": name, "arguments": arguments}),
+            InputItem::FunctionCallOutput { call_id, output } => json!({
+                "type": "function_call_output", "id": format!("fco_{suffix}_in{k}"), "status": "completed",
+                "call_id": call_id, "output": output}),
+        })
+        .collect()
 }
 
 /// Input items as chat messages: consecutive calls one assistant turn (joined to the assistant

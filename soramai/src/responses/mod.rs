@@ -31,7 +31,7 @@ use crate::platform::{
 };
 
 pub use input::{InputItem, input_items};
-use input::{bad, to_messages};
+use input::{bad, listed, to_messages};
 pub use types::*;
 
 /// What is stored of a response: it, and the conversation that continues from it.
@@ -40,6 +40,16 @@ struct Record {
     response: Response,
     /// The messages before it, its input and its output (its instructions left out).
     conversation: Vec<ChatMessage>,
+    /// Its input items as OpenAI lists them.
+    #[serde(default)]
+    input: Vec<serde_json::Value>,
+}
+
+/// Where a finished response is kept, with its input items.
+struct Keep {
+    core: Arc<Core>,
+    tenant: TenantId,
+    input: Vec<serde_json::Value>,
 }
 
 /// Where a stored response lives; None for an id no response can have.
@@ -155,6 +165,7 @@ impl Platform {
                 Err(e) => return Err(e),
             },
         };
+        let given = items.clone();
         conversation.extend(to_messages(items));
         let mut messages = Vec::with_capacity(conversation.len() + 1);
         if let Some(i) = &request.instructions {
@@ -187,7 +198,11 @@ impl Platform {
             usage: None,
             metadata: request.metadata.clone().unwrap_or_default(),
         };
-        let store = response.store.then(|| (self.core.clone(), principal.tenant().clone()));
+        let store = response.store.then(|| Keep {
+            core: self.core.clone(),
+            tenant: principal.tenant().clone(),
+            input: listed(&given, &suffix),
+        });
         Ok(ResponseStream::new(stream, Box::new(response), conversation, store, suffix))
     }
 
@@ -196,6 +211,17 @@ impl Platform {
     pub fn response(&self, principal: &Principal, id: &str) -> Result<Response, PlatformError> {
         principal.require(Scope::Inference)?;
         Ok(load(&self.core, principal.tenant(), id)?.response)
+    }
+
+    /// A stored response's input items (inference scope), in the order given, as OpenAI lists
+    /// them (`GET /v1/responses/{id}/input_items`).
+    pub fn response_input_items(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<Vec<serde_json::Value>, PlatformError> {
+        principal.require(Scope::Inference)?;
+        Ok(load(&self.core, principal.tenant(), id)?.input)
     }
 
     /// Deletes a stored response (inference scope); a response that continued it keeps its own
@@ -218,7 +244,7 @@ pub struct ResponseStream {
     inner: Option<GenerationStream>,
     response: Box<Response>,
     conversation: Vec<ChatMessage>,
-    store: Option<(Arc<Core>, TenantId)>,
+    store: Option<Keep>,
     suffix: String,
     queued: VecDeque<ResponseEvent>,
     seq: u64,
@@ -237,7 +263,7 @@ impl ResponseStream {
         inner: GenerationStream,
         response: Box<Response>,
         conversation: Vec<ChatMessage>,
-        store: Option<(Arc<Core>, TenantId)>,
+        store: Option<Keep>,
         suffix: String,
     ) -> Self {
         let mut s = ResponseStream {
@@ -399,10 +425,11 @@ impl ResponseStream {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(self.response.created_at, |d| d.as_secs()),
                 );
-                if let Some((core, tenant)) = self.store.take() {
+                if let Some(Keep { core, tenant, input }) = self.store.take() {
                     let record = Record {
                         response: (*self.response).clone(),
                         conversation: std::mem::take(&mut self.conversation),
+                        input,
                     };
                     let bytes = serde_json::to_vec(&record)
                         .map_err(|e| PlatformError::Engine(format!("a response could not be written: {e}")))?;

@@ -311,6 +311,8 @@ class Session:
         the response dict, or with ``stream=True`` a :class:`TokenStream` of its typed events."""
     def response(self, id: str) -> dict[str, Any]:
         """A stored response of the tenant's."""
+    def response_input_items(self, id: str) -> list[dict[str, Any]]:
+        """A stored response's input items, in the order given."""
     def delete_response(self, id: str) -> None: ...
     def upload_model(self, name: str, path: str) -> CustomModel:
         """Uploads the tenant's own GGUF (Pro and up) from a file, streamed; its ``id`` names it."""
