@@ -1760,7 +1760,13 @@ fn responses_are_created_streamed_chained_and_kept_per_tenant() {
         (Some("Three."), Some(true))
     );
     assert_eq!(server.call("GET", &listing, Some(&globex), None).0, StatusCode::NOT_FOUND);
-    assert_eq!(server.call("GET", &format!("{listing}?order=up"), Some(&acme), None).0, StatusCode::BAD_REQUEST);
+    for bad in ["order=up", "limit=0", "limit=101", "include=message.output_text.logprobs"] {
+        assert_eq!(
+            server.call("GET", &format!("{listing}?{bad}"), Some(&acme), None).0,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
     let (s, v) = server.call("DELETE", &format!("/v1/responses/{id}"), Some(&globex), None);
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     let (s, v) = server.call("DELETE", &format!("/v1/responses/{id}"), Some(&acme), None);
